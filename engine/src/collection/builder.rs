@@ -1,0 +1,435 @@
+//! Import, then build, then seal.
+//!
+//! Everything happens in a staging directory under `<root>/.staging/`. Records are validated
+//! and written in large batched write transactions; the ANN index is built once, after the
+//! import, in one more transaction that also writes the sealed manifest. Only then is the
+//! directory renamed to `<root>/<name>`, so a crash or a bad record never leaves a collection
+//! that opens as if it were whole, and existing collections are never touched.
+
+use super::manifest::{BuildTimings, FORMAT_VERSION, Manifest, SourceInfo};
+use super::store::{self, Databases, MANIFEST_KEY};
+use super::validate::{check_label, prepare_vector};
+use super::{Collection, DEFAULT_PARTITION};
+use crate::distance::Metric;
+use crate::error::{Error, Result};
+use crate::import::{Record, Records, input_error};
+use crate::index::{IndexParams, SearchDefaults};
+use heed::{Env, WithoutTls};
+use indicatif::{ProgressBar, ProgressStyle};
+use roaring::RoaringBitmap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Partitions per collection (each is an arroy index, `u16`).
+pub const MAX_PARTITIONS: usize = 1024;
+/// Largest vector dimension accepted.
+pub const MAX_DIMENSIONS: usize = 4096;
+const STAGING: &str = ".staging";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Duplicates {
+    /// A second record with an id already imported is an error.
+    #[default]
+    Reject,
+    /// The later record replaces the earlier one.
+    LastWins,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub name: String,
+    /// Required dimension; `None` takes it from the first record.
+    pub dimensions: Option<usize>,
+    pub metric: Metric,
+    pub index: IndexParams,
+    pub search: SearchDefaults,
+    pub duplicates: Duplicates,
+    /// Rows written per LMDB write transaction.
+    pub batch_rows: usize,
+    pub seed: u64,
+    /// Draw a progress bar on stderr (hidden when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl BuildOptions {
+    pub fn new(name: impl Into<String>, metric: Metric) -> Self {
+        BuildOptions {
+            name: name.into(),
+            dimensions: None,
+            metric,
+            index: IndexParams::default(),
+            search: SearchDefaults::default(),
+            duplicates: Duplicates::Reject,
+            batch_rows: 100_000,
+            seed: 42,
+            progress: false,
+        }
+    }
+}
+
+/// Checks a collection name: it becomes a directory name and a Kubernetes label value.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::error::RequestError::new(
+            "name",
+            format!("{name:?}"),
+            "must be 1-63 lowercase letters, digits, '-' or '.', starting with a letter or digit",
+        )
+        .into())
+    }
+}
+
+/// Imports `records` into a new collection `<root>/<options.name>`, builds its index and seals
+/// it. Returns the sealed manifest.
+pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
+    check_name(&options.name)?;
+    if matches!(options.index, IndexParams::Hannoy { .. }) {
+        crate::index::hannoy::check_metric(options.metric)?;
+    }
+    let target = root.join(&options.name);
+    if target.exists() {
+        return Err(Error::Sealed { name: options.name.clone(), operation: "import".into() });
+    }
+    clean_stale_staging(root);
+    let staging = root.join(STAGING).join(format!(
+        "{}-{}-{}",
+        options.name,
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+    ));
+    let result = build_in(&staging, options, records);
+    match result {
+        Ok(manifest) => {
+            std::fs::rename(&staging, &target).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&staging);
+                Error::io(format!("moving {} into place at {}", staging.display(), target.display()), e)
+            })?;
+            sync_dir(root);
+            Ok(manifest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
+    let (env, dbs) = store::create(staging)?;
+    let import_start = Instant::now();
+    let mut import = Import::new(&env, dbs, options, &records.source_name);
+    let bar = progress_bar(options.progress, records.expected_rows);
+    for record in records.iter {
+        import.add(record?)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let count = import.finish()?;
+    let import_s = import_start.elapsed().as_secs_f64();
+    tracing::info!(collection = %options.name, count, import_s, "import finished");
+
+    let mut manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        name: options.name.clone(),
+        dimensions: import.dims.unwrap_or(0),
+        metric: options.metric,
+        partitions: import.partitions.iter().map(|(name, _)| name.clone()).collect(),
+        count,
+        chunk_rows: import.chunk_rows as u32,
+        index: options.index.clone(),
+        search: options.search,
+        source: SourceInfo {
+            uri: records.source_name.clone(),
+            fingerprint: records.fingerprint.hex(),
+            rows_read: import.rows_read,
+        },
+        created_at: 0,
+        timings: BuildTimings { import_s, build_s: 0.0 },
+        sealed: false,
+    };
+    let mut wtxn = env.write_txn()?;
+    dbs.manifest.put(&mut wtxn, MANIFEST_KEY, &manifest)?;
+    wtxn.commit()?;
+    drop(import);
+
+    let build_start = Instant::now();
+    let staged = Collection::from_env(env.clone(), dbs, staging)?;
+    let mut wtxn = env.write_txn()?;
+    match options.index {
+        IndexParams::Arroy { n_trees } => crate::index::arroy::build(&mut wtxn, dbs.ann, &staged, n_trees, options.seed)?,
+        IndexParams::Hannoy { ef_construction } => {
+            crate::index::hannoy::build(&mut wtxn, dbs.ann, &staged, ef_construction, options.seed)?
+        }
+    }
+    manifest.timings.build_s = build_start.elapsed().as_secs_f64();
+    manifest.created_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    manifest.sealed = true;
+    dbs.manifest.put(&mut wtxn, MANIFEST_KEY, &manifest)?;
+    wtxn.commit()?;
+    drop(staged);
+    env.force_sync()?;
+    env.prepare_for_closing().wait();
+    tracing::info!(collection = %options.name, build_s = manifest.timings.build_s, "index built and sealed");
+    Ok(manifest)
+}
+
+fn progress_bar(enabled: bool, expected: Option<u64>) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = match expected {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = if expected.is_some() {
+        "importing {bar:40} {pos}/{len} vectors {per_sec} eta {eta}"
+    } else {
+        "importing {pos} vectors {per_sec}"
+    };
+    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar
+}
+
+/// Removes staging directories left by processes that no longer run (a crashed import).
+pub fn clean_stale_staging(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(STAGING)) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let pid = name.rsplitn(3, '-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            tracing::warn!(path = %entry.path().display(), "removing an unfinished import");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// The import state: the chunk being filled, what is pending commit, and the id map.
+struct Import<'a> {
+    env: &'a Env<WithoutTls>,
+    dbs: Databases,
+    options: &'a BuildOptions,
+    source: &'a str,
+    dims: Option<usize>,
+    chunk_rows: usize,
+    /// Rows of the chunk being filled, and their external ids.
+    open_vectors: Vec<f32>,
+    open_ids: Vec<u64>,
+    /// Full chunks not yet committed, by chunk number.
+    full: Vec<(u32, Vec<f32>, Vec<u64>)>,
+    next_chunk: u32,
+    id_map: HashMap<u64, u32>,
+    new_ids: Vec<(u64, u32)>,
+    item_partition: Vec<u16>,
+    partitions: Vec<(String, RoaringBitmap)>,
+    tags: BTreeMap<String, RoaringBitmap>,
+    count: u32,
+    rows_read: u64,
+    since_commit: usize,
+}
+
+impl<'a> Import<'a> {
+    fn new(env: &'a Env<WithoutTls>, dbs: Databases, options: &'a BuildOptions, source: &'a str) -> Self {
+        Import {
+            env,
+            dbs,
+            options,
+            source,
+            dims: None,
+            chunk_rows: 0,
+            open_vectors: Vec::new(),
+            open_ids: Vec::new(),
+            full: Vec::new(),
+            next_chunk: 0,
+            id_map: HashMap::new(),
+            new_ids: Vec::new(),
+            item_partition: Vec::new(),
+            partitions: Vec::new(),
+            tags: BTreeMap::new(),
+            count: 0,
+            rows_read: 0,
+            since_commit: 0,
+        }
+    }
+
+    fn bad(&self, record: &Record, (field, value, reason): (String, String, String)) -> Error {
+        input_error(self.source, record.at, &field, value, reason).into()
+    }
+
+    fn add(&mut self, mut record: Record) -> Result<()> {
+        self.rows_read += 1;
+        let dims = match (self.dims, self.options.dimensions) {
+            (Some(d), _) => d,
+            (None, Some(d)) => d,
+            (None, None) => record.vector.len(),
+        };
+        if dims == 0 || dims > MAX_DIMENSIONS {
+            let problem = ("vector".into(), format!("{dims} values"), format!("dimensions must be 1..={MAX_DIMENSIONS}"));
+            return Err(self.bad(&record, problem));
+        }
+        if self.dims.is_none() {
+            self.dims = Some(dims);
+            // About 1 MiB of vectors per chunk, a power of two rows (so item -> chunk is a shift).
+            self.chunk_rows = ((1usize << 20) / (dims * 4)).next_power_of_two().clamp(64, 1 << 16);
+        }
+        prepare_vector(&mut record.vector, dims, self.options.metric).map_err(|p| self.bad(&record, p))?;
+        let partition_name = record.partition.clone().unwrap_or_else(|| DEFAULT_PARTITION.to_string());
+        check_label("partition", &partition_name).map_err(|p| self.bad(&record, p))?;
+        for tag in &record.tags {
+            check_label("tags", tag).map_err(|p| self.bad(&record, p))?;
+        }
+        let partition = self.partition_index(&partition_name).ok_or_else(|| {
+            let reason = format!("more than {MAX_PARTITIONS} partitions");
+            self.bad(&record, ("partition".into(), format!("{partition_name:?}"), reason))
+        })?;
+
+        let item = match self.id_map.get(&record.id).copied() {
+            Some(existing) if self.options.duplicates == Duplicates::Reject => {
+                let problem = (
+                    "id".into(),
+                    record.id.to_string(),
+                    format!("duplicate id (first seen as item {existing}); pass --on-duplicate last-wins to keep the later record"),
+                );
+                return Err(self.bad(&record, problem));
+            }
+            Some(existing) => {
+                self.replace(existing, &record.vector)?;
+                let old = self.item_partition[existing as usize];
+                self.partitions[old as usize].1.remove(existing);
+                self.tags.values_mut().for_each(|b| {
+                    b.remove(existing);
+                });
+                existing
+            }
+            None => {
+                let item = self.count;
+                self.count = self.count.checked_add(1).ok_or_else(|| {
+                    self.bad(&record, ("id".into(), record.id.to_string(), "more than 2^32 vectors".into()))
+                })?;
+                self.id_map.insert(record.id, item);
+                self.new_ids.push((record.id, item));
+                self.item_partition.push(partition);
+                self.open_vectors.extend_from_slice(&record.vector);
+                self.open_ids.push(record.id);
+                if self.open_ids.len() == self.chunk_rows {
+                    self.close_chunk();
+                }
+                item
+            }
+        };
+        self.item_partition[item as usize] = partition;
+        self.partitions[partition as usize].1.insert(item);
+        for tag in record.tags {
+            self.tags.entry(tag).or_default().insert(item);
+        }
+        self.since_commit += 1;
+        if self.since_commit >= self.options.batch_rows {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn partition_index(&mut self, name: &str) -> Option<u16> {
+        if let Some(i) = self.partitions.iter().position(|(p, _)| p == name) {
+            return Some(i as u16);
+        }
+        if self.partitions.len() >= MAX_PARTITIONS {
+            return None;
+        }
+        self.partitions.push((name.to_string(), RoaringBitmap::new()));
+        Some((self.partitions.len() - 1) as u16)
+    }
+
+    fn close_chunk(&mut self) {
+        let vectors = std::mem::take(&mut self.open_vectors);
+        let ids = std::mem::take(&mut self.open_ids);
+        self.full.push((self.next_chunk, vectors, ids));
+        self.next_chunk += 1;
+    }
+
+    /// Overwrites the vector of an item imported earlier (last-wins duplicates).
+    fn replace(&mut self, item: u32, vector: &[f32]) -> Result<()> {
+        let dims = vector.len();
+        let chunk = item / self.chunk_rows as u32;
+        let row = (item as usize % self.chunk_rows) * dims;
+        if chunk == self.next_chunk {
+            self.open_vectors[row..row + dims].copy_from_slice(vector);
+            return Ok(());
+        }
+        if let Some((_, vectors, _)) = self.full.iter_mut().find(|(c, _, _)| *c == chunk) {
+            vectors[row..row + dims].copy_from_slice(vector);
+            return Ok(());
+        }
+        let mut wtxn = self.env.write_txn()?;
+        let mut stored: Vec<f32> = match self.dbs.vectors.get(&wtxn, &chunk)? {
+            Some(bytes) => bytemuck::pod_collect_to_vec(bytes),
+            None => unreachable!("chunk {chunk} was committed"),
+        };
+        stored[row..row + dims].copy_from_slice(vector);
+        self.dbs.vectors.put(&mut wtxn, &chunk, bytemuck::cast_slice(&stored))?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Writes full chunks and new id mappings in one transaction.
+    fn commit(&mut self) -> Result<()> {
+        let mut wtxn = self.env.write_txn()?;
+        for (chunk, vectors, ids) in self.full.drain(..) {
+            self.dbs.vectors.put(&mut wtxn, &chunk, bytemuck::cast_slice(&vectors))?;
+            self.dbs.item_ids.put(&mut wtxn, &chunk, bytemuck::cast_slice(&ids))?;
+        }
+        for (external, item) in self.new_ids.drain(..) {
+            self.dbs.ids.put(&mut wtxn, &external, &item)?;
+        }
+        wtxn.commit()?;
+        self.since_commit = 0;
+        Ok(())
+    }
+
+    /// Flushes the last partial chunk, partitions and tags. Returns the vector count.
+    fn finish(&mut self) -> Result<u64> {
+        if self.count == 0 {
+            return Err(input_error(
+                self.source,
+                "end of input",
+                "(records)",
+                0,
+                "empty import: the source holds no vectors",
+            )
+            .into());
+        }
+        if !self.open_ids.is_empty() {
+            self.close_chunk();
+        }
+        self.commit()?;
+        let mut wtxn = self.env.write_txn()?;
+        for (name, members) in &self.partitions {
+            self.dbs.partitions.put(&mut wtxn, name, members)?;
+        }
+        for (name, members) in &self.tags {
+            if !members.is_empty() {
+                self.dbs.tags.put(&mut wtxn, name, members)?;
+            }
+        }
+        wtxn.commit()?;
+        Ok(self.count as u64)
+    }
+}
+
+/// Where a named collection lives under a data root.
+pub fn collection_path(root: &Path, name: &str) -> PathBuf {
+    root.join(name)
+}

@@ -1,0 +1,73 @@
+//! The engine's error type. Every user-facing failure names what was wrong and where.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A problem with one record of an import source.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{source_name}: {at}: field `{field}` = {value}: {reason}")]
+pub struct InputError {
+    /// The file path or URL being imported.
+    pub source_name: String,
+    /// Where in the source: `row 17`, `line 3`, `header`.
+    pub at: String,
+    pub field: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// A request that cannot be served as asked (bad k, unknown partition, wrong dimension...).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid request: field `{field}` = {value}: {reason}")]
+pub struct RequestError {
+    pub field: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl RequestError {
+    pub fn new(field: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> Self {
+        RequestError { field: field.into(), value: value.to_string(), reason: reason.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Input(#[from] Box<InputError>),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("collection {name:?} is sealed: {operation} refused; build a new collection instead")]
+    Sealed { name: String, operation: String },
+    #[error("collection {name:?} already exists at {}", path.display())]
+    AlreadyExists { name: String, path: PathBuf },
+    #[error("no collection at {}", path.display())]
+    NotFound { path: PathBuf },
+    #[error("{} is not a complete collection: {reason}", path.display())]
+    Incomplete { path: PathBuf, reason: String },
+    #[error("alias {alias:?}: {reason}")]
+    Alias { alias: String, reason: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("fetching {url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("lmdb: {0}")]
+    Lmdb(#[from] heed::Error),
+    #[error("arroy index: {0}")]
+    Arroy(#[from] arroy::Error),
+    #[error("hannoy index: {0}")]
+    Hannoy(#[from] hannoy::Error),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+impl From<InputError> for Error {
+    fn from(e: InputError) -> Self {
+        Error::Input(Box::new(e))
+    }
+}

@@ -1,0 +1,159 @@
+//! Reading vectors from files and URLs: `.npy`, `.fvecs`, JSON Lines.
+//!
+//! Each reader yields [`Record`]s that know where they came from, so every later check
+//! (dimension, NaN, duplicate id) can name the file, the row or line, and the field.
+
+pub mod fvecs;
+pub mod jsonl;
+pub mod npy;
+pub mod source;
+
+use crate::error::{InputError, Result};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a record sits in its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// 0-based row of a binary matrix.
+    Row(u64),
+    /// 1-based line of a text file.
+    Line(u64),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Row(r) => write!(f, "row {r}"),
+            Location::Line(l) => write!(f, "line {l}"),
+        }
+    }
+}
+
+/// One vector to import.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: u64,
+    pub vector: Vec<f32>,
+    pub partition: Option<String>,
+    pub tags: Vec<String>,
+    pub at: Location,
+}
+
+/// The file formats quiver imports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Npy,
+    Fvecs,
+    JsonLines,
+}
+
+impl Format {
+    /// Guesses the format from a path or URL's extension.
+    pub fn from_uri(uri: &str) -> Option<Format> {
+        let path = uri.split(['?', '#']).next().unwrap_or(uri).to_ascii_lowercase();
+        let ext = path.rsplit_once('.').map(|(_, e)| e)?;
+        ext.parse().ok()
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "npy" => Ok(Format::Npy),
+            "fvecs" => Ok(Format::Fvecs),
+            "jsonl" | "ndjson" | "json" | "jsonlines" => Ok(Format::JsonLines),
+            other => Err(format!("unknown format {other:?}: expected npy, fvecs or jsonl")),
+        }
+    }
+}
+
+/// A stream of records with the source's name for error messages.
+pub struct Records {
+    pub source_name: String,
+    pub fingerprint: source::Fingerprint,
+    /// Rows announced by the header, when the format has one (for the progress bar).
+    pub expected_rows: Option<u64>,
+    pub iter: Box<dyn Iterator<Item = Result<Record>> + Send>,
+}
+
+/// Options that apply to formats without per-record ids or partitions.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    pub format: Option<Format>,
+    /// Added to the row number to form the id of `.npy` / `.fvecs` rows.
+    pub id_offset: u64,
+    /// Partition given to every record that does not name one.
+    pub partition: Option<String>,
+}
+
+/// Opens `uri` and streams its records.
+pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
+    let format = match options.format.or_else(|| Format::from_uri(uri)) {
+        Some(f) => f,
+        None => {
+            return Err(input_error(
+                uri,
+                "source",
+                "format",
+                uri,
+                "cannot tell the format from the name; pass --format npy|fvecs|jsonl",
+            )
+            .into());
+        }
+    };
+    let (reader, fingerprint) = source::open(uri)?;
+    let name = uri.to_string();
+    let (expected_rows, iter): (Option<u64>, Box<dyn Iterator<Item = Result<Record>> + Send>) =
+        match format {
+            Format::Npy => {
+                let r = npy::NpyRows::new(reader, name.clone(), options.id_offset)?;
+                (Some(r.rows()), Box::new(r))
+            }
+            Format::Fvecs => (None, Box::new(fvecs::FvecsRows::new(reader, name.clone(), options.id_offset))),
+            Format::JsonLines => (None, Box::new(jsonl::JsonLines::new(reader, name.clone()))),
+        };
+    let partition = options.partition.clone();
+    let iter: Box<dyn Iterator<Item = Result<Record>> + Send> = match partition {
+        Some(p) => Box::new(iter.map(move |r| {
+            r.map(|mut rec| {
+                rec.partition.get_or_insert_with(|| p.clone());
+                rec
+            })
+        })),
+        None => iter,
+    };
+    Ok(Records { source_name: name, fingerprint, expected_rows, iter })
+}
+
+pub(crate) fn input_error(
+    source: &str,
+    at: impl ToString,
+    field: &str,
+    value: impl ToString,
+    reason: impl Into<String>,
+) -> InputError {
+    InputError {
+        source_name: source.to_string(),
+        at: at.to_string(),
+        field: field.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_from_extension() {
+        assert_eq!(Format::from_uri("/data/base.npy"), Some(Format::Npy));
+        assert_eq!(Format::from_uri("https://x/y.FVECS?sig=1"), Some(Format::Fvecs));
+        assert_eq!(Format::from_uri("a.jsonl"), Some(Format::JsonLines));
+        assert_eq!(Format::from_uri("noext"), None);
+        let err = read("/tmp/vectors.bin", &ReadOptions::default()).err().unwrap().to_string();
+        assert!(err.contains("vectors.bin") && err.contains("--format"), "{err}");
+    }
+}

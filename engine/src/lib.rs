@@ -1,0 +1,12 @@
+//! quiver's engine: collections on arroy + LMDB, import-then-build, partitioned search,
+//! verification and warm-up, and the alias catalog of the standalone role.
+
+pub mod collection;
+pub mod distance;
+pub mod error;
+pub mod import;
+pub mod index;
+pub mod search;
+
+pub use collection::Collection;
+pub use error::{Error, Result};

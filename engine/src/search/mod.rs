@@ -1,0 +1,125 @@
+//! Top-k search over a collection: validate the request, fan out over the requested
+//! partitions concurrently, merge by distance, map item ids back to external ids.
+
+pub mod topk;
+
+use crate::collection::Collection;
+use crate::collection::validate::prepare_vector;
+use crate::error::{RequestError, Result};
+use crate::index::{PartitionQuery, Strategy};
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+/// The largest k a query may ask for.
+pub const MAX_K: usize = 10_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchRequest {
+    pub vector: Vec<f32>,
+    pub k: usize,
+    /// Partitions to search; empty = all.
+    #[serde(default)]
+    pub partitions: Vec<String>,
+    /// Only items carrying every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Overrides the collection's default strategy.
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    /// Overrides the collection's default quality knob.
+    #[serde(default)]
+    pub quality: Option<usize>,
+}
+
+impl SearchRequest {
+    pub fn new(vector: Vec<f32>, k: usize) -> Self {
+        SearchRequest { vector, k, ..Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub id: u64,
+    pub distance: f32,
+}
+
+/// Answers one query.
+pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hit>> {
+    let manifest = collection.manifest();
+    if request.k == 0 || request.k > MAX_K {
+        return Err(RequestError::new("k", request.k, format!("must be between 1 and {MAX_K}")).into());
+    }
+    let mut vector = request.vector.clone();
+    prepare_vector(&mut vector, manifest.dimensions, manifest.metric)
+        .map_err(|(field, value, reason)| RequestError::new(field, value, reason))?;
+
+    let partitions: Vec<u16> = if request.partitions.is_empty() {
+        (0..manifest.partitions.len() as u16).collect()
+    } else {
+        request
+            .partitions
+            .iter()
+            .map(|name| {
+                manifest.partition_index(name).ok_or_else(|| {
+                    RequestError::new(
+                        "partitions",
+                        format!("{name:?}"),
+                        format!("unknown partition; this collection has {:?}", manifest.partitions),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let filter = tag_filter(collection, &request.tags)?;
+    let strategy = request.strategy.unwrap_or(manifest.search.strategy);
+    let quality = request.quality.unwrap_or(manifest.search.quality);
+    let index = collection.strategy(strategy);
+
+    let one = |partition: u16| -> Result<Vec<(u32, f32)>> {
+        let all = &collection.partition_members()[partition as usize];
+        let narrowed;
+        let members = match &filter {
+            Some(f) => {
+                narrowed = all & f;
+                &narrowed
+            }
+            None => all,
+        };
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = PartitionQuery { partition, members, filtered: filter.is_some(), vector: &vector, k: request.k, quality };
+        index.search(collection, &query)
+    };
+    let merged = if partitions.len() == 1 {
+        one(partitions[0])?
+    } else {
+        let lists: Vec<Vec<(u32, f32)>> = partitions.par_iter().map(|&p| one(p)).collect::<Result<_>>()?;
+        topk::merge(lists, request.k)
+    };
+    Ok(merged
+        .into_iter()
+        .map(|(item, score)| Hit { id: collection.external_id(item), distance: manifest.metric.report(score) })
+        .collect())
+}
+
+/// Answers many queries using all cores.
+pub fn search_batch(collection: &Collection, requests: &[SearchRequest]) -> Result<Vec<Vec<Hit>>> {
+    requests.par_iter().map(|r| search(collection, r)).collect()
+}
+
+/// The items carrying every tag, or `None` when no tag was asked for.
+fn tag_filter(collection: &Collection, tags: &[String]) -> Result<Option<RoaringBitmap>> {
+    let mut filter: Option<RoaringBitmap> = None;
+    for tag in tags {
+        let members = collection.tag(tag).ok_or_else(|| {
+            RequestError::new("tags", format!("{tag:?}"), "unknown tag: no vector in this collection carries it")
+        })?;
+        filter = Some(match filter {
+            Some(f) => f & members,
+            None => members.clone(),
+        });
+    }
+    Ok(filter)
+}
