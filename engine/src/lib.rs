@@ -10,3 +10,11 @@ pub mod search;
 
 pub use collection::Collection;
 pub use error::{Error, Result};
+pub mod alias;
+pub mod datagen;
+pub mod latency;
+pub mod verify;
+pub mod warmup;
+pub mod bench;
+pub mod demo;
+pub mod cli;

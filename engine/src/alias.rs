@@ -1,0 +1,143 @@
+//! The alias catalog of the standalone role: which collection each alias serves, persisted in
+//! its own LMDB environment, switched atomically for in-flight queries.
+//!
+//! A query resolves the alias once and holds an `Arc` to that collection until it finishes, so
+//! a flip never changes a collection under a running query.
+
+use crate::collection::Collection;
+use crate::error::{Error, Result};
+use crate::verify::VerifyReport;
+use heed::types::{SerdeJson, Str};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+const HISTORY: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Switch {
+    pub collection: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub collection: String,
+    pub previous: Option<String>,
+    pub switched_at: u64,
+    /// Most recent first, at most ten.
+    pub history: Vec<Switch>,
+}
+
+pub struct Catalog {
+    root: PathBuf,
+    env: Env<WithoutTls>,
+    db: Database<'static, Str, SerdeJson<AliasRecord>>,
+    /// Open collections by name, shared by every alias and query.
+    open: Mutex<HashMap<String, Arc<Collection>>>,
+    /// What each alias serves right now.
+    live: RwLock<HashMap<String, Arc<Collection>>>,
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog of the collections under `root`.
+    pub fn open(root: &Path) -> Result<Catalog> {
+        let dir = root.join(".catalog");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // SAFETY: the catalog directory belongs to this data root; LMDB locks coordinate access.
+        let env = unsafe {
+            EnvOpenOptions::new().read_txn_without_tls().map_size(1 << 30).max_dbs(2).open(&dir)?
+        };
+        let wtxn = env.write_txn()?;
+        let db = env
+            .create_databases_and_commit(wtxn, |dbo, wtxn| -> heed::Result<_> {
+                dbo.create_database(wtxn, Some("aliases")).map(CommitOrAbort::<_, ()>::Commit)
+            })?
+            .unwrap_commit();
+        Ok(Catalog {
+            root: root.to_path_buf(),
+            env,
+            db,
+            open: Mutex::new(HashMap::new()),
+            live: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// A sealed collection under the root, opened once and shared.
+    pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        let mut open = self.open.lock().expect("catalog lock");
+        if let Some(c) = open.get(name) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Collection::open(&self.root.join(name))?);
+        open.insert(name.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub fn get(&self, alias: &str) -> Result<Option<AliasRecord>> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.db.get(&rtxn, alias)?)
+    }
+
+    /// The collection an alias serves now.
+    pub fn resolve(&self, alias: &str) -> Result<Arc<Collection>> {
+        if let Some(c) = self.live.read().expect("alias lock").get(alias) {
+            return Ok(c.clone());
+        }
+        let record = self.get(alias)?.ok_or_else(|| Error::Alias {
+            alias: alias.to_string(),
+            reason: "no such alias".into(),
+        })?;
+        let c = self.collection(&record.collection)?;
+        self.live.write().expect("alias lock").insert(alias.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Points `alias` at `collection` if `report` is a passing verification of that very
+    /// collection. On refusal nothing changes, and the error says why.
+    pub fn flip(&self, alias: &str, collection: Arc<Collection>, report: &VerifyReport) -> Result<AliasRecord> {
+        let refuse = |reason: String| Error::Alias { alias: alias.to_string(), reason };
+        if report.collection != collection.name() {
+            return Err(refuse(format!(
+                "the verification report is for {:?}, not {:?}",
+                report.collection,
+                collection.name()
+            )));
+        }
+        if !report.passed {
+            return Err(refuse(format!(
+                "{:?} failed verification: {}",
+                collection.name(),
+                report.failures().join("; ")
+            )));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let mut wtxn = self.env.write_txn()?;
+        let old = self.db.get(&wtxn, alias)?;
+        let mut history = old.as_ref().map(|r| r.history.clone()).unwrap_or_default();
+        history.insert(0, Switch { collection: collection.name().to_string(), at: now });
+        history.truncate(HISTORY);
+        let record = AliasRecord {
+            collection: collection.name().to_string(),
+            previous: old.map(|r| r.collection).filter(|c| c != collection.name()),
+            switched_at: now,
+            history,
+        };
+        self.db.put(&mut wtxn, alias, &record)?;
+        // Swap what queries see while the write lock is held, then make it durable; a failed
+        // commit restores the old target before returning the error.
+        let mut live = self.live.write().expect("alias lock");
+        let before = live.insert(alias.to_string(), collection);
+        if let Err(e) = wtxn.commit() {
+            match before {
+                Some(b) => live.insert(alias.to_string(), b),
+                None => live.remove(alias),
+            };
+            return Err(e.into());
+        }
+        Ok(record)
+    }
+}

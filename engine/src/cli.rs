@@ -1,0 +1,494 @@
+//! The `quiver` command line. Every flag also reads a `QUIVER_*` environment variable.
+
+use crate::alias::Catalog;
+use crate::bench::{self, BenchOptions};
+use crate::collection::Collection;
+use crate::collection::builder::{BuildOptions, Duplicates, import_and_build};
+use crate::demo::{self, DemoOptions};
+use crate::distance::Metric;
+use crate::error::{Error, Result};
+use crate::import::{self, Format, ReadOptions};
+use crate::index::{IndexParams, SearchDefaults, Strategy};
+use crate::search::{SearchRequest, search};
+use crate::verify::{VerifyOptions, verify};
+use crate::warmup::{WarmupOptions, warm};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, about = "A vector-search engine with blue/green index rebuilds")]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "QUIVER_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import vectors from a file or URL into a new collection, build its index and seal it.
+    Import(ImportArgs),
+    /// Query a collection (or the collection behind an alias).
+    Search(SearchArgs),
+    /// Print a collection's manifest, partitions and tags as JSON.
+    Inspect(InspectArgs),
+    /// Check a collection against the gates an alias flip requires; exit 1 if any fails.
+    Verify(VerifyArgs),
+    /// Preload a collection and run simulated queries until latency settles.
+    Warmup(WarmupArgs),
+    /// Point an alias at a collection, only if it passes verification.
+    Alias(AliasArgs),
+    /// Build from .npy files and measure exact search and each strategy's quality sweep.
+    Bench(BenchArgs),
+    /// Run the whole blue/green rebuild cycle on generated data, in one process.
+    Demo(DemoArgs),
+    /// Write clustered synthetic vectors to an .npy file.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataDir {
+    /// Directory holding the collections.
+    #[arg(long, env = "QUIVER_DATA_DIR", default_value = "./quiver-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Backend {
+    Arroy,
+    Hannoy,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnDuplicate {
+    Reject,
+    LastWins,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// Name of the new collection.
+    #[arg(long, env = "QUIVER_COLLECTION")]
+    pub name: String,
+    /// Path or http(s) URL of a .npy, .fvecs or .jsonl file.
+    #[arg(long, env = "QUIVER_SOURCE")]
+    pub source: String,
+    #[arg(long, env = "QUIVER_FORMAT")]
+    pub format: Option<Format>,
+    #[arg(long, env = "QUIVER_DISTANCE", default_value = "cosine")]
+    pub distance: Metric,
+    /// Required dimension (default: that of the first record).
+    #[arg(long, env = "QUIVER_DIMENSIONS")]
+    pub dimensions: Option<usize>,
+    #[arg(long, env = "QUIVER_INDEX", value_enum, default_value = "arroy")]
+    pub index: Backend,
+    /// arroy trees per partition (default: arroy's choice).
+    #[arg(long, env = "QUIVER_N_TREES")]
+    pub n_trees: Option<usize>,
+    /// hannoy build quality.
+    #[arg(long, env = "QUIVER_EF_CONSTRUCTION", default_value_t = 100)]
+    pub ef_construction: usize,
+    #[arg(long, env = "QUIVER_ON_DUPLICATE", value_enum, default_value = "reject")]
+    pub on_duplicate: OnDuplicate,
+    /// Partition for records that do not name one.
+    #[arg(long, env = "QUIVER_PARTITION")]
+    pub partition: Option<String>,
+    /// Added to row numbers to form ids for .npy/.fvecs rows.
+    #[arg(long, env = "QUIVER_ID_OFFSET", default_value_t = 0)]
+    pub id_offset: u64,
+    /// Rows per write transaction.
+    #[arg(long, env = "QUIVER_BATCH_ROWS", default_value_t = 100_000)]
+    pub batch_rows: usize,
+    /// Default search strategy recorded in the manifest.
+    #[arg(long, env = "QUIVER_STRATEGY", default_value = "signscan")]
+    pub strategy: Strategy,
+    /// Default quality knob recorded in the manifest.
+    #[arg(long, env = "QUIVER_QUALITY", default_value_t = 200)]
+    pub quality: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// Collection name.
+    #[arg(long, env = "QUIVER_COLLECTION", conflicts_with = "alias", required_unless_present = "alias")]
+    pub collection: Option<String>,
+    /// Alias name (standalone catalog).
+    #[arg(long, env = "QUIVER_ALIAS")]
+    pub alias: Option<String>,
+}
+
+impl Target {
+    fn open(&self) -> Result<std::sync::Arc<Collection>> {
+        match (&self.collection, &self.alias) {
+            (Some(c), _) => Ok(std::sync::Arc::new(Collection::open(&self.dir.data_dir.join(c))?)),
+            (None, Some(a)) => Catalog::open(&self.dir.data_dir)?.resolve(a),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The query as a JSON array, e.g. "[0.1, 0.2]".
+    #[arg(long, conflicts_with = "queries")]
+    pub vector: Option<String>,
+    /// An .npy/.fvecs/.jsonl file of queries (each is answered).
+    #[arg(long)]
+    pub queries: Option<String>,
+    #[arg(long, short, default_value_t = 10)]
+    pub k: usize,
+    /// Comma-separated partitions (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub partitions: Vec<String>,
+    /// Only items with all these tags (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+    #[arg(long)]
+    pub strategy: Option<Strategy>,
+    #[arg(long)]
+    pub quality: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// The vector count the source promised.
+    #[arg(long, env = "QUIVER_EXPECTED_COUNT")]
+    pub expected_count: Option<u64>,
+    #[arg(long, env = "QUIVER_MIN_RECALL", default_value_t = 0.9)]
+    pub min_recall: f64,
+    #[arg(long, env = "QUIVER_MAX_P99_MS")]
+    pub max_p99_ms: Option<f64>,
+    #[arg(long, short, env = "QUIVER_VERIFY_K", default_value_t = 10)]
+    pub k: usize,
+    /// Queries to check recall with (.npy/.fvecs/.jsonl); default: sampled near stored vectors.
+    #[arg(long, env = "QUIVER_VERIFY_QUERIES")]
+    pub queries: Option<String>,
+    #[arg(long, env = "QUIVER_VERIFY_SAMPLE", default_value_t = 200)]
+    pub sample: usize,
+    /// Also write the JSON report here.
+    #[arg(long, env = "QUIVER_VERIFY_OUTPUT")]
+    pub output: Option<PathBuf>,
+}
+
+impl GateArgs {
+    fn options(&self) -> Result<VerifyOptions> {
+        let queries = match &self.queries {
+            Some(uri) => read_vectors(uri)?,
+            None => Vec::new(),
+        };
+        Ok(VerifyOptions {
+            expected_count: self.expected_count,
+            min_recall: self.min_recall,
+            max_p99_ms: self.max_p99_ms,
+            k: self.k,
+            queries,
+            sample: self.sample,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub gate: GateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WarmupArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, env = "QUIVER_WARMUP_MAX_QUERIES", default_value_t = 2000)]
+    pub max_queries: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct AliasArgs {
+    #[command(subcommand)]
+    pub action: AliasAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasAction {
+    /// Verify COLLECTION, then point ALIAS at it; refused (exit 1) when verification fails.
+    Flip {
+        #[command(flatten)]
+        dir: DataDir,
+        alias: String,
+        collection: String,
+        #[command(flatten)]
+        gate: GateArgs,
+    },
+    /// Print an alias's target, previous target and history as JSON.
+    Show {
+        #[command(flatten)]
+        dir: DataDir,
+        alias: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Base vectors (.npy).
+    #[arg(long)]
+    pub base: String,
+    /// Query vectors (.npy).
+    #[arg(long)]
+    pub queries: String,
+    /// Exact top-100 ids per query (.npy int32/int64); computed when absent.
+    #[arg(long)]
+    pub ground_truth: Option<PathBuf>,
+    #[arg(long, default_value = "cosine")]
+    pub distance: Metric,
+    #[arg(long, short, default_value_t = 10)]
+    pub k: usize,
+    #[arg(long, default_value_t = 1)]
+    pub partitions: usize,
+    /// Durable indexes to build and sweep.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "arroy")]
+    pub index: Vec<Backend>,
+    #[arg(long)]
+    pub n_trees: Option<usize>,
+    #[arg(long, default_value_t = 100)]
+    pub ef_construction: usize,
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100,150,200,300,500,1000")]
+    pub signscan: Vec<usize>,
+    /// arroy search_k values (0 = arroy's default).
+    #[arg(long, value_delimiter = ',', default_value = "0,4000,16000,32000")]
+    pub search_k: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "16,32,48,64,100,200")]
+    pub ef: Vec<usize>,
+    /// Build here instead of a temporary directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's collections here (default: a temporary directory).
+    #[arg(long, env = "QUIVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 30_000)]
+    pub vectors: usize,
+    #[arg(long, default_value_t = 128)]
+    pub dims: usize,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    pub vectors: usize,
+    #[arg(long, default_value_t = 128)]
+    pub dims: usize,
+    #[arg(long, default_value_t = 64)]
+    pub clusters: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Which stream of the generator (base and queries use different ones).
+    #[arg(long, default_value_t = 0)]
+    pub stream: u64,
+}
+
+/// What the process should exit with: 0 success, 1 a gate failed or a flip was refused.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Import(a) => import_cmd(a),
+        Command::Search(a) => search_cmd(a),
+        Command::Inspect(a) => {
+            let c = a.target.open()?;
+            let tags: std::collections::BTreeMap<&str, u64> = c.tag_counts().collect();
+            let partitions: Vec<(String, u64)> =
+                c.manifest().partitions.iter().cloned().zip(c.partition_members().iter().map(|m| m.len())).collect();
+            print_json(&serde_json::json!({
+                "manifest": c.manifest(),
+                "partitions": partitions,
+                "tags": tags,
+                "disk_bytes": c.disk_bytes(),
+            }));
+            Ok(0)
+        }
+        Command::Verify(a) => {
+            let c = a.target.open()?;
+            let report = verify(&c, &a.gate.options()?)?;
+            emit_report(&report, a.gate.output.as_deref())?;
+            Ok(if report.passed { 0 } else { 1 })
+        }
+        Command::Warmup(a) => {
+            let c = a.target.open()?;
+            let report = warm(&c, &WarmupOptions { max_queries: a.max_queries, ..Default::default() })?;
+            print_json(&report);
+            Ok(0)
+        }
+        Command::Alias(a) => alias_cmd(a.action),
+        Command::Bench(a) => bench_cmd(a),
+        Command::Demo(a) => {
+            let report = demo::run(&DemoOptions { data_dir: a.data_dir, vectors: a.vectors, dims: a.dims, progress: !a.json })?;
+            if a.json {
+                print_json(&report);
+            } else {
+                print!("{}", demo::table(&report));
+            }
+            Ok(if report.failed_queries == 0 { 0 } else { 1 })
+        }
+        Command::Generate(a) => {
+            let mut g = crate::datagen::Clustered::new(a.dims, a.seed);
+            g.clusters = a.clusters;
+            let data = g.generate(a.vectors, a.stream);
+            import::npy::write_f32(&a.out, a.vectors, a.dims, &data)
+                .map_err(|e| Error::io(format!("writing {}", a.out.display()), e))?;
+            Ok(0)
+        }
+    }
+}
+
+fn import_cmd(a: ImportArgs) -> Result<i32> {
+    let mut options = BuildOptions::new(a.name, a.distance);
+    options.dimensions = a.dimensions;
+    options.index = match a.index {
+        Backend::Arroy => IndexParams::Arroy { n_trees: a.n_trees },
+        Backend::Hannoy => IndexParams::Hannoy { ef_construction: a.ef_construction },
+    };
+    options.search = SearchDefaults { strategy: a.strategy, quality: a.quality };
+    options.duplicates = match a.on_duplicate {
+        OnDuplicate::Reject => Duplicates::Reject,
+        OnDuplicate::LastWins => Duplicates::LastWins,
+    };
+    options.batch_rows = a.batch_rows.max(1);
+    options.progress = true;
+    let read = ReadOptions { format: a.format, id_offset: a.id_offset, partition: a.partition };
+    std::fs::create_dir_all(&a.dir.data_dir).map_err(|e| Error::io(format!("creating {}", a.dir.data_dir.display()), e))?;
+    let records = import::read(&a.source, &read)?;
+    let manifest = import_and_build(&a.dir.data_dir, &options, records)?;
+    print_json(&manifest);
+    Ok(0)
+}
+
+fn search_cmd(a: SearchArgs) -> Result<i32> {
+    let c = a.target.open()?;
+    let vectors = match (&a.vector, &a.queries) {
+        (Some(v), _) => vec![serde_json::from_str::<Vec<f32>>(v).map_err(|e| {
+            crate::error::RequestError::new("vector", v.chars().take(40).collect::<String>(), format!("not a JSON array of numbers: {e}"))
+        })?],
+        (None, Some(uri)) => read_vectors(uri)?,
+        (None, None) => {
+            return Err(crate::error::RequestError::new("vector", "(none)", "pass --vector or --queries").into());
+        }
+    };
+    for vector in vectors {
+        let request = SearchRequest {
+            vector,
+            k: a.k,
+            partitions: a.partitions.clone(),
+            tags: a.tags.clone(),
+            strategy: a.strategy,
+            quality: a.quality,
+        };
+        println!("{}", serde_json::to_string(&search(&c, &request)?).expect("hits serialize"));
+    }
+    Ok(0)
+}
+
+fn alias_cmd(action: AliasAction) -> Result<i32> {
+    match action {
+        AliasAction::Flip { dir, alias, collection, gate } => {
+            let catalog = Catalog::open(&dir.data_dir)?;
+            let c = catalog.collection(&collection)?;
+            let report = verify(&c, &gate.options()?)?;
+            emit_report(&report, gate.output.as_deref())?;
+            match catalog.flip(&alias, c, &report) {
+                Ok(record) => {
+                    print_json(&record);
+                    Ok(0)
+                }
+                Err(e @ Error::Alias { .. }) => {
+                    eprintln!("error: {e}");
+                    Ok(1)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        AliasAction::Show { dir, alias } => {
+            let record = Catalog::open(&dir.data_dir)?
+                .get(&alias)?
+                .ok_or_else(|| Error::Alias { alias: alias.clone(), reason: "no such alias".into() })?;
+            print_json(&record);
+            Ok(0)
+        }
+    }
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<i32> {
+    let indexes = a
+        .index
+        .iter()
+        .map(|b| match b {
+            Backend::Arroy => IndexParams::Arroy { n_trees: a.n_trees },
+            Backend::Hannoy => IndexParams::Hannoy { ef_construction: a.ef_construction },
+        })
+        .collect();
+    let report = bench::run(&BenchOptions {
+        base: a.base,
+        queries: a.queries,
+        ground_truth: a.ground_truth,
+        metric: a.distance,
+        k: a.k,
+        partitions: a.partitions,
+        indexes,
+        warmup: a.warmup,
+        signscan_sweep: a.signscan,
+        arroy_sweep: a.search_k,
+        hannoy_sweep: a.ef,
+        data_dir: a.data_dir,
+    })?;
+    print!("{}", bench::table(&report));
+    if let Some(path) = &a.json {
+        let json = serde_json::to_string_pretty(&report).expect("report serializes");
+        std::fs::write(path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(0)
+}
+
+fn read_vectors(uri: &str) -> Result<Vec<Vec<f32>>> {
+    import::read(uri, &ReadOptions::default())?.iter.map(|r| r.map(|r| r.vector)).collect()
+}
+
+fn emit_report(report: &crate::verify::VerifyReport, output: Option<&Path>) -> Result<()> {
+    let json = serde_json::to_string_pretty(report).expect("report serializes");
+    println!("{json}");
+    if let Some(path) = output {
+        std::fs::write(path, &json).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    for failure in report.failures() {
+        eprintln!("verification failed: {failure}");
+    }
+    Ok(())
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+}

@@ -1,0 +1,175 @@
+//! The verification gate an alias flip waits for: count, recall against exact search, and
+//! latency. The report is machine-readable and says which check failed and by how much.
+
+use crate::collection::Collection;
+use crate::datagen::gaussian;
+use crate::error::Result;
+use crate::index::Strategy;
+use crate::latency::Latencies;
+use crate::search::{SearchRequest, search};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub expected_count: Option<u64>,
+    pub min_recall: f64,
+    pub max_p99_ms: Option<f64>,
+    pub k: usize,
+    /// Queries to use; when empty, `sample` queries are drawn near stored vectors.
+    pub queries: Vec<Vec<f32>>,
+    pub sample: usize,
+    pub strategy: Option<Strategy>,
+    pub quality: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            expected_count: None,
+            min_recall: 0.9,
+            max_p99_ms: None,
+            k: 10,
+            queries: Vec::new(),
+            sample: 200,
+            strategy: None,
+            quality: None,
+            seed: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub measured: f64,
+    /// `>=`, `<=` or `==`.
+    pub comparison: String,
+    pub threshold: f64,
+    pub passed: bool,
+    /// How far from the threshold, in the check's unit (negative = short of it).
+    pub margin: f64,
+}
+
+impl Check {
+    fn new(name: &str, measured: f64, comparison: &str, threshold: f64) -> Check {
+        let (passed, margin) = match comparison {
+            ">=" => (measured >= threshold, measured - threshold),
+            "<=" => (measured <= threshold, threshold - measured),
+            _ => (measured == threshold, -(measured - threshold).abs()),
+        };
+        Check { name: name.into(), measured, comparison: comparison.into(), threshold, passed, margin }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub collection: String,
+    pub passed: bool,
+    pub checks: Vec<Check>,
+    /// The search setting verified, e.g. `signscan quality=200`.
+    pub setting: String,
+    pub queries: usize,
+    pub k: usize,
+}
+
+impl VerifyReport {
+    /// The failed checks, one line each: what was measured against what.
+    pub fn failures(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: measured {} {} {} failed (off by {})", c.name, c.measured, c.comparison, c.threshold, -c.margin))
+            .collect()
+    }
+}
+
+/// Queries near stored vectors: a sampled vector plus Gaussian noise of a quarter of its
+/// per-dimension RMS, so a query is not trivially its own nearest neighbour.
+pub fn sample_queries(collection: &Collection, n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let count = collection.len() as u32;
+    (0..n)
+        .map(|_| {
+            let v = collection.vector(rng.random_range(0..count));
+            let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            v.iter().map(|x| x + 0.25 * rms * gaussian(&mut rng)).collect()
+        })
+        .collect()
+}
+
+/// Recall@k of `found` ids against `truth` ids.
+pub fn recall(found: &[u64], truth: &[u64]) -> f64 {
+    if truth.is_empty() {
+        return 1.0;
+    }
+    let truth: HashSet<u64> = truth.iter().copied().collect();
+    found.iter().filter(|id| truth.contains(id)).count() as f64 / truth.len() as f64
+}
+
+pub fn verify(collection: &Collection, options: &VerifyOptions) -> Result<VerifyReport> {
+    let manifest = collection.manifest();
+    let queries = if options.queries.is_empty() {
+        sample_queries(collection, options.sample, options.seed)
+    } else {
+        options.queries.clone()
+    };
+    let strategy = options.strategy.unwrap_or(manifest.search.strategy);
+    let quality = options.quality.unwrap_or(manifest.search.quality);
+    let mut latencies = Latencies::default();
+    let mut recall_sum = 0.0;
+    for query in &queries {
+        let mut request = SearchRequest::new(query.clone(), options.k);
+        request.strategy = Some(Strategy::Exact);
+        let truth: Vec<u64> = search(collection, &request)?.iter().map(|h| h.id).collect();
+        request.strategy = Some(strategy);
+        request.quality = Some(quality);
+        let start = Instant::now();
+        let found = search(collection, &request)?;
+        latencies.record(start.elapsed());
+        let found: Vec<u64> = found.iter().map(|h| h.id).collect();
+        recall_sum += recall(&found, &truth);
+    }
+    let mut checks = Vec::new();
+    if let Some(expected) = options.expected_count {
+        checks.push(Check::new("count", collection.len() as f64, "==", expected as f64));
+    }
+    let mean_recall = if queries.is_empty() { 0.0 } else { recall_sum / queries.len() as f64 };
+    checks.push(Check::new(&format!("recall@{}", options.k), mean_recall, ">=", options.min_recall));
+    if let Some(budget) = options.max_p99_ms {
+        checks.push(Check::new("p99_ms", latencies.percentile(99.0), "<=", budget));
+    }
+    Ok(VerifyReport {
+        collection: collection.name().to_string(),
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+        setting: format!("{strategy} quality={quality}"),
+        queries: queries.len(),
+        k: options.k,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_report_margin() {
+        let c = Check::new("recall@10", 0.91, ">=", 0.95);
+        assert!(!c.passed);
+        assert!((c.margin + 0.04).abs() < 1e-9);
+        let c = Check::new("count", 10.0, "==", 12.0);
+        assert!(!c.passed && c.margin == -2.0);
+        assert!(Check::new("p99_ms", 3.0, "<=", 5.0).passed);
+    }
+
+    #[test]
+    fn recall_counts_overlap() {
+        assert_eq!(recall(&[1, 2, 3, 4], &[4, 3, 9, 8]), 0.5);
+        assert_eq!(recall(&[], &[]), 1.0);
+    }
+}
