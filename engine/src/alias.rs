@@ -48,9 +48,7 @@ impl Catalog {
         let dir = root.join(".catalog");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         // SAFETY: the catalog directory belongs to this data root; LMDB locks coordinate access.
-        let env = unsafe {
-            EnvOpenOptions::new().read_txn_without_tls().map_size(1 << 30).max_dbs(2).open(&dir)?
-        };
+        let env = unsafe { EnvOpenOptions::new().read_txn_without_tls().map_size(1 << 30).max_dbs(2).open(&dir)? };
         let wtxn = env.write_txn()?;
         let db = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| -> heed::Result<_> {
@@ -87,10 +85,9 @@ impl Catalog {
         if let Some(c) = self.live.read().expect("alias lock").get(alias) {
             return Ok(c.clone());
         }
-        let record = self.get(alias)?.ok_or_else(|| Error::Alias {
-            alias: alias.to_string(),
-            reason: "no such alias".into(),
-        })?;
+        let record = self
+            .get(alias)?
+            .ok_or_else(|| Error::Alias { alias: alias.to_string(), reason: "no such alias".into() })?;
         let c = self.collection(&record.collection)?;
         self.live.write().expect("alias lock").insert(alias.to_string(), c.clone());
         Ok(c)

@@ -119,10 +119,16 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             manifest.timings.build_s,
             collection.disk_bytes() >> 20
         );
-        builds.push(IndexBuild { backend: backend.into(), build_s: manifest.timings.build_s, disk_bytes: collection.disk_bytes() });
+        builds.push(IndexBuild {
+            backend: backend.into(),
+            build_s: manifest.timings.build_s,
+            disk_bytes: collection.disk_bytes(),
+        });
         collections.push((backend, collection));
     }
-    let (_, first) = collections.first().ok_or_else(|| Error::Request(crate::error::RequestError::new("indexes", "[]", "bench at least one index")))?;
+    let (_, first) = collections
+        .first()
+        .ok_or_else(|| Error::Request(crate::error::RequestError::new("indexes", "[]", "bench at least one index")))?;
     let k = options.k;
     let truth: Vec<Vec<u64>> = match &options.ground_truth {
         Some(path) => import::npy::read_ids(path)?.into_iter().map(|row| row.into_iter().take(k).collect()).collect(),
@@ -229,7 +235,10 @@ pub fn table(report: &BenchReport) -> String {
         report.signscan_bytes as f64 / (1 << 20) as f64,
         report.rss_peak_mib,
     );
-    out.push_str(&format!("{:<28} {:>9} {:>9} {:>9} {:>10} {:>9}\n", "setting", "p50 ms", "p99 ms", "qps", "recall@k", "p50/exact"));
+    out.push_str(&format!(
+        "{:<28} {:>9} {:>9} {:>9} {:>10} {:>9}\n",
+        "setting", "p50 ms", "p99 ms", "qps", "recall@k", "p50/exact"
+    ));
     for r in &report.runs {
         out.push_str(&format!(
             "{:<28} {:>9.3} {:>9.3} {:>9.0} {:>10.4} {:>9.3}\n",

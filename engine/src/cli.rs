@@ -102,12 +102,15 @@ pub struct ImportArgs {
     /// Rows per write transaction.
     #[arg(long, env = "QUIVER_BATCH_ROWS", default_value_t = 100_000)]
     pub batch_rows: usize,
-    /// Default search strategy recorded in the manifest.
+    /// Default search strategy, used with --quality.
     #[arg(long, env = "QUIVER_STRATEGY", default_value = "signscan")]
     pub strategy: Strategy,
-    /// Default quality knob recorded in the manifest.
-    #[arg(long, env = "QUIVER_QUALITY", default_value_t = 200)]
-    pub quality: usize,
+    /// Default quality knob; when absent it is calibrated to --target-recall after the build.
+    #[arg(long, env = "QUIVER_QUALITY")]
+    pub quality: Option<usize>,
+    /// Recall@10 the calibrated default setting must reach.
+    #[arg(long, env = "QUIVER_TARGET_RECALL", default_value_t = 0.95)]
+    pub target_recall: f64,
 }
 
 #[derive(Debug, Args)]
@@ -347,7 +350,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Alias(a) => alias_cmd(a.action),
         Command::Bench(a) => bench_cmd(a),
         Command::Demo(a) => {
-            let report = demo::run(&DemoOptions { data_dir: a.data_dir, vectors: a.vectors, dims: a.dims, progress: !a.json })?;
+            let report =
+                demo::run(&DemoOptions { data_dir: a.data_dir, vectors: a.vectors, dims: a.dims, progress: !a.json })?;
             if a.json {
                 print_json(&report);
             } else {
@@ -373,7 +377,12 @@ fn import_cmd(a: ImportArgs) -> Result<i32> {
         Backend::Arroy => IndexParams::Arroy { n_trees: a.n_trees },
         Backend::Hannoy => IndexParams::Hannoy { ef_construction: a.ef_construction },
     };
-    options.search = SearchDefaults { strategy: a.strategy, quality: a.quality };
+    if let Some(quality) = a.quality {
+        options.search = SearchDefaults { strategy: a.strategy, quality };
+        options.target_recall = None;
+    } else {
+        options.target_recall = Some(a.target_recall);
+    }
     options.duplicates = match a.on_duplicate {
         OnDuplicate::Reject => Duplicates::Reject,
         OnDuplicate::LastWins => Duplicates::LastWins,
@@ -381,7 +390,8 @@ fn import_cmd(a: ImportArgs) -> Result<i32> {
     options.batch_rows = a.batch_rows.max(1);
     options.progress = true;
     let read = ReadOptions { format: a.format, id_offset: a.id_offset, partition: a.partition };
-    std::fs::create_dir_all(&a.dir.data_dir).map_err(|e| Error::io(format!("creating {}", a.dir.data_dir.display()), e))?;
+    std::fs::create_dir_all(&a.dir.data_dir)
+        .map_err(|e| Error::io(format!("creating {}", a.dir.data_dir.display()), e))?;
     let records = import::read(&a.source, &read)?;
     let manifest = import_and_build(&a.dir.data_dir, &options, records)?;
     print_json(&manifest);
@@ -392,7 +402,11 @@ fn search_cmd(a: SearchArgs) -> Result<i32> {
     let c = a.target.open()?;
     let vectors = match (&a.vector, &a.queries) {
         (Some(v), _) => vec![serde_json::from_str::<Vec<f32>>(v).map_err(|e| {
-            crate::error::RequestError::new("vector", v.chars().take(40).collect::<String>(), format!("not a JSON array of numbers: {e}"))
+            crate::error::RequestError::new(
+                "vector",
+                v.chars().take(40).collect::<String>(),
+                format!("not a JSON array of numbers: {e}"),
+            )
         })?],
         (None, Some(uri)) => read_vectors(uri)?,
         (None, None) => {

@@ -11,17 +11,24 @@ pub struct Clustered {
     pub clusters: usize,
     /// Within-cluster standard deviation relative to the spread of the centres.
     pub spread: f32,
+    /// Dimensions of each cluster's subspace.
+    pub latent: usize,
     pub seed: u64,
 }
 
 impl Clustered {
     pub fn new(dims: usize, seed: u64) -> Self {
-        Clustered { dims, clusters: 64, spread: 0.35, seed }
+        Clustered { dims, clusters: 64, spread: 0.5, latent: 12, seed }
     }
 
-    fn centres(&self) -> (Vec<f32>, Vec<f64>) {
+    /// Cluster centres, each cluster's subspace basis (`dims x latent`), and the cumulative
+    /// distribution of cluster popularity.
+    fn clusters(&self) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let centres: Vec<f32> = (0..self.clusters * self.dims).map(|_| gaussian(&mut rng)).collect();
+        let scale = 1.0 / (self.latent as f32).sqrt();
+        let bases: Vec<f32> =
+            (0..self.clusters * self.dims * self.latent).map(|_| scale * gaussian(&mut rng)).collect();
         // Zipf-like cluster popularity: a few large clusters, a long tail.
         let weights: Vec<f64> = (1..=self.clusters).map(|r| 1.0 / (r as f64).powf(0.8)).collect();
         let total: f64 = weights.iter().sum();
@@ -30,12 +37,14 @@ impl Clustered {
             acc += w / total;
             acc
         });
-        (centres, cdf.collect())
+        (centres, bases, cdf.collect())
     }
 
     /// `n` row-major vectors drawn with `stream` (use different streams for base and queries).
     pub fn generate(&self, n: usize, stream: u64) -> Vec<f32> {
-        let (centres, cdf) = self.centres();
+        let (centres, bases, cdf) = self.clusters();
+        let (d, l) = (self.dims, self.latent);
+        let mut z = vec![0.0f32; l];
         let mut rng = StdRng::seed_from_u64(self.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut out = Vec::with_capacity(n * self.dims);
         for _ in 0..n {
@@ -43,8 +52,12 @@ impl Clustered {
             let c = cdf.iter().position(|&p| u <= p).unwrap_or(self.clusters - 1);
             // Each cluster has its own spread, so some are tight and some diffuse.
             let spread = self.spread * (0.5 + (c % 7) as f32 / 6.0);
-            let centre = &centres[c * self.dims..(c + 1) * self.dims];
-            out.extend(centre.iter().map(|m| m + spread * gaussian(&mut rng)));
+            z.iter_mut().for_each(|x| *x = gaussian(&mut rng));
+            let basis = &bases[c * d * l..(c + 1) * d * l];
+            for (i, m) in centres[c * d..(c + 1) * d].iter().enumerate() {
+                let along: f32 = basis[i * l..(i + 1) * l].iter().zip(&z).map(|(b, z)| b * z).sum();
+                out.push(m + spread * (along + 0.1 * gaussian(&mut rng)));
+            }
         }
         out
     }

@@ -55,7 +55,7 @@ pub struct DemoReport {
     pub failed_queries: u64,
     pub load_p50_ms: f64,
     pub load_p99_ms: f64,
-    pub alias_target: String,
+    pub alias_target: Option<String>,
     pub alias_previous: Option<String>,
     pub seconds: f64,
 }
@@ -91,6 +91,12 @@ pub fn run(options: &DemoOptions) -> Result<DemoReport> {
 
     // v1: build, verify, flip, start serving.
     let (row, _) = build_verify_flip(&catalog, &root, options, "products-v1", &v1_file, n1 as u64)?;
+    if let Some(why) = &row.refusal {
+        return Err(Error::Alias {
+            alias: ALIAS.into(),
+            reason: format!("the first collection cannot be served: {why}"),
+        });
+    }
     rows.push(row);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -103,9 +109,9 @@ pub fn run(options: &DemoOptions) -> Result<DemoReport> {
                 let q = &queries[i % queries.len()];
                 i += 1;
                 let t = Instant::now();
-                let answer = catalog
-                    .resolve(ALIAS)
-                    .and_then(|c| search(&c, &SearchRequest::new(q.clone(), 10)).map(|hits| (c.name().to_string(), hits)));
+                let answer = catalog.resolve(ALIAS).and_then(|c| {
+                    search(&c, &SearchRequest::new(q.clone(), 10)).map(|hits| (c.name().to_string(), hits))
+                });
                 let mut load = load.lock().expect("load lock");
                 match answer {
                     Ok((name, hits)) if hits.len() == 10 => {
@@ -136,7 +142,7 @@ pub fn run(options: &DemoOptions) -> Result<DemoReport> {
     stop.store(true, Ordering::Relaxed);
     client.join().map_err(|_| Error::io("query client", std::io::Error::other("panicked")))?;
     let load = std::mem::take(&mut *load.lock().expect("load lock"));
-    let record = catalog.get(ALIAS)?.ok_or_else(|| Error::Alias { alias: ALIAS.into(), reason: "missing".into() })?;
+    let record = catalog.get(ALIAS)?;
     let summary = load.latencies.summary();
     Ok(DemoReport {
         rows,
@@ -146,8 +152,8 @@ pub fn run(options: &DemoOptions) -> Result<DemoReport> {
         failed_queries: load.failed,
         load_p50_ms: summary.p50_ms,
         load_p99_ms: summary.p99_ms,
-        alias_target: record.collection,
-        alias_previous: record.previous,
+        alias_target: record.as_ref().map(|r| r.collection.clone()),
+        alias_previous: record.and_then(|r| r.previous),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -155,7 +161,8 @@ pub fn run(options: &DemoOptions) -> Result<DemoReport> {
 fn write_npy(root: &Path, name: &str, generator: &Clustered, n: usize, stream: u64) -> Result<String> {
     let path = root.join(name);
     let data = generator.generate(n, stream);
-    import::npy::write_f32(&path, n, generator.dims, &data).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    import::npy::write_f32(&path, n, generator.dims, &data)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     Ok(path.display().to_string())
 }
 
@@ -174,7 +181,12 @@ fn build_verify_flip(
     let warmup = warm(&collection, &WarmupOptions::default())?;
     let verification = verify(
         &collection,
-        &VerifyOptions { expected_count: Some(expected_count), min_recall: 0.9, max_p99_ms: Some(50.0), ..Default::default() },
+        &VerifyOptions {
+            expected_count: Some(expected_count),
+            min_recall: 0.95,
+            max_p99_ms: Some(50.0),
+            ..Default::default()
+        },
     )?;
     let (alias_flipped, refusal) = match catalog.flip(ALIAS, collection, &verification) {
         Ok(_) => (true, None),
@@ -199,7 +211,9 @@ pub fn table(report: &DemoReport) -> String {
         "collection", "vectors", "import s", "build s", "recall@10", "p99 ms", "verified", "alias"
     );
     for r in &report.rows {
-        let get = |name: &str| r.verification.checks.iter().find(|c| c.name.starts_with(name)).map(|c| c.measured).unwrap_or(f64::NAN);
+        let get = |name: &str| {
+            r.verification.checks.iter().find(|c| c.name.starts_with(name)).map(|c| c.measured).unwrap_or(f64::NAN)
+        };
         out.push_str(&format!(
             "{:<13} {:>8} {:>8.2} {:>8.2} {:>9.3} {:>8.3} {:>8}  {}\n",
             r.collection,
@@ -221,7 +235,7 @@ pub fn table(report: &DemoReport) -> String {
     ));
     out.push_str(&format!(
         "alias {ALIAS} -> {} (previous: {}); demo took {:.1}s\n",
-        report.alias_target,
+        report.alias_target.as_deref().unwrap_or("nothing"),
         report.alias_previous.as_deref().unwrap_or("none"),
         report.seconds
     ));

@@ -23,12 +23,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
-        Metric::Cosine,
-        Metric::Euclidean,
-        Metric::Dot,
-        Metric::BinaryQuantizedCosine,
-    ];
+    pub const ALL: [Metric; 4] = [Metric::Cosine, Metric::Euclidean, Metric::Dot, Metric::BinaryQuantizedCosine];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,9 +74,9 @@ impl FromStr for Metric {
             "euclidean" | "l2" => Ok(Metric::Euclidean),
             "dot" | "dot_product" | "ip" => Ok(Metric::Dot),
             "binary_quantized_cosine" | "bq_cosine" => Ok(Metric::BinaryQuantizedCosine),
-            _ => Err(format!(
-                "unknown distance {s:?}: expected one of cosine, euclidean, dot, binary_quantized_cosine"
-            )),
+            _ => {
+                Err(format!("unknown distance {s:?}: expected one of cosine, euclidean, dot, binary_quantized_cosine"))
+            }
         }
     }
 }

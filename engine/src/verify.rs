@@ -83,7 +83,12 @@ impl VerifyReport {
         self.checks
             .iter()
             .filter(|c| !c.passed)
-            .map(|c| format!("{}: measured {} {} {} failed (off by {})", c.name, c.measured, c.comparison, c.threshold, -c.margin))
+            .map(|c| {
+                format!(
+                    "{}: measured {} {} {} failed (off by {})",
+                    c.name, c.measured, c.comparison, c.threshold, -c.margin
+                )
+            })
             .collect()
     }
 }

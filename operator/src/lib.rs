@@ -1,0 +1,1 @@
+//! quiver-operator: the Kubernetes operator (VectorCollection, CollectionAlias). Not built yet: see issue 5.

@@ -43,7 +43,10 @@ pub struct BuildOptions {
     pub dimensions: Option<usize>,
     pub metric: Metric,
     pub index: IndexParams,
+    /// The default search setting; calibrated after the build when `target_recall` is set.
     pub search: SearchDefaults,
+    /// Recall@10 the default setting must reach (see [`crate::calibrate`]).
+    pub target_recall: Option<f64>,
     pub duplicates: Duplicates,
     /// Rows written per LMDB write transaction.
     pub batch_rows: usize,
@@ -60,6 +63,7 @@ impl BuildOptions {
             metric,
             index: IndexParams::default(),
             search: SearchDefaults::default(),
+            target_recall: Some(0.95),
             duplicates: Duplicates::Reject,
             batch_rows: 100_000,
             seed: 42,
@@ -152,6 +156,7 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
         },
         created_at: 0,
         timings: BuildTimings { import_s, build_s: 0.0 },
+        calibration: None,
         sealed: false,
     };
     let mut wtxn = env.write_txn()?;
@@ -163,13 +168,22 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     let staged = Collection::from_env(env.clone(), dbs, staging)?;
     let mut wtxn = env.write_txn()?;
     match options.index {
-        IndexParams::Arroy { n_trees } => crate::index::arroy::build(&mut wtxn, dbs.ann, &staged, n_trees, options.seed)?,
+        IndexParams::Arroy { n_trees } => {
+            crate::index::arroy::build(&mut wtxn, dbs.ann, &staged, n_trees, options.seed)?
+        }
         IndexParams::Hannoy { ef_construction } => {
             crate::index::hannoy::build(&mut wtxn, dbs.ann, &staged, ef_construction, options.seed)?
         }
     }
     manifest.timings.build_s = build_start.elapsed().as_secs_f64();
-    manifest.created_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    if let Some(target) = options.target_recall {
+        let calibration = crate::calibrate::calibrate(&staged, target, 10, 200, options.seed)?;
+        tracing::info!(?calibration, "search setting calibrated");
+        manifest.search = calibration.defaults();
+        manifest.calibration = Some(calibration);
+    }
+    manifest.created_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     manifest.sealed = true;
     dbs.manifest.put(&mut wtxn, MANIFEST_KEY, &manifest)?;
     wtxn.commit()?;
@@ -277,7 +291,8 @@ impl<'a> Import<'a> {
             (None, None) => record.vector.len(),
         };
         if dims == 0 || dims > MAX_DIMENSIONS {
-            let problem = ("vector".into(), format!("{dims} values"), format!("dimensions must be 1..={MAX_DIMENSIONS}"));
+            let problem =
+                ("vector".into(), format!("{dims} values"), format!("dimensions must be 1..={MAX_DIMENSIONS}"));
             return Err(self.bad(&record, problem));
         }
         if self.dims.is_none() {
@@ -301,7 +316,9 @@ impl<'a> Import<'a> {
                 let problem = (
                     "id".into(),
                     record.id.to_string(),
-                    format!("duplicate id (first seen as item {existing}); pass --on-duplicate last-wins to keep the later record"),
+                    format!(
+                        "duplicate id (first seen as item {existing}); pass --on-duplicate last-wins to keep the later record"
+                    ),
                 );
                 return Err(self.bad(&record, problem));
             }

@@ -24,6 +24,8 @@ pub struct Manifest {
     /// Seconds since the Unix epoch when the collection was sealed.
     pub created_at: u64,
     pub timings: BuildTimings,
+    /// How the default search setting was chosen (absent when it was given explicitly).
+    pub calibration: Option<crate::calibrate::Calibration>,
     /// Set in the same transaction that finishes the index: only a sealed collection opens.
     pub sealed: bool,
 }
@@ -83,6 +85,7 @@ mod tests {
                 source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3 },
                 created_at: 1_700_000_000,
                 timings: BuildTimings { import_s: 1.5, build_s: 2.0 },
+                calibration: None,
                 sealed: true,
             };
             let json = serde_json::to_string(&m).unwrap();

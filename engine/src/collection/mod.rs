@@ -66,10 +66,7 @@ impl Collection {
     pub(crate) fn from_env(env: Env<WithoutTls>, dbs: Databases, path: &Path) -> Result<Collection> {
         let incomplete = |reason: String| Error::Incomplete { path: path.to_path_buf(), reason };
         let rtxn = env.clone().static_read_txn()?;
-        let manifest = dbs
-            .manifest
-            .get(&rtxn, MANIFEST_KEY)?
-            .ok_or_else(|| incomplete("no manifest".into()))?;
+        let manifest = dbs.manifest.get(&rtxn, MANIFEST_KEY)?.ok_or_else(|| incomplete("no manifest".into()))?;
         if manifest.format_version != FORMAT_VERSION {
             return Err(incomplete(format!(
                 "format version {} (this quiver reads {FORMAT_VERSION})",
@@ -83,8 +80,10 @@ impl Collection {
         let mut id_chunks = Vec::with_capacity(n_chunks);
         for chunk in 0..n_chunks as u32 {
             let expected_rows = (manifest.count as usize - chunk as usize * rows).min(rows);
-            let vectors = dbs.vectors.get(&rtxn, &chunk)?.ok_or_else(|| incomplete(format!("vector chunk {chunk} missing")))?;
-            let ids = dbs.item_ids.get(&rtxn, &chunk)?.ok_or_else(|| incomplete(format!("id chunk {chunk} missing")))?;
+            let vectors =
+                dbs.vectors.get(&rtxn, &chunk)?.ok_or_else(|| incomplete(format!("vector chunk {chunk} missing")))?;
+            let ids =
+                dbs.item_ids.get(&rtxn, &chunk)?.ok_or_else(|| incomplete(format!("id chunk {chunk} missing")))?;
             if vectors.len() != expected_rows * dims * 4 || ids.len() != expected_rows * 8 {
                 return Err(incomplete(format!("chunk {chunk} has the wrong size")));
             }
@@ -96,7 +95,8 @@ impl Collection {
         }
         let mut partitions = Vec::with_capacity(manifest.partitions.len());
         for name in &manifest.partitions {
-            let members = dbs.partitions.get(&rtxn, name)?.ok_or_else(|| incomplete(format!("partition {name:?} missing")))?;
+            let members =
+                dbs.partitions.get(&rtxn, name)?.ok_or_else(|| incomplete(format!("partition {name:?} missing")))?;
             partitions.push(members);
         }
         let tags = dbs.tags.iter(&rtxn)?.map(|r| r.map(|(k, v)| (k.to_string(), v))).collect::<heed::Result<_>>()?;
@@ -206,11 +206,8 @@ impl Collection {
             checksum += chunk.iter().step_by(1024).sum::<f32>();
         }
         std::hint::black_box(checksum);
-        let signscan_bytes = if self.manifest.search.strategy == Strategy::SignScan {
-            self.signscan().memory_bytes()
-        } else {
-            0
-        };
+        let signscan_bytes =
+            if self.manifest.search.strategy == Strategy::SignScan { self.signscan().memory_bytes() } else { 0 };
         Ok(PreloadStats { map_bytes: bytes, signscan_bytes, seconds: start.elapsed().as_secs_f64() })
     }
 

@@ -118,10 +118,8 @@ pub fn open(dir: &Path) -> Result<(Env<WithoutTls>, Databases)> {
             Ok(CommitOrAbort::<_, ()>::Commit(all))
         })?
         .unwrap_commit();
-    let missing = |name: &str| Error::Incomplete {
-        path: dir.to_path_buf(),
-        reason: format!("database {name:?} is missing"),
-    };
+    let missing =
+        |name: &str| Error::Incomplete { path: dir.to_path_buf(), reason: format!("database {name:?} is missing") };
     let dbs = (
         opened.0.ok_or_else(|| missing(NAMES[0]))?,
         opened.1.ok_or_else(|| missing(NAMES[1]))?,

@@ -31,11 +31,7 @@ pub fn check_label(kind: &str, name: &str) -> Result<(), Problem> {
     if ok {
         Ok(())
     } else {
-        Err((
-            kind.into(),
-            format!("{name:?}"),
-            "must be 1-128 characters of letters, digits and _-.:/=".into(),
-        ))
+        Err((kind.into(), format!("{name:?}"), "must be 1-128 characters of letters, digits and _-.:/=".into()))
     }
 }
 

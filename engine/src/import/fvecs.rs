@@ -38,7 +38,11 @@ impl<R: Read> Iterator for FvecsRows<R> {
             Ok(()) => {}
             Err(ReadFailure::Truncated(0)) => return None, // clean end of file
             Err(ReadFailure::Truncated(n)) => {
-                return self.fail("dimension", format!("{n} of 4 bytes"), "file truncated inside a record header".into());
+                return self.fail(
+                    "dimension",
+                    format!("{n} of 4 bytes"),
+                    "file truncated inside a record header".into(),
+                );
             }
             Err(ReadFailure::Io(e)) => return self.fail("dimension", "(unread)", format!("read error: {e}")),
         }
@@ -92,17 +96,11 @@ mod tests {
     fn truncation_and_mixed_dimensions_name_the_row() {
         let mut bytes = fvecs(&[&[1.0, 2.0], &[3.0, 4.0]]);
         bytes.truncate(bytes.len() - 2);
-        let err = FvecsRows::new(bytes.as_slice(), "a.fvecs".into(), 0)
-            .find_map(|r| r.err())
-            .unwrap()
-            .to_string();
+        let err = FvecsRows::new(bytes.as_slice(), "a.fvecs".into(), 0).find_map(|r| r.err()).unwrap().to_string();
         assert!(err.contains("a.fvecs: row 1: field `vector` = 6 of 8 bytes"), "{err}");
 
         let bytes = fvecs(&[&[1.0, 2.0], &[3.0, 4.0, 5.0]]);
-        let err = FvecsRows::new(bytes.as_slice(), "a.fvecs".into(), 0)
-            .find_map(|r| r.err())
-            .unwrap()
-            .to_string();
+        let err = FvecsRows::new(bytes.as_slice(), "a.fvecs".into(), 0).find_map(|r| r.err()).unwrap().to_string();
         assert!(err.contains("row 1: field `dimension` = 3: earlier records have 2"), "{err}");
     }
 }

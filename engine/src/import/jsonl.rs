@@ -38,7 +38,9 @@ impl<R: BufRead> Iterator for JsonLines<R> {
             let at = Location::Line(self.line);
             let text = match self.lines.next()? {
                 Ok(t) => t,
-                Err(e) => return Some(Err(input_error(&self.source, at, "(line)", "(unreadable)", e.to_string()).into())),
+                Err(e) => {
+                    return Some(Err(input_error(&self.source, at, "(line)", "(unreadable)", e.to_string()).into()));
+                }
             };
             if text.trim().is_empty() {
                 continue;
@@ -70,7 +72,8 @@ mod tests {
 
     #[test]
     fn reads_records_and_skips_blank_lines() {
-        let rows = parse("{\"id\":7,\"vector\":[1,2],\"partition\":\"eu\",\"tags\":[\"a\"]}\n\n{\"id\":8,\"vector\":[3,4]}\n");
+        let rows =
+            parse("{\"id\":7,\"vector\":[1,2],\"partition\":\"eu\",\"tags\":[\"a\"]}\n\n{\"id\":8,\"vector\":[3,4]}\n");
         let rows: Vec<Record> = rows.into_iter().collect::<Result<_>>().unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].partition.as_deref(), Some("eu"));

@@ -105,15 +105,14 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
     };
     let (reader, fingerprint) = source::open(uri)?;
     let name = uri.to_string();
-    let (expected_rows, iter): (Option<u64>, Box<dyn Iterator<Item = Result<Record>> + Send>) =
-        match format {
-            Format::Npy => {
-                let r = npy::NpyRows::new(reader, name.clone(), options.id_offset)?;
-                (Some(r.rows()), Box::new(r))
-            }
-            Format::Fvecs => (None, Box::new(fvecs::FvecsRows::new(reader, name.clone(), options.id_offset))),
-            Format::JsonLines => (None, Box::new(jsonl::JsonLines::new(reader, name.clone()))),
-        };
+    let (expected_rows, iter): (Option<u64>, Box<dyn Iterator<Item = Result<Record>> + Send>) = match format {
+        Format::Npy => {
+            let r = npy::NpyRows::new(reader, name.clone(), options.id_offset)?;
+            (Some(r.rows()), Box::new(r))
+        }
+        Format::Fvecs => (None, Box::new(fvecs::FvecsRows::new(reader, name.clone(), options.id_offset))),
+        Format::JsonLines => (None, Box::new(jsonl::JsonLines::new(reader, name.clone()))),
+    };
     let partition = options.partition.clone();
     let iter: Box<dyn Iterator<Item = Result<Record>> + Send> = match partition {
         Some(p) => Box::new(iter.map(move |r| {

@@ -36,9 +36,7 @@ struct Preamble {
 fn read_preamble(reader: &mut impl Read, source: &str) -> Result<Preamble, InputError> {
     let bad = |field: &str, value: &str, reason: &str| input_error(source, "header", field, value, reason);
     let mut magic = [0u8; 8];
-    reader
-        .read_exact(&mut magic)
-        .map_err(|_| bad("magic", "(eof)", "file too short for an .npy header"))?;
+    reader.read_exact(&mut magic).map_err(|_| bad("magic", "(eof)", "file too short for an .npy header"))?;
     if &magic[..6] != b"\x93NUMPY" {
         return Err(bad("magic", &format!("{:?}", &magic[..6]), "not an .npy file"));
     }
@@ -163,11 +161,9 @@ impl<R: Read> Iterator for NpyRows<R> {
         }
         let vector = match self.header.element {
             Element::F32 => self.buf.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-            Element::F64 => self
-                .buf
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
+            Element::F64 => {
+                self.buf.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect()
+            }
         };
         Some(Ok(Record { id: self.id_offset + row, vector, partition: None, tags: Vec::new(), at: Location::Row(row) }))
     }
@@ -263,10 +259,8 @@ mod tests {
         let data: Vec<f32> = (0..12).map(|x| x as f32 * 0.5).collect();
         let bytes = npy_bytes(4, 3, &data);
         assert_eq!((10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64, 0);
-        let rows: Vec<Record> = NpyRows::new(bytes.as_slice(), "m.npy".into(), 100)
-            .unwrap()
-            .collect::<Result<_>>()
-            .unwrap();
+        let rows: Vec<Record> =
+            NpyRows::new(bytes.as_slice(), "m.npy".into(), 100).unwrap().collect::<Result<_>>().unwrap();
         assert_eq!(rows.len(), 4);
         assert_eq!(rows[1].id, 101);
         assert_eq!(rows[1].vector, vec![1.5, 2.0, 2.5]);

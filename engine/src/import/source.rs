@@ -37,10 +37,8 @@ pub type SourceReader = BufReader<HashingReader<Box<dyn Read + Send>>>;
 /// Opens `uri` (a path, `file://` path, or `http(s)://` URL) for streaming.
 pub fn open(uri: &str) -> Result<(SourceReader, Fingerprint)> {
     let raw: Box<dyn Read + Send> = if uri.starts_with("http://") || uri.starts_with("https://") {
-        let response = ureq::get(uri).call().map_err(|e| Error::Http {
-            url: uri.to_string(),
-            reason: e.to_string(),
-        })?;
+        let response =
+            ureq::get(uri).call().map_err(|e| Error::Http { url: uri.to_string(), reason: e.to_string() })?;
         Box::new(response.into_body().into_reader())
     } else {
         let path = uri.strip_prefix("file://").unwrap_or(uri);

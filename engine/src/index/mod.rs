@@ -110,7 +110,12 @@ pub trait AnnIndex: Send + Sync {
 }
 
 /// Re-scores candidate items exactly and keeps the best `k`.
-pub fn rerank(collection: &Collection, query: &[f32], candidates: impl IntoIterator<Item = u32>, k: usize) -> Vec<Scored> {
+pub fn rerank(
+    collection: &Collection,
+    query: &[f32],
+    candidates: impl IntoIterator<Item = u32>,
+    k: usize,
+) -> Vec<Scored> {
     let kernel = collection.manifest().metric.kernel();
     let mut top = crate::search::topk::TopK::new(k);
     for item in candidates {

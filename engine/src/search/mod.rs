@@ -89,7 +89,8 @@ pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hi
         if members.is_empty() {
             return Ok(Vec::new());
         }
-        let query = PartitionQuery { partition, members, filtered: filter.is_some(), vector: &vector, k: request.k, quality };
+        let query =
+            PartitionQuery { partition, members, filtered: filter.is_some(), vector: &vector, k: request.k, quality };
         index.search(collection, &query)
     };
     let merged = if partitions.len() == 1 {

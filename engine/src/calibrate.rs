@@ -1,0 +1,94 @@
+//! After a build: find the cheapest search setting that reaches the target recall (with a
+//! margin) on sampled queries against exact search, and measure its latency. The result goes
+//! into the manifest and becomes the collection's default; verification re-checks it.
+
+use crate::collection::Collection;
+use crate::error::Result;
+use crate::index::{SearchDefaults, Strategy};
+use crate::latency::Latencies;
+use crate::search::{SearchRequest, search};
+use crate::verify::{recall, sample_queries};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Recall is measured on a sample; aim this much above the target so a verifier's different
+/// sample still passes.
+pub const MARGIN: f64 = 0.01;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub target_recall: f64,
+    pub k: usize,
+    pub strategy: Strategy,
+    pub quality: usize,
+    pub recall: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub queries: usize,
+}
+
+impl Calibration {
+    pub fn defaults(&self) -> SearchDefaults {
+        SearchDefaults { strategy: self.strategy, quality: self.quality }
+    }
+}
+
+/// Candidate re-rank budgets tried for the sign-code scan, as multiples of k.
+const LADDER: [usize; 9] = [2, 5, 10, 15, 20, 50, 100, 200, 500];
+
+pub fn calibrate(
+    collection: &Collection,
+    target_recall: f64,
+    k: usize,
+    queries: usize,
+    seed: u64,
+) -> Result<Calibration> {
+    let queries = sample_queries(collection, queries.max(1), seed);
+    let request = |q: &Vec<f32>, strategy: Strategy, quality: usize| SearchRequest {
+        strategy: Some(strategy),
+        quality: Some(quality),
+        ..SearchRequest::new(q.clone(), k)
+    };
+    let ids = |hits: Vec<crate::search::Hit>| hits.into_iter().map(|h| h.id).collect::<Vec<u64>>();
+    let truth: Vec<Vec<u64>> = queries
+        .par_iter()
+        .map(|q| search(collection, &request(q, Strategy::Exact, 0)).map(ids))
+        .collect::<Result<_>>()?;
+    let mean_recall = |strategy: Strategy, quality: usize| -> Result<f64> {
+        let total: f64 = queries
+            .par_iter()
+            .zip(&truth)
+            .map(|(q, t)| search(collection, &request(q, strategy, quality)).map(|h| recall(&ids(h), t)))
+            .collect::<Result<Vec<f64>>>()?
+            .iter()
+            .sum();
+        Ok(total / queries.len() as f64)
+    };
+    let n = collection.len() as usize;
+    let mut chosen = (Strategy::Exact, 0, 1.0);
+    for quality in LADDER.iter().map(|m| m * k).take_while(|&q| q < n) {
+        let r = mean_recall(Strategy::SignScan, quality)?;
+        if r >= target_recall + MARGIN {
+            chosen = (Strategy::SignScan, quality, r);
+            break;
+        }
+    }
+    let (strategy, quality, measured) = chosen;
+    let mut latencies = Latencies::default();
+    for q in &queries {
+        let start = Instant::now();
+        search(collection, &request(q, strategy, quality))?;
+        latencies.record(start.elapsed());
+    }
+    Ok(Calibration {
+        target_recall,
+        k,
+        strategy,
+        quality,
+        recall: measured,
+        p50_ms: latencies.percentile(50.0),
+        p99_ms: latencies.percentile(99.0),
+        queries: queries.len(),
+    })
+}

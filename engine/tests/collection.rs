@@ -1,0 +1,324 @@
+//! Import, build, search and verify a small clustered collection end to end (in process).
+
+use quiver_engine::collection::builder::{BuildOptions, Duplicates, import_and_build};
+use quiver_engine::datagen::Clustered;
+use quiver_engine::distance::Metric;
+use quiver_engine::import::{self, ReadOptions, npy};
+use quiver_engine::index::{IndexParams, Strategy};
+use quiver_engine::search::{SearchRequest, search, search_batch};
+use quiver_engine::verify::{VerifyOptions, recall, sample_queries, verify};
+use quiver_engine::{Collection, Error};
+use std::path::Path;
+
+const DIMS: usize = 32;
+
+fn write_npy(dir: &Path, name: &str, n: usize, stream: u64) -> String {
+    let path = dir.join(name);
+    let data = Clustered::new(DIMS, 5).generate(n, stream);
+    npy::write_f32(&path, n, DIMS, &data).unwrap();
+    path.display().to_string()
+}
+
+fn write_jsonl(dir: &Path, name: &str, lines: &[String]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path.display().to_string()
+}
+
+fn build(root: &Path, name: &str, source: &str, options: impl FnOnce(&mut BuildOptions)) -> Result<Collection, Error> {
+    let mut o = BuildOptions::new(name, Metric::Cosine);
+    options(&mut o);
+    let records = import::read(source, &ReadOptions::default())?;
+    let manifest = import_and_build(root, &o, records)?;
+    Collection::open(&root.join(manifest.name))
+}
+
+fn ids(hits: &[quiver_engine::search::Hit]) -> Vec<u64> {
+    hits.iter().map(|h| h.id).collect()
+}
+
+/// Mean recall@10 of a strategy against exact search on held-out queries.
+fn mean_recall(c: &Collection, strategy: Strategy, quality: usize) -> f64 {
+    let queries = Clustered::new(DIMS, 5).generate(50, 99);
+    let mut total = 0.0;
+    for q in queries.chunks(DIMS) {
+        let mut r = SearchRequest::new(q.to_vec(), 10);
+        r.strategy = Some(Strategy::Exact);
+        let truth = ids(&search(c, &r).unwrap());
+        r.strategy = Some(strategy);
+        r.quality = Some(quality);
+        total += recall(&ids(&search(c, &r).unwrap()), &truth);
+    }
+    total / 50.0
+}
+
+#[test]
+fn import_build_and_search_meet_recall_floors() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 3000, 1);
+    let c = build(dir.path(), "v1", &source, |_| {}).unwrap();
+    let m = c.manifest();
+    assert_eq!((m.count, m.dimensions, m.metric), (3000, DIMS, Metric::Cosine));
+    assert!(m.sealed && m.source.fingerprint.starts_with("sha256:") && m.source.rows_read == 3000);
+    assert_eq!(m.partitions, vec!["default"]);
+
+    // A stored vector is its own nearest neighbour, at distance ~0.
+    let v = c.vector(c.item_of(1234).unwrap().unwrap()).to_vec();
+    for strategy in [Strategy::Exact, Strategy::SignScan, Strategy::Index] {
+        let mut r = SearchRequest::new(v.clone(), 5);
+        r.strategy = Some(strategy);
+        let hits = search(&c, &r).unwrap();
+        assert_eq!(hits[0].id, 1234, "{strategy}");
+        assert!(hits[0].distance.abs() < 1e-4);
+        assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+    }
+    // Loose floors: these catch a broken index, not a slow one.
+    assert!(mean_recall(&c, Strategy::SignScan, 200) >= 0.9);
+    assert!(mean_recall(&c, Strategy::Index, 0) >= 0.6);
+    assert_eq!(mean_recall(&c, Strategy::Exact, 0), 1.0);
+}
+
+#[test]
+fn hannoy_backend_builds_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 2000, 1);
+    let c = build(dir.path(), "h", &source, |o| o.index = IndexParams::Hannoy { ef_construction: 64 }).unwrap();
+    assert!(mean_recall(&c, Strategy::Index, 64) >= 0.8);
+    let err = build(dir.path(), "hd", &source, |o| {
+        o.index = IndexParams::Hannoy { ef_construction: 64 };
+        o.metric = Metric::Dot;
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("hannoy has no dot-product"), "{err}");
+}
+
+#[test]
+fn every_metric_builds_and_finds_exact_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 800, 1);
+    for metric in Metric::ALL {
+        let name = format!("m-{}", metric.as_str().replace('_', "-"));
+        let c = build(dir.path(), &name, &source, |o| o.metric = metric).unwrap();
+        assert!(mean_recall(&c, Strategy::SignScan, 100) >= 0.85, "{metric}");
+        assert!(mean_recall(&c, Strategy::Index, 2000) >= 0.5, "{metric}");
+    }
+}
+
+#[test]
+fn partitions_fan_out_and_merge_like_one_exact_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Clustered::new(DIMS, 5).generate(1200, 1);
+    let lines: Vec<String> = data
+        .chunks(DIMS)
+        .enumerate()
+        .map(|(i, v)| {
+            let tags = if i % 3 == 0 { r#"["in-stock"]"# } else { "[]" };
+            serde_json::json!({"id": 10_000 + i, "vector": v, "partition": format!("shard-{}", i % 4), "tags": serde_json::from_str::<serde_json::Value>(tags).unwrap()}).to_string()
+        })
+        .collect();
+    let source = write_jsonl(dir.path(), "v.jsonl", &lines);
+    let c = build(dir.path(), "parts", &source, |_| {}).unwrap();
+    assert_eq!(c.manifest().partitions.len(), 4);
+    let queries = Clustered::new(DIMS, 5).generate(20, 7);
+    for q in queries.chunks(DIMS) {
+        let mut all = SearchRequest::new(q.to_vec(), 10);
+        all.strategy = Some(Strategy::Exact);
+        let merged = search(&c, &all).unwrap();
+        // The merge of per-partition answers equals an exact scan over the union.
+        let mut per: Vec<_> = (0..4)
+            .flat_map(|p| {
+                let mut r = all.clone();
+                r.partitions = vec![format!("shard-{p}")];
+                search(&c, &r).unwrap()
+            })
+            .collect();
+        per.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+        assert_eq!(ids(&merged), ids(&per[..10]));
+
+        let mut sub = all.clone();
+        sub.partitions = vec!["shard-1".into(), "shard-3".into()];
+        assert!(search(&c, &sub).unwrap().iter().all(|h| (h.id - 10_000) % 2 == 1));
+
+        for strategy in [Strategy::Exact, Strategy::SignScan, Strategy::Index] {
+            let mut tagged = all.clone();
+            tagged.strategy = Some(strategy);
+            tagged.tags = vec!["in-stock".into()];
+            let hits = search(&c, &tagged).unwrap();
+            assert!(!hits.is_empty());
+            assert!(hits.iter().all(|h| (h.id - 10_000) % 3 == 0), "{strategy}: filter leaked");
+        }
+    }
+    let batch: Vec<SearchRequest> = queries.chunks(DIMS).map(|q| SearchRequest::new(q.to_vec(), 3)).collect();
+    assert!(search_batch(&c, &batch).unwrap().iter().all(|hits| hits.len() == 3));
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 300, 1);
+    let c = build(dir.path(), "v1", &source, |_| {}).unwrap();
+    let q = vec![0.5; DIMS];
+    let cases: Vec<(SearchRequest, &str)> = vec![
+        (SearchRequest::new(q.clone(), 0), "field `k` = 0"),
+        (SearchRequest::new(q.clone(), 10_001), "field `k` = 10001"),
+        (SearchRequest::new(vec![0.5; DIMS + 1], 5), "field `vector` = 33 values"),
+        (
+            SearchRequest::new(
+                {
+                    let mut v = q.clone();
+                    v[3] = f32::NAN;
+                    v
+                },
+                5,
+            ),
+            "field `vector[3]` = NaN",
+        ),
+        (
+            SearchRequest { partitions: vec!["nope".into()], ..SearchRequest::new(q.clone(), 5) },
+            "field `partitions` = \"nope\"",
+        ),
+        (SearchRequest { tags: vec!["sale".into()], ..SearchRequest::new(q.clone(), 5) }, "field `tags` = \"sale\""),
+    ];
+    for (request, expected) in cases {
+        let err = search(&c, &request).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err} lacks {expected}");
+    }
+}
+
+#[test]
+fn bad_imports_name_the_place_and_damage_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let good = write_npy(root, "base.npy", 200, 1);
+    let live = build(root, "live", &good, |_| {}).unwrap();
+    let live_fingerprint = live.manifest().source.fingerprint.clone();
+    let v = |x: f32| serde_json::json!(vec![x; DIMS]).to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![format!(r#"{{"id":1,"vector":{}}}"#, v(0.1)), r#"{"id":2,"vector":[1,2]}"#.into()],
+            "line 2: field `vector` = 2 values",
+        ),
+        (
+            vec![format!(r#"{{"id":1,"vector":{}}}"#, v(0.1)), format!(r#"{{"id":1,"vector":{}}}"#, v(0.2))],
+            "line 2: field `id` = 1: duplicate id",
+        ),
+        (vec![format!(r#"{{"id":1,"vector":{}}}"#, v(1e39))], "line 1: field `vector[0]` = inf"),
+        (vec![format!(r#"{{"id":1,"vector":{}}}"#, v(0.0))], "field `vector` = all zeros"),
+        (vec![r#"{"id":1,"vector":[1,2"#.into()], "line 1"),
+        (vec![], "empty import"),
+        (vec![format!(r#"{{"id":1,"vector":{},"partition":"a b"}}"#, v(0.1))], "field `partition` = \"a b\""),
+    ];
+    for (i, (lines, expected)) in cases.into_iter().enumerate() {
+        let source = write_jsonl(root, &format!("bad{i}.jsonl"), &lines);
+        let err = build(root, &format!("bad{i}"), &source, |_| {}).unwrap_err().to_string();
+        assert!(err.contains(expected) && err.contains(&format!("bad{i}.jsonl")), "{err} lacks {expected}");
+        assert!(!root.join(format!("bad{i}")).exists(), "a failed import left a collection behind");
+    }
+    // Truncated .npy: the error names the row; nothing is created.
+    let mut bytes = std::fs::read(&good).unwrap();
+    bytes.truncate(bytes.len() - 10);
+    std::fs::write(root.join("cut.npy"), bytes).unwrap();
+    let err = build(root, "cut", &root.join("cut.npy").display().to_string(), |_| {}).unwrap_err().to_string();
+    assert!(err.contains("cut.npy: row 199") && err.contains("truncated"), "{err}");
+    // Nothing in the staging area, and the live collection is as it was.
+    let staging: Vec<_> = std::fs::read_dir(root.join(".staging")).unwrap().collect();
+    assert!(staging.is_empty());
+    drop(live);
+    let live = Collection::open(&root.join("live")).unwrap();
+    assert_eq!(live.len(), 200);
+    assert_eq!(live.manifest().source.fingerprint, live_fingerprint);
+    // A sealed collection refuses further writes.
+    let err = build(root, "live", &good, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("\"live\" is sealed"), "{err}");
+}
+
+#[test]
+fn last_wins_replaces_vector_partition_and_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = serde_json::json!(vec![1.0f32; DIMS]);
+    let b = serde_json::json!((0..DIMS).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect::<Vec<f32>>());
+    let lines = vec![
+        format!(r#"{{"id":7,"vector":{a},"partition":"old","tags":["x"]}}"#),
+        format!(r#"{{"id":8,"vector":{a}}}"#),
+        format!(r#"{{"id":7,"vector":{b},"partition":"new","tags":["y"]}}"#),
+    ];
+    let source = write_jsonl(dir.path(), "dup.jsonl", &lines);
+    // Tiny batches so the replaced record was already committed to LMDB.
+    let c = build(dir.path(), "lw", &source, |o| {
+        o.duplicates = Duplicates::LastWins;
+        o.batch_rows = 1;
+    })
+    .unwrap();
+    assert_eq!(c.len(), 2);
+    let item = c.item_of(7).unwrap().unwrap();
+    assert_eq!(c.vector(item)[0], 1.0);
+    assert_eq!(c.vector(item)[1], 0.0);
+    assert!(c.tag("x").is_none_or(|t| !t.contains(item)));
+    assert!(c.tag("y").unwrap().contains(item));
+    let mut r = SearchRequest::new(b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(), 1);
+    r.partitions = vec!["new".into()];
+    assert_eq!(search(&c, &r).unwrap()[0].id, 7);
+    r.partitions = vec!["old".into()];
+    assert!(search(&c, &r).unwrap().is_empty());
+}
+
+#[test]
+fn an_unfinished_collection_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Collection::open(&dir.path().join("missing")).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    // A staging directory from a crashed import (pid that cannot exist) is removed by the next import.
+    let stale = dir.path().join(".staging").join("x-4000000000-1");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("data.mdb"), b"partial").unwrap();
+    let source = write_npy(dir.path(), "base.npy", 100, 1);
+    build(dir.path(), "v1", &source, |_| {}).unwrap();
+    assert!(!stale.exists());
+}
+
+#[test]
+fn verification_gates_and_the_alias_flip() {
+    use quiver_engine::alias::Catalog;
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 1500, 1);
+    build(dir.path(), "v1", &source, |_| {}).unwrap();
+    build(dir.path(), "v2", &source, |_| {}).unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let v1 = catalog.collection("v1").unwrap();
+    let v2 = catalog.collection("v2").unwrap();
+    let pass =
+        verify(&v1, &VerifyOptions { expected_count: Some(1500), min_recall: 0.8, sample: 50, ..Default::default() })
+            .unwrap();
+    assert!(pass.passed, "{:?}", pass.failures());
+    catalog.flip("products", v1.clone(), &pass).unwrap();
+
+    let wrong =
+        verify(&v2, &VerifyOptions { expected_count: Some(1501), min_recall: 0.8, sample: 50, ..Default::default() })
+            .unwrap();
+    assert!(!wrong.passed);
+    assert_eq!(wrong.failures().len(), 1);
+    assert!(
+        wrong.failures()[0].contains("count") && wrong.failures()[0].contains("off by 1"),
+        "{:?}",
+        wrong.failures()
+    );
+    let err = catalog.flip("products", v2.clone(), &wrong).unwrap_err().to_string();
+    assert!(err.contains("failed verification"), "{err}");
+    // A passing report for another collection does not open the gate either.
+    assert!(catalog.flip("products", v2.clone(), &pass).unwrap_err().to_string().contains("report is for"));
+    assert_eq!(catalog.resolve("products").unwrap().name(), "v1");
+
+    let unreachable = verify(&v2, &VerifyOptions { min_recall: 1.01, sample: 20, ..Default::default() }).unwrap();
+    assert!(!unreachable.passed && unreachable.checks[0].margin < 0.0);
+
+    let ok =
+        verify(&v2, &VerifyOptions { expected_count: Some(1500), min_recall: 0.8, sample: 50, ..Default::default() })
+            .unwrap();
+    let record = catalog.flip("products", v2, &ok).unwrap();
+    assert_eq!((record.collection.as_str(), record.previous.as_deref()), ("v2", Some("v1")));
+    assert_eq!(record.history.len(), 2);
+    drop(catalog);
+    // The alias is durable: a new catalog over the same root resolves it.
+    assert_eq!(Catalog::open(dir.path()).unwrap().resolve("products").unwrap().name(), "v2");
+    assert_eq!(sample_queries(&v1, 3, 1).len(), 3);
+}
