@@ -202,7 +202,7 @@ fn bad_imports_name_the_place_and_damage_nothing() {
             vec![format!(r#"{{"id":1,"vector":{}}}"#, v(0.1)), format!(r#"{{"id":1,"vector":{}}}"#, v(0.2))],
             "line 2: field `id` = 1: duplicate id",
         ),
-        (vec![format!(r#"{{"id":1,"vector":{}}}"#, v(1e39))], "line 1: field `vector[0]` = inf"),
+        (vec![format!(r#"{{"id":1,"vector":[1e39{}]}}"#, ",0.1".repeat(DIMS - 1))], "line 1: field `vector[0]` = inf"),
         (vec![format!(r#"{{"id":1,"vector":{}}}"#, v(0.0))], "field `vector` = all zeros"),
         (vec![r#"{"id":1,"vector":[1,2"#.into()], "line 1"),
         (vec![], "empty import"),

@@ -216,7 +216,7 @@ pub fn clean_stale_staging(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join(STAGING)) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let pid = name.rsplitn(3, '-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
         let alive = pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
         if !alive {
             tracing::warn!(path = %entry.path().display(), "removing an unfinished import");

@@ -54,7 +54,7 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::Strategy;
+    use crate::index::Strategy as SearchStrategy;
     use proptest::prelude::*;
 
     fn metric() -> impl Strategy<Value = Metric> {
@@ -81,7 +81,7 @@ mod tests {
                 count: count as u64,
                 chunk_rows: 1024,
                 index: IndexParams::Arroy { n_trees },
-                search: SearchDefaults { strategy: Strategy::SignScan, quality },
+                search: SearchDefaults { strategy: SearchStrategy::SignScan, quality },
                 source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3 },
                 created_at: 1_700_000_000,
                 timings: BuildTimings { import_s: 1.5, build_s: 2.0 },
