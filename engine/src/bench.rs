@@ -65,6 +65,9 @@ pub struct BenchReport {
     pub import_s: f64,
     pub import_rows_per_s: f64,
     pub build_s: f64,
+    pub calibrate_s: f64,
+    /// The default setting the build calibrated for the target recall.
+    pub calibration: Option<crate::calibrate::Calibration>,
     /// Size on disk of the first collection (vectors, ids and its index).
     pub index_bytes: u64,
     pub indexes: Vec<IndexBuild>,
@@ -193,6 +196,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         import_s: first.manifest().timings.import_s,
         import_rows_per_s: first.len() as f64 / first.manifest().timings.import_s.max(1e-9),
         build_s: first.manifest().timings.build_s,
+        calibrate_s: first.manifest().timings.calibrate_s,
+        calibration: first.manifest().calibration.clone(),
         index_bytes: first.disk_bytes(),
         indexes: builds,
         signscan_bytes: first.signscan().memory_bytes(),

@@ -155,7 +155,7 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
             rows_read: import.rows_read,
         },
         created_at: 0,
-        timings: BuildTimings { import_s, build_s: 0.0 },
+        timings: BuildTimings { import_s, ..Default::default() },
         calibration: None,
         sealed: false,
     };
@@ -177,10 +177,12 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     }
     manifest.timings.build_s = build_start.elapsed().as_secs_f64();
     if let Some(target) = options.target_recall {
+        let calibrate_start = Instant::now();
         let calibration = crate::calibrate::calibrate(&staged, target, 10, 200, options.seed)?;
         tracing::info!(?calibration, "search setting calibrated");
         manifest.search = calibration.defaults();
         manifest.calibration = Some(calibration);
+        manifest.timings.calibrate_s = calibrate_start.elapsed().as_secs_f64();
     }
     manifest.created_at =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();

@@ -42,7 +42,11 @@ pub struct SourceInfo {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct BuildTimings {
     pub import_s: f64,
+    /// Building the ANN index.
     pub build_s: f64,
+    /// Choosing the default search setting (see `calibrate`).
+    #[serde(default)]
+    pub calibrate_s: f64,
 }
 
 impl Manifest {
@@ -84,7 +88,7 @@ mod tests {
                 search: SearchDefaults { strategy: SearchStrategy::SignScan, quality },
                 source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3 },
                 created_at: 1_700_000_000,
-                timings: BuildTimings { import_s: 1.5, build_s: 2.0 },
+                timings: BuildTimings { import_s: 1.5, build_s: 2.0, calibrate_s: 0.5 },
                 calibration: None,
                 sealed: true,
             };

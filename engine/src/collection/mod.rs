@@ -152,6 +152,12 @@ impl Collection {
         &chunk[row..row + self.manifest.dimensions]
     }
 
+    /// The stored vectors in item order, a chunk at a time: `(first item id, rows)`.
+    pub fn vector_chunks(&self) -> impl Iterator<Item = (u32, &[f32])> {
+        let rows = self.manifest.chunk_rows;
+        self.vector_chunks.iter().enumerate().map(move |(i, c)| (i as u32 * rows, c.as_ref()))
+    }
+
     /// The external id of an item id.
     #[inline]
     pub fn external_id(&self, item: u32) -> u64 {

@@ -4,7 +4,7 @@ use super::manifest::Manifest;
 use crate::error::{Error, Result};
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, SerdeJson, Str, U32, U64};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, Unspecified, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, Unspecified, WithoutTls};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
 use std::path::Path;
@@ -74,11 +74,19 @@ fn env_options() -> EnvOpenOptions<WithoutTls> {
     options
 }
 
-/// Creates a fresh environment in an empty directory.
+/// Creates a fresh environment in an empty staging directory.
+///
+/// Commits do not fsync: a staging directory that did not finish is discarded, never opened, so
+/// durability is needed only once, when the builder syncs before renaming it into place.
 pub fn create(dir: &Path) -> Result<(Env<WithoutTls>, Databases)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    // SAFETY: the directory is ours (a fresh staging dir); nothing else maps this file.
-    let env = unsafe { env_options().open(dir)? };
+    let mut options = env_options();
+    // SAFETY: the directory is ours (a fresh staging dir); nothing else maps this file, and the
+    // flags only relax syncing, which `builder` restores with `force_sync` before sealing.
+    let env = unsafe {
+        options.flags(EnvFlags::NO_SYNC | EnvFlags::NO_META_SYNC);
+        options.open(dir)?
+    };
     let wtxn = env.write_txn()?;
     let dbs = env
         .create_databases_and_commit(wtxn, |dbo, wtxn| -> heed::Result<_> {

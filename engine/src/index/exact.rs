@@ -3,11 +3,24 @@
 use super::{AnnIndex, PartitionQuery, Scored, rerank};
 use crate::collection::Collection;
 use crate::error::Result;
+use crate::search::topk::TopK;
 
 pub struct ExactScan;
 
 impl AnnIndex for ExactScan {
     fn search(&self, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
-        Ok(rerank(collection, q.vector, q.members.iter(), q.k))
+        if q.members.len() < collection.len() {
+            return Ok(rerank(collection, q.vector, q.members.iter(), q.k));
+        }
+        // The whole collection: stream the chunks in order, the access pattern memory likes.
+        let kernel = collection.manifest().metric.kernel();
+        let dims = collection.manifest().dimensions;
+        let mut top = TopK::new(q.k);
+        for (first, rows) in collection.vector_chunks() {
+            for (i, row) in rows.chunks_exact(dims).enumerate() {
+                top.push(first + i as u32, kernel(q.vector, row));
+            }
+        }
+        Ok(top.into_sorted())
     }
 }

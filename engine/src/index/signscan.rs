@@ -1,37 +1,64 @@
 //! The in-memory hot path: one bit per dimension (the sign of the vector minus the collection
 //! mean), scanned with popcount, then the best candidates re-ranked with float32 vectors read
 //! straight from the LMDB map. 384 dimensions become 48 bytes per vector.
+//!
+//! Codes are laid out per partition, contiguously, so an unfiltered partition query is one
+//! linear scan; a filtered query scans the same block and skips non-members.
 
 use super::{AnnIndex, PartitionQuery, Scored, rerank};
 use crate::collection::Collection;
 use crate::error::Result;
 use rayon::prelude::*;
+use roaring::RoaringBitmap;
+use std::cell::RefCell;
+
+/// One partition's codes: `codes[i * words..]` is the code of `items[i]`.
+struct Block {
+    items: Vec<u32>,
+    codes: Vec<u64>,
+}
 
 pub struct SignScan {
     words: usize,
     center: Vec<f32>,
-    /// Item-major codes: item `i` owns `codes[i * words..(i + 1) * words]`.
-    codes: Vec<u64>,
+    blocks: Vec<Block>,
+}
+
+thread_local! {
+    /// Per-thread scratch for Hamming distances, so a query allocates nothing proportional to n.
+    static DISTANCES: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
 impl SignScan {
     /// Encodes every vector of the collection (all cores).
     pub fn build(collection: &Collection) -> SignScan {
         let dims = collection.manifest().dimensions;
-        let n = collection.len() as usize;
-        let mut center = vec![0.0f64; dims];
-        for item in 0..n as u32 {
-            for (c, x) in center.iter_mut().zip(collection.vector(item)) {
-                *c += *x as f64;
-            }
-        }
-        let center: Vec<f32> = center.iter().map(|c| (c / n.max(1) as f64) as f32).collect();
+        let n = collection.len() as u32;
+        let sums = (0..n)
+            .into_par_iter()
+            .fold(
+                || vec![0.0f64; dims],
+                |mut acc, item| {
+                    acc.iter_mut().zip(collection.vector(item)).for_each(|(a, x)| *a += *x as f64);
+                    acc
+                },
+            )
+            .reduce(|| vec![0.0f64; dims], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+        let center: Vec<f32> = sums.iter().map(|s| (s / n.max(1) as f64) as f32).collect();
         let words = dims.div_ceil(64);
-        let mut codes = vec![0u64; n * words];
-        codes.par_chunks_mut(words).enumerate().for_each(|(item, code)| {
-            encode_into(collection.vector(item as u32), &center, code);
-        });
-        SignScan { words, center, codes }
+        let blocks = collection
+            .partition_members()
+            .iter()
+            .map(|members| {
+                let items: Vec<u32> = members.iter().collect();
+                let mut codes = vec![0u64; items.len() * words];
+                codes.par_chunks_mut(words).zip(&items).for_each(|(code, &item)| {
+                    encode_into(collection.vector(item), &center, code);
+                });
+                Block { items, codes }
+            })
+            .collect();
+        SignScan { words, center, blocks }
     }
 
     pub fn encode(&self, vector: &[f32]) -> Vec<u64> {
@@ -42,39 +69,62 @@ impl SignScan {
 
     /// Bytes held in memory.
     pub fn memory_bytes(&self) -> usize {
-        self.codes.len() * 8 + self.center.len() * 4
+        self.blocks.iter().map(|b| b.codes.len() * 8 + b.items.len() * 4).sum::<usize>() + self.center.len() * 4
     }
 
-    /// Ids of the `budget` members whose codes are nearest (in Hamming distance) to `code`.
-    fn candidates(&self, code: &[u64], members: &roaring::RoaringBitmap, budget: usize) -> Vec<u32> {
-        let mut scored: Vec<(u16, u32)> = Vec::with_capacity(members.len() as usize);
-        let mut histogram = vec![0u32; self.words * 64 + 1];
-        hamming_scan(&self.codes, self.words, code, members, &mut scored, &mut histogram);
-        // Smallest threshold that admits at least `budget` candidates; ties at the threshold
-        // are admitted in id order until the budget is filled.
-        let mut admitted = 0usize;
-        let mut threshold = 0usize;
-        for (d, count) in histogram.iter().enumerate() {
-            if admitted + *count as usize >= budget {
-                threshold = d;
-                break;
+    /// Ids of the `budget` members whose codes are nearest (in Hamming distance) to `code`;
+    /// ties at the cut are taken in block order.
+    fn candidates(&self, partition: u16, code: &[u64], filter: Option<&RoaringBitmap>, budget: usize) -> Vec<u32> {
+        let block = &self.blocks[partition as usize];
+        DISTANCES.with_borrow_mut(|distances| {
+            distances.clear();
+            distances.resize(block.items.len(), u16::MAX);
+            hamming_scan(&block.codes, self.words, code, distances);
+            if let Some(filter) = filter {
+                for (d, item) in distances.iter_mut().zip(&block.items) {
+                    if !filter.contains(*item) {
+                        *d = u16::MAX;
+                    }
+                }
             }
-            admitted += *count as usize;
-            threshold = d;
-        }
-        let mut at_threshold = budget.saturating_sub(admitted);
-        let mut out = Vec::with_capacity(budget);
-        for (d, item) in scored {
-            let d = d as usize;
-            if d < threshold {
-                out.push(item);
-            } else if d == threshold && at_threshold > 0 {
-                at_threshold -= 1;
-                out.push(item);
+            let threshold = cut(distances, self.words * 64, budget);
+            let mut at_threshold = budget - distances.iter().filter(|&&d| d < threshold).count().min(budget);
+            let mut out = Vec::with_capacity(budget);
+            for (&d, &item) in distances.iter().zip(&block.items) {
+                if d < threshold {
+                    out.push(item);
+                } else if d == threshold && at_threshold > 0 && d != u16::MAX {
+                    at_threshold -= 1;
+                    out.push(item);
+                }
             }
-        }
-        out
+            out
+        })
     }
+}
+
+/// The smallest distance `t` such that at least `budget` entries are `<= t`.
+fn cut(distances: &[u16], max: usize, budget: usize) -> u16 {
+    // Four interleaved histograms so consecutive equal distances do not serialize on one counter.
+    let mut histograms = vec![[0u32; 4]; max + 2];
+    let clamp = |d: u16| (d as usize).min(max + 1);
+    let mut chunks = distances.chunks_exact(4);
+    for c in &mut chunks {
+        for lane in 0..4 {
+            histograms[clamp(c[lane])][lane] += 1;
+        }
+    }
+    for &d in chunks.remainder() {
+        histograms[clamp(d)][0] += 1;
+    }
+    let mut admitted = 0usize;
+    for (d, h) in histograms.iter().enumerate().take(max + 1) {
+        admitted += h.iter().sum::<u32>() as usize;
+        if admitted >= budget {
+            return d as u16;
+        }
+    }
+    max as u16
 }
 
 fn encode_into(vector: &[f32], center: &[f32], code: &mut [u64]) {
@@ -86,51 +136,50 @@ fn encode_into(vector: &[f32], center: &[f32], code: &mut [u64]) {
     }
 }
 
+/// Hamming distances with the code width known at compile time, so the inner loop unrolls.
 #[inline(always)]
-fn hamming_scan_body(
-    codes: &[u64],
-    words: usize,
-    query: &[u64],
-    members: &roaring::RoaringBitmap,
-    out: &mut Vec<(u16, u32)>,
-    histogram: &mut [u32],
-) {
-    for item in members {
-        let start = item as usize * words;
-        let code = &codes[start..start + words];
-        let d: u32 = code.iter().zip(query).map(|(a, b)| (a ^ b).count_ones()).sum();
-        histogram[d as usize] += 1;
-        out.push((d as u16, item));
+fn scan_fixed<const W: usize>(codes: &[u64], query: &[u64], out: &mut [u16]) {
+    let q: [u64; W] = query.try_into().expect("query code width");
+    for (code, d) in codes.chunks_exact(W).zip(out.iter_mut()) {
+        let mut sum = 0u32;
+        for w in 0..W {
+            sum += (code[w] ^ q[w]).count_ones();
+        }
+        *d = sum as u16;
     }
 }
 
-fn hamming_scan(
-    codes: &[u64],
-    words: usize,
-    query: &[u64],
-    members: &roaring::RoaringBitmap,
-    out: &mut Vec<(u16, u32)>,
-    histogram: &mut [u32],
-) {
+#[inline(always)]
+fn scan_any(codes: &[u64], words: usize, query: &[u64], out: &mut [u16]) {
+    match words {
+        1 => scan_fixed::<1>(codes, query, out),
+        2 => scan_fixed::<2>(codes, query, out),
+        4 => scan_fixed::<4>(codes, query, out),
+        6 => scan_fixed::<6>(codes, query, out),
+        8 => scan_fixed::<8>(codes, query, out),
+        12 => scan_fixed::<12>(codes, query, out),
+        16 => scan_fixed::<16>(codes, query, out),
+        _ => {
+            for (code, d) in codes.chunks_exact(words).zip(out.iter_mut()) {
+                *d = code.iter().zip(query).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>() as u16;
+            }
+        }
+    }
+}
+
+fn hamming_scan(codes: &[u64], words: usize, query: &[u64], out: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "popcnt")]
-        unsafe fn with_popcnt(
-            codes: &[u64],
-            words: usize,
-            query: &[u64],
-            members: &roaring::RoaringBitmap,
-            out: &mut Vec<(u16, u32)>,
-            histogram: &mut [u32],
-        ) {
-            hamming_scan_body(codes, words, query, members, out, histogram)
+        unsafe fn with_popcnt(codes: &[u64], words: usize, query: &[u64], out: &mut [u16]) {
+            scan_any(codes, words, query, out)
         }
         if std::is_x86_feature_detected!("popcnt") {
             // SAFETY: the CPU supports popcnt (checked just above).
-            return unsafe { with_popcnt(codes, words, query, members, out, histogram) };
+            return unsafe { with_popcnt(codes, words, query, out) };
         }
     }
-    hamming_scan_body(codes, words, query, members, out, histogram)
+    scan_any(codes, words, query, out)
 }
 
 impl AnnIndex for SignScan {
@@ -140,7 +189,8 @@ impl AnnIndex for SignScan {
             return Ok(rerank(collection, q.vector, q.members.iter(), q.k));
         }
         let code = self.encode(q.vector);
-        let candidates = self.candidates(&code, q.members, budget);
+        let filter = q.filtered.then_some(q.members);
+        let candidates = self.candidates(q.partition, &code, filter, budget);
         Ok(rerank(collection, q.vector, candidates, q.k))
     }
 }
@@ -148,26 +198,54 @@ impl AnnIndex for SignScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn encode_sets_bits_above_the_center() {
         let mut code = [0u64; 2];
         let v: Vec<f32> = (0..70).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
-        encode_into(&v, &vec![0.0; 70], &mut code);
+        encode_into(&v, &[0.0; 70], &mut code);
         assert_eq!(code[0], 0x5555_5555_5555_5555);
         assert_eq!(code[1], 0b01_0101);
     }
 
+    fn scan(items: Vec<u32>, codes: Vec<u64>, words: usize) -> SignScan {
+        SignScan { words, center: vec![0.0; words * 64], blocks: vec![Block { items, codes }] }
+    }
+
     #[test]
-    fn candidates_respect_budget_and_order() {
-        let words = 1;
+    fn candidates_respect_budget_order_and_filter() {
         // Item i has i low bits set: Hamming distance i from the zero code.
         let codes: Vec<u64> = (0..64u32).map(|i| if i == 0 { 0 } else { u64::MAX >> (64 - i) }).collect();
-        let scan = SignScan { words, center: vec![0.0; 64], codes };
-        let members: roaring::RoaringBitmap = (0..64).collect();
-        let got = scan.candidates(&[0], &members, 5);
-        assert_eq!(got, vec![0, 1, 2, 3, 4]);
-        let odd: roaring::RoaringBitmap = (0..64).filter(|i| i % 2 == 1).collect();
-        assert_eq!(scan.candidates(&[0], &odd, 3), vec![1, 3, 5]);
+        let s = scan((0..64).collect(), codes, 1);
+        assert_eq!(s.candidates(0, &[0], None, 5), vec![0, 1, 2, 3, 4]);
+        let odd: RoaringBitmap = (0..64).filter(|i| i % 2 == 1).collect();
+        assert_eq!(s.candidates(0, &[0], Some(&odd), 3), vec![1, 3, 5]);
+    }
+
+    proptest! {
+        #[test]
+        fn candidates_are_the_nearest_codes(
+            words in prop::sample::select(vec![1usize, 2, 3, 6]),
+            codes in prop::collection::vec(any::<u64>(), 600),
+            query in prop::collection::vec(any::<u64>(), 6),
+            budget in 1usize..60,
+        ) {
+            let n = codes.len() / words;
+            let codes = codes[..n * words].to_vec();
+            let query = &query[..words];
+            let s = scan((0..n as u32).map(|i| i * 3).collect(), codes.clone(), words);
+            let got = s.candidates(0, query, None, budget);
+            prop_assert_eq!(got.len(), budget.min(n));
+            let dist = |item: u32| -> u32 {
+                let i = (item / 3) as usize;
+                codes[i * words..(i + 1) * words].iter().zip(query).map(|(a, b)| (a ^ b).count_ones()).sum()
+            };
+            let mut all: Vec<u32> = (0..n as u32).map(|i| dist(i * 3)).collect();
+            all.sort();
+            let worst_taken = got.iter().map(|&i| dist(i)).max().unwrap();
+            // Nothing left out is nearer than something taken.
+            prop_assert_eq!(worst_taken, all[got.len() - 1]);
+        }
     }
 }
