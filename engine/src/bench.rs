@@ -32,6 +32,8 @@ pub struct BenchOptions {
     pub hannoy_sweep: Vec<usize>,
     /// Where to build (a temporary directory when `None`).
     pub data_dir: Option<PathBuf>,
+    /// Concurrent query threads to measure throughput with (default setting, all queries).
+    pub threads: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +50,13 @@ pub struct Run {
     pub p99_ms: f64,
     pub qps: f64,
     pub recall_at_k: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub threads: usize,
+    pub setting: String,
+    pub qps: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +85,7 @@ pub struct BenchReport {
     pub rss_peak_mib: f64,
     pub exact: Summary,
     pub runs: Vec<Run>,
+    pub throughput: Vec<Throughput>,
 }
 
 fn read_matrix(uri: &str) -> Result<Vec<Vec<f32>>> {
@@ -189,6 +199,18 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             runs.push(run_row(format!("{backend} {knob}={label}"), s, r));
         }
     }
+    let throughput = options
+        .threads
+        .iter()
+        .map(|&threads| {
+            let setting = first.manifest().search;
+            Ok(Throughput {
+                threads,
+                setting: format!("{} quality={}", setting.strategy, setting.quality),
+                qps: throughput(first, &queries, k, threads)?,
+            })
+        })
+        .collect::<Result<_>>()?;
     Ok(BenchReport {
         dataset: Dataset { n: first.len(), dims: first.manifest().dimensions, queries: queries.len() },
         k,
@@ -204,7 +226,31 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         rss_peak_mib: rss_peak_mib(),
         exact,
         runs,
+        throughput,
     })
+}
+
+/// Queries per second with `threads` clients each sending every query once, one at a time,
+/// with the collection's default setting.
+fn throughput(collection: &Collection, queries: &[Vec<f32>], k: usize, threads: usize) -> Result<f64> {
+    let start = Instant::now();
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|t| {
+                scope.spawn(move || -> Result<()> {
+                    // Each client starts at a different offset so they do not move in lockstep.
+                    let offset = t * queries.len() / threads.max(1);
+                    for i in 0..queries.len() {
+                        search(collection, &SearchRequest::new(queries[(i + offset) % queries.len()].clone(), k))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok((queries.len() * threads.max(1)) as f64 / start.elapsed().as_secs_f64())
 }
 
 fn run_row(setting: String, s: Summary, recall_at_k: f64) -> Run {
@@ -254,6 +300,9 @@ pub fn table(report: &BenchReport) -> String {
             r.recall_at_k,
             r.p50_ms / report.exact.p50_ms.max(1e-9)
         ));
+    }
+    for t in &report.throughput {
+        out.push_str(&format!("throughput {:>3} threads ({}): {:.0} qps\n", t.threads, t.setting, t.qps));
     }
     out
 }

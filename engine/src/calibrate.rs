@@ -4,7 +4,7 @@
 
 use crate::collection::Collection;
 use crate::error::Result;
-use crate::index::{SearchDefaults, Strategy};
+use crate::index::{IndexParams, SearchDefaults, Strategy};
 use crate::latency::Latencies;
 use crate::search::{SearchRequest, search};
 use crate::verify::{recall, sample_queries};
@@ -26,6 +26,16 @@ pub struct Calibration {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub queries: usize,
+    /// For each strategy, the cheapest setting that met the target, and its cost.
+    pub considered: Vec<Candidate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub strategy: Strategy,
+    pub quality: usize,
+    pub recall: f64,
+    pub p50_ms: f64,
 }
 
 impl Calibration {
@@ -34,8 +44,12 @@ impl Calibration {
     }
 }
 
-/// Candidate re-rank budgets tried for the sign-code scan, as multiples of k.
-const LADDER: [usize; 9] = [2, 5, 10, 15, 20, 50, 100, 200, 500];
+/// Re-rank budgets tried for the sign-code scan, as multiples of k.
+const SIGNSCAN_LADDER: [usize; 9] = [2, 5, 10, 15, 20, 50, 100, 200, 500];
+/// arroy `search_k` values, as multiples of k (0 = arroy's default of n_trees * k).
+const ARROY_LADDER: [usize; 5] = [0, 100, 400, 1600, 6400];
+/// hannoy `ef` values.
+const HANNOY_LADDER: [usize; 7] = [16, 32, 48, 64, 128, 256, 512];
 
 pub fn calibrate(
     collection: &Collection,
@@ -65,30 +79,49 @@ pub fn calibrate(
             .sum();
         Ok(total / queries.len() as f64)
     };
+    // Single-threaded, one query at a time, like online serving.
+    let latency = |strategy: Strategy, quality: usize| -> Result<Latencies> {
+        let mut latencies = Latencies::default();
+        for q in &queries {
+            let start = Instant::now();
+            search(collection, &request(q, strategy, quality))?;
+            latencies.record(start.elapsed());
+        }
+        Ok(latencies)
+    };
     let n = collection.len() as usize;
-    let mut chosen = (Strategy::Exact, 0, 1.0);
-    for quality in LADDER.iter().map(|m| m * k).take_while(|&q| q < n) {
-        let r = mean_recall(Strategy::SignScan, quality)?;
-        if r >= target_recall + MARGIN {
-            chosen = (Strategy::SignScan, quality, r);
-            break;
+    let index_ladder: Vec<usize> = match collection.manifest().index {
+        IndexParams::Arroy { .. } => ARROY_LADDER.iter().map(|m| m * k).collect(),
+        IndexParams::Hannoy { .. } => HANNOY_LADDER.to_vec(),
+    };
+    let ladders = [
+        (Strategy::SignScan, SIGNSCAN_LADDER.iter().map(|m| m * k).take_while(|&q| q < n).collect::<Vec<_>>()),
+        (Strategy::Index, index_ladder),
+    ];
+    let mut considered = vec![Candidate { strategy: Strategy::Exact, quality: 0, recall: 1.0, p50_ms: 0.0 }];
+    for (strategy, ladder) in ladders {
+        for quality in ladder {
+            let r = mean_recall(strategy, quality)?;
+            if r >= target_recall + MARGIN {
+                considered.push(Candidate { strategy, quality, recall: r, p50_ms: 0.0 });
+                break;
+            }
         }
     }
-    let (strategy, quality, measured) = chosen;
-    let mut latencies = Latencies::default();
-    for q in &queries {
-        let start = Instant::now();
-        search(collection, &request(q, strategy, quality))?;
-        latencies.record(start.elapsed());
+    for c in &mut considered {
+        c.p50_ms = latency(c.strategy, c.quality)?.percentile(50.0);
     }
+    let best = considered.iter().min_by(|a, b| a.p50_ms.total_cmp(&b.p50_ms)).expect("exact is always there").clone();
+    let latencies = latency(best.strategy, best.quality)?;
     Ok(Calibration {
         target_recall,
         k,
-        strategy,
-        quality,
-        recall: measured,
+        strategy: best.strategy,
+        quality: best.quality,
+        recall: best.recall,
         p50_ms: latencies.percentile(50.0),
         p99_ms: latencies.percentile(99.0),
         queries: queries.len(),
+        considered,
     })
 }

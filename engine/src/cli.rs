@@ -281,6 +281,9 @@ pub struct BenchArgs {
     /// Build here instead of a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Client threads for the throughput runs (default search setting).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,16")]
+    pub threads: Vec<usize>,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -478,6 +481,7 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
         arroy_sweep: a.search_k,
         hannoy_sweep: a.ef,
         data_dir: a.data_dir,
+        threads: a.threads,
     })?;
     print!("{}", bench::table(&report));
     if let Some(path) = &a.json {

@@ -95,27 +95,41 @@ pub struct Kernels {
 
 pub fn kernels() -> &'static Kernels {
     static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
-    KERNELS.get_or_init(select_kernels)
+    KERNELS.get_or_init(|| available().last().expect("the portable kernels always exist").1)
 }
 
-fn select_kernels() -> Kernels {
+/// Every kernel set this CPU can run, slowest first (the last is the one used). Tests check
+/// each against a scalar reference.
+pub fn available() -> Vec<(&'static str, Kernels)> {
+    macro_rules! kernels_from {
+        ($m:path) => {{
+            use $m as k;
+            Kernels {
+                dot: k::dot,
+                cosine_normalized: |a, b| 1.0 - k::dot(a, b),
+                l2_squared: k::l2_squared,
+                neg_dot: |a, b| -k::dot(a, b),
+            }
+        }};
+    }
+    #[allow(unused_mut)]
+    let mut sets = vec![("portable", kernels_from!(portable))];
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Kernels {
-                dot: x86::dot,
-                cosine_normalized: |a, b| 1.0 - x86::dot(a, b),
-                l2_squared: x86::l2_squared,
-                neg_dot: |a, b| -x86::dot(a, b),
-            };
+            sets.push(("avx2", kernels_from!(x86::avx2)));
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            sets.push(("avx512", kernels_from!(x86::avx512)));
         }
     }
-    Kernels {
-        dot: portable::dot,
-        cosine_normalized: |a, b| 1.0 - portable::dot(a, b),
-        l2_squared: portable::l2_squared,
-        neg_dot: |a, b| -portable::dot(a, b),
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            sets.push(("neon", kernels_from!(arm::neon)));
+        }
     }
+    sets
 }
 
 /// Dot product with the best kernel for this CPU.
@@ -208,27 +222,43 @@ mod portable {
     }
 }
 
+/// Wraps the lane-parallel bodies in functions compiled for a target feature, and exposes
+/// them as safe functions that may only be selected after detection (see [`available`]).
+macro_rules! feature_kernels {
+    ($name:ident, $feature:literal) => {
+        pub mod $name {
+            #[target_feature(enable = $feature)]
+            unsafe fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+                crate::distance::body::dot(a, b)
+            }
+
+            #[target_feature(enable = $feature)]
+            unsafe fn l2_squared_impl(a: &[f32], b: &[f32]) -> f32 {
+                crate::distance::body::l2_squared(a, b)
+            }
+
+            pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+                // SAFETY: `available` offers this module only after detecting the feature.
+                unsafe { dot_impl(a, b) }
+            }
+
+            pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+                // SAFETY: as above.
+                unsafe { l2_squared_impl(a, b) }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        super::body::dot(a, b)
-    }
+    feature_kernels!(avx2, "avx2,fma");
+    feature_kernels!(avx512, "avx512f,avx2,fma");
+}
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn l2_squared_avx2(a: &[f32], b: &[f32]) -> f32 {
-        super::body::l2_squared(a, b)
-    }
-
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: only selected by `select_kernels` after detecting avx2 and fma.
-        unsafe { dot_avx2(a, b) }
-    }
-
-    pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: as above.
-        unsafe { l2_squared_avx2(a, b) }
-    }
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    feature_kernels!(neon, "neon");
 }
 
 #[cfg(test)]
@@ -260,13 +290,25 @@ mod tests {
         fn kernels_match_scalar_reference((a, b, off) in pair()) {
             let (a, b) = (&a[off..], &b[off..]);
             let tol = |x: f64| 1e-3 * (1.0 + x.abs());
-            let d = scalar_dot(a, b);
-            prop_assert!(((kernels().dot)(a, b) as f64 - d).abs() <= tol(d));
-            prop_assert!((portable::dot(a, b) as f64 - d).abs() <= tol(d));
-            let l = scalar_l2(a, b);
-            prop_assert!(((kernels().l2_squared)(a, b) as f64 - l).abs() <= tol(l));
-            prop_assert!((portable::l2_squared(a, b) as f64 - l).abs() <= tol(l));
+            let (d, l) = (scalar_dot(a, b), scalar_l2(a, b));
+            for (name, k) in available() {
+                prop_assert!(((k.dot)(a, b) as f64 - d).abs() <= tol(d), "{} dot", name);
+                prop_assert!(((k.neg_dot)(a, b) as f64 + d).abs() <= tol(d), "{} neg_dot", name);
+                prop_assert!(((k.l2_squared)(a, b) as f64 - l).abs() <= tol(l), "{} l2", name);
+            }
         }
+    }
+
+    #[test]
+    fn the_fastest_detected_kernels_are_used() {
+        let sets = available();
+        assert_eq!(sets[0].0, "portable");
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            assert!(sets.iter().any(|(n, _)| *n == "avx2"));
+        }
+        let a: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        assert_eq!((kernels().dot)(&a, &a), (sets.last().unwrap().1.dot)(&a, &a));
     }
 
     #[test]

@@ -322,3 +322,19 @@ fn verification_gates_and_the_alias_flip() {
     assert_eq!(Catalog::open(dir.path()).unwrap().resolve("products").unwrap().name(), "v2");
     assert_eq!(sample_queries(&v1, 3, 1).len(), 3);
 }
+
+#[test]
+fn calibration_picks_a_setting_that_meets_the_target_on_held_out_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 4000, 1);
+    let c = build(dir.path(), "cal", &source, |o| o.target_recall = Some(0.95)).unwrap();
+    let calibration = c.manifest().calibration.clone().expect("calibrated");
+    assert_eq!(c.manifest().search, calibration.defaults());
+    assert!(calibration.recall >= 0.96, "{calibration:?}");
+    assert!(calibration.considered.iter().any(|k| k.strategy == Strategy::Exact));
+    // Held out: queries from another stream of the generator, not the calibration sample.
+    let queries: Vec<Vec<f32>> = Clustered::new(DIMS, 5).generate(300, 77).chunks(DIMS).map(<[f32]>::to_vec).collect();
+    let report = verify(&c, &VerifyOptions { queries, min_recall: 0.95, ..Default::default() }).unwrap();
+    assert!(report.passed, "{:?} with {}", report.failures(), report.setting);
+    assert_eq!(report.setting, format!("{} quality={}", calibration.strategy, calibration.quality));
+}

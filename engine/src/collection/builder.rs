@@ -175,7 +175,9 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
             crate::index::hannoy::build(&mut wtxn, dbs.ann, &staged, ef_construction, options.seed)?
         }
     }
+    wtxn.commit()?;
     manifest.timings.build_s = build_start.elapsed().as_secs_f64();
+    // Calibration searches the committed index through read transactions.
     if let Some(target) = options.target_recall {
         let calibrate_start = Instant::now();
         let calibration = crate::calibrate::calibrate(&staged, target, 10, 200, options.seed)?;
@@ -187,6 +189,7 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     manifest.created_at =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     manifest.sealed = true;
+    let mut wtxn = env.write_txn()?;
     dbs.manifest.put(&mut wtxn, MANIFEST_KEY, &manifest)?;
     wtxn.commit()?;
     drop(staged);
@@ -303,15 +306,10 @@ impl<'a> Import<'a> {
             self.chunk_rows = ((1usize << 20) / (dims * 4)).next_power_of_two().clamp(64, 1 << 16);
         }
         prepare_vector(&mut record.vector, dims, self.options.metric).map_err(|p| self.bad(&record, p))?;
-        let partition_name = record.partition.clone().unwrap_or_else(|| DEFAULT_PARTITION.to_string());
-        check_label("partition", &partition_name).map_err(|p| self.bad(&record, p))?;
         for tag in &record.tags {
             check_label("tags", tag).map_err(|p| self.bad(&record, p))?;
         }
-        let partition = self.partition_index(&partition_name).ok_or_else(|| {
-            let reason = format!("more than {MAX_PARTITIONS} partitions");
-            self.bad(&record, ("partition".into(), format!("{partition_name:?}"), reason))
-        })?;
+        let partition = self.partition_index(&record)?;
 
         let item = match self.id_map.get(&record.id).copied() {
             Some(existing) if self.options.duplicates == Duplicates::Reject => {
@@ -361,15 +359,19 @@ impl<'a> Import<'a> {
         Ok(())
     }
 
-    fn partition_index(&mut self, name: &str) -> Option<u16> {
+    /// The index of the record's partition, created (and its name checked) on first sight.
+    fn partition_index(&mut self, record: &Record) -> Result<u16> {
+        let name = record.partition.as_deref().unwrap_or(DEFAULT_PARTITION);
         if let Some(i) = self.partitions.iter().position(|(p, _)| p == name) {
-            return Some(i as u16);
+            return Ok(i as u16);
         }
+        check_label("partition", name).map_err(|p| self.bad(record, p))?;
         if self.partitions.len() >= MAX_PARTITIONS {
-            return None;
+            let reason = format!("more than {MAX_PARTITIONS} partitions");
+            return Err(self.bad(record, ("partition".into(), format!("{name:?}"), reason)));
         }
         self.partitions.push((name.to_string(), RoaringBitmap::new()));
-        Some((self.partitions.len() - 1) as u16)
+        Ok((self.partitions.len() - 1) as u16)
     }
 
     fn close_chunk(&mut self) {

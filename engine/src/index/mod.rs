@@ -42,6 +42,7 @@ pub enum Strategy {
     /// The collection's durable ANN index (arroy or hannoy).
     Index,
     /// 1-bit sign codes scanned from memory, then the best candidates re-ranked exactly.
+    #[serde(rename = "signscan")]
     SignScan,
 }
 
