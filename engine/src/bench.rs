@@ -121,10 +121,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         }
         let manifest = import_and_build(root, &build, records)?;
         let collection = Collection::open(&root.join(&manifest.name))?;
-        let backend = match index {
-            IndexParams::Arroy { .. } => "arroy",
-            IndexParams::Hannoy { .. } => "hannoy",
-        };
+        let backend = index.backend.as_str();
         eprintln!(
             "built {backend}: {} vectors, import {:.2}s, build {:.2}s, {} MiB on disk",
             manifest.count,

@@ -4,7 +4,7 @@
 
 use crate::collection::Collection;
 use crate::error::Result;
-use crate::index::{IndexParams, SearchDefaults, Strategy};
+use crate::index::{Backend, SearchDefaults, Strategy};
 use crate::latency::Latencies;
 use crate::search::{SearchRequest, search};
 use crate::verify::{recall, sample_queries};
@@ -90,9 +90,9 @@ pub fn calibrate(
         Ok(latencies)
     };
     let n = collection.len() as usize;
-    let index_ladder: Vec<usize> = match collection.manifest().index {
-        IndexParams::Arroy { .. } => ARROY_LADDER.iter().map(|m| m * k).collect(),
-        IndexParams::Hannoy { .. } => HANNOY_LADDER.to_vec(),
+    let index_ladder: Vec<usize> = match collection.manifest().index.backend {
+        Backend::Arroy => ARROY_LADDER.iter().map(|m| m * k).collect(),
+        Backend::Hannoy => HANNOY_LADDER.to_vec(),
     };
     let ladders = [
         (Strategy::SignScan, SIGNSCAN_LADDER.iter().map(|m| m * k).take_while(|&q| q < n).collect::<Vec<_>>()),

@@ -8,7 +8,7 @@ use crate::demo::{self, DemoOptions};
 use crate::distance::Metric;
 use crate::error::{Error, Result};
 use crate::import::{self, Format, ReadOptions};
-use crate::index::{IndexParams, SearchDefaults, Strategy};
+use crate::index::{Backend, IndexParams, SearchDefaults, Strategy};
 use crate::search::{SearchRequest, search};
 use crate::verify::{VerifyOptions, verify};
 use crate::warmup::{WarmupOptions, warm};
@@ -52,12 +52,6 @@ pub struct DataDir {
     /// Directory holding the collections.
     #[arg(long, env = "QUIVER_DATA_DIR", default_value = "./quiver-data")]
     pub data_dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Backend {
-    Arroy,
-    Hannoy,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -377,8 +371,8 @@ fn import_cmd(a: ImportArgs) -> Result<i32> {
     let mut options = BuildOptions::new(a.name, a.distance);
     options.dimensions = a.dimensions;
     options.index = match a.index {
-        Backend::Arroy => IndexParams::Arroy { n_trees: a.n_trees },
-        Backend::Hannoy => IndexParams::Hannoy { ef_construction: a.ef_construction },
+        Backend::Arroy => IndexParams::arroy(a.n_trees),
+        Backend::Hannoy => IndexParams::hannoy(a.ef_construction),
     };
     if let Some(quality) = a.quality {
         options.search = SearchDefaults { strategy: a.strategy, quality };
@@ -464,8 +458,8 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
         .index
         .iter()
         .map(|b| match b {
-            Backend::Arroy => IndexParams::Arroy { n_trees: a.n_trees },
-            Backend::Hannoy => IndexParams::Hannoy { ef_construction: a.ef_construction },
+            Backend::Arroy => IndexParams::arroy(a.n_trees),
+            Backend::Hannoy => IndexParams::hannoy(a.ef_construction),
         })
         .collect();
     let report = bench::run(&BenchOptions {

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How two vectors are compared. Smaller distances are closer for every metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// `1 - cos(a, b)`; vectors are L2-normalised on import.

@@ -82,10 +82,10 @@ fn import_build_and_search_meet_recall_floors() {
 fn hannoy_backend_builds_and_answers() {
     let dir = tempfile::tempdir().unwrap();
     let source = write_npy(dir.path(), "base.npy", 2000, 1);
-    let c = build(dir.path(), "h", &source, |o| o.index = IndexParams::Hannoy { ef_construction: 64 }).unwrap();
+    let c = build(dir.path(), "h", &source, |o| o.index = IndexParams::hannoy(64)).unwrap();
     assert!(mean_recall(&c, Strategy::Index, 64) >= 0.8);
     let err = build(dir.path(), "hd", &source, |o| {
-        o.index = IndexParams::Hannoy { ef_construction: 64 };
+        o.index = IndexParams::hannoy(64);
         o.metric = Metric::Dot;
     })
     .unwrap_err();

@@ -1,1 +1,5 @@
-//! quiver-operator: the Kubernetes operator (VectorCollection, CollectionAlias). Not built yet: see issue 5.
+//! quiver-operator: the `VectorCollection` and `CollectionAlias` custom resources. The
+//! controllers, resource builders and phase machine come with issue 5.
+
+pub mod crd;
+pub mod crdgen;

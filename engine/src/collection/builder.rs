@@ -13,7 +13,7 @@ use super::{Collection, DEFAULT_PARTITION};
 use crate::distance::Metric;
 use crate::error::{Error, Result};
 use crate::import::{Record, Records, input_error};
-use crate::index::{IndexParams, SearchDefaults};
+use crate::index::{Backend, IndexParams, SearchDefaults};
 use heed::{Env, WithoutTls};
 use indicatif::{ProgressBar, ProgressStyle};
 use roaring::RoaringBitmap;
@@ -94,7 +94,7 @@ pub fn check_name(name: &str) -> Result<()> {
 /// it. Returns the sealed manifest.
 pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
     check_name(&options.name)?;
-    if matches!(options.index, IndexParams::Hannoy { .. }) {
+    if options.index.backend == Backend::Hannoy {
         crate::index::hannoy::check_metric(options.metric)?;
     }
     let target = root.join(&options.name);
@@ -167,12 +167,11 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     let build_start = Instant::now();
     let staged = Collection::from_env(env.clone(), dbs, staging)?;
     let mut wtxn = env.write_txn()?;
-    match options.index {
-        IndexParams::Arroy { n_trees } => {
-            crate::index::arroy::build(&mut wtxn, dbs.ann, &staged, n_trees, options.seed)?
-        }
-        IndexParams::Hannoy { ef_construction } => {
-            crate::index::hannoy::build(&mut wtxn, dbs.ann, &staged, ef_construction, options.seed)?
+    match options.index.backend {
+        Backend::Arroy => crate::index::arroy::build(&mut wtxn, dbs.ann, &staged, options.index.n_trees, options.seed)?,
+        Backend::Hannoy => {
+            let ef = options.index.ef_construction.unwrap_or(crate::index::hannoy::DEFAULT_EF_CONSTRUCTION);
+            crate::index::hannoy::build(&mut wtxn, dbs.ann, &staged, ef, options.seed)?
         }
     }
     wtxn.commit()?;

@@ -84,7 +84,7 @@ mod tests {
                 partitions,
                 count: count as u64,
                 chunk_rows: 1024,
-                index: IndexParams::Arroy { n_trees },
+                index: IndexParams::arroy(n_trees),
                 search: SearchDefaults { strategy: SearchStrategy::SignScan, quality },
                 source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3 },
                 created_at: 1_700_000_000,

@@ -11,7 +11,7 @@ use crate::index::arroy::ArroyIndex;
 use crate::index::exact::ExactScan;
 use crate::index::hannoy::HannoyIndex;
 use crate::index::signscan::SignScan;
-use crate::index::{AnnIndex, IndexParams, Strategy};
+use crate::index::{AnnIndex, Backend, Strategy};
 use heed::{Env, RoTxn, WithoutTls};
 use manifest::{FORMAT_VERSION, Manifest};
 use roaring::RoaringBitmap;
@@ -100,9 +100,9 @@ impl Collection {
             partitions.push(members);
         }
         let tags = dbs.tags.iter(&rtxn)?.map(|r| r.map(|(k, v)| (k.to_string(), v))).collect::<heed::Result<_>>()?;
-        let index: Box<dyn AnnIndex> = match manifest.index {
-            IndexParams::Arroy { .. } => Box::new(ArroyIndex::new(dbs.ann)),
-            IndexParams::Hannoy { .. } => Box::new(HannoyIndex::new(dbs.ann)),
+        let index: Box<dyn AnnIndex> = match manifest.index.backend {
+            Backend::Arroy => Box::new(ArroyIndex::new(dbs.ann)),
+            Backend::Hannoy => Box::new(HannoyIndex::new(dbs.ann)),
         };
         Ok(Collection {
             vector_chunks,

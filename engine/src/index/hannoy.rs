@@ -14,6 +14,8 @@ use rand::rngs::StdRng;
 /// Links per node above layer 0, and on layer 0 (hnswlib's M = 16 convention).
 const M: usize = 16;
 const M0: usize = 32;
+/// Build quality when a collection does not set one.
+pub const DEFAULT_EF_CONSTRUCTION: usize = 100;
 
 macro_rules! with_distance {
     ($metric:expr, $D:ident => $body:expr) => {

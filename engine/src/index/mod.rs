@@ -13,28 +13,60 @@ pub mod signscan;
 use crate::collection::Collection;
 use crate::error::Result;
 use roaring::RoaringBitmap;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// The durable index built at seal time, with its build parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "backend", rename_all = "snake_case")]
-pub enum IndexParams {
-    /// Random-projection trees; `n_trees = None` lets arroy choose.
-    Arroy { n_trees: Option<usize> },
-    /// HNSW graph (M = 16 links per node, 32 on layer 0).
-    Hannoy { ef_construction: usize },
+/// The durable ANN index a collection is built with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// arroy: random-projection trees over LMDB.
+    #[default]
+    Arroy,
+    /// hannoy: an HNSW graph over LMDB (M = 16 links per node, 32 on layer 0); no dot product.
+    Hannoy,
 }
 
-impl Default for IndexParams {
-    fn default() -> Self {
-        IndexParams::Arroy { n_trees: None }
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Arroy => "arroy",
+            Backend::Hannoy => "hannoy",
+        }
+    }
+}
+
+/// The durable index built at seal time, with its build parameters. Shared by the engine's
+/// manifest and the operator's `VectorCollection` spec.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexParams {
+    #[serde(default)]
+    pub backend: Backend,
+    /// arroy trees per partition; absent lets arroy choose from the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub n_trees: Option<usize>,
+    /// hannoy build quality (candidate list size while linking); default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 2000))]
+    pub ef_construction: Option<usize>,
+}
+
+impl IndexParams {
+    pub fn arroy(n_trees: Option<usize>) -> Self {
+        IndexParams { backend: Backend::Arroy, n_trees, ef_construction: None }
+    }
+
+    pub fn hannoy(ef_construction: usize) -> Self {
+        IndexParams { backend: Backend::Hannoy, n_trees: None, ef_construction: Some(ef_construction) }
     }
 }
 
 /// Which code path answers a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Brute force over float32 vectors; the reference for recall.
@@ -75,7 +107,7 @@ impl FromStr for Strategy {
 }
 
 /// The search settings a collection answers with when a request does not say otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SearchDefaults {
     pub strategy: Strategy,
     /// The quality knob: re-ranked candidates for `signscan`; `search_k` for arroy (candidates

@@ -76,24 +76,39 @@ impl SignScan {
     /// ties at the cut are taken in block order.
     fn candidates(&self, partition: u16, code: &[u64], filter: Option<&RoaringBitmap>, budget: usize) -> Vec<u32> {
         let block = &self.blocks[partition as usize];
+        let max = self.words * 64;
         DISTANCES.with_borrow_mut(|distances| {
             distances.clear();
-            distances.resize(block.items.len(), u16::MAX);
-            hamming_scan(&block.codes, self.words, code, distances);
+            distances.resize(block.items.len(), 0);
+            // Four interleaved histograms, filled during the scan, so consecutive equal
+            // distances do not serialize on one counter.
+            let mut histograms = vec![[0u32; 4]; max + 1];
+            hamming_scan(&block.codes, self.words, code, distances, &mut histograms);
             if let Some(filter) = filter {
-                for (d, item) in distances.iter_mut().zip(&block.items) {
+                for (i, (d, item)) in distances.iter_mut().zip(&block.items).enumerate() {
                     if !filter.contains(*item) {
+                        // Take it back out of the lane the scan counted it in.
+                        histograms[*d as usize][i & 3] -= 1;
                         *d = u16::MAX;
                     }
                 }
             }
-            let threshold = cut(distances, self.words * 64, budget);
-            let mut at_threshold = budget - distances.iter().filter(|&&d| d < threshold).count().min(budget);
+            // The smallest distance that admits `budget` candidates, and how many lie below it.
+            let (mut threshold, mut below) = (max as u16, 0usize);
+            for (d, h) in histograms.iter().enumerate() {
+                let here = h.iter().sum::<u32>() as usize;
+                if below + here >= budget {
+                    threshold = d as u16;
+                    break;
+                }
+                below += here;
+            }
+            let mut at_threshold = budget.saturating_sub(below);
             let mut out = Vec::with_capacity(budget);
             for (&d, &item) in distances.iter().zip(&block.items) {
                 if d < threshold {
                     out.push(item);
-                } else if d == threshold && at_threshold > 0 && d != u16::MAX {
+                } else if d == threshold && at_threshold > 0 {
                     at_threshold -= 1;
                     out.push(item);
                 }
@@ -101,30 +116,6 @@ impl SignScan {
             out
         })
     }
-}
-
-/// The smallest distance `t` such that at least `budget` entries are `<= t`.
-fn cut(distances: &[u16], max: usize, budget: usize) -> u16 {
-    // Four interleaved histograms so consecutive equal distances do not serialize on one counter.
-    let mut histograms = vec![[0u32; 4]; max + 2];
-    let clamp = |d: u16| (d as usize).min(max + 1);
-    let mut chunks = distances.chunks_exact(4);
-    for c in &mut chunks {
-        for lane in 0..4 {
-            histograms[clamp(c[lane])][lane] += 1;
-        }
-    }
-    for &d in chunks.remainder() {
-        histograms[clamp(d)][0] += 1;
-    }
-    let mut admitted = 0usize;
-    for (d, h) in histograms.iter().enumerate().take(max + 1) {
-        admitted += h.iter().sum::<u32>() as usize;
-        if admitted >= budget {
-            return d as u16;
-        }
-    }
-    max as u16
 }
 
 fn encode_into(vector: &[f32], center: &[f32], code: &mut [u64]) {
@@ -137,49 +128,55 @@ fn encode_into(vector: &[f32], center: &[f32], code: &mut [u64]) {
 }
 
 /// Hamming distances with the code width known at compile time, so the inner loop unrolls.
+type Histograms = [[u32; 4]];
+
 #[inline(always)]
-fn scan_fixed<const W: usize>(codes: &[u64], query: &[u64], out: &mut [u16]) {
+fn scan_fixed<const W: usize>(codes: &[u64], query: &[u64], out: &mut [u16], histograms: &mut Histograms) {
     let q: [u64; W] = query.try_into().expect("query code width");
-    for (code, d) in codes.chunks_exact(W).zip(out.iter_mut()) {
+    for (i, (code, d)) in codes.chunks_exact(W).zip(out.iter_mut()).enumerate() {
         let mut sum = 0u32;
         for w in 0..W {
             sum += (code[w] ^ q[w]).count_ones();
         }
         *d = sum as u16;
+        histograms[sum as usize][i & 3] += 1;
     }
 }
 
 #[inline(always)]
-fn scan_any(codes: &[u64], words: usize, query: &[u64], out: &mut [u16]) {
+fn scan_any(codes: &[u64], words: usize, query: &[u64], out: &mut [u16], histograms: &mut Histograms) {
     match words {
-        1 => scan_fixed::<1>(codes, query, out),
-        2 => scan_fixed::<2>(codes, query, out),
-        4 => scan_fixed::<4>(codes, query, out),
-        6 => scan_fixed::<6>(codes, query, out),
-        8 => scan_fixed::<8>(codes, query, out),
-        12 => scan_fixed::<12>(codes, query, out),
-        16 => scan_fixed::<16>(codes, query, out),
+        1 => scan_fixed::<1>(codes, query, out, histograms),
+        2 => scan_fixed::<2>(codes, query, out, histograms),
+        4 => scan_fixed::<4>(codes, query, out, histograms),
+        6 => scan_fixed::<6>(codes, query, out, histograms),
+        8 => scan_fixed::<8>(codes, query, out, histograms),
+        12 => scan_fixed::<12>(codes, query, out, histograms),
+        16 => scan_fixed::<16>(codes, query, out, histograms),
         _ => {
-            for (code, d) in codes.chunks_exact(words).zip(out.iter_mut()) {
-                *d = code.iter().zip(query).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>() as u16;
+            for (i, (code, d)) in codes.chunks_exact(words).zip(out.iter_mut()).enumerate() {
+                let sum: u32 = code.iter().zip(query).map(|(a, b)| (a ^ b).count_ones()).sum();
+                *d = sum as u16;
+                histograms[sum as usize][i & 3] += 1;
             }
         }
     }
 }
 
-fn hamming_scan(codes: &[u64], words: usize, query: &[u64], out: &mut [u16]) {
+/// Hamming distances of every code to `query` into `out`, counted into `histograms`.
+fn hamming_scan(codes: &[u64], words: usize, query: &[u64], out: &mut [u16], histograms: &mut Histograms) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "popcnt")]
-        unsafe fn with_popcnt(codes: &[u64], words: usize, query: &[u64], out: &mut [u16]) {
-            scan_any(codes, words, query, out)
+        unsafe fn with_popcnt(codes: &[u64], words: usize, query: &[u64], out: &mut [u16], h: &mut Histograms) {
+            scan_any(codes, words, query, out, h)
         }
         if std::is_x86_feature_detected!("popcnt") {
             // SAFETY: the CPU supports popcnt (checked just above).
-            return unsafe { with_popcnt(codes, words, query, out) };
+            return unsafe { with_popcnt(codes, words, query, out, histograms) };
         }
     }
-    scan_any(codes, words, query, out)
+    scan_any(codes, words, query, out, histograms)
 }
 
 impl AnnIndex for SignScan {

@@ -1,0 +1,289 @@
+//! The custom resources: `VectorCollection` (a built, verified, replicated collection) and
+//! `CollectionAlias` (the name clients query, switched only to a verified collection).
+//!
+//! The collection settings that the engine also uses (distance, index, search defaults) are
+//! the engine's own types, so the operator and the engine cannot disagree on them.
+
+// `printcolumn(name = .., type_ = ..)` repeats the same keys once per column, by design of
+// kube's derive; clippy reads that as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::KubeSchema;
+use quiver_engine::distance::Metric;
+use quiver_engine::index::IndexParams;
+use serde::{Deserialize, Serialize};
+
+/// A vector collection: imported by a writer, indexed, shipped as a snapshot to read replicas,
+/// warmed up and verified. Immutable once Ready; rebuild by creating a new collection.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "quiver.dev",
+    version = "v1alpha1",
+    kind = "VectorCollection",
+    namespaced,
+    status = "VectorCollectionStatus",
+    shortname = "vc",
+    category = "quiver",
+    cel,
+    doc = "A vector collection built by a quiver writer, served by read replicas once verified.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.vectorCount"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Verified", type_ = "string", json_path = ".status.conditions[?(@.type==\"Verified\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("!has(self.replicas.min) || !has(self.replicas.max) || self.replicas.min <= self.replicas.max").message("replicas.min must not exceed replicas.max"))]
+#[serde(rename_all = "camelCase")]
+pub struct VectorCollectionSpec {
+    /// Dimensions of every vector (1..=4096). Immutable: a different dimension is a new collection.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("dimensions are immutable; create a new collection"))]
+    #[schemars(range(min = 1, max = 4096))]
+    pub dimensions: u32,
+    /// How vectors are compared: cosine, euclidean, dot or binary_quantized_cosine. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("distance is immutable; create a new collection"))]
+    pub distance: Metric,
+    /// Where the vectors come from.
+    pub source: Source,
+    /// The durable ANN index built after the import.
+    #[serde(default)]
+    pub index: IndexParams,
+    /// The default search setting: calibrated after the build to reach `targetRecall`.
+    #[serde(default)]
+    pub search: SearchSpec,
+    /// The writer (import, build, snapshot): resources and the volume that holds LMDB.
+    #[serde(default)]
+    pub writer: WriterSpec,
+    /// Read replicas: a fixed count, or min/max for a HorizontalPodAutoscaler.
+    #[serde(default)]
+    pub replicas: ReplicasSpec,
+    /// The warm-up a replica runs before it reports ready.
+    #[serde(default)]
+    pub warmup: WarmupSpec,
+    /// The gates the collection must pass before an alias may point at it.
+    #[serde(default)]
+    pub verify: VerifySpec,
+    /// The quiver image (default: the operator's own version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// Exactly one of `push` or `url`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.push) != has(self.url)").message("set exactly one of source.push or source.url"))]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// An ETL pushes batches to the writer's Ingest gRPC API, then calls Seal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushSource>,
+    /// The writer imports this file (.npy, .fvecs or .jsonl; a path on its volume or an http(s) URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://') || self.startsWith('/')").message("source.url must be an http(s) URL or an absolute path"))]
+    pub url: Option<String>,
+    /// File format when the URL's extension does not tell: npy, fvecs or jsonl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PushSource {
+    /// Vectors the ETL promises to send; verification fails on any other count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_count: Option<u64>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchSpec {
+    /// recall@10 the calibrated default search setting must reach, in (0, 1].
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("targetRecall must be in (0, 1]"))]
+    pub target_recall: f64,
+}
+
+impl Default for SearchSpec {
+    fn default() -> Self {
+        SearchSpec { target_recall: 0.95 }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WriterSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Size of the writer's volume (a Kubernetes quantity), default 10Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicasSpec {
+    /// A fixed replica count (default 2) when min/max are not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub count: Option<i32>,
+    /// Autoscaling lower bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min: Option<i32>,
+    /// Autoscaling upper bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max: Option<i32>,
+    /// Average CPU utilisation the autoscaler aims for, in percent (default 70).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmupSpec {
+    /// Most simulated queries a replica runs before it reports ready.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_queries: u32,
+}
+
+impl Default for WarmupSpec {
+    fn default() -> Self {
+        WarmupSpec { max_queries: 2000 }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// The vector count the source must have produced (for a URL source; push sources say it in
+    /// source.push.expectedCount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_count: Option<u64>,
+    /// recall@k against exact search the collection must reach, in (0, 1].
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("minRecall must be in (0, 1]"))]
+    pub min_recall: f64,
+    /// p99 latency budget of the verification queries, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ms: Option<f64>,
+    #[schemars(range(min = 1, max = 1000))]
+    pub k: u32,
+    /// Queries sampled for the recall check.
+    #[schemars(range(min = 1, max = 100000))]
+    pub sample: u32,
+}
+
+impl Default for VerifySpec {
+    fn default() -> Self {
+        VerifySpec { expected_count: None, min_recall: 0.9, max_p99_ms: None, k: 10, sample: 200 }
+    }
+}
+
+/// Where a collection is in its pipeline.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Importing,
+    Building,
+    Publishing,
+    Replicating,
+    WarmingUp,
+    Verifying,
+    Ready,
+    Failed,
+}
+
+/// One verification gate as the verify Job measured it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateResult {
+    pub name: String,
+    pub measured: f64,
+    pub comparison: String,
+    pub threshold: f64,
+    pub passed: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VectorCollectionStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector_count: Option<u64>,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// The default search setting the build calibrated, e.g. `signscan quality=100`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_setting: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verification: Vec<GateResult>,
+    /// Why the collection is Failed or waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A stable name for clients, pointing at one Ready and verified collection. Rollback = set
+/// `spec.collection` back to the previous one.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "quiver.dev",
+    version = "v1alpha1",
+    kind = "CollectionAlias",
+    namespaced,
+    status = "CollectionAliasStatus",
+    shortname = "ca",
+    category = "quiver",
+    cel,
+    doc = "A stable, switchable name in front of a verified VectorCollection.",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.collection"),
+    printcolumn(name = "Serving", type_ = "string", json_path = ".status.current"),
+    printcolumn(name = "Previous", type_ = "string", json_path = ".status.previous"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionAliasSpec {
+    /// The VectorCollection (same namespace) the alias should serve. It switches only once that
+    /// collection is Ready and verified.
+    #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("collection must be a valid object name (RFC 1123 label)"))]
+    pub collection: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AliasSwitch {
+    pub collection: String,
+    /// RFC 3339 time of the switch.
+    pub at: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionAliasStatus {
+    /// The collection the alias Service selects now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<String>,
+    /// Most recent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AliasSwitch>,
+    /// Why the alias has not switched to spec.collection yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
