@@ -1,5 +1,6 @@
-//! quiver-operator: the `VectorCollection` and `CollectionAlias` custom resources. The
-//! controllers, resource builders and phase machine come with issue 5.
+//! quiver-operator: the `VectorCollection` and `CollectionAlias` custom resources and the
+//! collection phase machine. Controllers and resource builders come with issue 5.
 
 pub mod crd;
 pub mod crdgen;
+pub mod phase;

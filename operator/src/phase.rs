@@ -1,0 +1,220 @@
+//! The VectorCollection phase machine: a pure function of the spec's generation and what the
+//! controller observed (writer progress, replicas, the warm-up and verify Jobs). The reconciler
+//! only gathers observations, calls [`next`], and writes the result.
+
+use crate::crd::{GateResult, Phase, VectorCollectionStatus};
+
+/// What the writer reports over its Admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriterState {
+    /// Not reachable yet (pod starting) or not created.
+    Unavailable,
+    Importing {
+        rows: u64,
+    },
+    Building,
+    /// Writing the compacted snapshot file.
+    Publishing,
+    /// Sealed, snapshot published; `count` vectors, calibrated `setting`.
+    Sealed {
+        count: u64,
+        setting: String,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Absent,
+    Running,
+    Succeeded,
+    /// The Job's termination message (the engine writes its JSON report there).
+    Failed {
+        message: String,
+    },
+}
+
+/// Everything [`next`] decides from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub generation: i64,
+    pub writer: WriterState,
+    pub ready_replicas: i32,
+    /// Replicas that must be ready before warm-up (at least 1).
+    pub wanted_replicas: i32,
+    pub warmup: JobState,
+    pub verify: JobState,
+    /// The gates of the verify Job's report, once it ran.
+    pub gates: Vec<GateResult>,
+}
+
+/// The decided status fields (conditions are derived from them by the reconciler).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub phase: Phase,
+    pub message: Option<String>,
+    pub vector_count: Option<u64>,
+    pub search_setting: Option<String>,
+    /// Whether the verification gate passed for this generation.
+    pub verified: bool,
+}
+
+/// The next phase. `previous` is the status as stored (None for a new object).
+pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> Decision {
+    let current_generation = previous.and_then(|s| s.observed_generation) == Some(observed.generation);
+    let previous_phase = previous.map(|s| s.phase).filter(|_| current_generation).unwrap_or(Phase::Pending);
+    let decide = |phase: Phase, message: Option<String>| Decision {
+        phase,
+        message,
+        vector_count: match &observed.writer {
+            WriterState::Sealed { count, .. } => Some(*count),
+            _ => None,
+        },
+        search_setting: match &observed.writer {
+            WriterState::Sealed { setting, .. } => Some(setting.clone()),
+            _ => None,
+        },
+        verified: phase == Phase::Ready,
+    };
+    // A failure is final for its generation: a new spec generation starts over.
+    if previous_phase == Phase::Failed {
+        return decide(Phase::Failed, previous.and_then(|s| s.message.clone()));
+    }
+    match &observed.writer {
+        WriterState::Unavailable => return decide(Phase::Pending, Some("waiting for the writer".into())),
+        WriterState::Importing { rows } => return decide(Phase::Importing, Some(format!("{rows} vectors imported"))),
+        WriterState::Building => return decide(Phase::Building, None),
+        WriterState::Publishing => return decide(Phase::Publishing, None),
+        WriterState::Failed { reason } => return decide(Phase::Failed, Some(format!("writer failed: {reason}"))),
+        WriterState::Sealed { .. } => {}
+    }
+    let wanted = observed.wanted_replicas.max(1);
+    if observed.ready_replicas < wanted {
+        // Once Ready, losing replicas degrades serving but does not undo verification.
+        if previous_phase == Phase::Ready {
+            return decide(Phase::Ready, Some(format!("{}/{wanted} replicas ready", observed.ready_replicas)));
+        }
+        return decide(Phase::Replicating, Some(format!("{}/{wanted} replicas ready", observed.ready_replicas)));
+    }
+    match &observed.warmup {
+        JobState::Absent | JobState::Running => return decide(Phase::WarmingUp, None),
+        JobState::Failed { message } => return decide(Phase::Failed, Some(format!("warm-up failed: {message}"))),
+        JobState::Succeeded => {}
+    }
+    match &observed.verify {
+        JobState::Absent | JobState::Running => decide(Phase::Verifying, None),
+        JobState::Failed { message } => {
+            let failed: Vec<String> = observed
+                .gates
+                .iter()
+                .filter(|g| !g.passed)
+                .map(|g| format!("{} measured {} (needs {} {})", g.name, g.measured, g.comparison, g.threshold))
+                .collect();
+            let why = if failed.is_empty() { message.clone() } else { failed.join("; ") };
+            decide(Phase::Failed, Some(format!("verification failed: {why}")))
+        }
+        JobState::Succeeded if observed.gates.iter().all(|g| g.passed) => decide(Phase::Ready, None),
+        JobState::Succeeded => decide(Phase::Failed, Some("verify Job succeeded but a gate failed".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed() -> WriterState {
+        WriterState::Sealed { count: 1000, setting: "signscan quality=100".into() }
+    }
+
+    fn observed(writer: WriterState, ready: i32, warmup: JobState, verify: JobState) -> Observed {
+        Observed { generation: 2, writer, ready_replicas: ready, wanted_replicas: 2, warmup, verify, gates: Vec::new() }
+    }
+
+    fn status(phase: Phase, generation: i64) -> VectorCollectionStatus {
+        VectorCollectionStatus { phase, observed_generation: Some(generation), ..Default::default() }
+    }
+
+    fn gate(passed: bool) -> GateResult {
+        GateResult { name: "count".into(), measured: 999.0, comparison: "==".into(), threshold: 1000.0, passed }
+    }
+
+    #[test]
+    fn every_step_of_the_pipeline() {
+        use JobState::*;
+        let table: Vec<(Observed, Phase)> = vec![
+            (observed(WriterState::Unavailable, 0, Absent, Absent), Phase::Pending),
+            (observed(WriterState::Importing { rows: 10 }, 0, Absent, Absent), Phase::Importing),
+            (observed(WriterState::Building, 0, Absent, Absent), Phase::Building),
+            (observed(WriterState::Publishing, 0, Absent, Absent), Phase::Publishing),
+            (observed(sealed(), 1, Absent, Absent), Phase::Replicating),
+            (observed(sealed(), 2, Running, Absent), Phase::WarmingUp),
+            (observed(sealed(), 2, Succeeded, Running), Phase::Verifying),
+            (Observed { gates: vec![gate(true)], ..observed(sealed(), 2, Succeeded, Succeeded) }, Phase::Ready),
+        ];
+        let mut previous: Option<VectorCollectionStatus> = None;
+        for (obs, expected) in table {
+            let d = next(previous.as_ref(), &obs);
+            assert_eq!(d.phase, expected, "{obs:?}");
+            assert_eq!(d.verified, expected == Phase::Ready);
+            previous = Some(status(d.phase, 2));
+        }
+    }
+
+    #[test]
+    fn no_ready_before_verification_passes() {
+        use JobState::*;
+        let failed = Observed {
+            gates: vec![gate(false)],
+            ..observed(sealed(), 2, Succeeded, Failed { message: "exit 1".into() })
+        };
+        let d = next(Some(&status(Phase::Verifying, 2)), &failed);
+        assert_eq!(d.phase, Phase::Failed);
+        assert!(!d.verified);
+        assert!(d.message.unwrap().contains("count measured 999 (needs == 1000)"));
+        // A succeeded Job with a failed gate is still not Ready.
+        let odd = Observed { gates: vec![gate(false)], ..observed(sealed(), 2, Succeeded, Succeeded) };
+        assert_eq!(next(None, &odd).phase, Phase::Failed);
+    }
+
+    #[test]
+    fn failure_is_sticky_until_the_spec_changes() {
+        use JobState::*;
+        let mut failed = status(Phase::Failed, 2);
+        failed.message = Some("writer failed: disk full".into());
+        let healthy = observed(WriterState::Importing { rows: 5 }, 0, Absent, Absent);
+        let d = next(Some(&failed), &healthy);
+        assert_eq!((d.phase, d.message.as_deref()), (Phase::Failed, Some("writer failed: disk full")));
+        // Generation 3 (a spec change) restarts the pipeline.
+        let d = next(Some(&failed), &Observed { generation: 3, ..healthy });
+        assert_eq!(d.phase, Phase::Importing);
+    }
+
+    #[test]
+    fn a_new_generation_mid_rebuild_starts_over() {
+        use JobState::*;
+        let verifying = status(Phase::Verifying, 1);
+        let d = next(Some(&verifying), &observed(WriterState::Unavailable, 2, Succeeded, Running));
+        assert_eq!(d.phase, Phase::Pending);
+    }
+
+    #[test]
+    fn losing_replicas_after_ready_keeps_ready_and_says_so() {
+        use JobState::*;
+        let obs = Observed { gates: vec![gate(true)], ..observed(sealed(), 1, Succeeded, Succeeded) };
+        let d = next(Some(&status(Phase::Ready, 2)), &obs);
+        assert_eq!(d.phase, Phase::Ready);
+        assert_eq!(d.message.as_deref(), Some("1/2 replicas ready"));
+        assert_eq!(d.vector_count, Some(1000));
+    }
+
+    #[test]
+    fn writer_and_warmup_failures_fail_the_collection() {
+        use JobState::*;
+        let d = next(None, &observed(WriterState::Failed { reason: "row 3: NaN".into() }, 0, Absent, Absent));
+        assert_eq!((d.phase, d.message.as_deref()), (Phase::Failed, Some("writer failed: row 3: NaN")));
+        let d = next(None, &observed(sealed(), 2, Failed { message: "timeout".into() }, Absent));
+        assert_eq!(d.phase, Phase::Failed);
+    }
+}
