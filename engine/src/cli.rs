@@ -45,6 +45,18 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write clustered synthetic vectors to an .npy file.
     Generate(GenerateArgs),
+    /// Serve the collections and aliases under --data-dir over gRPC (Search, Admin, health,
+    /// reflection): the embedded single-machine role.
+    Standalone(StandaloneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +368,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(if report.failed_queries == 0 { 0 } else { 1 })
         }
+        Command::Standalone(a) => standalone_cmd(a),
         Command::Generate(a) => {
             let mut g = crate::datagen::Clustered::new(a.dims, a.seed);
             g.clusters = a.clusters;
@@ -365,6 +378,36 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn standalone_cmd(a: StandaloneArgs) -> Result<i32> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    runtime.block_on(async {
+        let catalog = std::sync::Arc::new(Catalog::open(&a.dir.data_dir)?);
+        let listener =
+            tokio::net::TcpListener::bind(a.listen).await.map_err(|e| Error::io(format!("binding {}", a.listen), e))?;
+        let addr = listener.local_addr().map_err(|e| Error::io("reading the bound address", e))?;
+        eprintln!("quiver standalone: serving {} on {addr}", a.dir.data_dir.display());
+        crate::serve::serve(catalog, listener, termination()).await
+    })?;
+    Ok(0)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn import_cmd(a: ImportArgs) -> Result<i32> {

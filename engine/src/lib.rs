@@ -17,5 +17,6 @@ pub mod cli;
 pub mod datagen;
 pub mod demo;
 pub mod latency;
+pub mod serve;
 pub mod verify;
 pub mod warmup;
