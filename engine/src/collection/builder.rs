@@ -18,7 +18,7 @@ use heed::{Env, WithoutTls};
 use indicatif::{ProgressBar, ProgressStyle};
 use roaring::RoaringBitmap;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Partitions per collection (each is an arroy index, `u16`).
@@ -447,9 +447,4 @@ impl<'a> Import<'a> {
         wtxn.commit()?;
         Ok(self.count as u64)
     }
-}
-
-/// Where a named collection lives under a data root.
-pub fn collection_path(root: &Path, name: &str) -> PathBuf {
-    root.join(name)
 }
