@@ -88,13 +88,8 @@ pub struct BenchReport {
     pub throughput: Vec<Throughput>,
 }
 
-fn read_matrix(uri: &str) -> Result<Vec<Vec<f32>>> {
-    let records = import::read(uri, &ReadOptions::default())?;
-    records.iter.map(|r| r.map(|r| r.vector)).collect()
-}
-
 pub fn run(options: &BenchOptions) -> Result<BenchReport> {
-    let queries = read_matrix(&options.queries)?;
+    let queries = import::read_vectors(&options.queries)?;
     let temp;
     let root: &Path = match &options.data_dir {
         Some(d) => d,

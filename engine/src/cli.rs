@@ -195,7 +195,7 @@ pub struct GateArgs {
 impl GateArgs {
     fn options(&self) -> Result<VerifyOptions> {
         let queries = match &self.queries {
-            Some(uri) => read_vectors(uri)?,
+            Some(uri) => import::read_vectors(uri)?,
             None => Vec::new(),
         };
         Ok(VerifyOptions {
@@ -448,7 +448,7 @@ fn search_cmd(a: SearchArgs) -> Result<i32> {
                 format!("not a JSON array of numbers: {e}"),
             )
         })?],
-        (None, Some(uri)) => read_vectors(uri)?,
+        (None, Some(uri)) => import::read_vectors(uri)?,
         (None, None) => {
             return Err(crate::error::RequestError::new("vector", "(none)", "pass --vector or --queries").into());
         }
@@ -526,10 +526,6 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
         std::fs::write(path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     Ok(0)
-}
-
-fn read_vectors(uri: &str) -> Result<Vec<Vec<f32>>> {
-    import::read(uri, &ReadOptions::default())?.iter.map(|r| r.map(|r| r.vector)).collect()
 }
 
 fn emit_report(report: &crate::verify::VerifyReport, output: Option<&Path>) -> Result<()> {

@@ -125,13 +125,11 @@ pub fn run(options: &DemoOptions) -> Result<DemoReport> {
     };
 
     // v2 is built beside v1 while v1 serves; the alias moves only after v2 verifies.
-    let (row, warmup) = build_verify_flip(&catalog, &root, options, "products-v2", &v2_file, n2 as u64)?;
-    if let Some(w) = warmup {
-        eprintln!(
-            "warm-up of products-v2: cold first query {:.2} ms, warm p50 {:.3} ms / p99 {:.3} ms after {} queries",
-            w.cold_first_query_ms, w.warm_p50_ms, w.warm_p99_ms, w.queries
-        );
-    }
+    let (row, w) = build_verify_flip(&catalog, &root, options, "products-v2", &v2_file, n2 as u64)?;
+    eprintln!(
+        "warm-up of products-v2: cold first query {:.2} ms, warm p50 {:.3} ms / p99 {:.3} ms after {} queries",
+        w.cold_first_query_ms, w.warm_p50_ms, w.warm_p99_ms, w.queries
+    );
     rows.push(row);
     std::thread::sleep(std::time::Duration::from_millis(500));
 
@@ -173,7 +171,7 @@ fn build_verify_flip(
     name: &str,
     source: &str,
     expected_count: u64,
-) -> Result<(Row, Option<crate::warmup::WarmupReport>)> {
+) -> Result<(Row, crate::warmup::WarmupReport)> {
     let mut build = BuildOptions::new(name, Metric::Cosine);
     build.progress = options.progress;
     let manifest = import_and_build(root, &build, import::read(source, &ReadOptions::default())?)?;
@@ -201,7 +199,7 @@ fn build_verify_flip(
         alias_flipped,
         refusal,
     };
-    Ok((row, Some(warmup)))
+    Ok((row, warmup))
 }
 
 /// The printed summary.

@@ -4,7 +4,7 @@ use super::manifest::Manifest;
 use crate::error::{Error, Result};
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, SerdeJson, Str, U32, U64};
-use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, Unspecified, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
 use std::path::Path;
@@ -46,7 +46,7 @@ pub struct Databases {
     pub tags: Database<'static, Str, BitmapCodec>,
     pub partitions: Database<'static, Str, BitmapCodec>,
     /// The ANN index database; typed by the backend when used.
-    pub ann: Database<'static, Unspecified, Unspecified>,
+    pub ann: crate::index::AnyDatabase,
 }
 
 type DbTuple = (
@@ -56,7 +56,7 @@ type DbTuple = (
     Database<'static, U64<BigEndian>, U32<BigEndian>>,
     Database<'static, Str, BitmapCodec>,
     Database<'static, Str, BitmapCodec>,
-    Database<'static, Unspecified, Unspecified>,
+    crate::index::AnyDatabase,
 );
 
 const NAMES: [&str; 7] = ["manifest", "vectors", "item-ids", "ids", "tags", "partitions", "ann"];

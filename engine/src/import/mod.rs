@@ -126,6 +126,11 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
     Ok(Records { source_name: name, fingerprint, expected_rows, iter })
 }
 
+/// Reads every vector of `uri` (queries, bench inputs), in order.
+pub fn read_vectors(uri: &str) -> Result<Vec<Vec<f32>>> {
+    read(uri, &ReadOptions::default())?.iter.map(|r| r.map(|r| r.vector)).collect()
+}
+
 pub(crate) fn input_error(
     source: &str,
     at: impl ToString,

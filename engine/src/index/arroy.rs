@@ -1,13 +1,13 @@
 //! arroy (random-projection trees over LMDB): the default durable index, one arroy index per
 //! partition.
 
-use super::{AnnIndex, PartitionQuery, Scored, rerank};
+use super::{AnnIndex, AnyDatabase, PartitionQuery, Scored, rerank};
 use crate::collection::Collection;
 use crate::distance::Metric;
 use crate::error::Result;
 use ::arroy::distances::{BinaryQuantizedCosine, Cosine, DotProduct, Euclidean};
 use ::arroy::{Database, Distance, Reader, Writer};
-use heed::{RwTxn, Unspecified};
+use heed::RwTxn;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::num::NonZeroUsize;
@@ -35,8 +35,6 @@ macro_rules! with_distance {
         }
     };
 }
-
-type AnyDatabase = heed::Database<'static, Unspecified, Unspecified>;
 
 /// Writes every partition's items into arroy and builds its trees (arroy uses all cores).
 pub fn build(

@@ -1,13 +1,13 @@
 //! hannoy (HNSW over LMDB, by arroy's authors): the alternative durable index, one graph per
 //! partition. It has no inner-product distance.
 
-use super::{AnnIndex, PartitionQuery, Scored, rerank};
+use super::{AnnIndex, AnyDatabase, PartitionQuery, Scored, rerank};
 use crate::collection::Collection;
 use crate::distance::Metric;
 use crate::error::{Error, RequestError, Result};
 use ::hannoy::distances::{BinaryQuantizedCosine, Cosine, Euclidean};
 use ::hannoy::{Database, Distance, Reader, Writer};
-use heed::{RwTxn, Unspecified};
+use heed::RwTxn;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -45,8 +45,6 @@ fn unsupported() -> Error {
 pub fn check_metric(metric: Metric) -> Result<()> {
     if metric == Metric::Dot { Err(unsupported()) } else { Ok(()) }
 }
-
-type AnyDatabase = heed::Database<'static, Unspecified, Unspecified>;
 
 pub fn build(
     wtxn: &mut RwTxn,

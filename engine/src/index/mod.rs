@@ -134,6 +134,9 @@ pub struct PartitionQuery<'a> {
     pub quality: usize,
 }
 
+/// The collection's ANN database before a backend gives it its key and node types.
+pub type AnyDatabase = heed::Database<'static, heed::Unspecified, heed::Unspecified>;
+
 /// An item and its ranking score (see [`crate::distance::Metric::kernel`]).
 pub type Scored = (u32, f32);
 
