@@ -266,15 +266,25 @@ impl Client {
     }
 }
 
-/// Failures a retry can fix: the server or the connection to it was unavailable.
+/// Failures a retry can fix: the server was unavailable, or the connection under the call
+/// closed (a GOAWAY race, a reset) before an answer came; idempotent calls are safe to resend.
 pub fn retryable(status: &Status) -> bool {
-    match status.code() {
-        Code::Unavailable => true,
-        // A call cut by a closing connection (GOAWAY race, reset) surfaces as these.
-        Code::Unknown | Code::Cancelled => {
-            let m = status.message();
-            m.contains("transport") || m.contains("connection") || m.contains("GOAWAY") || m.contains("reset")
-        }
-        _ => false,
+    // A status the server sent has no source; one raised by the local transport (refused
+    // stream after GOAWAY, connection closed mid-call) carries the transport error, whatever
+    // code it was mapped to.
+    status.code() == Code::Unavailable
+        || std::error::Error::source(status).is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transport_failures_are_retried() {
+        assert!(retryable(&Status::unavailable("down")));
+        assert!(!retryable(&Status::cancelled("the caller gave up")));
+        assert!(!retryable(&Status::invalid_argument("k = 0")));
+        assert!(!retryable(&Status::not_found("nope")));
     }
 }
