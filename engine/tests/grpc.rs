@@ -135,3 +135,43 @@ async fn standalone_process_serves_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "standalone should exit cleanly on SIGTERM");
 }
+
+/// TLS (rustls) with a bearer token required on Search too: a trusted client with the token is
+/// answered; without the token, or over plaintext, it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_a_token_required_on_search() {
+    use quiver_engine::client::{Client, ClientOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("base.npy");
+    let data = Clustered::new(DIMS, 4).generate(300, 1);
+    npy::write_f32(&path, 300, DIMS, &data).unwrap();
+    let records = import::read(&path.display().to_string(), &ReadOptions::default()).unwrap();
+    import_and_build(dir.path(), &BuildOptions::new("v1", Metric::Cosine), records).unwrap();
+    let catalog = Arc::new(Catalog::open(dir.path()).unwrap());
+    let node = Arc::new(Node::new(catalog, Arc::new(Metrics::new())).await);
+    node.set_ready(true).await;
+
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = certified.cert.pem().into_bytes();
+    let config = ServeConfig {
+        tls: Some((cert.clone(), certified.signing_key.serialize_pem().into_bytes())),
+        token: Some("t0ken".into()),
+        search_requires_token: true,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(quiver_engine::serve::serve(node, listener, config, None, std::future::pending()));
+
+    let request = SearchRequest { collection: "v1".into(), vector: data[..DIMS].to_vec(), k: 3, ..Default::default() };
+    let url = format!("https://localhost:{port}");
+    let trusted = ClientOptions { tls_ca: Some(cert.clone()), token: Some("t0ken".into()), ..Default::default() };
+    let client = Client::new(&url, trusted.clone()).unwrap();
+    assert_eq!(client.search(request.clone()).await.unwrap().hits[0].id, 0);
+
+    let anonymous = Client::new(&url, ClientOptions { token: None, ..trusted }).unwrap();
+    assert_eq!(anonymous.search(request.clone()).await.unwrap_err().code(), Code::Unauthenticated);
+    let plaintext = ClientOptions { token: Some("t0ken".into()), attempts: 1, ..Default::default() };
+    let plain = Client::new(&format!("http://127.0.0.1:{port}"), plaintext).unwrap();
+    assert!(plain.search(request).await.is_err(), "plaintext is not served when TLS is on");
+}
