@@ -462,3 +462,48 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+/// `quiver bench --endpoint` measures a running engine through gRPC and reports in the same
+/// JSON shape as the in-process bench.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_through_grpc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w, _) = built(dir, "v1", 1).await;
+    let qs = quiver_engine::datagen::Clustered::new(DIMS, 1).generate(50, 1);
+    let qpath = dir.join("queries.npy");
+    quiver_engine::import::npy::write_f32(&qpath, 50, DIMS, &qs).unwrap();
+    let json = dir.join("bench.json");
+    let (status, out, err) = run(&[
+        "bench",
+        "--endpoint",
+        &w.url(),
+        "--collection",
+        "v1",
+        "--queries",
+        &qpath.display().to_string(),
+        "--signscan",
+        "10,200",
+        "--search-k",
+        "0",
+        "--warmup",
+        "10",
+        "--threads",
+        "1,4",
+        "--json",
+        &json.display().to_string(),
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains(&format!("endpoint={}", w.url())), "{out}");
+    let report = read_json(&json);
+    assert_eq!(report["endpoint"], w.url());
+    assert_eq!(report["dataset"]["n"], N);
+    let runs = report["runs"].as_array().unwrap();
+    let labels: Vec<_> = runs.iter().map(|r| r["setting"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["exact", "signscan rerank=10", "signscan rerank=200", "arroy search_k=default"]);
+    assert_eq!(runs[0]["recall_at_k"], 1.0);
+    assert!(runs[2]["recall_at_k"].as_f64().unwrap() >= runs[1]["recall_at_k"].as_f64().unwrap());
+    let throughput = report["throughput"].as_array().unwrap();
+    assert_eq!(throughput.len(), 2);
+    assert!(throughput.iter().all(|t| t["qps"].as_f64().unwrap() > 0.0));
+}

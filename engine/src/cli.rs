@@ -628,7 +628,7 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
             Backend::Hannoy => IndexParams::hannoy(a.ef_construction),
         })
         .collect();
-    let report = bench::run(&BenchOptions {
+    let options = BenchOptions {
         base: a.base.unwrap_or_default(),
         queries: a.queries,
         ground_truth: a.ground_truth,
@@ -642,7 +642,14 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
         hannoy_sweep: a.ef,
         data_dir: a.data_dir,
         threads: a.threads,
-    })?;
+    };
+    let report = match (&a.endpoint, &a.collection) {
+        (Some(endpoint), Some(collection)) => {
+            let client = crate::client::ClientOptions { token: a.token.read()?, ..Default::default() };
+            bench::remote(&options, endpoint, collection, client)?
+        }
+        _ => bench::run(&options)?,
+    };
     print!("{}", bench::table(&report));
     if let Some(path) = &a.json {
         let json = serde_json::to_string_pretty(&report).expect("report serializes");
