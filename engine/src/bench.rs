@@ -377,11 +377,12 @@ pub fn table(report: &BenchReport) -> String {
     out
 }
 
-/// An engine over gRPC, queried through the retrying client.
+/// An engine over gRPC, queried through the retrying client. Each has its own connection and
+/// single-threaded runtime, as a synchronous client thread would.
 struct Endpoint {
     client: crate::client::Client,
     collection: String,
-    runtime: tokio::runtime::Handle,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Target for Endpoint {
@@ -413,21 +414,19 @@ pub fn remote(
     collection: &str,
     client_options: crate::client::ClientOptions,
 ) -> Result<BenchReport> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the async runtime", e))?;
     let connect = || -> Result<Endpoint> {
-        let _entered = runtime.enter();
-        Ok(Endpoint {
-            client: crate::client::Client::new(endpoint, client_options.clone())?,
-            collection: collection.to_string(),
-            runtime: runtime.handle().clone(),
-        })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the async runtime", e))?;
+        let client = {
+            let _entered = runtime.enter();
+            crate::client::Client::new(endpoint, client_options.clone())?
+        };
+        Ok(Endpoint { client, collection: collection.to_string(), runtime })
     };
     let first = connect()?;
-    let status = runtime.block_on(first.client.status(collection)).map_err(|s| remote_error(&first.client, s))?;
+    let status = first.runtime.block_on(first.client.status(collection)).map_err(|s| remote_error(&first.client, s))?;
     let manifest: crate::collection::manifest::Manifest = serde_json::from_str(&status.manifest_json)
         .map_err(|e| Error::Remote { target: endpoint.to_string(), reason: format!("unreadable manifest: {e}") })?;
     let queries = import::read_vectors(&options.queries)?;

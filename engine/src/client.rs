@@ -90,6 +90,7 @@ impl Client {
             .map_err(|e| bad(format!("not a valid address: {e}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
+            .http2_adaptive_window(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if let Some(timeout) = options.timeout {

@@ -267,13 +267,20 @@ fn an_unfinished_collection_does_not_open() {
     let dir = tempfile::tempdir().unwrap();
     let err = Collection::open(&dir.path().join("missing")).unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
-    // A staging directory from a crashed import (pid that cannot exist) is removed by the next import.
-    let stale = dir.path().join(".staging").join("x-4000000000-1");
+    // A staging directory from a crashed import (its lock held by nobody) is removed by the next
+    // import; one whose lock is held (an import running elsewhere) is left alone.
+    let stale = dir.path().join(".staging").join("x-1-1");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("data.mdb"), b"partial").unwrap();
+    std::fs::write(dir.path().join(".staging/x-1-1.lock"), b"").unwrap();
+    let running = dir.path().join(".staging").join("y-1-2");
+    std::fs::create_dir_all(&running).unwrap();
+    let held = std::fs::File::create(dir.path().join(".staging/y-1-2.lock")).unwrap();
+    held.lock().unwrap();
     let source = write_npy(dir.path(), "base.npy", 100, 1);
     build(dir.path(), "v1", &source, |_| {}).unwrap();
-    assert!(!stale.exists());
+    assert!(!stale.exists() && !dir.path().join(".staging/x-1-1.lock").exists());
+    assert!(running.exists(), "an import whose lock is held is not touched");
 }
 
 #[test]

@@ -123,7 +123,10 @@ async fn standalone_process_serves_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    // Keep reading, so later log lines do not hit a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let addr = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect(&line).to_string();
 
     let mut search = SearchClient::connect(format!("http://{addr}")).await.unwrap();

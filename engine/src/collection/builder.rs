@@ -151,7 +151,12 @@ pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
     ));
+    // Held for the whole build: a staging directory whose lock nobody holds is abandoned. (A
+    // pid would not do: a restarted container's writer is often pid 1 again.)
+    let lock = hold_lock(&staging)?;
     let result = build_in(&staging, options, records);
+    drop(lock);
+    let _ = std::fs::remove_file(lock_path(&staging));
     match result {
         Ok(manifest) => {
             std::fs::rename(&staging, &target).map_err(|e| {
@@ -269,16 +274,38 @@ fn progress_bar(enabled: bool, expected: Option<u64>) -> ProgressBar {
     bar
 }
 
-/// Removes staging directories left by processes that no longer run (a crashed import).
+fn lock_path(staging: &Path) -> std::path::PathBuf {
+    staging.with_extension("lock")
+}
+
+fn hold_lock(staging: &Path) -> Result<std::fs::File> {
+    let path = lock_path(staging);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    let file = std::fs::File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    file.lock().map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+    Ok(file)
+}
+
+/// Removes staging directories left by imports that no longer run (a crash, a killed pod):
+/// those whose lock file is missing or not held by any process.
 pub fn clean_stale_staging(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join(STAGING)) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
-            tracing::warn!(path = %entry.path().display(), "removing an unfinished import");
-            let _ = std::fs::remove_dir_all(entry.path());
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let lock = lock_path(&path);
+        let abandoned = match std::fs::File::open(&lock) {
+            Ok(file) => file.try_lock().is_ok(),
+            Err(_) => true,
+        };
+        if abandoned {
+            tracing::warn!(path = %path.display(), "removing an unfinished import");
+            let _ = std::fs::remove_dir_all(&path);
+            let _ = std::fs::remove_file(&lock);
         }
     }
 }

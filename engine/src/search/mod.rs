@@ -73,7 +73,10 @@ pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hi
     };
     let filter = tag_filter(collection, &request.tags)?;
     let strategy = request.strategy.unwrap_or(manifest.search.strategy);
-    let quality = request.quality.unwrap_or(manifest.search.quality);
+    // The calibrated quality belongs to the calibrated strategy; another strategy asked for
+    // without a quality gets its own default (0: arroy's search_k, ef = k, rerank = k).
+    let quality =
+        request.quality.unwrap_or(if strategy == manifest.search.strategy { manifest.search.quality } else { 0 });
     let index = collection.strategy(strategy);
 
     let one = |partition: u16| -> Result<Vec<(u32, f32)>> {

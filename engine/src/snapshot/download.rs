@@ -1,10 +1,12 @@
 //! The replica's side of a snapshot transfer: a partial file that survives crashes and dropped
 //! connections, resumed from the bytes it holds, and checked before it becomes a snapshot.
 
-use super::{SnapshotInfo, Store, hash_file};
+use super::{SnapshotInfo, Store};
 use crate::error::{Error, Result};
+use crate::import::source::hex;
+use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 /// A download in progress of the snapshot `info` describes.
@@ -14,6 +16,9 @@ pub struct Partial {
     path: PathBuf,
     file: File,
     offset: u64,
+    /// sha256 of the bytes held so far: received bytes are hashed as they arrive, so finishing
+    /// does not read the whole file again.
+    hasher: Sha256,
 }
 
 impl Partial {
@@ -39,7 +44,10 @@ impl Partial {
             file.set_len(0).map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
             offset = 0;
         }
-        Ok(Partial { store: store.clone(), info: info.clone(), path, file, offset })
+        let mut hasher = Sha256::new();
+        let mut held = File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?.take(offset);
+        std::io::copy(&mut held, &mut hasher).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Ok(Partial { store: store.clone(), info: info.clone(), path, file, offset, hasher })
     }
 
     /// Bytes held so far: where the next fetch starts.
@@ -60,6 +68,7 @@ impl Partial {
             return Err(self.error(format!("source sent more than the announced {} bytes", self.info.size)));
         }
         self.file.write_all(data).map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+        self.hasher.update(data);
         self.offset += data.len() as u64;
         Ok(())
     }
@@ -68,7 +77,7 @@ impl Partial {
     /// bad one is deleted (the next attempt starts from zero) and reported.
     pub fn finish(self) -> Result<SnapshotInfo> {
         self.file.sync_all().map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
-        let (size, sha256) = hash_file(&self.path)?;
+        let (size, sha256) = (self.offset, hex(&self.hasher.clone().finalize()));
         let marker = self.path.with_extension("partial.sha256");
         if size != self.info.size || sha256 != self.info.sha256 {
             let _ = std::fs::remove_file(&self.path);
