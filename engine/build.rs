@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The encoded descriptors feed server reflection (grpcurl works without .proto files).
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("quiver_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Snapshot chunks are passed along without copying them into a Vec.
+    tonic_prost_build::configure().bytes(".quiver.v1.Chunk.data").compile_fds(fds)?;
     Ok(())
 }

@@ -164,16 +164,31 @@ async fn fetch_from(
         let request =
             crate::serve::proto::FetchRequest { collection: collection.to_string(), offset: partial.offset() };
         let mut stream = client.snapshot_client().fetch(request).await.map_err(remote)?.into_inner();
+        // Disk writes and hashing on their own thread, overlapping the network receive.
+        let (chunks, received) = std::sync::mpsc::sync_channel::<crate::serve::proto::Chunk>(8);
+        let writer = tokio::task::spawn_blocking(move || -> Result<Partial> {
+            for chunk in received {
+                partial.append(chunk.offset, &chunk.data)?;
+            }
+            Ok(partial)
+        });
+        let mut sent = 0u64;
         while let Some(chunk) = stream.message().await.map_err(remote)? {
-            partial.append(chunk.offset, &chunk.data)?;
-            metrics.snapshot_fetched_bytes.inc_by(chunk.data.len() as u64);
+            let n = chunk.data.len() as u64;
+            if chunks.send(chunk).is_err() {
+                break; // the writer stopped on an error, returned below
+            }
+            sent += n;
+            metrics.snapshot_fetched_bytes.inc_by(n);
             if let Some(rate) = bytes_per_sec {
-                let due = Duration::from_secs_f64((partial.offset() - first) as f64 / rate.max(1) as f64);
+                let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
                 if let Some(ahead) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(ahead).await;
                 }
             }
         }
+        drop(chunks);
+        partial = writer.await.map_err(|e| Error::io("writing the snapshot", std::io::Error::other(e)))??;
     }
     if !partial.is_complete() {
         return Err(Error::Remote {

@@ -75,7 +75,7 @@ impl snapshot_server::Snapshot for SnapshotService {
                 let sent = match file.read_exact(&mut data) {
                     Ok(()) => {
                         let n = data.len() as u64;
-                        let chunk = proto::Chunk { offset, data };
+                        let chunk = proto::Chunk { offset, data: data.into() };
                         offset += n;
                         metrics.snapshot_served_bytes.inc_by(n);
                         tx.blocking_send(Ok(chunk))
