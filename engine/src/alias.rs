@@ -95,14 +95,18 @@ impl Catalog {
         Ok(self.db.get(&rtxn, alias)?)
     }
 
-    /// The collection an alias serves now.
+    /// The collection an alias serves now. The record is read on every call (one LMDB read),
+    /// so a flip made by another process (`quiver alias flip` beside a running `quiver
+    /// standalone`) takes effect at once; the opened collection is cached.
     pub fn resolve(&self, alias: &str) -> Result<Arc<Collection>> {
-        if let Some(c) = self.live.read().expect("alias lock").get(alias) {
-            return Ok(c.clone());
-        }
         let record = self
             .get(alias)?
             .ok_or_else(|| Error::Alias { alias: alias.to_string(), reason: "no such alias".into() })?;
+        if let Some(c) = self.live.read().expect("alias lock").get(alias)
+            && c.name() == record.collection
+        {
+            return Ok(c.clone());
+        }
         let c = self.collection(&record.collection)?;
         self.live.write().expect("alias lock").insert(alias.to_string(), c.clone());
         Ok(c)

@@ -131,8 +131,15 @@ async fn standalone_process_serves_and_stops_on_sigterm() {
 
     let mut search = SearchClient::connect(format!("http://{addr}")).await.unwrap();
     let request = SearchRequest { collection: "products".into(), vector: vec![0.5; 8], k: 3, ..Default::default() };
-    let answer = search.search(request).await.unwrap().into_inner();
+    let answer = search.search(request.clone()).await.unwrap().into_inner();
     assert_eq!((answer.collection.as_str(), answer.hits.len()), ("v1", 3));
+
+    // The rebuild cycle beside the running server: import v2, verify and flip with the CLI; the
+    // server answers from v2 at once.
+    run(&["import", "--data-dir", &d, "--name", "v2", "--source", &base]);
+    run(&["alias", "flip", "--data-dir", &d, "products", "v2", "--min-recall", "0.5", "--sample", "10"]);
+    let answer = search.search(request).await.unwrap().into_inner();
+    assert_eq!(answer.collection, "v2");
 
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let status = child.wait().unwrap();
