@@ -170,6 +170,7 @@ pub struct Forwarder {
     pub addr: SocketAddr,
     backends: Arc<RwLock<Vec<SocketAddr>>>,
     next: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Forwarder {
@@ -180,10 +181,12 @@ impl Forwarder {
             addr: listener.local_addr().unwrap(),
             backends: Arc::new(RwLock::new(backends)),
             next: Arc::new(AtomicUsize::new(0)),
+            accepted: Arc::new(AtomicUsize::new(0)),
         };
         let f = forwarder.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                f.accepted.fetch_add(1, Ordering::Relaxed);
                 let Some(backend) = f.pick() else {
                     continue; // no endpoints: the connection is refused by closing it
                 };
@@ -214,6 +217,11 @@ impl Forwarder {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Client connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 

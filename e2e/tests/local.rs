@@ -507,3 +507,78 @@ async fn bench_through_grpc() {
     assert_eq!(throughput.len(), 2);
     assert!(throughput.iter().all(|t| t["qps"].as_f64().unwrap() > 0.0));
 }
+
+/// `--max-connection-age-secs`: the replica closes each connection (GOAWAY) after its age, the
+/// client reconnects through the Service without a failed call, so long-lived clients rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connection_age_rotates_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w, _) = built(dir, "v1", 1).await;
+    let mut r1 = replica(dir, "r1", "v1", &[w.url()], &["--max-connection-age-secs", "1"]);
+    r1.wait_serving(READY).await;
+    let service = Forwarder::start(vec![r1.grpc]).await;
+    let client = Client::new(&service.url(), ClientOptions::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(client, stop.clone(), 1);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = running.await.unwrap();
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(service.connections() >= 3, "connections were rotated: {} accepted", service.connections());
+}
+
+/// 5b. The writer killed while importing from a URL (the source stalls half-way): the half
+/// import never becomes a collection, and the next start cleans it up and imports again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_mid_source_import_leaves_nothing_half_built() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (source, _) = dataset(dir, "v1.npy", N, DIMS, 1);
+    let bytes = std::fs::read(&source).unwrap();
+    // An HTTP source that sends half the file, then hangs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1.npy", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = socket.read(&mut request).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", bytes.len());
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&bytes[..bytes.len() / 2]).await;
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            });
+        }
+    });
+    let mut w = writer(dir, "writer", "v1", Some(&url), &[]);
+    let client = w.client();
+    let deadline = std::time::Instant::now() + READY;
+    loop {
+        let p = client.progress("v1").await.unwrap();
+        if p.phase == "importing" && p.rows > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no import progress: {p:?}\n{}", w.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.kill();
+    let staging = dir.join("writer/.staging");
+    assert!(std::fs::read_dir(&staging).unwrap().count() > 0, "the killed import left its staging directory");
+    assert!(!dir.join("writer/v1").exists(), "no half collection");
+
+    let mut w = writer(dir, "writer", "v1", Some(&source), &[]);
+    w.wait_serving(READY).await;
+    assert_eq!(w.client().status("v1").await.unwrap().count, N as u64);
+    let left: Vec<_> = std::fs::read_dir(&staging).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "the abandoned staging directory was removed: {left:?}");
+}

@@ -73,7 +73,7 @@ impl Listeners {
         };
         let local = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         // One parseable line, for scripts and tests that bind port 0.
-        eprintln!(
+        tracing::info!(
             "quiver listening grpc={} http={}",
             local(&grpc),
             http.as_ref().map(local).unwrap_or_else(|| "-".into())

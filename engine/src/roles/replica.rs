@@ -55,7 +55,7 @@ pub fn run(a: ReplicaArgs) -> Result<i32> {
         let code = match prepared {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("error: quiver replica: {e}");
+                tracing::error!("{e}");
                 let _ = abort.send(());
                 1
             }
@@ -71,7 +71,7 @@ async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, optio
     let store = Store::new(root);
     let info = match store.info(&a.collection)? {
         Some(info) => {
-            eprintln!("quiver replica: snapshot of {} already here (sha256 {})", a.collection, info.sha256);
+            tracing::info!("snapshot of {} already here (sha256 {})", a.collection, info.sha256);
             info
         }
         None => fetch(a, &store, &node.metrics, &options).await?,
@@ -87,7 +87,7 @@ async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, optio
     .map_err(|e| Error::io("installing the snapshot", std::io::Error::other(e)))??;
     node.catalog.adopt(collection);
     node.set_ready(true).await;
-    eprintln!(
+    tracing::info!(
         "quiver replica: {} SERVING after {:.2}s (snapshot {:.2}s, cold first query {:.2} ms, warm p99 {:.2} ms)",
         a.collection,
         started.elapsed().as_secs_f64(),
@@ -110,10 +110,10 @@ async fn fetch(a: &ReplicaArgs, store: &Store, metrics: &Metrics, options: &Clie
             match fetch_from(&client, &a.collection, store, metrics, a.fetch_bytes_per_sec).await {
                 Ok(info) => return Ok(info),
                 Err(e @ Error::Snapshot { .. }) => {
-                    eprintln!("quiver replica: {source}: {e}");
+                    tracing::error!("{source}: {e}");
                     corrupt.push(format!("{source}: {e}"));
                 }
-                Err(e) => eprintln!("quiver replica: {source}: {e}; will retry"),
+                Err(e) => tracing::warn!("{source}: {e}; will retry"),
             }
         }
         if corrupt.len() == a.snapshot_from.len() {
@@ -156,7 +156,7 @@ async fn fetch_from(
     }
     let mut partial = Partial::open(store, &info)?;
     if partial.offset() > 0 {
-        eprintln!("quiver replica: resuming the snapshot download at byte {} of {}", partial.offset(), info.size);
+        tracing::info!("resuming the snapshot download at byte {} of {}", partial.offset(), info.size);
     }
     let started = Instant::now();
     let first = partial.offset();
@@ -198,7 +198,7 @@ async fn fetch_from(
     }
     let secs = started.elapsed().as_secs_f64();
     let mib = (info.size - first) as f64 / (1 << 20) as f64;
-    eprintln!(
+    tracing::info!(
         "quiver replica: fetched {mib:.1} MiB from {} in {secs:.2}s ({:.0} MiB/s); checking sha256",
         client.target(),
         mib / secs.max(1e-9)

@@ -16,7 +16,7 @@ pub fn run(a: StandaloneArgs) -> Result<i32> {
         let listeners = Listeners::bind(&a.serve).await?;
         let node = Arc::new(Node::new(catalog, Arc::new(Metrics::new())).await);
         node.set_ready(true).await;
-        eprintln!("quiver standalone: serving {}", a.dir.data_dir.display());
+        tracing::info!("serving {}", a.dir.data_dir.display());
         super::run(node, listeners, config, None, termination()).await
     })?;
     Ok(0)

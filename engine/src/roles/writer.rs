@@ -37,7 +37,7 @@ pub fn run(a: WriterArgs) -> Result<i32> {
                 .map_err(|e| Error::io("recovering", std::io::Error::other(e)))??
         };
         if let Some((collection, info)) = recovered {
-            eprintln!("quiver writer: {} is sealed; serving snapshot sha256 {}", info.collection, info.sha256);
+            tracing::info!("{} is sealed; serving snapshot sha256 {}", info.collection, info.sha256);
             node.catalog.adopt(collection);
             node.set_ready(true).await;
         } else if let Some(source) = a.source.clone() {
@@ -51,17 +51,17 @@ pub fn run(a: WriterArgs) -> Result<i32> {
                 .await;
                 match built {
                     Ok(Ok((collection, info))) => {
-                        eprintln!("quiver writer: {} sealed; snapshot sha256 {}", info.collection, info.sha256);
+                        tracing::info!("{} sealed; snapshot sha256 {}", info.collection, info.sha256);
                         node.catalog.adopt(collection);
                         node.set_ready(true).await;
                     }
                     // The reason stays visible in Ingest.Progress; the process keeps serving it.
-                    Ok(Err(e)) => eprintln!("error: quiver writer: the import failed: {e}"),
-                    Err(e) => eprintln!("error: quiver writer: the import task failed: {e}"),
+                    Ok(Err(e)) => tracing::error!("the import failed: {e}"),
+                    Err(e) => tracing::error!("the import task failed: {e}"),
                 }
             });
         } else {
-            eprintln!("quiver writer: waiting for Ingest pushes of {}", a.collection);
+            tracing::info!("waiting for Ingest pushes of {}", a.collection);
         }
         super::run(node, listeners, config, Some(ingest), termination()).await
     })?;
