@@ -280,11 +280,22 @@ async fn writer_killed_mid_import_leaves_nothing_half_built() {
     w.kill();
     assert!(!dir.join("writer/v1").exists());
 
-    let w = writer(dir, "writer", "v1", None, &[]);
+    let w = writer(dir, "writer", "v1", None, &["--dimensions", "32"]);
     let progress = w.client().progress("v1").await.unwrap();
     assert_eq!((progress.phase.as_str(), progress.rows), ("waiting", 0), "the unsealed push was discarded");
     assert_eq!(w.client().status("v1").await.unwrap_err().code(), Code::NotFound);
     assert_eq!(w.client().search(query(&data[..DIMS], 3)).await.unwrap_err().code(), Code::NotFound);
+
+    // A bad record refuses its whole batch, naming the record and the field.
+    let mut bad = batches(0..2).remove(0);
+    bad.records[1].vector[7] = f32::NAN;
+    let err = w.client().ingest_client().write(futures::stream::iter(vec![bad])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("field `records[1].vector[7]` = NaN"), "{}", err.message());
+    let mut short = batches(0..2).remove(0);
+    short.records[0].vector.pop();
+    let err = w.client().ingest_client().write(futures::stream::iter(vec![short])).await.unwrap_err();
+    assert!(err.message().contains("field `records[0].vector` = 31 values"), "{}", err.message());
 
     w.client().ingest_client().write(futures::stream::iter(batches(0..N))).await.unwrap();
     let sealed = w.client().ingest_client().seal(proto::SealRequest { collection: "v1".into() }).await.unwrap();
