@@ -13,6 +13,7 @@ use crate::search::{SearchRequest, search};
 use crate::verify::{VerifyOptions, verify};
 use crate::warmup::{WarmupOptions, warm};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
@@ -45,18 +46,123 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write clustered synthetic vectors to an .npy file.
     Generate(GenerateArgs),
-    /// Serve the collections and aliases under --data-dir over gRPC (Search, Admin, health,
-    /// reflection): the embedded single-machine role.
+    /// Serve the collections and aliases under --data-dir over gRPC (Search, Admin, Snapshot,
+    /// health, reflection): the embedded single-machine role.
     Standalone(StandaloneArgs),
+    /// Import from --source (or accept Ingest streams), build, seal, write the snapshot, and
+    /// serve it to replicas.
+    Writer(WriterArgs),
+    /// Fetch a collection's snapshot from the writer or a peer, check it, preload and warm it,
+    /// then serve Search.
+    Replica(ReplicaArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
     #[command(flatten)]
     pub dir: DataDir,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// How a serving role listens and whom it lets in.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
     /// Address to serve gRPC on.
     #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:7700")]
-    pub listen: std::net::SocketAddr,
+    pub listen: SocketAddr,
+    /// Address for the HTTP endpoints /metrics, /livez and /readyz (none when absent).
+    #[arg(long, env = "QUIVER_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Close each client connection (GOAWAY, calls in flight finish) after this many seconds,
+    /// so long-lived HTTP/2 connections rebalance over new replicas.
+    #[arg(long, env = "QUIVER_MAX_CONNECTION_AGE_SECS")]
+    pub max_connection_age_secs: Option<u64>,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "QUIVER_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Require the bearer token on Search too (it is always required on Ingest, Admin and
+    /// Snapshot when a token is configured).
+    #[arg(long, env = "QUIVER_SEARCH_REQUIRES_TOKEN")]
+    pub search_requires_token: bool,
+    /// PEM certificate chain: serve TLS (rustls) instead of plaintext.
+    #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The shared bearer token: servers require it, clients send it.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// A file holding the bearer token (e.g. a mounted Secret).
+    #[arg(long, env = "QUIVER_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The bearer token itself (prefer --token-file; environment values are hidden in --help).
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// How a client command reaches a running engine.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// gRPC address of a running engine (e.g. http://replica:7700); the command runs there
+    /// instead of on --data-dir.
+    #[arg(long, env = "QUIVER_TARGET")]
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// PEM CA certificate to trust for https:// targets.
+    #[arg(long, env = "QUIVER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// With --target: also write the JSON result here (a Kubernetes Job's termination message).
+    #[arg(long, env = "QUIVER_RESULT_FILE", default_value = "/dev/termination-log")]
+    pub result_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WriterArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Name of the collection this writer builds.
+    #[arg(long, env = "QUIVER_COLLECTION")]
+    pub collection: String,
+    /// Path or http(s) URL to import from at start; without it the writer waits for Ingest.
+    #[arg(long, env = "QUIVER_SOURCE")]
+    pub source: Option<String>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicaArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Name of the collection to fetch and serve.
+    #[arg(long, env = "QUIVER_COLLECTION")]
+    pub collection: String,
+    /// gRPC addresses holding the snapshot (the writer, ready peers), tried in turn.
+    #[arg(long, env = "QUIVER_SNAPSHOT_FROM", value_delimiter = ',', required = true)]
+    pub snapshot_from: Vec<String>,
+    /// Cap on the snapshot download rate, in bytes per second (protects the writer's network).
+    #[arg(long, env = "QUIVER_FETCH_BYTES_PER_SEC")]
+    pub fetch_bytes_per_sec: Option<u64>,
+    /// Give up (exit 1) when no source delivered a good snapshot within this many seconds.
+    #[arg(long, env = "QUIVER_FETCH_TIMEOUT_SECS", default_value_t = 3600)]
+    pub fetch_timeout_secs: u64,
+    /// Simulated queries run before reporting SERVING.
+    #[arg(long, env = "QUIVER_WARMUP_MAX_QUERIES", default_value_t = 2000)]
+    pub warmup_max_queries: usize,
+    /// PEM CA certificate to trust for https:// snapshot sources.
+    #[arg(long, env = "QUIVER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -77,11 +183,18 @@ pub struct ImportArgs {
     #[command(flatten)]
     pub dir: DataDir,
     /// Name of the new collection.
-    #[arg(long, env = "QUIVER_COLLECTION")]
+    #[arg(long, alias = "collection", env = "QUIVER_COLLECTION")]
     pub name: String,
     /// Path or http(s) URL of a .npy, .fvecs or .jsonl file.
     #[arg(long, env = "QUIVER_SOURCE")]
     pub source: String,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+/// How records are read and the collection is built.
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
     #[arg(long, env = "QUIVER_FORMAT")]
     pub format: Option<Format>,
     #[arg(long, env = "QUIVER_DISTANCE", default_value = "cosine")]
@@ -216,12 +329,16 @@ pub struct VerifyArgs {
     pub target: Target,
     #[command(flatten)]
     pub gate: GateArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct WarmupArgs {
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[arg(long, env = "QUIVER_WARMUP_MAX_QUERIES", default_value_t = 2000)]
     pub max_queries: usize,
 }
@@ -253,9 +370,17 @@ pub enum AliasAction {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Base vectors (.npy).
+    /// Base vectors (.npy) to build from; not needed with --endpoint.
+    #[arg(long, required_unless_present = "endpoint")]
+    pub base: Option<String>,
+    /// Measure a running engine over gRPC instead of building in this process.
+    #[arg(long, requires = "collection")]
+    pub endpoint: Option<String>,
+    /// With --endpoint: the collection (or alias) to query.
     #[arg(long)]
-    pub base: String,
+    pub collection: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Query vectors (.npy).
     #[arg(long)]
     pub queries: String,
@@ -369,6 +494,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(if report.failed_queries == 0 { 0 } else { 1 })
         }
         Command::Standalone(a) => standalone_cmd(a),
+        Command::Writer(_) | Command::Replica(_) => Err(Error::io("roles", std::io::Error::other("WIP"))),
         Command::Generate(a) => {
             let mut g = crate::datagen::Clustered::new(a.dims, a.seed);
             g.clusters = a.clusters;
@@ -385,7 +511,7 @@ fn standalone_cmd(a: StandaloneArgs) -> Result<i32> {
     runtime.block_on(async {
         let catalog = std::sync::Arc::new(Catalog::open(&a.dir.data_dir)?);
         let listener =
-            tokio::net::TcpListener::bind(a.listen).await.map_err(|e| Error::io(format!("binding {}", a.listen), e))?;
+            tokio::net::TcpListener::bind(a.serve.listen).await.map_err(|e| Error::io(format!("binding {}", a.serve.listen), e))?;
         let addr = listener.local_addr().map_err(|e| Error::io("reading the bound address", e))?;
         eprintln!("quiver standalone: serving {} on {addr}", a.dir.data_dir.display());
         crate::serve::serve(catalog, listener, termination()).await
@@ -410,29 +536,40 @@ async fn termination() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn import_cmd(a: ImportArgs) -> Result<i32> {
-    let mut options = BuildOptions::new(a.name, a.distance);
-    options.dimensions = a.dimensions;
-    options.index = match a.index {
-        Backend::Arroy => IndexParams::arroy(a.n_trees),
-        Backend::Hannoy => IndexParams::hannoy(a.ef_construction),
-    };
-    if let Some(quality) = a.quality {
-        options.search = SearchDefaults { strategy: a.strategy, quality };
-        options.target_recall = None;
-    } else {
-        options.target_recall = Some(a.target_recall);
+impl BuildArgs {
+    /// Build settings for a collection called `name`.
+    pub fn options(&self, name: &str) -> BuildOptions {
+        let mut options = BuildOptions::new(name, self.distance);
+        options.dimensions = self.dimensions;
+        options.index = match self.index {
+            Backend::Arroy => IndexParams::arroy(self.n_trees),
+            Backend::Hannoy => IndexParams::hannoy(self.ef_construction),
+        };
+        if let Some(quality) = self.quality {
+            options.search = SearchDefaults { strategy: self.strategy, quality };
+            options.target_recall = None;
+        } else {
+            options.target_recall = Some(self.target_recall);
+        }
+        options.duplicates = match self.on_duplicate {
+            OnDuplicate::Reject => Duplicates::Reject,
+            OnDuplicate::LastWins => Duplicates::LastWins,
+        };
+        options.batch_rows = self.batch_rows.max(1);
+        options
     }
-    options.duplicates = match a.on_duplicate {
-        OnDuplicate::Reject => Duplicates::Reject,
-        OnDuplicate::LastWins => Duplicates::LastWins,
-    };
-    options.batch_rows = a.batch_rows.max(1);
+
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions { format: self.format, id_offset: self.id_offset, partition: self.partition.clone() }
+    }
+}
+
+fn import_cmd(a: ImportArgs) -> Result<i32> {
+    let mut options = a.build.options(&a.name);
     options.progress = true;
-    let read = ReadOptions { format: a.format, id_offset: a.id_offset, partition: a.partition };
     std::fs::create_dir_all(&a.dir.data_dir)
         .map_err(|e| Error::io(format!("creating {}", a.dir.data_dir.display()), e))?;
-    let records = import::read(&a.source, &read)?;
+    let records = import::read(&a.source, &a.build.read_options())?;
     let manifest = import_and_build(&a.dir.data_dir, &options, records)?;
     print_json(&manifest);
     Ok(0)
@@ -506,7 +643,7 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
         })
         .collect();
     let report = bench::run(&BenchOptions {
-        base: a.base,
+        base: a.base.unwrap_or_default(),
         queries: a.queries,
         ground_truth: a.ground_truth,
         metric: a.distance,
