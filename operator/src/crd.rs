@@ -142,6 +142,11 @@ pub struct ReplicasSpec {
     pub target_cpu_utilization: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Close each client connection after this many seconds (GOAWAY; calls in flight finish),
+    /// so long-lived gRPC connections spread over replicas added by scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connection_age_seconds: Option<u64>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
