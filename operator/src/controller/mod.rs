@@ -1,0 +1,161 @@
+//! The controllers: `collection` reconciles a VectorCollection into its objects and status,
+//! `alias` switches a CollectionAlias's Service. They share the context, errors, backoff,
+//! server-side apply and condition helpers below.
+
+pub mod alias;
+pub mod collection;
+
+use crate::engine::{Drainer, EngineError, WriterProbe};
+use crate::metrics::Metrics;
+use crate::resources::Defaults;
+use crate::resources::labels::FIELD_MANAGER;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Engine(_) => "engine",
+            Error::NoNamespace(_) => "invalid",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub writer: Arc<dyn WriterProbe>,
+    pub drainer: Arc<dyn Drainer>,
+    pub defaults: Defaults,
+    pub metrics: Arc<Metrics>,
+    /// The time stamped into conditions and alias history (fixed in tests).
+    pub now: fn() -> Timestamp,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        writer: Arc<dyn WriterProbe>,
+        drainer: Arc<dyn Drainer>,
+        defaults: Defaults,
+        metrics: Arc<Metrics>,
+        now: fn() -> Timestamp,
+    ) -> Self {
+        Context { client, recorder, writer, drainer, defaults, metrics, now, failures: Mutex::default() }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forget an object's failures after a successful reconcile.
+    pub(crate) fn succeeded(&self, key: &str) {
+        self.failures().remove(key);
+    }
+
+    /// Publishes an Event about `object`; a failed publish is logged, never fatal.
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing an event failed");
+        }
+    }
+}
+
+/// `namespace/name`, the key of an object in logs and backoff.
+pub fn key<K: Resource>(object: &K) -> String {
+    format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// Requeue after a failure: 5s doubling per consecutive failure, at most 5 minutes.
+pub fn backoff(ctx: &Context, key: &str) -> Action {
+    let mut failures = ctx.failures();
+    let n = failures.entry(key.to_string()).or_insert(0);
+    let delay = Duration::from_secs(5).saturating_mul(1 << (*n).min(6)).min(Duration::from_secs(300));
+    *n += 1;
+    Action::requeue(delay)
+}
+
+pub fn namespace<K: Resource>(object: &K) -> Result<String> {
+    object.namespace().ok_or_else(|| Error::NoNamespace(object.name_any()))
+}
+
+/// Server-side apply of an object the operator owns, with the one field manager.
+pub async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = object.meta().name.clone().unwrap_or_default();
+    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?)
+}
+
+/// A condition, keeping the previous transition time when its status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Whether `conditions` has `type_` with status True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
