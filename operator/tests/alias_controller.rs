@@ -1,0 +1,219 @@
+//! CollectionAlias reconciles against a scripted API server: the Service switches only to a
+//! Ready and verified collection, the previous target is kept and drained, rollback is
+//! immediate, and status says why an alias waits.
+
+mod common;
+
+use common::{harness, list, not_found, run};
+use quiver_operator::controller::alias::reconcile;
+use quiver_operator::crd::CollectionAlias;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const NS: &str = "search";
+const ALIAS: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/collectionaliases/products";
+const SERVICE: &str = "/api/v1/namespaces/search/services/products";
+const VCS: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/vectorcollections";
+const PODS: &str = "/api/v1/namespaces/search/pods";
+const AT: &str = "2025-11-25T12:00:00Z";
+
+fn alias(collection: &str, status: Value) -> Arc<CollectionAlias> {
+    let mut ca = json!({
+        "apiVersion": "quiver.dev/v1alpha1", "kind": "CollectionAlias",
+        "metadata": {"name": "products", "namespace": NS, "uid": "a11a5000-0000-4000-8000-000000000001", "generation": 4},
+        "spec": {"collection": collection},
+    });
+    if !status.is_null() {
+        ca["status"] = status;
+    }
+    Arc::new(serde_json::from_value(ca).unwrap())
+}
+
+/// A collection at `generation` whose status describes `observed`, in `phase`.
+fn collection(name: &str, phase: &str, generation: i64, observed: i64, verified: bool) -> Value {
+    json!({
+        "apiVersion": "quiver.dev/v1alpha1", "kind": "VectorCollection",
+        "metadata": {"name": name, "namespace": NS, "generation": generation},
+        "spec": {"dimensions": 8, "distance": "cosine", "source": {"url": "/x.npy"}},
+        "status": {"phase": phase, "observedGeneration": observed, "message": "1/2 replicas ready",
+            "conditions": [{"type": "Verified", "status": if verified {"True"} else {"False"}, "reason": "r",
+                "message": "", "lastTransitionTime": AT, "observedGeneration": observed}]},
+    })
+}
+
+fn replica_pod(ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": ip}, "status": {"podIP": ip}})
+}
+
+fn serving(current: &str, previous: Option<&str>) -> Value {
+    json!({"current": current, "previous": previous, "switchedAt": "2025-11-24T03:00:00Z",
+           "history": [{"collection": current, "at": "2025-11-24T03:00:00Z"}]})
+}
+
+async fn status_patch(server: &mut common::ApiServer) -> Value {
+    let stored = serde_json::to_value(alias("x", Value::Null).as_ref()).unwrap();
+    server.expect("PATCH", &format!("{ALIAS}/status"), 200, stored).await.body["status"].clone()
+}
+
+fn selector(service: &common::Sent) -> Value {
+    service.body["spec"]["selector"].clone()
+}
+
+#[tokio::test]
+async fn first_switch_to_a_verified_collection_creates_the_service() {
+    let mut h = harness();
+    run(reconcile(alias("products-v1", Value::Null), h.ctx.clone()), async {
+        h.server
+            .expect("GET", &format!("{VCS}/products-v1"), 200, collection("products-v1", "Ready", 1, 1, true))
+            .await;
+        let service = h.server.apply(SERVICE, Value::Null).await;
+        assert_eq!(selector(&service), json!({"quiver.dev/collection": "products-v1", "quiver.dev/role": "replica"}));
+        assert_eq!(service.body["metadata"]["ownerReferences"][0]["kind"], "CollectionAlias");
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status["current"], "products-v1");
+        assert_eq!(status["previous"], Value::Null);
+        assert_eq!(status["switchedAt"], AT);
+        assert_eq!(status["history"], json!([{"collection": "products-v1", "at": AT}]));
+        assert_eq!(status["conditions"][1]["type"], "Switched");
+        assert_eq!(status["conditions"][1]["status"], "True");
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!((reason.as_str(), note.as_str()), ("Switched", "now serving products-v1"));
+    })
+    .await
+    .unwrap();
+    assert!(h.drainer.drained.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn no_switch_before_the_target_is_verified_and_status_says_why() {
+    let mut h = harness();
+    let ca = alias("products-v2", serving("products-v1", None));
+    run(reconcile(ca, h.ctx.clone()), async {
+        let v2 = collection("products-v2", "Replicating", 1, 1, false);
+        h.server.expect("GET", &format!("{VCS}/products-v2"), 200, v2).await;
+        // The Service stays on the collection it serves.
+        let service = h.server.apply(SERVICE, Value::Null).await;
+        assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status["current"], "products-v1");
+        assert_eq!(status["message"], "collection products-v2 is Replicating: 1/2 replicas ready");
+        assert_eq!(status["conditions"][1]["reason"], "WaitingForTarget");
+        assert_eq!(status["conditions"][1]["status"], "False");
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(
+            (reason.as_str(), note.as_str()),
+            ("Waiting", "collection products-v2 is Replicating: 1/2 replicas ready")
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_ready_collection_verified_for_an_older_generation_is_not_served() {
+    let mut h = harness();
+    let ca = alias("products-v2", serving("products-v1", None));
+    run(reconcile(ca, h.ctx.clone()), async {
+        // Ready and verified at generation 1, but its spec is at generation 2 now.
+        let v2 = collection("products-v2", "Ready", 2, 1, true);
+        h.server.expect("GET", &format!("{VCS}/products-v2"), 200, v2).await;
+        h.server.apply(SERVICE, Value::Null).await;
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status["message"], "collection products-v2 has not been reconciled since its spec changed");
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_target_keeps_the_alias_where_it_is() {
+    let mut h = harness();
+    let ca = alias("products-typo", serving("products-v1", None));
+    run(reconcile(ca, h.ctx.clone()), async {
+        h.server.expect("GET", &format!("{VCS}/products-typo"), 404, not_found()).await;
+        let service = h.server.apply(SERVICE, Value::Null).await;
+        assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status["message"], "collection products-typo does not exist");
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn switch_keeps_the_previous_target_and_drains_its_replicas() {
+    let mut h = harness();
+    let ca = alias("products-v2", serving("products-v1", None));
+    run(reconcile(ca, h.ctx.clone()), async {
+        h.server
+            .expect("GET", &format!("{VCS}/products-v2"), 200, collection("products-v2", "Ready", 1, 1, true))
+            .await;
+        let service = h.server.apply(SERVICE, Value::Null).await;
+        assert_eq!(selector(&service)["quiver.dev/collection"], "products-v2");
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(
+            (status["current"].as_str(), status["previous"].as_str()),
+            (Some("products-v2"), Some("products-v1"))
+        );
+        assert_eq!(status["history"][0], json!({"collection": "products-v2", "at": AT}));
+        assert_eq!(status["history"][1]["collection"], "products-v1");
+        assert_eq!(status.get("message"), None);
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!((reason.as_str(), note.as_str()), ("Switched", "now serving products-v2 (was products-v1)"));
+        let pods = h
+            .server
+            .expect("GET", PODS, 200, list("Pod", vec![replica_pod("10.0.0.7"), replica_pod("10.0.0.8")]))
+            .await;
+        assert!(
+            pods.uri.contains("labelSelector=quiver.dev%2Fcollection%3Dproducts-v1%2Cquiver.dev%2Frole%3Dreplica"),
+            "{}",
+            pods.uri
+        );
+    })
+    .await
+    .unwrap();
+    assert_eq!(*h.drainer.drained.lock().unwrap(), ["http://10.0.0.7:7700", "http://10.0.0.8:7700"]);
+}
+
+#[tokio::test]
+async fn rollback_to_a_still_ready_previous_target_is_immediate() {
+    let mut h = harness();
+    // v2 serves, v1 is the previous target; the user sets spec.collection back to v1.
+    let ca = alias("products-v1", serving("products-v2", Some("products-v1")));
+    run(reconcile(ca, h.ctx.clone()), async {
+        h.server
+            .expect("GET", &format!("{VCS}/products-v1"), 200, collection("products-v1", "Ready", 1, 1, true))
+            .await;
+        let service = h.server.apply(SERVICE, Value::Null).await;
+        assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(
+            (status["current"].as_str(), status["previous"].as_str()),
+            (Some("products-v1"), Some("products-v2"))
+        );
+        assert_eq!(h.server.event(NS).await.1, "now serving products-v1 (was products-v2)");
+        h.server.expect("GET", PODS, 200, list("Pod", vec![replica_pod("10.0.0.9")])).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(*h.drainer.drained.lock().unwrap(), ["http://10.0.0.9:7700"]);
+}
+
+#[tokio::test]
+async fn an_alias_already_serving_its_target_only_reasserts_the_service() {
+    let mut h = harness();
+    let mut settled = serving("products-v1", None);
+    // The conditions a previous reconcile wrote.
+    settled["conditions"] = json!([
+        {"type": "Ready", "status": "True", "reason": "Serving", "message": "serving products-v1", "lastTransitionTime": AT, "observedGeneration": 4},
+        {"type": "Switched", "status": "True", "reason": "Serving", "message": "", "lastTransitionTime": AT, "observedGeneration": 4},
+    ]);
+    run(reconcile(alias("products-v1", settled), h.ctx.clone()), async {
+        let service = h.server.apply(SERVICE, Value::Null).await;
+        assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
+    })
+    .await
+    .unwrap();
+}
