@@ -263,6 +263,59 @@ pub struct CollectionAliasSpec {
     /// collection is Ready and verified.
     #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("collection must be a valid object name (RFC 1123 label)"))]
     pub collection: String,
+    /// Scheduled rebuilds: on each `schedule` tick a new collection `<alias>-<yyyymmdd-hhmm>` is
+    /// created from `template` and becomes `spec.collection`; the alias switches once it is
+    /// verified. A failed rebuild leaves the alias where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildSpec>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildSpec {
+    /// When to rebuild: a cron expression (minute hour day-of-month month day-of-week), in UTC.
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("size(self.split(' ').filter(f, f != '')) >= 5").message("schedule must be a cron expression with at least 5 fields"))]
+    pub schedule: String,
+    /// The spec of each rebuilt collection. Unlike a collection's own spec, its dimensions and
+    /// distance may change: each rebuild is a new collection.
+    #[schemars(schema_with = "rebuild_template_schema")]
+    pub template: VectorCollectionSpec,
+    /// Rebuilt collections kept besides the alias's current and previous target (which are
+    /// never deleted). Older ones are deleted.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub history_limit: u32,
+    /// Stop starting new rebuilds (one in progress goes on).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_history_limit() -> u32 {
+    1
+}
+
+/// The collection spec's schema without its immutability rules (`oldSelf`), which hold for a
+/// collection but not for the template of future ones.
+fn rebuild_template_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(rules)) = map.get_mut("x-kubernetes-validations") {
+                    rules.retain(|r| !r["rule"].as_str().unwrap_or_default().contains("oldSelf"));
+                    if rules.is_empty() {
+                        map.remove("x-kubernetes-validations");
+                    }
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = generator.subschema_for::<VectorCollectionSpec>().to_value();
+    strip(&mut value);
+    schemars::Schema::try_from(value).expect("a schema object stays a schema object")
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -286,6 +339,12 @@ pub struct CollectionAliasStatus {
     /// Most recent first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AliasSwitch>,
+    /// The schedule time (RFC 3339) of the last rebuild started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebuild: Option<String>,
+    /// The collection the last rebuild created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebuild_collection: Option<String>,
     /// Why the alias has not switched to spec.collection yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

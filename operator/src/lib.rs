@@ -7,4 +7,5 @@ pub mod crdgen;
 pub mod engine;
 pub mod metrics;
 pub mod phase;
+pub mod rebuild;
 pub mod resources;

@@ -217,3 +217,97 @@ async fn an_alias_already_serving_its_target_only_reasserts_the_service() {
     .await
     .unwrap();
 }
+
+fn rebuilding(collection: &str, mut status: Value) -> Arc<CollectionAlias> {
+    let mut ca = serde_json::to_value(alias(collection, Value::Null).as_ref()).unwrap();
+    ca["spec"]["rebuild"] = json!({"schedule": "0 3 * * *", "historyLimit": 1,
+        "template": {"dimensions": 8, "distance": "cosine", "source": {"url": "/data/latest.npy"}}});
+    status["lastRebuild"] = json!("2025-11-24T03:00:00Z");
+    ca["status"] = status;
+    Arc::new(serde_json::from_value(ca).unwrap())
+}
+
+#[tokio::test]
+async fn a_due_rebuild_creates_the_collection_and_makes_it_the_target() {
+    let mut h = harness();
+    let ca = rebuilding("products-20251124-0300", serving("products-20251124-0300", None));
+    let template = ca.spec.rebuild.as_ref().unwrap().template.clone();
+    run(reconcile(ca, h.ctx.clone()), async {
+        // now = 2025-11-25T12:00Z: the 03:00 tick of the 25th is due.
+        let created = h.server.expect_with("POST", VCS, 201, |body| body.clone()).await;
+        assert_eq!(created.body["metadata"]["name"], "products-20251125-0300");
+        assert_eq!(created.body["metadata"]["labels"]["quiver.dev/alias"], "products");
+        assert_eq!(created.body["metadata"].get("ownerReferences"), None, "the alias must not own what it serves");
+        assert_eq!(created.body["spec"], serde_json::to_value(&template).unwrap());
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status["lastRebuild"], "2025-11-25T03:00:00Z");
+        assert_eq!(status["lastRebuildCollection"], "products-20251125-0300");
+        assert_eq!(status["current"], "products-20251124-0300", "no switch before verification");
+        let stored = serde_json::to_value(alias("x", Value::Null).as_ref()).unwrap();
+        let spec = h.server.expect("PATCH", ALIAS, 200, stored).await;
+        assert_eq!(spec.body, json!({"spec": {"collection": "products-20251125-0300"}}));
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(reason, "RebuildStarted");
+        assert!(note.starts_with("building products-20251125-0300 (scheduled 2025-11-25T03:00:00Z)"), "{note}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_rebuild_leaves_the_alias_where_it_was_and_warns() {
+    let mut h = harness();
+    let mut status = serving("products-20251124-0300", None);
+    status["lastRebuild"] = json!("2025-11-25T03:00:00Z");
+    let mut ca = (*rebuilding("products-20251125-0300", Value::Object(Default::default()))).clone();
+    ca.status = serde_json::from_value(status).unwrap();
+    run(reconcile(Arc::new(ca), h.ctx.clone()), async {
+        let mut failed = collection("products-20251125-0300", "Failed", 1, 1, false);
+        failed["status"]["message"] = json!("verification failed: recall measured 0.8 (needs >= 0.95)");
+        h.server.expect("GET", &format!("{VCS}/products-20251125-0300"), 200, failed).await;
+        let service = h.server.apply(SERVICE, Value::Null).await;
+        assert_eq!(selector(&service)["quiver.dev/collection"], "products-20251124-0300");
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(
+            status["message"],
+            "collection products-20251125-0300 is Failed: verification failed: recall measured 0.8 (needs >= 0.95)"
+        );
+        let (reason, _) = h.server.event(NS).await;
+        assert_eq!(reason, "TargetFailed");
+        // History: nothing rebuilt beyond the protected ones.
+        h.server.expect("GET", VCS, 200, list("VectorCollection", vec![])).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn old_rebuilds_beyond_the_history_limit_are_deleted_never_current_or_previous() {
+    let mut h = harness();
+    let mut status = serving("products-20251125-0300", Some("products-20251122-0300"));
+    status["lastRebuild"] = json!("2025-11-25T03:00:00Z");
+    status["conditions"] = json!([
+        {"type": "Ready", "status": "True", "reason": "Serving", "message": "serving products-20251125-0300", "lastTransitionTime": AT, "observedGeneration": 4},
+        {"type": "Switched", "status": "True", "reason": "Serving", "message": "", "lastTransitionTime": AT, "observedGeneration": 4},
+    ]);
+    let mut ca = (*rebuilding("products-20251125-0300", Value::Object(Default::default()))).clone();
+    ca.status = serde_json::from_value(status).unwrap();
+    run(reconcile(Arc::new(ca), h.ctx.clone()), async {
+        h.server.apply(SERVICE, Value::Null).await;
+        let rebuilt = |day: u32| {
+            let mut c = collection(&format!("products-202511{day:02}-0300"), "Ready", 1, 1, true);
+            c["metadata"]["creationTimestamp"] = json!(format!("2025-11-{day:02}T03:00:00Z"));
+            c
+        };
+        let listed = h.server.expect("GET", VCS, 200, list("VectorCollection", (21..=25).map(rebuilt).collect())).await;
+        assert!(listed.uri.contains("labelSelector=quiver.dev%2Falias%3Dproducts"), "{}", listed.uri);
+        // Keep 25 (current), 22 (previous) and the newest other one (24); delete 23 and 21.
+        for gone in ["products-20251123-0300", "products-20251121-0300"] {
+            h.server.expect("DELETE", &format!("{VCS}/{gone}"), 200, rebuilt(1)).await;
+            let (reason, note) = h.server.event(NS).await;
+            assert_eq!((reason.as_str(), note), ("Pruned", format!("deleted {gone}: beyond the history limit")));
+        }
+    })
+    .await
+    .unwrap();
+}

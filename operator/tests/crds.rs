@@ -51,6 +51,21 @@ fn examples_pass_the_cel_rules() {
     vc.validate_cel().unwrap();
     let ca: CollectionAlias = load(&root().join("examples/collectionalias.yaml"));
     ca.validate_cel().unwrap();
+    let ca: CollectionAlias = load(&root().join("examples/collectionalias-rebuild.yaml"));
+    ca.validate_cel().unwrap();
+    assert_eq!(ca.spec.rebuild.as_ref().unwrap().history_limit, 1);
+}
+
+#[test]
+fn a_rebuild_needs_a_cron_schedule_and_its_template_may_change_dimensions() {
+    let ca: CollectionAlias = load(&root().join("operator/tests/fixtures/invalid-schedule.yaml"));
+    let err = ca.validate_cel().expect_err("a one-word schedule");
+    assert!(format!("{err:?}").contains("cron expression"), "{err:?}");
+    // The template is not a collection: the next rebuild may use other dimensions.
+    let old: CollectionAlias = load(&root().join("examples/collectionalias-rebuild.yaml"));
+    let mut new = old.clone();
+    new.spec.rebuild.as_mut().unwrap().template.dimensions = 768;
+    new.validate_cel_update(&old).unwrap();
 }
 
 #[test]

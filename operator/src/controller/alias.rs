@@ -2,15 +2,19 @@
 //! collection is Ready and verified for its current generation, keeps the previous target for
 //! rollback, drains the previous target's replicas after a switch, and runs scheduled rebuilds.
 
-use super::{Context, Error, Result, apply, condition, key, namespace};
+use super::{Context, Error, Result, apply, collection_ref, condition, key, namespace};
 use crate::crd::{AliasSwitch, CollectionAlias, CollectionAliasStatus, Phase, VectorCollection};
+use crate::rebuild::{self, Schedule};
 use crate::resources::alias_service;
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +27,21 @@ pub const SETTLED_INTERVAL: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(ca: Arc<CollectionAlias>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let action = switch(&ca, &ctx).await?;
+    let action = if start_rebuild(&ca, &ctx).await? {
+        // spec.collection moved to the new collection: that change brings the next reconcile.
+        Action::requeue(WAIT_INTERVAL)
+    } else {
+        let (mut wait, status) = switch(&ca, &ctx).await?;
+        if let Some(rebuild) = &ca.spec.rebuild {
+            prune(&ca, &ctx, &status, rebuild.history_limit as usize).await?;
+            let now = (ctx.now)();
+            if let Some(tick) = rebuild.schedule.parse::<Schedule>().ok().and_then(|s| s.after(now)) {
+                let until = Duration::from_secs(tick.as_second().saturating_sub(now.as_second()).max(1) as u64);
+                wait = wait.min(until);
+            }
+        }
+        Action::requeue(wait)
+    };
     ctx.succeeded(&key(ca.as_ref()));
     Ok(action)
 }
@@ -34,34 +52,46 @@ pub fn error_policy(ca: Arc<CollectionAlias>, error: &Error, ctx: Arc<Context>) 
     super::backoff(&ctx, &key(ca.as_ref()))
 }
 
+/// Why an alias does not serve its target yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub message: String,
+    /// The target failed (a failed build or verification): it will not become servable
+    /// without a change, so this is reported as a warning.
+    pub failed: bool,
+}
+
 /// Why `vc` may not be served yet, or None when it may: Ready and verified for the
 /// generation of its spec as it is now.
-pub fn not_servable(name: &str, vc: Option<&VectorCollection>) -> Option<String> {
+pub fn not_servable(name: &str, vc: Option<&VectorCollection>) -> Option<Waiting> {
+    let waiting = |message: String, failed| Some(Waiting { message, failed });
     let Some(vc) = vc else {
-        return Some(format!("collection {name} does not exist"));
+        return waiting(format!("collection {name} does not exist"), false);
     };
     let generation = vc.metadata.generation;
     let Some(status) = vc.status.as_ref() else {
-        return Some(format!("collection {name} has no status yet"));
+        return waiting(format!("collection {name} has no status yet"), false);
     };
     if status.observed_generation != generation {
-        return Some(format!("collection {name} has not been reconciled since its spec changed"));
+        return waiting(format!("collection {name} has not been reconciled since its spec changed"), false);
     }
     if status.phase != Phase::Ready {
         let why = status.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-        return Some(format!("collection {name} is {:?}{why}", status.phase));
+        return waiting(format!("collection {name} is {:?}{why}", status.phase), status.phase == Phase::Failed);
     }
     let verified = status
         .conditions
         .iter()
         .any(|c| c.type_ == "Verified" && c.status == "True" && c.observed_generation == generation);
     if !verified {
-        return Some(format!("collection {name} is not verified for its current generation"));
+        return waiting(format!("collection {name} is not verified for its current generation"), false);
     }
     None
 }
 
-async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<Action> {
+/// Points the Service at the target when it may serve; returns when to look again and the
+/// status as written.
+async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<(Duration, CollectionAliasStatus)> {
     let ns = namespace(ca)?;
     let target = ca.spec.collection.clone();
     let previous_status = ca.status.clone().unwrap_or_default();
@@ -91,7 +121,7 @@ async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<Action> {
         }
         (_, None) => None,
     };
-    status.message = waiting.clone();
+    status.message = waiting.as_ref().map(|w| w.message.clone());
     let serving = status.current.clone();
     let synced = serving.as_deref() == Some(target.as_str());
     let generation = ca.metadata.generation;
@@ -111,7 +141,7 @@ async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<Action> {
             "Switched",
             synced,
             if synced { "Serving" } else { "WaitingForTarget" },
-            waiting.as_deref().unwrap_or_default(),
+            status.message.as_deref().unwrap_or_default(),
             generation,
             now,
         ),
@@ -124,14 +154,107 @@ async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<Action> {
             Some(from) => format!("now serving {target} (was {from})"),
             None => format!("now serving {target}"),
         };
-        ctx.event(ca, EventType::Normal, "Switched", "Switch", note).await;
+        ctx.event_about(ca, Some(collection_ref(&ns, &target)), EventType::Normal, "Switched", "Switch", note).await;
         if let Some(from) = from {
             drain(ca, ctx, &ns, &from).await?;
         }
-    } else if let Some(why) = waiting.filter(|w| previous_status.message.as_ref() != Some(w)) {
-        ctx.event(ca, EventType::Normal, "Waiting", "Switch", why).await;
+    } else if let Some(w) = waiting.filter(|w| previous_status.message.as_ref() != Some(&w.message)) {
+        let (type_, reason) =
+            if w.failed { (EventType::Warning, "TargetFailed") } else { (EventType::Normal, "Waiting") };
+        ctx.event_about(ca, Some(collection_ref(&ns, &target)), type_, reason, "Switch", w.message).await;
     }
-    Ok(Action::requeue(if synced { SETTLED_INTERVAL } else { WAIT_INTERVAL }))
+    Ok((if synced { SETTLED_INTERVAL } else { WAIT_INTERVAL }, status))
+}
+
+/// Starts the rebuild whose schedule tick is due: creates the collection from the template
+/// and makes it the alias's target. Returns whether it did.
+async fn start_rebuild(ca: &CollectionAlias, ctx: &Context) -> Result<bool> {
+    let Some(rebuild) = ca.spec.rebuild.as_ref().filter(|r| !r.suspend) else {
+        return Ok(false);
+    };
+    let schedule = match rebuild.schedule.parse::<Schedule>() {
+        Ok(s) => s,
+        Err(message) => {
+            ctx.event(ca, EventType::Warning, "InvalidSchedule", "Rebuild", message).await;
+            return Ok(false);
+        }
+    };
+    let now = (ctx.now)();
+    let status = ca.status.clone().unwrap_or_default();
+    let since = status
+        .last_rebuild
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .or_else(|| ca.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    let Some(tick) = schedule.due(since, now) else {
+        return Ok(false);
+    };
+    let ns = namespace(ca)?;
+    let name = rebuild::collection_name(&ca.name_any(), tick);
+    let vc = VectorCollection {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            // Labelled, not owned: deleting the alias must not delete the collections it serves.
+            labels: Some(BTreeMap::from([
+                (labels::NAME.to_string(), "quiver".to_string()),
+                (labels::ALIAS.to_string(), ca.name_any()),
+                (labels::MANAGED_BY.to_string(), FIELD_MANAGER.to_string()),
+            ])),
+            ..Default::default()
+        },
+        spec: rebuild.template.clone(),
+        status: None,
+    };
+    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    match collections.create(&params, &vc).await {
+        Ok(_) => {}
+        // The same tick names the same collection: an earlier attempt created it.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut status = status;
+    status.last_rebuild = Some(tick.to_string());
+    status.last_rebuild_collection = Some(name.clone());
+    patch_status(ca, ctx, &status).await?;
+    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({"spec": {"collection": name}});
+    aliases.patch(&ca.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    let note = format!("building {name} (scheduled {tick}); the alias switches once it is verified");
+    ctx.event_about(ca, Some(collection_ref(&ns, &name)), EventType::Normal, "RebuildStarted", "Rebuild", note).await;
+    Ok(true)
+}
+
+/// Deletes rebuilt collections beyond the history limit; never the target, current or previous.
+async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStatus, keep: usize) -> Result<()> {
+    let ns = namespace(ca)?;
+    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{}={}", labels::ALIAS, ca.name_any());
+    let rebuilt: Vec<(String, Timestamp)> = collections
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .into_iter()
+        // Already going (or held by a finalizer until no alias points at it).
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| (c.name_any(), c.metadata.creation_timestamp.map(|t| t.0).unwrap_or_default()))
+        .collect();
+    let protected: Vec<&str> = [Some(&ca.spec.collection), status.current.as_ref(), status.previous.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    for name in rebuild::to_delete(rebuilt, &protected, keep) {
+        match collections.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let note = format!("deleted {name}: beyond the history limit");
+        ctx.event_about(ca, Some(collection_ref(&ns, &name)), EventType::Normal, "Pruned", "Rebuild", note).await;
+    }
+    Ok(())
 }
 
 /// Tells the replicas of the collection the alias left to drain, so clients pinned to them
@@ -148,7 +271,9 @@ async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) 
         let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
         if let Err(e) = ctx.drainer.drain(&endpoint).await {
             // Not fatal: the pod's max connection age or restart moves its clients too.
-            ctx.event(ca, EventType::Warning, "DrainFailed", "Drain", format!("{collection} at {endpoint}: {e}")).await;
+            let note = format!("{collection} at {endpoint}: {e}");
+            ctx.event_about(ca, Some(collection_ref(ns, collection)), EventType::Warning, "DrainFailed", "Drain", note)
+                .await;
         }
     }
     Ok(())

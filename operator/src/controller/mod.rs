@@ -9,6 +9,7 @@ use crate::engine::{Drainer, EngineError, WriterProbe};
 use crate::metrics::Metrics;
 use crate::resources::Defaults;
 use crate::resources::labels::FIELD_MANAGER;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -90,10 +91,37 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        self.event_about(object, None, type_, reason, action, note).await
+    }
+
+    /// An Event that also names `related` (e.g. the collection an alias switched to). kube's
+    /// recorder folds events with the same object, reason and related object into one series
+    /// (keeping the first note), so events about different collections must name them.
+    pub(crate) async fn event_about<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
         if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "publishing an event failed");
         }
+    }
+}
+
+/// A reference to the collection `name` in `ns`, for Events.
+pub fn collection_ref(ns: &str, name: &str) -> ObjectReference {
+    use crate::crd::VectorCollection;
+    ObjectReference {
+        api_version: Some(VectorCollection::api_version(&()).into_owned()),
+        kind: Some(VectorCollection::kind(&()).into_owned()),
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        ..Default::default()
     }
 }
 
