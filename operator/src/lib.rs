@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod phase;
 pub mod rebuild;
 pub mod resources;
+pub mod run;
