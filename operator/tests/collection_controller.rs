@@ -328,6 +328,26 @@ async fn a_new_generation_restarts_the_pipeline_and_removes_old_jobs() {
     .unwrap();
 }
 
+#[tokio::test]
+async fn turning_autoscaling_off_deletes_the_autoscaler() {
+    let mut h = harness();
+    let mut vc = (*collection(false, stored_status("Ready"))).clone();
+    vc.metadata.generation = Some(2);
+    vc.spec.replicas = serde_json::from_value(json!({"count": 3})).unwrap();
+    run(reconcile(Arc::new(vc), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
+        let delete = h.server.expect("DELETE", HPA, 200, status).await;
+        assert_eq!(delete.body["propagationPolicy"], "Background");
+        status_patch(&mut h.server).await;
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
 fn deleting() -> Arc<VectorCollection> {
     let mut vc = (*collection(false, stored_status("Ready"))).clone();
     vc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(common::now()));

@@ -8,6 +8,7 @@ use crate::crd::{CollectionAlias, GateResult, Phase, VectorCollection, VectorCol
 use crate::phase::{self, Decision, JobState, Observed, WriterState};
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
 use crate::resources::{autoscaling, jobs, replicas, writer};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -239,6 +240,15 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let generation_changed = previous.and_then(|s| s.observed_generation).is_some_and(|g| g != generation);
     if generation_changed {
         delete_old_jobs(ctx, &ns, &name, generation).await?;
+        // Autoscaling can only be turned off by a spec change: the HPA must not keep scaling.
+        if !replicas::autoscaled(&vc.spec.replicas) {
+            let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+            match hpas.delete(&labels::replicas_name(&name), &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     let status = status(vc, ctx, &decision, &observed);
     if previous != Some(&status) {
