@@ -272,6 +272,7 @@ async fn a_failed_rebuild_leaves_the_alias_where_it_was_and_warns() {
             status["message"],
             "collection products-20251125-0300 is Failed: verification failed: recall measured 0.8 (needs >= 0.95)"
         );
+        assert_eq!(status["conditions"][1]["reason"], "TargetFailed");
         let (reason, _) = h.server.event(NS).await;
         assert_eq!(reason, "TargetFailed");
         // History: nothing rebuilt beyond the protected ones.

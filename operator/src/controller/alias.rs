@@ -124,6 +124,11 @@ async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<(Duration, Collec
     status.message = waiting.as_ref().map(|w| w.message.clone());
     let serving = status.current.clone();
     let synced = serving.as_deref() == Some(target.as_str());
+    let switched_reason = match &waiting {
+        None => "Serving",
+        Some(w) if w.failed => "TargetFailed",
+        Some(_) => "WaitingForTarget",
+    };
     let generation = ca.metadata.generation;
     let old = &previous_status.conditions;
     status.conditions = vec![
@@ -140,7 +145,7 @@ async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<(Duration, Collec
             old,
             "Switched",
             synced,
-            if synced { "Serving" } else { "WaitingForTarget" },
+            switched_reason,
             status.message.as_deref().unwrap_or_default(),
             generation,
             now,
