@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
     category = "quiver",
     cel,
     doc = "A vector collection built by a quiver writer, served by read replicas once verified.",
+    // Names become Service, StatefulSet and Job names with suffixes (`-replicas`,
+    // `-verify-g<generation>`) that must stay DNS labels of at most 63 characters.
+    validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("a collection name must be a DNS label (starting with a letter) of at most 40 characters"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.vectorCount"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
@@ -252,6 +255,8 @@ pub struct VectorCollectionStatus {
     category = "quiver",
     cel,
     doc = "A stable, switchable name in front of a verified VectorCollection.",
+    // The alias is a Service name; a rebuild names collections `<alias>-yyyymmdd-hhmm`.
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && (!has(self.spec.rebuild) || size(self.metadata.name) <= 26)").message("an alias name must be a DNS label starting with a letter, at most 26 characters with spec.rebuild"),
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.collection"),
     printcolumn(name = "Serving", type_ = "string", json_path = ".status.current"),
     printcolumn(name = "Previous", type_ = "string", json_path = ".status.previous"),
@@ -261,7 +266,7 @@ pub struct VectorCollectionStatus {
 pub struct CollectionAliasSpec {
     /// The VectorCollection (same namespace) the alias should serve. It switches only once that
     /// collection is Ready and verified.
-    #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("collection must be a valid object name (RFC 1123 label)"))]
+    #[x_kube(validation = Rule::new("size(self) <= 40 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("collection must be a valid object name (a collection name: DNS label starting with a letter, at most 40 characters)"))]
     pub collection: String,
     /// Scheduled rebuilds: on each `schedule` tick a new collection `<alias>-<yyyymmdd-hhmm>` is
     /// created from `template` and becomes `spec.collection`; the alias switches once it is

@@ -66,6 +66,11 @@ fn a_rebuild_needs_a_cron_schedule_and_its_template_may_change_dimensions() {
     let mut new = old.clone();
     new.spec.rebuild.as_mut().unwrap().template.dimensions = 768;
     new.validate_cel_update(&old).unwrap();
+    // Rebuilt collections are named `<alias>-yyyymmdd-hhmm`: the alias name leaves room.
+    let mut long = old.clone();
+    long.metadata.name = Some("products-multilingual-embed".into()); // 27 characters
+    let err = long.validate_cel().expect_err("a 27-character alias with rebuilds");
+    assert!(format!("{err:?}").contains("at most 26 characters"), "{err:?}");
 }
 
 #[test]
@@ -75,6 +80,7 @@ fn invalid_fixtures_are_refused_with_their_message() {
         ("invalid-replicas.yaml", "replicas.min must not exceed replicas.max"),
         ("invalid-recall.yaml", "minRecall must be in (0, 1]"),
         ("invalid-source.yaml", "set exactly one of source.push or source.url"),
+        ("invalid-name.yaml", "at most 40 characters"),
     ] {
         let vc: VectorCollection = load(&fixtures.join(file));
         let err = vc.validate_cel().expect_err(file);
