@@ -136,6 +136,32 @@ async fn import_progress_is_read_from_the_writer_pod() {
 }
 
 #[tokio::test]
+async fn a_crash_looping_writer_says_why_in_the_status() {
+    let mut h = harness();
+    let vc =
+        collection(false, json!({"phase": "Pending", "observedGeneration": 1, "message": "waiting for the writer"}));
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "products-v2-writer-0"},
+            "status": {"phase": "Running", "podIP": "10.1.2.3", "containerStatuses": [{
+                "name": "quiver", "image": "quiver:test", "imageID": "", "ready": false, "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 2, "message": "error: fetching https://data.example.com/x.npy: 404\n"}}}]}});
+        h.server.expect("GET", WRITER_POD, 200, pod).await;
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "Pending");
+        assert_eq!(
+            status.body["status"]["message"],
+            "waiting for the writer: CrashLoopBackOff: error: fetching https://data.example.com/x.npy: 404"
+        );
+    })
+    .await
+    .unwrap();
+    // It was asked (Running pod) and did not answer.
+    assert_eq!(h.writer.asked.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn sealed_but_not_ready_writer_is_publishing_and_creates_no_replicas() {
     let mut h = harness();
     *h.writer.state.lock().unwrap() = Some(sealed());

@@ -125,25 +125,56 @@ async fn patch_status(vc: &VectorCollection, ctx: &Context, status: &VectorColle
     Ok(())
 }
 
-/// The writer as its pod and gRPC API report it.
-async fn observe_writer(vc: &VectorCollection, ctx: &Context, ns: &str, writer_ready: bool) -> Result<WriterState> {
+/// The writer as its pod and gRPC API report it, and why a pod that does not answer is stuck.
+async fn observe_writer(
+    vc: &VectorCollection,
+    ctx: &Context,
+    ns: &str,
+    writer_ready: bool,
+) -> Result<(WriterState, Option<String>)> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let pod = pods.get_opt(&format!("{}-0", labels::writer_name(&vc.name_any()))).await?;
-    let Some(ip) = pod.and_then(|p| p.status).filter(|s| s.phase.as_deref() == Some("Running")).and_then(|s| s.pod_ip)
-    else {
-        return Ok(WriterState::Unavailable);
+    let Some(pod) = pods.get_opt(&format!("{}-0", labels::writer_name(&vc.name_any()))).await? else {
+        return Ok((WriterState::Unavailable, None));
+    };
+    let problem = pod_problem(&pod);
+    let running = pod.status.as_ref().filter(|s| s.phase.as_deref() == Some("Running"));
+    let Some(ip) = running.and_then(|s| s.pod_ip.clone()) else {
+        return Ok((WriterState::Unavailable, problem));
     };
     let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
     match ctx.writer.progress(&endpoint, &vc.name_any()).await {
         // Sealed, but /readyz (snapshot written) not yet passed: still publishing.
-        Ok(WriterState::Sealed { .. }) if !writer_ready => Ok(WriterState::Publishing),
-        Ok(state) => Ok(state),
+        Ok(WriterState::Sealed { .. }) if !writer_ready => Ok((WriterState::Publishing, None)),
+        Ok(state) => Ok((state, None)),
         Err(e) => {
             // A starting pod does not answer yet; the next look will tell.
             tracing::debug!(collection = %key(vc), error = %e, "writer not answering");
-            Ok(WriterState::Unavailable)
+            Ok((WriterState::Unavailable, problem))
         }
     }
+}
+
+/// Why a pod's container is not running: a waiting reason other than a normal start
+/// (CrashLoopBackOff, ImagePullBackOff...) with its last termination message.
+pub fn pod_problem(pod: &Pod) -> Option<String> {
+    const MAX: usize = 512;
+    let container = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let state = container.state.as_ref()?;
+    let last_message =
+        container.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.message.clone());
+    let problem = if let Some(waiting) = &state.waiting {
+        let reason = waiting.reason.as_deref().filter(|r| !matches!(*r, "ContainerCreating" | "PodInitializing"))?;
+        let detail = last_message.or_else(|| waiting.message.clone()).unwrap_or_default();
+        format!("{reason}: {}", detail.trim())
+    } else {
+        let terminated = state.terminated.as_ref()?;
+        format!("exited with {}: {}", terminated.exit_code, terminated.message.as_deref().unwrap_or_default().trim())
+    };
+    let problem = problem.trim_end_matches([':', ' ']).to_string();
+    Some(match problem.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &problem[..cut]),
+        None => problem,
+    })
 }
 
 fn job_state(job: Option<&Job>) -> JobState {
@@ -203,9 +234,10 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let sts = apply(client, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
     let writer_ready = sts.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
     let wanted = replicas::wanted(&vc.spec.replicas);
+    let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, writer_ready).await?;
     let mut observed = Observed {
         generation,
-        writer: observe_writer(vc, ctx, &ns, writer_ready).await?,
+        writer: writer_state,
         ready_replicas: 0,
         wanted_replicas: wanted,
         warmup: JobState::Absent,
@@ -226,7 +258,10 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     if sealed.phase != Phase::Failed && observed.ready_replicas >= wanted.max(1) {
         observe_jobs(vc, ctx, &ns, previous, &mut observed).await?;
     }
-    let decision = phase::next(previous, &observed);
+    let mut decision = phase::next(previous, &observed);
+    if let (Phase::Pending, Some(problem)) = (decision.phase, writer_problem) {
+        decision.message = Some(format!("waiting for the writer: {problem}"));
+    }
     // Start the Job the pipeline is waiting for.
     match decision.phase {
         Phase::WarmingUp if observed.warmup == JobState::Absent => {

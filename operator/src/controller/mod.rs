@@ -125,16 +125,22 @@ pub fn collection_ref(ns: &str, name: &str) -> ObjectReference {
     }
 }
 
-/// `namespace/name`, the key of an object in logs and backoff.
-pub fn key<K: Resource>(object: &K) -> String {
-    format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
+/// `Kind/namespace/name`: the key of an object in logs and backoff (a collection and an alias
+/// may share a name).
+pub fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
 }
 
-/// Requeue after a failure: 5s doubling per consecutive failure, at most 5 minutes.
+/// 5s after the first failure, doubling per consecutive failure, at most 5 minutes.
+pub fn backoff_delay(failures: u32) -> Duration {
+    Duration::from_secs(5).saturating_mul(1 << failures.min(6)).min(Duration::from_secs(300))
+}
+
+/// Requeue after a failure, later for each consecutive one.
 pub fn backoff(ctx: &Context, key: &str) -> Action {
     let mut failures = ctx.failures();
     let n = failures.entry(key.to_string()).or_insert(0);
-    let delay = Duration::from_secs(5).saturating_mul(1 << (*n).min(6)).min(Duration::from_secs(300));
+    let delay = backoff_delay(*n);
     *n += 1;
     Action::requeue(delay)
 }
@@ -183,7 +189,25 @@ pub fn condition(
     }
 }
 
-/// Whether `conditions` has `type_` with status True.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_at_five_minutes() {
+        let delays: Vec<u64> = (0..9).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_the_status_holds() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let first = condition(&[], "Ready", false, "Pending", "", Some(1), t0);
+        let same = condition(std::slice::from_ref(&first), "Ready", false, "Importing", "5 rows", Some(1), t1);
+        assert_eq!(same.last_transition_time, Time(t0));
+        assert_eq!(same.reason, "Importing");
+        let flipped = condition(&[same], "Ready", true, "Ready", "", Some(1), t1);
+        assert_eq!((flipped.status.as_str(), flipped.last_transition_time), ("True", Time(t1)));
+    }
 }
