@@ -62,8 +62,10 @@ impl Grpc {
 /// Maps Ingest.Progress's phase word to the operator's view of the writer.
 pub fn writer_state(phase: &str, rows: u64, message: String) -> Option<WriterState> {
     Some(match phase {
-        "importing" => WriterState::Importing { rows },
+        // Waiting for or receiving an ETL's pushes counts as importing: the import has begun.
+        "waiting" | "receiving" | "importing" => WriterState::Importing { rows },
         "building" | "calibrating" => WriterState::Building,
+        "snapshotting" => WriterState::Publishing,
         "failed" => WriterState::Failed { reason: message },
         // Sealed needs the count and setting from Admin.Status.
         "sealed" => return None,
@@ -119,6 +121,8 @@ mod tests {
     fn progress_phases_map_to_writer_states() {
         assert_eq!(writer_state("importing", 7, String::new()), Some(WriterState::Importing { rows: 7 }));
         assert_eq!(writer_state("calibrating", 7, String::new()), Some(WriterState::Building));
+        assert_eq!(writer_state("receiving", 7, String::new()), Some(WriterState::Importing { rows: 7 }));
+        assert_eq!(writer_state("snapshotting", 7, String::new()), Some(WriterState::Publishing));
         assert_eq!(writer_state("failed", 0, "NaN".into()), Some(WriterState::Failed { reason: "NaN".into() }));
         assert_eq!(writer_state("sealed", 7, String::new()), None);
         assert_eq!(writer_state("compacting", 7, String::new()), Some(WriterState::Unavailable));
