@@ -1,1 +1,231 @@
-//! quiver-e2e: multi-process end-to-end tests of the `quiver` binary. Not built yet: see issue 3.
+//! quiver-e2e: the harness for end-to-end tests that run the real `quiver` binary as separate
+//! processes on 127.0.0.1 (ephemeral ports), and an L4 forwarder that plays a Kubernetes
+//! Service: when its backends change, new connections go to the new backends while existing
+//! connections stay where they are until that backend closes them (what kube-proxy does).
+
+use quiver_engine::client::{Client, ClientOptions};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// The `quiver` binary of this workspace's build, built on first use when a test runs alone.
+pub fn quiver_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(path) = std::env::var("QUIVER_BIN") {
+            return PathBuf::from(path);
+        }
+        // <target>/<profile>/deps/<test-exe> -> <target>/<profile>/quiver
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let bin = profile_dir.join("quiver");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "quiver-engine", "--bin", "quiver"])
+                .status()
+                .expect("running cargo build");
+            assert!(status.success(), "building the quiver binary failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// Runs `quiver args...` to completion: (exit status, stdout, stderr).
+pub fn run(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(quiver_bin()).args(args).output().expect("running quiver");
+    (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A running `quiver` process; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: Option<SocketAddr>,
+}
+
+impl Proc {
+    /// Starts `quiver args...` with its stderr in `<dir>/<name>.log`, and waits for its
+    /// "quiver listening" line to learn the bound ports.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("creating the log file");
+        let child = Command::new(quiver_bin())
+            .args(args)
+            .env("QUIVER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawning quiver");
+        let mut proc = Proc { name: name.to_string(), child, log, grpc: "0.0.0.0:0".parse().unwrap(), http: None };
+        let line = proc.wait_for_log("quiver listening", Duration::from_secs(30));
+        for word in line.split_whitespace() {
+            if let Some(a) = word.strip_prefix("grpc=") {
+                proc.grpc = a.parse().expect("grpc address");
+            }
+            if let Some(a) = word.strip_prefix("http=") {
+                proc.http = a.parse().ok();
+            }
+        }
+        proc
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a log line contains `needle`, and returns that line; panics with the log.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if let Some(line) =
+                BufReader::new(text.as_bytes()).lines().map_while(Result::ok).find(|l| l.contains(needle))
+            {
+                return line;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}) before logging {needle:?}:\n{text}", self.name);
+            }
+            assert!(Instant::now() < deadline, "{} did not log {needle:?} in {timeout:?}:\n{text}", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// SIGKILL: no clean-up at all, like a node losing power.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} still running after {timeout:?}:\n{}", self.name, self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waiting")
+    }
+
+    /// A client of this process (call inside a tokio runtime).
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(), ClientOptions::default()).expect("client")
+    }
+
+    /// Waits until grpc.health.v1 reports SERVING.
+    pub async fn wait_serving(&mut self, timeout: Duration) {
+        let client = self.client();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(ServingStatus::Serving) = client.health("").await {
+                return;
+            }
+            if let Some(status) = self.try_exit() {
+                panic!("{} exited ({status}) before SERVING:\n{}", self.name, self.log_text());
+            }
+            assert!(Instant::now() < deadline, "{} not SERVING after {timeout:?}:\n{}", self.name, self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP forwarder standing in for a Kubernetes Service.
+#[derive(Clone)]
+pub struct Forwarder {
+    pub addr: SocketAddr,
+    backends: Arc<RwLock<Vec<SocketAddr>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Forwarder {
+    /// Listens on 127.0.0.1 (ephemeral port); runs on the current tokio runtime.
+    pub async fn start(backends: Vec<SocketAddr>) -> Forwarder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the forwarder");
+        let forwarder = Forwarder {
+            addr: listener.local_addr().unwrap(),
+            backends: Arc::new(RwLock::new(backends)),
+            next: Arc::new(AtomicUsize::new(0)),
+        };
+        let f = forwarder.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Some(backend) = f.pick() else {
+                    continue; // no endpoints: the connection is refused by closing it
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        forwarder
+    }
+
+    fn pick(&self) -> Option<SocketAddr> {
+        let backends = self.backends.read().unwrap();
+        if backends.is_empty() {
+            return None;
+        }
+        Some(backends[self.next.fetch_add(1, Ordering::Relaxed) % backends.len()])
+    }
+
+    /// The selector changed: only new connections see the new backends.
+    pub fn set_backends(&self, backends: Vec<SocketAddr>) {
+        *self.backends.write().unwrap() = backends;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Writes `n` clustered vectors of `dims` to `<dir>/<file>` and returns (path, vectors).
+pub fn dataset(dir: &Path, file: &str, n: usize, dims: usize, seed: u64) -> (String, Vec<f32>) {
+    let data = quiver_engine::datagen::Clustered::new(dims, seed).generate(n, 0);
+    let path = dir.join(file);
+    quiver_engine::import::npy::write_f32(&path, n, dims, &data).expect("writing the dataset");
+    (path.display().to_string(), data)
+}
+
+/// A search request for the endpoint's own collection (what a client behind an alias sends).
+pub fn query(vector: &[f32], k: u32) -> quiver_engine::serve::proto::SearchRequest {
+    quiver_engine::serve::proto::SearchRequest { vector: vector.to_vec(), k, ..Default::default() }
+}

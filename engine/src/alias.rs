@@ -75,6 +75,21 @@ impl Catalog {
         Ok(c)
     }
 
+    /// The data root the catalog's collections live under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Shares an already opened (preloaded, warmed) collection instead of opening it again.
+    pub fn adopt(&self, collection: Arc<Collection>) {
+        self.open.lock().expect("catalog lock").insert(collection.name().to_string(), collection);
+    }
+
+    /// How many collections are open.
+    pub fn open_count(&self) -> usize {
+        self.open.lock().expect("catalog lock").len()
+    }
+
     pub fn get(&self, alias: &str) -> Result<Option<AliasRecord>> {
         let rtxn = self.env.read_txn()?;
         Ok(self.db.get(&rtxn, alias)?)

@@ -7,7 +7,7 @@ use crate::collection::builder::{BuildOptions, import_and_build};
 use crate::distance::Metric;
 use crate::error::{Error, Result};
 use crate::import::{self, ReadOptions};
-use crate::index::{IndexParams, Strategy};
+use crate::index::{Backend, IndexParams, Strategy};
 use crate::latency::{Latencies, Summary};
 use crate::search::{SearchRequest, search};
 use crate::verify::recall;
@@ -77,12 +77,15 @@ pub struct BenchReport {
     pub calibrate_s: f64,
     /// The default setting the build calibrated for the target recall.
     pub calibration: Option<crate::calibrate::Calibration>,
-    /// Size on disk of the first collection (vectors, ids and its index).
-    pub index_bytes: u64,
+    /// The gRPC endpoint measured (`None`: in this process).
+    pub endpoint: Option<String>,
+    /// Size on disk of the first collection (vectors, ids and its index); in-process only.
+    pub index_bytes: Option<u64>,
     pub indexes: Vec<IndexBuild>,
-    /// In-memory bytes of the sign codes (the signscan strategy's resident extra).
-    pub signscan_bytes: usize,
-    pub rss_peak_mib: f64,
+    /// In-memory bytes of the sign codes (the signscan strategy's resident extra); in-process only.
+    pub signscan_bytes: Option<usize>,
+    /// Peak RSS of the process that held the collection; in-process only.
+    pub rss_peak_mib: Option<f64>,
     pub exact: Summary,
     pub runs: Vec<Run>,
     pub throughput: Vec<Throughput>,
@@ -135,71 +138,28 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         .first()
         .ok_or_else(|| Error::Request(crate::error::RequestError::new("indexes", "[]", "bench at least one index")))?;
     let k = options.k;
-    let truth: Vec<Vec<u64>> = match &options.ground_truth {
-        Some(path) => import::npy::read_ids(path)?.into_iter().map(|row| row.into_iter().take(k).collect()).collect(),
-        None => queries
-            .par_iter()
-            .map(|q| {
-                let mut r = SearchRequest::new(q.clone(), k);
-                r.strategy = Some(Strategy::Exact);
-                search(first, &r).map(|hits| hits.iter().map(|h| h.id).collect())
-            })
-            .collect::<Result<_>>()?,
+    let truth = match &options.ground_truth {
+        Some(path) => truth_file(path, queries.len(), k)?,
+        None => ground_truth(first, &queries, k)?,
     };
-    if truth.len() < queries.len() {
-        return Err(crate::error::RequestError::new(
-            "ground_truth",
-            truth.len(),
-            format!("fewer ground-truth rows than the {} queries", queries.len()),
-        )
-        .into());
-    }
     first.preload()?;
-    let measure = |collection: &Collection, strategy: Strategy, quality: usize| -> Result<(Summary, f64)> {
-        let request = |q: &Vec<f32>| SearchRequest {
-            strategy: Some(strategy),
-            quality: Some(quality),
-            ..SearchRequest::new(q.clone(), k)
-        };
-        for q in queries.iter().cycle().take(options.warmup) {
-            search(collection, &request(q))?;
-        }
-        let mut latencies = Latencies::default();
-        let mut recall_sum = 0.0;
-        for (q, t) in queries.iter().zip(&truth) {
-            let r = request(q);
-            let start = Instant::now();
-            let hits = search(collection, &r)?;
-            latencies.record(start.elapsed());
-            recall_sum += recall(&hits.iter().map(|h| h.id).collect::<Vec<_>>(), t);
-        }
-        Ok((latencies.summary(), recall_sum / queries.len() as f64))
-    };
-    let (exact, exact_recall) = measure(first, Strategy::Exact, 0)?;
-    let mut runs = vec![run_row("exact".into(), exact, exact_recall)];
-    for &quality in &options.signscan_sweep {
-        let (s, r) = measure(first, Strategy::SignScan, quality)?;
-        runs.push(run_row(format!("signscan rerank={quality}"), s, r));
+    let mut settings = sweep_settings(options, first.manifest().index.backend);
+    for (on, (_, collection)) in collections.iter().enumerate().skip(1) {
+        collection.preload()?;
+        let extra = sweep_settings(options, collection.manifest().index.backend);
+        settings.extend(extra.into_iter().filter(|s| s.strategy == Strategy::Index).map(|s| Setting { on, ..s }));
     }
-    for (backend, collection) in &collections {
-        let sweep = if *backend == "arroy" { &options.arroy_sweep } else { &options.hannoy_sweep };
-        let knob = if *backend == "arroy" { "search_k" } else { "ef" };
-        for &quality in sweep {
-            collection.preload()?;
-            let (s, r) = measure(collection, Strategy::Index, quality)?;
-            let label = if quality == 0 { "default".to_string() } else { quality.to_string() };
-            runs.push(run_row(format!("{backend} {knob}={label}"), s, r));
-        }
-    }
+    let targets: Vec<&dyn Target> = collections.iter().map(|(_, c)| c as &dyn Target).collect();
+    let (exact, runs) = measure_all(&targets, &settings, &queries, &truth, k, options.warmup)?;
+    let default = first.manifest().search;
     let throughput = options
         .threads
         .iter()
         .map(|&threads| {
-            let setting = first.manifest().search;
             Ok(Throughput {
                 threads,
-                setting: format!("{} quality={}", setting.strategy, setting.quality),
-                qps: throughput(first, &queries, k, threads)?,
+                setting: format!("{} quality={}", default.strategy, default.quality),
+                qps: throughput(&|| Ok(Box::new(first) as Box<dyn Target + '_>), &queries, k, threads)?,
             })
         })
         .collect::<Result<_>>()?;
@@ -212,28 +172,121 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         build_s: first.manifest().timings.build_s,
         calibrate_s: first.manifest().timings.calibrate_s,
         calibration: first.manifest().calibration.clone(),
-        index_bytes: first.disk_bytes(),
+        endpoint: None,
+        index_bytes: Some(first.disk_bytes()),
         indexes: builds,
-        signscan_bytes: first.signscan().memory_bytes(),
-        rss_peak_mib: rss_peak_mib(),
+        signscan_bytes: Some(first.signscan().memory_bytes()),
+        rss_peak_mib: Some(rss_peak_mib()),
         exact,
         runs,
         throughput,
     })
 }
 
-/// Queries per second with `threads` clients each sending every query once, one at a time,
-/// with the collection's default setting.
-fn throughput(collection: &Collection, queries: &[Vec<f32>], k: usize, threads: usize) -> Result<f64> {
+/// Something that answers top-k queries: a collection in this process, or an engine over gRPC.
+pub trait Target: Sync {
+    fn top_k(&self, request: &SearchRequest) -> Result<Vec<u64>>;
+}
+
+impl Target for Collection {
+    fn top_k(&self, request: &SearchRequest) -> Result<Vec<u64>> {
+        Ok(search(self, request)?.iter().map(|h| h.id).collect())
+    }
+}
+
+impl<T: Target + ?Sized> Target for &T {
+    fn top_k(&self, request: &SearchRequest) -> Result<Vec<u64>> {
+        (**self).top_k(request)
+    }
+}
+
+/// One point of a sweep: a strategy and quality, on the `on`-th target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    pub label: String,
+    pub strategy: Strategy,
+    pub quality: usize,
+    pub on: usize,
+}
+
+/// The sweep the options ask for: signscan qualities, then the index's own knob.
+fn sweep_settings(options: &BenchOptions, backend: Backend) -> Vec<Setting> {
+    let setting = |label: String, strategy, quality| Setting { label, strategy, quality, on: 0 };
+    let mut settings: Vec<Setting> = options
+        .signscan_sweep
+        .iter()
+        .map(|&q| setting(format!("signscan rerank={q}"), Strategy::SignScan, q))
+        .collect();
+    let (sweep, knob) = match backend {
+        Backend::Arroy => (&options.arroy_sweep, "search_k"),
+        Backend::Hannoy => (&options.hannoy_sweep, "ef"),
+    };
+    for &q in sweep {
+        let label = if q == 0 { "default".to_string() } else { q.to_string() };
+        settings.push(setting(format!("{} {knob}={label}", backend.as_str()), Strategy::Index, q));
+    }
+    settings
+}
+
+/// Exact search, then every setting: one query at a time after `warmup` queries, each timed,
+/// recall against `truth`.
+fn measure_all(
+    targets: &[&dyn Target],
+    settings: &[Setting],
+    queries: &[Vec<f32>],
+    truth: &[Vec<u64>],
+    k: usize,
+    warmup: usize,
+) -> Result<(Summary, Vec<Run>)> {
+    let measure = |target: &dyn Target, strategy: Strategy, quality: usize| -> Result<(Summary, f64)> {
+        let request = |q: &Vec<f32>| SearchRequest {
+            strategy: Some(strategy),
+            quality: Some(quality),
+            ..SearchRequest::new(q.clone(), k)
+        };
+        for q in queries.iter().cycle().take(warmup) {
+            target.top_k(&request(q))?;
+        }
+        let mut latencies = Latencies::default();
+        let mut recall_sum = 0.0;
+        for (q, t) in queries.iter().zip(truth) {
+            let r = request(q);
+            let start = Instant::now();
+            let ids = target.top_k(&r)?;
+            latencies.record(start.elapsed());
+            recall_sum += recall(&ids, t);
+        }
+        Ok((latencies.summary(), recall_sum / queries.len() as f64))
+    };
+    let (exact, exact_recall) = measure(targets[0], Strategy::Exact, 0)?;
+    let mut runs = vec![run_row("exact".into(), exact, exact_recall)];
+    for s in settings {
+        let (summary, r) = measure(targets[s.on], s.strategy, s.quality)?;
+        runs.push(run_row(s.label.clone(), summary, r));
+    }
+    Ok((exact, runs))
+}
+
+/// Queries per second with `threads` clients (each from `connect`) sending every query once,
+/// one at a time, with the collection's default setting.
+fn throughput<'a>(
+    connect: &(dyn Fn() -> Result<Box<dyn Target + 'a>> + Sync),
+    queries: &[Vec<f32>],
+    k: usize,
+    threads: usize,
+) -> Result<f64> {
+    let clients = (0..threads.max(1)).map(|_| connect()).collect::<Result<Vec<_>>>()?;
     let start = Instant::now();
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|t| {
+        let handles: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(t, client)| {
                 scope.spawn(move || -> Result<()> {
                     // Each client starts at a different offset so they do not move in lockstep.
                     let offset = t * queries.len() / threads.max(1);
                     for i in 0..queries.len() {
-                        search(collection, &SearchRequest::new(queries[(i + offset) % queries.len()].clone(), k))?;
+                        client.top_k(&SearchRequest::new(queries[(i + offset) % queries.len()].clone(), k))?;
                     }
                     Ok(())
                 })
@@ -243,6 +296,29 @@ fn throughput(collection: &Collection, queries: &[Vec<f32>], k: usize, threads: 
     });
     results.into_iter().collect::<Result<Vec<()>>>()?;
     Ok((queries.len() * threads.max(1)) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Exact top-k of every query, by `target`.
+fn ground_truth(target: &dyn Target, queries: &[Vec<f32>], k: usize) -> Result<Vec<Vec<u64>>> {
+    queries
+        .par_iter()
+        .map(|q| target.top_k(&SearchRequest { strategy: Some(Strategy::Exact), ..SearchRequest::new(q.clone(), k) }))
+        .collect()
+}
+
+/// Ground truth from a file (first `k` per row), checked to cover every query.
+fn truth_file(path: &Path, queries: usize, k: usize) -> Result<Vec<Vec<u64>>> {
+    let truth: Vec<Vec<u64>> =
+        import::npy::read_ids(path)?.into_iter().map(|row| row.into_iter().take(k).collect()).collect();
+    if truth.len() < queries {
+        return Err(crate::error::RequestError::new(
+            "ground_truth",
+            truth.len(),
+            format!("fewer ground-truth rows than the {queries} queries"),
+        )
+        .into());
+    }
+    Ok(truth)
 }
 
 fn run_row(setting: String, s: Summary, recall_at_k: f64) -> Run {
@@ -264,19 +340,21 @@ pub fn rss_peak_mib() -> f64 {
 
 /// The human table: one line per setting with its ratio to exact search's p50.
 pub fn table(report: &BenchReport) -> String {
+    let mib = |bytes: Option<f64>| bytes.map_or("-".to_string(), |b| format!("{:.1} MiB", b / (1 << 20) as f64));
     let mut out = format!(
-        "n={} dims={} queries={} k={} partitions={} | import {:.2}s ({:.0} rows/s) build {:.2}s disk {:.1} MiB signcodes {:.1} MiB rss-peak {:.0} MiB\n",
+        "n={} dims={} queries={} k={} partitions={}{} | import {:.2}s ({:.0} rows/s) build {:.2}s disk {} signcodes {} rss-peak {}\n",
         report.dataset.n,
         report.dataset.dims,
         report.dataset.queries,
         report.k,
         report.partitions,
+        report.endpoint.as_ref().map(|e| format!(" endpoint={e}")).unwrap_or_default(),
         report.import_s,
         report.import_rows_per_s,
         report.build_s,
-        report.index_bytes as f64 / (1 << 20) as f64,
-        report.signscan_bytes as f64 / (1 << 20) as f64,
-        report.rss_peak_mib,
+        mib(report.index_bytes.map(|b| b as f64)),
+        mib(report.signscan_bytes.map(|b| b as f64)),
+        mib(report.rss_peak_mib.map(|m| m * (1 << 20) as f64)),
     );
     out.push_str(&format!(
         "{:<28} {:>9} {:>9} {:>9} {:>10} {:>9}\n",
@@ -297,4 +375,101 @@ pub fn table(report: &BenchReport) -> String {
         out.push_str(&format!("throughput {:>3} threads ({}): {:.0} qps\n", t.threads, t.setting, t.qps));
     }
     out
+}
+
+/// An engine over gRPC, queried through the retrying client.
+struct Endpoint {
+    client: crate::client::Client,
+    collection: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Target for Endpoint {
+    fn top_k(&self, r: &SearchRequest) -> Result<Vec<u64>> {
+        let request = crate::serve::proto::SearchRequest {
+            collection: self.collection.clone(),
+            vector: r.vector.clone(),
+            k: r.k as u32,
+            partitions: r.partitions.clone(),
+            tags: r.tags.clone(),
+            strategy: r.strategy.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            quality: r.quality.unwrap_or(0) as u32,
+        };
+        let response = self.runtime.block_on(self.client.search(request)).map_err(|s| remote_error(&self.client, s))?;
+        Ok(response.hits.iter().map(|h| h.id).collect())
+    }
+}
+
+fn remote_error(client: &crate::client::Client, s: tonic::Status) -> Error {
+    Error::Remote { target: client.target().to_string(), reason: format!("{}: {}", s.code(), s.message()) }
+}
+
+/// The same measurements as [`run`], through gRPC against a running engine's `collection`:
+/// the served latency a client sees. Build fields come from the remote manifest; what only
+/// the serving process knows (disk, RSS) is left empty.
+pub fn remote(
+    options: &BenchOptions,
+    endpoint: &str,
+    collection: &str,
+    client_options: crate::client::ClientOptions,
+) -> Result<BenchReport> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))?;
+    let connect = || -> Result<Endpoint> {
+        let _entered = runtime.enter();
+        Ok(Endpoint {
+            client: crate::client::Client::new(endpoint, client_options.clone())?,
+            collection: collection.to_string(),
+            runtime: runtime.handle().clone(),
+        })
+    };
+    let first = connect()?;
+    let status = runtime.block_on(first.client.status(collection)).map_err(|s| remote_error(&first.client, s))?;
+    let manifest: crate::collection::manifest::Manifest = serde_json::from_str(&status.manifest_json)
+        .map_err(|e| Error::Remote { target: endpoint.to_string(), reason: format!("unreadable manifest: {e}") })?;
+    let queries = import::read_vectors(&options.queries)?;
+    let k = options.k;
+    let truth = match &options.ground_truth {
+        Some(path) => truth_file(path, queries.len(), k)?,
+        None => ground_truth(&first, &queries, k)?,
+    };
+    let settings = sweep_settings(options, manifest.index.backend);
+    let (exact, runs) = measure_all(&[&first], &settings, &queries, &truth, k, options.warmup)?;
+    let default = manifest.search;
+    let throughput = options
+        .threads
+        .iter()
+        .map(|&threads| {
+            Ok(Throughput {
+                threads,
+                setting: format!("{} quality={}", default.strategy, default.quality),
+                qps: throughput(&|| Ok(Box::new(connect()?) as Box<dyn Target>), &queries, k, threads)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(BenchReport {
+        dataset: Dataset { n: manifest.count, dims: manifest.dimensions, queries: queries.len() },
+        k,
+        partitions: manifest.partitions.len(),
+        import_s: manifest.timings.import_s,
+        import_rows_per_s: manifest.count as f64 / manifest.timings.import_s.max(1e-9),
+        build_s: manifest.timings.build_s,
+        calibrate_s: manifest.timings.calibrate_s,
+        calibration: manifest.calibration.clone(),
+        endpoint: Some(endpoint.to_string()),
+        index_bytes: None,
+        indexes: vec![IndexBuild {
+            backend: manifest.index.backend.as_str().into(),
+            build_s: manifest.timings.build_s,
+            disk_bytes: 0,
+        }],
+        signscan_bytes: None,
+        rss_peak_mib: None,
+        exact,
+        runs,
+        throughput,
+    })
 }

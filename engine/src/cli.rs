@@ -14,7 +14,7 @@ use crate::verify::{VerifyOptions, verify};
 use crate::warmup::{WarmupOptions, warm};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(name = "quiver", version, about = "A vector-search engine with blue/green index rebuilds")]
@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// so long-lived HTTP/2 connections rebalance over new replicas.
     #[arg(long, env = "QUIVER_MAX_CONNECTION_AGE_SECS")]
     pub max_connection_age_secs: Option<u64>,
+    /// On SIGTERM, report NOT_SERVING for this long before closing connections, so endpoints
+    /// and load balancers stop routing new calls here first.
+    #[arg(long, env = "QUIVER_DRAIN_DELAY_SECS", default_value_t = 0)]
+    pub drain_delay_secs: u64,
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, env = "QUIVER_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
@@ -245,6 +249,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The collection or alias named.
+    pub fn name(&self) -> &str {
+        self.collection.as_deref().or(self.alias.as_deref()).expect("clap requires one")
+    }
+
     fn open(&self) -> Result<std::sync::Arc<Collection>> {
         match (&self.collection, &self.alias) {
             (Some(c), _) => Ok(std::sync::Arc::new(Collection::open(&self.dir.data_dir.join(c))?)),
@@ -306,7 +315,7 @@ pub struct GateArgs {
 }
 
 impl GateArgs {
-    fn options(&self) -> Result<VerifyOptions> {
+    pub fn options(&self) -> Result<VerifyOptions> {
         let queries = match &self.queries {
             Some(uri) => import::read_vectors(uri)?,
             None => Vec::new(),
@@ -470,12 +479,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Verify(a) => {
+            if let Some(target) = &a.remote.target {
+                return crate::roles::jobs::verify(target, a.target.name(), &a.gate, &a.remote);
+            }
             let c = a.target.open()?;
             let report = verify(&c, &a.gate.options()?)?;
-            emit_report(&report, a.gate.output.as_deref())?;
+            report.emit(a.gate.output.as_deref())?;
             Ok(if report.passed { 0 } else { 1 })
         }
         Command::Warmup(a) => {
+            if let Some(target) = &a.remote.target {
+                return crate::roles::jobs::warmup(target, a.target.name(), a.max_queries, &a.remote);
+            }
             let c = a.target.open()?;
             let report = warm(&c, &WarmupOptions { max_queries: a.max_queries, ..Default::default() })?;
             print_json(&report);
@@ -493,8 +508,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(if report.failed_queries == 0 { 0 } else { 1 })
         }
-        Command::Standalone(a) => standalone_cmd(a),
-        Command::Writer(_) | Command::Replica(_) => Err(Error::io("roles", std::io::Error::other("WIP"))),
+        Command::Standalone(a) => crate::roles::standalone::run(a),
+        Command::Writer(a) => crate::roles::writer::run(a),
+        Command::Replica(a) => crate::roles::replica::run(a),
         Command::Generate(a) => {
             let mut g = crate::datagen::Clustered::new(a.dims, a.seed);
             g.clusters = a.clusters;
@@ -504,36 +520,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
-}
-
-fn standalone_cmd(a: StandaloneArgs) -> Result<i32> {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    runtime.block_on(async {
-        let catalog = std::sync::Arc::new(Catalog::open(&a.dir.data_dir)?);
-        let listener =
-            tokio::net::TcpListener::bind(a.serve.listen).await.map_err(|e| Error::io(format!("binding {}", a.serve.listen), e))?;
-        let addr = listener.local_addr().map_err(|e| Error::io("reading the bound address", e))?;
-        eprintln!("quiver standalone: serving {} on {addr}", a.dir.data_dir.display());
-        crate::serve::serve(catalog, listener, termination()).await
-    })?;
-    Ok(0)
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn termination() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 impl BuildArgs {
@@ -610,7 +596,7 @@ fn alias_cmd(action: AliasAction) -> Result<i32> {
             let catalog = Catalog::open(&dir.data_dir)?;
             let c = catalog.collection(&collection)?;
             let report = verify(&c, &gate.options()?)?;
-            emit_report(&report, gate.output.as_deref())?;
+            report.emit(gate.output.as_deref())?;
             match catalog.flip(&alias, c, &report) {
                 Ok(record) => {
                     print_json(&record);
@@ -642,7 +628,7 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
             Backend::Hannoy => IndexParams::hannoy(a.ef_construction),
         })
         .collect();
-    let report = bench::run(&BenchOptions {
+    let options = BenchOptions {
         base: a.base.unwrap_or_default(),
         queries: a.queries,
         ground_truth: a.ground_truth,
@@ -656,25 +642,20 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
         hannoy_sweep: a.ef,
         data_dir: a.data_dir,
         threads: a.threads,
-    })?;
+    };
+    let report = match (&a.endpoint, &a.collection) {
+        (Some(endpoint), Some(collection)) => {
+            let client = crate::client::ClientOptions { token: a.token.read()?, ..Default::default() };
+            bench::remote(&options, endpoint, collection, client)?
+        }
+        _ => bench::run(&options)?,
+    };
     print!("{}", bench::table(&report));
     if let Some(path) = &a.json {
         let json = serde_json::to_string_pretty(&report).expect("report serializes");
         std::fs::write(path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     Ok(0)
-}
-
-fn emit_report(report: &crate::verify::VerifyReport, output: Option<&Path>) -> Result<()> {
-    let json = serde_json::to_string_pretty(report).expect("report serializes");
-    println!("{json}");
-    if let Some(path) = output {
-        std::fs::write(path, &json).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    }
-    for failure in report.failures() {
-        eprintln!("verification failed: {failure}");
-    }
-    Ok(())
 }
 
 fn print_json(value: &impl serde::Serialize) {

@@ -46,6 +46,10 @@ pub enum Error {
     NotFound { path: PathBuf },
     #[error("{} is not a complete collection: {reason}", path.display())]
     Incomplete { path: PathBuf, reason: String },
+    #[error("snapshot of {collection:?}: {reason}")]
+    Snapshot { collection: String, reason: String },
+    #[error("{target}: {reason}")]
+    Remote { target: String, reason: String },
     #[error("alias {alias:?}: {reason}")]
     Alias { alias: String, reason: String },
     #[error("{context}: {source}")]

@@ -78,6 +78,20 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// Prints the report as JSON (and each failure on stderr), writes it to `output` when
+    /// given, and returns the JSON.
+    pub fn emit(&self, output: Option<&std::path::Path>) -> Result<String> {
+        let json = serde_json::to_string_pretty(self).expect("report serializes");
+        println!("{json}");
+        if let Some(path) = output {
+            std::fs::write(path, &json).map_err(|e| crate::Error::io(format!("writing {}", path.display()), e))?;
+        }
+        for failure in self.failures() {
+            eprintln!("verification failed: {failure}");
+        }
+        Ok(json)
+    }
+
     /// The failed checks, one line each: what was measured against what.
     pub fn failures(&self) -> Vec<String> {
         self.checks

@@ -19,6 +19,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use roaring::RoaringBitmap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Partitions per collection (each is an arroy index, `u16`).
@@ -53,6 +55,46 @@ pub struct BuildOptions {
     pub seed: u64,
     /// Draw a progress bar on stderr (hidden when stderr is not a terminal).
     pub progress: bool,
+    /// Where the build reports its phase and rows as it goes (for Progress calls, metrics).
+    pub observer: Option<Arc<BuildProgress>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildPhase {
+    Importing,
+    Building,
+    Calibrating,
+}
+
+impl BuildPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildPhase::Importing => "importing",
+            BuildPhase::Building => "building",
+            BuildPhase::Calibrating => "calibrating",
+        }
+    }
+}
+
+/// A running build's phase and rows imported so far, readable from other threads.
+#[derive(Debug, Default)]
+pub struct BuildProgress {
+    rows: AtomicU64,
+    phase: Mutex<Option<BuildPhase>>,
+}
+
+impl BuildProgress {
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    pub fn phase(&self) -> Option<BuildPhase> {
+        *self.phase.lock().expect("progress lock")
+    }
+
+    fn enter(&self, phase: BuildPhase) {
+        *self.phase.lock().expect("progress lock") = Some(phase);
+    }
 }
 
 impl BuildOptions {
@@ -68,6 +110,7 @@ impl BuildOptions {
             batch_rows: 100_000,
             seed: 42,
             progress: false,
+            observer: None,
         }
     }
 }
@@ -130,9 +173,18 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     let import_start = Instant::now();
     let mut import = Import::new(&env, dbs, options, &records.source_name);
     let bar = progress_bar(options.progress, records.expected_rows);
+    let observe = |phase| {
+        if let Some(o) = &options.observer {
+            o.enter(phase)
+        }
+    };
+    observe(BuildPhase::Importing);
     for record in records.iter {
         import.add(record?)?;
         bar.inc(1);
+        if let Some(o) = &options.observer {
+            o.rows.fetch_add(1, Ordering::Relaxed);
+        }
     }
     bar.finish_and_clear();
     let count = import.finish()?;
@@ -164,6 +216,7 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     wtxn.commit()?;
     drop(import);
 
+    observe(BuildPhase::Building);
     let build_start = Instant::now();
     let staged = Collection::from_env(env.clone(), dbs, staging)?;
     let mut wtxn = env.write_txn()?;
@@ -178,6 +231,7 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     manifest.timings.build_s = build_start.elapsed().as_secs_f64();
     // Calibration searches the committed index through read transactions.
     if let Some(target) = options.target_recall {
+        observe(BuildPhase::Calibrating);
         let calibrate_start = Instant::now();
         let calibration = crate::calibrate::calibrate(&staged, target, 10, 200, options.seed)?;
         tracing::info!(?calibration, "search setting calibrated");

@@ -120,6 +120,12 @@ impl Collection {
         })
     }
 
+    /// Writes a compacted copy of this collection's LMDB file to `path`: its snapshot.
+    pub fn copy_compacted(&self, path: &Path) -> Result<()> {
+        let file = self.env.copy_to_path(path, heed::CompactionOption::Enabled)?;
+        file.sync_all().map_err(|e| Error::io(format!("syncing {}", path.display()), e))
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }

@@ -27,9 +27,13 @@ pub struct Fingerprint(Arc<Mutex<Sha256>>);
 impl Fingerprint {
     pub fn hex(&self) -> String {
         let digest = self.0.lock().expect("hasher lock").clone().finalize();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
+        format!("sha256:{}", hex(&digest))
     }
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub type SourceReader = BufReader<HashingReader<Box<dyn Read + Send>>>;

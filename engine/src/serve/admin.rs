@@ -2,22 +2,19 @@
 //! serves.
 
 use super::proto::{self, admin_server};
-use super::{blocking, resolve, set_not_serving};
-use crate::alias::Catalog;
+use super::{Node, blocking};
 use crate::verify::{VerifyOptions, verify};
 use crate::warmup::{WarmupOptions, warm};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use tonic_health::server::HealthReporter;
 
 pub struct AdminService {
-    catalog: Arc<Catalog>,
-    health: HealthReporter,
+    node: Arc<Node>,
 }
 
 impl AdminService {
-    pub fn new(catalog: Arc<Catalog>, health: HealthReporter) -> Self {
-        AdminService { catalog, health }
+    pub fn new(node: Arc<Node>) -> Self {
+        AdminService { node }
     }
 }
 
@@ -28,7 +25,7 @@ fn json(value: &impl serde::Serialize) -> String {
 #[tonic::async_trait]
 impl admin_server::Admin for AdminService {
     async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
-        let c = resolve(&self.catalog, &request.into_inner().collection)?;
+        let c = self.node.collection(&request.into_inner().collection)?;
         let m = c.manifest();
         Ok(Response::new(proto::StatusResponse {
             collection: m.name.clone(),
@@ -42,7 +39,7 @@ impl admin_server::Admin for AdminService {
 
     async fn warmup(&self, request: Request<proto::WarmupRequest>) -> Result<Response<proto::WarmupResponse>, Status> {
         let r = request.into_inner();
-        let c = resolve(&self.catalog, &r.collection)?;
+        let c = self.node.collection(&r.collection)?;
         let mut options = WarmupOptions::default();
         if r.max_queries > 0 {
             options.max_queries = r.max_queries as usize;
@@ -58,7 +55,7 @@ impl admin_server::Admin for AdminService {
 
     async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
         let r = request.into_inner();
-        let c = resolve(&self.catalog, &r.collection)?;
+        let c = self.node.collection(&r.collection)?;
         let defaults = VerifyOptions::default();
         let options = VerifyOptions {
             expected_count: r.expected_count,
@@ -66,6 +63,7 @@ impl admin_server::Admin for AdminService {
             max_p99_ms: r.max_p99_ms,
             k: if r.k > 0 { r.k as usize } else { defaults.k },
             sample: if r.sample > 0 { r.sample as usize } else { defaults.sample },
+            queries: r.queries.into_iter().map(|q| q.values).collect(),
             ..defaults
         };
         let report = blocking(move || verify(&c, &options).map_err(super::status)).await?;
@@ -73,7 +71,7 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn drain(&self, _request: Request<proto::DrainRequest>) -> Result<Response<proto::DrainResponse>, Status> {
-        set_not_serving(&self.health).await;
+        self.node.drain().await;
         Ok(Response::new(proto::DrainResponse {}))
     }
 }

@@ -1,25 +1,24 @@
 //! The Search service: validation in the engine, answers on the blocking pool.
 
 use super::proto::{self, search_server};
-use super::{blocking, resolve, status};
-use crate::alias::Catalog;
+use super::{Node, blocking, status};
 use crate::search::{SearchRequest, search};
 use rayon::prelude::*;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct SearchService {
-    catalog: Arc<Catalog>,
+    node: Arc<Node>,
 }
 
 impl SearchService {
-    pub fn new(catalog: Arc<Catalog>) -> Self {
-        SearchService { catalog }
+    pub fn new(node: Arc<Node>) -> Self {
+        SearchService { node }
     }
 }
 
-fn answer(catalog: &Catalog, r: proto::SearchRequest) -> Result<proto::SearchResponse, Status> {
-    let collection = resolve(catalog, &r.collection)?;
+fn answer(node: &Node, r: proto::SearchRequest) -> Result<proto::SearchResponse, Status> {
+    let collection = node.collection(&r.collection)?;
     let strategy = match r.strategy.as_str() {
         "" => None,
         s => Some(s.parse().map_err(|e: String| {
@@ -44,19 +43,19 @@ fn answer(catalog: &Catalog, r: proto::SearchRequest) -> Result<proto::SearchRes
 #[tonic::async_trait]
 impl search_server::Search for SearchService {
     async fn search(&self, request: Request<proto::SearchRequest>) -> Result<Response<proto::SearchResponse>, Status> {
-        let catalog = self.catalog.clone();
+        let node = self.node.clone();
         let r = request.into_inner();
-        blocking(move || answer(&catalog, r)).await.map(Response::new)
+        blocking(move || answer(&node, r)).await.map(Response::new)
     }
 
     async fn batch_search(
         &self,
         request: Request<proto::BatchSearchRequest>,
     ) -> Result<Response<proto::BatchSearchResponse>, Status> {
-        let catalog = self.catalog.clone();
+        let node = self.node.clone();
         let queries = request.into_inner().queries;
         blocking(move || {
-            let results = queries.into_par_iter().map(|q| answer(&catalog, q)).collect::<Result<_, _>>()?;
+            let results = queries.into_par_iter().map(|q| answer(&node, q)).collect::<Result<_, _>>()?;
             Ok(proto::BatchSearchResponse { results })
         })
         .await

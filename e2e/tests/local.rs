@@ -1,0 +1,509 @@
+//! The local end-to-end suite: real `quiver` processes (writer, replicas, jobs) on 127.0.0.1,
+//! a forwarder playing the alias Service. Each scenario asserts what users rely on, not just
+//! exit codes.
+
+use quiver_e2e::{Forwarder, Proc, dataset, query, run};
+use quiver_engine::client::{Client, ClientOptions};
+use quiver_engine::serve::proto::{self, SearchRequest};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tonic::Code;
+
+const DIMS: usize = 32;
+const N: usize = 3000;
+const READY: Duration = Duration::from_secs(120);
+
+fn writer(dir: &Path, name: &str, collection: &str, source: Option<&str>, extra: &[&str]) -> Proc {
+    let data = dir.join(name).display().to_string();
+    let mut args = vec![
+        "writer",
+        "--data-dir",
+        &data,
+        "--collection",
+        collection,
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    if let Some(source) = source {
+        args.extend(["--source", source]);
+    }
+    args.extend(extra);
+    Proc::start(dir, name, &args)
+}
+
+fn replica(dir: &Path, name: &str, collection: &str, from: &[String], extra: &[&str]) -> Proc {
+    let data = dir.join(name).display().to_string();
+    let from = from.join(",");
+    let mut args = vec![
+        "replica",
+        "--data-dir",
+        &data,
+        "--collection",
+        collection,
+        "--snapshot-from",
+        &from,
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend(extra);
+    Proc::start(dir, name, &args)
+}
+
+/// A writer that imported `collection` from generated data, and is ready (snapshot written).
+async fn built(dir: &Path, collection: &str, seed: u64) -> (Proc, Vec<f32>) {
+    let (source, data) = dataset(dir, &format!("{collection}.npy"), N, DIMS, seed);
+    let mut w = writer(dir, &format!("writer-{collection}"), collection, Some(&source), &[]);
+    w.wait_serving(READY).await;
+    (w, data)
+}
+
+/// Held-out queries from the same distribution as the data of `seed`.
+fn queries(seed: u64, n: usize) -> Vec<Vec<f32>> {
+    let flat = quiver_engine::datagen::Clustered::new(DIMS, seed).generate(n, 1);
+    flat.chunks(DIMS).map(|c| c.to_vec()).collect()
+}
+
+fn ids(response: &proto::SearchResponse) -> Vec<u64> {
+    response.hits.iter().map(|h| h.id).collect()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("result file")).expect("result JSON")
+}
+
+/// Queries sent continuously through `client` until `stop`; every outcome is kept.
+fn load(client: Client, stop: Arc<AtomicBool>, batch: usize) -> tokio::task::JoinHandle<Vec<Result<String, String>>> {
+    tokio::spawn(async move {
+        let qs = queries(9, 64);
+        let mut outcomes = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let request =
+                proto::BatchSearchRequest { queries: (0..batch).map(|j| query(&qs[(i + j) % qs.len()], 5)).collect() };
+            i += batch;
+            outcomes.push(match client.batch_search(request).await {
+                Ok(r) => Ok(r.results[0].collection.clone()),
+                Err(status) => Err(format!("{status:?}")),
+            });
+        }
+        outcomes
+    })
+}
+
+/// 1. The writer imports and builds; two replicas fetch the snapshot (the second from the
+/// first, a peer) and return identical top-k; recall against exact meets the verify gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_fetch_the_snapshot_and_answer_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w, _) = built(dir, "v1", 1).await;
+    let mut r1 = replica(dir, "r1", "v1", &[w.url()], &[]);
+    r1.wait_serving(READY).await;
+    let mut r2 = replica(dir, "r2", "v1", &[r1.url()], &[]);
+    r2.wait_serving(READY).await;
+    assert!(r2.log_text().contains(&format!("from {}", r1.url())), "r2 fetched from its peer:\n{}", r2.log_text());
+
+    let (c1, c2) = (r1.client(), r2.client());
+    let mut overlap = 0usize;
+    let qs = queries(1, 30);
+    for q in &qs {
+        let a = c1.search(query(q, 10)).await.unwrap();
+        let b = c2.search(query(q, 10)).await.unwrap();
+        assert_eq!(a.collection, "v1");
+        assert_eq!(ids(&a), ids(&b), "replicas of one snapshot answer identically");
+        let exact = c1.search(SearchRequest { strategy: "exact".into(), ..query(q, 10) }).await.unwrap();
+        overlap += ids(&a).iter().filter(|id| ids(&exact).contains(id)).count();
+    }
+    let recall = overlap as f64 / (qs.len() * 10) as f64;
+    assert!(recall >= 0.9, "recall@10 vs exact {recall} below the verify threshold 0.9");
+
+    let result = dir.join("verify.json");
+    let (status, _, err) = run(&[
+        "verify",
+        "--target",
+        &r2.url(),
+        "--collection",
+        "v1",
+        "--expected-count",
+        &N.to_string(),
+        "--min-recall",
+        "0.9",
+        "--result-file",
+        &result.display().to_string(),
+    ]);
+    assert!(status.success(), "{err}");
+    assert_eq!(read_json(&result)["passed"], true);
+}
+
+/// 2. The alias Service switches from v1's replica to v2's while queries flow, and v1's
+/// replica drains: no query fails and the answers move from v1 to v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_switch_under_load_loses_no_query() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w1, _) = built(dir, "v1", 1).await;
+    let (w2, _) = built(dir, "v2", 2).await;
+    let mut r1 = replica(dir, "r1", "v1", &[w1.url()], &[]);
+    let mut r2 = replica(dir, "r2", "v2", &[w2.url()], &[]);
+    r1.wait_serving(READY).await;
+    r2.wait_serving(READY).await;
+
+    let service = Forwarder::start(vec![r1.grpc]).await;
+    let client = Client::new(&service.url(), ClientOptions::default()).unwrap();
+    let heartbeat = client.heartbeat(Duration::from_millis(100));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads = [load(client.clone(), stop.clone(), 4), load(client.clone(), stop.clone(), 4)];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    service.set_backends(vec![r2.grpc]);
+    r1.client().drain().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    heartbeat.abort();
+    let mut outcomes = Vec::new();
+    for l in loads {
+        outcomes.push(l.await.unwrap());
+    }
+    let all: Vec<_> = outcomes.iter().flatten().collect();
+    let failed: Vec<_> = all.iter().filter(|o| o.is_err()).collect();
+    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), all.len(), &failed[..failed.len().min(3)]);
+    assert!(all.iter().any(|o| o.as_deref() == Ok("v1")), "answers from v1 before the switch");
+    for per_client in &outcomes {
+        let tail = &per_client[per_client.len().saturating_sub(10)..];
+        assert!(tail.iter().all(|o| o.as_deref() == Ok("v2")), "answers moved to v2: {tail:?}");
+    }
+}
+
+/// 3. A replica killed in the middle of its snapshot download resumes from the bytes it has
+/// after a restart, and ends verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_replica_resumes_the_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w, _) = built(dir, "v1", 1).await;
+    let partial = dir.join("r1/.snapshots/v1.mdb.partial");
+    let mut r1 = replica(dir, "r1", "v1", &[w.url()], &["--fetch-bytes-per-sec", "262144"]);
+    let deadline = std::time::Instant::now() + READY;
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 300_000 {
+        assert!(std::time::Instant::now() < deadline, "no partial download:\n{}", r1.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r1.kill();
+    let held = std::fs::metadata(&partial).unwrap().len();
+    assert!(!dir.join("r1/v1").exists(), "nothing installed from a partial file");
+
+    // Restarted on the same data directory, without the rate cap.
+    let data = dir.join("r1").display().to_string();
+    let from = w.url();
+    let mut r1 = Proc::start(
+        dir,
+        "r1-again",
+        &["replica", "--data-dir", &data, "--collection", "v1", "--snapshot-from", &from, "--listen", "127.0.0.1:0"],
+    );
+    let line = r1.wait_for_log("resuming the snapshot download at byte", READY);
+    let at: u64 = line.split("at byte ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(at > 0 && at <= held, "resumed at {at}, held {held}: {line}");
+    r1.wait_serving(READY).await;
+    let result = dir.join("verify.json");
+    let (status, _, err) = run(&[
+        "verify",
+        "--target",
+        &r1.url(),
+        "--collection",
+        "v1",
+        "--expected-count",
+        &N.to_string(),
+        "--result-file",
+        &result.display().to_string(),
+    ]);
+    assert!(status.success(), "{err}");
+}
+
+/// 4. One flipped byte in the snapshot: the replica refuses it, exits non-zero, and never
+/// reports SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_snapshot_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w, _) = built(dir, "v1", 1).await;
+    let file = dir.join("writer-v1/.snapshots/v1.mdb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let mut r1 = replica(dir, "r1", "v1", &[w.url()], &[]);
+    let client = r1.client();
+    let mut ever_serving = false;
+    let status = loop {
+        if let Ok(tonic_health::pb::health_check_response::ServingStatus::Serving) = client.health("").await {
+            ever_serving = true;
+        }
+        if let Some(status) = r1.try_exit() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let log = r1.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("checksum mismatch"), "{log}");
+    assert!(!ever_serving, "a corrupt snapshot must never be served");
+    assert!(!dir.join("r1/v1").exists() && !dir.join("r1/.snapshots/v1.json").exists());
+}
+
+/// 5. The writer killed in the middle of an ETL push: after a restart no half collection is
+/// visible, and pushing again works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_mid_import_leaves_nothing_half_built() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, data) = dataset(dir, "v1.npy", N, DIMS, 1);
+    let batches = |rows: std::ops::Range<usize>| {
+        let records: Vec<_> = rows
+            .map(|i| proto::Record { id: i as u64, vector: data[i * DIMS..][..DIMS].to_vec(), ..Default::default() })
+            .collect();
+        records
+            .chunks(500)
+            .map(|c| proto::WriteBatch { collection: "v1".into(), records: c.to_vec() })
+            .collect::<Vec<_>>()
+    };
+    let mut w = writer(dir, "writer", "v1", None, &[]);
+    w.wait_for_log("waiting for Ingest", READY);
+    let summary = w.client().ingest_client().write(futures::stream::iter(batches(0..1000))).await.unwrap();
+    assert_eq!(summary.into_inner().rows, 1000);
+    assert_eq!(w.client().progress("v1").await.unwrap().phase, "receiving");
+    w.kill();
+    assert!(!dir.join("writer/v1").exists());
+
+    let w = writer(dir, "writer", "v1", None, &[]);
+    let progress = w.client().progress("v1").await.unwrap();
+    assert_eq!((progress.phase.as_str(), progress.rows), ("waiting", 0), "the unsealed push was discarded");
+    assert_eq!(w.client().status("v1").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(w.client().search(query(&data[..DIMS], 3)).await.unwrap_err().code(), Code::NotFound);
+
+    w.client().ingest_client().write(futures::stream::iter(batches(0..N))).await.unwrap();
+    let sealed = w.client().ingest_client().seal(proto::SealRequest { collection: "v1".into() }).await.unwrap();
+    assert!(sealed.into_inner().manifest_json.contains(&format!("\"count\":{N}")));
+    assert_eq!(w.client().status("v1").await.unwrap().count, N as u64);
+    assert_eq!(w.client().progress("v1").await.unwrap().phase, "sealed");
+    let hit = w.client().search(query(&data[5 * DIMS..][..DIMS], 1)).await.unwrap();
+    assert_eq!(ids(&hit), vec![5]);
+}
+
+/// 6. Verification against a wrong expected count and an unreachable latency budget: exit 1,
+/// the JSON says which checks failed by how much, and the alias stays on v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_verification_keeps_the_alias() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w1, _) = built(dir, "v1", 1).await;
+    let (w2, _) = built(dir, "v2", 2).await;
+    let mut r1 = replica(dir, "r1", "v1", &[w1.url()], &[]);
+    let mut r2 = replica(dir, "r2", "v2", &[w2.url()], &[]);
+    r1.wait_serving(READY).await;
+    r2.wait_serving(READY).await;
+    let service = Forwarder::start(vec![r1.grpc]).await;
+
+    let result = dir.join("verify.json");
+    let (status, _, err) = run(&[
+        "verify",
+        "--target",
+        &r2.url(),
+        "--collection",
+        "v2",
+        "--expected-count",
+        &(N + 1).to_string(),
+        "--max-p99-ms",
+        "0.000001",
+        "--result-file",
+        &result.display().to_string(),
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    let report = read_json(&result);
+    assert_eq!(report["passed"], false);
+    let check = |name: &str| report["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!((check("count")["passed"].clone(), check("count")["margin"].as_f64()), (false.into(), Some(-1.0)));
+    let p99 =
+        report["checks"].as_array().unwrap().iter().find(|c| c["name"].as_str().unwrap().contains("p99")).unwrap();
+    assert_eq!(p99["passed"], false);
+    assert!(p99["margin"].as_f64().unwrap() < 0.0);
+    assert!(err.contains("count: measured 3000 == 3001 failed (off by 1)"), "{err}");
+
+    // The switch happens only on a passing verification (the operator's rule): it stays.
+    if status.success() {
+        service.set_backends(vec![r2.grpc]);
+    }
+    let client = Client::new(&service.url(), ClientOptions::default()).unwrap();
+    let answer = client.search(query(&queries(1, 1)[0], 5)).await.unwrap();
+    assert_eq!(answer.collection, "v1");
+}
+
+/// 7. SIGTERM to a replica under load: calls in flight complete, clients move to the other
+/// replica, the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_completes_in_flight_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w, _) = built(dir, "v1", 1).await;
+    let mut r1 = replica(dir, "r1", "v1", &[w.url()], &["--drain-delay-secs", "0"]);
+    let mut r2 = replica(dir, "r2", "v1", &[w.url()], &[]);
+    r1.wait_serving(READY).await;
+    r2.wait_serving(READY).await;
+    let service = Forwarder::start(vec![r1.grpc, r2.grpc]).await;
+    let client = Client::new(&service.url(), ClientOptions::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads = [load(client.clone(), stop.clone(), 16), load(client.clone(), stop.clone(), 16)];
+    // One long call straight to r1, without retries: it is in flight when SIGTERM arrives.
+    let direct = Client::new(&r1.url(), ClientOptions { attempts: 1, ..Default::default() }).unwrap();
+    let qs = queries(3, 2000);
+    let long = proto::BatchSearchRequest {
+        queries: qs.iter().map(|q| SearchRequest { strategy: "exact".into(), ..query(q, 10) }).collect(),
+    };
+    let in_flight = tokio::spawn(async move {
+        let answer = direct.batch_search(long).await;
+        (answer, std::time::Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kubernetes removes a terminating pod from the endpoints while it gets SIGTERM.
+    service.set_backends(vec![r2.grpc]);
+    let signalled = std::time::Instant::now();
+    r1.signal("TERM");
+    let (answered, finished) = in_flight.await.unwrap();
+    let answered = answered.expect("the call in flight at SIGTERM completes");
+    assert_eq!(answered.results.len(), 2000);
+    assert!(finished > signalled, "the long call was still running when SIGTERM was sent");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = r1.wait(Duration::from_secs(30));
+        (status, r1)
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for l in loads {
+        all.extend(l.await.unwrap());
+    }
+    assert_eq!(status.0.code(), Some(0), "{}", status.1.log_text());
+    let failed: Vec<_> = all.iter().filter(|o| o.is_err()).collect();
+    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), all.len(), &failed[..failed.len().min(3)]);
+    assert!(all.len() > 10, "load ran: {} calls", all.len());
+}
+
+/// 8. Bad requests get the right status codes, naming the field, and the server keeps
+/// serving; a configured token is required on Admin and Ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_status_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let token = token_file.display().to_string();
+    let (source, data) = dataset(dir, "v1.npy", N, DIMS, 1);
+    let mut w = writer(dir, "writer", "v1", Some(&source), &["--token-file", &token]);
+    w.wait_serving(READY).await;
+    let mut r1 = replica(dir, "r1", "v1", &[w.url()], &["--token-file", &token]);
+    r1.wait_serving(READY).await;
+
+    let open = r1.client();
+    let good = query(&data[..DIMS], 5);
+    let code_and_message = |e: tonic::Status| (e.code(), e.message().to_string());
+    let (code, message) = code_and_message(open.search(query(&data[..DIMS + 1], 5)).await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("field `vector` = 33 values"), "{message}");
+    let (code, message) = code_and_message(open.search(SearchRequest { k: 0, ..good.clone() }).await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("field `k` = 0"), "{message}");
+    let mut nan = data[..DIMS].to_vec();
+    nan[4] = f32::NAN;
+    let (code, message) = code_and_message(open.search(query(&nan, 5)).await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("vector[4]"), "{message}");
+    let unknown = SearchRequest { collection: "nope".into(), ..good.clone() };
+    assert_eq!(open.search(unknown).await.unwrap_err().code(), Code::NotFound);
+    let (code, message) = code_and_message(open.status("v1").await.unwrap_err());
+    assert_eq!(code, Code::Unauthenticated, "{message}");
+    assert!(message.contains("missing bearer token"), "{message}");
+    let wrong = Client::new(&r1.url(), ClientOptions { token: Some("guess".into()), ..Default::default() }).unwrap();
+    assert_eq!(wrong.status("v1").await.unwrap_err().code(), Code::Unauthenticated);
+    let writer_open = w.client();
+    let push = proto::WriteBatch { collection: "v1".into(), records: vec![] };
+    let denied = writer_open.ingest_client().write(futures::stream::iter(vec![push])).await.unwrap_err();
+    assert_eq!(denied.code(), Code::Unauthenticated);
+
+    // Still serving, and the token opens Admin.
+    assert_eq!(open.search(good).await.unwrap().hits.len(), 5);
+    let trusted = Client::new(&r1.url(), ClientOptions { token: Some("s3cret".into()), ..Default::default() }).unwrap();
+    assert_eq!(trusted.status("v1").await.unwrap().count, N as u64);
+    let metrics = http_get(r1.http.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains(r#"quiver_requests_total{method="quiver.v1.Search/Search",code="InvalidArgument"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"quiver_requests_total{method="quiver.v1.Admin/Status",code="Unauthenticated"} 2"#),
+        "{metrics}"
+    );
+    assert!(http_get(r1.http.unwrap(), "/readyz").await.starts_with("HTTP/1.1 200"));
+}
+
+/// A plain HTTP/1.1 GET: the whole response as text.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: quiver\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// `quiver bench --endpoint` measures a running engine through gRPC and reports in the same
+/// JSON shape as the in-process bench.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_through_grpc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w, _) = built(dir, "v1", 1).await;
+    let qs = quiver_engine::datagen::Clustered::new(DIMS, 1).generate(50, 1);
+    let qpath = dir.join("queries.npy");
+    quiver_engine::import::npy::write_f32(&qpath, 50, DIMS, &qs).unwrap();
+    let json = dir.join("bench.json");
+    let (status, out, err) = run(&[
+        "bench",
+        "--endpoint",
+        &w.url(),
+        "--collection",
+        "v1",
+        "--queries",
+        &qpath.display().to_string(),
+        "--signscan",
+        "10,200",
+        "--search-k",
+        "0",
+        "--warmup",
+        "10",
+        "--threads",
+        "1,4",
+        "--json",
+        &json.display().to_string(),
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains(&format!("endpoint={}", w.url())), "{out}");
+    let report = read_json(&json);
+    assert_eq!(report["endpoint"], w.url());
+    assert_eq!(report["dataset"]["n"], N);
+    let runs = report["runs"].as_array().unwrap();
+    let labels: Vec<_> = runs.iter().map(|r| r["setting"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["exact", "signscan rerank=10", "signscan rerank=200", "arroy search_k=default"]);
+    assert_eq!(runs[0]["recall_at_k"], 1.0);
+    assert!(runs[2]["recall_at_k"].as_f64().unwrap() >= runs[1]["recall_at_k"].as_f64().unwrap());
+    let throughput = report["throughput"].as_array().unwrap();
+    assert_eq!(throughput.len(), 2);
+    assert!(throughput.iter().all(|t| t["qps"].as_f64().unwrap() > 0.0));
+}

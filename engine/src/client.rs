@@ -1,0 +1,290 @@
+//! A Rust client for a quiver engine: lazy connection that reconnects by itself, exponential
+//! backoff with jitter, retries of UNAVAILABLE on idempotent calls, a bearer token on every
+//! call, TLS for `https://` targets, and an optional health heartbeat that moves the client
+//! off a server that went NOT_SERVING (drained) onto whatever the address now leads to.
+
+use crate::error::{Error, Result};
+use crate::serve::proto::admin_client::AdminClient;
+use crate::serve::proto::ingest_client::IngestClient;
+use crate::serve::proto::search_client::SearchClient;
+use crate::serve::proto::snapshot_client::SnapshotClient;
+use crate::serve::proto::{self};
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub token: Option<String>,
+    /// PEM CA to trust for `https://` targets (the system roots are not consulted).
+    pub tls_ca: Option<Vec<u8>>,
+    pub connect_timeout: Duration,
+    /// Per call; `None` waits as long as the call takes (verify, seal).
+    pub timeout: Option<Duration>,
+    /// Attempts of an idempotent call, the first included.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            token: None,
+            tls_ca: None,
+            connect_timeout: Duration::from_secs(5),
+            timeout: None,
+            attempts: 6,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct AddToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for AddToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, AddToken>;
+
+#[derive(Clone)]
+pub struct Client {
+    target: String,
+    endpoint: Endpoint,
+    channel: Arc<RwLock<Channel>>,
+    token: AddToken,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("target", &self.target).finish()
+    }
+}
+
+impl Client {
+    /// A client of `target` (`host:port`, `http://...` or `https://...`); nothing is sent
+    /// until the first call. Call it inside a tokio runtime.
+    pub fn new(target: &str, options: ClientOptions) -> Result<Client> {
+        let url = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
+        let bad = |reason: String| Error::Remote { target: target.to_string(), reason };
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| bad(format!("not a valid address: {e}")))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        if let Some(timeout) = options.timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        if url.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            if let Some(ca) = &options.tls_ca {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(format!("TLS: {e}")))?;
+        }
+        let token = match &options.token {
+            Some(t) => Some(
+                format!("Bearer {}", t.trim()).parse().map_err(|_| bad("the token is not valid header text".into()))?,
+            ),
+            None => None,
+        };
+        let channel = endpoint.connect_lazy();
+        Ok(Client {
+            target: target.to_string(),
+            endpoint,
+            channel: Arc::new(RwLock::new(channel)),
+            token: AddToken(token),
+            options,
+        })
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    fn channel(&self) -> Authed {
+        InterceptedService::new(self.channel.read().expect("channel lock").clone(), self.token.clone())
+    }
+
+    /// Drops the current connection; the next call opens a new one (through a load balancer,
+    /// possibly to another backend).
+    pub fn reconnect(&self) {
+        *self.channel.write().expect("channel lock") = self.endpoint.connect_lazy();
+    }
+
+    pub fn search_client(&self) -> SearchClient<Authed> {
+        let limit = self.options.max_message_bytes;
+        SearchClient::new(self.channel()).max_decoding_message_size(limit).max_encoding_message_size(limit)
+    }
+
+    pub fn admin_client(&self) -> AdminClient<Authed> {
+        AdminClient::new(self.channel()).max_decoding_message_size(self.options.max_message_bytes)
+    }
+
+    pub fn ingest_client(&self) -> IngestClient<Authed> {
+        IngestClient::new(self.channel()).max_encoding_message_size(self.options.max_message_bytes)
+    }
+
+    pub fn snapshot_client(&self) -> SnapshotClient<Authed> {
+        SnapshotClient::new(self.channel()).max_decoding_message_size(self.options.max_message_bytes)
+    }
+
+    /// Runs an idempotent call, retrying transport failures and UNAVAILABLE with exponential
+    /// backoff and jitter, on a fresh connection after the first failure.
+    pub async fn idempotent<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut delay = self.options.backoff;
+        let mut attempt = 1;
+        loop {
+            match call(self.clone()).await {
+                Err(status) if attempt < self.options.attempts && retryable(&status) => {
+                    tracing::debug!(target = %self.target, attempt, %status, "retrying");
+                    if attempt > 1 {
+                        self.reconnect();
+                    }
+                    let jitter = rand::random_range(0.5..1.5);
+                    tokio::time::sleep(delay.mul_f64(jitter)).await;
+                    delay = (delay * 2).min(self.options.max_backoff);
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    pub async fn search(&self, request: proto::SearchRequest) -> Result<proto::SearchResponse, Status> {
+        self.idempotent(|c| {
+            let request = request.clone();
+            async move { c.search_client().search(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn batch_search(&self, request: proto::BatchSearchRequest) -> Result<proto::BatchSearchResponse, Status> {
+        self.idempotent(|c| {
+            let request = request.clone();
+            async move { c.search_client().batch_search(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn status(&self, collection: &str) -> Result<proto::StatusResponse, Status> {
+        let request = proto::StatusRequest { collection: collection.to_string() };
+        self.idempotent(|c| {
+            let request = request.clone();
+            async move { c.admin_client().status(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn warmup(&self, request: proto::WarmupRequest) -> Result<proto::WarmupResponse, Status> {
+        self.idempotent(|c| {
+            let request = request.clone();
+            async move { c.admin_client().warmup(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn verify(&self, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, Status> {
+        self.idempotent(|c| {
+            let request = request.clone();
+            async move { c.admin_client().verify(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn drain(&self) -> Result<(), Status> {
+        self.idempotent(|c| async move { c.admin_client().drain(proto::DrainRequest {}).await.map(|_| ()) }).await
+    }
+
+    pub async fn progress(&self, collection: &str) -> Result<proto::ProgressResponse, Status> {
+        let request = proto::ProgressRequest { collection: collection.to_string() };
+        self.idempotent(|c| {
+            let request = request.clone();
+            async move { c.ingest_client().progress(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn snapshot_manifest(&self, collection: &str) -> Result<proto::ManifestResponse, Status> {
+        let request = proto::ManifestRequest { collection: collection.to_string() };
+        self.idempotent(|c| {
+            let request = request.clone();
+            async move { c.snapshot_client().manifest(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// The health of `service` ("" = the whole server).
+    pub async fn health(&self, service: &str) -> Result<ServingStatus, Status> {
+        let request = tonic_health::pb::HealthCheckRequest { service: service.to_string() };
+        let channel = self.channel.read().expect("channel lock").clone();
+        let response = HealthClient::new(channel).check(request).await?;
+        Ok(response.into_inner().status())
+    }
+
+    /// Checks the server's health every `interval` and reconnects when it is not SERVING, so
+    /// a client pinned to a drained replica moves on even when idle. Stops with the returned
+    /// handle.
+    pub fn heartbeat(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let client = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                match client.health("").await {
+                    Ok(ServingStatus::Serving) => {}
+                    other => {
+                        tracing::debug!(target = %client.target, ?other, "not serving: reconnecting");
+                        client.reconnect();
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Failures a retry can fix: the server was unavailable, or the connection under the call
+/// closed (a GOAWAY race, a reset) before an answer came; idempotent calls are safe to resend.
+pub fn retryable(status: &Status) -> bool {
+    // A status the server sent has no source; one raised by the local transport (refused
+    // stream after GOAWAY, connection closed mid-call) carries the transport error, whatever
+    // code it was mapped to.
+    status.code() == Code::Unavailable
+        || std::error::Error::source(status).is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transport_failures_are_retried() {
+        assert!(retryable(&Status::unavailable("down")));
+        assert!(!retryable(&Status::cancelled("the caller gave up")));
+        assert!(!retryable(&Status::invalid_argument("k = 0")));
+        assert!(!retryable(&Status::not_found("nope")));
+    }
+}

@@ -1,0 +1,126 @@
+//! The writer's pipeline for one collection: import, build, seal, write the snapshot, with the
+//! stage it is in readable at any time (Ingest.Progress, the operator).
+
+use crate::Collection;
+use crate::collection::builder::{BuildOptions, BuildProgress, import_and_build};
+use crate::error::{Error, Result};
+use crate::import::Records;
+use crate::metrics::Metrics;
+use crate::snapshot::{SnapshotInfo, Store};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    /// Nothing imported yet: waiting for Ingest writes.
+    Waiting,
+    /// Ingest writes are being spooled.
+    Receiving,
+    /// import_and_build is running (its own phase is in the build progress).
+    Building,
+    Snapshotting,
+    Sealed,
+    Failed(String),
+}
+
+/// Where a writer's collection stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// waiting, receiving, importing, building, calibrating, snapshotting, sealed, failed.
+    pub phase: &'static str,
+    pub rows: u64,
+    pub message: String,
+}
+
+pub struct Publisher {
+    root: PathBuf,
+    options: BuildOptions,
+    build: Arc<BuildProgress>,
+    stage: Mutex<Stage>,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    pub fn new(root: &Path, mut options: BuildOptions, metrics: Arc<Metrics>) -> Publisher {
+        let build = Arc::new(BuildProgress::default());
+        options.observer = Some(build.clone());
+        Publisher { root: root.to_path_buf(), options, build, stage: Mutex::new(Stage::Waiting), metrics }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    pub fn options(&self) -> &BuildOptions {
+        &self.options
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.stage.lock().expect("stage lock").clone()
+    }
+
+    pub fn set_stage(&self, stage: Stage) {
+        *self.stage.lock().expect("stage lock") = stage;
+    }
+
+    pub fn progress(&self) -> Progress {
+        let stage = self.stage();
+        let (phase, message) = match &stage {
+            Stage::Waiting => ("waiting", String::new()),
+            Stage::Receiving => ("receiving", String::new()),
+            Stage::Building => (self.build.phase().map(|p| p.as_str()).unwrap_or("importing"), String::new()),
+            Stage::Snapshotting => ("snapshotting", String::new()),
+            Stage::Sealed => ("sealed", String::new()),
+            Stage::Failed(reason) => ("failed", reason.clone()),
+        };
+        Progress { phase, rows: self.build.rows(), message }
+    }
+
+    /// A collection sealed by an earlier run of this writer: opened, its snapshot written if
+    /// the earlier run stopped before that.
+    pub fn recover(&self) -> Result<Option<(Arc<Collection>, SnapshotInfo)>> {
+        let dir = self.root.join(self.name());
+        if !dir.join("data.mdb").exists() {
+            return Ok(None);
+        }
+        self.finish(Collection::open(&dir)?).map(Some)
+    }
+
+    /// Imports, builds and seals `records`, then writes the snapshot. On failure nothing is
+    /// left behind but the reason, in the stage.
+    pub fn publish(&self, records: Records) -> Result<(Arc<Collection>, SnapshotInfo)> {
+        self.set_stage(Stage::Building);
+        let rows_before = self.build.rows();
+        let result = import_and_build(&self.root, &self.options, records)
+            .and_then(|manifest| {
+                self.metrics.build_seconds.set(manifest.timings.build_s);
+                Collection::open(&self.root.join(self.name()))
+            })
+            .and_then(|c| self.finish(c));
+        self.metrics.import_rows.inc_by(self.build.rows() - rows_before);
+        if let Err(e) = &result {
+            self.set_stage(Stage::Failed(e.to_string()));
+        }
+        result
+    }
+
+    fn finish(&self, collection: Collection) -> Result<(Arc<Collection>, SnapshotInfo)> {
+        self.set_stage(Stage::Snapshotting);
+        let info =
+            Store::new(&self.root).write(&collection).inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
+        self.set_stage(Stage::Sealed);
+        tracing::info!(collection = %info.collection, size = info.size, sha256 = %info.sha256, "snapshot written");
+        Ok((Arc::new(collection), info))
+    }
+
+    /// Refuses writes once the collection is sealed or being built.
+    pub fn check_open_for_writes(&self) -> Result<()> {
+        match self.stage() {
+            Stage::Waiting | Stage::Receiving | Stage::Failed(_) => Ok(()),
+            Stage::Sealed => Err(Error::Sealed { name: self.name().to_string(), operation: "ingest".into() }),
+            Stage::Building | Stage::Snapshotting => {
+                Err(Error::Sealed { name: self.name().to_string(), operation: "ingest while building".into() })
+            }
+        }
+    }
+}

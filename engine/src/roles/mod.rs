@@ -1,0 +1,111 @@
+//! The serving roles of the `quiver` binary and the jobs the operator runs: each turns its
+//! command-line arguments into a [`Node`] with its services, and runs it until SIGTERM.
+
+pub mod jobs;
+pub mod replica;
+pub mod standalone;
+pub mod writer;
+
+use crate::cli::{ServeArgs, TokenArgs};
+use crate::error::{Error, Result};
+use crate::serve::{Node, ServeConfig, ingest::IngestService};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl TokenArgs {
+    /// The token from --token-file (trailing newline ignored) or --token.
+    pub fn read(&self) -> Result<Option<String>> {
+        match (&self.token_file, &self.token) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("reading the token file {}", path.display()), e))?;
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(Error::io(
+                        format!("reading the token file {}", path.display()),
+                        std::io::Error::other("the file is empty"),
+                    ));
+                }
+                Ok(Some(token))
+            }
+            (None, Some(token)) => Ok(Some(token.trim().to_string())),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Result<ServeConfig> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        Ok(ServeConfig {
+            max_connection_age: self.max_connection_age_secs.map(Duration::from_secs),
+            max_message_bytes: self.max_message_bytes,
+            token: self.token.read()?,
+            search_requires_token: self.search_requires_token,
+            tls,
+            drain_delay: Duration::from_secs(self.drain_delay_secs),
+        })
+    }
+}
+
+/// The bound sockets of a role, bound before any slow start-up work so probes can connect.
+pub struct Listeners {
+    pub grpc: tokio::net::TcpListener,
+    pub http: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(args: &ServeArgs) -> Result<Listeners> {
+        let bind = |addr| async move {
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))
+        };
+        let grpc = bind(args.listen).await?;
+        let http = match args.http_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let local = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        // One parseable line, for scripts and tests that bind port 0.
+        eprintln!(
+            "quiver listening grpc={} http={}",
+            local(&grpc),
+            http.as_ref().map(local).unwrap_or_else(|| "-".into())
+        );
+        Ok(Listeners { grpc, http })
+    }
+}
+
+/// Serves gRPC (and HTTP when bound) for `node` until `stop` resolves; HTTP stops after gRPC
+/// has drained, so probes keep answering NOT READY while calls finish.
+pub async fn run(
+    node: Arc<Node>,
+    listeners: Listeners,
+    config: ServeConfig,
+    ingest: Option<IngestService>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = listeners.http.map(|listener| {
+        tokio::spawn(crate::serve::http::serve(node.clone(), listener, async {
+            let _ = http_stopped.await;
+        }))
+    });
+    let served = crate::serve::serve(node, listeners.grpc, config, ingest, stop).await;
+    let _ = http_stop.send(());
+    if let Some(http) = http {
+        http.await.map_err(|e| Error::io("HTTP server", std::io::Error::other(e)))??;
+    }
+    served
+}
+
+/// A tokio runtime for a role.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))
+}

@@ -1,0 +1,194 @@
+//! `quiver replica`: fetches its collection's snapshot from the writer or a ready peer
+//! (resuming a partial download), checks the sha256 and the manifest, preloads and warms the
+//! collection, and only then reports SERVING; it then serves Search and, to later peers, the
+//! same snapshot. A snapshot that fails its checks is discarded and never served.
+
+use super::{Listeners, runtime};
+use crate::alias::Catalog;
+use crate::cli::ReplicaArgs;
+use crate::client::{Client, ClientOptions};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::serve::{Node, termination};
+use crate::snapshot::download::Partial;
+use crate::snapshot::{SnapshotInfo, Store};
+use crate::warmup::{WarmupOptions, warm};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub fn run(a: ReplicaArgs) -> Result<i32> {
+    crate::collection::builder::check_name(&a.collection)?;
+    let root = a.dir.data_dir.clone();
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+    let tls_ca = match &a.tls_ca {
+        Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?),
+        None => None,
+    };
+    runtime()?.block_on(async {
+        let config = a.serve.config()?;
+        let client_options = ClientOptions { token: config.token.clone(), tls_ca, ..Default::default() };
+        let listeners = Listeners::bind(&a.serve).await?;
+        let metrics = Arc::new(Metrics::new());
+        let mut node = Node::new(Arc::new(Catalog::open(&root)?), metrics.clone()).await;
+        node.default_collection = Some(a.collection.clone());
+        node.snapshots = Some(Store::new(&root));
+        let node = Arc::new(node);
+
+        // Serve (NOT_SERVING) while preparing, so probes and Admin.Status answer meanwhile.
+        let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            tokio::select! {
+                _ = termination() => {}
+                _ = aborted => {}
+            }
+        };
+        let mut server = tokio::spawn(super::run(node.clone(), listeners, config, None, stop));
+        let joined = |r: Result<Result<()>, tokio::task::JoinError>| {
+            r.map_err(|e| Error::io("serving", std::io::Error::other(e)))?
+        };
+        let prepared = tokio::select! {
+            prepared = prepare(&a, &root, node.clone(), client_options) => prepared,
+            // SIGTERM before the replica was ready: stop preparing.
+            served = &mut server => return joined(served).map(|()| 0),
+        };
+        let code = match prepared {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: quiver replica: {e}");
+                let _ = abort.send(());
+                1
+            }
+        };
+        joined(server.await)?;
+        Ok::<_, Error>(code)
+    })
+}
+
+/// Fetch (unless a verified snapshot is already here), install, preload, warm, then ready.
+async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, options: ClientOptions) -> Result<()> {
+    let started = Instant::now();
+    let store = Store::new(root);
+    let info = match store.info(&a.collection)? {
+        Some(info) => {
+            eprintln!("quiver replica: snapshot of {} already here (sha256 {})", a.collection, info.sha256);
+            info
+        }
+        None => fetch(a, &store, &node.metrics, &options).await?,
+    };
+    let fetched_s = started.elapsed().as_secs_f64();
+    let (root, max_queries) = (PathBuf::from(root), a.warmup_max_queries);
+    let (collection, report) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let collection = store.install(&root, &info)?;
+        let report = warm(&collection, &WarmupOptions { max_queries, ..Default::default() })?;
+        Ok((Arc::new(collection), report))
+    })
+    .await
+    .map_err(|e| Error::io("installing the snapshot", std::io::Error::other(e)))??;
+    node.catalog.adopt(collection);
+    node.set_ready(true).await;
+    eprintln!(
+        "quiver replica: {} SERVING after {:.2}s (snapshot {:.2}s, cold first query {:.2} ms, warm p99 {:.2} ms)",
+        a.collection,
+        started.elapsed().as_secs_f64(),
+        fetched_s,
+        report.cold_first_query_ms,
+        report.warm_p99_ms
+    );
+    Ok(())
+}
+
+/// Tries every source in turn until one delivers a snapshot that passes its checks; transient
+/// failures back off and retry until the timeout, a checksum failure from every source ends it.
+async fn fetch(a: &ReplicaArgs, store: &Store, metrics: &Metrics, options: &ClientOptions) -> Result<SnapshotInfo> {
+    let deadline = Instant::now() + Duration::from_secs(a.fetch_timeout_secs);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let mut corrupt = Vec::new();
+        for source in &a.snapshot_from {
+            let client = Client::new(source, options.clone())?;
+            match fetch_from(&client, &a.collection, store, metrics, a.fetch_bytes_per_sec).await {
+                Ok(info) => return Ok(info),
+                Err(e @ Error::Snapshot { .. }) => {
+                    eprintln!("quiver replica: {source}: {e}");
+                    corrupt.push(format!("{source}: {e}"));
+                }
+                Err(e) => eprintln!("quiver replica: {source}: {e}; will retry"),
+            }
+        }
+        if corrupt.len() == a.snapshot_from.len() {
+            return Err(Error::Snapshot {
+                collection: a.collection.clone(),
+                reason: format!("no source delivered a snapshot that passes its checks: {}", corrupt.join("; ")),
+            });
+        }
+        if Instant::now() + delay > deadline {
+            return Err(Error::Snapshot {
+                collection: a.collection.clone(),
+                reason: format!("no source delivered the snapshot within {} s", a.fetch_timeout_secs),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn fetch_from(
+    client: &Client,
+    collection: &str,
+    store: &Store,
+    metrics: &Metrics,
+    bytes_per_sec: Option<u64>,
+) -> Result<SnapshotInfo> {
+    let remote = |e: tonic::Status| Error::Remote { target: client.target().to_string(), reason: e.to_string() };
+    let announced = client.snapshot_manifest(collection).await.map_err(remote)?;
+    let manifest = serde_json::from_str(&announced.manifest_json).map_err(|e| Error::Snapshot {
+        collection: collection.to_string(),
+        reason: format!("{} announced an unreadable manifest: {e}", client.target()),
+    })?;
+    let info =
+        SnapshotInfo { collection: announced.collection, size: announced.size, sha256: announced.sha256, manifest };
+    if info.collection != collection {
+        return Err(Error::Snapshot {
+            collection: collection.to_string(),
+            reason: format!("{} announced collection {:?}", client.target(), info.collection),
+        });
+    }
+    let mut partial = Partial::open(store, &info)?;
+    if partial.offset() > 0 {
+        eprintln!("quiver replica: resuming the snapshot download at byte {} of {}", partial.offset(), info.size);
+    }
+    let started = Instant::now();
+    let first = partial.offset();
+    if !partial.is_complete() {
+        let request =
+            crate::serve::proto::FetchRequest { collection: collection.to_string(), offset: partial.offset() };
+        let mut stream = client.snapshot_client().fetch(request).await.map_err(remote)?.into_inner();
+        while let Some(chunk) = stream.message().await.map_err(remote)? {
+            partial.append(chunk.offset, &chunk.data)?;
+            metrics.snapshot_fetched_bytes.inc_by(chunk.data.len() as u64);
+            if let Some(rate) = bytes_per_sec {
+                let due = Duration::from_secs_f64((partial.offset() - first) as f64 / rate.max(1) as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
+            }
+        }
+    }
+    if !partial.is_complete() {
+        return Err(Error::Remote {
+            target: client.target().to_string(),
+            reason: format!("the stream ended at byte {} of {}", partial.offset(), info.size),
+        });
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mib = (info.size - first) as f64 / (1 << 20) as f64;
+    eprintln!(
+        "quiver replica: fetched {mib:.1} MiB from {} in {secs:.2}s ({:.0} MiB/s); checking sha256",
+        client.target(),
+        mib / secs.max(1e-9)
+    );
+    tokio::task::spawn_blocking(move || partial.finish())
+        .await
+        .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))?
+}

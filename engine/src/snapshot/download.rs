@@ -1,0 +1,93 @@
+//! The replica's side of a snapshot transfer: a partial file that survives crashes and dropped
+//! connections, resumed from the bytes it holds, and checked before it becomes a snapshot.
+
+use super::{SnapshotInfo, Store, hash_file};
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// A download in progress of the snapshot `info` describes.
+pub struct Partial {
+    store: Store,
+    info: SnapshotInfo,
+    path: PathBuf,
+    file: File,
+    offset: u64,
+}
+
+impl Partial {
+    /// Opens the partial file for `info`, keeping the bytes already there when they belong to
+    /// the same snapshot (same sha256 recorded next to them), starting over otherwise.
+    pub fn open(store: &Store, info: &SnapshotInfo) -> Result<Partial> {
+        store.create_dir()?;
+        let path = store.file(&info.collection).with_extension("mdb.partial");
+        let marker = path.with_extension("partial.sha256");
+        let same = std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == info.sha256);
+        if !same {
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(&marker, &info.sha256).map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut offset = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
+        if offset > info.size {
+            // Longer than the snapshot: not ours to trust.
+            file.set_len(0).map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
+            offset = 0;
+        }
+        Ok(Partial { store: store.clone(), info: info.clone(), path, file, offset })
+    }
+
+    /// Bytes held so far: where the next fetch starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.offset == self.info.size
+    }
+
+    /// Appends a chunk that must start exactly at [`Partial::offset`].
+    pub fn append(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if offset != self.offset {
+            return Err(self.error(format!("chunk at byte {offset}, expected byte {}", self.offset)));
+        }
+        if self.offset + data.len() as u64 > self.info.size {
+            return Err(self.error(format!("source sent more than the announced {} bytes", self.info.size)));
+        }
+        self.file.write_all(data).map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+        self.offset += data.len() as u64;
+        Ok(())
+    }
+
+    /// Checks size and sha256 of the whole file; a good file becomes the finished snapshot, a
+    /// bad one is deleted (the next attempt starts from zero) and reported.
+    pub fn finish(self) -> Result<SnapshotInfo> {
+        self.file.sync_all().map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
+        let (size, sha256) = hash_file(&self.path)?;
+        let marker = self.path.with_extension("partial.sha256");
+        if size != self.info.size || sha256 != self.info.sha256 {
+            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_file(&marker);
+            return Err(self.error(format!(
+                "checksum mismatch: received {size} bytes with sha256 {sha256}, the source announced {} bytes \
+                 with sha256 {}; the file was discarded",
+                self.info.size, self.info.sha256
+            )));
+        }
+        let file = self.store.file(&self.info.collection);
+        std::fs::rename(&self.path, &file)
+            .map_err(|e| Error::io(format!("moving {} into place", self.path.display()), e))?;
+        let _ = std::fs::remove_file(&marker);
+        self.store.publish(&self.info)?;
+        Ok(self.info)
+    }
+
+    fn error(&self, reason: String) -> Error {
+        Error::Snapshot { collection: self.info.collection.clone(), reason }
+    }
+}
