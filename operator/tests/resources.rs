@@ -121,6 +121,7 @@ fn every_container_command_parses_with_the_engine_cli() {
                     );
                     assert_eq!(r.warmup_max_queries, vc.spec.warmup.max_queries as usize);
                     assert_eq!(r.serve.max_connection_age_secs, vc.spec.replicas.max_connection_age_seconds);
+                    assert_eq!(r.serve.drain_delay_secs, 5);
                 }
                 ("warmup", Command::Warmup(w)) => {
                     assert_eq!(w.remote.target, Some(format!("http://{name}-replicas:7700")));

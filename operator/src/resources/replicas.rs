@@ -13,6 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 pub const DEFAULT_COUNT: i32 = 2;
+/// Seconds a terminating replica keeps answering while Services stop routing to it.
+pub const DRAIN_DELAY_SECS: u64 = 5;
 
 /// Whether an HPA owns the replica count.
 pub fn autoscaled(spec: &ReplicasSpec) -> bool {
@@ -35,6 +37,8 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     flag(&mut args, "listen", format!("0.0.0.0:{GRPC_PORT}"));
     flag(&mut args, "http-listen", format!("0.0.0.0:{}", super::HTTP_PORT));
     flag(&mut args, "warmup-max-queries", vc.spec.warmup.max_queries);
+    // On SIGTERM stay NOT_SERVING this long before closing, while endpoints drop the pod.
+    flag(&mut args, "drain-delay-secs", DRAIN_DELAY_SECS);
     optional_flag(&mut args, "max-connection-age-secs", vc.spec.replicas.max_connection_age_seconds);
     args
 }
