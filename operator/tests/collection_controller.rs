@@ -331,6 +331,28 @@ async fn a_settled_collection_writes_nothing_but_its_owned_objects() {
 }
 
 #[tokio::test]
+async fn a_ready_collection_losing_a_replica_stays_ready_degraded_and_keeps_its_verification() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let mut ready = stored_status("Ready");
+    ready["verification"] =
+        json!([{"name": "recall", "measured": 0.97, "comparison": ">=", "threshold": 0.95, "passed": true}]);
+    run(reconcile(collection(false, ready), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        replicas_applied(&mut h.server, 1).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Ready");
+        assert_eq!(status["message"], "1/2 replicas ready");
+        assert_eq!(status["verification"][0]["measured"], 0.97);
+        assert_eq!(condition(&status, "Degraded"), ("True".into(), "ReplicasUnavailable".into()));
+        assert_eq!(condition(&status, "Verified").0, "True");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn a_new_generation_restarts_the_pipeline_and_removes_old_jobs() {
     let mut h = harness();
     let mut vc = (*collection(false, stored_status("Ready"))).clone();

@@ -4,7 +4,6 @@
 //! Kubernetes 1.33 JSON schemas.
 
 use clap::Parser;
-use k8s_openapi::api::core::v1::PodTemplateSpec;
 use quiver_engine::cli::{Cli, Command};
 use quiver_operator::crd::{CollectionAlias, VectorCollection};
 use quiver_operator::resources::{CollectionObjects, Defaults, alias_service};
@@ -75,27 +74,17 @@ fn golden_alias_service() {
     insta::assert_snapshot!("alias_service", serde_yaml::to_string(&service).unwrap());
 }
 
-fn templates(o: &CollectionObjects) -> Vec<(&'static str, &PodTemplateSpec)> {
-    let spec = |name, t| (name, t);
-    vec![
-        spec("writer", &o.writer.spec.as_ref().unwrap().template),
-        spec("replica", &o.replicas.spec.as_ref().unwrap().template),
-        spec("warmup", &o.warmup.spec.as_ref().unwrap().template),
-        spec("verify", &o.verify.spec.as_ref().unwrap().template),
-    ]
-}
-
 /// The engine's clap CLI accepts every rendered command, and reads back what the spec says.
 #[test]
 fn every_container_command_parses_with_the_engine_cli() {
     for vc in [example(), pushed()] {
         let objects = CollectionObjects::render(&vc, &defaults());
-        for (role, template) in templates(&objects) {
+        for (role, template) in objects.pod_templates() {
             let container = &template.spec.as_ref().unwrap().containers[0];
             let argv = container.command.iter().flatten().chain(container.args.iter().flatten());
-            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{role}: {e}"));
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{role:?}: {e}"));
             let name = vc.metadata.name.clone().unwrap();
-            match (role, cli.command) {
+            match (role.as_str(), cli.command) {
                 ("writer", Command::Writer(w)) => {
                     assert_eq!(w.collection, name);
                     assert_eq!(w.build.dimensions, Some(vc.spec.dimensions as usize));
@@ -190,13 +179,13 @@ fn every_object_is_owned_by_its_collection_and_pods_are_restricted() {
         assert_eq!(owner["controller"].as_bool(), Some(true));
         assert_eq!(doc["metadata"]["labels"]["quiver.dev/collection"].as_str(), Some("docs-v7"));
     }
-    for (role, t) in templates(&o) {
+    for (role, t) in o.pod_templates() {
         let pod = t.spec.as_ref().unwrap();
-        assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true), "{role}");
+        assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true), "{role:?}");
         let c = pod.containers[0].security_context.as_ref().unwrap();
-        assert_eq!(c.read_only_root_filesystem, Some(true), "{role}");
-        assert_eq!(c.allow_privilege_escalation, Some(false), "{role}");
-        assert_eq!(c.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]), "{role}");
+        assert_eq!(c.read_only_root_filesystem, Some(true), "{role:?}");
+        assert_eq!(c.allow_privilege_escalation, Some(false), "{role:?}");
+        assert_eq!(c.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]), "{role:?}");
         assert_eq!(pod.containers[0].image.as_deref(), Some("registry.example/quiver:pinned"));
     }
     // Jobs are per generation, so a spec change runs them again.

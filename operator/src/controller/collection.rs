@@ -242,7 +242,11 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         wanted_replicas: wanted,
         warmup: JobState::Absent,
         verify: JobState::Absent,
-        gates: Vec::new(),
+        // What the verify Job reported for this generation, unless it is read again below.
+        gates: previous
+            .filter(|s| s.observed_generation == Some(generation))
+            .map(|s| s.verification.clone())
+            .unwrap_or_default(),
     };
     // Replicas only once there is a snapshot to fetch (the machine remembers a seal).
     let sealed = phase::next(previous, &observed);

@@ -13,7 +13,7 @@ use crate::crd::VectorCollection;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 /// gRPC port of every role (Search, Admin, Ingest, Snapshot, health).
@@ -61,6 +61,20 @@ impl CollectionObjects {
             warmup: jobs::warmup(vc, defaults),
             verify: jobs::verify(vc, defaults),
         }
+    }
+
+    /// Each pod template with its role: the commands the pods run (the local e2e runs them as
+    /// processes).
+    pub fn pod_templates(&self) -> Vec<(labels::Role, &PodTemplateSpec)> {
+        fn template(spec: Option<&PodTemplateSpec>) -> &PodTemplateSpec {
+            spec.expect("builders always set a spec")
+        }
+        vec![
+            (labels::Role::Writer, template(self.writer.spec.as_ref().map(|s| &s.template))),
+            (labels::Role::Replica, template(self.replicas.spec.as_ref().map(|s| &s.template))),
+            (labels::Role::Warmup, template(self.warmup.spec.as_ref().map(|s| &s.template))),
+            (labels::Role::Verify, template(self.verify.spec.as_ref().map(|s| &s.template))),
+        ]
     }
 
     /// All objects as YAML documents, in apply order.
