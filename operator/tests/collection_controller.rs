@@ -193,10 +193,20 @@ async fn a_published_snapshot_brings_up_the_replicas() {
         let hpa = h.server.apply(HPA, Value::Null).await;
         assert_eq!(hpa.body, serde_json::to_value(expected.autoscaler.as_ref().unwrap()).unwrap());
         h.server.apply(PDB, Value::Null).await;
+        // Still short of replicas: why the missing one is not ready.
+        let stuck = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "products-v2-replicas-abc"},
+            "status": {"containerStatuses": [{"name": "quiver", "image": "quiver:test", "imageID": "", "ready": false,
+                "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 2, "message": "snapshot sha256 mismatch"}}}]}});
+        let pods = h.server.expect("GET", PODS, 200, list("Pod", vec![running_pod("10.1.2.9"), stuck])).await;
+        assert!(pods.uri.contains("quiver.dev%2Frole%3Dreplica"), "{}", pods.uri);
         let status = status_patch(&mut h.server).await;
         let status = &status.body["status"];
         assert_eq!(status["phase"], "Replicating");
-        assert_eq!(status["message"], "1/2 replicas ready");
+        assert_eq!(
+            status["message"],
+            "1/2 replicas ready; replica products-v2-replicas-abc: CrashLoopBackOff: snapshot sha256 mismatch"
+        );
         assert_eq!((status["vectorCount"].as_u64(), status["readyReplicas"].as_i64()), (Some(50000), Some(1)));
         assert_eq!(status["searchSetting"], "signscan quality=100");
         h.server.event(NS).await;

@@ -177,6 +177,14 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
     })
 }
 
+/// The first replica pod that is stuck (e.g. a snapshot that fails its checksum, crash-looping).
+async fn replica_problem(ctx: &Context, ns: &str, name: &str) -> Result<Option<String>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{}={name},{}={}", labels::COLLECTION, labels::ROLE, Role::Replica.as_str());
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list.iter().find_map(|p| pod_problem(p).map(|problem| format!("replica {}: {problem}", p.name_any()))))
+}
+
 fn job_state(job: Option<&Job>) -> JobState {
     let Some(status) = job.and_then(|j| j.status.as_ref()) else {
         return if job.is_some() { JobState::Running } else { JobState::Absent };
@@ -265,6 +273,12 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let mut decision = phase::next(previous, &observed);
     if let (Phase::Pending, Some(problem)) = (decision.phase, writer_problem) {
         decision.message = Some(format!("waiting for the writer: {problem}"));
+    }
+    if decision.phase == Phase::Replicating
+        && let Some(problem) = replica_problem(ctx, &ns, &name).await?
+    {
+        let short = decision.message.take().unwrap_or_default();
+        decision.message = Some(format!("{short}; {problem}"));
     }
     // Start the Job the pipeline is waiting for.
     match decision.phase {
