@@ -344,6 +344,9 @@ pub struct CollectionAliasStatus {
     /// Most recent first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AliasSwitch>,
+    /// The previous target whose replicas were told to drain after the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<String>,
     /// The schedule time (RFC 3339) of the last rebuild started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rebuild: Option<String>,

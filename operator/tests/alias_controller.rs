@@ -5,10 +5,12 @@
 mod common;
 
 use common::{harness, list, not_found, run};
+use kube::runtime::controller::Action;
 use quiver_operator::controller::alias::reconcile;
 use quiver_operator::crd::CollectionAlias;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::Duration;
 
 const NS: &str = "search";
 const ALIAS: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/collectionaliases/products";
@@ -143,10 +145,10 @@ async fn a_missing_target_keeps_the_alias_where_it_is() {
 }
 
 #[tokio::test]
-async fn switch_keeps_the_previous_target_and_drains_its_replicas() {
+async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     let mut h = harness();
     let ca = alias("products-v2", serving("products-v1", None));
-    run(reconcile(ca, h.ctx.clone()), async {
+    let action = run(reconcile(ca, h.ctx.clone()), async {
         h.server
             .expect("GET", &format!("{VCS}/products-v2"), 200, collection("products-v2", "Ready", 1, 1, true))
             .await;
@@ -160,8 +162,21 @@ async fn switch_keeps_the_previous_target_and_drains_its_replicas() {
         assert_eq!(status["history"][0], json!({"collection": "products-v2", "at": AT}));
         assert_eq!(status["history"][1]["collection"], "products-v1");
         assert_eq!(status.get("message"), None);
+        assert_eq!(status.get("drained"), None, "not before the endpoints moved");
         let (reason, note) = h.server.event(NS).await;
         assert_eq!((reason.as_str(), note.as_str()), ("Switched", "now serving products-v2 (was products-v1)"));
+    })
+    .await
+    .unwrap();
+    assert!(h.drainer.drained.lock().unwrap().is_empty());
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+
+    // The next look, 10 seconds after the switch: the old replicas are told to drain, once.
+    let mut switched = settled_on("products-v2");
+    switched["previous"] = json!("products-v1");
+    switched["switchedAt"] = json!("2025-11-25T11:59:50Z");
+    run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
+        h.server.apply(SERVICE, Value::Null).await;
         let pods = h
             .server
             .expect("GET", PODS, 200, list("Pod", vec![replica_pod("10.0.0.7"), replica_pod("10.0.0.8")]))
@@ -171,6 +186,9 @@ async fn switch_keeps_the_previous_target_and_drains_its_replicas() {
             "{}",
             pods.uri
         );
+        assert_eq!(h.server.event(NS).await, ("Drained".into(), "told 2 replicas of products-v1 to drain".into()));
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status["drained"], "products-v1");
     })
     .await
     .unwrap();
@@ -180,9 +198,10 @@ async fn switch_keeps_the_previous_target_and_drains_its_replicas() {
 #[tokio::test]
 async fn rollback_to_a_still_ready_previous_target_is_immediate() {
     let mut h = harness();
-    // v2 serves, v1 is the previous target; the user sets spec.collection back to v1.
-    let ca = alias("products-v1", serving("products-v2", Some("products-v1")));
-    run(reconcile(ca, h.ctx.clone()), async {
+    // v2 serves, v1 is the previous target (drained); the user sets spec.collection back to v1.
+    let mut status = serving("products-v2", Some("products-v1"));
+    status["drained"] = json!("products-v1");
+    let action = run(reconcile(alias("products-v1", status), h.ctx.clone()), async {
         h.server
             .expect("GET", &format!("{VCS}/products-v1"), 200, collection("products-v1", "Ready", 1, 1, true))
             .await;
@@ -194,22 +213,27 @@ async fn rollback_to_a_still_ready_previous_target_is_immediate() {
             (Some("products-v1"), Some("products-v2"))
         );
         assert_eq!(h.server.event(NS).await.1, "now serving products-v1 (was products-v2)");
-        h.server.expect("GET", PODS, 200, list("Pod", vec![replica_pod("10.0.0.9")])).await;
     })
     .await
     .unwrap();
-    assert_eq!(*h.drainer.drained.lock().unwrap(), ["http://10.0.0.9:7700"]);
+    // v2 is drained on the next look, after the endpoints moved.
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+}
+
+/// A status that serves `current` with the conditions a previous reconcile wrote.
+fn settled_on(current: &str) -> Value {
+    let mut settled = serving(current, None);
+    settled["conditions"] = json!([
+        {"type": "Ready", "status": "True", "reason": "Serving", "message": format!("serving {current}"), "lastTransitionTime": AT, "observedGeneration": 4},
+        {"type": "Switched", "status": "True", "reason": "Serving", "message": "", "lastTransitionTime": AT, "observedGeneration": 4},
+    ]);
+    settled
 }
 
 #[tokio::test]
 async fn an_alias_already_serving_its_target_only_reasserts_the_service() {
     let mut h = harness();
-    let mut settled = serving("products-v1", None);
-    // The conditions a previous reconcile wrote.
-    settled["conditions"] = json!([
-        {"type": "Ready", "status": "True", "reason": "Serving", "message": "serving products-v1", "lastTransitionTime": AT, "observedGeneration": 4},
-        {"type": "Switched", "status": "True", "reason": "Serving", "message": "", "lastTransitionTime": AT, "observedGeneration": 4},
-    ]);
+    let settled = settled_on("products-v1");
     run(reconcile(alias("products-v1", settled), h.ctx.clone()), async {
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
@@ -285,12 +309,10 @@ async fn a_failed_rebuild_leaves_the_alias_where_it_was_and_warns() {
 #[tokio::test]
 async fn old_rebuilds_beyond_the_history_limit_are_deleted_never_current_or_previous() {
     let mut h = harness();
-    let mut status = serving("products-20251125-0300", Some("products-20251122-0300"));
+    let mut status = settled_on("products-20251125-0300");
+    status["previous"] = json!("products-20251122-0300");
+    status["drained"] = json!("products-20251122-0300");
     status["lastRebuild"] = json!("2025-11-25T03:00:00Z");
-    status["conditions"] = json!([
-        {"type": "Ready", "status": "True", "reason": "Serving", "message": "serving products-20251125-0300", "lastTransitionTime": AT, "observedGeneration": 4},
-        {"type": "Switched", "status": "True", "reason": "Serving", "message": "", "lastTransitionTime": AT, "observedGeneration": 4},
-    ]);
     let mut ca = (*rebuilding("products-20251125-0300", Value::Object(Default::default()))).clone();
     ca.status = serde_json::from_value(status).unwrap();
     run(reconcile(Arc::new(ca), h.ctx.clone()), async {

@@ -24,6 +24,8 @@ pub const HISTORY: usize = 10;
 /// How often a waiting alias looks again (collection changes also wake it).
 pub const WAIT_INTERVAL: Duration = Duration::from_secs(30);
 pub const SETTLED_INTERVAL: Duration = Duration::from_secs(300);
+/// Time for Service endpoints to follow a switch before the previous target is drained.
+pub const DRAIN_DELAY: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(ca: Arc<CollectionAlias>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
@@ -121,6 +123,19 @@ async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<(Duration, Collec
         }
         (_, None) => None,
     };
+    // Drain the previous target only once the Service's endpoints had time to move, or
+    // clients reconnecting at once could land on (and stay pinned to) the old pods again.
+    let mut wait = None;
+    if let (Some(previous), Some(at)) = (status.previous.clone(), status.switched_at.as_deref()) {
+        let undrained = status.drained.as_ref() != Some(&previous) && status.current.as_ref() != Some(&previous);
+        let since = now.as_second() - at.parse::<Timestamp>().map(|t| t.as_second()).unwrap_or(0);
+        if undrained && since >= DRAIN_DELAY.as_secs() as i64 {
+            drain(ca, ctx, &ns, &previous).await;
+            status.drained = Some(previous);
+        } else if undrained {
+            wait = Some(Duration::from_secs((DRAIN_DELAY.as_secs() as i64 - since).max(1) as u64));
+        }
+    }
     status.message = waiting.as_ref().map(|w| w.message.clone());
     let serving = status.current.clone();
     let synced = serving.as_deref() == Some(target.as_str());
@@ -160,15 +175,13 @@ async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<(Duration, Collec
             None => format!("now serving {target}"),
         };
         ctx.event_about(ca, Some(collection_ref(&ns, &target)), EventType::Normal, "Switched", "Switch", note).await;
-        if let Some(from) = from {
-            drain(ca, ctx, &ns, &from).await?;
-        }
     } else if let Some(w) = waiting.filter(|w| previous_status.message.as_ref() != Some(&w.message)) {
         let (type_, reason) =
             if w.failed { (EventType::Warning, "TargetFailed") } else { (EventType::Normal, "Waiting") };
         ctx.event_about(ca, Some(collection_ref(&ns, &target)), type_, reason, "Switch", w.message).await;
     }
-    Ok((if synced { SETTLED_INTERVAL } else { WAIT_INTERVAL }, status))
+    let settled = if synced { SETTLED_INTERVAL } else { WAIT_INTERVAL };
+    Ok((wait.map_or(settled, |w| w.min(settled)), status))
 }
 
 /// Starts the rebuild whose schedule tick is due: creates the collection from the template
@@ -263,25 +276,37 @@ async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStat
 }
 
 /// Tells the replicas of the collection the alias left to drain, so clients pinned to them
-/// by long-lived HTTP/2 connections reconnect through the Service to the new target.
-async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) -> Result<()> {
+/// by long-lived HTTP/2 connections reconnect through the Service to the new target. Best
+/// effort: a replica's max connection age and restarts move its clients too.
+async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) {
+    let related = Some(collection_ref(ns, collection));
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let selector = labels::selector(collection, Role::Replica)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    let list = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        Err(e) => {
+            let note = format!("listing the replicas of {collection}: {e}");
+            ctx.event_about(ca, related, EventType::Warning, "DrainFailed", "Drain", note).await;
+            return;
+        }
+    };
+    let mut drained = 0;
     for ip in list.into_iter().filter_map(|p| p.status.and_then(|s| s.pod_ip)) {
         let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
-        if let Err(e) = ctx.drainer.drain(&endpoint).await {
-            // Not fatal: the pod's max connection age or restart moves its clients too.
-            let note = format!("{collection} at {endpoint}: {e}");
-            ctx.event_about(ca, Some(collection_ref(ns, collection)), EventType::Warning, "DrainFailed", "Drain", note)
-                .await;
+        match ctx.drainer.drain(&endpoint).await {
+            Ok(()) => drained += 1,
+            Err(e) => {
+                let note = format!("{collection} at {endpoint}: {e}");
+                ctx.event_about(ca, related.clone(), EventType::Warning, "DrainFailed", "Drain", note).await;
+            }
         }
     }
-    Ok(())
+    let note = format!("told {drained} replicas of {collection} to drain");
+    ctx.event_about(ca, related, EventType::Normal, "Drained", "Drain", note).await;
 }
 
 async fn patch_status(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStatus) -> Result<()> {
