@@ -445,3 +445,28 @@ async fn deletion_proceeds_once_no_alias_points_at_the_collection() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn api_errors_back_off_exponentially_and_are_counted() {
+    use quiver_operator::controller::collection::error_policy;
+    let mut h = harness();
+    let vc = collection(false, stored_status("Ready"));
+    for expected in [5, 10, 20] {
+        let error = run(reconcile(vc.clone(), h.ctx.clone()), async {
+            let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError",
+                "code": 500, "message": "etcd timeout"});
+            h.server.expect("PATCH", WRITER_SVC, 500, failure).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(error.to_string().contains("etcd timeout"), "{error}");
+        let action = error_policy(vc.clone(), &error, h.ctx.clone());
+        assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(expected)));
+    }
+    let metrics = h.ctx.metrics.render();
+    assert!(
+        metrics.contains("quiver_operator_reconcile_errors_total{controller=\"collection\",error=\"kube\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("quiver_operator_reconciles_total{controller=\"collection\"} 3"), "{metrics}");
+}
