@@ -47,8 +47,10 @@ fn crds_carry_names_columns_and_rules() {
 
 #[test]
 fn examples_pass_the_cel_rules() {
-    let vc: VectorCollection = load(&root().join("examples/vectorcollection.yaml"));
-    vc.validate_cel().unwrap();
+    for example in ["examples/vectorcollection.yaml", "examples/vectorcollection-push.yaml"] {
+        let vc: VectorCollection = load(&root().join(example));
+        vc.validate_cel().unwrap_or_else(|e| panic!("{example}: {e:?}"));
+    }
     let ca: CollectionAlias = load(&root().join("examples/collectionalias.yaml"));
     ca.validate_cel().unwrap();
     let ca: CollectionAlias = load(&root().join("examples/collectionalias-rebuild.yaml"));
