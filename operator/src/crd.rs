@@ -71,6 +71,11 @@ pub struct VectorCollectionSpec {
     /// The quiver image (default: the operator's own version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// A Secret key holding the bearer token the collection's pods require on Ingest, Admin and
+    /// Snapshot (and send to each other). The operator reads it to ask the writer for progress
+    /// and replicas to drain; an ETL pushing to the writer sends it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<k8s_openapi::api::core::v1::SecretKeySelector>,
 }
 
 /// Exactly one of `push` or `url`.

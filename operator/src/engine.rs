@@ -25,12 +25,13 @@ pub trait WriterProbe: Send + Sync {
         &'a self,
         endpoint: &'a str,
         collection: &'a str,
+        token: Option<&'a str>,
     ) -> BoxFuture<'a, Result<WriterState, EngineError>>;
 }
 
 /// Tells one replica to stop serving: health NOT_SERVING, GOAWAY, calls in flight finish.
 pub trait Drainer: Send + Sync {
-    fn drain<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<(), EngineError>>;
+    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>>;
 }
 
 /// The real engine, over gRPC.
@@ -74,17 +75,31 @@ pub fn writer_state(phase: &str, rows: u64, message: String) -> Option<WriterSta
     })
 }
 
+/// A request carrying the collection's bearer token, when it has one.
+fn request<T>(message: T, token: Option<&str>, endpoint: &str) -> Result<tonic::Request<T>, EngineError> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| EngineError::Connect {
+            endpoint: endpoint.into(),
+            message: "the token is not a valid header value".into(),
+        })?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
 impl WriterProbe for Grpc {
     fn progress<'a>(
         &'a self,
         endpoint: &'a str,
         collection: &'a str,
+        token: Option<&'a str>,
     ) -> BoxFuture<'a, Result<WriterState, EngineError>> {
         Box::pin(async move {
             let channel = self.channel(endpoint).await?;
             let call = |call, status| EngineError::Call { call, endpoint: endpoint.into(), status };
             let progress = IngestClient::new(channel.clone())
-                .progress(ProgressRequest { collection: collection.into() })
+                .progress(request(ProgressRequest { collection: collection.into() }, token, endpoint)?)
                 .await
                 .map_err(|s| call("Ingest.Progress", s))?
                 .into_inner();
@@ -92,7 +107,7 @@ impl WriterProbe for Grpc {
                 return Ok(state);
             }
             let status = AdminClient::new(channel)
-                .status(StatusRequest { collection: collection.into() })
+                .status(request(StatusRequest { collection: collection.into() }, token, endpoint)?)
                 .await
                 .map_err(|s| call("Admin.Status", s))?
                 .into_inner();
@@ -102,10 +117,10 @@ impl WriterProbe for Grpc {
 }
 
 impl Drainer for Grpc {
-    fn drain<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
             AdminClient::new(self.channel(endpoint).await?)
-                .drain(DrainRequest {})
+                .drain(request(DrainRequest {}, token, endpoint)?)
                 .await
                 .map_err(|status| EngineError::Call { call: "Admin.Drain", endpoint: endpoint.into(), status })?;
             Ok(())
@@ -128,11 +143,18 @@ mod tests {
         assert_eq!(writer_state("compacting", 7, String::new()), Some(WriterState::Unavailable));
     }
 
+    #[test]
+    fn the_token_travels_as_a_bearer_header() {
+        let r = request((), Some("s3cret\n"), "e").unwrap();
+        assert_eq!(r.metadata().get("authorization").unwrap(), "Bearer s3cret");
+        assert!(request((), None, "e").unwrap().metadata().get("authorization").is_none());
+    }
+
     #[tokio::test]
     async fn an_unreachable_writer_is_a_connect_error() {
         let grpc = Grpc { timeout: Duration::from_millis(300) };
         // Port 1 on localhost refuses connections.
-        let err = grpc.progress("http://127.0.0.1:1", "c").await.unwrap_err();
+        let err = grpc.progress("http://127.0.0.1:1", "c", None).await.unwrap_err();
         assert!(matches!(err, EngineError::Connect { .. }), "{err}");
     }
 }

@@ -186,6 +186,13 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
             "{}",
             pods.uri
         );
+        // Its pods require the collection's token.
+        let mut v1 = collection("products-v1", "Ready", 1, 1, true);
+        v1["spec"]["tokenSecret"] = json!({"name": "quiver-token", "key": "token"});
+        h.server.expect("GET", &format!("{VCS}/products-v1"), 200, v1).await;
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "quiver-token"},
+            "data": {"token": "czNjcmV0Cg=="}});
+        h.server.expect("GET", "/api/v1/namespaces/search/secrets/quiver-token", 200, secret).await;
         assert_eq!(h.server.event(NS).await, ("Drained".into(), "told 2 replicas of products-v1 to drain".into()));
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["drained"], "products-v1");
@@ -193,6 +200,7 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     .await
     .unwrap();
     assert_eq!(*h.drainer.drained.lock().unwrap(), ["http://10.0.0.7:7700", "http://10.0.0.8:7700"]);
+    assert_eq!(*h.drainer.tokens.lock().unwrap(), [Some("s3cret".to_string()), Some("s3cret".to_string())]);
 }
 
 #[tokio::test]

@@ -80,6 +80,7 @@ fn needed() -> BTreeSet<Grant> {
         expand("autoscaling", &["horizontalpodautoscalers"], &[&apply[..], &["delete"]].concat()),
         expand("policy", &["poddisruptionbudgets"], &apply),
         expand("", &["pods"], &watch[..2]),
+        expand("", &["secrets"], &["get"]),
         expand("events.k8s.io", &["events"], &["create", "patch"]),
     ]
     .concat()

@@ -133,6 +133,30 @@ async fn import_progress_is_read_from_the_writer_pod() {
     .await
     .unwrap();
     assert_eq!(*h.writer.asked.lock().unwrap(), ["http://10.1.2.3:7700"]);
+    assert_eq!(*h.writer.tokens.lock().unwrap(), [None]);
+}
+
+#[tokio::test]
+async fn the_writer_is_asked_with_the_collections_token() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(WriterState::Importing { rows: 1 });
+    let mut vc =
+        (*collection(false, json!({"phase": "Importing", "observedGeneration": 1, "message": "1 vectors imported"})))
+            .clone();
+    vc.spec.token_secret = Some(serde_json::from_value(json!({"name": "quiver-token", "key": "token"})).unwrap());
+    run(reconcile(Arc::new(vc), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "quiver-token"},
+            "data": {"token": "czNjcmV0Cg=="}});
+        h.server.expect("GET", "/api/v1/namespaces/search/secrets/quiver-token", 200, secret).await;
+        // Conditions were never written for this stored status; the phase did not change: no event.
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "Importing");
+    })
+    .await
+    .unwrap();
+    assert_eq!(*h.writer.tokens.lock().unwrap(), [Some("s3cret".to_string())]);
 }
 
 #[tokio::test]

@@ -40,6 +40,7 @@ spec:
   replicas: {count: 3, maxConnectionAgeSeconds: 300}
   verify: {minRecall: 0.9, k: 20, sample: 500}
   image: registry.example/quiver:pinned
+  tokenSecret: {name: docs-token, key: bearer}
 "#,
         "6fa459ea-ee8a-3ca4-894e-db77e160355e",
     )
@@ -83,6 +84,10 @@ fn every_container_command_parses_with_the_engine_cli() {
             let container = &template.spec.as_ref().unwrap().containers[0];
             let argv = container.command.iter().flatten().chain(container.args.iter().flatten());
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{role:?}: {e}"));
+            // Every role gets the collection's token file, mounted from its Secret.
+            let token_file = vc.spec.token_secret.as_ref().map(|_| Path::new("/var/run/secrets/quiver/token"));
+            let mounted = container.volume_mounts.iter().flatten().any(|m| m.mount_path == "/var/run/secrets/quiver");
+            assert_eq!(mounted, token_file.is_some(), "{role:?}");
             let name = vc.metadata.name.clone().unwrap();
             match (role.as_str(), cli.command) {
                 ("writer", Command::Writer(w)) => {
@@ -93,6 +98,7 @@ fn every_container_command_parses_with_the_engine_cli() {
                     assert_eq!(w.build.target_recall, vc.spec.search.target_recall);
                     assert_eq!(w.source, vc.spec.source.url);
                     assert_eq!(w.dir.data_dir, Path::new("/data"));
+                    assert_eq!(w.serve.token.token_file.as_deref(), token_file);
                     assert_eq!(w.serve.listen.port(), 7700);
                     assert_eq!(w.serve.http_listen.map(|a| a.port()), Some(9090));
                     if let Some(ef) = vc.spec.index.ef_construction {
@@ -111,10 +117,12 @@ fn every_container_command_parses_with_the_engine_cli() {
                     assert_eq!(r.warmup_max_queries, vc.spec.warmup.max_queries as usize);
                     assert_eq!(r.serve.max_connection_age_secs, vc.spec.replicas.max_connection_age_seconds);
                     assert_eq!(r.serve.drain_delay_secs, 5);
+                    assert_eq!(r.serve.token.token_file.as_deref(), token_file);
                 }
                 ("warmup", Command::Warmup(w)) => {
                     assert_eq!(w.remote.target, Some(format!("http://{name}-replicas:7700")));
                     assert_eq!(w.max_queries, vc.spec.warmup.max_queries as usize);
+                    assert_eq!(w.remote.token.token_file.as_deref(), token_file);
                 }
                 ("verify", Command::Verify(v)) => {
                     let expected =
@@ -125,6 +133,7 @@ fn every_container_command_parses_with_the_engine_cli() {
                     assert_eq!(v.gate.k, vc.spec.verify.k as usize);
                     assert_eq!(v.gate.sample, vc.spec.verify.sample as usize);
                     assert_eq!(v.target.collection, Some(name));
+                    assert_eq!(v.remote.token.token_file.as_deref(), token_file);
                 }
                 (role, command) => panic!("{role} renders the wrong subcommand: {command:?}"),
             }

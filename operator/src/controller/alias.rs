@@ -294,10 +294,16 @@ async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) 
             return;
         }
     };
+    // The collection may be gone already: then its pods are going too; try without a token.
+    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), ns);
+    let token = match collections.get_opt(collection).await {
+        Ok(Some(vc)) => super::collection_token(&ctx.client, ns, &vc.spec).await.ok().flatten(),
+        _ => None,
+    };
     let mut drained = 0;
     for ip in list.into_iter().filter_map(|p| p.status.and_then(|s| s.pod_ip)) {
         let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
-        match ctx.drainer.drain(&endpoint).await {
+        match ctx.drainer.drain(&endpoint, token.as_deref()).await {
             Ok(()) => drained += 1,
             Err(e) => {
                 let note = format!("{collection} at {endpoint}: {e}");

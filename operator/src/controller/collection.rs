@@ -142,7 +142,8 @@ async fn observe_writer(
         return Ok((WriterState::Unavailable, problem));
     };
     let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
-    match ctx.writer.progress(&endpoint, &vc.name_any()).await {
+    let token = super::collection_token(&ctx.client, ns, &vc.spec).await?;
+    match ctx.writer.progress(&endpoint, &vc.name_any(), token.as_deref()).await {
         // Sealed, but /readyz (snapshot written) not yet passed: still publishing.
         Ok(WriterState::Sealed { .. }) if !writer_ready => Ok((WriterState::Publishing, None)),
         Ok(state) => Ok((state, None)),

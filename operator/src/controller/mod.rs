@@ -5,11 +5,12 @@
 pub mod alias;
 pub mod collection;
 
+use crate::crd::VectorCollectionSpec;
 use crate::engine::{Drainer, EngineError, WriterProbe};
 use crate::metrics::Metrics;
 use crate::resources::Defaults;
 use crate::resources::labels::FIELD_MANAGER;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -31,6 +32,8 @@ pub enum Error {
     Engine(#[from] EngineError),
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    #[error("the token Secret {0} has no key {1}")]
+    MissingToken(String, String),
 }
 
 impl Error {
@@ -39,7 +42,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Engine(_) => "engine",
-            Error::NoNamespace(_) => "invalid",
+            Error::NoNamespace(_) | Error::MissingToken(..) => "invalid",
         }
     }
 }
@@ -147,6 +150,20 @@ pub fn backoff(ctx: &Context, key: &str) -> Action {
 
 pub fn namespace<K: Resource>(object: &K) -> Result<String> {
     object.namespace().ok_or_else(|| Error::NoNamespace(object.name_any()))
+}
+
+/// The bearer token of a collection's pods, from `spec.tokenSecret`.
+pub async fn collection_token(client: &Client, ns: &str, spec: &VectorCollectionSpec) -> Result<Option<String>> {
+    let Some(selector) = &spec.token_secret else {
+        return Ok(None);
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get(&selector.name).await?;
+    let value = secret
+        .data
+        .and_then(|mut data| data.remove(&selector.key))
+        .ok_or_else(|| Error::MissingToken(selector.name.clone(), selector.key.clone()))?;
+    Ok(Some(String::from_utf8_lossy(&value.0).trim().to_string()))
 }
 
 /// Server-side apply of an object the operator owns, with the one field manager.

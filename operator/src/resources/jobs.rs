@@ -63,7 +63,7 @@ fn job(vc: &VectorCollection, defaults: &Defaults, role: Role, args: Vec<String>
     let mut pod_labels = labels::labels(&name, role);
     pod_labels.insert(labels::GENERATION.into(), generation(vc).to_string());
     meta.labels = Some(pod_labels.clone());
-    let container = pod::container(pod::image(vc, defaults), args, None, false);
+    let container = pod::container(vc, defaults, args, None, false);
     Job {
         metadata: meta,
         spec: Some(JobSpec {
@@ -86,7 +86,7 @@ fn job(vc: &VectorCollection, defaults: &Defaults, role: Role, args: Vec<String>
                     containers: vec![container],
                     restart_policy: Some("Never".into()),
                     security_context: Some(pod::pod_security()),
-                    volumes: Some(vec![pod::tmp_volume()]),
+                    volumes: Some(pod::volumes(vc)),
                     automount_service_account_token: Some(false),
                     ..Default::default()
                 }),

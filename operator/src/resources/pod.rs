@@ -4,8 +4,8 @@
 use super::{Defaults, GRPC_PORT, HTTP_PORT};
 use crate::crd::VectorCollection;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PodSecurityContext, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -15,6 +15,9 @@ pub const BINARY: &str = "quiver";
 pub const DATA_DIR: &str = "/data";
 pub const DATA_VOLUME: &str = "data";
 const TMP_VOLUME: &str = "tmp";
+const TOKEN_VOLUME: &str = "token";
+const TOKEN_DIR: &str = "/var/run/secrets/quiver";
+const TOKEN_FILE: &str = "token";
 /// A non-root uid/gid; `fsGroup` makes the data volume writable for it.
 const UID: i64 = 65532;
 
@@ -45,15 +48,31 @@ pub fn container_security() -> SecurityContext {
     }
 }
 
-/// A container running `quiver <args>` with the restricted context and a writable /tmp.
-pub fn container(image: String, args: Vec<String>, resources: Option<ResourceRequirements>, data: bool) -> Container {
+/// A container running `quiver <args>` with the restricted context, a writable /tmp, and the
+/// collection's bearer token file when it has one.
+pub fn container(
+    vc: &VectorCollection,
+    defaults: &Defaults,
+    mut args: Vec<String>,
+    resources: Option<ResourceRequirements>,
+    data: bool,
+) -> Container {
     let mut mounts = vec![VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..Default::default() }];
     if data {
         mounts.push(VolumeMount { name: DATA_VOLUME.into(), mount_path: DATA_DIR.into(), ..Default::default() });
     }
+    if vc.spec.token_secret.is_some() {
+        mounts.push(VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        flag(&mut args, "token-file", format!("{TOKEN_DIR}/{TOKEN_FILE}"));
+    }
     Container {
         name: BINARY.into(),
-        image: Some(image),
+        image: Some(image(vc, defaults)),
         command: Some(vec![BINARY.into()]),
         args: Some(args),
         resources,
@@ -88,9 +107,26 @@ pub fn serving(mut container: Container) -> Container {
     container
 }
 
-/// The scratch volume behind /tmp (the root filesystem is read-only).
-pub fn tmp_volume() -> Volume {
-    Volume { name: TMP_VOLUME.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }
+/// The scratch volume behind /tmp (the root filesystem is read-only), and the token Secret's
+/// key as a file when the collection has one.
+pub fn volumes(vc: &VectorCollection) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: TMP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    if let Some(secret) = &vc.spec.token_secret {
+        volumes.push(Volume {
+            name: TOKEN_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath { key: secret.key.clone(), path: TOKEN_FILE.into(), ..Default::default() }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
 }
 
 /// Spelled-out argument lists, so the rendered pods read like the commands one types.

@@ -46,7 +46,7 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
 pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
     let name = vc.name_any();
     let spec = &vc.spec.replicas;
-    let container = pod::serving(pod::container(pod::image(vc, defaults), args(vc), spec.resources.clone(), true));
+    let container = pod::serving(pod::container(vc, defaults, args(vc), spec.resources.clone(), true));
     Deployment {
         metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),
         spec: Some(DeploymentSpec {
@@ -69,15 +69,18 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
                 spec: Some(PodSpec {
                     containers: vec![container],
                     security_context: Some(pod::pod_security()),
-                    volumes: Some(vec![
-                        pod::tmp_volume(),
-                        // The fetched snapshot: rebuilt from the writer or a peer on restart.
-                        Volume {
-                            name: pod::DATA_VOLUME.into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Default::default()
-                        },
-                    ]),
+                    volumes: Some(
+                        [
+                            pod::volumes(vc),
+                            // The fetched snapshot: fetched again from the writer or a peer on restart.
+                            vec![Volume {
+                                name: pod::DATA_VOLUME.into(),
+                                empty_dir: Some(EmptyDirVolumeSource::default()),
+                                ..Default::default()
+                            }],
+                        ]
+                        .concat(),
+                    ),
                     automount_service_account_token: Some(false),
                     // Draining replicas finish calls in flight and send GOAWAY before exiting.
                     termination_grace_period_seconds: Some(30),

@@ -41,7 +41,7 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
 pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {
     let name = vc.name_any();
     let writer = &vc.spec.writer;
-    let container = pod::serving(pod::container(pod::image(vc, defaults), args(vc), writer.resources.clone(), true));
+    let container = pod::serving(pod::container(vc, defaults, args(vc), writer.resources.clone(), true));
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(pod::DATA_VOLUME.into()),
@@ -73,7 +73,7 @@ pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {
                 spec: Some(PodSpec {
                     containers: vec![container],
                     security_context: Some(pod::pod_security()),
-                    volumes: Some(vec![pod::tmp_volume()]),
+                    volumes: Some(pod::volumes(vc)),
                     automount_service_account_token: Some(false),
                     ..Default::default()
                 }),

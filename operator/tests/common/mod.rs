@@ -111,6 +111,7 @@ pub fn list(kind: &str, items: Vec<Value>) -> Value {
 pub struct FakeWriter {
     pub state: Mutex<Option<WriterState>>,
     pub asked: Mutex<Vec<String>>,
+    pub tokens: Mutex<Vec<Option<String>>>,
 }
 
 impl WriterProbe for FakeWriter {
@@ -118,8 +119,10 @@ impl WriterProbe for FakeWriter {
         &'a self,
         endpoint: &'a str,
         _collection: &'a str,
+        token: Option<&'a str>,
     ) -> BoxFuture<'a, Result<WriterState, EngineError>> {
         self.asked.lock().unwrap().push(endpoint.to_string());
+        self.tokens.lock().unwrap().push(token.map(String::from));
         let state = self.state.lock().unwrap().clone();
         Box::pin(
             async move { state.ok_or(EngineError::Connect { endpoint: endpoint.into(), message: "refused".into() }) },
@@ -130,11 +133,13 @@ impl WriterProbe for FakeWriter {
 #[derive(Default)]
 pub struct FakeDrainer {
     pub drained: Mutex<Vec<String>>,
+    pub tokens: Mutex<Vec<Option<String>>>,
 }
 
 impl Drainer for FakeDrainer {
-    fn drain<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
         self.drained.lock().unwrap().push(endpoint.to_string());
+        self.tokens.lock().unwrap().push(token.map(String::from));
         Box::pin(async { Ok(()) })
     }
 }
