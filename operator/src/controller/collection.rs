@@ -159,7 +159,14 @@ async fn observe_writer(
 /// (CrashLoopBackOff, ImagePullBackOff...) with its last termination message.
 pub fn pod_problem(pod: &Pod) -> Option<String> {
     const MAX: usize = 512;
-    let container = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let status = pod.status.as_ref()?;
+    // Not scheduled (no node fits, a volume cannot be provisioned): no container to ask.
+    let unscheduled = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unscheduled {
+        let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+        return Some(format!("{reason}: {}", c.message.as_deref().unwrap_or_default()));
+    }
+    let container = status.container_statuses.as_ref()?.first()?;
     let state = container.state.as_ref()?;
     let last_message =
         container.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.message.clone());
@@ -429,5 +436,47 @@ async fn announce(vc: &VectorCollection, ctx: &Context, d: &Decision) {
         ctx.event(vc, EventType::Warning, "Failed", "Reconcile", note).await;
     } else {
         ctx.event(vc, EventType::Normal, &phase, "Reconcile", note).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn stuck_pods_say_why_and_starting_ones_do_not() {
+        let unschedulable = pod(serde_json::json!({"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes: pod has unbound PersistentVolumeClaims"}]}));
+        assert_eq!(
+            pod_problem(&unschedulable).as_deref(),
+            Some("Unschedulable: 0/3 nodes: pod has unbound PersistentVolumeClaims")
+        );
+        let creating = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        assert_eq!(pod_problem(&creating), None);
+        let pulling = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]}));
+        assert_eq!(pod_problem(&pulling).as_deref(), Some("ImagePullBackOff: not found"));
+        let long = "x".repeat(2000);
+        let crashed = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 2, "message": long}}}]}));
+        let problem = pod_problem(&crashed).unwrap();
+        assert!(
+            problem.starts_with("exited with 2: xxx") && problem.ends_with("...") && problem.len() < 600,
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn verify_reports_become_gates_and_other_messages_none() {
+        let report = r#"{"collection": "c", "passed": false, "setting": "s", "queries": 1, "k": 10, "checks": [
+            {"name": "recall", "measured": 0.8, "comparison": ">=", "threshold": 0.9, "passed": false, "margin": -0.1}]}"#;
+        let g = gates(report);
+        assert_eq!((g.len(), g[0].name.as_str(), g[0].passed), (1, "recall", false));
+        assert!(gates("error: connection refused").is_empty());
     }
 }
