@@ -275,7 +275,8 @@ pub struct CollectionAliasSpec {
     pub collection: String,
     /// Scheduled rebuilds: on each `schedule` tick a new collection `<alias>-<yyyymmdd-hhmm>` is
     /// created from `template` and becomes `spec.collection`; the alias switches once it is
-    /// verified. A failed rebuild leaves the alias where it was.
+    /// verified. A failed rebuild leaves the alias where it was; a rebuild still unverified at
+    /// the next tick is replaced by the new one (and pruned like any older rebuild).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildSpec>,
 }
