@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
     category = "quiver",
     cel,
     doc = "A vector collection built by a quiver writer, served by read replicas once verified.",
+    // Names become Service, StatefulSet and Job names with suffixes (`-replicas`,
+    // `-verify-g<generation>`) that must stay DNS labels of at most 63 characters.
+    validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("a collection name must be a DNS label (starting with a letter) of at most 40 characters"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.vectorCount"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
@@ -68,6 +71,11 @@ pub struct VectorCollectionSpec {
     /// The quiver image (default: the operator's own version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// A Secret key holding the bearer token the collection's pods require on Ingest, Admin and
+    /// Snapshot (and send to each other). The operator reads it to ask the writer for progress
+    /// and replicas to drain; an ETL pushing to the writer sends it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<k8s_openapi::api::core::v1::SecretKeySelector>,
 }
 
 /// Exactly one of `push` or `url`.
@@ -142,6 +150,11 @@ pub struct ReplicasSpec {
     pub target_cpu_utilization: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Close each client connection after this many seconds (GOAWAY; calls in flight finish),
+    /// so long-lived gRPC connections spread over replicas added by scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connection_age_seconds: Option<u64>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -247,6 +260,8 @@ pub struct VectorCollectionStatus {
     category = "quiver",
     cel,
     doc = "A stable, switchable name in front of a verified VectorCollection.",
+    // The alias is a Service name; a rebuild names collections `<alias>-yyyymmdd-hhmm`.
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && (!has(self.spec.rebuild) || size(self.metadata.name) <= 26)").message("an alias name must be a DNS label starting with a letter, at most 26 characters with spec.rebuild"),
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.collection"),
     printcolumn(name = "Serving", type_ = "string", json_path = ".status.current"),
     printcolumn(name = "Previous", type_ = "string", json_path = ".status.previous"),
@@ -256,8 +271,62 @@ pub struct VectorCollectionStatus {
 pub struct CollectionAliasSpec {
     /// The VectorCollection (same namespace) the alias should serve. It switches only once that
     /// collection is Ready and verified.
-    #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("collection must be a valid object name (RFC 1123 label)"))]
+    #[x_kube(validation = Rule::new("size(self) <= 40 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("collection must be a valid object name (a collection name: DNS label starting with a letter, at most 40 characters)"))]
     pub collection: String,
+    /// Scheduled rebuilds: on each `schedule` tick a new collection `<alias>-<yyyymmdd-hhmm>` is
+    /// created from `template` and becomes `spec.collection`; the alias switches once it is
+    /// verified. A failed rebuild leaves the alias where it was; a rebuild still unverified at
+    /// the next tick is replaced by the new one (and pruned like any older rebuild).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildSpec>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildSpec {
+    /// When to rebuild: a cron expression (minute hour day-of-month month day-of-week), in UTC.
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("size(self.split(' ').filter(f, f != '')) >= 5").message("schedule must be a cron expression with at least 5 fields"))]
+    pub schedule: String,
+    /// The spec of each rebuilt collection. Unlike a collection's own spec, its dimensions and
+    /// distance may change: each rebuild is a new collection.
+    #[schemars(schema_with = "rebuild_template_schema")]
+    pub template: VectorCollectionSpec,
+    /// Rebuilt collections kept besides the alias's current and previous target (which are
+    /// never deleted). Older ones are deleted.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub history_limit: u32,
+    /// Stop starting new rebuilds (one in progress goes on).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_history_limit() -> u32 {
+    1
+}
+
+/// The collection spec's schema without its immutability rules (`oldSelf`), which hold for a
+/// collection but not for the template of future ones.
+fn rebuild_template_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(rules)) = map.get_mut("x-kubernetes-validations") {
+                    rules.retain(|r| !r["rule"].as_str().unwrap_or_default().contains("oldSelf"));
+                    if rules.is_empty() {
+                        map.remove("x-kubernetes-validations");
+                    }
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = generator.subschema_for::<VectorCollectionSpec>().to_value();
+    strip(&mut value);
+    schemars::Schema::try_from(value).expect("a schema object stays a schema object")
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -281,6 +350,15 @@ pub struct CollectionAliasStatus {
     /// Most recent first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AliasSwitch>,
+    /// The previous target whose replicas were told to drain after the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<String>,
+    /// The schedule time (RFC 3339) of the last rebuild started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebuild: Option<String>,
+    /// The collection the last rebuild created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebuild_collection: Option<String>,
     /// Why the alias has not switched to spec.collection yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -65,14 +65,25 @@ pub struct Decision {
 pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> Decision {
     let current_generation = previous.and_then(|s| s.observed_generation) == Some(observed.generation);
     let previous_phase = previous.map(|s| s.phase).filter(|_| current_generation).unwrap_or(Phase::Pending);
+    // The writer's job ends with the snapshot: once replicas have it, a writer restart (or its
+    // absence) does not undo the pipeline; the sealed facts are already in the status.
+    let past_sealing =
+        matches!(previous_phase, Phase::Replicating | Phase::WarmingUp | Phase::Verifying | Phase::Ready);
+    let remembered = previous.and_then(|s| {
+        Some(WriterState::Sealed { count: s.vector_count?, setting: s.search_setting.clone().unwrap_or_default() })
+    });
+    let writer = match (&observed.writer, remembered) {
+        (WriterState::Unavailable, Some(sealed)) if past_sealing => sealed,
+        (writer, _) => writer.clone(),
+    };
     let decide = |phase: Phase, message: Option<String>| Decision {
         phase,
         message,
-        vector_count: match &observed.writer {
+        vector_count: match &writer {
             WriterState::Sealed { count, .. } => Some(*count),
             _ => None,
         },
-        search_setting: match &observed.writer {
+        search_setting: match &writer {
             WriterState::Sealed { setting, .. } => Some(setting.clone()),
             _ => None,
         },
@@ -82,7 +93,7 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
     if previous_phase == Phase::Failed {
         return decide(Phase::Failed, previous.and_then(|s| s.message.clone()));
     }
-    match &observed.writer {
+    match &writer {
         WriterState::Unavailable => return decide(Phase::Pending, Some("waiting for the writer".into())),
         WriterState::Importing { rows } => return decide(Phase::Importing, Some(format!("{rows} vectors imported"))),
         WriterState::Building => return decide(Phase::Building, None),
@@ -207,6 +218,24 @@ mod tests {
         assert_eq!(d.phase, Phase::Ready);
         assert_eq!(d.message.as_deref(), Some("1/2 replicas ready"));
         assert_eq!(d.vector_count, Some(1000));
+    }
+
+    #[test]
+    fn a_writer_gone_after_sealing_does_not_undo_the_pipeline() {
+        use JobState::*;
+        let mut ready = status(Phase::Ready, 2);
+        ready.vector_count = Some(1000);
+        ready.search_setting = Some("signscan quality=100".into());
+        let obs = Observed { gates: vec![gate(true)], ..observed(WriterState::Unavailable, 2, Succeeded, Succeeded) };
+        let d = next(Some(&ready), &obs);
+        assert_eq!((d.phase, d.vector_count), (Phase::Ready, Some(1000)));
+        assert_eq!(d.search_setting.as_deref(), Some("signscan quality=100"));
+        // Before sealing, an unreachable writer is just not there yet.
+        let mut importing = status(Phase::Importing, 2);
+        importing.vector_count = Some(1000);
+        assert_eq!(next(Some(&importing), &obs).phase, Phase::Pending);
+        // Nor does a remembered seal carry over to a new generation.
+        assert_eq!(next(Some(&ready), &Observed { generation: 3, ..obs }).phase, Phase::Pending);
     }
 
     #[test]

@@ -47,10 +47,32 @@ fn crds_carry_names_columns_and_rules() {
 
 #[test]
 fn examples_pass_the_cel_rules() {
-    let vc: VectorCollection = load(&root().join("examples/vectorcollection.yaml"));
-    vc.validate_cel().unwrap();
+    for example in ["examples/vectorcollection.yaml", "examples/vectorcollection-push.yaml"] {
+        let vc: VectorCollection = load(&root().join(example));
+        vc.validate_cel().unwrap_or_else(|e| panic!("{example}: {e:?}"));
+    }
     let ca: CollectionAlias = load(&root().join("examples/collectionalias.yaml"));
     ca.validate_cel().unwrap();
+    let ca: CollectionAlias = load(&root().join("examples/collectionalias-rebuild.yaml"));
+    ca.validate_cel().unwrap();
+    assert_eq!(ca.spec.rebuild.as_ref().unwrap().history_limit, 1);
+}
+
+#[test]
+fn a_rebuild_needs_a_cron_schedule_and_its_template_may_change_dimensions() {
+    let ca: CollectionAlias = load(&root().join("operator/tests/fixtures/invalid-schedule.yaml"));
+    let err = ca.validate_cel().expect_err("a one-word schedule");
+    assert!(format!("{err:?}").contains("cron expression"), "{err:?}");
+    // The template is not a collection: the next rebuild may use other dimensions.
+    let old: CollectionAlias = load(&root().join("examples/collectionalias-rebuild.yaml"));
+    let mut new = old.clone();
+    new.spec.rebuild.as_mut().unwrap().template.dimensions = 768;
+    new.validate_cel_update(&old).unwrap();
+    // Rebuilt collections are named `<alias>-yyyymmdd-hhmm`: the alias name leaves room.
+    let mut long = old.clone();
+    long.metadata.name = Some("products-multilingual-embed".into()); // 27 characters
+    let err = long.validate_cel().expect_err("a 27-character alias with rebuilds");
+    assert!(format!("{err:?}").contains("at most 26 characters"), "{err:?}");
 }
 
 #[test]
@@ -60,6 +82,7 @@ fn invalid_fixtures_are_refused_with_their_message() {
         ("invalid-replicas.yaml", "replicas.min must not exceed replicas.max"),
         ("invalid-recall.yaml", "minRecall must be in (0, 1]"),
         ("invalid-source.yaml", "set exactly one of source.push or source.url"),
+        ("invalid-name.yaml", "at most 40 characters"),
     ] {
         let vc: VectorCollection = load(&fixtures.join(file));
         let err = vc.validate_cel().expect_err(file);

@@ -1,0 +1,482 @@
+//! The VectorCollection controller: applies the writer, then (once sealed) the replicas, then
+//! the warm-up and verify Jobs one after the other; reads what they report; feeds it to the
+//! phase machine; writes status, conditions and Events. A finalizer refuses deletion while an
+//! alias points at the collection.
+
+use super::{Context, Error, Result, apply, condition, key, namespace};
+use crate::crd::{CollectionAlias, GateResult, Phase, VectorCollection, VectorCollectionStatus};
+use crate::phase::{self, Decision, JobState, Observed, WriterState};
+use crate::resources::labels::{self, FIELD_MANAGER, Role};
+use crate::resources::{autoscaling, jobs, replicas, writer};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use quiver_engine::verify::VerifyReport;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const CONTROLLER: &str = "collection";
+/// Held while the collection may be deleted only after no alias points at it.
+pub const FINALIZER: &str = "quiver.dev/alias-protection";
+/// How often a collection in progress is looked at (writer progress is not a watch event).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// A settled collection (Ready or Failed) is re-checked this often.
+pub const SETTLED_INTERVAL: Duration = Duration::from_secs(300);
+/// A deletion blocked by an alias is re-checked this often (alias changes also trigger it).
+pub const BLOCKED_INTERVAL: Duration = Duration::from_secs(30);
+
+pub async fn reconcile(vc: Arc<VectorCollection>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let action = if vc.meta().deletion_timestamp.is_some() {
+        cleanup(&vc, &ctx).await?
+    } else {
+        if !vc.finalizers().iter().any(|f| f == FINALIZER) {
+            add_finalizer(&vc, &ctx).await?;
+        }
+        progress(&vc, &ctx).await?
+    };
+    ctx.succeeded(&key(vc.as_ref()));
+    Ok(action)
+}
+
+pub fn error_policy(vc: Arc<VectorCollection>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(collection = %key(vc.as_ref()), %error, "reconcile failed");
+    ctx.metrics.error(CONTROLLER, error.kind());
+    super::backoff(&ctx, &key(vc.as_ref()))
+}
+
+fn api(vc: &VectorCollection, ctx: &Context) -> Result<Api<VectorCollection>> {
+    Ok(Api::namespaced(ctx.client.clone(), &namespace(vc)?))
+}
+
+async fn add_finalizer(vc: &VectorCollection, ctx: &Context) -> Result<()> {
+    let mut finalizers = vc.finalizers().to_vec();
+    finalizers.push(FINALIZER.into());
+    set_finalizers(vc, ctx, finalizers).await
+}
+
+/// A merge patch carrying the resourceVersion: a concurrent change to the list makes it fail
+/// (409) and the reconcile retry, instead of clobbering another controller's finalizer.
+async fn set_finalizers(vc: &VectorCollection, ctx: &Context, finalizers: Vec<String>) -> Result<()> {
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": vc.resource_version()},
+    });
+    api(vc, ctx)?.patch(&vc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+/// Aliases in the collection's namespace that serve it or are about to.
+pub async fn aliases_pointing_at(vc: &VectorCollection, ctx: &Context) -> Result<Vec<String>> {
+    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &namespace(vc)?);
+    let name = vc.name_any();
+    Ok(aliases
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|a| a.spec.collection == name || a.status.as_ref().and_then(|s| s.current.as_ref()) == Some(&name))
+        .map(|a| a.name_any())
+        .collect())
+}
+
+async fn cleanup(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
+    if !vc.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let blockers = aliases_pointing_at(vc, ctx).await?;
+    if !blockers.is_empty() {
+        let message = format!("deletion waits: alias {} points at this collection", blockers.join(", "));
+        let mut status = vc.status.clone().unwrap_or_default();
+        let now = (ctx.now)();
+        let blocked = condition(
+            &status.conditions,
+            "DeletionBlocked",
+            true,
+            "AliasPointsHere",
+            &message,
+            vc.metadata.generation,
+            now,
+        );
+        if !status.conditions.contains(&blocked) {
+            ctx.event(vc, EventType::Warning, "DeletionBlocked", "Delete", message).await;
+            status.conditions.retain(|c| c.type_ != "DeletionBlocked");
+            status.conditions.push(blocked);
+            patch_status(vc, ctx, &status).await?;
+        }
+        return Ok(Action::requeue(BLOCKED_INTERVAL));
+    }
+    let rest = vc.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    set_finalizers(vc, ctx, rest).await?;
+    Ok(Action::await_change())
+}
+
+async fn patch_status(vc: &VectorCollection, ctx: &Context, status: &VectorCollectionStatus) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": VectorCollection::api_version(&()),
+        "kind": VectorCollection::kind(&()),
+        "status": status,
+    });
+    api(vc, ctx)?
+        .patch_status(&vc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+        .await?;
+    Ok(())
+}
+
+/// The writer as its pod and gRPC API report it, and why a pod that does not answer is stuck.
+async fn observe_writer(
+    vc: &VectorCollection,
+    ctx: &Context,
+    ns: &str,
+    writer_ready: bool,
+) -> Result<(WriterState, Option<String>)> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(pod) = pods.get_opt(&format!("{}-0", labels::writer_name(&vc.name_any()))).await? else {
+        return Ok((WriterState::Unavailable, None));
+    };
+    let problem = pod_problem(&pod);
+    let running = pod.status.as_ref().filter(|s| s.phase.as_deref() == Some("Running"));
+    let Some(ip) = running.and_then(|s| s.pod_ip.clone()) else {
+        return Ok((WriterState::Unavailable, problem));
+    };
+    let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
+    let token = super::collection_token(&ctx.client, ns, &vc.spec).await?;
+    match ctx.writer.progress(&endpoint, &vc.name_any(), token.as_deref()).await {
+        // Sealed, but /readyz (snapshot written) not yet passed: still publishing.
+        Ok(WriterState::Sealed { .. }) if !writer_ready => Ok((WriterState::Publishing, None)),
+        Ok(state) => Ok((state, None)),
+        Err(e) => {
+            // A starting pod does not answer yet; the next look will tell.
+            tracing::debug!(collection = %key(vc), error = %e, "writer not answering");
+            Ok((WriterState::Unavailable, problem))
+        }
+    }
+}
+
+/// Why a pod's container is not running: a waiting reason other than a normal start
+/// (CrashLoopBackOff, ImagePullBackOff...) with its last termination message.
+pub fn pod_problem(pod: &Pod) -> Option<String> {
+    const MAX: usize = 512;
+    let status = pod.status.as_ref()?;
+    // Not scheduled (no node fits, a volume cannot be provisioned): no container to ask.
+    let unscheduled = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unscheduled {
+        let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+        return Some(format!("{reason}: {}", c.message.as_deref().unwrap_or_default()));
+    }
+    let container = status.container_statuses.as_ref()?.first()?;
+    let state = container.state.as_ref()?;
+    let last_message =
+        container.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.message.clone());
+    let problem = if let Some(waiting) = &state.waiting {
+        let reason = waiting.reason.as_deref().filter(|r| !matches!(*r, "ContainerCreating" | "PodInitializing"))?;
+        let detail = last_message.or_else(|| waiting.message.clone()).unwrap_or_default();
+        format!("{reason}: {}", detail.trim())
+    } else {
+        let terminated = state.terminated.as_ref()?;
+        format!("exited with {}: {}", terminated.exit_code, terminated.message.as_deref().unwrap_or_default().trim())
+    };
+    let problem = problem.trim_end_matches([':', ' ']).to_string();
+    Some(match problem.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &problem[..cut]),
+        None => problem,
+    })
+}
+
+/// The first replica pod that is stuck (e.g. a snapshot that fails its checksum, crash-looping).
+async fn replica_problem(ctx: &Context, ns: &str, name: &str) -> Result<Option<String>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{}={name},{}={}", labels::COLLECTION, labels::ROLE, Role::Replica.as_str());
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list.iter().find_map(|p| pod_problem(p).map(|problem| format!("replica {}: {problem}", p.name_any()))))
+}
+
+fn job_state(job: Option<&Job>) -> JobState {
+    let Some(status) = job.and_then(|j| j.status.as_ref()) else {
+        return if job.is_some() { JobState::Running } else { JobState::Absent };
+    };
+    let done = |type_: &str| status.conditions.iter().flatten().any(|c| c.type_ == type_ && c.status == "True");
+    if done("Complete") {
+        JobState::Succeeded
+    } else if done("Failed") {
+        JobState::Failed { message: String::new() }
+    } else {
+        JobState::Running
+    }
+}
+
+/// The termination message of a finished Job's last pod (the engine's JSON report).
+async fn job_report(ctx: &Context, ns: &str, job: &str) -> Result<Option<String>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?;
+    let mut messages: Vec<(Option<String>, String)> = list
+        .into_iter()
+        .flat_map(|p| p.status.and_then(|s| s.container_statuses).unwrap_or_default())
+        .filter_map(|c| c.state.and_then(|s| s.terminated))
+        .filter_map(|t| Some((t.finished_at.map(|f| f.0.to_string()), t.message?)))
+        .collect();
+    messages.sort();
+    Ok(messages.pop().map(|(_, m)| m.trim().to_string()))
+}
+
+/// The verify report's gates, or none when the message is not a report (a crash's log tail).
+pub fn gates(report: &str) -> Vec<GateResult> {
+    serde_json::from_str::<VerifyReport>(report)
+        .map(|r| {
+            r.checks
+                .into_iter()
+                .map(|c| GateResult {
+                    name: c.name,
+                    measured: c.measured,
+                    comparison: c.comparison,
+                    threshold: c.threshold,
+                    passed: c.passed,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
+    let ns = namespace(vc)?;
+    let name = vc.name_any();
+    let generation = vc.metadata.generation.unwrap_or(0);
+    let previous = vc.status.as_ref();
+    let client = &ctx.client;
+
+    apply(client, &ns, &writer::service(vc)).await?;
+    let sts = apply(client, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
+    let writer_ready = sts.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
+    let wanted = replicas::wanted(&vc.spec.replicas);
+    let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, writer_ready).await?;
+    let mut observed = Observed {
+        generation,
+        writer: writer_state,
+        ready_replicas: 0,
+        wanted_replicas: wanted,
+        warmup: JobState::Absent,
+        verify: JobState::Absent,
+        // What the verify Job reported for this generation, unless it is read again below.
+        gates: previous
+            .filter(|s| s.observed_generation == Some(generation))
+            .map(|s| s.verification.clone())
+            .unwrap_or_default(),
+    };
+    // Replicas only once there is a snapshot to fetch (the machine remembers a seal).
+    let sealed = phase::next(previous, &observed);
+    if sealed.vector_count.is_some() && sealed.phase != Phase::Failed {
+        apply(client, &ns, &replicas::service(vc)).await?;
+        let deployment = apply(client, &ns, &replicas::deployment(vc, &ctx.defaults)).await?;
+        if let Some(hpa) = autoscaling::autoscaler(vc) {
+            apply(client, &ns, &hpa).await?;
+        }
+        apply(client, &ns, &replicas::disruption_budget(vc)).await?;
+        observed.ready_replicas = deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    }
+    if sealed.phase != Phase::Failed && observed.ready_replicas >= wanted.max(1) {
+        observe_jobs(vc, ctx, &ns, previous, &mut observed).await?;
+    }
+    let mut decision = phase::next(previous, &observed);
+    if let (Phase::Pending, Some(problem)) = (decision.phase, writer_problem) {
+        decision.message = Some(format!("waiting for the writer: {problem}"));
+    }
+    if decision.phase == Phase::Replicating
+        && let Some(problem) = replica_problem(ctx, &ns, &name).await?
+    {
+        let short = decision.message.take().unwrap_or_default();
+        decision.message = Some(format!("{short}; {problem}"));
+    }
+    // Start the Job the pipeline is waiting for.
+    match decision.phase {
+        Phase::WarmingUp if observed.warmup == JobState::Absent => {
+            apply(client, &ns, &jobs::warmup(vc, &ctx.defaults)).await?;
+        }
+        Phase::Verifying if observed.verify == JobState::Absent => {
+            apply(client, &ns, &jobs::verify(vc, &ctx.defaults)).await?;
+        }
+        _ => {}
+    }
+    let generation_changed = previous.and_then(|s| s.observed_generation).is_some_and(|g| g != generation);
+    if generation_changed {
+        delete_old_jobs(ctx, &ns, &name, generation).await?;
+        // Autoscaling can only be turned off by a spec change: the HPA must not keep scaling.
+        if !replicas::autoscaled(&vc.spec.replicas) {
+            let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+            match hpas.delete(&labels::replicas_name(&name), &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let status = status(vc, ctx, &decision, &observed);
+    if previous != Some(&status) {
+        patch_status(vc, ctx, &status).await?;
+    }
+    let previous_phase = previous.filter(|_| !generation_changed).map(|s| s.phase);
+    if previous_phase != Some(decision.phase) {
+        announce(vc, ctx, &decision).await;
+    }
+    Ok(match decision.phase {
+        Phase::Ready | Phase::Failed => Action::requeue(SETTLED_INTERVAL),
+        _ => Action::requeue(PROGRESS_INTERVAL),
+    })
+}
+
+/// Reads the warm-up and verify Jobs of this generation (and the verify report once).
+async fn observe_jobs(
+    vc: &VectorCollection,
+    ctx: &Context,
+    ns: &str,
+    previous: Option<&VectorCollectionStatus>,
+    observed: &mut Observed,
+) -> Result<()> {
+    let name = vc.name_any();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let warmup_name = labels::job_name(&name, Role::Warmup, observed.generation);
+    observed.warmup = job_state(jobs_api.get_opt(&warmup_name).await?.as_ref());
+    if let JobState::Failed { message } = &mut observed.warmup {
+        *message = job_report(ctx, ns, &warmup_name).await?.unwrap_or_else(|| "the Job failed".into());
+    }
+    if observed.warmup != JobState::Succeeded {
+        return Ok(());
+    }
+    let verify_name = labels::job_name(&name, Role::Verify, observed.generation);
+    observed.verify = job_state(jobs_api.get_opt(&verify_name).await?.as_ref());
+    let stored = previous
+        .filter(|s| s.observed_generation == Some(observed.generation) && !s.verification.is_empty())
+        .map(|s| s.verification.clone());
+    match (&mut observed.verify, stored) {
+        (JobState::Succeeded, Some(gates)) => observed.gates = gates,
+        (JobState::Succeeded, None) => {
+            observed.gates = gates(&job_report(ctx, ns, &verify_name).await?.unwrap_or_default());
+        }
+        (JobState::Failed { message }, _) => {
+            *message = job_report(ctx, ns, &verify_name).await?.unwrap_or_else(|| "the Job failed".into());
+            observed.gates = gates(message);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Jobs of older generations: their results no longer describe the spec.
+async fn delete_old_jobs(ctx: &Context, ns: &str, name: &str, generation: i64) -> Result<()> {
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!(
+        "{}={name},{} in (warmup,verify),{}!={generation}",
+        labels::COLLECTION,
+        labels::ROLE,
+        labels::GENERATION
+    );
+    jobs_api.delete_collection(&DeleteParams::background(), &ListParams::default().labels(&selector)).await?;
+    Ok(())
+}
+
+fn status(vc: &VectorCollection, ctx: &Context, d: &Decision, observed: &Observed) -> VectorCollectionStatus {
+    let previous = vc.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = vc.metadata.generation;
+    let now = (ctx.now)();
+    let phase = format!("{:?}", d.phase);
+    let message = d.message.clone().unwrap_or_default();
+    let short = observed.ready_replicas < observed.wanted_replicas.max(1);
+    let degraded = d.phase == Phase::Failed || (d.phase == Phase::Ready && short);
+    let (verified_reason, verified_message) = match (d.verified, d.phase) {
+        (true, _) => ("GatesPassed", String::new()),
+        (false, Phase::Failed) if !observed.gates.is_empty() => ("GatesFailed", message.clone()),
+        _ => ("NotVerified", "verification has not passed for this generation".to_string()),
+    };
+    let conditions = vec![
+        condition(previous, "Ready", d.phase == Phase::Ready, &phase, &message, generation, now),
+        condition(previous, "Verified", d.verified, verified_reason, &verified_message, generation, now),
+        condition(
+            previous,
+            "Progressing",
+            !matches!(d.phase, Phase::Ready | Phase::Failed),
+            &phase,
+            &message,
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            "Degraded",
+            degraded,
+            match (d.phase, degraded) {
+                (Phase::Failed, _) => "Failed",
+                (_, true) => "ReplicasUnavailable",
+                _ => "AsExpected",
+            },
+            if degraded { &message } else { "" },
+            generation,
+            now,
+        ),
+    ];
+    VectorCollectionStatus {
+        phase: d.phase,
+        observed_generation: generation,
+        vector_count: d.vector_count,
+        ready_replicas: observed.ready_replicas,
+        search_setting: d.search_setting.clone(),
+        verification: observed.gates.clone(),
+        message: d.message.clone(),
+        conditions,
+    }
+}
+
+async fn announce(vc: &VectorCollection, ctx: &Context, d: &Decision) {
+    let phase = format!("{:?}", d.phase);
+    let note = match &d.message {
+        Some(m) => format!("{phase}: {m}"),
+        None => phase.clone(),
+    };
+    if d.phase == Phase::Failed {
+        ctx.event(vc, EventType::Warning, "Failed", "Reconcile", note).await;
+    } else {
+        ctx.event(vc, EventType::Normal, &phase, "Reconcile", note).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn stuck_pods_say_why_and_starting_ones_do_not() {
+        let unschedulable = pod(serde_json::json!({"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes: pod has unbound PersistentVolumeClaims"}]}));
+        assert_eq!(
+            pod_problem(&unschedulable).as_deref(),
+            Some("Unschedulable: 0/3 nodes: pod has unbound PersistentVolumeClaims")
+        );
+        let creating = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        assert_eq!(pod_problem(&creating), None);
+        let pulling = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]}));
+        assert_eq!(pod_problem(&pulling).as_deref(), Some("ImagePullBackOff: not found"));
+        let long = "x".repeat(2000);
+        let crashed = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 2, "message": long}}}]}));
+        let problem = pod_problem(&crashed).unwrap();
+        assert!(
+            problem.starts_with("exited with 2: xxx") && problem.ends_with("...") && problem.len() < 600,
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn verify_reports_become_gates_and_other_messages_none() {
+        let report = r#"{"collection": "c", "passed": false, "setting": "s", "queries": 1, "k": 10, "checks": [
+            {"name": "recall", "measured": 0.8, "comparison": ">=", "threshold": 0.9, "passed": false, "margin": -0.1}]}"#;
+        let g = gates(report);
+        assert_eq!((g.len(), g[0].name.as_str(), g[0].passed), (1, "recall", false));
+        assert!(gates("error: connection refused").is_empty());
+    }
+}

@@ -1,0 +1,230 @@
+//! The controllers: `collection` reconciles a VectorCollection into its objects and status,
+//! `alias` switches a CollectionAlias's Service. They share the context, errors, backoff,
+//! server-side apply and condition helpers below.
+
+pub mod alias;
+pub mod collection;
+
+use crate::crd::VectorCollectionSpec;
+use crate::engine::{Drainer, EngineError, WriterProbe};
+use crate::metrics::Metrics;
+use crate::resources::Defaults;
+use crate::resources::labels::FIELD_MANAGER;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+    #[error("the token Secret {0} has no key {1}")]
+    MissingToken(String, String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Engine(_) => "engine",
+            Error::NoNamespace(_) | Error::MissingToken(..) => "invalid",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub writer: Arc<dyn WriterProbe>,
+    pub drainer: Arc<dyn Drainer>,
+    pub defaults: Defaults,
+    pub metrics: Arc<Metrics>,
+    /// The time stamped into conditions and alias history (fixed in tests).
+    pub now: fn() -> Timestamp,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        writer: Arc<dyn WriterProbe>,
+        drainer: Arc<dyn Drainer>,
+        defaults: Defaults,
+        metrics: Arc<Metrics>,
+        now: fn() -> Timestamp,
+    ) -> Self {
+        Context { client, recorder, writer, drainer, defaults, metrics, now, failures: Mutex::default() }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forget an object's failures after a successful reconcile.
+    pub(crate) fn succeeded(&self, key: &str) {
+        self.failures().remove(key);
+    }
+
+    /// Publishes an Event about `object`; a failed publish is logged, never fatal.
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        self.event_about(object, None, type_, reason, action, note).await
+    }
+
+    /// An Event that also names `related` (e.g. the collection an alias switched to). kube's
+    /// recorder folds events with the same object, reason and related object into one series
+    /// (keeping the first note), so events about different collections must name them.
+    pub(crate) async fn event_about<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing an event failed");
+        }
+    }
+}
+
+/// A reference to the collection `name` in `ns`, for Events.
+pub fn collection_ref(ns: &str, name: &str) -> ObjectReference {
+    use crate::crd::VectorCollection;
+    ObjectReference {
+        api_version: Some(VectorCollection::api_version(&()).into_owned()),
+        kind: Some(VectorCollection::kind(&()).into_owned()),
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        ..Default::default()
+    }
+}
+
+/// `Kind/namespace/name`: the key of an object in logs and backoff (a collection and an alias
+/// may share a name).
+pub fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// 5s after the first failure, doubling per consecutive failure, at most 5 minutes.
+pub fn backoff_delay(failures: u32) -> Duration {
+    Duration::from_secs(5).saturating_mul(1 << failures.min(6)).min(Duration::from_secs(300))
+}
+
+/// Requeue after a failure, later for each consecutive one.
+pub fn backoff(ctx: &Context, key: &str) -> Action {
+    let mut failures = ctx.failures();
+    let n = failures.entry(key.to_string()).or_insert(0);
+    let delay = backoff_delay(*n);
+    *n += 1;
+    Action::requeue(delay)
+}
+
+pub fn namespace<K: Resource>(object: &K) -> Result<String> {
+    object.namespace().ok_or_else(|| Error::NoNamespace(object.name_any()))
+}
+
+/// The bearer token of a collection's pods, from `spec.tokenSecret`.
+pub async fn collection_token(client: &Client, ns: &str, spec: &VectorCollectionSpec) -> Result<Option<String>> {
+    let Some(selector) = &spec.token_secret else {
+        return Ok(None);
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get(&selector.name).await?;
+    let value = secret
+        .data
+        .and_then(|mut data| data.remove(&selector.key))
+        .ok_or_else(|| Error::MissingToken(selector.name.clone(), selector.key.clone()))?;
+    Ok(Some(String::from_utf8_lossy(&value.0).trim().to_string()))
+}
+
+/// Server-side apply of an object the operator owns, with the one field manager.
+pub async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = object.meta().name.clone().unwrap_or_default();
+    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?)
+}
+
+/// A condition, keeping the previous transition time when its status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_at_five_minutes() {
+        let delays: Vec<u64> = (0..9).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_the_status_holds() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let first = condition(&[], "Ready", false, "Pending", "", Some(1), t0);
+        let same = condition(std::slice::from_ref(&first), "Ready", false, "Importing", "5 rows", Some(1), t1);
+        assert_eq!(same.last_transition_time, Time(t0));
+        assert_eq!(same.reason, "Importing");
+        let flipped = condition(&[same], "Ready", true, "Ready", "", Some(1), t1);
+        assert_eq!((flipped.status.as_str(), flipped.last_transition_time), ("True", Time(t1)));
+    }
+}

@@ -1,0 +1,98 @@
+//! The warm-up and verify Jobs: one run of `quiver warmup` / `quiver verify` against the
+//! collection's replicas Service per spec generation. Their JSON report is the container's
+//! termination message; exit code 1 is a verdict (a failed gate) and is not retried.
+
+use super::Defaults;
+use super::labels::{self, Role};
+use super::pod::{self, flag, optional_flag};
+use crate::crd::VectorCollection;
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+/// Retries for infrastructure failures (evictions, image pulls); a failed gate is final.
+const BACKOFF_LIMIT: i32 = 3;
+const DEADLINE_SECONDS: i64 = 3600;
+
+fn generation(vc: &VectorCollection) -> i64 {
+    vc.metadata.generation.unwrap_or(0)
+}
+
+/// The vector count the source promised (push sources say it in source.push).
+pub fn expected_count(vc: &VectorCollection) -> Option<u64> {
+    vc.spec.verify.expected_count.or(vc.spec.source.push.as_ref().and_then(|p| p.expected_count))
+}
+
+pub fn warmup_args(vc: &VectorCollection) -> Vec<String> {
+    let name = vc.name_any();
+    let mut args = vec!["warmup".to_string()];
+    flag(&mut args, "target", labels::replicas_url(&name));
+    flag(&mut args, "collection", &name);
+    flag(&mut args, "max-queries", vc.spec.warmup.max_queries);
+    args
+}
+
+pub fn verify_args(vc: &VectorCollection) -> Vec<String> {
+    let name = vc.name_any();
+    let v = &vc.spec.verify;
+    let mut args = vec!["verify".to_string()];
+    flag(&mut args, "target", labels::replicas_url(&name));
+    flag(&mut args, "collection", &name);
+    optional_flag(&mut args, "expected-count", expected_count(vc));
+    flag(&mut args, "min-recall", v.min_recall);
+    optional_flag(&mut args, "max-p99-ms", v.max_p99_ms);
+    flag(&mut args, "k", v.k);
+    flag(&mut args, "sample", v.sample);
+    args
+}
+
+pub fn warmup(vc: &VectorCollection, defaults: &Defaults) -> Job {
+    job(vc, defaults, Role::Warmup, warmup_args(vc))
+}
+
+pub fn verify(vc: &VectorCollection, defaults: &Defaults) -> Job {
+    job(vc, defaults, Role::Verify, verify_args(vc))
+}
+
+fn job(vc: &VectorCollection, defaults: &Defaults, role: Role, args: Vec<String>) -> Job {
+    let name = vc.name_any();
+    let mut meta = labels::owned_meta(vc, labels::job_name(&name, role, generation(vc)), role);
+    let mut pod_labels = labels::labels(&name, role);
+    pod_labels.insert(labels::GENERATION.into(), generation(vc).to_string());
+    meta.labels = Some(pod_labels.clone());
+    let container = pod::container(vc, defaults, args, None, false);
+    Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(BACKOFF_LIMIT),
+            active_deadline_seconds: Some(DEADLINE_SECONDS),
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "FailJob".into(),
+                    on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                        container_name: Some(pod::BINARY.into()),
+                        operator: "In".into(),
+                        values: vec![1],
+                    }),
+                    ..Default::default()
+                }],
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    restart_policy: Some("Never".into()),
+                    security_context: Some(pod::pod_security()),
+                    volumes: Some(pod::volumes(vc)),
+                    automount_service_account_token: Some(false),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,142 @@
+//! What every quiver pod shares: the image, the restricted security context, ports, probes
+//! and the writable volumes a read-only root filesystem needs.
+
+use super::{Defaults, GRPC_PORT, HTTP_PORT};
+use crate::crd::VectorCollection;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// The binary every container runs; its subcommand is the role.
+pub const BINARY: &str = "quiver";
+/// Where a role keeps its collection (the writer's PVC, a replica's emptyDir).
+pub const DATA_DIR: &str = "/data";
+pub const DATA_VOLUME: &str = "data";
+const TMP_VOLUME: &str = "tmp";
+const TOKEN_VOLUME: &str = "token";
+const TOKEN_DIR: &str = "/var/run/secrets/quiver";
+const TOKEN_FILE: &str = "token";
+/// A non-root uid/gid; `fsGroup` makes the data volume writable for it.
+const UID: i64 = 65532;
+
+pub fn image(vc: &VectorCollection, defaults: &Defaults) -> String {
+    vc.spec.image.clone().unwrap_or_else(|| defaults.image.clone())
+}
+
+/// The Pod Security Standards "restricted" profile.
+pub fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(UID),
+        run_as_group: Some(UID),
+        fs_group: Some(UID),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// A container running `quiver <args>` with the restricted context, a writable /tmp, and the
+/// collection's bearer token file when it has one.
+pub fn container(
+    vc: &VectorCollection,
+    defaults: &Defaults,
+    mut args: Vec<String>,
+    resources: Option<ResourceRequirements>,
+    data: bool,
+) -> Container {
+    let mut mounts = vec![VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..Default::default() }];
+    if data {
+        mounts.push(VolumeMount { name: DATA_VOLUME.into(), mount_path: DATA_DIR.into(), ..Default::default() });
+    }
+    if vc.spec.token_secret.is_some() {
+        mounts.push(VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        flag(&mut args, "token-file", format!("{TOKEN_DIR}/{TOKEN_FILE}"));
+    }
+    Container {
+        name: BINARY.into(),
+        image: Some(image(vc, defaults)),
+        command: Some(vec![BINARY.into()]),
+        args: Some(args),
+        resources,
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        // The Jobs' JSON report is their termination message; a crash falls back to the log tail.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// Ports and probes of a serving role (writer, replica).
+pub fn serving(mut container: Container) -> Container {
+    container.ports = Some(vec![
+        ContainerPort { name: Some("grpc".into()), container_port: GRPC_PORT, ..Default::default() },
+        ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() },
+    ]);
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    container.liveness_probe = Some(probe("/livez", 10, 6));
+    // Readiness means "has a verified snapshot and is warm", which can take long; it is not a
+    // liveness signal, so it only gates traffic.
+    container.readiness_probe = Some(probe("/readyz", 5, 1));
+    container
+}
+
+/// The scratch volume behind /tmp (the root filesystem is read-only), and the token Secret's
+/// key as a file when the collection has one.
+pub fn volumes(vc: &VectorCollection) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: TMP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    if let Some(secret) = &vc.spec.token_secret {
+        volumes.push(Volume {
+            name: TOKEN_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath { key: secret.key.clone(), path: TOKEN_FILE.into(), ..Default::default() }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+/// Spelled-out argument lists, so the rendered pods read like the commands one types.
+pub fn flag(args: &mut Vec<String>, name: &str, value: impl ToString) {
+    args.push(format!("--{name}"));
+    args.push(value.to_string());
+}
+
+pub fn optional_flag(args: &mut Vec<String>, name: &str, value: Option<impl ToString>) {
+    if let Some(value) = value {
+        flag(args, name, value);
+    }
+}

@@ -1,0 +1,125 @@
+//! Read replicas: a Deployment whose pods fetch the sealed snapshot from the writer (or a ready
+//! peer), warm it and serve Search; the Service in front of them; their disruption budget.
+
+use super::labels::{self, Role};
+use super::pod::{self, flag, optional_flag};
+use super::{Defaults, GRPC_PORT};
+use crate::crd::{ReplicasSpec, VectorCollection};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Service, ServiceSpec, Volume};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+pub const DEFAULT_COUNT: i32 = 2;
+/// Seconds a terminating replica keeps answering while Services stop routing to it.
+pub const DRAIN_DELAY_SECS: u64 = 5;
+
+/// Whether an HPA owns the replica count.
+pub fn autoscaled(spec: &ReplicasSpec) -> bool {
+    spec.min.is_some() || spec.max.is_some()
+}
+
+/// Replicas that must be ready before the collection is warmed up and verified.
+pub fn wanted(spec: &ReplicasSpec) -> i32 {
+    if autoscaled(spec) { spec.min.unwrap_or(1) } else { spec.count.unwrap_or(DEFAULT_COUNT) }
+}
+
+/// `quiver replica ...` for this collection.
+pub fn args(vc: &VectorCollection) -> Vec<String> {
+    let name = vc.name_any();
+    let mut args = vec!["replica".to_string()];
+    flag(&mut args, "data-dir", pod::DATA_DIR);
+    flag(&mut args, "collection", &name);
+    // The writer first; ready peers (behind the replicas Service) take over when it is busy or gone.
+    flag(&mut args, "snapshot-from", format!("{},{}", labels::writer_url(&name), labels::replicas_url(&name)));
+    flag(&mut args, "listen", format!("0.0.0.0:{GRPC_PORT}"));
+    flag(&mut args, "http-listen", format!("0.0.0.0:{}", super::HTTP_PORT));
+    flag(&mut args, "warmup-max-queries", vc.spec.warmup.max_queries);
+    // On SIGTERM stay NOT_SERVING this long before closing, while endpoints drop the pod.
+    flag(&mut args, "drain-delay-secs", DRAIN_DELAY_SECS);
+    optional_flag(&mut args, "max-connection-age-secs", vc.spec.replicas.max_connection_age_seconds);
+    args
+}
+
+pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
+    let name = vc.name_any();
+    let spec = &vc.spec.replicas;
+    let container = pod::serving(pod::container(vc, defaults, args(vc), spec.resources.clone(), true));
+    Deployment {
+        metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),
+        spec: Some(DeploymentSpec {
+            // Left unset when autoscaled, so the HPA, not this field manager, owns the count.
+            replicas: (!autoscaled(spec)).then(|| wanted(spec)),
+            selector: LabelSelector {
+                match_labels: Some(labels::selector(&name, Role::Replica)),
+                ..Default::default()
+            },
+            // A new pod must be ready (snapshot fetched, warm) before an old one goes.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels::labels(&name, Role::Replica)), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod::pod_security()),
+                    volumes: Some(
+                        [
+                            pod::volumes(vc),
+                            // The fetched snapshot: fetched again from the writer or a peer on restart.
+                            vec![Volume {
+                                name: pod::DATA_VOLUME.into(),
+                                empty_dir: Some(EmptyDirVolumeSource::default()),
+                                ..Default::default()
+                            }],
+                        ]
+                        .concat(),
+                    ),
+                    automount_service_account_token: Some(false),
+                    // Draining replicas finish calls in flight and send GOAWAY before exiting.
+                    termination_grace_period_seconds: Some(30),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The collection's own Service (jobs and peers use it; clients use the alias Service).
+pub fn service(vc: &VectorCollection) -> Service {
+    let name = vc.name_any();
+    Service {
+        metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),
+        spec: Some(ServiceSpec {
+            selector: Some(labels::selector(&name, Role::Replica)),
+            ports: Some(vec![super::writer::grpc_port()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// At most one replica voluntarily evicted at a time.
+pub fn disruption_budget(vc: &VectorCollection) -> PodDisruptionBudget {
+    let name = vc.name_any();
+    PodDisruptionBudget {
+        metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels::selector(&name, Role::Replica)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

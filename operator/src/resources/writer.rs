@@ -1,0 +1,118 @@
+//! The writer: a one-pod StatefulSet (its LMDB on a PVC) that imports, builds, seals and
+//! serves the snapshot, and the headless Service replicas fetch the snapshot through.
+
+use super::labels::{self, Role};
+use super::pod::{self, flag, optional_flag};
+use super::{Defaults, GRPC_PORT};
+use crate::crd::VectorCollection;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+
+pub const DEFAULT_STORAGE: &str = "10Gi";
+
+/// `quiver writer ...` for this collection.
+pub fn args(vc: &VectorCollection) -> Vec<String> {
+    let spec = &vc.spec;
+    let mut args = vec!["writer".to_string()];
+    flag(&mut args, "data-dir", pod::DATA_DIR);
+    flag(&mut args, "collection", vc.name_any());
+    flag(&mut args, "listen", format!("0.0.0.0:{GRPC_PORT}"));
+    flag(&mut args, "http-listen", format!("0.0.0.0:{}", super::HTTP_PORT));
+    // Without a URL the writer waits for an ETL on its Ingest API.
+    optional_flag(&mut args, "source", spec.source.url.as_ref());
+    optional_flag(&mut args, "format", spec.source.format.as_ref());
+    flag(&mut args, "distance", spec.distance.as_str());
+    flag(&mut args, "dimensions", spec.dimensions);
+    flag(&mut args, "index", spec.index.backend.as_str());
+    optional_flag(&mut args, "n-trees", spec.index.n_trees);
+    optional_flag(&mut args, "ef-construction", spec.index.ef_construction);
+    flag(&mut args, "target-recall", spec.search.target_recall);
+    args
+}
+
+pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {
+    let name = vc.name_any();
+    let writer = &vc.spec.writer;
+    let container = pod::serving(pod::container(vc, defaults, args(vc), writer.resources.clone(), true));
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(pod::DATA_VOLUME.into()),
+            labels: Some(labels::labels(&name, Role::Writer)),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: writer.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(writer.storage.clone().unwrap_or_else(|| DEFAULT_STORAGE.into())),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: labels::owned_meta(vc, labels::writer_name(&name), Role::Writer),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(labels::writer_name(&name)),
+            selector: LabelSelector { match_labels: Some(labels::selector(&name, Role::Writer)), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels::labels(&name, Role::Writer)), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod::pod_security()),
+                    volumes: Some(pod::volumes(vc)),
+                    automount_service_account_token: Some(false),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            // The volume holds a build artifact of this collection only: deleting the
+            // collection (which the finalizer refuses while an alias uses it) deletes it.
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Delete".into()),
+                when_scaled: Some("Retain".into()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Headless: the name resolves to the writer pod once it is ready (sealed, snapshot written),
+/// which is exactly when replicas can fetch from it.
+pub fn service(vc: &VectorCollection) -> Service {
+    let name = vc.name_any();
+    Service {
+        metadata: labels::owned_meta(vc, labels::writer_name(&name), Role::Writer),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(labels::selector(&name, Role::Writer)),
+            ports: Some(vec![grpc_port()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn grpc_port() -> ServicePort {
+    ServicePort {
+        name: Some("grpc".into()),
+        port: GRPC_PORT,
+        target_port: Some(IntOrString::String("grpc".into())),
+        app_protocol: Some("kubernetes.io/h2c".into()),
+        ..Default::default()
+    }
+}

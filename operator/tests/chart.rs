@@ -1,0 +1,137 @@
+//! The Helm chart without helm: its RBAC grants exactly what the controllers call (least
+//! privilege, nothing missing), and its Deployment passes only flags the binary knows.
+
+use clap::CommandFactory;
+use quiver_operator::run::Config;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/quiver")
+}
+
+/// A template with its `{{ ... }}` actions replaced, parsed as YAML documents.
+fn documents(template: &str) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(chart().join("templates").join(template)).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("{{-") && !l.trim_start().starts_with("{{ include"))
+        .map(|l| {
+            let mut out = String::new();
+            let mut rest = l;
+            while let Some(start) = rest.find("{{") {
+                out.push_str(&rest[..start]);
+                let end = rest[start..].find("}}").map(|e| start + e + 2).unwrap_or(rest.len());
+                out.push_str("TEMPLATED");
+                rest = &rest[end..];
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect();
+    serde_yaml::Deserializer::from_str(&lines.join("\n"))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+type Grant = (String, String, String);
+
+fn grants(rules: &serde_yaml::Value) -> BTreeSet<Grant> {
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    };
+    let mut out = BTreeSet::new();
+    for rule in rules.as_sequence().unwrap() {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    out.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn expand(group: &str, resources: &[&str], verbs: &[&str]) -> Vec<Grant> {
+    resources
+        .iter()
+        .flat_map(|r| verbs.iter().map(move |v| (group.to_string(), r.to_string(), v.to_string())))
+        .collect()
+}
+
+/// What the controllers do, call by call (see controller/collection.rs, controller/alias.rs,
+/// run.rs); server-side apply may create, so owned kinds need create and patch.
+fn needed() -> BTreeSet<Grant> {
+    let watch = ["get", "list", "watch"];
+    let apply = ["get", "list", "watch", "create", "patch"];
+    [
+        expand(
+            "quiver.dev",
+            &["vectorcollections", "collectionaliases"],
+            &["get", "list", "watch", "patch", "create", "delete"],
+        ),
+        expand("quiver.dev", &["vectorcollections/status", "collectionaliases/status"], &["get", "patch"]),
+        expand("quiver.dev", &["vectorcollections/finalizers", "collectionaliases/finalizers"], &["update"]),
+        expand("apps", &["statefulsets", "deployments"], &apply),
+        expand("", &["services"], &apply),
+        expand("batch", &["jobs"], &[&apply[..], &["deletecollection"]].concat()),
+        expand("autoscaling", &["horizontalpodautoscalers"], &[&apply[..], &["delete"]].concat()),
+        expand("policy", &["poddisruptionbudgets"], &apply),
+        expand("", &["pods"], &watch[..2]),
+        expand("", &["secrets"], &["get"]),
+        expand("events.k8s.io", &["events"], &["create", "patch"]),
+    ]
+    .concat()
+    .into_iter()
+    .collect()
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_the_controllers_use() {
+    let docs = documents("clusterrole.yaml");
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").expect("a ClusterRole");
+    let granted = grants(&role["rules"]);
+    let needed = needed();
+    let missing: Vec<_> = needed.difference(&granted).collect();
+    let extra: Vec<_> = granted.difference(&needed).collect();
+    assert!(missing.is_empty(), "the ClusterRole lacks {missing:?}");
+    assert!(extra.is_empty(), "the ClusterRole grants more than needed: {extra:?}");
+    assert!(!granted.iter().any(|(g, r, v)| g == "*" || r == "*" || v == "*"));
+    let binding = docs.iter().find(|d| d["kind"] == "ClusterRoleBinding").expect("a ClusterRoleBinding");
+    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+}
+
+#[test]
+fn the_lease_is_granted_only_in_the_release_namespace() {
+    let docs = documents("leader-election.yaml");
+    let role = docs.iter().find(|d| d["kind"] == "Role").expect("a namespaced Role");
+    let granted = grants(&role["rules"]);
+    assert!(granted.iter().all(|(g, r, _)| g == "coordination.k8s.io" && r == "leases"), "{granted:?}");
+    assert!(granted.contains(&("coordination.k8s.io".into(), "leases".into(), "patch".into())));
+}
+
+#[test]
+fn deployment_passes_only_flags_the_operator_knows_and_runs_restricted() {
+    let known: BTreeSet<String> =
+        Config::command().get_arguments().filter_map(|a| a.get_long().map(String::from)).collect();
+    let docs = documents("deployment.yaml");
+    let pod = &docs[0]["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args = container["args"].as_sequence().unwrap();
+    assert!(args.len() >= 5, "{args:?}");
+    for arg in args {
+        let arg = arg.as_str().unwrap();
+        let flag = arg.trim_start_matches("--").split('=').next().unwrap();
+        assert!(known.contains(flag), "the chart passes {arg}, which quiver-operator does not know");
+    }
+    let env: Vec<&str> = container["env"].as_sequence().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert!(env.contains(&"POD_NAME") && env.contains(&"POD_NAMESPACE"), "{env:?}");
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+}

@@ -1,0 +1,496 @@
+//! VectorCollection reconciles against a scripted API server: the exact requests and patches
+//! for create, progress, replication, the Jobs, the verify result, deletion and idempotence.
+
+mod common;
+
+use common::{harness, list, not_found, run};
+use quiver_operator::controller::collection::{FINALIZER, reconcile};
+use quiver_operator::crd::VectorCollection;
+use quiver_operator::phase::WriterState;
+use quiver_operator::resources::{CollectionObjects, Defaults};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const NS: &str = "search";
+const VC: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/vectorcollections/products-v2";
+const WRITER_SVC: &str = "/api/v1/namespaces/search/services/products-v2-writer";
+const WRITER_STS: &str = "/apis/apps/v1/namespaces/search/statefulsets/products-v2-writer";
+const WRITER_POD: &str = "/api/v1/namespaces/search/pods/products-v2-writer-0";
+const REPLICAS_SVC: &str = "/api/v1/namespaces/search/services/products-v2-replicas";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/search/deployments/products-v2-replicas";
+const HPA: &str = "/apis/autoscaling/v2/namespaces/search/horizontalpodautoscalers/products-v2-replicas";
+const PDB: &str = "/apis/policy/v1/namespaces/search/poddisruptionbudgets/products-v2-replicas";
+const JOBS: &str = "/apis/batch/v1/namespaces/search/jobs";
+const PODS: &str = "/api/v1/namespaces/search/pods";
+const ALIASES: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/collectionaliases";
+
+/// The example collection as stored: finalizer set unless `fresh`, at generation 1.
+fn collection(fresh: bool, status: Value) -> Arc<VectorCollection> {
+    let mut vc: Value = serde_yaml::from_str(include_str!("../../examples/vectorcollection.yaml")).unwrap();
+    vc["metadata"] = json!({
+        "name": "products-v2", "namespace": NS, "uid": "c0ffee00-0000-4000-8000-000000000001",
+        "generation": 1, "resourceVersion": "7",
+    });
+    if !fresh {
+        vc["metadata"]["finalizers"] = json!([FINALIZER]);
+    }
+    if !status.is_null() {
+        vc["status"] = status;
+    }
+    Arc::new(serde_json::from_value(vc).unwrap())
+}
+
+/// Any stored collection: what the API server answers a patch with.
+fn stored_object() -> Value {
+    serde_json::to_value(collection(false, Value::Null).as_ref()).unwrap()
+}
+
+async fn status_patch(server: &mut common::ApiServer) -> common::Sent {
+    server.expect("PATCH", &format!("{VC}/status"), 200, stored_object()).await
+}
+
+fn rendered(vc: &VectorCollection) -> CollectionObjects {
+    CollectionObjects::render(vc, &Defaults { image: "quiver:test".into() })
+}
+
+fn running_pod(ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "products-v2-writer-0"},
+           "status": {"phase": "Running", "podIP": ip}})
+}
+
+fn condition(status: &Value, type_: &str) -> (String, String) {
+    let c = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap();
+    (c["status"].as_str().unwrap().into(), c["reason"].as_str().unwrap().into())
+}
+
+/// What the previous reconcile wrote: phase, generation 1, the sealed facts.
+fn stored_status(phase: &str) -> Value {
+    json!({"phase": phase, "observedGeneration": 1, "vectorCount": 50000, "readyReplicas": 2,
+           "searchSetting": "signscan quality=100"})
+}
+
+fn sealed() -> WriterState {
+    WriterState::Sealed { count: 50000, setting: "signscan quality=100".into() }
+}
+
+/// The writer objects, applied first on every reconcile; returns the StatefulSet apply.
+async fn writer_applied(server: &mut common::ApiServer, ready: i32) {
+    server.apply(WRITER_SVC, Value::Null).await;
+    server.apply(WRITER_STS, json!({"replicas": 1, "readyReplicas": ready})).await;
+}
+
+async fn replicas_applied(server: &mut common::ApiServer, ready: i32) {
+    server.apply(REPLICAS_SVC, Value::Null).await;
+    server.apply(DEPLOYMENT, json!({"readyReplicas": ready})).await;
+    server.apply(HPA, Value::Null).await;
+    server.apply(PDB, Value::Null).await;
+}
+
+#[tokio::test]
+async fn create_adds_the_finalizer_applies_the_writer_and_reports_pending() {
+    let mut h = harness();
+    let vc = collection(true, Value::Null);
+    let expected = rendered(&vc);
+    let action = run(reconcile(vc.clone(), h.ctx.clone()), async {
+        let fin = h.server.expect("PATCH", VC, 200, serde_json::to_value(vc.as_ref()).unwrap()).await;
+        assert_eq!(fin.body, json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "7"}}));
+        let svc = h.server.apply(WRITER_SVC, Value::Null).await;
+        assert_eq!(svc.body, serde_json::to_value(&expected.writer_service).unwrap());
+        let sts = h.server.apply(WRITER_STS, json!({"replicas": 1})).await;
+        assert_eq!(sts.body, serde_json::to_value(&expected.writer).unwrap());
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "Pending");
+        assert_eq!(status.body["status"]["message"], "waiting for the writer");
+        assert_eq!(status.body["status"]["observedGeneration"], 1);
+        assert_eq!(condition(&status.body["status"], "Progressing"), ("True".into(), "Pending".into()));
+        assert_eq!(condition(&status.body["status"], "Ready").0, "False");
+        assert_eq!(condition(&status.body["status"], "Verified"), ("False".into(), "NotVerified".into()));
+        let (reason, _) = h.server.event(NS).await;
+        assert_eq!(reason, "Pending");
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(10)));
+    assert!(h.writer.asked.lock().unwrap().is_empty(), "no pod, no probe");
+}
+
+#[tokio::test]
+async fn import_progress_is_read_from_the_writer_pod() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(WriterState::Importing { rows: 1234 });
+    let vc = collection(false, json!({"phase": "Pending", "observedGeneration": 1}));
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "Importing");
+        assert_eq!(status.body["status"]["message"], "1234 vectors imported");
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!((reason.as_str(), note.as_str()), ("Importing", "Importing: 1234 vectors imported"));
+    })
+    .await
+    .unwrap();
+    assert_eq!(*h.writer.asked.lock().unwrap(), ["http://10.1.2.3:7700"]);
+    assert_eq!(*h.writer.tokens.lock().unwrap(), [None]);
+}
+
+#[tokio::test]
+async fn the_writer_is_asked_with_the_collections_token() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(WriterState::Importing { rows: 1 });
+    let mut vc =
+        (*collection(false, json!({"phase": "Importing", "observedGeneration": 1, "message": "1 vectors imported"})))
+            .clone();
+    vc.spec.token_secret = Some(serde_json::from_value(json!({"name": "quiver-token", "key": "token"})).unwrap());
+    run(reconcile(Arc::new(vc), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "quiver-token"},
+            "data": {"token": "czNjcmV0Cg=="}});
+        h.server.expect("GET", "/api/v1/namespaces/search/secrets/quiver-token", 200, secret).await;
+        // Conditions were never written for this stored status; the phase did not change: no event.
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "Importing");
+    })
+    .await
+    .unwrap();
+    assert_eq!(*h.writer.tokens.lock().unwrap(), [Some("s3cret".to_string())]);
+}
+
+#[tokio::test]
+async fn a_crash_looping_writer_says_why_in_the_status() {
+    let mut h = harness();
+    let vc =
+        collection(false, json!({"phase": "Pending", "observedGeneration": 1, "message": "waiting for the writer"}));
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "products-v2-writer-0"},
+            "status": {"phase": "Running", "podIP": "10.1.2.3", "containerStatuses": [{
+                "name": "quiver", "image": "quiver:test", "imageID": "", "ready": false, "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 2, "message": "error: fetching https://data.example.com/x.npy: 404\n"}}}]}});
+        h.server.expect("GET", WRITER_POD, 200, pod).await;
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "Pending");
+        assert_eq!(
+            status.body["status"]["message"],
+            "waiting for the writer: CrashLoopBackOff: error: fetching https://data.example.com/x.npy: 404"
+        );
+    })
+    .await
+    .unwrap();
+    // It was asked (Running pod) and did not answer.
+    assert_eq!(h.writer.asked.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sealed_but_not_ready_writer_is_publishing_and_creates_no_replicas() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let vc = collection(false, json!({"phase": "Building", "observedGeneration": 1}));
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "Publishing");
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_published_snapshot_brings_up_the_replicas() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let vc = collection(false, json!({"phase": "Publishing", "observedGeneration": 1}));
+    let expected = rendered(&vc);
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        let svc = h.server.apply(REPLICAS_SVC, Value::Null).await;
+        assert_eq!(svc.body, serde_json::to_value(&expected.replicas_service).unwrap());
+        let deployment = h.server.apply(DEPLOYMENT, json!({"readyReplicas": 1})).await;
+        assert_eq!(deployment.body, serde_json::to_value(&expected.replicas).unwrap());
+        let hpa = h.server.apply(HPA, Value::Null).await;
+        assert_eq!(hpa.body, serde_json::to_value(expected.autoscaler.as_ref().unwrap()).unwrap());
+        h.server.apply(PDB, Value::Null).await;
+        // Still short of replicas: why the missing one is not ready.
+        let stuck = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "products-v2-replicas-abc"},
+            "status": {"containerStatuses": [{"name": "quiver", "image": "quiver:test", "imageID": "", "ready": false,
+                "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 2, "message": "snapshot sha256 mismatch"}}}]}});
+        let pods = h.server.expect("GET", PODS, 200, list("Pod", vec![running_pod("10.1.2.9"), stuck])).await;
+        assert!(pods.uri.contains("quiver.dev%2Frole%3Dreplica"), "{}", pods.uri);
+        let status = status_patch(&mut h.server).await;
+        let status = &status.body["status"];
+        assert_eq!(status["phase"], "Replicating");
+        assert_eq!(
+            status["message"],
+            "1/2 replicas ready; replica products-v2-replicas-abc: CrashLoopBackOff: snapshot sha256 mismatch"
+        );
+        assert_eq!((status["vectorCount"].as_u64(), status["readyReplicas"].as_i64()), (Some(50000), Some(1)));
+        assert_eq!(status["searchSetting"], "signscan quality=100");
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn ready_replicas_start_the_warmup_job_once() {
+    let mut h = harness();
+    // The writer pod is gone: the stored seal carries the pipeline on.
+    let vc = collection(false, stored_status("Replicating"));
+    let expected = rendered(&vc);
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        replicas_applied(&mut h.server, 2).await;
+        h.server.expect("GET", &format!("{JOBS}/products-v2-warmup-g1"), 404, not_found()).await;
+        let job = h.server.apply(&format!("{JOBS}/products-v2-warmup-g1"), Value::Null).await;
+        assert_eq!(job.body, serde_json::to_value(&expected.warmup).unwrap());
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "WarmingUp");
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+fn job(name: &str, condition: &str) -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+           "status": {"conditions": [{"type": condition, "status": "True"}]}})
+}
+
+fn job_pod(message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "status": {"containerStatuses": [{
+        "name": "quiver", "image": "quiver:test", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": "2025-11-25T11:59:00Z"}}}]}})
+}
+
+fn report(recall: f64) -> String {
+    json!({"collection": "products-v2", "passed": recall >= 0.95, "setting": "signscan quality=100",
+           "queries": 200, "k": 10, "checks": [
+        {"name": "count", "measured": 50000.0, "comparison": "==", "threshold": 50000.0, "passed": true, "margin": 0.0},
+        {"name": "recall", "measured": recall, "comparison": ">=", "threshold": 0.95, "passed": recall >= 0.95,
+         "margin": recall - 0.95}]})
+    .to_string()
+}
+
+async fn verify_finished(h: &mut common::Harness, verify: &str, message: &str) -> Value {
+    writer_applied(&mut h.server, 1).await;
+    h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+    replicas_applied(&mut h.server, 2).await;
+    let warmup = format!("{JOBS}/products-v2-warmup-g1");
+    h.server.expect("GET", &warmup, 200, job("products-v2-warmup-g1", "Complete")).await;
+    h.server.expect("GET", &format!("{JOBS}/products-v2-verify-g1"), 200, job("products-v2-verify-g1", verify)).await;
+    let pods = h.server.expect("GET", PODS, 200, list("Pod", vec![job_pod(message)])).await;
+    assert!(pods.uri.contains("labelSelector=batch.kubernetes.io%2Fjob-name%3Dproducts-v2-verify-g1"), "{}", pods.uri);
+    let status = status_patch(&mut h.server).await;
+    status.body["status"].clone()
+}
+
+#[tokio::test]
+async fn passing_verification_makes_the_collection_ready_and_verified() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let vc = collection(false, stored_status("Verifying"));
+    let action = run(reconcile(vc, h.ctx.clone()), async {
+        let status = verify_finished(&mut h, "Complete", &report(0.97)).await;
+        assert_eq!(status["phase"], "Ready");
+        assert_eq!(condition(&status, "Ready"), ("True".into(), "Ready".into()));
+        assert_eq!(condition(&status, "Verified"), ("True".into(), "GatesPassed".into()));
+        assert_eq!(condition(&status, "Progressing").0, "False");
+        assert_eq!(condition(&status, "Degraded"), ("False".into(), "AsExpected".into()));
+        assert_eq!(
+            status["verification"][1],
+            json!({"name": "recall", "measured": 0.97, "comparison": ">=",
+            "threshold": 0.95, "passed": true})
+        );
+        assert_eq!(h.server.event(NS).await.0, "Ready");
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn failed_verification_fails_the_collection_naming_the_gate() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let vc = collection(false, stored_status("Verifying"));
+    run(reconcile(vc, h.ctx.clone()), async {
+        let status = verify_finished(&mut h, "Failed", &report(0.81)).await;
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["message"], "verification failed: recall measured 0.81 (needs >= 0.95)");
+        assert_eq!(condition(&status, "Verified"), ("False".into(), "GatesFailed".into()));
+        assert_eq!(condition(&status, "Degraded"), ("True".into(), "Failed".into()));
+        assert_eq!(status["verification"][1]["passed"], false);
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(reason, "Failed");
+        assert!(note.contains("recall measured 0.81"), "{note}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_settled_collection_writes_nothing_but_its_owned_objects() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    // First reconcile: Verifying -> Ready; its status becomes the stored one.
+    let vc = collection(false, stored_status("Verifying"));
+    let mut written = Value::Null;
+    run(reconcile(vc, h.ctx.clone()), async {
+        written = verify_finished(&mut h, "Complete", &report(0.97)).await;
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+    // Second reconcile of the same state: applies (no-ops server-side), reads, and no status
+    // patch or event: no hot loop through our own writes.
+    let vc = collection(false, written);
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        replicas_applied(&mut h.server, 2).await;
+        h.server.expect("GET", &format!("{JOBS}/products-v2-warmup-g1"), 200, job("w", "Complete")).await;
+        h.server.expect("GET", &format!("{JOBS}/products-v2-verify-g1"), 200, job("v", "Complete")).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_ready_collection_losing_a_replica_stays_ready_degraded_and_keeps_its_verification() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let mut ready = stored_status("Ready");
+    ready["verification"] =
+        json!([{"name": "recall", "measured": 0.97, "comparison": ">=", "threshold": 0.95, "passed": true}]);
+    run(reconcile(collection(false, ready), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        replicas_applied(&mut h.server, 1).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Ready");
+        assert_eq!(status["message"], "1/2 replicas ready");
+        assert_eq!(status["verification"][0]["measured"], 0.97);
+        assert_eq!(condition(&status, "Degraded"), ("True".into(), "ReplicasUnavailable".into()));
+        assert_eq!(condition(&status, "Verified").0, "True");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_new_generation_restarts_the_pipeline_and_removes_old_jobs() {
+    let mut h = harness();
+    let mut vc = (*collection(false, stored_status("Ready"))).clone();
+    vc.metadata.generation = Some(2);
+    run(reconcile(Arc::new(vc), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        let delete = h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
+        assert!(
+            delete.uri.contains("labelSelector=quiver.dev%2Fcollection%3Dproducts-v2%2Cquiver.dev%2Frole+in+%28warmup%2Cverify%29%2Cquiver.dev%2Fgeneration%21%3D2"),
+            "{}",
+            delete.uri
+        );
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "Pending");
+        assert_eq!(status.body["status"]["observedGeneration"], 2);
+        assert_eq!(condition(&status.body["status"], "Verified").0, "False");
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn turning_autoscaling_off_deletes_the_autoscaler() {
+    let mut h = harness();
+    let mut vc = (*collection(false, stored_status("Ready"))).clone();
+    vc.metadata.generation = Some(2);
+    vc.spec.replicas = serde_json::from_value(json!({"count": 3})).unwrap();
+    run(reconcile(Arc::new(vc), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
+        let delete = h.server.expect("DELETE", HPA, 200, status).await;
+        assert_eq!(delete.body["propagationPolicy"], "Background");
+        status_patch(&mut h.server).await;
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+fn deleting() -> Arc<VectorCollection> {
+    let mut vc = (*collection(false, stored_status("Ready"))).clone();
+    vc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(common::now()));
+    Arc::new(vc)
+}
+
+fn alias(name: &str, spec: &str, current: &str) -> Value {
+    json!({"apiVersion": "quiver.dev/v1alpha1", "kind": "CollectionAlias", "metadata": {"name": name, "namespace": NS},
+           "spec": {"collection": spec}, "status": {"current": current}})
+}
+
+#[tokio::test]
+async fn deletion_is_refused_while_an_alias_serves_the_collection() {
+    let mut h = harness();
+    let action = run(reconcile(deleting(), h.ctx.clone()), async {
+        let aliases = vec![alias("products", "products-v3", "products-v2"), alias("other", "x", "x")];
+        h.server.expect("GET", ALIASES, 200, list("CollectionAlias", aliases)).await;
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(reason, "DeletionBlocked");
+        assert_eq!(note, "deletion waits: alias products points at this collection");
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(condition(&status.body["status"], "DeletionBlocked"), ("True".into(), "AliasPointsHere".into()));
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(30)));
+}
+
+#[tokio::test]
+async fn deletion_proceeds_once_no_alias_points_at_the_collection() {
+    let mut h = harness();
+    run(reconcile(deleting(), h.ctx.clone()), async {
+        h.server.expect("GET", ALIASES, 200, list("CollectionAlias", vec![alias("other", "x", "x")])).await;
+        let patch = h.server.expect("PATCH", VC, 200, stored_object()).await;
+        assert_eq!(patch.body, json!({"metadata": {"finalizers": [], "resourceVersion": "7"}}));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn api_errors_back_off_exponentially_and_are_counted() {
+    use quiver_operator::controller::collection::error_policy;
+    let mut h = harness();
+    let vc = collection(false, stored_status("Ready"));
+    for expected in [5, 10, 20] {
+        let error = run(reconcile(vc.clone(), h.ctx.clone()), async {
+            let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError",
+                "code": 500, "message": "etcd timeout"});
+            h.server.expect("PATCH", WRITER_SVC, 500, failure).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(error.to_string().contains("etcd timeout"), "{error}");
+        let action = error_policy(vc.clone(), &error, h.ctx.clone());
+        assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(expected)));
+    }
+    let metrics = h.ctx.metrics.render();
+    assert!(
+        metrics.contains("quiver_operator_reconcile_errors_total{controller=\"collection\",error=\"kube\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("quiver_operator_reconciles_total{controller=\"collection\"} 3"), "{metrics}");
+}

@@ -1,0 +1,192 @@
+//! A scripted API server for reconcile tests (tower-test + `kube::Client::new`, as kube-rs's
+//! controller-rs does): each test lists the exact requests it expects, in order, and answers
+//! them; a request that differs, or one too many, fails the test.
+
+#![allow(dead_code)] // each test binary uses part of this
+
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use quiver_operator::controller::Context;
+use quiver_operator::engine::{Drainer, EngineError, WriterProbe};
+use quiver_operator::metrics::Metrics;
+use quiver_operator::phase::WriterState;
+use quiver_operator::resources::Defaults;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One request as the operator sent it.
+#[derive(Debug)]
+pub struct Sent {
+    pub method: String,
+    /// Path and query, e.g. `/api/v1/namespaces/search/pods/x-writer-0`.
+    pub uri: String,
+    pub body: Value,
+}
+
+pub struct ApiServer {
+    handle: Handle,
+}
+
+impl ApiServer {
+    /// Takes the next request, checks its method and path (query excluded), answers it.
+    pub async fn expect(&mut self, method: &str, path: &str, status: u16, answer: Value) -> Sent {
+        self.expect_with(method, path, status, |_| answer).await
+    }
+
+    /// Like `expect`, with the answer computed from the request body.
+    pub async fn expect_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        status: u16,
+        answer: impl FnOnce(&Value) -> Value,
+    ) -> Sent {
+        let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request()).await;
+        let (request, send) = next
+            .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+            .unwrap_or_else(|| panic!("the client went away; expected {method} {path}"));
+        let uri = request.uri().to_string();
+        let sent_method = request.method().to_string();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        assert_eq!(
+            (sent_method.as_str(), uri.split('?').next().unwrap()),
+            (method, path),
+            "unexpected request, body: {body:#}"
+        );
+        let answer = answer(&body);
+        send.send_response(
+            Response::builder().status(status).body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap(),
+        );
+        Sent { method: sent_method, uri, body }
+    }
+
+    /// A server-side apply PATCH answered with the applied object plus `status`.
+    pub async fn apply(&mut self, path: &str, status: Value) -> Sent {
+        let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request()).await;
+        let (request, send) = next.expect("no request came; expected an apply").expect("client gone");
+        let uri = request.uri().to_string();
+        assert_eq!((request.method().as_str(), uri.split('?').next().unwrap()), ("PATCH", path));
+        assert!(uri.contains("fieldManager=quiver-operator") && uri.contains("force=true"), "{uri}");
+        assert_eq!(request.headers()["content-type"], "application/apply-patch+yaml");
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let mut answer = body.clone();
+        if !status.is_null() {
+            answer["status"] = status;
+        }
+        answer["metadata"]["uid"] = json!("00000000-0000-0000-0000-00000000beef");
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
+        Sent { method: "PATCH".into(), uri, body }
+    }
+
+    /// An Event POST; returns its reason and note.
+    pub async fn event(&mut self, ns: &str) -> (String, String) {
+        let path = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events");
+        // Answered with what was sent, as the API server does.
+        let sent = self.expect_with("POST", &path, 201, |body| body.clone()).await;
+        let reason = sent.body["reason"].as_str().unwrap_or_default().to_string();
+        let note = sent.body["note"].as_str().unwrap_or_default().to_string();
+        (reason, note)
+    }
+}
+
+pub fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+pub fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"kind": format!("{kind}List"), "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// The writer's answer, settable per test; records where it was asked.
+#[derive(Default)]
+pub struct FakeWriter {
+    pub state: Mutex<Option<WriterState>>,
+    pub asked: Mutex<Vec<String>>,
+    pub tokens: Mutex<Vec<Option<String>>>,
+}
+
+impl WriterProbe for FakeWriter {
+    fn progress<'a>(
+        &'a self,
+        endpoint: &'a str,
+        _collection: &'a str,
+        token: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<WriterState, EngineError>> {
+        self.asked.lock().unwrap().push(endpoint.to_string());
+        self.tokens.lock().unwrap().push(token.map(String::from));
+        let state = self.state.lock().unwrap().clone();
+        Box::pin(
+            async move { state.ok_or(EngineError::Connect { endpoint: endpoint.into(), message: "refused".into() }) },
+        )
+    }
+}
+
+#[derive(Default)]
+pub struct FakeDrainer {
+    pub drained: Mutex<Vec<String>>,
+    pub tokens: Mutex<Vec<Option<String>>>,
+}
+
+impl Drainer for FakeDrainer {
+    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
+        self.drained.lock().unwrap().push(endpoint.to_string());
+        self.tokens.lock().unwrap().push(token.map(String::from));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+pub const NOW: i64 = 1_764_072_000; // 2025-11-25T12:00:00Z
+
+pub fn now() -> Timestamp {
+    Timestamp::from_second(NOW).unwrap()
+}
+
+pub struct Harness {
+    pub ctx: Arc<Context>,
+    pub server: ApiServer,
+    pub writer: Arc<FakeWriter>,
+    pub drainer: Arc<FakeDrainer>,
+}
+
+pub fn harness() -> Harness {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let recorder = Recorder::new(client.clone(), Reporter { controller: "quiver-operator".into(), instance: None });
+    let writer = Arc::new(FakeWriter::default());
+    let drainer = Arc::new(FakeDrainer::default());
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        writer.clone(),
+        drainer.clone(),
+        Defaults { image: "quiver:test".into() },
+        Arc::new(Metrics::default()),
+        now,
+    ));
+    Harness { ctx, server: ApiServer { handle }, writer, drainer }
+}
+
+/// Runs `reconcile` while `script` plays the API server; fails if the reconcile does not end
+/// once the script is done (it made a request the script did not expect).
+pub async fn run<T, F, S>(reconcile: F, script: S) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+    S: std::future::Future<Output = ()>,
+{
+    let task = tokio::spawn(reconcile);
+    script.await;
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the reconcile made a request the scenario did not expect")
+        .expect("the reconcile panicked")
+}

@@ -1,0 +1,202 @@
+//! The objects the operator renders for a collection and an alias: golden YAML (insta), the
+//! engine's own CLI parses every container command, and every object round-trips through its
+//! k8s-openapi type. `validate_k8s_schemas.py` checks the same golden files against the
+//! Kubernetes 1.33 JSON schemas.
+
+use clap::Parser;
+use quiver_engine::cli::{Cli, Command};
+use quiver_operator::crd::{CollectionAlias, VectorCollection};
+use quiver_operator::resources::{CollectionObjects, Defaults, alias_service};
+use std::path::Path;
+
+fn stored<T: serde::de::DeserializeOwned + kube::Resource>(yaml: &str, uid: &str) -> T {
+    let mut object: T = serde_yaml::from_str(yaml).unwrap();
+    let meta = object.meta_mut();
+    meta.uid = Some(uid.into());
+    meta.generation = Some(3);
+    meta.namespace.get_or_insert_with(|| "search".into());
+    object
+}
+
+/// The example from `examples/`: a URL source, autoscaled replicas.
+fn example() -> VectorCollection {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/vectorcollection.yaml");
+    stored(&std::fs::read_to_string(path).unwrap(), "1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+}
+
+/// An ETL-pushed collection with fixed replicas, hannoy, and a pinned image.
+fn pushed() -> VectorCollection {
+    stored(
+        r#"
+apiVersion: quiver.dev/v1alpha1
+kind: VectorCollection
+metadata: {name: docs-v7}
+spec:
+  dimensions: 768
+  distance: binary_quantized_cosine
+  source: {push: {expectedCount: 1000000}}
+  index: {backend: hannoy, efConstruction: 200}
+  writer: {storage: 200Gi, storageClassName: fast-ssd}
+  replicas: {count: 3, maxConnectionAgeSeconds: 300}
+  verify: {minRecall: 0.9, k: 20, sample: 500}
+  image: registry.example/quiver:pinned
+  tokenSecret: {name: docs-token, key: bearer}
+"#,
+        "6fa459ea-ee8a-3ca4-894e-db77e160355e",
+    )
+}
+
+fn defaults() -> Defaults {
+    Defaults { image: "quiver:test".into() }
+}
+
+fn yaml(objects: &CollectionObjects) -> String {
+    objects.to_yaml().iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n")
+}
+
+#[test]
+fn golden_example_collection() {
+    insta::assert_snapshot!("example_collection", yaml(&CollectionObjects::render(&example(), &defaults())));
+}
+
+#[test]
+fn golden_pushed_collection() {
+    insta::assert_snapshot!("pushed_collection", yaml(&CollectionObjects::render(&pushed(), &defaults())));
+}
+
+#[test]
+fn golden_alias_service() {
+    let ca: CollectionAlias = stored(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/collectionalias.yaml"))
+            .unwrap(),
+        "9b2f6c1e-0000-4000-8000-000000000001",
+    );
+    let service = alias_service::service(&ca, &ca.spec.collection);
+    insta::assert_snapshot!("alias_service", serde_yaml::to_string(&service).unwrap());
+}
+
+/// The engine's clap CLI accepts every rendered command, and reads back what the spec says.
+#[test]
+fn every_container_command_parses_with_the_engine_cli() {
+    for vc in [example(), pushed()] {
+        let objects = CollectionObjects::render(&vc, &defaults());
+        for (role, template) in objects.pod_templates() {
+            let container = &template.spec.as_ref().unwrap().containers[0];
+            let argv = container.command.iter().flatten().chain(container.args.iter().flatten());
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{role:?}: {e}"));
+            // Every role gets the collection's token file, mounted from its Secret.
+            let token_file = vc.spec.token_secret.as_ref().map(|_| Path::new("/var/run/secrets/quiver/token"));
+            let mounted = container.volume_mounts.iter().flatten().any(|m| m.mount_path == "/var/run/secrets/quiver");
+            assert_eq!(mounted, token_file.is_some(), "{role:?}");
+            let name = vc.metadata.name.clone().unwrap();
+            match (role.as_str(), cli.command) {
+                ("writer", Command::Writer(w)) => {
+                    assert_eq!(w.collection, name);
+                    assert_eq!(w.build.dimensions, Some(vc.spec.dimensions as usize));
+                    assert_eq!(w.build.distance, vc.spec.distance);
+                    assert_eq!(w.build.index, vc.spec.index.backend);
+                    assert_eq!(w.build.target_recall, vc.spec.search.target_recall);
+                    assert_eq!(w.source, vc.spec.source.url);
+                    assert_eq!(w.dir.data_dir, Path::new("/data"));
+                    assert_eq!(w.serve.token.token_file.as_deref(), token_file);
+                    assert_eq!(w.serve.listen.port(), 7700);
+                    assert_eq!(w.serve.http_listen.map(|a| a.port()), Some(9090));
+                    if let Some(ef) = vc.spec.index.ef_construction {
+                        assert_eq!(w.build.ef_construction, ef);
+                    }
+                }
+                ("replica", Command::Replica(r)) => {
+                    assert_eq!(r.collection, name);
+                    assert_eq!(
+                        r.snapshot_from,
+                        [
+                            format!("http://{}-writer:7700", r.collection),
+                            format!("http://{}-replicas:7700", r.collection)
+                        ]
+                    );
+                    assert_eq!(r.warmup_max_queries, vc.spec.warmup.max_queries as usize);
+                    assert_eq!(r.serve.max_connection_age_secs, vc.spec.replicas.max_connection_age_seconds);
+                    assert_eq!(r.serve.drain_delay_secs, 5);
+                    assert_eq!(r.serve.token.token_file.as_deref(), token_file);
+                }
+                ("warmup", Command::Warmup(w)) => {
+                    assert_eq!(w.remote.target, Some(format!("http://{name}-replicas:7700")));
+                    assert_eq!(w.max_queries, vc.spec.warmup.max_queries as usize);
+                    assert_eq!(w.remote.token.token_file.as_deref(), token_file);
+                }
+                ("verify", Command::Verify(v)) => {
+                    let expected =
+                        vc.spec.verify.expected_count.or(vc.spec.source.push.as_ref().and_then(|p| p.expected_count));
+                    assert_eq!(v.gate.expected_count, expected);
+                    assert_eq!(v.gate.min_recall, vc.spec.verify.min_recall);
+                    assert_eq!(v.gate.max_p99_ms, vc.spec.verify.max_p99_ms);
+                    assert_eq!(v.gate.k, vc.spec.verify.k as usize);
+                    assert_eq!(v.gate.sample, vc.spec.verify.sample as usize);
+                    assert_eq!(v.target.collection, Some(name));
+                    assert_eq!(v.remote.token.token_file.as_deref(), token_file);
+                }
+                (role, command) => panic!("{role} renders the wrong subcommand: {command:?}"),
+            }
+        }
+    }
+}
+
+fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(object: &T) {
+    let text = serde_yaml::to_string(object).unwrap();
+    let back: T = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    assert_eq!(&back, object);
+    let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert!(value["apiVersion"].is_string() && value["kind"].is_string(), "{text}");
+}
+
+#[test]
+fn rendered_objects_round_trip_through_k8s_openapi_types() {
+    for vc in [example(), pushed()] {
+        let o = CollectionObjects::render(&vc, &defaults());
+        round_trip(&o.writer);
+        round_trip(&o.writer_service);
+        round_trip(&o.replicas);
+        round_trip(&o.replicas_service);
+        round_trip(&o.disruption_budget);
+        round_trip(&o.warmup);
+        round_trip(&o.verify);
+        if let Some(hpa) = &o.autoscaler {
+            round_trip(hpa);
+        }
+    }
+}
+
+#[test]
+fn autoscaler_only_when_min_or_max_is_set_and_then_it_owns_the_count() {
+    let autoscaled = CollectionObjects::render(&example(), &defaults());
+    let hpa = autoscaled.autoscaler.expect("example sets min/max");
+    let spec = hpa.spec.unwrap();
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 6));
+    assert_eq!(autoscaled.replicas.spec.unwrap().replicas, None);
+    let fixed = CollectionObjects::render(&pushed(), &defaults());
+    assert!(fixed.autoscaler.is_none());
+    assert_eq!(fixed.replicas.spec.unwrap().replicas, Some(3));
+}
+
+#[test]
+fn every_object_is_owned_by_its_collection_and_pods_are_restricted() {
+    let vc = pushed();
+    let o = CollectionObjects::render(&vc, &defaults());
+    for doc in o.to_yaml() {
+        let owner = &doc["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["uid"].as_str(), vc.metadata.uid.as_deref(), "{doc:?}");
+        assert_eq!(owner["controller"].as_bool(), Some(true));
+        assert_eq!(doc["metadata"]["labels"]["quiver.dev/collection"].as_str(), Some("docs-v7"));
+    }
+    for (role, t) in o.pod_templates() {
+        let pod = t.spec.as_ref().unwrap();
+        assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true), "{role:?}");
+        let c = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(c.read_only_root_filesystem, Some(true), "{role:?}");
+        assert_eq!(c.allow_privilege_escalation, Some(false), "{role:?}");
+        assert_eq!(c.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]), "{role:?}");
+        assert_eq!(pod.containers[0].image.as_deref(), Some("registry.example/quiver:pinned"));
+    }
+    // Jobs are per generation, so a spec change runs them again.
+    assert_eq!(o.verify.metadata.name.as_deref(), Some("docs-v7-verify-g3"));
+}
