@@ -3,7 +3,8 @@
 
 The rendered objects are the golden files of operator/tests/resources.rs (insta snapshots,
 kept equal to the builders' output by `cargo test`), so this needs no Rust build.
-Needs PyPI `kubernetes-validate` (pip install kubernetes-validate).
+Further YAML files given as arguments (e.g. `helm template` output of charts/quiver) are
+validated too. Needs PyPI `kubernetes-validate` (pip install kubernetes-validate).
 """
 
 import pathlib
@@ -28,9 +29,13 @@ def main() -> int:
     if not snaps:
         print(f"no rendered objects under {SNAPSHOTS}", file=sys.stderr)
         return 1
-    for snap in snaps:
-        for obj in documents(snap):
-            what = f"{snap.name}: {obj['kind']}/{obj['metadata']['name']}"
+    sources = [(snap.name, documents(snap)) for snap in snaps]
+    for extra in sys.argv[1:]:
+        path = pathlib.Path(extra)
+        sources.append((path.name, [d for d in yaml.safe_load_all(path.read_text()) if d]))
+    for name, objects in sources:
+        for obj in objects:
+            what = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
             try:
                 kubernetes_validate.validate(obj, VERSION, strict=True)
                 passed += 1

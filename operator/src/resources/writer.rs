@@ -101,6 +101,9 @@ pub fn service(vc: &VectorCollection) -> Service {
             cluster_ip: Some("None".into()),
             selector: Some(labels::selector(&name, Role::Writer)),
             ports: Some(vec![grpc_port()]),
+            // The writer is ready only once sealed, but an ETL must reach it before that to push
+            // (Ingest) and the operator to read its progress.
+            publish_not_ready_addresses: Some(true),
             ..Default::default()
         }),
         ..Default::default()
