@@ -18,7 +18,7 @@ pub const GENERATION: &str = "quiver.dev/generation";
 /// The server-side apply field manager of every object the operator writes.
 pub const FIELD_MANAGER: &str = "quiver-operator";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Writer,
     Replica,
