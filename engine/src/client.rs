@@ -90,7 +90,11 @@ impl Client {
             .map_err(|e| bad(format!("not a valid address: {e}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
-            .http2_adaptive_window(true)
+            // Fixed large windows rather than adaptive ones: adaptive windows make the client
+            // send BDP pings while it reads a response, and a ping written just after a
+            // draining server closed the connection fails the call that had completed.
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if let Some(timeout) = options.timeout {
