@@ -95,6 +95,8 @@ impl Client {
             // draining server closed the connection fails the call that had completed.
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20))
+            // Snapshot chunks are 4 MiB: receive them in 1 MiB frames, not 16 KiB ones.
+            .max_frame_size(1u32 << 20)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if let Some(timeout) = options.timeout {

@@ -185,8 +185,8 @@ pub async fn serve(
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
                 .map_err(|e| Error::io("configuring TLS", std::io::Error::other(e)))?;
         }
-        // Snapshot chunks are 1 MiB: windows that grow with the bandwidth-delay product.
-        builder = builder.http2_adaptive_window(Some(true));
+        // Snapshot chunks are 4 MiB: windows that grow with the bandwidth-delay product.
+        builder = builder.http2_adaptive_window(Some(true)).max_frame_size(Some(1 << 20));
         if let Some(age) = config.max_connection_age {
             builder = builder.max_connection_age(age);
         }

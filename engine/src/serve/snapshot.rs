@@ -10,8 +10,8 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-/// Bytes per chunk message: large enough to amortise framing, far below message limits.
-const CHUNK: usize = 1 << 20;
+/// Bytes per chunk message: large enough to amortise per-message work, far below the 64 MiB limit.
+const CHUNK: usize = 4 << 20;
 
 pub struct SnapshotService {
     node: Arc<Node>,
