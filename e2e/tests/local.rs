@@ -63,6 +63,17 @@ async fn built(dir: &Path, collection: &str, seed: u64) -> (Proc, Vec<f32>) {
     (w, data)
 }
 
+/// Collections v1 and v2, each with its writer and one serving replica: [w1, r1, w2, r2].
+async fn two_collections(dir: &Path) -> [Proc; 4] {
+    let (w1, _) = built(dir, "v1", 1).await;
+    let (w2, _) = built(dir, "v2", 2).await;
+    let mut r1 = replica(dir, "r1", "v1", &[w1.url()], &[]);
+    let mut r2 = replica(dir, "r2", "v2", &[w2.url()], &[]);
+    r1.wait_serving(READY).await;
+    r2.wait_serving(READY).await;
+    [w1, r1, w2, r2]
+}
+
 /// Held-out queries from the same distribution as the data of `seed`.
 fn queries(seed: u64, n: usize) -> Vec<Vec<f32>> {
     let flat = quiver_engine::datagen::Clustered::new(DIMS, seed).generate(n, 1);
@@ -147,12 +158,7 @@ async fn replicas_fetch_the_snapshot_and_answer_identically() {
 async fn alias_switch_under_load_loses_no_query() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (w1, _) = built(dir, "v1", 1).await;
-    let (w2, _) = built(dir, "v2", 2).await;
-    let mut r1 = replica(dir, "r1", "v1", &[w1.url()], &[]);
-    let mut r2 = replica(dir, "r2", "v2", &[w2.url()], &[]);
-    r1.wait_serving(READY).await;
-    r2.wait_serving(READY).await;
+    let [_w1, r1, _w2, r2] = two_collections(dir).await;
 
     let service = Forwarder::start(vec![r1.grpc]).await;
     let client = Client::new(&service.url(), ClientOptions::default()).unwrap();
@@ -312,12 +318,7 @@ async fn writer_killed_mid_import_leaves_nothing_half_built() {
 async fn failed_verification_keeps_the_alias() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (w1, _) = built(dir, "v1", 1).await;
-    let (w2, _) = built(dir, "v2", 2).await;
-    let mut r1 = replica(dir, "r1", "v1", &[w1.url()], &[]);
-    let mut r2 = replica(dir, "r2", "v2", &[w2.url()], &[]);
-    r1.wait_serving(READY).await;
-    r2.wait_serving(READY).await;
+    let [_w1, r1, _w2, r2] = two_collections(dir).await;
     let service = Forwarder::start(vec![r1.grpc]).await;
 
     let result = dir.join("verify.json");

@@ -151,18 +151,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
     }
     let targets: Vec<&dyn Target> = collections.iter().map(|(_, c)| c as &dyn Target).collect();
     let (exact, runs) = measure_all(&targets, &settings, &queries, &truth, k, options.warmup)?;
-    let default = first.manifest().search;
-    let throughput = options
-        .threads
-        .iter()
-        .map(|&threads| {
-            Ok(Throughput {
-                threads,
-                setting: format!("{} quality={}", default.strategy, default.quality),
-                qps: throughput(&|| Ok(Box::new(first) as Box<dyn Target + '_>), &queries, k, threads)?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let connect = || Ok(Box::new(first) as Box<dyn Target + '_>);
+    let throughput = throughputs(&options.threads, first.manifest().search, &connect, &queries, k)?;
     Ok(BenchReport {
         dataset: Dataset { n: first.len(), dims: first.manifest().dimensions, queries: queries.len() },
         k,
@@ -296,6 +286,26 @@ fn throughput<'a>(
     });
     results.into_iter().collect::<Result<Vec<()>>>()?;
     Ok((queries.len() * threads.max(1)) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Throughput at each client count, with the collection's default setting.
+fn throughputs<'a>(
+    threads: &[usize],
+    default: crate::index::SearchDefaults,
+    connect: &(dyn Fn() -> Result<Box<dyn Target + 'a>> + Sync),
+    queries: &[Vec<f32>],
+    k: usize,
+) -> Result<Vec<Throughput>> {
+    threads
+        .iter()
+        .map(|&threads| {
+            Ok(Throughput {
+                threads,
+                setting: format!("{} quality={}", default.strategy, default.quality),
+                qps: throughput(connect, queries, k, threads)?,
+            })
+        })
+        .collect()
 }
 
 /// Exact top-k of every query, by `target`.
@@ -437,18 +447,8 @@ pub fn remote(
     };
     let settings = sweep_settings(options, manifest.index.backend);
     let (exact, runs) = measure_all(&[&first], &settings, &queries, &truth, k, options.warmup)?;
-    let default = manifest.search;
-    let throughput = options
-        .threads
-        .iter()
-        .map(|&threads| {
-            Ok(Throughput {
-                threads,
-                setting: format!("{} quality={}", default.strategy, default.quality),
-                qps: throughput(&|| Ok(Box::new(connect()?) as Box<dyn Target>), &queries, k, threads)?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let clients = || Ok(Box::new(connect()?) as Box<dyn Target>);
+    let throughput = throughputs(&options.threads, manifest.search, &clients, &queries, k)?;
     Ok(BenchReport {
         dataset: Dataset { n: manifest.count, dims: manifest.dimensions, queries: queries.len() },
         k,

@@ -6,9 +6,12 @@ pub mod replica;
 pub mod standalone;
 pub mod writer;
 
+use crate::alias::Catalog;
 use crate::cli::{ServeArgs, TokenArgs};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::serve::{Node, ServeConfig, ingest::IngestService};
+use crate::snapshot::Store;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +106,17 @@ pub async fn run(
         http.await.map_err(|e| Error::io("HTTP server", std::io::Error::other(e)))??;
     }
     served
+}
+
+/// The node of a role that holds one collection under `root` (writer, replica): that collection
+/// answers requests that name none, and its snapshot is served to peers.
+pub async fn collection_node(root: &std::path::Path, collection: &str, metrics: Arc<Metrics>) -> Result<Arc<Node>> {
+    crate::collection::builder::check_name(collection)?;
+    std::fs::create_dir_all(root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+    let mut node = Node::new(Arc::new(Catalog::open(root)?), metrics).await;
+    node.default_collection = Some(collection.to_string());
+    node.snapshots = Some(Store::new(root));
+    Ok(Arc::new(node))
 }
 
 /// A tokio runtime for a role.

@@ -3,8 +3,7 @@
 //! collection, and only then reports SERVING; it then serves Search and, to later peers, the
 //! same snapshot. A snapshot that fails its checks is discarded and never served.
 
-use super::{Listeners, runtime};
-use crate::alias::Catalog;
+use super::{Listeners, collection_node, runtime};
 use crate::cli::ReplicaArgs;
 use crate::client::{Client, ClientOptions};
 use crate::error::{Error, Result};
@@ -18,9 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub fn run(a: ReplicaArgs) -> Result<i32> {
-    crate::collection::builder::check_name(&a.collection)?;
     let root = a.dir.data_dir.clone();
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
     let tls_ca = match &a.tls_ca {
         Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?),
         None => None,
@@ -28,12 +25,8 @@ pub fn run(a: ReplicaArgs) -> Result<i32> {
     runtime()?.block_on(async {
         let config = a.serve.config()?;
         let client_options = ClientOptions { token: config.token.clone(), tls_ca, ..Default::default() };
+        let node = collection_node(&root, &a.collection, Arc::new(Metrics::new())).await?;
         let listeners = Listeners::bind(&a.serve).await?;
-        let metrics = Arc::new(Metrics::new());
-        let mut node = Node::new(Arc::new(Catalog::open(&root)?), metrics.clone()).await;
-        node.default_collection = Some(a.collection.clone());
-        node.snapshots = Some(Store::new(&root));
-        let node = Arc::new(node);
 
         // Serve (NOT_SERVING) while preparing, so probes and Admin.Status answer meanwhile.
         let (abort, aborted) = tokio::sync::oneshot::channel::<()>();

@@ -3,30 +3,23 @@
 //! Ready once the snapshot is written. A restart finds a sealed collection and serves it again;
 //! anything half-imported was in a staging directory or spool and is discarded.
 
-use super::{Listeners, runtime};
-use crate::alias::Catalog;
+use super::{Listeners, collection_node, runtime};
 use crate::cli::WriterArgs;
 use crate::error::{Error, Result};
 use crate::import;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::serve::ingest::IngestService;
-use crate::serve::{Node, termination};
-use crate::snapshot::Store;
+use crate::serve::termination;
 use std::sync::Arc;
 
 pub fn run(a: WriterArgs) -> Result<i32> {
-    crate::collection::builder::check_name(&a.collection)?;
     let root = a.dir.data_dir.clone();
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
     runtime()?.block_on(async {
         let config = a.serve.config()?;
-        let listeners = Listeners::bind(&a.serve).await?;
         let metrics = Arc::new(Metrics::new());
-        let mut node = Node::new(Arc::new(Catalog::open(&root)?), metrics.clone()).await;
-        node.default_collection = Some(a.collection.clone());
-        node.snapshots = Some(Store::new(&root));
-        let node = Arc::new(node);
+        let node = collection_node(&root, &a.collection, metrics.clone()).await?;
+        let listeners = Listeners::bind(&a.serve).await?;
         let publisher = Arc::new(Publisher::new(&root, a.build.options(&a.collection), metrics));
         let ingest = IngestService::new(node.clone(), publisher.clone(), &root, a.source.clone());
 
