@@ -84,6 +84,22 @@ fn ids(response: &proto::SearchResponse) -> Vec<u64> {
     response.hits.iter().map(|h| h.id).collect()
 }
 
+/// The verify Job against `replica`: exit status, its stderr, and the report it wrote to its
+/// result file (the termination message in a pod).
+fn verify_job(
+    dir: &Path,
+    replica: &Proc,
+    collection: &str,
+    gates: &[&str],
+) -> (std::process::ExitStatus, String, serde_json::Value) {
+    let result = dir.join(format!("verify-{}.json", replica.name));
+    let (target, result_file) = (replica.url(), result.display().to_string());
+    let mut args = vec!["verify", "--target", &target, "--collection", collection, "--result-file", &result_file];
+    args.extend(gates);
+    let (status, _, err) = run(&args);
+    (status, err.clone(), serde_json::from_str(&std::fs::read_to_string(&result).expect(&err)).expect("result JSON"))
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("result file")).expect("result JSON")
 }
@@ -134,22 +150,10 @@ async fn replicas_fetch_the_snapshot_and_answer_identically() {
     let recall = overlap as f64 / (qs.len() * 10) as f64;
     assert!(recall >= 0.9, "recall@10 vs exact {recall} below the verify threshold 0.9");
 
-    let result = dir.join("verify.json");
-    let (status, _, err) = run(&[
-        "verify",
-        "--target",
-        &r2.url(),
-        "--collection",
-        "v1",
-        "--expected-count",
-        &N.to_string(),
-        "--min-recall",
-        "0.9",
-        "--result-file",
-        &result.display().to_string(),
-    ]);
+    let (status, err, report) =
+        verify_job(dir, &r2, "v1", &["--expected-count", &N.to_string(), "--min-recall", "0.9"]);
     assert!(status.success(), "{err}");
-    assert_eq!(read_json(&result)["passed"], true);
+    assert_eq!(report["passed"], true);
 }
 
 /// 2. The alias Service switches from v1's replica to v2's while queries flow, and v1's
@@ -215,18 +219,7 @@ async fn killed_replica_resumes_the_download() {
     let at: u64 = line.split("at byte ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     assert!(at > 0 && at <= held, "resumed at {at}, held {held}: {line}");
     r1.wait_serving(READY).await;
-    let result = dir.join("verify.json");
-    let (status, _, err) = run(&[
-        "verify",
-        "--target",
-        &r1.url(),
-        "--collection",
-        "v1",
-        "--expected-count",
-        &N.to_string(),
-        "--result-file",
-        &result.display().to_string(),
-    ]);
+    let (status, err, _) = verify_job(dir, &r1, "v1", &["--expected-count", &N.to_string()]);
     assert!(status.success(), "{err}");
 }
 
@@ -321,22 +314,9 @@ async fn failed_verification_keeps_the_alias() {
     let [_w1, r1, _w2, r2] = two_collections(dir).await;
     let service = Forwarder::start(vec![r1.grpc]).await;
 
-    let result = dir.join("verify.json");
-    let (status, _, err) = run(&[
-        "verify",
-        "--target",
-        &r2.url(),
-        "--collection",
-        "v2",
-        "--expected-count",
-        &(N + 1).to_string(),
-        "--max-p99-ms",
-        "0.000001",
-        "--result-file",
-        &result.display().to_string(),
-    ]);
+    let gates = ["--expected-count", &(N + 1).to_string(), "--max-p99-ms", "0.000001"];
+    let (status, err, report) = verify_job(dir, &r2, "v2", &gates);
     assert_eq!(status.code(), Some(1), "{err}");
-    let report = read_json(&result);
     assert_eq!(report["passed"], false);
     let check = |name: &str| report["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
     assert_eq!((check("count")["passed"].clone(), check("count")["margin"].as_f64()), (false.into(), Some(-1.0)));

@@ -50,6 +50,12 @@ impl Default for ClientOptions {
     }
 }
 
+/// The `authorization` metadata value for a bearer token (surrounding whitespace, such as a
+/// Secret file's trailing newline, ignored); `None` when it is not valid header text.
+pub fn bearer(token: &str) -> Option<MetadataValue<Ascii>> {
+    format!("Bearer {}", token.trim()).parse().ok()
+}
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 pub struct AddToken(Option<MetadataValue<Ascii>>);
@@ -110,9 +116,7 @@ impl Client {
             endpoint = endpoint.tls_config(tls).map_err(|e| bad(format!("TLS: {e}")))?;
         }
         let token = match &options.token {
-            Some(t) => Some(
-                format!("Bearer {}", t.trim()).parse().map_err(|_| bad("the token is not valid header text".into()))?,
-            ),
+            Some(t) => Some(bearer(t).ok_or_else(|| bad("the token is not valid header text".into()))?),
             None => None,
         };
         let channel = endpoint.connect_lazy();

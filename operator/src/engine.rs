@@ -79,7 +79,7 @@ pub fn writer_state(phase: &str, rows: u64, message: String) -> Option<WriterSta
 fn request<T>(message: T, token: Option<&str>, endpoint: &str) -> Result<tonic::Request<T>, EngineError> {
     let mut request = tonic::Request::new(message);
     if let Some(token) = token {
-        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| EngineError::Connect {
+        let value = quiver_engine::client::bearer(token).ok_or_else(|| EngineError::Connect {
             endpoint: endpoint.into(),
             message: "the token is not a valid header value".into(),
         })?;

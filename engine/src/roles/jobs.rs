@@ -11,10 +11,7 @@ use crate::verify::VerifyReport;
 use std::path::Path;
 
 fn client(target: &str, remote: &RemoteArgs) -> Result<Client> {
-    let tls_ca = match &remote.tls_ca {
-        Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?),
-        None => None,
-    };
+    let tls_ca = super::read_ca(remote.tls_ca.as_deref())?;
     Client::new(target, ClientOptions { token: remote.token.read()?, tls_ca, ..Default::default() })
 }
 

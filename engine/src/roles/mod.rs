@@ -38,13 +38,20 @@ impl TokenArgs {
     }
 }
 
+/// The bytes of a PEM file (certificate, key, CA).
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+/// The CA a client trusts for `https://` targets, when one is given.
+pub fn read_ca(path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>> {
+    path.map(read_pem).transpose()
+}
+
 impl ServeArgs {
     pub fn config(&self) -> Result<ServeConfig> {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
-        };
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (Some(cert), Some(key)) => Some((read_pem(cert)?, read_pem(key)?)),
             _ => None,
         };
         Ok(ServeConfig {

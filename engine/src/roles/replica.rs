@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 
 pub fn run(a: ReplicaArgs) -> Result<i32> {
     let root = a.dir.data_dir.clone();
-    let tls_ca = match &a.tls_ca {
-        Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?),
-        None => None,
-    };
+    let tls_ca = super::read_ca(a.tls_ca.as_deref())?;
     runtime()?.block_on(async {
         let config = a.serve.config()?;
         let client_options = ClientOptions { token: config.token.clone(), tls_ca, ..Default::default() };
