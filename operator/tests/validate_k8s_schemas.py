@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Validates every object the operator renders against the Kubernetes 1.33 JSON schemas.
 
-The rendered objects are the golden files of operator/tests/resources.rs (insta snapshots,
+The rendered objects are the golden files of operator/tests/operator/resources.rs (insta snapshots,
 kept equal to the builders' output by `cargo test`), so this needs no Rust build.
 Further YAML files given as arguments (e.g. `helm template` output of charts/quiver) are
 validated too. Needs PyPI `kubernetes-validate` (pip install kubernetes-validate).
@@ -14,7 +14,7 @@ import kubernetes_validate
 import yaml
 
 VERSION = "1.33.0"
-SNAPSHOTS = pathlib.Path(__file__).resolve().parent / "snapshots"
+SNAPSHOTS = pathlib.Path(__file__).resolve().parent / "operator" / "snapshots"
 
 
 def documents(snap: pathlib.Path):
@@ -25,7 +25,7 @@ def documents(snap: pathlib.Path):
 
 def main() -> int:
     passed = failed = 0
-    snaps = sorted(SNAPSHOTS.glob("resources__*.snap"))
+    snaps = sorted(SNAPSHOTS.glob("operator__resources__*.snap"))
     if not snaps:
         print(f"no rendered objects under {SNAPSHOTS}", file=sys.stderr)
         return 1

@@ -2,9 +2,7 @@
 //! Ready and verified collection, the previous target is kept and drained, rollback is
 //! immediate, and status says why an alias waits.
 
-mod common;
-
-use common::{harness, list, not_found, run};
+use crate::common::{self, harness, list, not_found, run};
 use kube::runtime::controller::Action;
 use quiver_operator::controller::alias::reconcile;
 use quiver_operator::crd::CollectionAlias;

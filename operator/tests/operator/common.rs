@@ -2,8 +2,6 @@
 //! controller-rs does): each test lists the exact requests it expects, in order, and answers
 //! them; a request that differs, or one too many, fails the test.
 
-#![allow(dead_code)] // each test binary uses part of this
-
 use futures::future::BoxFuture;
 use http::{Request, Response};
 use k8s_openapi::jiff::Timestamp;
@@ -21,10 +19,9 @@ use std::time::Duration;
 
 pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-/// One request as the operator sent it.
+/// One request as the operator sent it (its method is checked on arrival).
 #[derive(Debug)]
 pub struct Sent {
-    pub method: String,
     /// Path and query, e.g. `/api/v1/namespaces/search/pods/x-writer-0`.
     pub uri: String,
     pub body: Value,
@@ -65,7 +62,7 @@ impl ApiServer {
         send.send_response(
             Response::builder().status(status).body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap(),
         );
-        Sent { method: sent_method, uri, body }
+        Sent { uri, body }
     }
 
     /// A server-side apply PATCH answered with the applied object plus `status`.
@@ -84,7 +81,7 @@ impl ApiServer {
         }
         answer["metadata"]["uid"] = json!("00000000-0000-0000-0000-00000000beef");
         send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
-        Sent { method: "PATCH".into(), uri, body }
+        Sent { uri, body }
     }
 
     /// An Event POST; returns its reason and note.

@@ -1,9 +1,7 @@
 //! VectorCollection reconciles against a scripted API server: the exact requests and patches
 //! for create, progress, replication, the Jobs, the verify result, deletion and idempotence.
 
-mod common;
-
-use common::{harness, list, not_found, run};
+use crate::common::{self, harness, list, not_found, run};
 use quiver_operator::controller::collection::{FINALIZER, reconcile};
 use quiver_operator::crd::VectorCollection;
 use quiver_operator::phase::WriterState;
@@ -27,7 +25,7 @@ const ALIASES: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/collectionali
 
 /// The example collection as stored: finalizer set unless `fresh`, at generation 1.
 fn collection(fresh: bool, status: Value) -> Arc<VectorCollection> {
-    let mut vc: Value = serde_yaml::from_str(include_str!("../../examples/vectorcollection.yaml")).unwrap();
+    let mut vc: Value = serde_yaml::from_str(include_str!("../../../examples/vectorcollection.yaml")).unwrap();
     vc["metadata"] = json!({
         "name": "products-v2", "namespace": NS, "uid": "c0ffee00-0000-4000-8000-000000000001",
         "generation": 1, "resourceVersion": "7",

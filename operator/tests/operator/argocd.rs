@@ -113,7 +113,7 @@ fn argocd_cm_patch_embeds_the_scripts() {
         "resource.customizations.health.quiver.dev_VectorCollection": script("vectorcollection-health.lua"),
         "resource.customizations.health.quiver.dev_CollectionAlias": script("collectionalias-health.lua"),
     }});
-    let header = "# Argo CD health checks for quiver's kinds. Apply with:\n#   kubectl -n argocd patch configmap argocd-cm --type merge --patch-file examples/argocd/argocd-cm-patch.yaml\n# Generated from the .lua files beside it by `QUIVER_UPDATE_ARGOCD=1 cargo test -p quiver-operator --test argocd`.\n";
+    let header = "# Argo CD health checks for quiver's kinds. Apply with:\n#   kubectl -n argocd patch configmap argocd-cm --type merge --patch-file examples/argocd/argocd-cm-patch.yaml\n# Generated from the .lua files beside it by `QUIVER_UPDATE_ARGOCD=1 cargo test -p quiver-operator --test operator argocd`.\n";
     let expected = format!("{header}{}", serde_yaml::to_string(&patch).unwrap());
     let path = argocd().join("argocd-cm-patch.yaml");
     if std::env::var_os("QUIVER_UPDATE_ARGOCD").is_some() {

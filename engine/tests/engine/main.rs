@@ -1,0 +1,8 @@
+//! The engine's integration tests as one test binary (one link instead of five keeps CI's disk
+//! use and build time down).
+
+mod cli;
+mod collection;
+mod grpc;
+mod snapshot;
+mod sources;

@@ -1,0 +1,12 @@
+//! The operator's integration tests as one test binary: each binary links kube, k8s-openapi and
+//! the engine, so one link instead of seven keeps CI's disk use and build time down.
+
+mod alias_controller;
+mod argocd;
+mod chart;
+mod collection_controller;
+mod common;
+mod crds;
+mod leader;
+mod process;
+mod resources;
