@@ -4,7 +4,7 @@
 
 use quiver_e2e::{Forwarder, Proc, dataset, query, run};
 use quiver_engine::client::{Client, ClientOptions};
-use quiver_engine::serve::proto::{self, SearchRequest};
+use quiver_engine::serve::proto::{self, SearchRequest, WriterPhase};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -275,13 +275,13 @@ async fn writer_killed_mid_import_leaves_nothing_half_built() {
     w.wait_for_log("waiting for Ingest", READY);
     let summary = w.client().ingest_client().write(futures::stream::iter(batches(0..1000))).await.unwrap();
     assert_eq!(summary.into_inner().rows, 1000);
-    assert_eq!(w.client().progress("v1").await.unwrap().phase, "receiving");
+    assert_eq!(w.client().progress("v1").await.unwrap().phase(), WriterPhase::Receiving);
     w.kill();
     assert!(!dir.join("writer/v1").exists());
 
     let w = writer(dir, "writer", "v1", None, &["--dimensions", "32"]);
     let progress = w.client().progress("v1").await.unwrap();
-    assert_eq!((progress.phase.as_str(), progress.rows), ("waiting", 0), "the unsealed push was discarded");
+    assert_eq!((progress.phase(), progress.rows), (WriterPhase::Waiting, 0), "the unsealed push was discarded");
     assert_eq!(w.client().status("v1").await.unwrap_err().code(), Code::NotFound);
     assert_eq!(w.client().search(query(&data[..DIMS], 3)).await.unwrap_err().code(), Code::NotFound);
 
@@ -300,7 +300,7 @@ async fn writer_killed_mid_import_leaves_nothing_half_built() {
     let sealed = w.client().ingest_client().seal(proto::SealRequest { collection: "v1".into() }).await.unwrap();
     assert!(sealed.into_inner().manifest_json.contains(&format!("\"count\":{N}")));
     assert_eq!(w.client().status("v1").await.unwrap().count, N as u64);
-    assert_eq!(w.client().progress("v1").await.unwrap().phase, "sealed");
+    assert_eq!(w.client().progress("v1").await.unwrap().phase(), WriterPhase::Sealed);
     let hit = w.client().search(query(&data[5 * DIMS..][..DIMS], 1)).await.unwrap();
     assert_eq!(ids(&hit), vec![5]);
 }
@@ -557,7 +557,7 @@ async fn writer_killed_mid_source_import_leaves_nothing_half_built() {
     let deadline = std::time::Instant::now() + READY;
     loop {
         let p = client.progress("v1").await.unwrap();
-        if p.phase == "importing" && p.rows > 0 {
+        if p.phase() == WriterPhase::Importing && p.rows > 0 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no import progress: {p:?}\n{}", w.log_text());

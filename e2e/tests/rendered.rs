@@ -3,12 +3,15 @@
 //! (`examples/collectionalias.yaml`) are turned into local processes: each container's command
 //! and arguments run as they are, except that Service names map to 127.0.0.1 ports, ports are
 //! ephemeral and each pod gets its own data directory. Writer, replicas, the warm-up and verify
-//! Jobs, then the alias Service's switch from v1 to v2 under load.
+//! Jobs, then the alias Service's switch from v1 to v2 under load. The operator's own gRPC probes
+//! read the writers' progress and drain v1's replicas.
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use quiver_e2e::{Forwarder, Proc, dataset, query, quiver_bin};
 use quiver_engine::client::{Client, ClientOptions};
 use quiver_operator::crd::{CollectionAlias, VectorCollection};
+use quiver_operator::engine::{Drainer, Grpc, WriterProbe};
+use quiver_operator::phase::WriterState;
 use quiver_operator::resources::labels::Role;
 use quiver_operator::resources::{CollectionObjects, Defaults, alias_service};
 use std::collections::{BTreeMap, HashMap};
@@ -145,6 +148,11 @@ async fn deploy(cluster: &mut Cluster, vc: &VectorCollection) -> (Proc, Vec<(Pro
 
     let mut writer = cluster.start(&format!("{name}-writer"), &templates[&Role::Writer]);
     writer.wait_serving(READY).await;
+    // What the operator's own probe reads from this writer.
+    match Grpc::default().progress(&writer.url(), &name, None).await.unwrap() {
+        WriterState::Sealed { count, setting } => assert_eq!((count, setting.is_empty()), (N as u64, false)),
+        other => panic!("the operator sees the serving writer as {other:?}"),
+    }
     let writer_service = objects.writer_service.metadata.name.clone().unwrap();
     cluster.services.insert(format!("http://{writer_service}:7700"), writer.url());
 
@@ -225,7 +233,7 @@ async fn rendered_pods_import_verify_and_switch_the_alias() {
     products.set_backends(all.iter().filter(|(_, l)| selects(&on_v2, l)).map(|(p, _)| p.grpc).collect());
     assert!(all.iter().filter(|(_, l)| selects(&on_v2, l)).all(|(p, _)| p.name.starts_with("products-v2")));
     for (replica, _) in &v1_replicas {
-        replica.client().drain().await.unwrap();
+        Grpc::default().drain(&replica.url(), None).await.unwrap(); // as the alias controller does
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);

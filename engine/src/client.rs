@@ -280,11 +280,14 @@ impl Client {
 /// Failures a retry can fix: the server was unavailable, or the connection under the call
 /// closed (a GOAWAY race, a reset) before an answer came; idempotent calls are safe to resend.
 pub fn retryable(status: &Status) -> bool {
-    // A status the server sent has no source; one raised by the local transport (refused
-    // stream after GOAWAY, connection closed mid-call) carries the transport error, whatever
-    // code it was mapped to.
-    status.code() == Code::Unavailable
-        || std::error::Error::source(status).is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
+    status.code() == Code::Unavailable || raised_by_transport(status)
+}
+
+/// Whether our own transport raised `status` (connect refused or timed out, refused stream
+/// after GOAWAY, connection closed mid-call) rather than the server sending it: a status the
+/// server sent has no source, a local one carries the transport error, whatever its code.
+pub fn raised_by_transport(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
 #[cfg(test)]
@@ -297,5 +300,12 @@ mod tests {
         assert!(!retryable(&Status::cancelled("the caller gave up")));
         assert!(!retryable(&Status::invalid_argument("k = 0")));
         assert!(!retryable(&Status::not_found("nope")));
+        assert!(!raised_by_transport(&Status::unavailable("draining")));
+    }
+
+    #[test]
+    fn a_token_file_newline_is_not_part_of_the_bearer_header() {
+        assert_eq!(bearer("s3cret\n").unwrap(), "Bearer s3cret");
+        assert!(bearer("new\nline").is_none());
     }
 }

@@ -2,10 +2,11 @@
 //! stage it is in readable at any time (Ingest.Progress, the operator).
 
 use crate::Collection;
-use crate::collection::builder::{BuildOptions, BuildProgress, import_and_build};
+use crate::collection::builder::{BuildOptions, BuildPhase, BuildProgress, import_and_build};
 use crate::error::{Error, Result};
 use crate::import::Records;
 use crate::metrics::Metrics;
+use crate::serve::proto::WriterPhase;
 use crate::snapshot::{SnapshotInfo, Store};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,8 +27,7 @@ pub enum Stage {
 /// Where a writer's collection stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
-    /// waiting, receiving, importing, building, calibrating, snapshotting, sealed, failed.
-    pub phase: &'static str,
+    pub phase: WriterPhase,
     pub rows: u64,
     pub message: String,
 }
@@ -66,12 +66,19 @@ impl Publisher {
     pub fn progress(&self) -> Progress {
         let stage = self.stage();
         let (phase, message) = match &stage {
-            Stage::Waiting => ("waiting", String::new()),
-            Stage::Receiving => ("receiving", String::new()),
-            Stage::Building => (self.build.phase().map(|p| p.as_str()).unwrap_or("importing"), String::new()),
-            Stage::Snapshotting => ("snapshotting", String::new()),
-            Stage::Sealed => ("sealed", String::new()),
-            Stage::Failed(reason) => ("failed", reason.clone()),
+            Stage::Waiting => (WriterPhase::Waiting, String::new()),
+            Stage::Receiving => (WriterPhase::Receiving, String::new()),
+            Stage::Building => (
+                match self.build.phase() {
+                    None | Some(BuildPhase::Importing) => WriterPhase::Importing,
+                    Some(BuildPhase::Building) => WriterPhase::Building,
+                    Some(BuildPhase::Calibrating) => WriterPhase::Calibrating,
+                },
+                String::new(),
+            ),
+            Stage::Snapshotting => (WriterPhase::Snapshotting, String::new()),
+            Stage::Sealed => (WriterPhase::Sealed, String::new()),
+            Stage::Failed(reason) => (WriterPhase::Failed, reason.clone()),
         };
         Progress { phase, rows: self.build.rows(), message }
     }

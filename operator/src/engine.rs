@@ -1,12 +1,11 @@
 //! What the operator asks running engine pods, behind traits so reconcile tests replace them:
 //! the writer's progress (Ingest.Progress, then Admin.Status once sealed) and draining a
-//! replica (Admin.Drain). The gRPC implementations use the engine's generated clients.
+//! replica (Admin.Drain). The gRPC implementations use the engine's own client.
 
 use crate::phase::WriterState;
 use futures::future::BoxFuture;
-use quiver_engine::serve::proto::admin_client::AdminClient;
-use quiver_engine::serve::proto::ingest_client::IngestClient;
-use quiver_engine::serve::proto::{DrainRequest, ProgressRequest, StatusRequest};
+use quiver_engine::client::{Client, ClientOptions, raised_by_transport};
+use quiver_engine::serve::proto::WriterPhase;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,45 +46,44 @@ impl Default for Grpc {
 }
 
 impl Grpc {
-    async fn channel(&self, endpoint: &str) -> Result<tonic::transport::Channel, EngineError> {
-        let connect =
-            |e: &dyn std::fmt::Display| EngineError::Connect { endpoint: endpoint.into(), message: e.to_string() };
-        tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| connect(&e))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout)
-            .connect()
-            .await
-            .map_err(|e| connect(&e))
+    /// The engine's client, with one attempt and a deadline: a reconcile reports an
+    /// unreachable pod and requeues rather than sit in client retries.
+    fn client(&self, endpoint: &str, token: Option<&str>) -> Result<Client, EngineError> {
+        let options = ClientOptions {
+            token: token.map(str::to_string),
+            connect_timeout: self.timeout,
+            timeout: Some(self.timeout),
+            attempts: 1,
+            ..ClientOptions::default()
+        };
+        Client::new(endpoint, options)
+            .map_err(|e| EngineError::Connect { endpoint: endpoint.into(), message: e.to_string() })
     }
 }
 
-/// Maps Ingest.Progress's phase word to the operator's view of the writer.
-pub fn writer_state(phase: &str, rows: u64, message: String) -> Option<WriterState> {
+/// A failed call: `Connect` when the pod was not reached (the status was raised by our own
+/// transport), `Call` when the engine answered with an error.
+fn failed(call: &'static str, endpoint: &str, status: tonic::Status) -> EngineError {
+    if raised_by_transport(&status) {
+        EngineError::Connect { endpoint: endpoint.into(), message: status.message().to_string() }
+    } else {
+        EngineError::Call { call, endpoint: endpoint.into(), status }
+    }
+}
+
+/// Maps Ingest.Progress's phase to the operator's view of the writer.
+pub fn writer_state(phase: WriterPhase, rows: u64, message: String) -> Option<WriterState> {
     Some(match phase {
         // Waiting for or receiving an ETL's pushes counts as importing: the import has begun.
-        "waiting" | "receiving" | "importing" => WriterState::Importing { rows },
-        "building" | "calibrating" => WriterState::Building,
-        "snapshotting" => WriterState::Publishing,
-        "failed" => WriterState::Failed { reason: message },
+        WriterPhase::Waiting | WriterPhase::Receiving | WriterPhase::Importing => WriterState::Importing { rows },
+        WriterPhase::Building | WriterPhase::Calibrating => WriterState::Building,
+        WriterPhase::Snapshotting => WriterState::Publishing,
+        WriterPhase::Failed => WriterState::Failed { reason: message },
         // Sealed needs the count and setting from Admin.Status.
-        "sealed" => return None,
-        // A newer engine's phase this operator does not know: wait rather than guess.
-        _ => WriterState::Unavailable,
+        WriterPhase::Sealed => return None,
+        // Unset, or a newer engine's phase this operator does not know: wait rather than guess.
+        WriterPhase::Unspecified => WriterState::Unavailable,
     })
-}
-
-/// A request carrying the collection's bearer token, when it has one.
-fn request<T>(message: T, token: Option<&str>, endpoint: &str) -> Result<tonic::Request<T>, EngineError> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        let value = quiver_engine::client::bearer(token).ok_or_else(|| EngineError::Connect {
-            endpoint: endpoint.into(),
-            message: "the token is not a valid header value".into(),
-        })?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    Ok(request)
 }
 
 impl WriterProbe for Grpc {
@@ -96,21 +94,12 @@ impl WriterProbe for Grpc {
         token: Option<&'a str>,
     ) -> BoxFuture<'a, Result<WriterState, EngineError>> {
         Box::pin(async move {
-            let channel = self.channel(endpoint).await?;
-            let call = |call, status| EngineError::Call { call, endpoint: endpoint.into(), status };
-            let progress = IngestClient::new(channel.clone())
-                .progress(request(ProgressRequest { collection: collection.into() }, token, endpoint)?)
-                .await
-                .map_err(|s| call("Ingest.Progress", s))?
-                .into_inner();
-            if let Some(state) = writer_state(&progress.phase, progress.rows, progress.message) {
+            let client = self.client(endpoint, token)?;
+            let progress = client.progress(collection).await.map_err(|s| failed("Ingest.Progress", endpoint, s))?;
+            if let Some(state) = writer_state(progress.phase(), progress.rows, progress.message) {
                 return Ok(state);
             }
-            let status = AdminClient::new(channel)
-                .status(request(StatusRequest { collection: collection.into() }, token, endpoint)?)
-                .await
-                .map_err(|s| call("Admin.Status", s))?
-                .into_inner();
+            let status = client.status(collection).await.map_err(|s| failed("Admin.Status", endpoint, s))?;
             Ok(WriterState::Sealed { count: status.count, setting: status.search_setting })
         })
     }
@@ -118,36 +107,31 @@ impl WriterProbe for Grpc {
 
 impl Drainer for Grpc {
     fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
-        Box::pin(async move {
-            AdminClient::new(self.channel(endpoint).await?)
-                .drain(request(DrainRequest {}, token, endpoint)?)
-                .await
-                .map_err(|status| EngineError::Call { call: "Admin.Drain", endpoint: endpoint.into(), status })?;
-            Ok(())
-        })
+        Box::pin(
+            async move { self.client(endpoint, token)?.drain().await.map_err(|s| failed("Admin.Drain", endpoint, s)) },
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quiver_engine::serve::proto::ProgressResponse;
 
     #[test]
     fn progress_phases_map_to_writer_states() {
-        assert_eq!(writer_state("importing", 7, String::new()), Some(WriterState::Importing { rows: 7 }));
-        assert_eq!(writer_state("calibrating", 7, String::new()), Some(WriterState::Building));
-        assert_eq!(writer_state("receiving", 7, String::new()), Some(WriterState::Importing { rows: 7 }));
-        assert_eq!(writer_state("snapshotting", 7, String::new()), Some(WriterState::Publishing));
-        assert_eq!(writer_state("failed", 0, "NaN".into()), Some(WriterState::Failed { reason: "NaN".into() }));
-        assert_eq!(writer_state("sealed", 7, String::new()), None);
-        assert_eq!(writer_state("compacting", 7, String::new()), Some(WriterState::Unavailable));
-    }
-
-    #[test]
-    fn the_token_travels_as_a_bearer_header() {
-        let r = request((), Some("s3cret\n"), "e").unwrap();
-        assert_eq!(r.metadata().get("authorization").unwrap(), "Bearer s3cret");
-        assert!(request((), None, "e").unwrap().metadata().get("authorization").is_none());
+        assert_eq!(writer_state(WriterPhase::Importing, 7, String::new()), Some(WriterState::Importing { rows: 7 }));
+        assert_eq!(writer_state(WriterPhase::Calibrating, 7, String::new()), Some(WriterState::Building));
+        assert_eq!(writer_state(WriterPhase::Receiving, 7, String::new()), Some(WriterState::Importing { rows: 7 }));
+        assert_eq!(writer_state(WriterPhase::Snapshotting, 7, String::new()), Some(WriterState::Publishing));
+        assert_eq!(
+            writer_state(WriterPhase::Failed, 0, "NaN".into()),
+            Some(WriterState::Failed { reason: "NaN".into() })
+        );
+        assert_eq!(writer_state(WriterPhase::Sealed, 7, String::new()), None);
+        // A phase from a newer engine decodes as Unspecified: the operator waits.
+        let newer = ProgressResponse { phase: 99, rows: 7, message: String::new() };
+        assert_eq!(writer_state(newer.phase(), 7, String::new()), Some(WriterState::Unavailable));
     }
 
     #[tokio::test]

@@ -66,16 +66,6 @@ pub enum BuildPhase {
     Calibrating,
 }
 
-impl BuildPhase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuildPhase::Importing => "importing",
-            BuildPhase::Building => "building",
-            BuildPhase::Calibrating => "calibrating",
-        }
-    }
-}
-
 /// A running build's phase and rows imported so far, readable from other threads.
 #[derive(Debug, Default)]
 pub struct BuildProgress {

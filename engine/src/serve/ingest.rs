@@ -173,6 +173,6 @@ impl ingest_server::Ingest for IngestService {
             Stage::Receiving => self.spool.lock().await.as_ref().map_or(0, |s| s.rows),
             _ => p.rows,
         };
-        Ok(Response::new(proto::ProgressResponse { phase: p.phase.to_string(), rows, message: p.message }))
+        Ok(Response::new(proto::ProgressResponse { phase: p.phase.into(), rows, message: p.message }))
     }
 }
