@@ -186,67 +186,48 @@ impl Client {
         }
     }
 
+    /// An idempotent unary call, `request` resent on each attempt.
+    async fn unary<Req, Resp, Fut>(&self, request: Req, call: impl Fn(Client, Req) -> Fut) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.idempotent(|c| call(c, request.clone())).await.map(tonic::Response::into_inner)
+    }
+
     pub async fn search(&self, request: proto::SearchRequest) -> Result<proto::SearchResponse, Status> {
-        self.idempotent(|c| {
-            let request = request.clone();
-            async move { c.search_client().search(request).await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.unary(request, |c, r| async move { c.search_client().search(r).await }).await
     }
 
     pub async fn batch_search(&self, request: proto::BatchSearchRequest) -> Result<proto::BatchSearchResponse, Status> {
-        self.idempotent(|c| {
-            let request = request.clone();
-            async move { c.search_client().batch_search(request).await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.unary(request, |c, r| async move { c.search_client().batch_search(r).await }).await
     }
 
     pub async fn status(&self, collection: &str) -> Result<proto::StatusResponse, Status> {
         let request = proto::StatusRequest { collection: collection.to_string() };
-        self.idempotent(|c| {
-            let request = request.clone();
-            async move { c.admin_client().status(request).await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.unary(request, |c, r| async move { c.admin_client().status(r).await }).await
     }
 
     pub async fn warmup(&self, request: proto::WarmupRequest) -> Result<proto::WarmupResponse, Status> {
-        self.idempotent(|c| {
-            let request = request.clone();
-            async move { c.admin_client().warmup(request).await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.unary(request, |c, r| async move { c.admin_client().warmup(r).await }).await
     }
 
     pub async fn verify(&self, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, Status> {
-        self.idempotent(|c| {
-            let request = request.clone();
-            async move { c.admin_client().verify(request).await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.unary(request, |c, r| async move { c.admin_client().verify(r).await }).await
     }
 
     pub async fn drain(&self) -> Result<(), Status> {
-        self.idempotent(|c| async move { c.admin_client().drain(proto::DrainRequest {}).await.map(|_| ()) }).await
+        self.unary(proto::DrainRequest {}, |c, r| async move { c.admin_client().drain(r).await }).await.map(|_| ())
     }
 
     pub async fn progress(&self, collection: &str) -> Result<proto::ProgressResponse, Status> {
         let request = proto::ProgressRequest { collection: collection.to_string() };
-        self.idempotent(|c| {
-            let request = request.clone();
-            async move { c.ingest_client().progress(request).await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.unary(request, |c, r| async move { c.ingest_client().progress(r).await }).await
     }
 
     pub async fn snapshot_manifest(&self, collection: &str) -> Result<proto::ManifestResponse, Status> {
         let request = proto::ManifestRequest { collection: collection.to_string() };
-        self.idempotent(|c| {
-            let request = request.clone();
-            async move { c.snapshot_client().manifest(request).await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.unary(request, |c, r| async move { c.snapshot_client().manifest(r).await }).await
     }
 
     /// The health of `service` ("" = the whole server).

@@ -6,7 +6,7 @@ use crate::collection::builder::{BuildOptions, BuildPhase, BuildProgress, import
 use crate::error::{Error, Result};
 use crate::import::Records;
 use crate::metrics::Metrics;
-use crate::serve::proto::WriterPhase;
+use crate::serve::proto::{ProgressResponse, WriterPhase};
 use crate::snapshot::{SnapshotInfo, Store};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,14 +22,6 @@ pub enum Stage {
     Snapshotting,
     Sealed,
     Failed(String),
-}
-
-/// Where a writer's collection stands.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Progress {
-    pub phase: WriterPhase,
-    pub rows: u64,
-    pub message: String,
 }
 
 pub struct Publisher {
@@ -63,7 +55,9 @@ impl Publisher {
         *self.stage.lock().expect("stage lock") = stage;
     }
 
-    pub fn progress(&self) -> Progress {
+    /// Where the collection stands, as Ingest.Progress answers it (rows as imported; while
+    /// receiving, the spool knows how many have come).
+    pub fn progress(&self) -> ProgressResponse {
         let stage = self.stage();
         let (phase, message) = match &stage {
             Stage::Waiting => (WriterPhase::Waiting, String::new()),
@@ -80,7 +74,7 @@ impl Publisher {
             Stage::Sealed => (WriterPhase::Sealed, String::new()),
             Stage::Failed(reason) => (WriterPhase::Failed, reason.clone()),
         };
-        Progress { phase, rows: self.build.rows(), message }
+        ProgressResponse { phase: phase.into(), rows: self.build.rows(), message }
     }
 
     /// A collection sealed by an earlier run of this writer: opened, its snapshot written if

@@ -168,11 +168,10 @@ impl ingest_server::Ingest for IngestService {
                 self.publisher.name()
             )));
         }
-        let p = self.publisher.progress();
-        let rows = match self.publisher.stage() {
-            Stage::Receiving => self.spool.lock().await.as_ref().map_or(0, |s| s.rows),
-            _ => p.rows,
-        };
-        Ok(Response::new(proto::ProgressResponse { phase: p.phase.into(), rows, message: p.message }))
+        let mut progress = self.publisher.progress();
+        if progress.phase() == proto::WriterPhase::Receiving {
+            progress.rows = self.spool.lock().await.as_ref().map_or(0, |s| s.rows);
+        }
+        Ok(Response::new(progress))
     }
 }
