@@ -237,3 +237,11 @@ pub fn dataset(dir: &Path, file: &str, n: usize, dims: usize, seed: u64) -> (Str
 pub fn query(vector: &[f32], k: u32) -> quiver_engine::serve::proto::SearchRequest {
     quiver_engine::serve::proto::SearchRequest { vector: vector.to_vec(), k, ..Default::default() }
 }
+
+/// Fails the test when any call made under load failed, showing how many and the first three.
+#[track_caller]
+pub fn assert_none_failed<'a>(outcomes: impl IntoIterator<Item = &'a Result<String, String>>) {
+    let all: Vec<_> = outcomes.into_iter().collect();
+    let failed: Vec<_> = all.iter().filter(|o| o.is_err()).collect();
+    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), all.len(), &failed[..failed.len().min(3)]);
+}

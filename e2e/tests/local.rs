@@ -2,7 +2,7 @@
 //! a forwarder playing the alias Service. Each scenario asserts what users rely on, not just
 //! exit codes.
 
-use quiver_e2e::{Forwarder, Proc, dataset, query, run};
+use quiver_e2e::{Forwarder, Proc, assert_none_failed, dataset, query, run};
 use quiver_engine::client::{Client, ClientOptions};
 use quiver_engine::serve::proto::{self, SearchRequest, WriterPhase};
 use std::path::Path;
@@ -179,10 +179,8 @@ async fn alias_switch_under_load_loses_no_query() {
     for l in loads {
         outcomes.push(l.await.unwrap());
     }
-    let all: Vec<_> = outcomes.iter().flatten().collect();
-    let failed: Vec<_> = all.iter().filter(|o| o.is_err()).collect();
-    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), all.len(), &failed[..failed.len().min(3)]);
-    assert!(all.iter().any(|o| o.as_deref() == Ok("v1")), "answers from v1 before the switch");
+    assert_none_failed(outcomes.iter().flatten());
+    assert!(outcomes.iter().flatten().any(|o| o.as_deref() == Ok("v1")), "answers from v1 before the switch");
     for per_client in &outcomes {
         let tail = &per_client[per_client.len().saturating_sub(10)..];
         assert!(tail.iter().all(|o| o.as_deref() == Ok("v2")), "answers moved to v2: {tail:?}");
@@ -382,8 +380,7 @@ async fn sigterm_under_load_completes_in_flight_calls() {
         all.extend(l.await.unwrap());
     }
     assert_eq!(status.0.code(), Some(0), "{}", status.1.log_text());
-    let failed: Vec<_> = all.iter().filter(|o| o.is_err()).collect();
-    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), all.len(), &failed[..failed.len().min(3)]);
+    assert_none_failed(&all);
     assert!(all.len() > 10, "load ran: {} calls", all.len());
 }
 
@@ -515,15 +512,7 @@ async fn max_connection_age_rotates_connections() {
     let running = load(client, stop.clone(), 1);
     tokio::time::sleep(Duration::from_millis(4500)).await;
     stop.store(true, Ordering::Relaxed);
-    let outcomes = running.await.unwrap();
-    let failed: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} calls failed: {:?}",
-        failed.len(),
-        outcomes.len(),
-        &failed[..failed.len().min(3)]
-    );
+    assert_none_failed(&running.await.unwrap());
     assert!(service.connections() >= 3, "connections were rotated: {} accepted", service.connections());
 }
 

@@ -7,7 +7,7 @@
 //! read the writers' progress and drain v1's replicas.
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
-use quiver_e2e::{Forwarder, Proc, dataset, query, quiver_bin};
+use quiver_e2e::{Forwarder, Proc, assert_none_failed, dataset, query, quiver_bin};
 use quiver_engine::client::{Client, ClientOptions};
 use quiver_operator::crd::{CollectionAlias, VectorCollection};
 use quiver_operator::engine::{Drainer, Grpc, WriterProbe};
@@ -239,14 +239,7 @@ async fn rendered_pods_import_verify_and_switch_the_alias() {
     stop.store(true, Ordering::Relaxed);
     heartbeat.abort();
     let outcomes = load.await.unwrap();
-    let failed: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} queries failed: {:?}",
-        failed.len(),
-        outcomes.len(),
-        &failed[..failed.len().min(3)]
-    );
+    assert_none_failed(&outcomes);
     let tail = &outcomes[outcomes.len().saturating_sub(10)..];
     assert!(tail.iter().all(|o| o.as_deref() == Ok("products-v2")), "answers moved to v2: {tail:?}");
 }

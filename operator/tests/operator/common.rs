@@ -95,8 +95,13 @@ impl ApiServer {
     }
 }
 
+/// The API server's error body: a failed `Status` with its HTTP code and reason.
+pub fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": reason, "code": code, "message": message})
+}
+
 pub fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+    status(404, "NotFound", "not found")
 }
 
 pub fn list(kind: &str, items: Vec<Value>) -> Value {

@@ -7,6 +7,7 @@
 //! `holderIdentity` conflicts (409) while another identity holds it, strategic merge patches
 //! with `null` remove fields. Every other GET is an empty list, or a watch that stays open.
 
+use crate::common;
 use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode};
 use axum::response::Response;
@@ -40,9 +41,7 @@ struct ApiState {
 struct FakeApi(Arc<Mutex<ApiState>>);
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16()});
-    json_response(code, &body)
+    json_response(code, &common::status(code.as_u16(), reason, message))
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -87,8 +86,13 @@ impl FakeApi {
             parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let (path, query) = (parts.uri.path().to_string(), parts.uri.query().unwrap_or_default().to_string());
         let mut state = self.0.lock().unwrap();
-        state.log.push(Logged { via, method: parts.method.clone(), path: path.clone(), query: query.clone(), body });
-        let body = &state.log.last().unwrap().body.clone();
+        state.log.push(Logged {
+            via,
+            method: parts.method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body.clone(),
+        });
         match (&parts.method, path.as_str()) {
             (&Method::GET, "/version") => json_response(
                 StatusCode::OK,
@@ -104,7 +108,7 @@ impl FakeApi {
                     return status(StatusCode::CONFLICT, "AlreadyExists", "leases \"quiver-operator\" already exists");
                 }
                 state.resource_version += 1;
-                let mut lease = body.clone();
+                let mut lease = body;
                 lease["metadata"]["namespace"] = json!("quiver-system");
                 lease["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
                 lease["metadata"]["uid"] = json!("00000000-0000-0000-0000-00000000lease");
@@ -136,7 +140,7 @@ impl FakeApi {
                 state.lease = Some(lease.clone());
                 json_response(StatusCode::OK, &lease)
             }
-            (&Method::POST, p) if p.ends_with("/events") => json_response(StatusCode::CREATED, body),
+            (&Method::POST, p) if p.ends_with("/events") => json_response(StatusCode::CREATED, &body),
             (&Method::GET, _) if query.contains("watch=true") => {
                 // A watch that never sends an event: the operator's streams stay open.
                 let never = futures::stream::pending::<Result<Bytes, std::convert::Infallible>>();
