@@ -61,6 +61,8 @@ impl Proc {
         let child = Command::new(quiver_bin())
             .args(args)
             .env("QUIVER_LOG", "info")
+            // The test's directory is where its "ETL" writes source files.
+            .env("QUIVER_SOURCE_ROOT", dir)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

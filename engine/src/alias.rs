@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 const HISTORY: usize = 10;
+/// Collections kept open that no alias serves and no role adopted: a request naming a
+/// collection directly opens it; beyond this many, the least recently opened are closed (their
+/// memory maps go when the last query holding one ends).
+const MAX_UNSERVED_OPEN: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Switch {
@@ -32,12 +36,19 @@ pub struct AliasRecord {
     pub history: Vec<Switch>,
 }
 
+#[derive(Default)]
+struct OpenCollections {
+    by_name: HashMap<String, (Arc<Collection>, u64, bool)>,
+    opened: u64,
+}
+
 pub struct Catalog {
     root: PathBuf,
     env: Env<WithoutTls>,
     db: Database<'static, Str, SerdeJson<AliasRecord>>,
-    /// Open collections by name, shared by every alias and query.
-    open: Mutex<HashMap<String, Arc<Collection>>>,
+    /// Open collections by name, shared by every alias and query, with the order they were
+    /// opened in (for closing the unserved ones) and whether a role adopted them (kept).
+    open: Mutex<OpenCollections>,
     /// What each alias serves right now.
     live: RwLock<HashMap<String, Arc<Collection>>>,
 }
@@ -59,20 +70,47 @@ impl Catalog {
             root: root.to_path_buf(),
             env,
             db,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(OpenCollections::default()),
             live: RwLock::new(HashMap::new()),
         })
     }
 
-    /// A sealed collection under the root, opened once and shared.
+    /// A sealed collection under the root, opened once and shared. The name is checked before
+    /// any path is built, so a request cannot reach outside the data directory.
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        crate::collection::builder::check_name(name)?;
         let mut open = self.open.lock().expect("catalog lock");
-        if let Some(c) = open.get(name) {
+        if let Some((c, _, _)) = open.by_name.get(name) {
             return Ok(c.clone());
         }
         let c = Arc::new(Collection::open(&self.root.join(name))?);
-        open.insert(name.to_string(), c.clone());
+        open.opened += 1;
+        let at = open.opened;
+        open.by_name.insert(name.to_string(), (c.clone(), at, false));
+        drop(open);
+        self.close_unserved();
         Ok(c)
+    }
+
+    /// Closes the oldest opened collections that no alias serves and no role adopted, beyond
+    /// [`MAX_UNSERVED_OPEN`], so memory and address space stay bounded after many flips.
+    fn close_unserved(&self) {
+        let served: std::collections::HashSet<String> =
+            self.live.read().expect("alias lock").values().map(|c| c.name().to_string()).collect();
+        let mut open = self.open.lock().expect("catalog lock");
+        let mut unserved: Vec<(u64, String)> = open
+            .by_name
+            .iter()
+            .filter(|(name, (_, _, adopted))| !adopted && !served.contains(*name))
+            .map(|(name, (_, at, _))| (*at, name.clone()))
+            .collect();
+        if unserved.len() <= MAX_UNSERVED_OPEN {
+            return;
+        }
+        unserved.sort();
+        for (_, name) in &unserved[..unserved.len() - MAX_UNSERVED_OPEN] {
+            open.by_name.remove(name);
+        }
     }
 
     /// The data root the catalog's collections live under.
@@ -82,12 +120,15 @@ impl Catalog {
 
     /// Shares an already opened (preloaded, warmed) collection instead of opening it again.
     pub fn adopt(&self, collection: Arc<Collection>) {
-        self.open.lock().expect("catalog lock").insert(collection.name().to_string(), collection);
+        let mut open = self.open.lock().expect("catalog lock");
+        open.opened += 1;
+        let at = open.opened;
+        open.by_name.insert(collection.name().to_string(), (collection, at, true));
     }
 
     /// How many collections are open.
     pub fn open_count(&self) -> usize {
-        self.open.lock().expect("catalog lock").len()
+        self.open.lock().expect("catalog lock").by_name.len()
     }
 
     pub fn get(&self, alias: &str) -> Result<Option<AliasRecord>> {
@@ -115,6 +156,7 @@ impl Catalog {
     /// Points `alias` at `collection` if `report` is a passing verification of that very
     /// collection. On refusal nothing changes, and the error says why.
     pub fn flip(&self, alias: &str, collection: Arc<Collection>, report: &VerifyReport) -> Result<AliasRecord> {
+        crate::collection::builder::check_name(alias)?;
         let refuse = |reason: String| Error::Alias { alias: alias.to_string(), reason };
         if report.collection != collection.name() {
             return Err(refuse(format!(
@@ -154,6 +196,8 @@ impl Catalog {
             };
             return Err(e.into());
         }
+        drop(live);
+        self.close_unserved();
         Ok(record)
     }
 }

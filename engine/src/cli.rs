@@ -82,15 +82,26 @@ pub struct ServeArgs {
     /// and load balancers stop routing new calls here first.
     #[arg(long, env = "QUIVER_DRAIN_DELAY_SECS", default_value_t = 0)]
     pub drain_delay_secs: u64,
-    /// Largest gRPC message accepted or sent, in bytes.
+    /// After a drain or SIGTERM, calls in flight get this many seconds to finish.
+    #[arg(long, env = "QUIVER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Largest Ingest batch or Snapshot chunk message, in bytes (Search and Admin messages
+    /// are limited to 8 MiB).
     #[arg(long, env = "QUIVER_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
+    /// Calls served at once; more are refused with RESOURCE_EXHAUSTED (health is exempt).
+    #[arg(long, env = "QUIVER_MAX_IN_FLIGHT", default_value_t = crate::limits::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
     #[command(flatten)]
     pub token: TokenArgs,
-    /// Require the bearer token on Search too (it is always required on Ingest, Admin and
-    /// Snapshot when a token is configured).
-    #[arg(long, env = "QUIVER_SEARCH_REQUIRES_TOKEN")]
-    pub search_requires_token: bool,
+    /// Leave Search open when a token is configured (by default every service but health and
+    /// reflection requires it).
+    #[arg(long, env = "QUIVER_SEARCH_WITHOUT_TOKEN")]
+    pub search_without_token: bool,
+    /// Allow listening on a non-loopback address without a token (anyone who reaches the
+    /// port could then ingest, drain or read snapshots).
+    #[arg(long, env = "QUIVER_INSECURE")]
+    pub insecure: bool,
     /// PEM certificate chain: serve TLS (rustls) instead of plaintext.
     #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -161,6 +172,12 @@ pub struct ReplicaArgs {
     /// Give up (exit 1) when no source delivered a good snapshot within this many seconds.
     #[arg(long, env = "QUIVER_FETCH_TIMEOUT_SECS", default_value_t = 3600)]
     pub fetch_timeout_secs: u64,
+    /// One attempt at one source ends after this many seconds (the next resumes where it stopped).
+    #[arg(long, env = "QUIVER_FETCH_ATTEMPT_TIMEOUT_SECS", default_value_t = 900)]
+    pub fetch_attempt_timeout_secs: u64,
+    /// An attempt ends when no chunk came for this many seconds (a live but stalled source).
+    #[arg(long, env = "QUIVER_FETCH_STALL_TIMEOUT_SECS", default_value_t = 30)]
+    pub fetch_stall_timeout_secs: u64,
     /// Simulated queries run before reporting SERVING.
     #[arg(long, env = "QUIVER_WARMUP_MAX_QUERIES", default_value_t = 2000)]
     pub warmup_max_queries: usize,
@@ -219,6 +236,10 @@ pub struct BuildArgs {
     /// Partition for records that do not name one.
     #[arg(long, env = "QUIVER_PARTITION")]
     pub partition: Option<String>,
+    /// Directories a local --source must lie under, once symlinks and `..` are resolved
+    /// (repeatable or comma-separated). Default: the data directory and the working directory.
+    #[arg(long, env = "QUIVER_SOURCE_ROOT", value_delimiter = ',')]
+    pub source_root: Vec<PathBuf>,
     /// Added to row numbers to form ids for .npy/.fvecs rows.
     #[arg(long, env = "QUIVER_ID_OFFSET", default_value_t = 0)]
     pub id_offset: u64,
@@ -463,7 +484,10 @@ pub struct GenerateArgs {
 /// What the process should exit with: 0 success, 1 a gate failed or a flip was refused.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Import(a) => import_cmd(a),
+        Command::Import(mut a) => {
+            a.build.default_source_roots(&a.dir.data_dir);
+            import_cmd(a)
+        }
         Command::Search(a) => search_cmd(a),
         Command::Inspect(a) => {
             let c = a.target.open()?;
@@ -509,7 +533,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(if report.failed_queries == 0 { 0 } else { 1 })
         }
         Command::Standalone(a) => crate::roles::standalone::run(a),
-        Command::Writer(a) => crate::roles::writer::run(a),
+        Command::Writer(mut a) => {
+            a.build.default_source_roots(&a.dir.data_dir);
+            crate::roles::writer::run(a)
+        }
         Command::Replica(a) => crate::roles::replica::run(a),
         Command::Generate(a) => {
             let mut g = crate::datagen::Clustered::new(a.dims, a.seed);
@@ -545,8 +572,29 @@ impl BuildArgs {
         options
     }
 
+    /// When no --source-root was given: the data directory and the working directory.
+    pub fn default_source_roots(&mut self, data_dir: &std::path::Path) {
+        if self.source_root.is_empty() {
+            self.source_root.push(data_dir.to_path_buf());
+            self.source_root.extend(std::env::current_dir());
+        }
+    }
+
+    /// How to read --source; local paths are confined to --source-root (the working directory
+    /// when neither it nor [`BuildArgs::default_source_roots`] set any).
     pub fn read_options(&self) -> ReadOptions {
-        ReadOptions { format: self.format, id_offset: self.id_offset, partition: self.partition.clone() }
+        let source_roots = if self.source_root.is_empty() {
+            std::env::current_dir().into_iter().collect()
+        } else {
+            self.source_root.clone()
+        };
+        ReadOptions {
+            format: self.format,
+            id_offset: self.id_offset,
+            partition: self.partition.clone(),
+            source_roots,
+            allow_link_local: false,
+        }
     }
 }
 

@@ -26,8 +26,11 @@ pub struct ClientOptions {
     /// PEM CA to trust for `https://` targets (the system roots are not consulted).
     pub tls_ca: Option<Vec<u8>>,
     pub connect_timeout: Duration,
-    /// Per call; `None` waits as long as the call takes (verify, seal).
+    /// Deadline of each short call (search, status, progress, manifest, drain), sent to the
+    /// server as `grpc-timeout`; `None` waits as long as the call takes.
     pub timeout: Option<Duration>,
+    /// Deadline of a verification or warm-up, which runs thousands of queries on the server.
+    pub long_timeout: Duration,
     /// Attempts of an idempotent call, the first included.
     pub attempts: u32,
     pub backoff: Duration,
@@ -41,7 +44,8 @@ impl Default for ClientOptions {
             token: None,
             tls_ca: None,
             connect_timeout: Duration::from_secs(5),
-            timeout: None,
+            timeout: Some(Duration::from_secs(30)),
+            long_timeout: Duration::from_secs(30 * 60),
             attempts: 6,
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
@@ -90,6 +94,7 @@ impl Client {
     /// A client of `target` (`host:port`, `http://...` or `https://...`); nothing is sent
     /// until the first call. Call it inside a tokio runtime.
     pub fn new(target: &str, options: ClientOptions) -> Result<Client> {
+        check_target(target)?;
         let url = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
         let bad = |reason: String| Error::Remote { target: target.to_string(), reason };
         let mut endpoint = Endpoint::from_shared(url.clone())
@@ -105,9 +110,6 @@ impl Client {
             .max_frame_size(1u32 << 20)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        if let Some(timeout) = options.timeout {
-            endpoint = endpoint.timeout(timeout);
-        }
         if url.starts_with("https://") {
             let mut tls = tonic::transport::ClientTlsConfig::new();
             if let Some(ca) = &options.tls_ca {
@@ -186,13 +188,34 @@ impl Client {
         }
     }
 
-    /// An idempotent unary call, `request` resent on each attempt.
-    async fn unary<Req, Resp, Fut>(&self, request: Req, call: impl Fn(Client, Req) -> Fut) -> Result<Resp, Status>
+    /// An idempotent unary call, `request` resent on each attempt, each with the short deadline.
+    async fn unary<Req, Resp, Fut>(
+        &self,
+        request: Req,
+        call: impl Fn(Client, tonic::Request<Req>) -> Fut,
+    ) -> Result<Resp, Status>
     where
         Req: Clone,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.idempotent(|c| call(c, request.clone())).await.map(tonic::Response::into_inner)
+        let timeout = self.options.timeout;
+        self.idempotent(|c| within(timeout, call(c, deadline(request.clone(), timeout))))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A long call made once: a retry while the first attempt may still run on the server
+    /// would run it twice (and a second verification beside the first skews its p99 gate).
+    async fn once<Req, Resp, Fut>(
+        &self,
+        request: Req,
+        call: impl FnOnce(Client, tonic::Request<Req>) -> Fut,
+    ) -> Result<Resp, Status>
+    where
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let timeout = Some(self.options.long_timeout);
+        within(timeout, call(self.clone(), deadline(request, timeout))).await.map(tonic::Response::into_inner)
     }
 
     pub async fn search(&self, request: proto::SearchRequest) -> Result<proto::SearchResponse, Status> {
@@ -209,11 +232,11 @@ impl Client {
     }
 
     pub async fn warmup(&self, request: proto::WarmupRequest) -> Result<proto::WarmupResponse, Status> {
-        self.unary(request, |c, r| async move { c.admin_client().warmup(r).await }).await
+        self.once(request, |c, r| async move { c.admin_client().warmup(r).await }).await
     }
 
     pub async fn verify(&self, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, Status> {
-        self.unary(request, |c, r| async move { c.admin_client().verify(r).await }).await
+        self.once(request, |c, r| async move { c.admin_client().verify(r).await }).await
     }
 
     pub async fn drain(&self) -> Result<(), Status> {
@@ -258,6 +281,44 @@ impl Client {
     }
 }
 
+/// Refuses an address a gRPC client cannot use (`s3://...`, a path) at once, naming it: the
+/// roles call this at start, so a wrong `--snapshot-from` or `--target` exits 2 instead of
+/// being retried for minutes.
+pub fn check_target(target: &str) -> Result<()> {
+    let usable = match target.split_once("://") {
+        Some((scheme, rest)) => matches!(scheme, "http" | "https") && !rest.is_empty(),
+        None => !target.is_empty() && !target.starts_with('/') && target.contains(':'),
+    };
+    if usable {
+        return Ok(());
+    }
+    Err(Error::Usage {
+        flag: "address".into(),
+        value: target.chars().take(200).collect(),
+        reason: "not a gRPC address: expected host:port, http://host:port or https://host:port".into(),
+    })
+}
+
+/// `request` with a deadline the server sees (`grpc-timeout`) and the client enforces.
+fn deadline<T>(request: T, timeout: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(request);
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    request
+}
+
+/// Enforces a deadline on the client side too, so a server that never answers cannot hold the
+/// caller (the server ends the call at its own `grpc-timeout` first when it is alive).
+async fn within<T>(timeout: Option<Duration>, call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    match timeout {
+        Some(timeout) => tokio::time::timeout(timeout + Duration::from_secs(1), call)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer within {} s", timeout.as_secs())))),
+        None => call.await,
+    }
+}
+
 /// Failures a retry can fix: the server was unavailable, or the connection under the call
 /// closed (a GOAWAY race, a reset) before an answer came; idempotent calls are safe to resend.
 pub fn retryable(status: &Status) -> bool {
@@ -274,6 +335,17 @@ pub fn raised_by_transport(status: &Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusable_addresses_are_refused_at_once() {
+        for ok in ["127.0.0.1:7700", "http://writer:7700", "https://v1-replicas.ns.svc:7700", "[::1]:7700"] {
+            assert!(check_target(ok).is_ok(), "{ok}");
+        }
+        for bad in ["s3://bucket/v1", "gs://b/x", "/data/v1.mdb", "writer", "", "http://"] {
+            let e = check_target(bad).unwrap_err().to_string();
+            assert!(e.contains("not a gRPC address"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn only_transport_failures_are_retried() {

@@ -56,6 +56,9 @@ pub enum Error {
     Io { context: String, source: std::io::Error },
     #[error("fetching {url}: {reason}")]
     Http { url: String, reason: String },
+    /// A command-line flag or setting the process cannot start with.
+    #[error("{flag} {value}: {reason}")]
+    Usage { flag: String, value: String, reason: String },
     #[error("lmdb: {0}")]
     Lmdb(#[from] heed::Error),
     #[error("arroy index: {0}")]

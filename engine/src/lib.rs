@@ -3,9 +3,12 @@
 
 pub mod collection;
 pub mod distance;
+pub mod durable;
 pub mod error;
+pub mod fault;
 pub mod import;
 pub mod index;
+pub mod limits;
 pub mod search;
 
 pub use collection::Collection;

@@ -15,7 +15,11 @@ fn main() {
     } else {
         logs.init();
     }
-    match run(cli) {
+    // Fault points (test builds only) stay configured for the whole run.
+    let faults = quiver_engine::fault::setup();
+    let result = run(cli);
+    drop(faults);
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e}");

@@ -131,6 +131,10 @@ pub fn recall(found: &[u64], truth: &[u64]) -> f64 {
 }
 
 pub fn verify(collection: &Collection, options: &VerifyOptions) -> Result<VerifyReport> {
+    use crate::limits::{MAX_VERIFY_QUERIES, check_count, check_k};
+    check_k(options.k)?;
+    check_count("sample", options.sample, MAX_VERIFY_QUERIES)?;
+    check_count("queries", options.queries.len(), MAX_VERIFY_QUERIES)?;
     let manifest = collection.manifest();
     let queries = if options.queries.is_empty() {
         sample_queries(collection, options.sample, options.seed)

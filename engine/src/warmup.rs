@@ -37,6 +37,7 @@ pub struct WarmupReport {
 }
 
 pub fn warm(collection: &Collection, options: &WarmupOptions) -> Result<WarmupReport> {
+    crate::limits::check_count("max_queries", options.max_queries, crate::limits::MAX_WARMUP_QUERIES)?;
     let queries = sample_queries(collection, options.max_queries.max(1), 11);
     let start = Instant::now();
     search(collection, &SearchRequest::new(queries[0].clone(), options.k))?;

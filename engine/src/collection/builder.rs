@@ -11,6 +11,7 @@ use super::store::{self, Databases, MANIFEST_KEY};
 use super::validate::{check_label, prepare_vector};
 use super::{Collection, DEFAULT_PARTITION};
 use crate::distance::Metric;
+use crate::durable::sync_dir;
 use crate::error::{Error, Result};
 use crate::import::{Record, Records, input_error};
 use crate::index::{Backend, IndexParams, SearchDefaults};
@@ -144,23 +145,21 @@ pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -
     // Held for the whole build: a staging directory whose lock nobody holds is abandoned. (A
     // pid would not do: a restarted container's writer is often pid 1 again.)
     let lock = hold_lock(&staging)?;
-    let result = build_in(&staging, options, records);
+    let result = build_in(&staging, options, records).and_then(|manifest| {
+        crate::fault::point("import::before_rename");
+        // Still under the lock: another import's clean-up must not take the staging directory
+        // for abandoned while it is being moved into place.
+        std::fs::rename(&staging, &target)
+            .map_err(|e| Error::io(format!("moving {} into place at {}", staging.display(), target.display()), e))?;
+        sync_dir(root)?;
+        Ok(manifest)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
     drop(lock);
     let _ = std::fs::remove_file(lock_path(&staging));
-    match result {
-        Ok(manifest) => {
-            std::fs::rename(&staging, &target).map_err(|e| {
-                let _ = std::fs::remove_dir_all(&staging);
-                Error::io(format!("moving {} into place at {}", staging.display(), target.display()), e)
-            })?;
-            sync_dir(root);
-            Ok(manifest)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(e)
-        }
-    }
+    result
 }
 
 fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
@@ -237,6 +236,7 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     manifest.created_at =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     manifest.sealed = true;
+    crate::fault::point("import::before_seal");
     let mut wtxn = env.write_txn()?;
     dbs.manifest.put(&mut wtxn, MANIFEST_KEY, &manifest)?;
     wtxn.commit()?;
@@ -297,12 +297,6 @@ pub fn clean_stale_staging(root: &Path) {
             let _ = std::fs::remove_dir_all(&path);
             let _ = std::fs::remove_file(&lock);
         }
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
     }
 }
 
@@ -486,6 +480,7 @@ impl<'a> Import<'a> {
             self.dbs.ids.put(&mut wtxn, &external, &item)?;
         }
         wtxn.commit()?;
+        crate::fault::point("import::batch_committed");
         self.since_commit = 0;
         Ok(())
     }

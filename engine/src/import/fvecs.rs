@@ -3,6 +3,7 @@
 
 use super::npy::{ReadFailure, read_full};
 use super::{Location, Record, input_error};
+use crate::collection::builder::MAX_DIMENSIONS;
 use crate::error::Result;
 use std::io::Read;
 
@@ -47,8 +48,15 @@ impl<R: Read> Iterator for FvecsRows<R> {
             Err(ReadFailure::Io(e)) => return self.fail("dimension", "(unread)", format!("read error: {e}")),
         }
         let dims = i32::from_le_bytes(len);
-        if dims <= 0 || dims > 1 << 16 {
-            return self.fail("dimension", dims, "not a plausible vector dimension (corrupt or not .fvecs)".into());
+        if dims <= 0 || dims as usize > MAX_DIMENSIONS {
+            // A value far out of range is shown only as such: the file may not be vectors at all
+            // (a token, a key), and its first bytes read as a number are still its content.
+            let shown = if (1..=1 << 20).contains(&dims) { dims.to_string() } else { "(out of range)".into() };
+            return self.fail(
+                "dimension",
+                shown,
+                format!("not a vector dimension: 1..={MAX_DIMENSIONS} expected (corrupt or not .fvecs)"),
+            );
         }
         let dims = dims as usize;
         if let Some(expected) = self.dims.filter(|&d| d != dims) {
@@ -90,6 +98,18 @@ mod tests {
         let rows: Vec<Record> = FvecsRows::new(bytes.as_slice(), "a.fvecs".into(), 0).collect::<Result<_>>().unwrap();
         assert_eq!(rows[1].vector, vec![3.0, 4.0]);
         assert_eq!(rows[1].id, 1);
+    }
+
+    #[test]
+    fn dimensions_are_capped_and_implausible_ones_not_echoed() {
+        let mut bytes = 5000i32.to_le_bytes().to_vec();
+        bytes.extend(vec![0u8; 5000 * 4]);
+        let err = FvecsRows::new(bytes.as_slice(), "a.fvecs".into(), 0).find_map(|r| r.err()).unwrap().to_string();
+        assert!(err.contains("row 0: field `dimension` = 5000") && err.contains("1..=4096"), "{err}");
+        let token = b"s3cr3t-token-value\n";
+        let err = FvecsRows::new(&token[..], "t.fvecs".into(), 0).find_map(|r| r.err()).unwrap().to_string();
+        let as_number = i32::from_le_bytes(token[..4].try_into().unwrap()).to_string();
+        assert!(err.contains("(out of range)") && !err.contains(&as_number) && !err.contains("s3cr"), "{err}");
     }
 
     #[test]

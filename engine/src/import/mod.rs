@@ -10,6 +10,7 @@ pub mod source;
 
 use crate::error::{InputError, Result};
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Where a record sits in its source.
@@ -86,10 +87,19 @@ pub struct ReadOptions {
     pub id_offset: u64,
     /// Partition given to every record that does not name one.
     pub partition: Option<String>,
+    /// Directories a local source (a path or `file://`) must lie under once symlinks and `..` are
+    /// resolved; a path outside every one is refused before it is opened. Empty: anywhere (library
+    /// callers, tests); the CLI defaults it to the data directory and the working directory.
+    pub source_roots: Vec<PathBuf>,
+    /// Let URL sources reach link-local (169.254.0.0/16, fe80::/10) and cloud-metadata addresses,
+    /// which are refused by default.
+    pub allow_link_local: bool,
 }
 
-/// Opens `uri` and streams its records.
+/// Opens `uri` and streams its records. An address with a scheme quiver cannot read, a local
+/// path outside `options.source_roots`, or a URL on a refused address fails before anything is read.
 pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
+    source::check_source_uri(uri)?;
     let format = match options.format.or_else(|| Format::from_uri(uri)) {
         Some(f) => f,
         None => {
@@ -103,7 +113,7 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
             .into());
         }
     };
-    let (reader, fingerprint) = source::open(uri)?;
+    let (reader, fingerprint) = source::open_with(uri, options)?;
     let name = uri.to_string();
     let (expected_rows, iter): (Option<u64>, Box<dyn Iterator<Item = Result<Record>> + Send>) = match format {
         Format::Npy => {

@@ -1,6 +1,7 @@
 //! NumPy `.npy` matrices: 2-D, little-endian float32 (float64 is converted).
 
 use super::{Location, Record, input_error};
+use crate::collection::builder::MAX_DIMENSIONS;
 use crate::error::{InputError, Result};
 use std::io::{ErrorKind, Read};
 
@@ -33,12 +34,23 @@ struct Preamble {
     shape: Vec<u64>,
 }
 
+/// Longest `.npy` header dictionary accepted. numpy writes well under 1 KiB for a 2-D matrix;
+/// a v2/v3 header declares its length as a `u32`, which is checked against this before any
+/// buffer is allocated.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// A header value as shown in an error: short, printable ASCII.
+fn shown(value: &str) -> String {
+    super::source::short(value, 40)
+}
+
 fn read_preamble(reader: &mut impl Read, source: &str) -> Result<Preamble, InputError> {
     let bad = |field: &str, value: &str, reason: &str| input_error(source, "header", field, value, reason);
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic).map_err(|_| bad("magic", "(eof)", "file too short for an .npy header"))?;
     if &magic[..6] != b"\x93NUMPY" {
-        return Err(bad("magic", &format!("{:?}", &magic[..6]), "not an .npy file"));
+        // Not echoed: the file may be anything (a token, a key), not vectors.
+        return Err(bad("magic", "(not \\x93NUMPY)", "not an .npy file"));
     }
     let len = match magic[6] {
         1 => {
@@ -53,6 +65,10 @@ fn read_preamble(reader: &mut impl Read, source: &str) -> Result<Preamble, Input
         }
         v => return Err(bad("version", &v.to_string(), "unsupported .npy version")),
     };
+    if len > MAX_HEADER_BYTES {
+        let reason = format!("the header claims {len} bytes; at most {MAX_HEADER_BYTES} are accepted");
+        return Err(bad("header_len", &len.to_string(), &reason));
+    }
     let mut text = vec![0u8; len];
     reader.read_exact(&mut text).map_err(|_| bad("header", "(eof)", "truncated header"))?;
     let text = String::from_utf8_lossy(&text);
@@ -69,11 +85,26 @@ fn read_preamble(reader: &mut impl Read, source: &str) -> Result<Preamble, Input
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>())
         .collect::<Result<_, _>>()
-        .map_err(|_| bad("shape", &shape, "not a tuple of integers"))?;
+        .map_err(|_| bad("shape", &shown(&shape), "not a tuple of integers"))?;
     if dims.len() != 2 || dims[1] == 0 {
-        return Err(bad("shape", &format!("({inner})"), "expected a 2-D matrix (rows, dimensions)"));
+        return Err(bad("shape", &shown(&format!("({inner})")), "expected a 2-D matrix (rows, dimensions)"));
     }
     Ok(Preamble { descr: descr.trim_matches(['\'', '"']).to_string(), shape: dims })
+}
+
+/// `rows * cols * width` in bytes, or an error naming `shape` when that does not fit in memory
+/// addresses (a header that lies about its size).
+fn data_bytes(source: &str, rows: u64, cols: u64, width: usize) -> Result<usize, InputError> {
+    let row_bytes = cols.checked_mul(width as u64).filter(|&b| usize::try_from(b).is_ok());
+    row_bytes.and_then(|b| b.checked_mul(rows)).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+        input_error(
+            source,
+            "header",
+            "shape",
+            format!("({rows}, {cols})"),
+            format!("{rows} x {cols} values of {width} bytes do not fit in a file quiver can read"),
+        )
+    })
 }
 
 /// Parses the `.npy` preamble of a float matrix from `reader`.
@@ -87,12 +118,23 @@ pub fn read_header(reader: &mut impl Read, source: &str) -> Result<Header, Input
                 source,
                 "header",
                 "descr",
-                other,
+                shown(other),
                 "expected little-endian float32 ('<f4') or float64",
             ));
         }
     };
-    Ok(Header { rows: preamble.shape[0], dims: preamble.shape[1] as usize, element })
+    let (rows, dims) = (preamble.shape[0], preamble.shape[1]);
+    if dims > MAX_DIMENSIONS as u64 {
+        return Err(input_error(
+            source,
+            "header",
+            "shape",
+            format!("({rows}, {dims})"),
+            format!("vectors of {dims} dimensions: at most {MAX_DIMENSIONS} are supported"),
+        ));
+    }
+    data_bytes(source, rows, dims, element.size())?;
+    Ok(Header { rows, dims: dims as usize, element })
 }
 
 /// The text after `'key':` in the header dict, up to the next top-level comma.
@@ -214,24 +256,36 @@ fn write_matrix(path: &std::path::Path, descr: &str, rows: usize, cols: usize, b
     out.flush()
 }
 
-/// Reads a whole int32/int64 matrix (ground truth) into rows of ids.
+/// Reads a whole int32/int64 matrix (ground truth) into rows of ids. The size the header declares
+/// is checked against the file's length before anything is allocated for the data.
 pub fn read_ids(path: &std::path::Path) -> Result<Vec<Vec<u64>>> {
     let source = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| crate::error::Error::io(format!("reading {source}"), e))?;
-    let mut data = bytes.as_slice();
-    let preamble = read_preamble(&mut data, &source)?;
+    let io_error = |e| crate::error::Error::io(format!("reading {source}"), e);
+    let file = std::fs::File::open(path).map_err(io_error)?;
+    let file_len = file.metadata().map_err(io_error)?.len();
+    let mut reader = std::io::BufReader::new(file);
+    let preamble = read_preamble(&mut reader, &source)?;
     let width = match preamble.descr.as_str() {
         "<i4" | "<u4" => 4,
         "<i8" | "<u8" => 8,
-        other => return Err(input_error(&source, "header", "descr", other, "expected an int32 or int64 matrix").into()),
+        other => {
+            return Err(
+                input_error(&source, "header", "descr", shown(other), "expected an int32 or int64 matrix").into()
+            );
+        }
     };
-    let (rows, cols) = (preamble.shape[0] as usize, preamble.shape[1] as usize);
-    if data.len() < rows * cols * width {
-        let reason = format!("file truncated: {rows}x{cols} ids need {} bytes", rows * cols * width);
-        return Err(input_error(&source, "data", "data", data.len(), reason).into());
+    let (rows, cols) = (preamble.shape[0], preamble.shape[1]);
+    let need = data_bytes(&source, rows, cols, width)?;
+    let header_len = std::io::Seek::stream_position(&mut reader).map_err(io_error)?;
+    let have = file_len.saturating_sub(header_len);
+    if have < need as u64 {
+        let reason = format!("file truncated: {rows}x{cols} ids need {need} bytes");
+        return Err(input_error(&source, "data", "data", have, reason).into());
     }
-    Ok(data[..rows * cols * width]
-        .chunks_exact(cols * width)
+    let mut data = vec![0u8; need];
+    reader.read_exact(&mut data).map_err(io_error)?;
+    Ok(data
+        .chunks_exact(cols as usize * width)
         .map(|row| {
             row.chunks_exact(width)
                 .map(|b| match width {
@@ -292,6 +346,80 @@ mod tests {
         assert!(err.contains("`shape`") && err.contains("2-D"), "{err}");
         let err = NpyRows::new(&b"hello world"[..], "m.npy".into(), 0).err().unwrap().to_string();
         assert!(err.contains("not an .npy file"), "{err}");
+    }
+
+    /// An `.npy` preamble with `dict` as its header, the length field written as given.
+    fn raw_header(version: u8, declared_len: u32, dict: &str) -> Vec<u8> {
+        let mut out = b"\x93NUMPY".to_vec();
+        out.extend([version, 0]);
+        match version {
+            1 => out.extend((declared_len as u16).to_le_bytes()),
+            _ => out.extend(declared_len.to_le_bytes()),
+        }
+        out.extend(dict.as_bytes());
+        out
+    }
+
+    fn honest(dict: &str) -> Vec<u8> {
+        raw_header(1, dict.len() as u32, dict)
+    }
+
+    fn dict(descr: &str, shape: &str) -> String {
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n")
+    }
+
+    fn header_error(bytes: &[u8]) -> String {
+        NpyRows::new(bytes, "m.npy".into(), 0).err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn lying_header_sizes_are_refused_before_allocating() {
+        let started = std::time::Instant::now();
+        // A v2/v3 header length is a u32: 4 GiB is not allocated on its say-so.
+        let err = header_error(&raw_header(2, u32::MAX, &dict("<f4", "(2, 2)")));
+        assert!(
+            err.contains("m.npy: header: field `header_len` = 4294967295") && err.contains("at most 65536"),
+            "{err}"
+        );
+        let text = dict("<f4", "(2, 2)");
+        let exact = raw_header(3, text.len() as u32, &text);
+        assert!(NpyRows::new([exact.as_slice(), &[0u8; 16]].concat().as_slice(), "m.npy".into(), 0).is_ok());
+        // More dimensions than a collection holds.
+        let err = header_error(&honest(&dict("<f4", "(10, 1000000000)")));
+        assert!(err.contains("field `shape` = (10, 1000000000)") && err.contains("at most 4096"), "{err}");
+        // rows x dims x 8 bytes overflows.
+        let err = header_error(&honest(&dict("<f8", "(18446744073709551615, 4096)")));
+        assert!(err.contains("field `shape` = (18446744073709551615, 4096)") && err.contains("do not fit"), "{err}");
+        // A long or binary shape is shown short and printable.
+        let long = format!("({}\u{7}, 2)", "9".repeat(200));
+        let err = header_error(&honest(&dict("<f4", &long)));
+        assert!(err.contains("`shape`") && err.contains('…') && !err.contains('\u{7}') && err.len() < 200, "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn ground_truth_with_a_lying_shape_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gt.npy");
+        let lie = |shape: &str| {
+            let text = dict("<i4", shape);
+            let mut bytes = honest(&text);
+            bytes.extend([0u8; 24]);
+            std::fs::write(&path, bytes).unwrap();
+            read_ids(&path).expect_err("refused").to_string()
+        };
+        let err = lie("(1099511627776, 100)");
+        assert!(err.contains("file truncated") && err.contains("= 24"), "{err}");
+        let err = lie("(6148914691236517206, 3)");
+        assert!(err.contains("field `shape`") && err.contains("do not fit"), "{err}");
+        let err = lie("(0, 4611686018427387904)");
+        assert!(err.contains("field `shape`"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_npy_is_not_echoed() {
+        let err = header_error(b"s3cr3t-token-value\n");
+        assert!(err.contains("not an .npy file") && !err.contains("s3cr3t") && !err.contains("115"), "{err}");
     }
 
     #[test]

@@ -54,13 +54,25 @@ impl ServeArgs {
             (Some(cert), Some(key)) => Some((read_pem(cert)?, read_pem(key)?)),
             _ => None,
         };
+        let token = self.token.read()?;
+        if token.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+            return Err(Error::Usage {
+                flag: "--listen".into(),
+                value: self.listen.to_string(),
+                reason: "a non-loopback address needs a bearer token (--token-file or --token); pass --insecure \
+                         to serve it without one"
+                    .into(),
+            });
+        }
         Ok(ServeConfig {
             max_connection_age: self.max_connection_age_secs.map(Duration::from_secs),
             max_message_bytes: self.max_message_bytes,
-            token: self.token.read()?,
-            search_requires_token: self.search_requires_token,
+            token,
+            search_without_token: self.search_without_token,
             tls,
             drain_delay: Duration::from_secs(self.drain_delay_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            max_in_flight: self.max_in_flight,
         })
     }
 }

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 pub fn run(a: ReplicaArgs) -> Result<i32> {
     let root = a.dir.data_dir.clone();
+    for source in &a.snapshot_from {
+        crate::client::check_target(source)?;
+    }
     let tls_ca = super::read_ca(a.tls_ca.as_deref())?;
     runtime()?.block_on(async {
         let config = a.serve.config()?;
@@ -55,16 +58,32 @@ pub fn run(a: ReplicaArgs) -> Result<i32> {
     })
 }
 
-/// Fetch (unless a verified snapshot is already here), install, preload, warm, then ready.
+/// Fetch (unless a snapshot that passes its checks on disk is already here), install,
+/// preload, warm, then ready.
 async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, options: ClientOptions) -> Result<()> {
     let started = Instant::now();
     let store = Store::new(root);
-    let info = match store.info(&a.collection)? {
+    let present = {
+        let (store, name) = (store.clone(), a.collection.clone());
+        tokio::task::spawn_blocking(move || store.checked_info(&name))
+            .await
+            .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))??
+    };
+    let info = match present {
         Some(info) => {
-            tracing::info!("snapshot of {} already here (sha256 {})", a.collection, info.sha256);
+            tracing::info!("snapshot of {} already here and checked (sha256 {})", a.collection, info.sha256);
             info
         }
-        None => fetch(a, &store, &node.metrics, &options).await?,
+        None => {
+            let fetch = FetchOptions {
+                client: options,
+                bytes_per_sec: a.fetch_bytes_per_sec,
+                timeout: Duration::from_secs(a.fetch_timeout_secs),
+                attempt_timeout: Duration::from_secs(a.fetch_attempt_timeout_secs),
+                stall_timeout: Duration::from_secs(a.fetch_stall_timeout_secs),
+            };
+            fetch_snapshot(&a.snapshot_from, &a.collection, &store, &node.metrics, &fetch).await?
+        }
     };
     let fetched_s = started.elapsed().as_secs_f64();
     let (root, max_queries) = (PathBuf::from(root), a.warmup_max_queries);
@@ -88,16 +107,36 @@ async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, optio
     Ok(())
 }
 
+/// How a replica fetches its snapshot.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub client: ClientOptions,
+    /// Throttle, so a new replica does not saturate the writer's link.
+    pub bytes_per_sec: Option<u64>,
+    /// All attempts together.
+    pub timeout: Duration,
+    /// One attempt at one source: a live source that is too slow is left for the next.
+    pub attempt_timeout: Duration,
+    /// The longest wait for the next chunk: a source that stalls is left at once.
+    pub stall_timeout: Duration,
+}
+
 /// Tries every source in turn until one delivers a snapshot that passes its checks; transient
 /// failures back off and retry until the timeout, a checksum failure from every source ends it.
-async fn fetch(a: &ReplicaArgs, store: &Store, metrics: &Metrics, options: &ClientOptions) -> Result<SnapshotInfo> {
-    let deadline = Instant::now() + Duration::from_secs(a.fetch_timeout_secs);
+pub async fn fetch_snapshot(
+    sources: &[String],
+    collection: &str,
+    store: &Store,
+    metrics: &Metrics,
+    options: &FetchOptions,
+) -> Result<SnapshotInfo> {
+    let deadline = Instant::now() + options.timeout;
     let mut delay = Duration::from_millis(200);
     loop {
         let mut corrupt = Vec::new();
-        for source in &a.snapshot_from {
-            let client = Client::new(source, options.clone())?;
-            match fetch_from(&client, &a.collection, store, metrics, a.fetch_bytes_per_sec).await {
+        for source in sources {
+            let client = Client::new(source, options.client.clone())?;
+            match fetch_from(&client, collection, store, metrics, options).await {
                 Ok(info) => return Ok(info),
                 Err(e @ Error::Snapshot { .. }) => {
                     tracing::error!("{source}: {e}");
@@ -106,16 +145,16 @@ async fn fetch(a: &ReplicaArgs, store: &Store, metrics: &Metrics, options: &Clie
                 Err(e) => tracing::warn!("{source}: {e}; will retry"),
             }
         }
-        if corrupt.len() == a.snapshot_from.len() {
+        if corrupt.len() == sources.len() {
             return Err(Error::Snapshot {
-                collection: a.collection.clone(),
+                collection: collection.to_string(),
                 reason: format!("no source delivered a snapshot that passes its checks: {}", corrupt.join("; ")),
             });
         }
         if Instant::now() + delay > deadline {
             return Err(Error::Snapshot {
-                collection: a.collection.clone(),
-                reason: format!("no source delivered the snapshot within {} s", a.fetch_timeout_secs),
+                collection: collection.to_string(),
+                reason: format!("no source delivered the snapshot within {} s", options.timeout.as_secs()),
             });
         }
         tokio::time::sleep(delay).await;
@@ -123,12 +162,15 @@ async fn fetch(a: &ReplicaArgs, store: &Store, metrics: &Metrics, options: &Clie
     }
 }
 
+/// One attempt at one source. Whatever ends it (the source fails, stalls or times out, the
+/// disk fails), the thread writing the partial file is stopped and joined before this returns,
+/// so the next attempt resumes from bytes that are all on disk and no longer changing.
 async fn fetch_from(
     client: &Client,
     collection: &str,
     store: &Store,
     metrics: &Metrics,
-    bytes_per_sec: Option<u64>,
+    options: &FetchOptions,
 ) -> Result<SnapshotInfo> {
     let remote = |e: tonic::Status| Error::Remote { target: client.target().to_string(), reason: e.to_string() };
     let announced = client.snapshot_manifest(collection).await.map_err(remote)?;
@@ -144,17 +186,19 @@ async fn fetch_from(
             reason: format!("{} announced collection {:?}", client.target(), info.collection),
         });
     }
-    let mut partial = Partial::open(store, &info)?;
+    let mut partial = {
+        let (store, info) = (store.clone(), info.clone());
+        tokio::task::spawn_blocking(move || Partial::open(&store, &info))
+            .await
+            .map_err(|e| Error::io("opening the partial snapshot", std::io::Error::other(e)))??
+    };
     if partial.offset() > 0 {
         tracing::info!("resuming the snapshot download at byte {} of {}", partial.offset(), info.size);
     }
     let started = Instant::now();
     let first = partial.offset();
     if !partial.is_complete() {
-        let request =
-            crate::serve::proto::FetchRequest { collection: collection.to_string(), offset: partial.offset() };
-        let mut stream = client.snapshot_client().fetch(request).await.map_err(remote)?.into_inner();
-        // Disk writes and hashing on their own thread, overlapping the network receive.
+        // Disk writes on their own thread, overlapping the network receive.
         let (chunks, received) = std::sync::mpsc::sync_channel::<crate::serve::proto::Chunk>(8);
         let writer = tokio::task::spawn_blocking(move || -> Result<Partial> {
             for chunk in received {
@@ -162,23 +206,43 @@ async fn fetch_from(
             }
             Ok(partial)
         });
-        let mut sent = 0u64;
-        while let Some(chunk) = stream.message().await.map_err(remote)? {
-            let n = chunk.data.len() as u64;
-            if chunks.send(chunk).is_err() {
-                break; // the writer stopped on an error, returned below
-            }
-            sent += n;
-            metrics.snapshot_fetched_bytes.inc_by(n);
-            if let Some(rate) = bytes_per_sec {
-                let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
-                if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(ahead).await;
+        let request = crate::serve::proto::FetchRequest { collection: collection.to_string(), offset: first };
+        let receive = async {
+            let mut stream = client.snapshot_client().fetch(request).await.map_err(remote)?.into_inner();
+            let mut sent = 0u64;
+            loop {
+                let next =
+                    tokio::time::timeout(options.stall_timeout, stream.message()).await.map_err(|_| Error::Remote {
+                        target: client.target().to_string(),
+                        reason: format!("no snapshot chunk for {} s", options.stall_timeout.as_secs()),
+                    })?;
+                let Some(chunk) = next.map_err(remote)? else { return Ok(()) };
+                let n = chunk.data.len() as u64;
+                if chunks.send(chunk).is_err() {
+                    return Ok(()); // the writer stopped on an error, returned below
+                }
+                sent += n;
+                metrics.snapshot_fetched_bytes.inc_by(n);
+                if let Some(rate) = options.bytes_per_sec {
+                    let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(ahead).await;
+                    }
                 }
             }
-        }
+        };
+        let received: Result<()> = match tokio::time::timeout(options.attempt_timeout, receive).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Remote {
+                target: client.target().to_string(),
+                reason: format!("the attempt took longer than {} s", options.attempt_timeout.as_secs()),
+            }),
+        };
         drop(chunks);
-        partial = writer.await.map_err(|e| Error::io("writing the snapshot", std::io::Error::other(e)))??;
+        let written = writer.await.map_err(|e| Error::io("writing the snapshot", std::io::Error::other(e)))?;
+        // A disk or protocol failure of the writer explains a stream that stopped early.
+        partial = written?;
+        received?;
     }
     if !partial.is_complete() {
         return Err(Error::Remote {
@@ -189,7 +253,7 @@ async fn fetch_from(
     let secs = started.elapsed().as_secs_f64();
     let mib = (info.size - first) as f64 / (1 << 20) as f64;
     tracing::info!(
-        "quiver replica: fetched {mib:.1} MiB from {} in {secs:.2}s ({:.0} MiB/s); checking sha256",
+        "quiver replica: fetched {mib:.1} MiB from {} in {secs:.2}s ({:.0} MiB/s); checking sha256 on disk",
         client.target(),
         mib / secs.max(1e-9)
     );

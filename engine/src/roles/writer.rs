@@ -15,6 +15,10 @@ use std::sync::Arc;
 
 pub fn run(a: WriterArgs) -> Result<i32> {
     let root = a.dir.data_dir.clone();
+    // A source the writer could never read is refused now (exit 2), not after start-up.
+    if let Some(source) = &a.source {
+        import::source::check_source(source, &a.build.read_options())?;
+    }
     runtime()?.block_on(async {
         let config = a.serve.config()?;
         let metrics = Arc::new(Metrics::new());

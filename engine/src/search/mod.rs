@@ -11,8 +11,7 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-/// The largest k a query may ask for.
-pub const MAX_K: usize = 10_000;
+pub use crate::limits::MAX_K;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SearchRequest {
@@ -47,9 +46,7 @@ pub struct Hit {
 /// Answers one query.
 pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hit>> {
     let manifest = collection.manifest();
-    if request.k == 0 || request.k > MAX_K {
-        return Err(RequestError::new("k", request.k, format!("must be between 1 and {MAX_K}")).into());
-    }
+    crate::limits::check_k(request.k)?;
     let mut vector = request.vector.clone();
     prepare_vector(&mut vector, manifest.dimensions, manifest.metric)
         .map_err(|(field, value, reason)| RequestError::new(field, value, reason))?;
@@ -57,8 +54,8 @@ pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hi
     let partitions: Vec<u16> = if request.partitions.is_empty() {
         (0..manifest.partitions.len() as u16).collect()
     } else {
-        request
-            .partitions
+        // A partition named twice is searched once (its hits would otherwise come twice).
+        crate::limits::distinct_names("partitions", &request.partitions)?
             .iter()
             .map(|name| {
                 manifest.partition_index(name).ok_or_else(|| {
@@ -71,7 +68,7 @@ pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hi
             })
             .collect::<Result<_, _>>()?
     };
-    let filter = tag_filter(collection, &request.tags)?;
+    let filter = tag_filter(collection, &crate::limits::distinct_names("tags", &request.tags)?)?;
     let strategy = request.strategy.unwrap_or(manifest.search.strategy);
     // The calibrated quality belongs to the calibrated strategy; another strategy asked for
     // without a quality gets its own default (0: arroy's search_k, ef = k, rerank = k).
@@ -92,6 +89,7 @@ pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hi
         if members.is_empty() {
             return Ok(Vec::new());
         }
+        let quality = crate::limits::clamp_quality(quality, request.k, members.len());
         let query =
             PartitionQuery { partition, members, filtered: filter.is_some(), vector: &vector, k: request.k, quality };
         index.search(collection, &query)

@@ -1,8 +1,8 @@
 //! The Admin service: status, warm-up, verification and drain of the collections this process
 //! serves.
 
+use super::Node;
 use super::proto::{self, admin_server};
-use super::{Node, blocking};
 use crate::verify::{VerifyOptions, verify};
 use crate::warmup::{WarmupOptions, warm};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ impl admin_server::Admin for AdminService {
         if r.max_queries > 0 {
             options.max_queries = r.max_queries as usize;
         }
-        let report = blocking(move || warm(&c, &options).map_err(super::status)).await?;
+        let report = self.node.search_work(move || warm(&c, &options).map_err(super::status)).await?;
         Ok(Response::new(proto::WarmupResponse {
             cold_first_query_ms: report.cold_first_query_ms,
             warm_p50_ms: report.warm_p50_ms,
@@ -66,7 +66,7 @@ impl admin_server::Admin for AdminService {
             queries: r.queries.into_iter().map(|q| q.values).collect(),
             ..defaults
         };
-        let report = blocking(move || verify(&c, &options).map_err(super::status)).await?;
+        let report = self.node.search_work(move || verify(&c, &options).map_err(super::status)).await?;
         Ok(Response::new(proto::VerifyResponse { passed: report.passed, report_json: json(&report) }))
     }
 

@@ -1,13 +1,14 @@
 //! Serving over gRPC (tonic): the Search, Admin, Snapshot and Ingest services of the contract
 //! in `proto/`, `grpc.health.v1` per service, server reflection, bearer-token checks, call
-//! metrics, and draining: health goes NOT_SERVING and every connection gets a GOAWAY while
-//! calls in flight finish.
+//! metrics, admission (bounded calls, deadlines), and draining: health goes NOT_SERVING and every
+//! connection gets a GOAWAY while calls in flight finish; after a drain the process is ready
+//! again for whoever reconnects (a rollback finds it at once). SIGTERM is final.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod http;
 pub mod ingest;
-pub mod metrics_layer;
 pub mod search;
 pub mod snapshot;
 
@@ -53,18 +54,41 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> +
 }
 
 /// How a serving process listens and whom it lets in.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub max_connection_age: Option<Duration>,
+    /// Largest message of the bulk services (Ingest batches, Snapshot chunks); Search and Admin
+    /// take at most [`crate::limits::MAX_REQUEST_BYTES`].
     pub max_message_bytes: usize,
-    /// The bearer token required on Ingest, Admin and Snapshot (and Search when asked).
+    /// The bearer token required on every service but health and reflection.
     pub token: Option<String>,
-    pub search_requires_token: bool,
+    /// Leaves Search open when a token is configured (an explicit opt-out).
+    pub search_without_token: bool,
     /// PEM certificate chain and key: serve TLS.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// After SIGTERM: how long to report NOT_SERVING before closing connections, so load
     /// balancers stop sending new calls first.
     pub drain_delay: Duration,
+    /// How long calls in flight may take to finish after a drain or SIGTERM; then the
+    /// connections still open are left behind (drain) or closed (SIGTERM).
+    pub shutdown_grace: Duration,
+    /// Calls served at once by this process; more get RESOURCE_EXHAUSTED at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_connection_age: None,
+            max_message_bytes: 64 << 20,
+            token: None,
+            search_without_token: false,
+            tls: None,
+            drain_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(30),
+            max_in_flight: crate::limits::DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
 }
 
 /// What one serving process holds: its collections, health and readiness, metrics.
@@ -79,7 +103,13 @@ pub struct Node {
     health: HealthReporter,
     health_service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     ready: AtomicBool,
+    /// Set by a drain of a ready node: ready again once the drained connections are gone.
+    ready_after_drain: AtomicBool,
     drain: tokio::sync::Notify,
+    /// Searches (and the verifications and warm-ups made of them) running at once: one per
+    /// core, so scans queue here instead of crowding out the async workers that answer
+    /// health, probes and cheap calls.
+    search_slots: Arc<tokio::sync::Semaphore>,
 }
 
 const SERVICES: [&str; 5] = [
@@ -105,7 +135,11 @@ impl Node {
             health,
             health_service,
             ready: AtomicBool::new(false),
+            ready_after_drain: AtomicBool::new(false),
             drain: tokio::sync::Notify::new(),
+            search_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         };
         node.report(ServingStatus::NotServing).await;
         node
@@ -128,10 +162,24 @@ impl Node {
     }
 
     /// Goes NOT_SERVING and sends every connection a GOAWAY (calls in flight finish); the
-    /// process keeps serving whoever reconnects.
+    /// process keeps answering whoever reconnects and, once the drained connections are gone,
+    /// reports SERVING again if it was ready before. A drain is temporary; SIGTERM is not.
     pub async fn drain(&self) {
+        if self.is_ready() {
+            self.ready_after_drain.store(true, Ordering::SeqCst);
+        }
         self.set_ready(false).await;
         self.drain.notify_one();
+    }
+
+    /// Runs search work on the blocking pool once one of the node's search slots is free.
+    pub async fn search_work<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let _slot =
+            self.search_slots.clone().acquire_owned().await.map_err(|_| Status::unavailable("shutting down"))?;
+        blocking(f).await
     }
 
     /// The collection a request names: an alias first, then a collection, and the node's own
@@ -155,8 +203,12 @@ impl Node {
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves: Search, Admin and health always,
-/// Snapshot when the node has snapshots, Ingest when given. On shutdown: NOT_SERVING, wait
-/// `drain_delay`, GOAWAY, calls in flight finish.
+/// Snapshot when the node has snapshots, Ingest when given.
+///
+/// One accept loop hands connections to the current server instance. A drain starts a new
+/// instance for new connections at once and lets the old one finish its calls (GOAWAY) within
+/// `shutdown_grace`; then the node is ready again. On shutdown: NOT_SERVING, wait
+/// `drain_delay`, GOAWAY, calls in flight finish within `shutdown_grace`.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
@@ -169,14 +221,17 @@ pub async fn serve(
         shutdown.await;
         let _ = terminate.send(true);
     });
-    let listener = Arc::new(listener);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
-    let limit = if config.max_message_bytes == 0 { 4 << 20 } else { config.max_message_bytes };
+    let bulk_limit = if config.max_message_bytes == 0 { 64 << 20 } else { config.max_message_bytes };
+    let request_limit = crate::limits::MAX_REQUEST_BYTES;
     let guarded = auth::Auth::new(config.token.clone());
-    let search_auth = if config.search_requires_token { guarded.clone() } else { auth::Auth::new(None) };
+    let search_auth = if config.search_without_token { auth::Auth::new(None) } else { guarded.clone() };
+    let admission = admission::AdmissionLayer::new(config.max_in_flight, node.metrics.clone());
+    let acceptor = Acceptor::start(listener);
+    let mut incoming = acceptor.next_instance();
     loop {
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key)) = &config.tls {
@@ -186,69 +241,127 @@ pub async fn serve(
                 .map_err(|e| Error::io("configuring TLS", std::io::Error::other(e)))?;
         }
         // Snapshot chunks are 4 MiB: windows that grow with the bandwidth-delay product.
-        builder = builder.http2_adaptive_window(Some(true)).max_frame_size(Some(1 << 20));
+        builder = builder
+            .http2_adaptive_window(Some(true))
+            .max_frame_size(Some(1 << 20))
+            .max_concurrent_streams(Some(crate::limits::MAX_STREAMS_PER_CONNECTION));
         if let Some(age) = config.max_connection_age {
             builder = builder.max_connection_age(age);
         }
         let search = SearchServer::new(search::SearchService::new(node.clone()))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+            .max_decoding_message_size(request_limit)
+            .max_encoding_message_size(bulk_limit);
         let admin = AdminServer::new(admin::AdminService::new(node.clone()))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+            .max_decoding_message_size(request_limit)
+            .max_encoding_message_size(request_limit);
         let mut router = builder
-            .layer(metrics_layer::RecordCallsLayer(node.metrics.clone()))
+            .layer(admission.clone())
             .add_service(node.health_service.clone())
             .add_service(reflection.clone())
             .add_service(tonic::service::interceptor::InterceptedService::new(search, search_auth.clone()))
             .add_service(tonic::service::interceptor::InterceptedService::new(admin, guarded.clone()));
         if node.snapshots.is_some() {
-            let snapshots = SnapshotServer::new(snapshot::SnapshotService::new(node.clone()));
+            let snapshots = SnapshotServer::new(snapshot::SnapshotService::new(node.clone()))
+                .max_decoding_message_size(request_limit)
+                .max_encoding_message_size(bulk_limit);
             router =
                 router.add_service(tonic::service::interceptor::InterceptedService::new(snapshots, guarded.clone()));
         }
         if let Some(ingest) = &ingest {
-            let server = IngestServer::new(ingest.clone()).max_decoding_message_size(limit);
+            let server = IngestServer::new(ingest.clone()).max_decoding_message_size(bulk_limit);
             router = router.add_service(tonic::service::interceptor::InterceptedService::new(server, guarded.clone()));
         }
-        let node_for_stop = node.clone();
+        let (stopped, stop) = tokio::sync::oneshot::channel::<()>();
+        let instance = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        }));
         let mut terminated_rx = terminated.clone();
-        let drain_delay = config.drain_delay;
-        let stop = async move {
-            tokio::select! {
-                _ = node_for_stop.drain.notified() => {}
-                _ = async { terminated_rx.wait_for(|t| *t).await.is_ok() } => {
-                    node_for_stop.set_ready(false).await;
-                    tokio::time::sleep(drain_delay).await;
-                }
-            }
-            node_for_stop.set_ready(false).await;
+        let terminating = tokio::select! {
+            _ = node.drain.notified() => false,
+            _ = async { terminated_rx.wait_for(|t| *t).await.is_ok() } => true,
         };
-        router
-            .serve_with_incoming_shutdown(incoming(listener.clone()), stop)
-            .await
-            .map_err(|e| Error::io("serving gRPC", std::io::Error::other(e)))?;
-        let terminating = *terminated.borrow();
+        node.set_ready(false).await;
         if terminating {
+            acceptor.stop();
+            tokio::time::sleep(config.drain_delay).await;
+            let _ = stopped.send(());
+            finish(instance, config.shutdown_grace).await?;
             return Ok(());
         }
-        tracing::info!("drained: every connection was sent a GOAWAY; still answering reconnects");
+        // Drain: the next instance takes new connections from now on; this one sends its
+        // connections a GOAWAY and finishes their calls in the background.
+        incoming = acceptor.next_instance();
+        let _ = stopped.send(());
+        let (node, grace) = (node.clone(), config.shutdown_grace);
+        tokio::spawn(async move {
+            if let Err(e) = finish(instance, grace).await {
+                tracing::error!("draining: {e}");
+            }
+            if node.ready_after_drain.swap(false, Ordering::SeqCst) {
+                node.set_ready(true).await;
+            }
+            tracing::info!("drained: every connection was sent a GOAWAY; serving reconnects");
+        });
     }
 }
 
-/// Accepted connections of a listener that outlives one server instance (a drain restarts the
-/// server on the same socket).
-fn incoming(
-    listener: Arc<tokio::net::TcpListener>,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| {
-            // Small request/response messages: do not wait to coalesce them.
-            let _ = stream.set_nodelay(true);
-            stream
+/// Waits for a server instance that was told to stop, at most `grace`.
+async fn finish(instance: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, grace: Duration) -> Result<()> {
+    match tokio::time::timeout(grace, instance).await {
+        Ok(Ok(served)) => served.map_err(|e| Error::io("serving gRPC", std::io::Error::other(e))),
+        Ok(Err(e)) => Err(Error::io("serving gRPC", std::io::Error::other(e))),
+        Err(_) => {
+            tracing::warn!("calls still running after the {} s grace period are cut off", grace.as_secs());
+            Ok(())
+        }
+    }
+}
+
+/// The one accept loop of a serving process: accepted connections go to the server instance
+/// that is current, so a drained instance never takes a new connection.
+struct Acceptor {
+    current: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<tokio::net::TcpStream>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Acceptor {
+    fn start(listener: tokio::net::TcpListener) -> Acceptor {
+        let current: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<tokio::net::TcpStream>>>> = Arc::default();
+        let to = current.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Small request/response messages: do not wait to coalesce them.
+                let _ = stream.set_nodelay(true);
+                let sender = to.lock().expect("acceptor lock").clone();
+                if let Some(sender) = sender {
+                    let _ = sender.send(stream).await;
+                }
+            }
         });
-        Some((accepted, listener))
-    })
+        Acceptor { current, task }
+    }
+
+    /// The connections for a new server instance, from now on.
+    fn next_instance(&self) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + use<> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        *self.current.lock().expect("acceptor lock") = Some(sender);
+        futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok)
+    }
+
+    /// Stops accepting: new connections are refused by the kernel once the backlog is full.
+    fn stop(&self) {
+        self.task.abort();
+        *self.current.lock().expect("acceptor lock") = None;
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,7 +1,7 @@
 //! The Search service: validation in the engine, answers on the blocking pool.
 
 use super::proto::{self, search_server};
-use super::{Node, blocking, status};
+use super::{Node, status};
 use crate::search::{SearchRequest, search};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -40,18 +40,34 @@ fn answer(node: &Node, r: proto::SearchRequest) -> Result<proto::SearchResponse,
     })
 }
 
+/// Whether a query is cheap enough to answer on the async worker: the strategy it resolves to
+/// (asked for, or the collection's calibrated default) is not the exact scan, and it searches
+/// one partition, so no rayon fan-out starts from a tokio worker.
+fn inline(node: &Node, r: &proto::SearchRequest) -> Result<bool, Status> {
+    let collection = node.collection(&r.collection)?;
+    let manifest = collection.manifest();
+    let strategy = match r.strategy.as_str() {
+        "" => manifest.search.strategy,
+        s => s.parse().unwrap_or(crate::index::Strategy::Exact),
+    };
+    let partitions = if r.partitions.is_empty() { manifest.partitions.len() } else { r.partitions.len() };
+    Ok(strategy != crate::index::Strategy::Exact && partitions == 1)
+}
+
 #[tonic::async_trait]
 impl search_server::Search for SearchService {
     async fn search(&self, request: Request<proto::SearchRequest>) -> Result<Response<proto::SearchResponse>, Status> {
         let r = request.into_inner();
-        if r.strategy == "exact" {
-            // A full scan can take many milliseconds: keep it off the async workers.
-            let node = self.node.clone();
-            return blocking(move || answer(&node, r)).await.map(Response::new);
+        if inline(&self.node, &r)? {
+            // An indexed query of one partition takes well under a millisecond: answering it
+            // on this worker saves two thread hand-offs (measured: +40-60 % served
+            // throughput, see BENCHMARKS.md).
+            return answer(&self.node, r).map(Response::new);
         }
-        // An indexed query takes well under a millisecond: answering it on this worker saves
-        // two thread hand-offs (measured: +40-60 % served throughput, see BENCHMARKS.md).
-        answer(&self.node, r).map(Response::new)
+        // A full scan, or a fan-out over partitions (rayon), runs on the blocking pool so the
+        // async workers keep answering health and other calls.
+        let node = self.node.clone();
+        self.node.clone().search_work(move || answer(&node, r)).await.map(Response::new)
     }
 
     async fn batch_search(
@@ -60,11 +76,14 @@ impl search_server::Search for SearchService {
     ) -> Result<Response<proto::BatchSearchResponse>, Status> {
         let node = self.node.clone();
         let queries = request.into_inner().queries;
-        blocking(move || {
-            let results = queries.into_par_iter().map(|q| answer(&node, q)).collect::<Result<_, _>>()?;
-            Ok(proto::BatchSearchResponse { results })
-        })
-        .await
-        .map(Response::new)
+        crate::limits::check_batch(queries.iter().map(|q| q.k as usize))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.node
+            .search_work(move || {
+                let results = queries.into_par_iter().map(|q| answer(&node, q)).collect::<Result<_, _>>()?;
+                Ok(proto::BatchSearchResponse { results })
+            })
+            .await
+            .map(Response::new)
     }
 }

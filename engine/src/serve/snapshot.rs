@@ -26,7 +26,7 @@ impl SnapshotService {
         let store =
             self.node.snapshots.as_ref().ok_or_else(|| Status::unimplemented("this role holds no snapshots"))?;
         match store.info(collection).map_err(super::status)? {
-            Some(info) => Ok((info, store.file(collection))),
+            Some(info) => Ok((info, store.file(collection).map_err(super::status)?)),
             None => Err(Status::not_found(format!("no finished snapshot of collection {collection:?} here (yet)"))),
         }
     }

@@ -1,53 +1,59 @@
 //! The replica's side of a snapshot transfer: a partial file that survives crashes and dropped
-//! connections, resumed from the bytes it holds, and checked before it becomes a snapshot.
+//! connections, resumed from the bytes it holds, and checked as it lies on disk before it
+//! becomes a snapshot.
+//!
+//! One attempt at a time: the partial file is locked (an OS advisory lock, released when the
+//! [`Partial`] is dropped), so a retry cannot append behind the back of an attempt whose writer
+//! is still running. The sha256 compared at [`Partial::finish`] is computed from the file's
+//! bytes read back from disk, not from what was received, so a shifted or torn file never
+//! passes.
 
-use super::{SnapshotInfo, Store};
+use super::{SnapshotInfo, Store, hash_file, sync_dir};
 use crate::error::{Error, Result};
-use crate::import::source::hex;
-use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
 use std::path::PathBuf;
 
 /// A download in progress of the snapshot `info` describes.
+#[derive(Debug)]
 pub struct Partial {
     store: Store,
     info: SnapshotInfo,
     path: PathBuf,
+    /// Opened for appending and exclusively locked for the life of this value.
     file: File,
     offset: u64,
-    /// sha256 of the bytes held so far: received bytes are hashed as they arrive, so finishing
-    /// does not read the whole file again.
-    hasher: Sha256,
 }
 
 impl Partial {
-    /// Opens the partial file for `info`, keeping the bytes already there when they belong to
-    /// the same snapshot (same sha256 recorded next to them), starting over otherwise.
+    /// Opens and locks the partial file for `info`, keeping the bytes already there when they
+    /// belong to the same snapshot (same sha256 recorded next to them), starting over
+    /// otherwise. Another live attempt holding the lock is a transient error.
     pub fn open(store: &Store, info: &SnapshotInfo) -> Result<Partial> {
         store.create_dir()?;
-        let path = store.file(&info.collection).with_extension("mdb.partial");
+        let path = store.file(&info.collection)?.with_extension("mdb.partial");
+        let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", path.display()), e);
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io("opening", e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(io("locking", std::io::Error::other("another fetch attempt is writing this file")));
+            }
+            Err(TryLockError::Error(e)) => return Err(io("locking", e)),
+        }
         let marker = path.with_extension("partial.sha256");
         let same = std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == info.sha256);
         if !same {
-            let _ = std::fs::remove_file(&path);
-            std::fs::write(&marker, &info.sha256).map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+            file.set_len(0).map_err(|e| io("truncating", e))?;
+            super::write_synced(&marker, info.sha256.as_bytes())?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let mut offset = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
+        let mut offset = file.metadata().map_err(|e| io("reading", e))?.len();
         if offset > info.size {
             // Longer than the snapshot: not ours to trust.
-            file.set_len(0).map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
+            file.set_len(0).map_err(|e| io("truncating", e))?;
             offset = 0;
         }
-        let mut hasher = Sha256::new();
-        let mut held = File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?.take(offset);
-        std::io::copy(&mut held, &mut hasher).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        Ok(Partial { store: store.clone(), info: info.clone(), path, file, offset, hasher })
+        Ok(Partial { store: store.clone(), info: info.clone(), path, file, offset })
     }
 
     /// Bytes held so far: where the next fetch starts.
@@ -67,30 +73,32 @@ impl Partial {
         if self.offset + data.len() as u64 > self.info.size {
             return Err(self.error(format!("source sent more than the announced {} bytes", self.info.size)));
         }
+        crate::fault::point("snapshot::append");
         self.file.write_all(data).map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
-        self.hasher.update(data);
         self.offset += data.len() as u64;
         Ok(())
     }
 
-    /// Checks size and sha256 of the whole file; a good file becomes the finished snapshot, a
-    /// bad one is deleted (the next attempt starts from zero) and reported.
+    /// Checks size and sha256 of the file as it lies on disk; a good file becomes the finished
+    /// snapshot, a bad one is deleted (the next attempt starts from zero) and reported.
     pub fn finish(self) -> Result<SnapshotInfo> {
         self.file.sync_all().map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
-        let (size, sha256) = (self.offset, hex(&self.hasher.clone().finalize()));
+        let (size, sha256) = hash_file(&self.path)?;
         let marker = self.path.with_extension("partial.sha256");
         if size != self.info.size || sha256 != self.info.sha256 {
             let _ = std::fs::remove_file(&self.path);
             let _ = std::fs::remove_file(&marker);
             return Err(self.error(format!(
-                "checksum mismatch: received {size} bytes with sha256 {sha256}, the source announced {} bytes \
-                 with sha256 {}; the file was discarded",
+                "checksum mismatch: the file on disk has {size} bytes with sha256 {sha256}, the source announced \
+                 {} bytes with sha256 {}; the file was discarded",
                 self.info.size, self.info.sha256
             )));
         }
-        let file = self.store.file(&self.info.collection);
+        crate::fault::point("snapshot::before_install_rename");
+        let file = self.store.file(&self.info.collection)?;
         std::fs::rename(&self.path, &file)
             .map_err(|e| Error::io(format!("moving {} into place", self.path.display()), e))?;
+        sync_dir(&self.store.dir)?;
         let _ = std::fs::remove_file(&marker);
         self.store.publish(&self.info)?;
         Ok(self.info)

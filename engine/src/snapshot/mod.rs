@@ -3,12 +3,17 @@
 //! Layout under a data root: `.snapshots/<name>.mdb` (an LMDB data file, openable as is) and
 //! `.snapshots/<name>.json` (its [`SnapshotInfo`]). The JSON is written last, so a snapshot
 //! without it is unfinished and never served. Replicas download into `<name>.mdb.partial`
-//! ([`download::Partial`]), check the sha256, and install the file as their collection.
+//! ([`download::Partial`]), check the sha256 of the bytes on disk, and install the file as their
+//! collection. Every rename is followed by an fsync of its directory, so a crash leaves either
+//! the old state or the new one; [`Store::checked_info`] heals a description whose file is
+//! missing or does not match.
 
 pub mod download;
 
 use crate::collection::Collection;
+use crate::collection::builder::check_name;
 use crate::collection::manifest::Manifest;
+pub(crate) use crate::durable::{sync_dir, write_synced};
 use crate::error::{Error, Result};
 use crate::import::source::hex;
 use serde::{Deserialize, Serialize};
@@ -39,17 +44,20 @@ impl Store {
         Store { dir: root.join(DIR) }
     }
 
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.mdb"))
+    /// The snapshot file of collection `name`; the name is checked before any path is built.
+    pub fn file(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.dir.join(format!("{name}.mdb")))
     }
 
-    fn info_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
+    fn info_path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.dir.join(format!("{name}.json")))
     }
 
     /// The finished snapshot of `name`, if there is one.
     pub fn info(&self, name: &str) -> Result<Option<SnapshotInfo>> {
-        let path = self.info_path(name);
+        let path = self.info_path(name)?;
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Incomplete {
                 path: path.clone(),
@@ -60,20 +68,47 @@ impl Store {
         }
     }
 
+    /// The finished snapshot of `name` after checking its file as it lies on disk: size and
+    /// sha256 must match the description. A description whose file is missing, short or
+    /// different (a crash between steps, a damaged disk) is removed with its file, so the
+    /// caller fetches or writes the snapshot again instead of serving it.
+    pub fn checked_info(&self, name: &str) -> Result<Option<SnapshotInfo>> {
+        let Some(info) = self.info(name)? else { return Ok(None) };
+        let file = self.file(name)?;
+        let problem = match hash_file(&file) {
+            Ok((size, sha256)) if size == info.size && sha256 == info.sha256 => return Ok(Some(info)),
+            Ok((size, sha256)) => format!("the file has {size} bytes with sha256 {sha256}"),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            collection = name,
+            "discarding the snapshot description: {problem}, but it announces {} bytes with sha256 {}",
+            info.size,
+            info.sha256
+        );
+        let _ = std::fs::remove_file(self.info_path(name)?);
+        let _ = std::fs::remove_file(&file);
+        sync_dir(&self.dir)?;
+        Ok(None)
+    }
+
     /// Writes the compacted copy of a sealed collection and its description; replaces nothing
     /// that is already finished.
     pub fn write(&self, collection: &Collection) -> Result<SnapshotInfo> {
         let name = collection.name();
-        if let Some(info) = self.info(name)? {
+        if let Some(info) = self.checked_info(name)? {
             return Ok(info);
         }
         self.create_dir()?;
-        let tmp = self.dir.join(format!("{name}.mdb.tmp"));
+        let file = self.file(name)?;
+        let tmp = file.with_extension("mdb.tmp");
         let _ = std::fs::remove_file(&tmp);
         collection.copy_compacted(&tmp)?;
         let (size, sha256) = hash_file(&tmp)?;
-        let file = self.file(name);
+        crate::fault::point("snapshot::write_before_rename");
         std::fs::rename(&tmp, &file).map_err(|e| Error::io(format!("moving {} into place", tmp.display()), e))?;
+        sync_dir(&self.dir)?;
+        crate::fault::point("snapshot::write_before_publish");
         let info = SnapshotInfo { collection: name.to_string(), size, sha256, manifest: collection.manifest().clone() };
         self.publish(&info)?;
         Ok(info)
@@ -81,11 +116,12 @@ impl Store {
 
     /// Makes a verified file the finished snapshot `info` describes.
     pub(crate) fn publish(&self, info: &SnapshotInfo) -> Result<()> {
-        let path = self.info_path(&info.collection);
+        let path = self.info_path(&info.collection)?;
         let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(info).expect("snapshot info serializes");
         write_synced(&tmp, &json)?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("moving {} into place", tmp.display()), e))
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("moving {} into place", tmp.display()), e))?;
+        sync_dir(&self.dir)
     }
 
     fn create_dir(&self) -> Result<()> {
@@ -96,19 +132,26 @@ impl Store {
     /// is hard-linked (copied when links are not possible) as its `data.mdb`, then opened and
     /// its manifest compared with the one the snapshot was announced with.
     pub fn install(&self, root: &Path, info: &SnapshotInfo) -> Result<Collection> {
+        check_name(&info.collection)?;
         let target = root.join(&info.collection);
         let data = target.join("data.mdb");
         if !data.exists() {
             let staging = root.join(format!(".install-{}", info.collection));
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
-            let source = self.file(&info.collection);
+            let source = self.file(&info.collection)?;
             let staged = staging.join("data.mdb");
             if std::fs::hard_link(&source, &staged).is_err() {
                 std::fs::copy(&source, &staged).map_err(|e| Error::io(format!("copying {}", source.display()), e))?;
+                std::fs::File::open(&staged)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(format!("syncing {}", staged.display()), e))?;
             }
+            sync_dir(&staging)?;
+            crate::fault::point("snapshot::install_before_rename");
             std::fs::rename(&staging, &target)
                 .map_err(|e| Error::io(format!("moving {} into place", staging.display()), e))?;
+            sync_dir(root)?;
         }
         let collection = Collection::open(&target)?;
         check_manifest(collection.manifest(), &info.manifest)
@@ -149,9 +192,4 @@ pub fn hash_file(path: &Path) -> Result<(u64, String)> {
         size += n as u64;
     }
     Ok((size, hex(&hasher.finalize())))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = std::fs::File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }

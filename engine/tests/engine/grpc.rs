@@ -83,13 +83,21 @@ async fn search_admin_and_health_over_grpc() {
     let serving = health.check(check("quiver.v1.Search")).await.unwrap().into_inner().status;
     assert_eq!(serving, ServingStatus::Serving as i32);
     admin.drain(DrainRequest {}).await.unwrap();
-    // The drain closed every connection (GOAWAY); a new one is answered, health says NOT_SERVING.
-    let channel = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
-    let mut health = HealthClient::new(channel);
-    let drained = health.check(check("quiver.v1.Search")).await.unwrap().into_inner().status;
-    assert_eq!(drained, ServingStatus::NotServing as i32);
-    assert_eq!(health.check(check("")).await.unwrap().into_inner().status, ServingStatus::NotServing as i32);
-    assert!(!node.is_ready());
+    // A drain is temporary: once the drained connections are gone (GOAWAY; nothing was in
+    // flight), a new connection finds the node SERVING again, so a rollback has endpoints.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let channel = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
+        let mut health = HealthClient::new(channel);
+        let now = health.check(check("quiver.v1.Search")).await.unwrap().into_inner().status;
+        if now == ServingStatus::Serving as i32 {
+            assert_eq!(health.check(check("")).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still NOT_SERVING 10 s after the drain");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(node.is_ready());
     let mut search = SearchClient::connect(url.clone()).await.unwrap();
     assert_eq!(search.search(request(2, query.clone())).await.unwrap().into_inner().hits.len(), 2);
     let text = node.metrics.render();
@@ -166,7 +174,6 @@ async fn tls_and_a_token_required_on_search() {
     let config = ServeConfig {
         tls: Some((cert.clone(), certified.signing_key.serialize_pem().into_bytes())),
         token: Some("t0ken".into()),
-        search_requires_token: true,
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -184,4 +191,275 @@ async fn tls_and_a_token_required_on_search() {
     let plaintext = ClientOptions { token: Some("t0ken".into()), attempts: 1, ..Default::default() };
     let plain = Client::new(&format!("http://127.0.0.1:{port}"), plaintext).unwrap();
     assert!(plain.search(request).await.is_err(), "plaintext is not served when TLS is on");
+}
+
+/// A node serving `v1` (`rows` x [`DIMS`] cosine vectors) under a fresh data directory, on
+/// 127.0.0.1; returns the URL, the node and the directory (kept alive by the caller).
+async fn serving(rows: usize, config: ServeConfig) -> (String, Arc<Node>, tempfile::TempDir, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("base.npy");
+    let data = Clustered::new(DIMS, 4).generate(rows, 1);
+    npy::write_f32(&path, rows, DIMS, &data).unwrap();
+    let records = import::read(&path.display().to_string(), &ReadOptions::default()).unwrap();
+    import_and_build(dir.path(), &BuildOptions::new("v1", Metric::Cosine), records).unwrap();
+    let catalog = Arc::new(Catalog::open(dir.path()).unwrap());
+    let mut node = Node::new(catalog, Arc::new(Metrics::new())).await;
+    node.snapshots = Some(quiver_engine::snapshot::Store::new(dir.path()));
+    let node = Arc::new(node);
+    node.set_ready(true).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(quiver_engine::serve::serve(node.clone(), listener, config, None, std::future::pending()));
+    (url, node, dir, data)
+}
+
+fn vm_hwm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+    use quiver_engine::serve::proto::{BatchSearchRequest, Vector, WarmupRequest};
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("v1".to_string()),
+            Just(String::new()),
+            Just("../v1".to_string()),
+            Just("/etc".to_string()),
+            Just("v1/../v1".to_string()),
+            "[a-zA-Z0-9./_-]{0,12}",
+        ]
+    }
+
+    fn size() -> impl Strategy<Value = u32> {
+        prop_oneof![0..40u32, Just(u32::MAX), 10_001..u32::MAX, Just(1 << 31)]
+    }
+
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![-2.0f32..2.0, Just(f32::NAN), Just(f32::INFINITY), Just(0.0), Just(f32::MAX)]
+    }
+
+    fn search() -> impl Strategy<Value = SearchRequest> {
+        (
+            name(),
+            prop::collection::vec(value(), 0..(2 * DIMS)),
+            size(),
+            prop::collection::vec(prop_oneof![Just("default".to_string()), "[a-z]{0,4}"], 0..6),
+            prop::collection::vec("[a-z:]{0,6}", 0..3),
+            prop_oneof![
+                Just(String::new()),
+                Just("exact".into()),
+                Just("index".into()),
+                Just("signscan".into()),
+                "[a-z]{0,6}"
+            ],
+            size(),
+        )
+            .prop_map(|(collection, vector, k, partitions, tags, strategy, quality)| SearchRequest {
+                collection,
+                vector,
+                k,
+                partitions,
+                tags,
+                strategy,
+                quality,
+            })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Call {
+        Search(SearchRequest),
+        Batch(Vec<SearchRequest>, u32),
+        Verify(String, u32, u32, Vec<Vec<f32>>),
+        Warmup(String, u32),
+    }
+
+    fn call() -> impl Strategy<Value = Call> {
+        prop_oneof![
+            4 => search().prop_map(Call::Search),
+            1 => (prop::collection::vec(search(), 0..4), prop_oneof![Just(0u32), Just(2_000), Just(1_025)])
+                .prop_map(|(q, n)| Call::Batch(q, n)),
+            1 => (name(), size(), size(), prop::collection::vec(prop::collection::vec(value(), 0..20), 0..3))
+                .prop_map(|(c, k, s, q)| Call::Verify(c, k, s, q)),
+            1 => (name(), size()).prop_map(|(c, m)| Call::Warmup(c, m)),
+        ]
+    }
+
+    /// Random requests (huge sizes, NaN, wrong dimensions, duplicate and unknown partitions,
+    /// names outside the data directory) at an in-process server: every one gets an answer or
+    /// a status, the process never aborts, memory stays bounded, and health keeps answering.
+    #[test]
+    fn random_requests_never_take_the_server_down() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (url, _node, _dir, _data) = runtime.block_on(serving(600, ServeConfig::default()));
+        let channel = runtime.block_on(tonic::transport::Channel::from_shared(url).unwrap().connect()).unwrap();
+        let config = ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() };
+        proptest!(config, |(call in call())| {
+            runtime.block_on(async {
+                let mut search = SearchClient::new(channel.clone());
+                let mut admin = AdminClient::new(channel.clone());
+                let answered = match call {
+                    Call::Search(r) => search.search(r).await.map(|_| ()),
+                    Call::Batch(mut queries, n) => {
+                        while queries.len() < n as usize {
+                            queries.push(queries.first().cloned().unwrap_or_default());
+                        }
+                        search.batch_search(BatchSearchRequest { queries }).await.map(|_| ())
+                    }
+                    Call::Verify(collection, k, sample, queries) => admin
+                        .verify(VerifyRequest {
+                            collection,
+                            k,
+                            sample,
+                            min_recall: 0.5,
+                            queries: queries.into_iter().map(|values| Vector { values }).collect(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ()),
+                    Call::Warmup(collection, max_queries) => {
+                        admin.warmup(WarmupRequest { collection, max_queries }).await.map(|_| ())
+                    }
+                };
+                if let Err(status) = answered {
+                    // A refusal, never a crash of the call.
+                    prop_assert!(
+                        matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition),
+                        "{status:?}"
+                    );
+                }
+                let mut health = HealthClient::new(channel.clone());
+                let check = health.check(HealthCheckRequest { service: String::new() }).await;
+                prop_assert_eq!(check.unwrap().into_inner().status, ServingStatus::Serving as i32);
+                Ok(())
+            })?;
+        });
+        let peak = vm_hwm_kib();
+        assert!(peak < 2 * 1024 * 1024, "peak resident memory {peak} KiB");
+    }
+}
+
+/// Collection names from requests never reach the filesystem unchecked: a relative path into
+/// another data directory is refused, never answered from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_outside_the_data_directory_is_refused() {
+    let (url, _node, dir, data) = serving(300, ServeConfig::default()).await;
+    // Another data directory beside this one, with a collection of its own.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let path = dir.path().join("base.npy");
+    let records = import::read(&path.display().to_string(), &ReadOptions::default()).unwrap();
+    import_and_build(&other, &BuildOptions::new("v2", Metric::Cosine), records).unwrap();
+    let mut search = SearchClient::connect(url).await.unwrap();
+    for name in ["other/v2", "./other/v2", "../", "/etc/passwd", &format!("{}/other/v2", dir.path().display())] {
+        let request =
+            SearchRequest { collection: name.into(), vector: data[..DIMS].to_vec(), k: 3, ..Default::default() };
+        let err = search.search(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(err.message().contains("field `name`"), "{name}: {}", err.message());
+    }
+}
+
+/// With a token configured every service needs it, Search and Snapshot included; health stays
+/// open for probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_service_but_health() {
+    use quiver_engine::serve::proto::ManifestRequest;
+    use quiver_engine::serve::proto::snapshot_client::SnapshotClient;
+    let config = ServeConfig { token: Some("t0ken".into()), ..Default::default() };
+    let (url, node, dir, data) = serving(300, config).await;
+    let collection = node.catalog.collection("v1").unwrap();
+    quiver_engine::snapshot::Store::new(dir.path()).write(&collection).unwrap();
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let request = SearchRequest { collection: "v1".into(), vector: data[..DIMS].to_vec(), k: 3, ..Default::default() };
+    let err = SearchClient::new(channel.clone()).search(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err =
+        SnapshotClient::new(channel.clone()).manifest(ManifestRequest { collection: "v1".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut authed = tonic::Request::new(ManifestRequest { collection: "v1".into() });
+    authed.metadata_mut().insert("authorization", "Bearer t0ken".parse().unwrap());
+    assert_eq!(SnapshotClient::new(channel.clone()).manifest(authed).await.unwrap().into_inner().collection, "v1");
+    let err = AdminClient::new(channel.clone()).drain(DrainRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut health = HealthClient::new(channel);
+    let status = health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(status.into_inner().status, ServingStatus::Serving as i32);
+}
+
+/// A serving role on a non-loopback address without a token refuses to start (exit 2, naming
+/// the flag); `--insecure` says it is meant.
+#[test]
+fn a_public_listener_without_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let quiver = env!("CARGO_BIN_EXE_quiver");
+    let out = std::process::Command::new(quiver)
+        .args(["standalone", "--data-dir", &dir.path().display().to_string(), "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--listen 0.0.0.0:0") && stderr.contains("--insecure"), "{stderr}");
+}
+
+/// Exact scans run on the blocking pool whatever asked for them (the request or the
+/// collection's default): while 16 clients run them, health and /livez answer at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_exact_scans_run() {
+    let (url, node, _dir, data) = serving(20_000, ServeConfig::default()).await;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    tokio::spawn(quiver_engine::serve::http::serve(node, http, std::future::pending()));
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let (channel, stop) = (channel.clone(), stop.clone());
+        let vector = data[i * DIMS..(i + 1) * DIMS].to_vec();
+        clients.push(tokio::spawn(async move {
+            let mut search = SearchClient::new(channel);
+            let mut done = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = SearchRequest {
+                    collection: "v1".into(),
+                    vector: vector.clone(),
+                    k: 10,
+                    strategy: "exact".into(),
+                    ..Default::default()
+                };
+                search.search(request).await.unwrap();
+                done += 1;
+            }
+            done
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+        let mut livez = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        livez.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        livez.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut scans = 0;
+    for client in clients {
+        scans += client.await.unwrap();
+    }
+    assert!(scans > 16, "the exact scans ran ({scans})");
+    assert!(slowest < std::time::Duration::from_millis(100), "health + /livez took {slowest:?} under load");
 }

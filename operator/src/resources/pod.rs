@@ -129,6 +129,17 @@ pub fn volumes(vc: &VectorCollection) -> Vec<Volume> {
     volumes
 }
 
+/// Where a serving role listens: every interface of the pod. Without a token Secret the engine
+/// refuses a non-loopback address unless told `--insecure` (secure by default); the operator
+/// says so explicitly for a collection that has no `tokenSecret`.
+pub fn listen_flags(vc: &VectorCollection, args: &mut Vec<String>) {
+    flag(args, "listen", format!("0.0.0.0:{}", super::GRPC_PORT));
+    flag(args, "http-listen", format!("0.0.0.0:{}", super::HTTP_PORT));
+    if vc.spec.token_secret.is_none() {
+        args.push("--insecure".into());
+    }
+}
+
 /// Spelled-out argument lists, so the rendered pods read like the commands one types.
 pub fn flag(args: &mut Vec<String>, name: &str, value: impl ToString) {
     args.push(format!("--{name}"));

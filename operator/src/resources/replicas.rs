@@ -1,9 +1,9 @@
 //! Read replicas: a Deployment whose pods fetch the sealed snapshot from the writer (or a ready
 //! peer), warm it and serve Search; the Service in front of them; their disruption budget.
 
+use super::Defaults;
 use super::labels::{self, Role};
 use super::pod::{self, flag, optional_flag};
-use super::{Defaults, GRPC_PORT};
 use crate::crd::{ReplicasSpec, VectorCollection};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Service, ServiceSpec, Volume};
@@ -34,8 +34,7 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     flag(&mut args, "collection", &name);
     // The writer first; ready peers (behind the replicas Service) take over when it is busy or gone.
     flag(&mut args, "snapshot-from", format!("{},{}", labels::writer_url(&name), labels::replicas_url(&name)));
-    flag(&mut args, "listen", format!("0.0.0.0:{GRPC_PORT}"));
-    flag(&mut args, "http-listen", format!("0.0.0.0:{}", super::HTTP_PORT));
+    pod::listen_flags(vc, &mut args);
     flag(&mut args, "warmup-max-queries", vc.spec.warmup.max_queries);
     // On SIGTERM stay NOT_SERVING this long before closing, while endpoints drop the pod.
     flag(&mut args, "drain-delay-secs", DRAIN_DELAY_SECS);

@@ -24,8 +24,7 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     let mut args = vec!["writer".to_string()];
     flag(&mut args, "data-dir", pod::DATA_DIR);
     flag(&mut args, "collection", vc.name_any());
-    flag(&mut args, "listen", format!("0.0.0.0:{GRPC_PORT}"));
-    flag(&mut args, "http-listen", format!("0.0.0.0:{}", super::HTTP_PORT));
+    pod::listen_flags(vc, &mut args);
     // Without a URL the writer waits for an ETL on its Ingest API.
     optional_flag(&mut args, "source", spec.source.url.as_ref());
     optional_flag(&mut args, "format", spec.source.format.as_ref());
