@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::import::source::hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 const DIR: &str = ".snapshots";
