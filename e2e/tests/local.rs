@@ -253,10 +253,12 @@ async fn corrupt_snapshot_is_refused() {
     assert!(!dir.join("r1/v1").exists() && !dir.join("r1/.snapshots/v1.json").exists());
 }
 
-/// 5. The writer killed in the middle of an ETL push: after a restart no half collection is
-/// visible, and pushing again works.
+/// 5. The writer killed (`kill -9`) in the middle of an ETL push: the stream it acknowledged
+/// survives the restart and is sealed with the rest, while the stream the kill cut off, and a
+/// stream refused for a bad record, leave none of their rows (so the ETL's retry adds no
+/// duplicates); no half collection is ever visible.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writer_killed_mid_import_leaves_nothing_half_built() {
+async fn writer_killed_mid_push_keeps_what_it_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (_, data) = dataset(dir, "v1.npy", N, DIMS, 1);
@@ -274,33 +276,56 @@ async fn writer_killed_mid_import_leaves_nothing_half_built() {
     let summary = w.client().ingest_client().write(futures::stream::iter(batches(0..1000))).await.unwrap();
     assert_eq!(summary.into_inner().rows, 1000);
     assert_eq!(w.client().progress("v1").await.unwrap().phase(), WriterPhase::Receiving);
+    // A second stream has sent 1,000 rows but not ended when the writer is killed.
+    let (more, open) = tokio::sync::mpsc::channel(4);
+    let client = w.client();
+    let cut =
+        tokio::spawn(
+            async move { client.ingest_client().write(tokio_stream::wrappers::ReceiverStream::new(open)).await },
+        );
+    for batch in batches(1000..2000) {
+        more.send(batch).await.unwrap();
+    }
+    let spool = dir.join("writer/.spool/v1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_dir(&spool).unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "partial")) {
+        assert!(std::time::Instant::now() < deadline, "the open stream never reached the spool");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     w.kill();
+    assert!(cut.await.unwrap().is_err(), "the cut stream was never acknowledged");
     assert!(!dir.join("writer/v1").exists());
 
     let w = writer(dir, "writer", "v1", None, &["--dimensions", "32"]);
     let progress = w.client().progress("v1").await.unwrap();
-    assert_eq!((progress.phase(), progress.rows), (WriterPhase::Waiting, 0), "the unsealed push was discarded");
+    assert_eq!((progress.phase(), progress.rows), (WriterPhase::Receiving, 1000), "exactly what was acknowledged");
     assert_eq!(w.client().status("v1").await.unwrap_err().code(), Code::NotFound);
     assert_eq!(w.client().search(query(&data[..DIMS], 3)).await.unwrap_err().code(), Code::NotFound);
 
-    // A bad record refuses its whole batch, naming the record and the field.
-    let mut bad = batches(0..2).remove(0);
-    bad.records[1].vector[7] = f32::NAN;
-    let err = w.client().ingest_client().write(futures::stream::iter(vec![bad])).await.unwrap_err();
+    // A bad record refuses its whole stream, naming the record and the field: the good batch
+    // before it is not kept either.
+    let mut stream = batches(1000..2000);
+    stream[1].records[1].vector[7] = f32::NAN;
+    let err = w.client().ingest_client().write(futures::stream::iter(stream)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("field `records[1].vector[7]` = NaN"), "{}", err.message());
-    let mut short = batches(0..2).remove(0);
+    let mut short = batches(1000..1002).remove(0);
     short.records[0].vector.pop();
     let err = w.client().ingest_client().write(futures::stream::iter(vec![short])).await.unwrap_err();
     assert!(err.message().contains("field `records[0].vector` = 31 values"), "{}", err.message());
+    assert_eq!(w.client().progress("v1").await.unwrap().rows, 1000, "refused streams left nothing");
 
-    w.client().ingest_client().write(futures::stream::iter(batches(0..N))).await.unwrap();
+    // The ETL retries everything after the acknowledged stream; ids 1000..2000 come once only
+    // (a duplicate would fail the Seal).
+    let rest = w.client().ingest_client().write(futures::stream::iter(batches(1000..N))).await.unwrap();
+    assert_eq!(rest.into_inner().rows, (N - 1000) as u64);
     let sealed = w.client().ingest_client().seal(proto::SealRequest { collection: "v1".into() }).await.unwrap();
     assert!(sealed.into_inner().manifest_json.contains(&format!("\"count\":{N}")));
     assert_eq!(w.client().status("v1").await.unwrap().count, N as u64);
     assert_eq!(w.client().progress("v1").await.unwrap().phase(), WriterPhase::Sealed);
     let hit = w.client().search(query(&data[5 * DIMS..][..DIMS], 1)).await.unwrap();
     assert_eq!(ids(&hit), vec![5]);
+    assert!(!spool.exists(), "the spool goes once sealed");
 }
 
 /// 6. Verification against a wrong expected count and an unreachable latency budget: exit 1,

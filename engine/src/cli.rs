@@ -150,6 +150,12 @@ pub struct WriterArgs {
     /// Path or http(s) URL to import from at start; without it the writer waits for Ingest.
     #[arg(long, env = "QUIVER_SOURCE")]
     pub source: Option<String>,
+    /// Bytes one Ingest Write stream may spool (end it and start another beyond).
+    #[arg(long, env = "QUIVER_MAX_STREAM_BYTES", default_value_t = 8 << 30)]
+    pub max_stream_bytes: u64,
+    /// Bytes the ingest spool may hold in all before Seal.
+    #[arg(long, env = "QUIVER_MAX_SPOOL_BYTES", default_value_t = 64 << 30)]
+    pub max_spool_bytes: u64,
     #[command(flatten)]
     pub build: BuildArgs,
 }

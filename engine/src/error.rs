@@ -56,6 +56,9 @@ pub enum Error {
     Io { context: String, source: std::io::Error },
     #[error("fetching {url}: {reason}")]
     Http { url: String, reason: String },
+    /// A bound on what a caller may send or store was reached.
+    #[error("{what}: {reason}")]
+    Exhausted { what: String, reason: String },
     /// A command-line flag or setting the process cannot start with.
     #[error("{flag} {value}: {reason}")]
     Usage { flag: String, value: String, reason: String },

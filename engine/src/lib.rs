@@ -26,5 +26,6 @@ pub mod publish;
 pub mod roles;
 pub mod serve;
 pub mod snapshot;
+pub mod spool;
 pub mod verify;
 pub mod warmup;

@@ -133,9 +133,14 @@ pub fn open_with(uri: &str, options: &ReadOptions) -> Result<(SourceReader, Fing
             Box::new(file)
         }
     };
+    Ok(hashed(raw))
+}
+
+/// A buffered reader over `raw` that fingerprints every byte read through it.
+pub fn hashed(raw: Box<dyn Read + Send>) -> (SourceReader, Fingerprint) {
     let hasher = Arc::new(Mutex::new(Sha256::new()));
     let reader = HashingReader { inner: raw, hasher: hasher.clone() };
-    Ok((BufReader::with_capacity(1 << 20, reader), Fingerprint(hasher)))
+    (BufReader::with_capacity(1 << 20, reader), Fingerprint(hasher))
 }
 
 /// Resolves `path` (symlinks, `..`, relative to the working directory) and checks it lies under

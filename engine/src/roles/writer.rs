@@ -1,7 +1,8 @@
 //! `quiver writer`: builds one collection, from --source at start or from Ingest pushes, writes
 //! its snapshot and serves it (Snapshot), its progress (Ingest.Progress) and status (Admin).
 //! Ready once the snapshot is written. A restart finds a sealed collection and serves it again;
-//! anything half-imported was in a staging directory or spool and is discarded.
+//! anything half-imported was in a staging directory and is discarded, while the Ingest
+//! streams it acknowledged stay in the spool for the next Seal.
 
 use super::{Listeners, collection_node, runtime};
 use crate::cli::WriterArgs;
@@ -11,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::serve::ingest::IngestService;
 use crate::serve::termination;
+use crate::spool::{RecordRules, Spool, SpoolLimits};
 use std::sync::Arc;
 
 pub fn run(a: WriterArgs) -> Result<i32> {
@@ -24,8 +26,11 @@ pub fn run(a: WriterArgs) -> Result<i32> {
         let metrics = Arc::new(Metrics::new());
         let node = collection_node(&root, &a.collection, metrics.clone()).await?;
         let listeners = Listeners::bind(&a.serve).await?;
-        let publisher = Arc::new(Publisher::new(&root, a.build.options(&a.collection), metrics));
-        let ingest = IngestService::new(node.clone(), publisher.clone(), &root, a.source.clone());
+        let options = a.build.options(&a.collection);
+        let rules = RecordRules { dimensions: options.dimensions, metric: options.metric };
+        let limits = SpoolLimits { max_stream_bytes: a.max_stream_bytes, max_spool_bytes: a.max_spool_bytes };
+        let spool = Spool::open(&root, &a.collection, rules, limits)?;
+        let publisher = Arc::new(Publisher::new(&root, options, metrics));
 
         let recovered = {
             let publisher = publisher.clone();
@@ -33,6 +38,11 @@ pub fn run(a: WriterArgs) -> Result<i32> {
                 .await
                 .map_err(|e| Error::io("recovering", std::io::Error::other(e)))??
         };
+        if recovered.is_some() {
+            // Sealed: what the spool holds is in the collection already.
+            spool.remove();
+        }
+        let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone());
         if let Some((collection, info)) = recovered {
             tracing::info!("{} is sealed; serving snapshot sha256 {}", info.collection, info.sha256);
             node.catalog.adopt(collection);

@@ -1,17 +1,14 @@
-//! The Ingest service of `quiver writer`: batches streamed by an ETL are checked and spooled to
-//! a JSON Lines file under `<data>/.spool/`; Seal imports the spool into the collection (the
-//! same import, build and seal as a file source), writes the snapshot and starts serving it.
-//! A writer that dies mid-ingest leaves only a spool, which the next start discards.
+//! The Ingest service of `quiver writer`: each Write stream is checked and spooled
+//! ([`crate::spool`]) and acknowledged only once it is durable; Seal closes the spool, imports
+//! the acknowledged streams into the collection (the same import, build and seal as a file
+//! source), writes the snapshot and starts serving it. Acknowledged streams survive a crash of
+//! the writer and are imported by the Seal after the restart.
 
 use super::proto::{self, ingest_server};
 use super::{Node, status};
-use crate::collection::validate::prepare_vector;
-use crate::error::{Error, Result};
-use crate::import::{self, Format, ReadOptions};
+use crate::import::{Location, Record};
 use crate::publish::{Publisher, Stage};
-use serde::Serialize;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use crate::spool::{Spool, StreamWriter};
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -19,41 +16,20 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct IngestService {
     node: Arc<Node>,
     publisher: Arc<Publisher>,
-    spool: Arc<tokio::sync::Mutex<Option<Spool>>>,
+    spool: Arc<Spool>,
     /// Set when the writer imports from --source: then pushes are refused.
     source: Option<String>,
-}
-
-struct Spool {
-    path: PathBuf,
-    out: BufWriter<std::fs::File>,
-    rows: u64,
-    dimensions: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    id: u64,
-    vector: &'a [f32],
-    #[serde(skip_serializing_if = "str::is_empty")]
-    partition: &'a str,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    tags: &'a [String],
+    /// One Seal at a time (the end of a Write stream is serialized with Seal by the spool).
+    sealing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl IngestService {
-    /// Discards a spool left by an earlier process: its ETL run did not reach Seal.
-    pub fn new(node: Arc<Node>, publisher: Arc<Publisher>, root: &std::path::Path, source: Option<String>) -> Self {
-        let stale = spool_path(root, publisher.name());
-        if stale.exists() {
-            tracing::warn!(path = %stale.display(), "discarding an unsealed ingest spool from an earlier run");
-            let _ = std::fs::remove_file(&stale);
+    /// Serves pushes into `spool`; streams it kept from an earlier run count as received.
+    pub fn new(node: Arc<Node>, publisher: Arc<Publisher>, spool: Arc<Spool>, source: Option<String>) -> Self {
+        if spool.committed_rows() > 0 && publisher.stage() == Stage::Waiting {
+            publisher.set_stage(Stage::Receiving);
         }
-        IngestService { node, publisher, spool: Arc::new(tokio::sync::Mutex::new(None)), source }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.node.catalog.root().to_path_buf()
+        IngestService { node, publisher, spool, source, sealing: Arc::default() }
     }
 
     fn check_writable(&self, collection: &str) -> Result<(), Status> {
@@ -72,42 +48,32 @@ impl IngestService {
     }
 }
 
-fn spool_path(root: &std::path::Path, name: &str) -> PathBuf {
-    root.join(".spool").join(format!("{name}.jsonl"))
+/// The wire records of a batch as import records (moved, not copied).
+fn records(batch: proto::WriteBatch) -> Vec<Record> {
+    batch
+        .records
+        .into_iter()
+        .map(|r| Record {
+            id: r.id,
+            vector: r.vector,
+            partition: (!r.partition.is_empty()).then_some(r.partition),
+            tags: r.tags,
+            at: Location::Row(0),
+        })
+        .collect()
 }
 
-impl Spool {
-    fn create(path: PathBuf) -> Result<Spool> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        }
-        let file = std::fs::File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        Ok(Spool { path, out: BufWriter::with_capacity(1 << 20, file), rows: 0, dimensions: None })
-    }
-
-    /// Checks every record of a batch before spooling any of it, so a bad batch adds nothing.
-    fn append(&mut self, batch: &proto::WriteBatch, publisher: &Publisher) -> Result<(), Status> {
-        let options = publisher.options();
-        let mut dims = self.dimensions.or(options.dimensions);
-        for (i, record) in batch.records.iter().enumerate() {
-            let expected = *dims.get_or_insert(record.vector.len());
-            let mut copy = record.vector.clone();
-            if let Err((field, value, reason)) = prepare_vector(&mut copy, expected, options.metric) {
-                return Err(Status::invalid_argument(format!(
-                    "invalid request: field `records[{i}].{field}` = {value}: {reason} (record id {})",
-                    record.id
-                )));
-            }
-        }
-        for record in &batch.records {
-            let line = Line { id: record.id, vector: &record.vector, partition: &record.partition, tags: &record.tags };
-            serde_json::to_writer(&mut self.out, &line).map_err(|e| Status::internal(format!("spooling: {e}")))?;
-            self.out.write_all(b"\n").map_err(|e| Status::internal(format!("spooling: {e}")))?;
-        }
-        self.rows += batch.records.len() as u64;
-        self.dimensions = dims;
-        Ok(())
-    }
+/// Disk writes on the blocking pool, the stream handed there and back.
+async fn on_disk<T: Send + 'static>(
+    stream: StreamWriter,
+    f: impl FnOnce(&mut StreamWriter) -> crate::Result<T> + Send + 'static,
+) -> Result<(StreamWriter, T), Status> {
+    super::blocking(move || {
+        let mut stream = stream;
+        let out = f(&mut stream).map_err(status)?;
+        Ok((stream, out))
+    })
+    .await
 }
 
 #[tonic::async_trait]
@@ -116,41 +82,47 @@ impl ingest_server::Ingest for IngestService {
         &self,
         request: Request<Streaming<proto::WriteBatch>>,
     ) -> Result<Response<proto::WriteSummary>, Status> {
-        let mut stream = request.into_inner();
-        let mut received = 0u64;
-        while let Some(batch) = stream.message().await? {
+        let mut incoming = request.into_inner();
+        // Dropped on any early return: the stream's file goes, none of its rows stay.
+        let mut spooled: Option<StreamWriter> = None;
+        while let Some(batch) = incoming.message().await? {
             self.check_writable(&batch.collection)?;
-            let mut spool = self.spool.lock().await;
-            if spool.is_none() {
-                *spool = Some(Spool::create(spool_path(&self.root(), self.publisher.name())).map_err(status)?);
-                self.publisher.set_stage(Stage::Receiving);
-            }
-            let spool = spool.as_mut().expect("created above");
-            spool.append(&batch, &self.publisher)?;
-            received += batch.records.len() as u64;
+            let stream = match spooled.take() {
+                Some(stream) => stream,
+                None => self.spool.begin().map_err(status)?,
+            };
+            let batch = records(batch);
+            let (stream, ()) = on_disk(stream, move |s| s.append(&batch)).await?;
+            spooled = Some(stream);
         }
-        Ok(Response::new(proto::WriteSummary { rows: received }))
+        let Some(stream) = spooled else { return Ok(Response::new(proto::WriteSummary { rows: 0 })) };
+        // A Seal that began meanwhile closed the spool: the commit is refused, never mixed in.
+        let rows = super::blocking(move || stream.commit().map_err(status)).await?;
+        if self.publisher.stage() == Stage::Waiting {
+            self.publisher.set_stage(Stage::Receiving);
+        }
+        Ok(Response::new(proto::WriteSummary { rows }))
     }
 
     async fn seal(&self, request: Request<proto::SealRequest>) -> Result<Response<proto::SealResponse>, Status> {
+        // One Seal at a time: the stage is checked and moved on under the lock.
+        let sealing = self.sealing.lock().await;
         self.check_writable(&request.into_inner().collection)?;
-        let Some(mut spool) = self.spool.lock().await.take() else {
-            return Err(Status::failed_precondition("nothing to seal: no records were written"));
-        };
-        spool.out.flush().map_err(|e| Status::internal(format!("flushing the spool: {e}")))?;
-        let (path, rows) = (spool.path.clone(), spool.rows);
-        drop(spool);
-        tracing::info!(rows, collection = self.publisher.name(), "sealing the pushed records");
+        let records = self.spool.close().map_err(status)?;
+        self.publisher.set_stage(Stage::Building);
+        drop(sealing);
+        tracing::info!(rows = records.expected_rows, collection = self.publisher.name(), "sealing the pushed records");
         let publisher = self.publisher.clone();
-        let read = ReadOptions { format: Some(Format::JsonLines), ..Default::default() };
-        let spooled = path.clone();
-        let result = super::blocking(move || {
-            let records = import::read(&spooled.display().to_string(), &read).map_err(status)?;
-            publisher.publish(records).map_err(status)
-        })
-        .await;
-        let _ = std::fs::remove_file(&path);
-        let (collection, _info) = result?;
+        let result = super::blocking(move || publisher.publish(records).map_err(status)).await;
+        let (collection, _info) = match result {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                // The acknowledged rows stay; the ETL may push a fix and seal again.
+                self.spool.reopen();
+                return Err(e);
+            }
+        };
+        self.spool.remove();
         let manifest_json = serde_json::to_string(collection.manifest()).expect("manifest serializes");
         self.node.catalog.adopt(collection);
         self.node.set_ready(true).await;
@@ -170,7 +142,7 @@ impl ingest_server::Ingest for IngestService {
         }
         let mut progress = self.publisher.progress();
         if progress.phase() == proto::WriterPhase::Receiving {
-            progress.rows = self.spool.lock().await.as_ref().map_or(0, |s| s.rows);
+            progress.rows = self.spool.committed_rows();
         }
         Ok(Response::new(progress))
     }

@@ -44,6 +44,7 @@ pub fn status(e: Error) -> Status {
         Error::Incomplete { .. } | Error::Sealed { .. } | Error::AlreadyExists { .. } => {
             Status::failed_precondition(e.to_string())
         }
+        Error::Exhausted { .. } => Status::resource_exhausted(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
