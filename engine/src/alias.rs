@@ -36,9 +36,21 @@ pub struct AliasRecord {
     pub history: Vec<Switch>,
 }
 
+/// One opened collection. Closing drops the catalog's own reference only: a query or a
+/// verification still holding the collection keeps it (and its LMDB environment, which cannot
+/// be opened twice) alive, and a request meanwhile gets that same collection back.
+struct Opened {
+    kept: Option<Arc<Collection>>,
+    alive: std::sync::Weak<Collection>,
+    /// When it was (re)opened, for closing the oldest first.
+    at: u64,
+    /// Adopted by a role: never closed.
+    adopted: bool,
+}
+
 #[derive(Default)]
 struct OpenCollections {
-    by_name: HashMap<String, (Arc<Collection>, u64, bool)>,
+    by_name: HashMap<String, Opened>,
     opened: u64,
 }
 
@@ -80,13 +92,22 @@ impl Catalog {
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
         crate::collection::builder::check_name(name)?;
         let mut open = self.open.lock().expect("catalog lock");
-        if let Some((c, _, _)) = open.by_name.get(name) {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(Collection::open(&self.root.join(name))?);
         open.opened += 1;
         let at = open.opened;
-        open.by_name.insert(name.to_string(), (c.clone(), at, false));
+        if let Some(entry) = open.by_name.get_mut(name) {
+            if let Some(c) = &entry.kept {
+                return Ok(c.clone());
+            }
+            if let Some(c) = entry.alive.upgrade() {
+                (entry.kept, entry.at) = (Some(c.clone()), at);
+                drop(open);
+                self.close_unserved();
+                return Ok(c);
+            }
+        }
+        let c = Arc::new(Collection::open(&self.root.join(name))?);
+        let entry = Opened { kept: Some(c.clone()), alive: Arc::downgrade(&c), at, adopted: false };
+        open.by_name.insert(name.to_string(), entry);
         drop(open);
         self.close_unserved();
         Ok(c)
@@ -98,18 +119,21 @@ impl Catalog {
         let served: std::collections::HashSet<String> =
             self.live.read().expect("alias lock").values().map(|c| c.name().to_string()).collect();
         let mut open = self.open.lock().expect("catalog lock");
+        open.by_name.retain(|_, e| e.kept.is_some() || e.alive.strong_count() > 0);
         let mut unserved: Vec<(u64, String)> = open
             .by_name
             .iter()
-            .filter(|(name, (_, _, adopted))| !adopted && !served.contains(*name))
-            .map(|(name, (_, at, _))| (*at, name.clone()))
+            .filter(|(name, e)| e.kept.is_some() && !e.adopted && !served.contains(*name))
+            .map(|(name, e)| (e.at, name.clone()))
             .collect();
         if unserved.len() <= MAX_UNSERVED_OPEN {
             return;
         }
         unserved.sort();
         for (_, name) in &unserved[..unserved.len() - MAX_UNSERVED_OPEN] {
-            open.by_name.remove(name);
+            if let Some(entry) = open.by_name.get_mut(name) {
+                entry.kept = None;
+            }
         }
     }
 
@@ -123,12 +147,13 @@ impl Catalog {
         let mut open = self.open.lock().expect("catalog lock");
         open.opened += 1;
         let at = open.opened;
-        open.by_name.insert(collection.name().to_string(), (collection, at, true));
+        let entry = Opened { alive: Arc::downgrade(&collection), kept: Some(collection), at, adopted: true };
+        open.by_name.insert(entry.alive.upgrade().expect("just kept").name().to_string(), entry);
     }
 
     /// How many collections are open.
     pub fn open_count(&self) -> usize {
-        self.open.lock().expect("catalog lock").by_name.len()
+        self.open.lock().expect("catalog lock").by_name.values().filter(|e| e.alive.strong_count() > 0).count()
     }
 
     pub fn get(&self, alias: &str) -> Result<Option<AliasRecord>> {

@@ -87,7 +87,7 @@ pub struct ServeArgs {
     pub shutdown_grace_secs: u64,
     /// Largest Ingest batch or Snapshot chunk message, in bytes (Search and Admin messages
     /// are limited to 8 MiB).
-    #[arg(long, env = "QUIVER_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "QUIVER_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
     pub max_message_bytes: usize,
     /// Calls served at once; more are refused with RESOURCE_EXHAUSTED (health is exempt).
     #[arg(long, env = "QUIVER_MAX_IN_FLIGHT", default_value_t = crate::limits::DEFAULT_MAX_IN_FLIGHT)]
@@ -582,7 +582,8 @@ impl BuildArgs {
     pub fn default_source_roots(&mut self, data_dir: &std::path::Path) {
         if self.source_root.is_empty() {
             self.source_root.push(data_dir.to_path_buf());
-            self.source_root.extend(std::env::current_dir());
+            // A container's working directory is often `/`, which would confine nothing.
+            self.source_root.extend(std::env::current_dir().ok().filter(|d| d.parent().is_some()));
         }
     }
 

@@ -257,7 +257,8 @@ impl Client {
     pub async fn health(&self, service: &str) -> Result<ServingStatus, Status> {
         let request = tonic_health::pb::HealthCheckRequest { service: service.to_string() };
         let channel = self.channel.read().expect("channel lock").clone();
-        let response = HealthClient::new(channel).check(request).await?;
+        let timeout = self.options.timeout;
+        let response = within(timeout, HealthClient::new(channel).check(deadline(request, timeout))).await?;
         Ok(response.into_inner().status())
     }
 

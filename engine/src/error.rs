@@ -54,7 +54,7 @@ pub enum Error {
     Alias { alias: String, reason: String },
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
-    #[error("fetching {url}: {reason}")]
+    #[error("fetching {}: {reason}", crate::import::source::redact(url))]
     Http { url: String, reason: String },
     /// A bound on what a caller may send or store was reached.
     #[error("{what}: {reason}")]

@@ -16,19 +16,24 @@ pub const MAX_QUALITY: usize = 1_000_000;
 /// Queries one verification may run (sampled or given).
 pub const MAX_VERIFY_QUERIES: usize = 10_000;
 /// Queries one warm-up may run.
-pub const MAX_WARMUP_QUERIES: usize = 100_000;
+pub const MAX_WARMUP_QUERIES: usize = 20_000;
 /// Queries in one BatchSearch call.
 pub const MAX_BATCH_QUERIES: usize = 1_024;
 /// Hits one BatchSearch call may ask for in all (the sum of its queries' k).
 pub const MAX_BATCH_HITS: usize = 100_000;
 /// Partitions or tags named in one query.
 pub const MAX_FILTER_NAMES: usize = 1_024;
-/// Largest Search or Admin request message; only Ingest and Snapshot carry bulk data.
-pub const MAX_REQUEST_BYTES: usize = 8 << 20;
-/// Concurrent HTTP/2 streams one client connection may open.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Largest Search or Admin request message; only Ingest and Snapshot carry bulk data. A message
+/// of many tiny repeated fields decodes to up to ~64x its size, so this and
+/// [`MAX_HEAVY_IN_FLIGHT`] bound what decoding alone may take (8 x 4 MiB x 64 = 2 GiB).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Concurrent HTTP/2 streams one client connection may open (below the in-flight bound, so
+/// one connection cannot take every slot).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// Calls one process serves at once by default; more are refused with RESOURCE_EXHAUSTED.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Calls carrying bulk data or long work (BatchSearch, Verify, Warmup, Ingest) at once.
+pub const MAX_HEAVY_IN_FLIGHT: usize = 8;
 
 /// `k` of a query: 1..=[`MAX_K`].
 pub fn check_k(k: usize) -> Result<usize, RequestError> {

@@ -55,6 +55,20 @@ impl Fingerprint {
     }
 }
 
+/// A URL as it may be shown in logs, errors and the manifest: without user info and query
+/// string, which may hold credentials (`https://user:pass@host/...`, presigned `?X-Amz-Signature=`).
+pub fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
+    let (rest, query) = match rest.split_once(['?', '#']) {
+        Some((path, _)) => (path, "?(redacted)"),
+        None => (rest, ""),
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let slash = if rest.contains('/') { "/" } else { "" };
+    format!("{scheme}://{host}{slash}{path}{query}")
+}
+
 /// Lowercase hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -393,7 +407,7 @@ impl HttpSource {
     }
 
     fn lost(&self, why: &str) -> io::Error {
-        io::Error::other(format!("{}: connection lost at byte {}: {why}", self.url, self.delivered))
+        io::Error::other(format!("{}: connection lost at byte {}: {why}", redact(&self.url), self.delivered))
     }
 }
 
@@ -442,7 +456,8 @@ impl Read for HttpSource {
             }
             std::thread::sleep(RESUME_BACKOFF * 2u32.pow(self.failures));
             self.failures += 1;
-            tracing::warn!("{}: connection lost at byte {} ({error}); resuming with Range", self.url, self.delivered);
+            let url = redact(&self.url);
+            tracing::warn!("{url}: connection lost at byte {} ({error}); resuming with Range", self.delivered);
             match self.resume() {
                 Ok(body) => self.body = Some(body),
                 Err(Failure::Transient(why)) => self.pending = Some(why),
@@ -458,6 +473,19 @@ impl Read for HttpSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_before_they_are_shown() {
+        assert_eq!(
+            redact("https://u:p4ss@host:9000/b/k.npy?X-Amz-Signature=abc"),
+            "https://host:9000/b/k.npy?(redacted)"
+        );
+        assert_eq!(redact("http://host/x.jsonl"), "http://host/x.jsonl");
+        assert_eq!(redact("http://tok@host"), "http://host");
+        assert_eq!(redact("/data/v.npy"), "/data/v.npy");
+        let e = Error::Http { url: "https://u:s3cr3t@h/x?sig=s3cr3t".into(), reason: "down".into() }.to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
 
     #[test]
     fn schemes_quiver_cannot_read_are_refused_at_once() {

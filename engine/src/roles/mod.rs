@@ -32,6 +32,11 @@ impl TokenArgs {
                 }
                 Ok(Some(token))
             }
+            (None, Some(token)) if token.trim().is_empty() => Err(Error::Usage {
+                flag: "--token".into(),
+                value: "(empty)".into(),
+                reason: "an empty bearer token would let anyone in; give a token or none".into(),
+            }),
             (None, Some(token)) => Ok(Some(token.trim().to_string())),
             (None, None) => Ok(None),
         }
@@ -141,4 +146,25 @@ pub async fn collection_node(root: &std::path::Path, collection: &str, metrics: 
 /// A tokio runtime for a role.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))
+}
+
+/// Runs a serving role to its end, then leaves: blocking work still running past the grace
+/// period (a verification, a build) is not waited for, so SIGTERM's bound holds.
+pub fn serve_role<T>(role: impl Future<Output = Result<T>>) -> Result<T> {
+    let runtime = runtime()?;
+    let result = runtime.block_on(role);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::TokenArgs;
+
+    #[test]
+    fn an_empty_token_is_refused() {
+        let empty = TokenArgs { token_file: None, token: Some(" \n".into()) };
+        assert!(empty.read().unwrap_err().to_string().contains("--token (empty)"));
+        assert_eq!(TokenArgs { token_file: None, token: Some("t0k\n".into()) }.read().unwrap().as_deref(), Some("t0k"));
+    }
 }

@@ -3,7 +3,7 @@
 //! collection, and only then reports SERVING; it then serves Search and, to later peers, the
 //! same snapshot. A snapshot that fails its checks is discarded and never served.
 
-use super::{Listeners, collection_node, runtime};
+use super::{Listeners, collection_node};
 use crate::cli::ReplicaArgs;
 use crate::client::{Client, ClientOptions};
 use crate::error::{Error, Result};
@@ -22,7 +22,7 @@ pub fn run(a: ReplicaArgs) -> Result<i32> {
         crate::client::check_target(source)?;
     }
     let tls_ca = super::read_ca(a.tls_ca.as_deref())?;
-    runtime()?.block_on(async {
+    super::serve_role(async {
         let config = a.serve.config()?;
         let client_options = ClientOptions { token: config.token.clone(), tls_ca, ..Default::default() };
         let node = collection_node(&root, &a.collection, Arc::new(Metrics::new())).await?;
@@ -199,9 +199,9 @@ async fn fetch_from(
     let first = partial.offset();
     if !partial.is_complete() {
         // Disk writes on their own thread, overlapping the network receive.
-        let (chunks, received) = std::sync::mpsc::sync_channel::<crate::serve::proto::Chunk>(8);
+        let (chunks, mut received) = tokio::sync::mpsc::channel::<crate::serve::proto::Chunk>(8);
         let writer = tokio::task::spawn_blocking(move || -> Result<Partial> {
-            for chunk in received {
+            while let Some(chunk) = received.blocking_recv() {
                 partial.append(chunk.offset, &chunk.data)?;
             }
             Ok(partial)
@@ -218,7 +218,7 @@ async fn fetch_from(
                     })?;
                 let Some(chunk) = next.map_err(remote)? else { return Ok(()) };
                 let n = chunk.data.len() as u64;
-                if chunks.send(chunk).is_err() {
+                if chunks.send(chunk).await.is_err() {
                     return Ok(()); // the writer stopped on an error, returned below
                 }
                 sent += n;
@@ -257,7 +257,15 @@ async fn fetch_from(
         client.target(),
         mib / secs.max(1e-9)
     );
-    tokio::task::spawn_blocking(move || partial.finish())
+    let finished = tokio::task::spawn_blocking(move || partial.finish())
         .await
-        .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))?
+        .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))?;
+    match finished {
+        // A resumed file holds bytes of an earlier attempt (perhaps torn by a crash): the
+        // mismatch may not be this source's fault. The file was discarded; start over.
+        Err(e @ Error::Snapshot { .. }) if first > 0 => {
+            Err(Error::Remote { target: client.target().to_string(), reason: format!("{e}; fetching from byte 0") })
+        }
+        finished => finished,
+    }
 }

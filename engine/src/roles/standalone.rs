@@ -1,7 +1,7 @@
 //! `quiver standalone`: every collection and alias under one data directory, served from one
 //! process, ready at once.
 
-use super::{Listeners, runtime};
+use super::Listeners;
 use crate::alias::Catalog;
 use crate::cli::StandaloneArgs;
 use crate::error::Result;
@@ -10,7 +10,7 @@ use crate::serve::{Node, termination};
 use std::sync::Arc;
 
 pub fn run(a: StandaloneArgs) -> Result<i32> {
-    runtime()?.block_on(async {
+    super::serve_role(async {
         let config = a.serve.config()?;
         let catalog = Arc::new(Catalog::open(&a.dir.data_dir)?);
         let listeners = Listeners::bind(&a.serve).await?;

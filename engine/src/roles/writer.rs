@@ -4,7 +4,7 @@
 //! anything half-imported was in a staging directory and is discarded, while the Ingest
 //! streams it acknowledged stay in the spool for the next Seal.
 
-use super::{Listeners, collection_node, runtime};
+use super::{Listeners, collection_node};
 use crate::cli::WriterArgs;
 use crate::error::{Error, Result};
 use crate::import;
@@ -21,7 +21,7 @@ pub fn run(a: WriterArgs) -> Result<i32> {
     if let Some(source) = &a.source {
         import::source::check_source(source, &a.build.read_options())?;
     }
-    runtime()?.block_on(async {
+    super::serve_role(async {
         let config = a.serve.config()?;
         let metrics = Arc::new(Metrics::new());
         let node = collection_node(&root, &a.collection, metrics.clone()).await?;

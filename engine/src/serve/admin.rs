@@ -44,7 +44,7 @@ impl admin_server::Admin for AdminService {
         if r.max_queries > 0 {
             options.max_queries = r.max_queries as usize;
         }
-        let report = self.node.search_work(move || warm(&c, &options).map_err(super::status)).await?;
+        let report = self.node.admin_work(move || warm(&c, &options).map_err(super::status)).await?;
         Ok(Response::new(proto::WarmupResponse {
             cold_first_query_ms: report.cold_first_query_ms,
             warm_p50_ms: report.warm_p50_ms,
@@ -66,7 +66,7 @@ impl admin_server::Admin for AdminService {
             queries: r.queries.into_iter().map(|q| q.values).collect(),
             ..defaults
         };
-        let report = self.node.search_work(move || verify(&c, &options).map_err(super::status)).await?;
+        let report = self.node.admin_work(move || verify(&c, &options).map_err(super::status)).await?;
         Ok(Response::new(proto::VerifyResponse { passed: report.passed, report_json: json(&report) }))
     }
 

@@ -19,8 +19,11 @@ pub struct Method {
     /// Server-side deadline until the response starts; a shorter `grpc-timeout` from the
     /// client wins (tonic applies it).
     pub deadline: Option<Duration>,
-    /// Counted against the in-flight bound.
+    /// Counted against the in-flight bound (control-plane calls and probes are not, so the
+    /// operator's probes are answered under load).
     pub admitted: bool,
+    /// Carries bulk data or long work: also counted against [`crate::limits::MAX_HEAVY_IN_FLIGHT`].
+    pub heavy: bool,
 }
 
 const SHORT: Option<Duration> = Some(Duration::from_secs(30));
@@ -30,25 +33,33 @@ const LONG: Option<Duration> = Some(Duration::from_secs(30 * 60));
 const BUILD: Option<Duration> = Some(Duration::from_secs(6 * 3600));
 
 const fn call(label: &'static str, deadline: Option<Duration>) -> Method {
-    Method { label, deadline, admitted: true }
+    Method { label, deadline, admitted: true, heavy: false }
+}
+
+const fn heavy(label: &'static str, deadline: Option<Duration>) -> Method {
+    Method { label, deadline, admitted: true, heavy: true }
+}
+
+const fn control(label: &'static str) -> Method {
+    Method { label, deadline: SHORT, admitted: false, heavy: false }
 }
 
 const fn probe(label: &'static str) -> Method {
-    Method { label, deadline: None, admitted: false }
+    Method { label, deadline: None, admitted: false, heavy: false }
 }
 
 /// Every method of the contract, by its HTTP/2 path.
 const METHODS: &[(&str, Method)] = &[
     ("/quiver.v1.Search/Search", call("quiver.v1.Search/Search", SHORT)),
-    ("/quiver.v1.Search/BatchSearch", call("quiver.v1.Search/BatchSearch", SHORT)),
-    ("/quiver.v1.Admin/Status", call("quiver.v1.Admin/Status", SHORT)),
-    ("/quiver.v1.Admin/Warmup", call("quiver.v1.Admin/Warmup", LONG)),
-    ("/quiver.v1.Admin/Verify", call("quiver.v1.Admin/Verify", LONG)),
-    ("/quiver.v1.Admin/Drain", call("quiver.v1.Admin/Drain", SHORT)),
-    ("/quiver.v1.Ingest/Write", call("quiver.v1.Ingest/Write", BUILD)),
-    ("/quiver.v1.Ingest/Seal", call("quiver.v1.Ingest/Seal", BUILD)),
-    ("/quiver.v1.Ingest/Progress", call("quiver.v1.Ingest/Progress", SHORT)),
-    ("/quiver.v1.Snapshot/Manifest", call("quiver.v1.Snapshot/Manifest", SHORT)),
+    ("/quiver.v1.Search/BatchSearch", heavy("quiver.v1.Search/BatchSearch", SHORT)),
+    ("/quiver.v1.Admin/Status", control("quiver.v1.Admin/Status")),
+    ("/quiver.v1.Admin/Warmup", heavy("quiver.v1.Admin/Warmup", LONG)),
+    ("/quiver.v1.Admin/Verify", heavy("quiver.v1.Admin/Verify", LONG)),
+    ("/quiver.v1.Admin/Drain", control("quiver.v1.Admin/Drain")),
+    ("/quiver.v1.Ingest/Write", heavy("quiver.v1.Ingest/Write", BUILD)),
+    ("/quiver.v1.Ingest/Seal", heavy("quiver.v1.Ingest/Seal", BUILD)),
+    ("/quiver.v1.Ingest/Progress", control("quiver.v1.Ingest/Progress")),
+    ("/quiver.v1.Snapshot/Manifest", control("quiver.v1.Snapshot/Manifest")),
     // The deadline covers the start of the stream; the chunks flow as fast as the client reads.
     ("/quiver.v1.Snapshot/Fetch", call("quiver.v1.Snapshot/Fetch", SHORT)),
     ("/grpc.health.v1.Health/Check", probe("grpc.health.v1.Health/Check")),
@@ -59,7 +70,7 @@ const METHODS: &[(&str, Method)] = &[
     ),
 ];
 
-const UNKNOWN: Method = Method { label: "unknown", deadline: SHORT, admitted: true };
+const UNKNOWN: Method = Method { label: "unknown", deadline: SHORT, admitted: true, heavy: false };
 
 impl Method {
     /// The method a request path names.
@@ -77,6 +88,7 @@ impl Method {
 #[derive(Clone)]
 pub struct AdmissionLayer {
     in_flight: Arc<Semaphore>,
+    heavy: Arc<Semaphore>,
     limit: usize,
     metrics: Arc<Metrics>,
 }
@@ -85,7 +97,8 @@ impl AdmissionLayer {
     /// `limit` calls at once (0: [`crate::limits::DEFAULT_MAX_IN_FLIGHT`]).
     pub fn new(limit: usize, metrics: Arc<Metrics>) -> AdmissionLayer {
         let limit = if limit == 0 { crate::limits::DEFAULT_MAX_IN_FLIGHT } else { limit };
-        AdmissionLayer { in_flight: Arc::new(Semaphore::new(limit)), limit, metrics }
+        let heavy = Arc::new(Semaphore::new(crate::limits::MAX_HEAVY_IN_FLIGHT));
+        AdmissionLayer { in_flight: Arc::new(Semaphore::new(limit)), heavy, limit, metrics }
     }
 }
 
@@ -121,21 +134,32 @@ where
         let method = Method::of(request.uri().path());
         let start = Instant::now();
         let metrics = self.layer.metrics.clone();
-        let permit = if method.admitted {
+        let refuse = |running: usize, what: &str| {
+            let refused = tonic::Status::resource_exhausted(format!(
+                "this server already runs {running} {what}; retry with backoff"
+            ));
+            metrics.call(method.label, refused.code(), start.elapsed());
+            refused.into_http()
+        };
+        let mut permits = Vec::with_capacity(2);
+        if method.admitted {
             match self.layer.in_flight.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
+                Ok(permit) => permits.push(permit),
                 Err(_) => {
-                    let refused = tonic::Status::resource_exhausted(format!(
-                        "this server already runs {} calls; retry with backoff",
-                        self.layer.limit
-                    ));
-                    metrics.call(method.label, refused.code(), start.elapsed());
-                    return Box::pin(async move { Ok(refused.into_http()) });
+                    let refused = refuse(self.layer.limit, "calls");
+                    return Box::pin(async move { Ok(refused) });
                 }
             }
-        } else {
-            None
-        };
+        }
+        if method.heavy {
+            match self.layer.heavy.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => {
+                    let refused = refuse(crate::limits::MAX_HEAVY_IN_FLIGHT, "bulk or long calls");
+                    return Box::pin(async move { Ok(refused) });
+                }
+            }
+        }
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = match method.deadline {
@@ -150,7 +174,7 @@ where
                 },
                 None => call.await,
             };
-            drop(permit);
+            drop(permits);
             if let Ok(r) = &response {
                 // Errors come back trailers-only, with grpc-status in the headers; a unary
                 // success carries it in the trailers, after these headers.

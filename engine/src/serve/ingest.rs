@@ -112,21 +112,27 @@ impl ingest_server::Ingest for IngestService {
         self.publisher.set_stage(Stage::Building);
         drop(sealing);
         tracing::info!(rows = records.expected_rows, collection = self.publisher.name(), "sealing the pushed records");
-        let publisher = self.publisher.clone();
-        let result = super::blocking(move || publisher.publish(records).map_err(status)).await;
-        let (collection, _info) = match result {
-            Ok(sealed) => sealed,
-            Err(e) => {
-                // The acknowledged rows stay; the ETL may push a fix and seal again.
-                self.spool.reopen();
-                return Err(e);
-            }
-        };
-        self.spool.remove();
-        let manifest_json = serde_json::to_string(collection.manifest()).expect("manifest serializes");
-        self.node.catalog.adopt(collection);
-        self.node.set_ready(true).await;
-        Ok(Response::new(proto::SealResponse { manifest_json }))
+        // The build and what follows it run in a task of their own: a caller that gives up (or
+        // the server's deadline) does not leave the writer half-way between sealed and serving.
+        let (publisher, spool, node) = (self.publisher.clone(), self.spool.clone(), self.node.clone());
+        let sealed = tokio::spawn(async move {
+            let result = super::blocking(move || publisher.publish(records).map_err(status)).await;
+            let (collection, _info) = match result {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    // The acknowledged rows stay; the ETL may push a fix and seal again.
+                    spool.reopen();
+                    return Err(e);
+                }
+            };
+            spool.remove();
+            let manifest_json = serde_json::to_string(collection.manifest()).expect("manifest serializes");
+            node.catalog.adopt(collection);
+            node.set_ready(true).await;
+            Ok(proto::SealResponse { manifest_json })
+        });
+        let response = sealed.await.map_err(|e| Status::internal(format!("sealing failed: {e}")))??;
+        Ok(Response::new(response))
     }
 
     async fn progress(

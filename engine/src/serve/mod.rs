@@ -54,6 +54,18 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> +
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
 
+async fn slotted<T: Send + 'static>(
+    slots: &Arc<tokio::sync::Semaphore>,
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    let slot = slots.clone().acquire_owned().await.map_err(|_| Status::unavailable("shutting down"))?;
+    blocking(move || {
+        let _slot = slot;
+        f()
+    })
+    .await
+}
+
 /// How a serving process listens and whom it lets in.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -81,7 +93,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             max_connection_age: None,
-            max_message_bytes: 64 << 20,
+            max_message_bytes: 16 << 20,
             token: None,
             search_without_token: false,
             tls: None,
@@ -106,11 +118,17 @@ pub struct Node {
     ready: AtomicBool,
     /// Set by a drain of a ready node: ready again once the drained connections are gone.
     ready_after_drain: AtomicBool,
+    /// Counts drains: only the latest one's end restores readiness.
+    drains: std::sync::atomic::AtomicU64,
+    /// SIGTERM came: readiness never comes back.
+    terminating: AtomicBool,
     drain: tokio::sync::Notify,
-    /// Searches (and the verifications and warm-ups made of them) running at once: one per
-    /// core, so scans queue here instead of crowding out the async workers that answer
-    /// health, probes and cheap calls.
+    /// Searches running at once: one per core, so scans queue here instead of crowding out
+    /// the async workers that answer health, probes and cheap calls.
     search_slots: Arc<tokio::sync::Semaphore>,
+    /// Verifications and warm-ups (thousands of queries each) run one at a time, beside the
+    /// search slots, so they neither starve searches nor run twice at once.
+    admin_slots: Arc<tokio::sync::Semaphore>,
 }
 
 const SERVICES: [&str; 5] = [
@@ -137,10 +155,13 @@ impl Node {
             health_service,
             ready: AtomicBool::new(false),
             ready_after_drain: AtomicBool::new(false),
+            drains: std::sync::atomic::AtomicU64::new(0),
+            terminating: AtomicBool::new(false),
             drain: tokio::sync::Notify::new(),
             search_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            admin_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         node.report(ServingStatus::NotServing).await;
         node
@@ -166,21 +187,29 @@ impl Node {
     /// process keeps answering whoever reconnects and, once the drained connections are gone,
     /// reports SERVING again if it was ready before. A drain is temporary; SIGTERM is not.
     pub async fn drain(&self) {
-        if self.is_ready() {
+        if self.is_ready() && !self.terminating.load(Ordering::SeqCst) {
             self.ready_after_drain.store(true, Ordering::SeqCst);
         }
+        self.drains.fetch_add(1, Ordering::SeqCst);
         self.set_ready(false).await;
         self.drain.notify_one();
     }
 
-    /// Runs search work on the blocking pool once one of the node's search slots is free.
+    /// Runs search work on the blocking pool once one of the node's search slots is free. The
+    /// slot goes with the work: a caller that gives up does not free it while the work runs.
     pub async fn search_work<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
-        let _slot =
-            self.search_slots.clone().acquire_owned().await.map_err(|_| Status::unavailable("shutting down"))?;
-        blocking(f).await
+        slotted(&self.search_slots, f).await
+    }
+
+    /// Runs a verification or warm-up on the blocking pool, one at a time.
+    pub async fn admin_work<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        slotted(&self.admin_slots, f).await
     }
 
     /// The collection a request names: an alias first, then a collection, and the node's own
@@ -272,33 +301,38 @@ pub async fn serve(
             let server = IngestServer::new(ingest.clone()).max_decoding_message_size(bulk_limit);
             router = router.add_service(tonic::service::interceptor::InterceptedService::new(server, guarded.clone()));
         }
-        let (stopped, stop) = tokio::sync::oneshot::channel::<()>();
-        let instance = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = stop.await;
-        }));
+        // An instance stops when its stream of connections ends (every connection it was
+        // handed is served first): it then sends each connection a GOAWAY and lets the calls
+        // in flight finish. The signal itself never fires; it only makes the stop graceful.
+        let instance = tokio::spawn(router.serve_with_incoming_shutdown(incoming, std::future::pending::<()>()));
         let mut terminated_rx = terminated.clone();
         let terminating = tokio::select! {
             _ = node.drain.notified() => false,
             _ = async { terminated_rx.wait_for(|t| *t).await.is_ok() } => true,
         };
-        node.set_ready(false).await;
         if terminating {
-            acceptor.stop();
+            node.terminating.store(true, Ordering::SeqCst);
+            node.set_ready(false).await;
+            // Keep answering new connections while endpoints and load balancers catch up.
             tokio::time::sleep(config.drain_delay).await;
-            let _ = stopped.send(());
+            acceptor.stop();
             finish(instance, config.shutdown_grace).await?;
             return Ok(());
         }
         // Drain: the next instance takes new connections from now on; this one sends its
         // connections a GOAWAY and finishes their calls in the background.
         incoming = acceptor.next_instance();
-        let _ = stopped.send(());
         let (node, grace) = (node.clone(), config.shutdown_grace);
+        let drain = node.drains.load(Ordering::SeqCst);
         tokio::spawn(async move {
             if let Err(e) = finish(instance, grace).await {
                 tracing::error!("draining: {e}");
             }
-            if node.ready_after_drain.swap(false, Ordering::SeqCst) {
+            // Only the latest drain restores readiness, and never after SIGTERM.
+            if node.drains.load(Ordering::SeqCst) == drain
+                && !node.terminating.load(Ordering::SeqCst)
+                && node.ready_after_drain.swap(false, Ordering::SeqCst)
+            {
                 node.set_ready(true).await;
             }
             tracing::info!("drained: every connection was sent a GOAWAY; serving reconnects");
@@ -342,23 +376,32 @@ impl Acceptor {
                 };
                 // Small request/response messages: do not wait to coalesce them.
                 let _ = stream.set_nodelay(true);
-                let sender = to.lock().expect("acceptor lock").clone();
-                if let Some(sender) = sender {
-                    let _ = sender.send(stream).await;
+                let mut stream = stream;
+                // An instance that stopped while this was sent to it hands it back: try the
+                // current one.
+                loop {
+                    let sender = to.lock().expect("acceptor lock").clone();
+                    let Some(sender) = sender else { break };
+                    match sender.send(stream).await {
+                        Ok(()) => break,
+                        Err(tokio::sync::mpsc::error::SendError(back)) => stream = back,
+                    }
+                    tokio::task::yield_now().await;
                 }
             }
         });
         Acceptor { current, task }
     }
 
-    /// The connections for a new server instance, from now on.
+    /// The connections for a new server instance, from now on; the previous instance's stream
+    /// ends, which stops it.
     fn next_instance(&self) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + use<> {
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         *self.current.lock().expect("acceptor lock") = Some(sender);
         futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok)
     }
 
-    /// Stops accepting: new connections are refused by the kernel once the backlog is full.
+    /// Stops accepting (the listening socket closes) and ends the current instance's stream.
     fn stop(&self) {
         self.task.abort();
         *self.current.lock().expect("acceptor lock") = None;

@@ -10,16 +10,21 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-/// Bytes per chunk message: large enough to amortise per-message work, far below the 64 MiB limit.
+/// Bytes per chunk message: large enough to amortise per-message work, far below the 16 MiB limit.
 const CHUNK: usize = 4 << 20;
+/// Snapshot streams served at once (each holds a reader thread and a few chunks in memory).
+const MAX_FETCHES: usize = 8;
+/// A client that reads nothing for this long loses its stream (and the thread behind it).
+const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct SnapshotService {
     node: Arc<Node>,
+    fetches: Arc<tokio::sync::Semaphore>,
 }
 
 impl SnapshotService {
     pub fn new(node: Arc<Node>) -> Self {
-        SnapshotService { node }
+        SnapshotService { node, fetches: Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES)) }
     }
 
     fn info(&self, collection: &str) -> Result<(SnapshotInfo, std::path::PathBuf), Status> {
@@ -60,13 +65,23 @@ impl snapshot_server::Snapshot for SnapshotService {
                 r.offset, info.size
             )));
         }
+        let slot = self.fetches.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("{MAX_FETCHES} snapshot streams are running; retry with backoff"))
+        })?;
         let mut file =
             std::fs::File::open(&path).map_err(|e| Status::internal(format!("opening {}: {e}", path.display())))?;
         file.seek(SeekFrom::Start(r.offset)).map_err(|e| Status::internal(format!("seeking: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let metrics = self.node.metrics.clone();
         let mut offset = r.offset;
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            // The stream's slot is held by the thread that feeds it, until it ends.
+            let _slot = slot;
+            let send = |item| match runtime.block_on(tokio::time::timeout(STALLED, tx.send(item))) {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(()), // the client went away or stopped reading
+            };
             loop {
                 let mut data = vec![0u8; CHUNK.min((info.size - offset) as usize)];
                 if data.is_empty() {
@@ -78,9 +93,9 @@ impl snapshot_server::Snapshot for SnapshotService {
                         let chunk = proto::Chunk { offset, data: data.into() };
                         offset += n;
                         metrics.snapshot_served_bytes.inc_by(n);
-                        tx.blocking_send(Ok(chunk))
+                        send(Ok(chunk))
                     }
-                    Err(e) => tx.blocking_send(Err(Status::internal(format!("reading the snapshot: {e}")))),
+                    Err(e) => send(Err(Status::internal(format!("reading the snapshot: {e}")))),
                 };
                 if sent.is_err() {
                     return; // the client went away

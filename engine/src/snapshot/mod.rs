@@ -78,7 +78,11 @@ impl Store {
         let problem = match hash_file(&file) {
             Ok((size, sha256)) if size == info.size && sha256 == info.sha256 => return Ok(Some(info)),
             Ok((size, sha256)) => format!("the file has {size} bytes with sha256 {sha256}"),
-            Err(e) => e.to_string(),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                "the file is missing".into()
+            }
+            // Anything else (out of file descriptors, a failing disk) is not proof of damage.
+            Err(e) => return Err(e),
         };
         tracing::warn!(
             collection = name,
@@ -135,6 +139,12 @@ impl Store {
         check_name(&info.collection)?;
         let target = root.join(&info.collection);
         let data = target.join("data.mdb");
+        if data.exists() && !self.installed_is(&data, info)? {
+            // An installation of an earlier (since discarded) snapshot file: replace it.
+            tracing::warn!(collection = %info.collection, "the installed collection is not the checked snapshot; reinstalling");
+            std::fs::remove_dir_all(&target).map_err(|e| Error::io(format!("removing {}", target.display()), e))?;
+            sync_dir(root)?;
+        }
         if !data.exists() {
             let staging = root.join(format!(".install-{}", info.collection));
             let _ = std::fs::remove_dir_all(&staging);
@@ -157,6 +167,20 @@ impl Store {
         check_manifest(collection.manifest(), &info.manifest)
             .map_err(|reason| Error::Incomplete { path: target.clone(), reason })?;
         Ok(collection)
+    }
+}
+
+impl Store {
+    /// Whether an installed `data.mdb` is the checked snapshot file itself (the same inode, as
+    /// the hard link makes it) or, when it was copied, has the same bytes.
+    fn installed_is(&self, data: &Path, info: &SnapshotInfo) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let stat = |p: &Path| std::fs::metadata(p).map_err(|e| Error::io(format!("stat {}", p.display()), e));
+        let (installed, snapshot) = (stat(data)?, stat(&self.file(&info.collection)?)?);
+        if installed.dev() == snapshot.dev() && installed.ino() == snapshot.ino() {
+            return Ok(true);
+        }
+        Ok(hash_file(data)? == (info.size, info.sha256.clone()))
     }
 }
 

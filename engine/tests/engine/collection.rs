@@ -345,3 +345,33 @@ fn calibration_picks_a_setting_that_meets_the_target_on_held_out_queries() {
     assert!(report.passed, "{:?} with {}", report.failures(), report.setting);
     assert_eq!(report.setting, format!("{} quality={}", calibration.strategy, calibration.quality));
 }
+
+/// Collections no alias serves are closed beyond a few (memory and address space stay bounded
+/// after many flips), but one still held by a running query is handed out again, never opened
+/// a second time (LMDB refuses a second environment on the same file).
+#[test]
+fn unserved_collections_are_closed_and_a_held_one_is_reused() {
+    use quiver_engine::alias::Catalog;
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 300, 1);
+    let names: Vec<String> = (0..7).map(|i| format!("v{i}")).collect();
+    for name in &names {
+        build(dir.path(), name, &source, |o| o.target_recall = None).unwrap();
+    }
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let held = catalog.collection("v0").unwrap();
+    for name in &names[1..] {
+        catalog.collection(name).unwrap();
+    }
+    // v0, v1 and v2 are the oldest unserved: closed by the catalog; v0 stays alive through
+    // `held`, beside the four most recent.
+    assert_eq!(catalog.open_count(), 5);
+    let again = catalog.collection("v0").unwrap();
+    assert!(std::sync::Arc::ptr_eq(&held, &again), "the live collection is reused");
+    drop((held, again));
+    for name in &names[1..] {
+        catalog.collection(name).unwrap();
+    }
+    assert!(catalog.open_count() <= 5, "{} collections still open", catalog.open_count());
+    assert_eq!(catalog.collection("v0").unwrap().len(), 300, "reopened once closed");
+}

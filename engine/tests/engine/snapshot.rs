@@ -12,6 +12,7 @@ use quiver_engine::serve::proto;
 use quiver_engine::snapshot::download::Partial;
 use quiver_engine::snapshot::{SnapshotInfo, Store, hash_file};
 use quiver_engine::{Collection, Error};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -235,4 +236,40 @@ fn snapshot_names_are_checked_before_any_path_is_built() {
         assert!(err.contains("field `name`"), "{name}: {err}");
         assert!(store.info(name).is_err(), "{name}");
     }
+}
+
+/// The installed collection is the checked snapshot file itself (a hard link): when a damaged
+/// snapshot was discarded and a good one fetched again, the damaged installation is replaced,
+/// never opened.
+#[test]
+fn a_reinstalled_snapshot_replaces_a_damaged_installation() {
+    let writer = tempfile::tempdir().unwrap();
+    let collection = sealed(writer.path());
+    let info = Store::new(writer.path()).write(&collection).unwrap();
+    let good = std::fs::read(Store::new(writer.path()).file("v1").unwrap()).unwrap();
+    let replica = tempfile::tempdir().unwrap();
+    let local = Store::new(replica.path());
+    let fetch = || {
+        let mut partial = Partial::open(&local, &info).unwrap();
+        partial.append(0, &good).unwrap();
+        partial.finish().unwrap()
+    };
+    local.install(replica.path(), &fetch()).unwrap();
+
+    // Damage a stored vector through the snapshot file (the same inode as data.mdb).
+    let needle: Vec<u8> = bytemuck::cast_slice(collection.vector(3)).to_vec();
+    let file = local.file("v1").unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let found: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_slice()).map(|(i, _)| i).collect();
+    assert!(!found.is_empty(), "vector 3 is stored as is");
+    let damaged = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    for at in found {
+        // Every stored copy (the vector chunk, the index's own) gets one bit flipped.
+        damaged.write_all_at(&[bytes[at] ^ 0x40], at as u64).unwrap();
+    }
+    assert_eq!(local.checked_info("v1").unwrap(), None, "the damage is found");
+
+    let installed = local.install(replica.path(), &fetch()).unwrap();
+    assert_eq!(installed.vector(3), collection.vector(3), "the good snapshot is served, not the damaged file");
 }
