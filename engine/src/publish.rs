@@ -94,6 +94,7 @@ impl Publisher {
         let rows_before = self.build.rows();
         let result = import_and_build(&self.root, &self.options, records)
             .and_then(|manifest| {
+                crate::fault::point("publish::before_snapshot");
                 self.metrics.build_seconds.set(manifest.timings.build_s);
                 Collection::open(&self.root.join(self.name()))
             })

@@ -94,7 +94,7 @@ impl Partial {
                 self.info.size, self.info.sha256
             )));
         }
-        crate::fault::point("snapshot::before_install_rename");
+        crate::fault::point("snapshot::finish_before_rename");
         let file = self.store.file(&self.info.collection)?;
         std::fs::rename(&self.path, &file)
             .map_err(|e| Error::io(format!("moving {} into place", self.path.display()), e))?;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod collection;
+mod crash;
 mod grpc;
 mod snapshot;
 mod sources;

@@ -1,0 +1,248 @@
+//! Crash safety at every named fault point (`engine/src/fault.rs`): the `quiver` binary is
+//! killed there (`FAILPOINTS=<point>=return` aborts the process on the spot, as `kill -9`
+//! would), restarted without the fault, and nothing half-done is served and nothing
+//! acknowledged is lost.
+//!
+//! The test build compiles the fault points in (the engine's dev-dependencies enable
+//! `fail/failpoints`); [`killed_at`] fails loudly when the binary did not die at the point.
+
+use quiver_engine::client::{Client, ClientOptions};
+use quiver_engine::serve::proto;
+use quiver_engine::snapshot::{Store, hash_file};
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ROWS: usize = 2000;
+const DIMS: usize = 16;
+
+/// `quiver <args>` in the test's directory `dir` (where its sources are).
+fn quiver(dir: &Path, args: &[&str], faults: Option<&str>) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    command.args(args).current_dir(dir).env_remove("FAILPOINTS").env("QUIVER_SOURCE_ROOT", dir);
+    if let Some(faults) = faults {
+        command.env("FAILPOINTS", faults);
+    }
+    command
+}
+
+fn output(dir: &Path, args: &[&str], faults: Option<&str>) -> Output {
+    quiver(dir, args, faults).output().unwrap()
+}
+
+/// Asserts the process died by the fault point (SIGABRT after naming it).
+fn killed_at(point: &str, status: std::process::ExitStatus, stderr: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc_sigabrt()),
+        "the process was to be killed at {point} (are fault points compiled in?): {status:?}\n{stderr}"
+    );
+    assert!(stderr.contains(&format!("fault point {point}")), "{stderr}");
+}
+
+fn libc_sigabrt() -> i32 {
+    6
+}
+
+fn generate(dir: &Path) -> String {
+    let base = dir.join("base.npy").display().to_string();
+    let out =
+        output(dir, &["generate", "--out", &base, "--vectors", &ROWS.to_string(), "--dims", &DIMS.to_string()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    base
+}
+
+/// A serving role started with `args`; its gRPC address read from its first log line.
+struct Role {
+    child: Child,
+    url: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Role {
+    fn start(dir: &Path, args: &[&str], faults: Option<&str>) -> Role {
+        let mut child = quiver(dir, args, faults).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("quiver listening") {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "the role exited before listening");
+        }
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).unwrap().to_string();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(line));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut log = keep.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Role { child, url: format!("http://{addr}"), log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for the role to die at `point`.
+    fn killed_at(mut self, point: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running, not killed at {point}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100)); // the log thread reads the last lines
+        killed_at(point, status, &self.log());
+    }
+
+    async fn serving(&self) -> Client {
+        let client = Client::new(&self.url, ClientOptions { attempts: 1, ..Default::default() }).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while client.health("").await.ok() != Some(tonic_health::pb::health_check_response::ServingStatus::Serving) {
+            assert!(Instant::now() < deadline, "not SERVING:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `quiver import` killed after a batch commit, before the seal and before the rename into
+/// place: no collection opens, and the import run again succeeds (the dead staging directory
+/// is cleaned up).
+#[test]
+fn import_killed_at_each_step_leaves_no_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = generate(dir.path());
+    let data = dir.path().join("data").display().to_string();
+    let args = ["import", "--data-dir", &data, "--name", "v1", "--source", &base, "--batch-rows", "500"];
+    for point in ["import::batch_committed", "import::before_seal", "import::before_rename"] {
+        let out = output(dir.path(), &args, Some(&format!("{point}=return")));
+        killed_at(point, out.status, &String::from_utf8_lossy(&out.stderr));
+        let inspect = output(dir.path(), &["inspect", "--data-dir", &data, "--collection", "v1"], None);
+        assert_eq!(inspect.status.code(), Some(2), "nothing half-built opens after {point}");
+    }
+    let out = output(dir.path(), &args, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let staging = std::fs::read_dir(dir.path().join("data/.staging")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(staging, 0, "the killed imports' staging directories are gone");
+    let inspect = output(dir.path(), &["inspect", "--data-dir", &data, "--collection", "v1"], None);
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains(&format!("\"count\": {ROWS}")));
+}
+
+/// A writer killed after sealing but before or while writing its snapshot: restarted, it
+/// writes the snapshot again and serves one whose description matches the file on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_around_the_snapshot_serves_a_checked_one_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = generate(dir.path());
+    for (i, point) in ["publish::before_snapshot", "snapshot::write_before_rename", "snapshot::write_before_publish"]
+        .iter()
+        .enumerate()
+    {
+        let data = dir.path().join(format!("w{i}")).display().to_string();
+        let args = ["writer", "--data-dir", &data, "--collection", "v1", "--source", &base, "--listen", "127.0.0.1:0"];
+        Role::start(dir.path(), &args, Some(&format!("{point}=return"))).killed_at(point);
+        let store = Store::new(Path::new(&data));
+        assert!(store.info("v1").unwrap().is_none(), "no snapshot description survives a kill at {point}");
+
+        let writer = Role::start(dir.path(), &args, None);
+        let client = writer.serving().await;
+        let announced = client.snapshot_manifest("v1").await.unwrap();
+        let on_disk = hash_file(&store.file("v1").unwrap()).unwrap();
+        assert_eq!((announced.size, announced.sha256), on_disk, "after a kill at {point}");
+        assert_eq!(client.status("v1").await.unwrap().count, ROWS as u64);
+    }
+}
+
+/// A writer killed while committing an Ingest stream: a stream killed before its commit was
+/// never acknowledged and leaves nothing; the streams acknowledged before stay and are sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_at_an_ingest_commit_keeps_every_acknowledged_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = |from: u64| proto::WriteBatch {
+        collection: "v1".into(),
+        records: (from..from + 500)
+            .map(|id| proto::Record {
+                id,
+                vector: (0..DIMS).map(|d| (id as f32 + d as f32).sin()).collect(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    // Killed before the second stream's rename: only the first is there. Killed after it (the
+    // rows durable, the answer lost): both are; nothing acknowledged is ever missing.
+    for (i, (point, kept)) in
+        [("ingest::before_commit", 500u64), ("ingest::after_commit", 1000)].into_iter().enumerate()
+    {
+        let data = dir.path().join(format!("w{i}")).display().to_string();
+        let args =
+            ["writer", "--data-dir", &data, "--collection", "v1", "--dimensions", "16", "--listen", "127.0.0.1:0"];
+        let writer = Role::start(dir.path(), &args, Some(&format!("{point}=1*off->return")));
+        let client = Client::new(&writer.url, ClientOptions::default()).unwrap();
+        let first = client.ingest_client().write(futures::stream::iter(vec![batch(0)])).await.unwrap();
+        assert_eq!(first.into_inner().rows, 500);
+        let second = client.ingest_client().write(futures::stream::iter(vec![batch(500)])).await;
+        assert!(second.is_err(), "the writer died before answering the second stream");
+        writer.killed_at(point);
+
+        let writer = Role::start(dir.path(), &args, None);
+        let client = Client::new(&writer.url, ClientOptions::default()).unwrap();
+        assert_eq!(client.progress("v1").await.unwrap().rows, kept, "after a kill at {point}");
+        client.ingest_client().seal(proto::SealRequest { collection: "v1".into() }).await.unwrap();
+        assert_eq!(client.status("v1").await.unwrap().count, kept);
+    }
+}
+
+/// A replica killed while fetching, before its checked file is renamed into place, and before
+/// the installation is renamed into place: restarted, it fetches or installs again and serves
+/// exactly the writer's snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_while_fetching_or_installing_serves_the_right_snapshot_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = generate(dir.path());
+    let w = dir.path().join("writer").display().to_string();
+    let writer = Role::start(
+        dir.path(),
+        &["writer", "--data-dir", &w, "--collection", "v1", "--source", &base, "--listen", "127.0.0.1:0"],
+        None,
+    );
+    let sha256 = writer.serving().await.snapshot_manifest("v1").await.unwrap().sha256;
+    for (i, point) in
+        ["snapshot::append", "snapshot::finish_before_rename", "snapshot::install_before_rename"].iter().enumerate()
+    {
+        let data = dir.path().join(format!("r{i}")).display().to_string();
+        let args = [
+            "replica",
+            "--data-dir",
+            &data,
+            "--collection",
+            "v1",
+            "--snapshot-from",
+            &writer.url,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        Role::start(dir.path(), &args, Some(&format!("{point}=return"))).killed_at(point);
+        assert!(!Path::new(&data).join("v1/data.mdb").exists(), "nothing installed after a kill at {point}");
+
+        let replica = Role::start(dir.path(), &args, None);
+        let client = replica.serving().await;
+        let request = proto::SearchRequest { vector: vec![0.5; DIMS], k: 5, ..Default::default() };
+        assert_eq!(client.search(request).await.unwrap().hits.len(), 5);
+        let info = Store::new(Path::new(&data)).checked_info("v1").unwrap().expect("a checked snapshot");
+        assert_eq!(info.sha256, sha256, "after a kill at {point}");
+    }
+}
