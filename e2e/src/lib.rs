@@ -247,3 +247,28 @@ pub fn assert_none_failed<'a>(outcomes: impl IntoIterator<Item = &'a Result<Stri
     let failed: Vec<_> = all.iter().filter(|o| o.is_err()).collect();
     assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), all.len(), &failed[..failed.len().min(3)]);
 }
+
+/// The operator's gate, as its collection controller applies it to a finished verify Job: the
+/// Job's exit code and its termination message (the JSON report) go through
+/// [`quiver_operator::phase::next`], and the alias may switch only to a collection it finds
+/// verified. The local e2e tests switch their "alias Service" only when this says so.
+pub fn operator_gate_passes(exit_code: Option<i32>, report: &str) -> bool {
+    use quiver_operator::crd::{Phase, VectorCollectionStatus};
+    use quiver_operator::phase::{JobState, Observed, WriterState, next};
+    let verify = match exit_code {
+        Some(0) => JobState::Succeeded,
+        _ => JobState::Failed { message: report.to_string() },
+    };
+    let observed = Observed {
+        generation: 1,
+        writer: WriterState::Sealed { count: 1, setting: "signscan quality=200".into() },
+        ready_replicas: 1,
+        wanted_replicas: 1,
+        warmup: JobState::Succeeded,
+        verify,
+        gates: quiver_operator::controller::collection::gates(report),
+    };
+    let verifying =
+        VectorCollectionStatus { phase: Phase::Verifying, observed_generation: Some(1), ..Default::default() };
+    next(Some(&verifying), &observed).verified
+}

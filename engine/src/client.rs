@@ -171,8 +171,17 @@ impl Client {
     {
         let mut delay = self.options.backoff;
         let mut attempt = 1;
+        let mut resent = 0;
         loop {
             match call(self.clone()).await {
+                // Never left this process (queued on a connection that a GOAWAY closed): sent
+                // again at once on a new connection, whatever `attempts` says, as gRPC's
+                // transparent retry does. The server never saw it, so nothing is hidden.
+                Err(status) if resent < TRANSPARENT_RESENDS && never_sent(&status) => {
+                    tracing::debug!(target = %self.target, %status, "resending a call that was never sent");
+                    self.reconnect();
+                    resent += 1;
+                }
                 Err(status) if attempt < self.options.attempts && retryable(&status) => {
                     tracing::debug!(target = %self.target, attempt, %status, "retrying");
                     if attempt > 1 {
@@ -318,6 +327,23 @@ async fn within<T>(timeout: Option<Duration>, call: impl Future<Output = Result<
             .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer within {} s", timeout.as_secs())))),
         None => call.await,
     }
+}
+
+/// How often a call that never left this process is sent again.
+const TRANSPARENT_RESENDS: u32 = 2;
+
+/// Whether the call failed before any of it was sent: hyper cancels requests still queued on
+/// a connection when that connection closes (a GOAWAY race). Such a call is safe to send
+/// again, idempotent or not.
+pub fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            return e.is_canceled();
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Failures a retry can fix: the server was unavailable, or the connection under the call
