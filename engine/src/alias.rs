@@ -156,6 +156,13 @@ impl Catalog {
         self.open.lock().expect("catalog lock").by_name.values().filter(|e| e.alive.strong_count() > 0).count()
     }
 
+    /// Every alias and what it serves.
+    pub fn aliases(&self) -> Result<Vec<(String, AliasRecord)>> {
+        let rtxn = self.env.read_txn()?;
+        let all = self.db.iter(&rtxn)?.map(|r| r.map(|(k, v)| (k.to_string(), v))).collect::<heed::Result<_>>()?;
+        Ok(all)
+    }
+
     pub fn get(&self, alias: &str) -> Result<Option<AliasRecord>> {
         let rtxn = self.env.read_txn()?;
         Ok(self.db.get(&rtxn, alias)?)

@@ -200,6 +200,11 @@ impl Collection {
         }
     }
 
+    /// Whether the in-memory sign codes are built (by [`Collection::preload`] or a first query).
+    pub fn is_preloaded(&self) -> bool {
+        self.signscan.get().is_some()
+    }
+
     pub fn signscan(&self) -> &SignScan {
         self.signscan.get_or_init(|| SignScan::build(self))
     }

@@ -1,10 +1,10 @@
 //! `quiver standalone`: every collection and alias under one data directory, served from one
-//! process, ready at once.
+//! process; SERVING once what the aliases serve is preloaded.
 
 use super::Listeners;
 use crate::alias::Catalog;
 use crate::cli::StandaloneArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::serve::{Node, termination};
 use std::sync::Arc;
@@ -14,10 +14,28 @@ pub fn run(a: StandaloneArgs) -> Result<i32> {
         let config = a.serve.config()?;
         let catalog = Arc::new(Catalog::open(&a.dir.data_dir)?);
         let listeners = Listeners::bind(&a.serve).await?;
-        let node = Arc::new(Node::new(catalog, Arc::new(Metrics::new())).await);
+        let node = Arc::new(Node::new(catalog.clone(), Arc::new(Metrics::new())).await);
+        // Serve (NOT_SERVING) while preloading, so probes are answered meanwhile.
+        let server = tokio::spawn(super::run(node.clone(), listeners, config, None, termination()));
+        // What the aliases serve is preloaded before SERVING, so no first query is a cold one.
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for (alias, _) in catalog.aliases()? {
+                // A broken alias does not keep the others from being served; its requests
+                // get the reason.
+                match catalog.resolve(&alias).and_then(|c| c.preload().map(|stats| (c, stats))) {
+                    Ok((c, stats)) => {
+                        tracing::info!(alias, collection = c.name(), seconds = stats.seconds, "preloaded")
+                    }
+                    Err(e) => tracing::error!(alias, "not preloaded: {e}"),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::io("preloading", std::io::Error::other(e)))??;
         node.set_ready(true).await;
         tracing::info!("serving {}", a.dir.data_dir.display());
-        super::run(node, listeners, config, None, termination()).await
+        server.await.map_err(|e| Error::io("serving", std::io::Error::other(e)))?
     })?;
     Ok(0)
 }

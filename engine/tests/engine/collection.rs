@@ -375,3 +375,26 @@ fn unserved_collections_are_closed_and_a_held_one_is_reused() {
     assert!(catalog.open_count() <= 5, "{} collections still open", catalog.open_count());
     assert_eq!(catalog.collection("v0").unwrap().len(), 300, "reopened once closed");
 }
+
+/// The writer's pipeline hands out its sealed collection preloaded (sign codes built), so the
+/// writer reports SERVING only when its first query is not a cold one.
+#[test]
+fn a_published_collection_is_preloaded() {
+    use quiver_engine::metrics::Metrics;
+    use quiver_engine::publish::Publisher;
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 500, 1);
+    let records = import::read(&source, &ReadOptions::default()).unwrap();
+    let mut options = BuildOptions::new("v1", Metric::Cosine);
+    options.target_recall = None;
+    let publisher = Publisher::new(dir.path(), options, std::sync::Arc::new(Metrics::new()));
+    let (collection, _) = publisher.publish(records).unwrap();
+    assert!(collection.is_preloaded());
+    drop(collection);
+    // Opened again (a writer restart), recovery preloads it too.
+    let (again, _) = Publisher::new(dir.path(), BuildOptions::new("v1", Metric::Cosine), Default::default())
+        .recover()
+        .unwrap()
+        .expect("sealed");
+    assert!(again.is_preloaded());
+}
