@@ -86,7 +86,7 @@ pub struct ServeArgs {
     #[arg(long, env = "QUIVER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
     /// Largest Ingest batch or Snapshot chunk message, in bytes (Search and Admin messages
-    /// are limited to 8 MiB).
+    /// are limited to 4 MiB).
     #[arg(long, env = "QUIVER_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
     pub max_message_bytes: usize,
     /// Calls served at once; more are refused with RESOURCE_EXHAUSTED (health is exempt).
