@@ -63,7 +63,7 @@ fn job(vc: &VectorCollection, defaults: &Defaults, role: Role, args: Vec<String>
     let mut pod_labels = labels::labels(&name, role);
     pod_labels.insert(labels::GENERATION.into(), generation(vc).to_string());
     meta.labels = Some(pod_labels.clone());
-    let container = pod::container(vc, defaults, args, None, false);
+    let container = pod::container(vc, defaults, args, Some(pod::default_resources("250m", "256Mi")), false);
     Job {
         metadata: meta,
         spec: Some(JobSpec {

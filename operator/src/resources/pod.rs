@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, Probe,
     ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
 
 /// The binary every container runs; its subcommand is the role.
 pub const BINARY: &str = "quiver";
@@ -103,16 +105,37 @@ pub fn serving(mut container: Container) -> Container {
     container.liveness_probe = Some(probe("/livez", 10, 6));
     // Readiness means "has a verified snapshot and is warm", which can take long; it is not a
     // liveness signal, so it only gates traffic.
-    container.readiness_probe = Some(probe("/readyz", 5, 1));
+    // Three misses in a row, not one: a replica busy with a burst of scans or a GC-like pause
+    // must not drop out of every Service's endpoints at once.
+    container.readiness_probe = Some(probe("/readyz", 5, 3));
     container
 }
+
+/// What a pod of a role asks the scheduler for when the spec says nothing: without requests a
+/// pod lands anywhere, is evicted first, and an HPA (which scales on CPU requests) never scales.
+pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The size limit of the /tmp scratch volume (the root filesystem is read-only; nothing large
+/// is written there).
+pub const TMP_SIZE_LIMIT: &str = "256Mi";
 
 /// The scratch volume behind /tmp (the root filesystem is read-only), and the token Secret's
 /// key as a file when the collection has one.
 pub fn volumes(vc: &VectorCollection) -> Vec<Volume> {
     let mut volumes = vec![Volume {
         name: TMP_VOLUME.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(TMP_SIZE_LIMIT.into())),
+            ..Default::default()
+        }),
         ..Default::default()
     }];
     if let Some(secret) = &vc.spec.token_secret {

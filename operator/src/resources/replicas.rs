@@ -8,6 +8,7 @@ use crate::crd::{ReplicasSpec, VectorCollection};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Service, ServiceSpec, Volume};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -45,7 +46,16 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
 pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
     let name = vc.name_any();
     let spec = &vc.spec.replicas;
-    let container = pod::serving(pod::container(vc, defaults, args(vc), spec.resources.clone(), true));
+    // The snapshot volume holds one compacted copy of the collection, at most what the writer's
+    // volume holds; the pod asks for that much ephemeral storage so it lands where it fits.
+    let snapshot_limit = vc.spec.writer.storage.clone().unwrap_or_else(|| super::writer::DEFAULT_STORAGE.into());
+    let mut resources = spec.resources.clone().unwrap_or_else(|| pod::default_resources("500m", "1Gi"));
+    resources
+        .requests
+        .get_or_insert_with(Default::default)
+        .entry("ephemeral-storage".into())
+        .or_insert_with(|| Quantity(snapshot_limit.clone()));
+    let container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
     Deployment {
         metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),
         spec: Some(DeploymentSpec {
@@ -74,7 +84,10 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
                             // The fetched snapshot: fetched again from the writer or a peer on restart.
                             vec![Volume {
                                 name: pod::DATA_VOLUME.into(),
-                                empty_dir: Some(EmptyDirVolumeSource::default()),
+                                empty_dir: Some(EmptyDirVolumeSource {
+                                    size_limit: Some(Quantity(snapshot_limit)),
+                                    ..Default::default()
+                                }),
                                 ..Default::default()
                             }],
                         ]

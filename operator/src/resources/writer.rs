@@ -40,7 +40,8 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
 pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {
     let name = vc.name_any();
     let writer = &vc.spec.writer;
-    let container = pod::serving(pod::container(vc, defaults, args(vc), writer.resources.clone(), true));
+    let resources = writer.resources.clone().unwrap_or_else(|| pod::default_resources("1", "2Gi"));
+    let container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(pod::DATA_VOLUME.into()),
@@ -65,6 +66,10 @@ pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {
         metadata: labels::owned_meta(vc, labels::writer_name(&name), Role::Writer),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
+            // OrderedReady never replaces a pod that is not Ready, and the writer is not Ready
+            // until sealed: a changed template would never roll out during an import or after
+            // a failure. There is one pod; ordering buys nothing.
+            pod_management_policy: Some("Parallel".into()),
             service_name: Some(labels::writer_name(&name)),
             selector: LabelSelector { match_labels: Some(labels::selector(&name, Role::Writer)), ..Default::default() },
             template: PodTemplateSpec {

@@ -200,3 +200,42 @@ fn every_object_is_owned_by_its_collection_and_pods_are_restricted() {
     // Jobs are per generation, so a spec change runs them again.
     assert_eq!(o.verify.metadata.name.as_deref(), Some("docs-v7-verify-g3"));
 }
+
+/// Pods that schedule and stay ready: every container of every rendered pod (writer, replicas,
+/// both Jobs) asks for CPU and memory, every emptyDir has a size limit, the replicas ask for
+/// the ephemeral storage their snapshot volume may take, readiness tolerates two misses, and
+/// the writer's StatefulSet replaces a pod that is not Ready (Parallel), so a changed template
+/// rolls out during an import or after a failure.
+#[test]
+fn rendered_pods_schedule_roll_out_and_stay_ready() {
+    use k8s_openapi::api::core::v1::PodSpec;
+    for vc in [example(), pushed()] {
+        let objects = CollectionObjects::render(&vc, &Defaults::default());
+        let spec = |t: &Option<k8s_openapi::api::core::v1::PodSpec>| t.clone().expect("pod spec");
+        let pods: Vec<(&str, PodSpec)> = vec![
+            ("writer", spec(&objects.writer.spec.as_ref().unwrap().template.spec)),
+            ("replicas", spec(&objects.replicas.spec.as_ref().unwrap().template.spec)),
+            ("warmup", spec(&objects.warmup.spec.as_ref().unwrap().template.spec)),
+            ("verify", spec(&objects.verify.spec.as_ref().unwrap().template.spec)),
+        ];
+        for (role, pod) in &pods {
+            for c in &pod.containers {
+                let requests = c.resources.as_ref().and_then(|r| r.requests.clone()).unwrap_or_default();
+                assert!(requests.contains_key("cpu") && requests.contains_key("memory"), "{role}: {requests:?}");
+                if let Some(probe) = &c.readiness_probe {
+                    assert!(probe.failure_threshold.unwrap_or(3) >= 3, "{role}: readiness fails after one miss");
+                }
+            }
+            for volume in pod.volumes.iter().flatten() {
+                if let Some(dir) = &volume.empty_dir {
+                    assert!(dir.size_limit.is_some(), "{role}: emptyDir {} has no sizeLimit", volume.name);
+                }
+            }
+        }
+        let replica = &pods[1].1.containers[0];
+        let requests = replica.resources.as_ref().unwrap().requests.clone().unwrap();
+        assert!(requests.contains_key("ephemeral-storage"), "{requests:?}");
+        let writer = objects.writer.spec.as_ref().unwrap();
+        assert_eq!(writer.pod_management_policy.as_deref(), Some("Parallel"));
+    }
+}
