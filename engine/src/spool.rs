@@ -58,8 +58,14 @@ struct State {
     committed: Vec<Committed>,
     /// Dimension of the committed rows.
     dimensions: Option<usize>,
-    /// Seal has begun: no stream commits any more.
+    /// Seal has begun: no stream commits any more, and no second Seal begins.
     closed: bool,
+    /// The next commit's sequence number: one more than any committed file's, so a gap (a
+    /// stream removed by hand) never makes a commit replace an acknowledged file.
+    next_seq: u64,
+    /// Bytes written by streams not committed yet: counted against the spool's limit, so
+    /// concurrent streams cannot together exceed it.
+    reserved: u64,
 }
 
 /// The spool of one collection.
@@ -92,7 +98,8 @@ impl Spool {
                 committed.push((seq, Committed { path, rows, bytes }));
             }
         }
-        committed.sort_by_key(|(seq, _)| *seq);
+        committed.sort_by(|(a, x), (b, y)| (a, &x.path).cmp(&(b, &y.path)));
+        let next_seq = committed.last().map_or(1, |(seq, _)| seq + 1);
         let committed: Vec<Committed> = committed.into_iter().map(|(_, c)| c).collect();
         let dimensions = match committed.first() {
             Some(first) => Some(read_header(&first.path)?),
@@ -103,7 +110,7 @@ impl Spool {
             tracing::info!(collection, streams = committed.len(), rows, "kept the acknowledged ingest streams");
         }
         sync_dir(&dir)?;
-        let state = State { committed, dimensions, closed: false };
+        let state = State { committed, dimensions, closed: false, next_seq, reserved: 0 };
         Ok(Arc::new(Spool { dir, rules, limits, state: Mutex::new(state), next_partial: AtomicU64::new(0) }))
     }
 
@@ -140,8 +147,11 @@ impl Spool {
 
     /// Closes the spool for Seal: streams that have not committed yet will be refused. Returns
     /// what Seal imports, or an error when nothing was acknowledged.
-    pub fn close(&self) -> Result<Records> {
+    pub fn close(&self) -> Result<Sealing> {
         let mut state = self.state.lock().expect("spool lock");
+        if state.closed {
+            return Err(Error::Sealed { name: self.name(), operation: "a second Seal while one runs".into() });
+        }
         if state.committed.is_empty() {
             return Err(Error::Incomplete {
                 path: self.dir.clone(),
@@ -151,7 +161,8 @@ impl Spool {
         state.closed = true;
         let files = state.committed.clone();
         drop(state);
-        records(files, self.rules.dimensions)
+        let paths = files.iter().map(|c| c.path.clone()).collect();
+        Ok(Sealing { records: records(files)?, paths })
     }
 
     /// Opens the spool for writes again after a Seal that failed (the acknowledged rows stay).
@@ -159,8 +170,22 @@ impl Spool {
         self.state.lock().expect("spool lock").closed = false;
     }
 
-    /// Removes the spool once its rows are sealed into the collection.
-    pub fn remove(&self) {
+    /// Removes the streams a Seal imported, once they are sealed into the collection (only
+    /// those: nothing else can have committed while the spool was closed, but a file is never
+    /// deleted unless it was imported).
+    pub fn remove(&self, sealed: &[PathBuf]) {
+        let mut state = self.state.lock().expect("spool lock");
+        state.committed.retain(|c| !sealed.contains(&c.path));
+        for path in sealed {
+            let _ = std::fs::remove_file(path);
+        }
+        if state.committed.is_empty() {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+
+    /// Removes the spool of a collection that is sealed already (a writer restarted after Seal).
+    pub fn discard(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
@@ -200,6 +225,15 @@ fn read_header(path: &Path) -> Result<usize> {
     Ok(u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize)
 }
 
+/// What a Seal imports, and the files it may remove once sealed.
+pub struct Sealing {
+    pub records: Records,
+    pub paths: Vec<PathBuf>,
+}
+
+/// Tags one spooled record may carry (the spool stores the count as `u16`).
+pub const MAX_TAGS_PER_RECORD: usize = 1024;
+
 /// One Write stream being spooled; deleted unless committed.
 pub struct StreamWriter {
     spool: Arc<Spool>,
@@ -232,6 +266,10 @@ impl StreamWriter {
             if let Some(partition) = &record.partition {
                 check_label("partition", partition).map_err(refuse)?;
             }
+            if record.tags.len() > MAX_TAGS_PER_RECORD {
+                let reason = format!("at most {MAX_TAGS_PER_RECORD} tags per record");
+                return Err(refuse(("tags".into(), format!("{} tags", record.tags.len()), reason)));
+            }
             for tag in &record.tags {
                 check_label("tags", tag).map_err(refuse)?;
             }
@@ -248,12 +286,17 @@ impl StreamWriter {
                 ),
             });
         }
-        let spooled = Spool::committed_bytes(&self.spool.state.lock().expect("spool lock"));
-        if spooled + self.bytes + size > limits.max_spool_bytes {
-            return Err(Error::Exhausted {
-                what: "ingest spool".into(),
-                reason: format!("the spool may hold at most {} bytes; seal what it holds", limits.max_spool_bytes),
-            });
+        // Reserved under the lock, with every other stream's reservation, before writing.
+        let header = if self.rows == 0 && !batch.is_empty() { (MAGIC.len() + 4) as u64 } else { 0 };
+        {
+            let mut state = self.spool.state.lock().expect("spool lock");
+            if Spool::committed_bytes(&state) + state.reserved + header + size > limits.max_spool_bytes {
+                return Err(Error::Exhausted {
+                    what: "ingest spool".into(),
+                    reason: format!("the spool may hold at most {} bytes; seal what it holds", limits.max_spool_bytes),
+                });
+            }
+            state.reserved += header + size;
         }
         if self.rows == 0 && !batch.is_empty() {
             let header = [&MAGIC[..], &(dims.expect("set above") as u32).to_le_bytes()].concat();
@@ -298,6 +341,7 @@ impl StreamWriter {
         let spool = self.spool.clone();
         let mut state = spool.state.lock().expect("spool lock");
         if state.closed {
+            drop(state);
             return Err(spool.sealing());
         }
         let dims = self.dimensions.expect("rows were written");
@@ -309,12 +353,19 @@ impl StreamWriter {
             )
             .into());
         }
-        let seq = state.committed.len() as u64 + 1;
+        let seq = state.next_seq;
         let target = spool.dir.join(format!("{seq:08}-{}.rows", self.rows));
         crate::fault::point("ingest::before_commit");
-        std::fs::rename(&self.path, &target).map_err(|e| Error::io(format!("committing {}", target.display()), e))?;
-        sync_dir(&spool.dir)?;
+        std::fs::rename(&self.path, &target).map_err(|e| spool.disk(&target, e))?;
+        if let Err(e) = sync_dir(&spool.dir) {
+            // Not known to be durable, so not acknowledged: take it back (dropping self then
+            // removes it), so a retry of the stream cannot sit beside it.
+            let _ = std::fs::rename(&target, &self.path);
+            return Err(e);
+        }
         self.committed = true;
+        state.next_seq += 1;
+        state.reserved = state.reserved.saturating_sub(self.bytes);
         state.dimensions = Some(dims);
         state.committed.push(Committed { path: target, rows: self.rows, bytes: self.bytes });
         crate::fault::point("ingest::after_commit");
@@ -327,13 +378,15 @@ impl Drop for StreamWriter {
         if !self.committed {
             self.out = None;
             let _ = std::fs::remove_file(&self.path);
+            let mut state = self.spool.state.lock().expect("spool lock");
+            state.reserved = state.reserved.saturating_sub(self.bytes);
         }
     }
 }
 
 /// The committed streams as one import source, in commit order; its fingerprint covers every
 /// spooled byte.
-fn records(files: Vec<Committed>, _dimensions: Option<usize>) -> Result<Records> {
+fn records(files: Vec<Committed>) -> Result<Records> {
     let mut chain: Box<dyn Read + Send> = Box::new(std::io::empty());
     for c in &files {
         let file = std::fs::File::open(&c.path).map_err(|e| Error::io(format!("opening {}", c.path.display()), e))?;
@@ -453,7 +506,7 @@ mod tests {
         let files: Vec<_> =
             std::fs::read_dir(dir.path().join(".spool/v1")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, ["00000001-2.rows"]);
-        let rows: Vec<Record> = spool.close().unwrap().iter.collect::<Result<_>>().unwrap();
+        let rows: Vec<Record> = spool.close().unwrap().records.iter.collect::<Result<_>>().unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].id, &rows[0].partition, &rows[0].tags), (1, &tagged.partition, &tagged.tags));
         assert_eq!((rows[1].id, rows[1].vector.clone()), (2, vec![3.0, 4.0]));
@@ -474,7 +527,8 @@ mod tests {
         late.append(&[record(5, vec![1.0, 2.0])]).unwrap();
         assert_eq!(a.commit().unwrap(), 1, "only the good batch");
         let sealed = spool.close().unwrap();
-        assert_eq!(sealed.expected_rows, Some(1));
+        assert_eq!(sealed.records.expected_rows, Some(1));
+        assert!(spool.close().is_err(), "one Seal at a time");
         let err = late.commit().unwrap_err();
         assert!(matches!(err, Error::Sealed { .. }), "{err}");
         assert!(spool.begin().is_err(), "no new stream once Seal began");
@@ -495,5 +549,42 @@ mod tests {
         let mut b = spool.begin().unwrap();
         b.append(&[record(2, vec![0.5; 15])]).unwrap_err();
         assert_eq!(spool.committed_rows(), 1);
+    }
+
+    #[test]
+    fn a_gap_in_the_sequence_never_makes_a_commit_replace_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), "v1", rules(), SpoolLimits::default()).unwrap();
+        for id in 0..3 {
+            let mut s = spool.begin().unwrap();
+            s.append(&[record(id, vec![1.0, 2.0])]).unwrap();
+            s.commit().unwrap();
+        }
+        drop(spool);
+        // A stream removed by hand: 1 and 3 stay.
+        std::fs::remove_file(dir.path().join(".spool/v1/00000002-1.rows")).unwrap();
+        let spool = Spool::open(dir.path(), "v1", rules(), SpoolLimits::default()).unwrap();
+        let mut s = spool.begin().unwrap();
+        s.append(&[record(9, vec![1.0, 2.0])]).unwrap();
+        s.commit().unwrap();
+        assert_eq!(spool.committed_rows(), 3, "nothing replaced");
+        let ids: Vec<u64> = spool.close().unwrap().records.iter.map(|r| r.unwrap().id).collect();
+        assert_eq!(ids, [0, 2, 9]);
+    }
+
+    #[test]
+    fn concurrent_streams_share_the_spool_limit_and_tag_counts_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits { max_stream_bytes: 1000, max_spool_bytes: 150 };
+        let spool = Spool::open(dir.path(), "v1", rules(), limits).unwrap();
+        let (mut a, mut b) = (spool.begin().unwrap(), spool.begin().unwrap());
+        a.append(&[record(1, vec![0.5; 15])]).unwrap(); // 84 bytes reserved
+        let err = b.append(&[record(2, vec![0.5; 15])]).unwrap_err().to_string();
+        assert!(err.contains("at most 150 bytes"), "{err}");
+        drop(a); // its reservation goes with it
+        b.append(&[record(2, vec![0.5; 15])]).unwrap();
+        let mut tagged = record(3, vec![0.5; 15]);
+        tagged.tags = (0..MAX_TAGS_PER_RECORD + 1).map(|i| format!("t{i}")).collect();
+        assert!(b.append(&[tagged]).unwrap_err().to_string().contains("tags"));
     }
 }

@@ -29,7 +29,11 @@ pub fn run(a: WriterArgs) -> Result<i32> {
         let options = a.build.options(&a.collection);
         let rules = RecordRules { dimensions: options.dimensions, metric: options.metric };
         let limits = SpoolLimits { max_stream_bytes: a.max_stream_bytes, max_spool_bytes: a.max_spool_bytes };
-        let spool = Spool::open(&root, &a.collection, rules, limits)?;
+        // A writer with --source takes no pushes: no spool.
+        let spool = match a.source {
+            None => Some(Spool::open(&root, &a.collection, rules, limits)?),
+            Some(_) => None,
+        };
         let publisher = Arc::new(Publisher::new(&root, options, metrics));
 
         let recovered = {
@@ -38,9 +42,9 @@ pub fn run(a: WriterArgs) -> Result<i32> {
                 .await
                 .map_err(|e| Error::io("recovering", std::io::Error::other(e)))??
         };
-        if recovered.is_some() {
+        if let (Some(_), Some(spool)) = (&recovered, &spool) {
             // Sealed: what the spool holds is in the collection already.
-            spool.remove();
+            spool.discard();
         }
         let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone());
         if let Some((collection, info)) = recovered {

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct IngestService {
     node: Arc<Node>,
     publisher: Arc<Publisher>,
-    spool: Arc<Spool>,
+    /// `None` when the writer imports from --source (pushes are refused).
+    spool: Option<Arc<Spool>>,
     /// Set when the writer imports from --source: then pushes are refused.
     source: Option<String>,
     /// One Seal at a time (the end of a Write stream is serialized with Seal by the spool).
@@ -24,12 +25,18 @@ pub struct IngestService {
 }
 
 impl IngestService {
-    /// Serves pushes into `spool`; streams it kept from an earlier run count as received.
-    pub fn new(node: Arc<Node>, publisher: Arc<Publisher>, spool: Arc<Spool>, source: Option<String>) -> Self {
-        if spool.committed_rows() > 0 && publisher.stage() == Stage::Waiting {
+    /// Serves pushes into `spool` (none for a writer with --source); streams it kept from an
+    /// earlier run count as received.
+    pub fn new(node: Arc<Node>, publisher: Arc<Publisher>, spool: Option<Arc<Spool>>, source: Option<String>) -> Self {
+        if spool.as_ref().is_some_and(|s| s.committed_rows() > 0) && publisher.stage() == Stage::Waiting {
             publisher.set_stage(Stage::Receiving);
         }
         IngestService { node, publisher, spool, source, sealing: Arc::default() }
+    }
+
+    /// The spool, once [`IngestService::check_writable`] passed.
+    fn spool(&self) -> Result<&Arc<Spool>, Status> {
+        self.spool.as_ref().ok_or_else(|| Status::failed_precondition("this writer takes no pushes"))
     }
 
     fn check_writable(&self, collection: &str) -> Result<(), Status> {
@@ -89,7 +96,7 @@ impl ingest_server::Ingest for IngestService {
             self.check_writable(&batch.collection)?;
             let stream = match spooled.take() {
                 Some(stream) => stream,
-                None => self.spool.begin().map_err(status)?,
+                None => self.spool()?.begin().map_err(status)?,
             };
             let batch = records(batch);
             let (stream, ()) = on_disk(stream, move |s| s.append(&batch)).await?;
@@ -108,24 +115,34 @@ impl ingest_server::Ingest for IngestService {
         // One Seal at a time: the stage is checked and moved on under the lock.
         let sealing = self.sealing.lock().await;
         self.check_writable(&request.into_inner().collection)?;
-        let records = self.spool.close().map_err(status)?;
+        let spool = self.spool()?.clone();
+        // Refused while another Seal holds the spool closed.
+        let sealing_spool = spool.close().map_err(status)?;
         self.publisher.set_stage(Stage::Building);
         drop(sealing);
+        let (records, sealed_paths) = (sealing_spool.records, sealing_spool.paths);
         tracing::info!(rows = records.expected_rows, collection = self.publisher.name(), "sealing the pushed records");
         // The build and what follows it run in a task of their own: a caller that gives up (or
         // the server's deadline) does not leave the writer half-way between sealed and serving.
-        let (publisher, spool, node) = (self.publisher.clone(), self.spool.clone(), self.node.clone());
+        let (publisher, node, lock) = (self.publisher.clone(), self.node.clone(), self.sealing.clone());
         let sealed = tokio::spawn(async move {
-            let result = super::blocking(move || publisher.publish(records).map_err(status)).await;
+            let building = publisher.clone();
+            let result = super::blocking(move || building.publish(records).map_err(status)).await;
             let (collection, _info) = match result {
                 Ok(sealed) => sealed,
                 Err(e) => {
-                    // The acknowledged rows stay; the ETL may push a fix and seal again.
+                    // The acknowledged rows stay; the ETL may push a fix and seal again. Under
+                    // the Seal lock, so no other Seal sees the spool open and the stage failed
+                    // half-way.
+                    let _one_seal = lock.lock().await;
+                    if publisher.stage() == Stage::Building {
+                        publisher.set_stage(Stage::Failed(e.message().to_string())); // a panic
+                    }
                     spool.reopen();
                     return Err(e);
                 }
             };
-            spool.remove();
+            spool.remove(&sealed_paths);
             let manifest_json = serde_json::to_string(collection.manifest()).expect("manifest serializes");
             node.catalog.adopt(collection);
             node.set_ready(true).await;
@@ -148,7 +165,7 @@ impl ingest_server::Ingest for IngestService {
         }
         let mut progress = self.publisher.progress();
         if progress.phase() == proto::WriterPhase::Receiving {
-            progress.rows = self.spool.committed_rows();
+            progress.rows = self.spool.as_ref().map_or(0, |s| s.committed_rows());
         }
         Ok(Response::new(progress))
     }
