@@ -147,8 +147,9 @@ impl Catalog {
         let mut open = self.open.lock().expect("catalog lock");
         open.opened += 1;
         let at = open.opened;
-        let entry = Opened { alive: Arc::downgrade(&collection), kept: Some(collection), at, adopted: true };
-        open.by_name.insert(entry.alive.upgrade().expect("just kept").name().to_string(), entry);
+        let name = collection.name().to_string();
+        open.by_name
+            .insert(name, Opened { alive: Arc::downgrade(&collection), kept: Some(collection), at, adopted: true });
     }
 
     /// How many collections are open.

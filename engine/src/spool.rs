@@ -24,6 +24,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const MAGIC: &[u8; 8] = b"QVSPOOL1";
+/// The magic and the `u32` dimension that open every spool file.
+const HEADER_LEN: usize = MAGIC.len() + 4;
+
+fn encode_header(dims: usize) -> Vec<u8> {
+    [&MAGIC[..], &(dims as u32).to_le_bytes()].concat()
+}
+
+/// The dimension a spool file's header announces; `None` when it is not a spool file.
+fn header_dims(header: &[u8]) -> Option<usize> {
+    let (magic, dims) = header.split_at(MAGIC.len());
+    (magic == MAGIC).then(|| u32::from_le_bytes(dims.try_into().expect("4 bytes")) as usize)
+}
 
 /// How much one stream and the whole spool may hold on disk.
 #[derive(Debug, Clone, Copy)]
@@ -215,14 +227,12 @@ fn parse_committed(name: &str) -> Option<(u64, u64)> {
 }
 
 fn read_header(path: &Path) -> Result<usize> {
-    let mut header = [0u8; 12];
+    let mut header = [0u8; HEADER_LEN];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut header))
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    if &header[..8] != MAGIC {
-        return Err(Error::Incomplete { path: path.to_path_buf(), reason: "not an ingest spool file".into() });
-    }
-    Ok(u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize)
+    header_dims(&header)
+        .ok_or_else(|| Error::Incomplete { path: path.to_path_buf(), reason: "not an ingest spool file".into() })
 }
 
 /// What a Seal imports, and the files it may remove once sealed.
@@ -287,7 +297,7 @@ impl StreamWriter {
             });
         }
         // Reserved under the lock, with every other stream's reservation, before writing.
-        let header = if self.rows == 0 && !batch.is_empty() { (MAGIC.len() + 4) as u64 } else { 0 };
+        let header = if self.rows == 0 && !batch.is_empty() { HEADER_LEN as u64 } else { 0 };
         {
             let mut state = self.spool.state.lock().expect("spool lock");
             if Spool::committed_bytes(&state) + state.reserved + header + size > limits.max_spool_bytes {
@@ -299,8 +309,7 @@ impl StreamWriter {
             state.reserved += header + size;
         }
         if self.rows == 0 && !batch.is_empty() {
-            let header = [&MAGIC[..], &(dims.expect("set above") as u32).to_le_bytes()].concat();
-            self.write(&header)?;
+            self.write(&encode_header(dims.expect("set above")))?;
         }
         for record in batch {
             let mut row = Vec::with_capacity(64 + 4 * record.vector.len());
@@ -440,11 +449,11 @@ impl SpoolRows {
 
     fn next_record(&mut self) -> Result<Record> {
         if self.row == 0 {
-            let header = self.bytes(12, "magic")?;
-            if &header[..8] != MAGIC {
+            let header = self.bytes(HEADER_LEN, "magic")?;
+            let Some(dims) = header_dims(&header) else {
                 return Err(self.bad("magic", "not an ingest spool file".into()));
-            }
-            self.dims = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+            };
+            self.dims = dims;
             if self.dims == 0 || self.dims > crate::collection::builder::MAX_DIMENSIONS {
                 return Err(self.bad("dimensions", format!("{} is not a spooled dimension", self.dims)));
             }

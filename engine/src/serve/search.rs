@@ -2,6 +2,8 @@
 
 use super::proto::{self, search_server};
 use super::{Node, status};
+use crate::Collection;
+use crate::index::Strategy;
 use crate::search::{SearchRequest, search};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -17,23 +19,26 @@ impl SearchService {
     }
 }
 
-fn answer(node: &Node, r: proto::SearchRequest) -> Result<proto::SearchResponse, Status> {
-    let collection = node.collection(&r.collection)?;
+/// The engine's request for a wire request (its collection name aside).
+fn engine_request(r: proto::SearchRequest) -> Result<SearchRequest, Status> {
     let strategy = match r.strategy.as_str() {
         "" => None,
         s => Some(s.parse().map_err(|e: String| {
             Status::invalid_argument(format!("invalid request: field `strategy` = {s:?}: {e}"))
         })?),
     };
-    let request = SearchRequest {
+    Ok(SearchRequest {
         vector: r.vector,
         k: r.k as usize,
         partitions: r.partitions,
         tags: r.tags,
         strategy,
         quality: (r.quality > 0).then_some(r.quality as usize),
-    };
-    let hits = search(&collection, &request).map_err(status)?;
+    })
+}
+
+fn answer(collection: &Collection, request: &SearchRequest) -> Result<proto::SearchResponse, Status> {
+    let hits = search(collection, request).map_err(status)?;
     Ok(proto::SearchResponse {
         hits: hits.into_iter().map(|h| proto::Hit { id: h.id, distance: h.distance }).collect(),
         collection: collection.name().to_string(),
@@ -50,35 +55,33 @@ const INLINE_MAX_QUALITY: usize = 4_096;
 /// (asked for, or the collection's calibrated default) is not the exact scan, it searches one
 /// partition (no rayon fan-out starts from a tokio worker) without a tag filter, with a modest
 /// quality, in a collection of modest size.
-fn inline(node: &Node, r: &proto::SearchRequest) -> Result<bool, Status> {
-    let collection = node.collection(&r.collection)?;
+fn inline(collection: &Collection, request: &SearchRequest) -> bool {
     let manifest = collection.manifest();
-    let strategy = match r.strategy.as_str() {
-        "" => manifest.search.strategy,
-        s => s.parse().unwrap_or(crate::index::Strategy::Exact),
-    };
-    let partitions = if r.partitions.is_empty() { manifest.partitions.len() } else { r.partitions.len() };
-    Ok(strategy != crate::index::Strategy::Exact
+    let strategy = request.strategy.unwrap_or(manifest.search.strategy);
+    let partitions = if request.partitions.is_empty() { manifest.partitions.len() } else { request.partitions.len() };
+    strategy != Strategy::Exact
         && partitions == 1
-        && r.tags.is_empty()
-        && r.quality as usize <= INLINE_MAX_QUALITY
-        && collection.len() <= INLINE_MAX_ITEMS)
+        && request.tags.is_empty()
+        && request.quality.unwrap_or(0) <= INLINE_MAX_QUALITY
+        && collection.len() <= INLINE_MAX_ITEMS
 }
 
 #[tonic::async_trait]
 impl search_server::Search for SearchService {
     async fn search(&self, request: Request<proto::SearchRequest>) -> Result<Response<proto::SearchResponse>, Status> {
         let r = request.into_inner();
-        if inline(&self.node, &r)? {
+        // Resolved once: the same collection decides where the query runs and answers it.
+        let collection = self.node.collection(&r.collection)?;
+        let request = engine_request(r)?;
+        if inline(&collection, &request) {
             // An indexed query of one partition takes well under a millisecond: answering it
             // on this worker saves two thread hand-offs (measured: +40-60 % served
             // throughput, see BENCHMARKS.md).
-            return answer(&self.node, r).map(Response::new);
+            return answer(&collection, &request).map(Response::new);
         }
         // A full scan, or a fan-out over partitions (rayon), runs on the blocking pool so the
         // async workers keep answering health and other calls.
-        let node = self.node.clone();
-        self.node.clone().search_work(move || answer(&node, r)).await.map(Response::new)
+        self.node.search_work(move || answer(&collection, &request)).await.map(Response::new)
     }
 
     async fn batch_search(
@@ -87,11 +90,13 @@ impl search_server::Search for SearchService {
     ) -> Result<Response<proto::BatchSearchResponse>, Status> {
         let node = self.node.clone();
         let queries = request.into_inner().queries;
-        crate::limits::check_batch(queries.iter().map(|q| q.k as usize))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::limits::check_batch(queries.iter().map(|q| q.k as usize)).map_err(|e| status(e.into()))?;
         self.node
             .search_work(move || {
-                let results = queries.into_par_iter().map(|q| answer(&node, q)).collect::<Result<_, _>>()?;
+                let results = queries
+                    .into_par_iter()
+                    .map(|q| answer(node.collection(&q.collection)?.as_ref(), &engine_request(q)?))
+                    .collect::<Result<_, _>>()?;
                 Ok(proto::BatchSearchResponse { results })
             })
             .await
