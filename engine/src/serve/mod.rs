@@ -260,8 +260,7 @@ pub async fn serve(
     let guarded = auth::Auth::new(config.token.clone());
     let search_auth = if config.search_without_token { auth::Auth::new(None) } else { guarded.clone() };
     let admission = admission::AdmissionLayer::new(config.max_in_flight, node.metrics.clone());
-    let acceptor = Acceptor::start(listener);
-    let mut incoming = acceptor.next_instance();
+    let (acceptor, mut incoming) = Acceptor::start(listener);
     loop {
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key)) = &config.tls {
@@ -355,13 +354,17 @@ async fn finish(instance: tokio::task::JoinHandle<Result<(), tonic::transport::E
 /// The one accept loop of a serving process: accepted connections go to the server instance
 /// that is current, so a drained instance never takes a new connection.
 struct Acceptor {
-    current: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<tokio::net::TcpStream>>>>,
+    current: Arc<CurrentInstance>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Acceptor {
-    fn start(listener: tokio::net::TcpListener) -> Acceptor {
-        let current: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<tokio::net::TcpStream>>>> = Arc::default();
+    /// Starts accepting, with the first instance's connections. The first instance exists
+    /// before the first accept: a connection that arrives at once (a probe, a client that read
+    /// the listening line) is never dropped for want of an instance.
+    fn start(listener: tokio::net::TcpListener) -> (Acceptor, Connections) {
+        let current: Arc<CurrentInstance> = Arc::default();
+        let first = next_instance(&current);
         let to = current.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -381,6 +384,7 @@ impl Acceptor {
                 // current one.
                 loop {
                     let sender = to.lock().expect("acceptor lock").clone();
+                    // None only after stop(): the connection is refused by closing it.
                     let Some(sender) = sender else { break };
                     match sender.send(stream).await {
                         Ok(()) => break,
@@ -390,15 +394,13 @@ impl Acceptor {
                 }
             }
         });
-        Acceptor { current, task }
+        (Acceptor { current, task }, first)
     }
 
     /// The connections for a new server instance, from now on; the previous instance's stream
     /// ends, which stops it.
-    fn next_instance(&self) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + use<> {
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        *self.current.lock().expect("acceptor lock") = Some(sender);
-        futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok)
+    fn next_instance(&self) -> Connections {
+        next_instance(&self.current)
     }
 
     /// Stops accepting (the listening socket closes) and ends the current instance's stream.
@@ -406,6 +408,20 @@ impl Acceptor {
         self.task.abort();
         *self.current.lock().expect("acceptor lock") = None;
     }
+}
+
+type CurrentInstance = std::sync::Mutex<Option<tokio::sync::mpsc::Sender<tokio::net::TcpStream>>>;
+
+/// The connections handed to one server instance.
+type Connections = futures::stream::Map<
+    tokio_stream::wrappers::ReceiverStream<tokio::net::TcpStream>,
+    fn(tokio::net::TcpStream) -> std::io::Result<tokio::net::TcpStream>,
+>;
+
+fn next_instance(current: &CurrentInstance) -> Connections {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    *current.lock().expect("acceptor lock") = Some(sender);
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok as fn(_) -> _)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -423,4 +439,27 @@ pub async fn termination() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Acceptor;
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    /// A connection waiting when serving starts, accepted before anything else runs, reaches
+    /// the first instance (it used to be closed: the accept loop ran before the first
+    /// instance existed, and a client that connected on the listening line saw a reset).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_at_start_reaches_the_first_instance() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (acceptor, mut first) = Acceptor::start(listener);
+        // Let the accept loop take the waiting connection before the instance is polled.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let served = tokio::time::timeout(Duration::from_secs(5), first.next()).await;
+        let served = served.expect("the waiting connection reached the first instance").unwrap().unwrap();
+        assert_eq!(served.peer_addr().unwrap(), client.local_addr().unwrap());
+        acceptor.stop();
+    }
 }
