@@ -39,6 +39,15 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!has(self.replicas.min) || !has(self.replicas.max) || self.replicas.min <= self.replicas.max").message("replicas.min must not exceed replicas.max"))]
+// What defines the data is fixed for the collection's life: a change would need a rebuild, and
+// applying it in place would leave the pods, the index and the verification disagreeing. The
+// rules sit on the spec because a field-level transition rule is skipped when the field is
+// absent on either side (setting `index` for the first time would pass).
+#[x_kube(validation = Rule::new("self.source == oldSelf.source").message("source is immutable: it defines the collection's data; create a new collection (or let the alias rebuild)"))]
+#[x_kube(validation = Rule::new("has(self.index) == has(oldSelf.index) && (!has(self.index) || self.index == oldSelf.index)").message("index is immutable (and partitions with it): create a new collection (or let the alias rebuild)"))]
+#[x_kube(validation = Rule::new("has(self.search) == has(oldSelf.search) && (!has(self.search) || self.search == oldSelf.search)").message("search.targetRecall is immutable: the build calibrated for it; create a new collection (or let the alias rebuild)"))]
+#[x_kube(validation = Rule::new("(has(self.writer) && has(self.writer.storage)) == (has(oldSelf.writer) && has(oldSelf.writer.storage)) && (!has(self.writer) || !has(self.writer.storage) || self.writer.storage == oldSelf.writer.storage)").message("writer.storage is immutable (a StatefulSet's volume claim cannot change): create a new collection"))]
+#[x_kube(validation = Rule::new("(has(self.writer) && has(self.writer.storageClassName)) == (has(oldSelf.writer) && has(oldSelf.writer.storageClassName)) && (!has(self.writer) || !has(self.writer.storageClassName) || self.writer.storageClassName == oldSelf.writer.storageClassName)").message("writer.storageClassName is immutable (a StatefulSet's volume claim cannot change): create a new collection"))]
 #[serde(rename_all = "camelCase")]
 pub struct VectorCollectionSpec {
     /// Dimensions of every vector (1..=4096). Immutable: a different dimension is a new collection.
@@ -120,21 +129,26 @@ impl Default for SearchSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WriterSpec {
+    /// CPU and memory of the writer pod (default: requests of 1 CPU and 2Gi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Size of the writer's volume (a Kubernetes quantity), default 10Gi.
+    /// Size of the writer's volume (a Kubernetes quantity such as `20Gi`), default 10Gi. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
     pub storage: Option<String>,
+    /// The StorageClass of the writer's volume (default: the cluster's default class). Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!(has(self.min) || has(self.max)) || !has(self.resources) || (has(self.resources.requests) && 'cpu' in self.resources.requests)").message("replicas.resources.requests.cpu is required with replicas.min/max: the autoscaler scales on CPU utilisation of the request"))]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicasSpec {
-    /// A fixed replica count (default 2) when min/max are not set.
+    /// A fixed replica count (default 2) when min/max are not set; at least 1 (a collection
+    /// with no replica could never be verified or served).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 1, max = 1000))]
     pub count: Option<i32>,
     /// Autoscaling lower bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +162,9 @@ pub struct ReplicasSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: Option<i32>,
+    /// CPU, memory and ephemeral storage of each replica (default: requests of 500m CPU, 1Gi
+    /// and the writer's storage). With min/max a CPU request is required: the autoscaler
+    /// measures utilisation against it and never scales a pod without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Close each client connection after this many seconds (GOAWAY; calls in flight finish),

@@ -37,7 +37,13 @@ pub async fn reconcile(vc: Arc<VectorCollection>, ctx: Arc<Context>) -> Result<A
         if !vc.finalizers().iter().any(|f| f == FINALIZER) {
             add_finalizer(&vc, &ctx).await?;
         }
-        progress(&vc, &ctx).await?
+        match progress(&vc, &ctx).await {
+            Ok(action) => action,
+            Err(e) => {
+                report_error(&vc, &ctx, &e).await;
+                return Err(e);
+            }
+        }
     };
     ctx.succeeded(&key(vc.as_ref()));
     Ok(action)
@@ -47,6 +53,26 @@ pub fn error_policy(vc: Arc<VectorCollection>, error: &Error, ctx: Arc<Context>)
     tracing::warn!(collection = %key(vc.as_ref()), %error, "reconcile failed");
     ctx.metrics.error(CONTROLLER, error.kind());
     super::backoff(&ctx, &key(vc.as_ref()))
+}
+
+/// A reconcile that failed (an apply refused by the API server, a quota, a missing token
+/// Secret) tells the user where they look: a Warning Event and `Ready=False` with the reason.
+/// The rest of the status stays as the last successful reconcile wrote it. Best effort: when
+/// the API server itself is unreachable these fail too, and the log has the error.
+async fn report_error(vc: &VectorCollection, ctx: &Context, error: &Error) {
+    let message = error.to_string();
+    let mut status = vc.status.clone().unwrap_or_default();
+    let ready =
+        condition(&status.conditions, "Ready", false, "ReconcileError", &message, vc.metadata.generation, (ctx.now)());
+    if status.conditions.contains(&ready) {
+        return; // Reported already: no Event per retry.
+    }
+    ctx.event(vc, EventType::Warning, "ReconcileError", "Reconcile", message).await;
+    status.conditions.retain(|c| c.type_ != "Ready");
+    status.conditions.insert(0, ready);
+    if let Err(e) = patch_status(vc, ctx, &status).await {
+        tracing::warn!(collection = %key(vc), error = %e, "writing the reconcile error to status failed");
+    }
 }
 
 fn api(vc: &VectorCollection, ctx: &Context) -> Result<Api<VectorCollection>> {

@@ -477,7 +477,10 @@ async fn api_errors_back_off_exponentially_and_are_counted() {
         let error = run(reconcile(vc.clone(), h.ctx.clone()), async {
             let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError",
                 "code": 500, "message": "etcd timeout"});
-            h.server.expect("PATCH", WRITER_SVC, 500, failure).await;
+            h.server.expect("PATCH", WRITER_SVC, 500, failure.clone()).await;
+            // The API server is failing: reporting the error fails too, and is not fatal.
+            h.server.expect("POST", "/apis/events.k8s.io/v1/namespaces/search/events", 500, failure.clone()).await;
+            h.server.expect("PATCH", &format!("{VC}/status"), 500, failure).await;
         })
         .await
         .unwrap_err();
@@ -491,4 +494,43 @@ async fn api_errors_back_off_exponentially_and_are_counted() {
         "{metrics}"
     );
     assert!(metrics.contains("quiver_operator_reconciles_total{controller=\"collection\"} 3"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_refused_apply_reaches_the_user_as_an_event_and_ready_false() {
+    let mut h = harness();
+    let vc = collection(false, stored_status("Importing"));
+    let error = run(reconcile(vc.clone(), h.ctx.clone()), async {
+        h.server.apply(WRITER_SVC, Value::Null).await;
+        // As the API server words a field error (apimachinery `errors.NewInvalid`: `<Kind>.<group>
+        // "<name>" is invalid: <field>: Invalid value: ...`), HTTP 422, reason Invalid.
+        let message = "StatefulSet.apps \"products-v2-writer\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"4\": must be less than or equal to cpu limit of 2";
+        h.server.expect("PATCH", WRITER_STS, 422, common::status(422, "Invalid", message)).await;
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(reason, "ReconcileError");
+        assert!(note.contains("must be less than or equal to cpu limit of 2"), "{note}");
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(condition(&status, "Ready"), ("False".into(), "ReconcileError".into()));
+        let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        assert!(ready["message"].as_str().unwrap().contains("is invalid: spec.template"), "{ready}");
+        // What the last successful reconcile found stays.
+        assert_eq!((status["phase"].as_str(), status["vectorCount"].as_u64()), (Some("Importing"), Some(50000)));
+    })
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("is invalid"), "{error}");
+
+    // Reported once: the retry with the same error (status now says it) adds neither.
+    let mut reported = serde_json::to_value(vc.as_ref()).unwrap();
+    let message = format!("{error}");
+    reported["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "ReconcileError",
+        "message": message, "observedGeneration": 1, "lastTransitionTime": "2025-11-25T12:00:00Z"}]);
+    let reported: Arc<VectorCollection> = Arc::new(serde_json::from_value(reported).unwrap());
+    run(reconcile(reported, h.ctx.clone()), async {
+        h.server.apply(WRITER_SVC, Value::Null).await;
+        let message = "StatefulSet.apps \"products-v2-writer\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"4\": must be less than or equal to cpu limit of 2";
+        h.server.expect("PATCH", WRITER_STS, 422, common::status(422, "Invalid", message)).await;
+    })
+    .await
+    .unwrap_err();
 }

@@ -94,16 +94,39 @@ fn invalid_fixtures_are_refused_with_their_message() {
 }
 
 #[test]
-fn dimensions_and_distance_are_immutable() {
+fn what_defines_the_data_is_immutable() {
     let old: VectorCollection = load(&root().join("examples/vectorcollection.yaml"));
     let mut new = old.clone();
     new.spec.replicas.max = Some(8);
+    new.spec.warmup.max_queries = 500;
     new.validate_cel_update(&old).unwrap();
-    new.spec.dimensions = 768;
-    let err = new.validate_cel_update(&old).expect_err("dimension change");
-    assert!(format!("{err:?}").contains("dimensions are immutable"), "{err:?}");
-    let mut new = old.clone();
-    new.spec.distance = quiver_engine::distance::Metric::Euclidean;
-    let err = new.validate_cel_update(&old).expect_err("distance change");
-    assert!(format!("{err:?}").contains("distance is immutable"), "{err:?}");
+    let refused = |change: &dyn Fn(&mut VectorCollection), message: &str| {
+        let mut new = old.clone();
+        change(&mut new);
+        let err = new.validate_cel_update(&old).expect_err(message);
+        assert!(format!("{err:?}").contains(message), "{message}: {err:?}");
+        assert!(format!("{err:?}").contains("create a new collection"), "{err:?}");
+    };
+    refused(&|vc| vc.spec.dimensions = 768, "dimensions are immutable");
+    refused(&|vc| vc.spec.distance = quiver_engine::distance::Metric::Euclidean, "distance is immutable");
+    refused(&|vc| vc.spec.source.url = Some("https://data.example.com/other.npy".into()), "source is immutable");
+    refused(&|vc| vc.spec.index.n_trees = Some(8), "index is immutable");
+    refused(&|vc| vc.spec.search.target_recall = 0.99, "search.targetRecall is immutable");
+    refused(&|vc| vc.spec.writer.storage = Some("40Gi".into()), "writer.storage is immutable");
+    refused(&|vc| vc.spec.writer.storage = None, "writer.storage is immutable");
+    refused(&|vc| vc.spec.writer.storage_class_name = Some("fast".into()), "writer.storageClassName is immutable");
+}
+
+#[test]
+fn autoscaled_replicas_need_a_cpu_request() {
+    let mut vc: VectorCollection = load(&root().join("examples/vectorcollection.yaml"));
+    vc.validate_cel().unwrap();
+    let memory_only = serde_json::json!({"requests": {"memory": "1Gi"}});
+    vc.spec.replicas.resources = Some(serde_json::from_value(memory_only).unwrap());
+    let err = vc.validate_cel().expect_err("min/max without a CPU request");
+    assert!(format!("{err:?}").contains("replicas.resources.requests.cpu is required"), "{err:?}");
+    // A fixed count needs none; the defaults carry one.
+    vc.spec.replicas.min = None;
+    vc.spec.replicas.max = None;
+    vc.validate_cel().unwrap();
 }
