@@ -1,18 +1,27 @@
--- Argo CD health of a quiver CollectionAlias: Healthy when it serves spec.collection.
+-- Argo CD health of a quiver CollectionAlias: Healthy when it serves its target through ready
+-- endpoints; Degraded when the target failed, nothing answers, or its Service name is taken.
 local hs = {}
+if obj.metadata ~= nil and obj.metadata.deletionTimestamp ~= nil then
+  hs.status = "Progressing"
+  hs.message = "being deleted"
+  return hs
+end
 local status = obj.status
 if status == nil then
   hs.status = "Progressing"
   hs.message = "waiting for the operator"
   return hs
 end
-local switched = nil
+local conditions = {}
 for _, c in ipairs(status.conditions or {}) do
-  if c.type == "Switched" then
-    switched = c
-  end
+  conditions[c.type] = c
 end
-if switched ~= nil and switched.status == "True" then
+local switched = conditions["Switched"]
+local ready = conditions["Ready"]
+if ready ~= nil and ready.status ~= "True" and (ready.reason == "NoReadyEndpoints" or ready.reason == "ServiceConflict") then
+  hs.status = "Degraded"
+  hs.message = ready.message
+elseif switched ~= nil and switched.status == "True" then
   hs.status = "Healthy"
   hs.message = "serving " .. (status.current or "")
 elseif switched ~= nil and switched.reason == "TargetFailed" then

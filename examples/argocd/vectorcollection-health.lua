@@ -1,5 +1,12 @@
--- Argo CD health of a quiver VectorCollection, from its status and conditions.
+-- Argo CD health of a quiver VectorCollection, from its status and conditions. A previous
+-- target that was drained stays Ready (its replicas serve again at once, for a rollback), so
+-- it is Healthy.
 local hs = {}
+if obj.metadata ~= nil and obj.metadata.deletionTimestamp ~= nil then
+  hs.status = "Progressing"
+  hs.message = "being deleted"
+  return hs
+end
 local status = obj.status
 if status == nil then
   hs.status = "Progressing"

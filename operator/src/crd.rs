@@ -265,7 +265,8 @@ pub struct VectorCollectionStatus {
 }
 
 /// A stable name for clients, pointing at one Ready and verified collection. Rollback = set
-/// `spec.collection` back to the previous one.
+/// `spec.collection` to the previous one (with `spec.rebuild`: pin it; remove the pin to follow
+/// the rebuilds again).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "quiver.dev",
@@ -279,42 +280,76 @@ pub struct VectorCollectionStatus {
     doc = "A stable, switchable name in front of a verified VectorCollection.",
     // The alias is a Service name; a rebuild names collections `<alias>-yyyymmdd-hhmm`.
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && (!has(self.spec.rebuild) || size(self.metadata.name) <= 26)").message("an alias name must be a DNS label starting with a letter, at most 26 characters with spec.rebuild"),
+    // The alias Service is named after the alias: it must not be a collection's own Service.
+    validation = Rule::new("!self.metadata.name.endsWith('-replicas') && !self.metadata.name.endsWith('-writer')").message("an alias name must not end in -replicas or -writer: those are the Service names of collections"),
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.collection"),
     printcolumn(name = "Serving", type_ = "string", json_path = ".status.current"),
     printcolumn(name = "Previous", type_ = "string", json_path = ".status.previous"),
+    printcolumn(name = "Rebuild", type_ = "string", json_path = ".status.lastRebuildCollection"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[x_kube(validation = Rule::new("has(self.collection) || has(self.rebuild)").message("set spec.collection, spec.rebuild, or both"))]
 #[serde(rename_all = "camelCase")]
 pub struct CollectionAliasSpec {
     /// The VectorCollection (same namespace) the alias should serve. It switches only once that
-    /// collection is Ready and verified.
+    /// collection is Ready, verified and has its replicas ready. With `rebuild` it may be left
+    /// out: the alias then serves the newest rebuild once verified (status.lastRebuildCollection);
+    /// set it to pin a target, e.g. to roll back. The controller never writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("size(self) <= 40 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("collection must be a valid object name (a collection name: DNS label starting with a letter, at most 40 characters)"))]
-    pub collection: String,
+    pub collection: Option<String>,
     /// Scheduled rebuilds: on each `schedule` tick a new collection `<alias>-<yyyymmdd-hhmm>` is
-    /// created from `template` and becomes `spec.collection`; the alias switches once it is
-    /// verified. A failed rebuild leaves the alias where it was; a rebuild still unverified at
-    /// the next tick is replaced by the new one (and pruned like any older rebuild).
+    /// created from `template` and recorded in status; unless `collection` pins a target the
+    /// alias switches to it once it is verified. A failed rebuild leaves the alias where it was.
+    /// Start one at once with the annotation `quiver.dev/rebuild-requested` (any new value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildSpec>,
+}
+
+/// What a tick does while the previous rebuild is still building.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// Skip the tick (as a CronJob's Forbid): the rebuild in progress finishes.
+    #[default]
+    Forbid,
+    /// Start the new rebuild; the one in progress is no longer the target and is pruned like
+    /// any older rebuild. (A CronJob's Allow would be the same here: only the newest is served.)
+    Replace,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RebuildSpec {
-    /// When to rebuild: a cron expression (minute hour day-of-month month day-of-week), in UTC.
+    /// When to rebuild: a 5-field cron expression (minute hour day-of-month month day-of-week)
+    /// or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, in `timeZone`.
     #[schemars(length(max = 100))]
-    #[x_kube(validation = Rule::new("size(self.split(' ').filter(f, f != '')) >= 5").message("schedule must be a cron expression with at least 5 fields"))]
+    #[x_kube(validation = Rule::new("self.startsWith('@') ? self in ['@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly'] : size(self.split(' ').filter(f, f != '')) == 5").message("schedule must be a 5-field cron expression (minute hour day-of-month month day-of-week) or @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly"))]
     pub schedule: String,
+    /// The IANA time zone of the schedule, e.g. Europe/Berlin (default UTC), as a CronJob's
+    /// timeZone: a nightly rebuild stays at 03:00 local time across daylight saving changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    /// A tick missed by more than this many seconds (the operator was down, the alias suspended)
+    /// is skipped, as a CronJob's startingDeadlineSeconds. Unset: the latest tick missed within
+    /// seven days still starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub starting_deadline_seconds: Option<i64>,
+    /// Forbid (default) skips a tick while the previous rebuild is still building; Replace
+    /// starts the new one.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
     /// The spec of each rebuilt collection. Unlike a collection's own spec, its dimensions and
     /// distance may change: each rebuild is a new collection.
     #[schemars(schema_with = "rebuild_template_schema")]
     pub template: VectorCollectionSpec,
-    /// Rebuilt collections kept besides the alias's current and previous target (which are
-    /// never deleted). Older ones are deleted.
+    /// Rebuilt collections kept besides those any alias serves as current or previous (which
+    /// are never deleted). Older ones are deleted.
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 0, max = 100))]
     pub history_limit: u32,
-    /// Stop starting new rebuilds (one in progress goes on).
+    /// Stop starting scheduled rebuilds (one in progress goes on; a requested one still starts).
     #[serde(default)]
     pub suspend: bool,
 }
@@ -349,6 +384,7 @@ fn rebuild_template_schema(generator: &mut schemars::SchemaGenerator) -> schemar
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AliasSwitch {
+    /// The collection the alias switched to.
     pub collection: String,
     /// RFC 3339 time of the switch.
     pub at: String,
@@ -360,23 +396,35 @@ pub struct CollectionAliasStatus {
     /// The collection the alias Service selects now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<String>,
+    /// The collection served before the last switch: kept at its replica count (and ready)
+    /// for an instant rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// RFC 3339 time of the last switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_at: Option<String>,
-    /// Most recent first.
+    /// The last switches, most recent first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AliasSwitch>,
-    /// The previous target whose replicas were told to drain after the switch.
+    /// The previous target whose drain is done: its replicas were told to drain (they stay
+    /// ready, for a rollback), or another alias serves it and it was left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drained: Option<String>,
-    /// The schedule time (RFC 3339) of the last rebuild started.
+    /// When the alias Service's EndpointSlices were first seen listing exactly the current
+    /// target's ready pods (RFC 3339); the previous target drains the drain delay after that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints_moved_at: Option<String>,
+    /// The schedule tick (RFC 3339) last handled: started, or skipped (missed its deadline, or
+    /// a rebuild was still in progress under concurrencyPolicy Forbid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rebuild: Option<String>,
-    /// The collection the last rebuild created.
+    /// The collection the last rebuild created: the alias's target unless spec.collection pins one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rebuild_collection: Option<String>,
-    /// Why the alias has not switched to spec.collection yet.
+    /// The value of the `quiver.dev/rebuild-requested` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebuild_request: Option<String>,
+    /// Why the alias has not switched to its target yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -21,6 +22,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
+
+/// The label that names an EndpointSlice's Service, and the one that says who keeps the slice
+/// (discovery.k8s.io/v1 well-known labels).
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+const MANAGED_BY_SLICE: &str = "endpointslice.kubernetes.io/managed-by";
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "quiver-operator", version, about = "Reconciles VectorCollection and CollectionAlias objects")]
@@ -52,6 +58,10 @@ pub struct Config {
     #[arg(long, env = "QUIVER_OPERATOR_LEASE_GRACE_SECS", default_value_t = 5)]
     pub lease_grace_secs: u64,
     /// Log as JSON lines.
+    /// Seconds between an alias Service's endpoints listing only the new target's pods and the
+    /// previous target's drain (kube-proxies and load balancers follow the EndpointSlices).
+    #[arg(long, env = "QUIVER_OPERATOR_DRAIN_DELAY_SECS", default_value_t = crate::controller::alias::DRAIN_DELAY.as_secs())]
+    pub drain_delay_secs: u64,
     #[arg(long, env = "QUIVER_OPERATOR_LOG_JSON")]
     pub log_json: bool,
 }
@@ -143,11 +153,11 @@ where
     }
 }
 
-/// Collections an alias names (target, current, previous), in its namespace.
+/// Collections an alias names (pinned target, newest rebuild, current, previous), in its namespace.
 pub fn collections_of(alias: &CollectionAlias) -> Vec<ObjectRef<VectorCollection>> {
     let ns = alias.namespace().unwrap_or_default();
-    let status = alias.status.as_ref();
-    [Some(&alias.spec.collection), status.and_then(|s| s.current.as_ref()), status.and_then(|s| s.previous.as_ref())]
+    let status = alias.status.clone().unwrap_or_default();
+    [&alias.spec.collection, &status.last_rebuild_collection, &status.current, &status.previous]
         .into_iter()
         .flatten()
         .map(|name| ObjectRef::new(name).within(&ns))
@@ -176,10 +186,17 @@ pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>, shutdown:
                 tracing::debug!(error = %e, "collection controller");
             }
         });
+    // Only the slices the EndpointSlice controller keeps for Services.
+    let slices = watcher::Config::default().labels(&format!("{MANAGED_BY_SLICE}=endpointslice-controller.k8s.io"));
     let alias_controller = Controller::new(api::<CollectionAlias>(&client, &namespace), all.clone());
     let aliases = alias_controller.store();
     let aliases = alias_controller
         .owns(api::<Service>(&client, &namespace), owned)
+        // The drain waits for the alias Service's endpoints to move; their changes wake it.
+        .watches(api::<EndpointSlice>(&client, &namespace), slices, |slice| {
+            let service = slice.labels().get(SERVICE_NAME).cloned()?;
+            Some(ObjectRef::<CollectionAlias>::new(&service).within(&slice.namespace()?))
+        })
         // A collection becoming Ready and verified is what an alias waits for.
         .watches(api::<VectorCollection>(&client, &namespace), all, move |vc| {
             let vc_ref = ObjectRef::from_obj(&vc);
@@ -218,7 +235,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) },
     );
     let grpc = Arc::new(Grpc::default());
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         recorder,
         grpc.clone(),
@@ -226,7 +243,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Defaults { image: config.image.clone() },
         metrics,
         k8s_openapi::jiff::Timestamp::now,
-    ));
+    );
+    ctx.drain_delay = std::time::Duration::from_secs(config.drain_delay_secs);
+    let ctx = Arc::new(ctx);
     // A standby is healthy and ready: it serves nothing until it leads.
     health.set_ready(true);
     if !config.leader_election {

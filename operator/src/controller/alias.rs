@@ -3,49 +3,62 @@
 //! rollback, drains the previous target's replicas after a switch, and runs scheduled rebuilds.
 
 use super::{Context, Error, Result, apply, collection_ref, condition, key, namespace};
-use crate::crd::{AliasSwitch, CollectionAlias, CollectionAliasStatus, Phase, VectorCollection};
+use crate::crd::{
+    AliasSwitch, CollectionAlias, CollectionAliasStatus, ConcurrencyPolicy, Phase, RebuildSpec, VectorCollection,
+};
 use crate::rebuild::{self, Schedule};
 use crate::resources::alias_service;
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
-use k8s_openapi::api::core::v1::Pod;
+use crate::resources::replicas;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub const CONTROLLER: &str = "alias";
+/// Annotate an alias with a new value of this to start a rebuild at once (as `kubectl create
+/// job --from=cronjob/...` does for a CronJob): `kubectl annotate ca products
+/// quiver.dev/rebuild-requested="$(date +%s)" --overwrite`.
+pub const REBUILD_REQUESTED: &str = "quiver.dev/rebuild-requested";
 /// Switches kept in `status.history`.
 pub const HISTORY: usize = 10;
 /// How often a waiting alias looks again (collection changes also wake it).
 pub const WAIT_INTERVAL: Duration = Duration::from_secs(30);
 pub const SETTLED_INTERVAL: Duration = Duration::from_secs(300);
-/// Time for Service endpoints to follow a switch before the previous target is drained.
+/// Default time between the alias Service's endpoints listing only the new target and the
+/// previous target's drain (`--drain-delay-secs`): kube-proxies and load balancers follow.
 pub const DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// How often endpoints are looked at while they have not moved (their changes also wake it).
+pub const ENDPOINTS_INTERVAL: Duration = Duration::from_secs(5);
+/// A drain that failed is tried again after this long.
+pub const DRAIN_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(ca: Arc<CollectionAlias>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let action = if start_rebuild(&ca, &ctx).await? {
-        // spec.collection moved to the new collection: that change brings the next reconcile.
-        Action::requeue(WAIT_INTERVAL)
-    } else {
-        let (mut wait, status) = switch(&ca, &ctx).await?;
-        if let Some(rebuild) = &ca.spec.rebuild {
-            prune(&ca, &ctx, &status, rebuild.history_limit as usize).await?;
-            let now = (ctx.now)();
-            if let Some(tick) = rebuild.schedule.parse::<Schedule>().ok().and_then(|s| s.after(now)) {
-                let until = Duration::from_secs(tick.as_second().saturating_sub(now.as_second()).max(1) as u64);
-                wait = wait.min(until);
-            }
-        }
-        Action::requeue(wait)
+    let mut status = ca.status.clone().unwrap_or_default();
+    let mut wait = match &ca.spec.rebuild {
+        Some(rebuild) => start_rebuild(&ca, &ctx, rebuild, &mut status).await?,
+        None => SETTLED_INTERVAL,
     };
+    let (until, status) = switch(&ca, &ctx, status).await?;
+    wait = wait.min(until);
+    if let Some(rebuild) = &ca.spec.rebuild {
+        prune(&ca, &ctx, &status, rebuild.history_limit as usize).await?;
+    }
     ctx.succeeded(&key(ca.as_ref()));
-    Ok(action)
+    Ok(Action::requeue(wait))
+}
+
+/// What the alias should serve: the pinned `spec.collection`, else the newest rebuild.
+pub fn target(ca: &CollectionAlias, status: &CollectionAliasStatus) -> Option<String> {
+    ca.spec.collection.clone().or_else(|| status.last_rebuild_collection.clone())
 }
 
 pub fn error_policy(ca: Arc<CollectionAlias>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -63,13 +76,17 @@ pub struct Waiting {
     pub failed: bool,
 }
 
-/// Why `vc` may not be served yet, or None when it may: Ready and verified for the
-/// generation of its spec as it is now.
+/// Why `vc` may not be served yet, or None when it may: not being deleted, Ready and verified
+/// for the generation of its spec as it is now, with its wanted replicas ready (min replicas
+/// when autoscaled), so the switch moves clients onto as many pods as the collection promised.
 pub fn not_servable(name: &str, vc: Option<&VectorCollection>) -> Option<Waiting> {
     let waiting = |message: String, failed| Some(Waiting { message, failed });
     let Some(vc) = vc else {
         return waiting(format!("collection {name} does not exist"), false);
     };
+    if vc.metadata.deletion_timestamp.is_some() {
+        return waiting(format!("collection {name} is being deleted"), true);
+    }
     let generation = vc.metadata.generation;
     let Some(status) = vc.status.as_ref() else {
         return waiting(format!("collection {name} has no status yet"), false);
@@ -88,74 +105,109 @@ pub fn not_servable(name: &str, vc: Option<&VectorCollection>) -> Option<Waiting
     if !verified {
         return waiting(format!("collection {name} is not verified for its current generation"), false);
     }
+    let wanted = replicas::wanted(&vc.spec.replicas).max(1);
+    if status.ready_replicas < wanted {
+        return waiting(format!("collection {name} has {} of {wanted} replicas ready", status.ready_replicas), false);
+    }
     None
 }
 
+/// The collection a live alias Service selects.
+pub fn selected_collection(service: &Service) -> Option<String> {
+    service.spec.as_ref()?.selector.as_ref()?.get(labels::COLLECTION).cloned()
+}
+
+/// Whether `service` is this alias's own (its controller owner reference names the alias).
+fn controlled_by(service: &Service, ca: &CollectionAlias) -> bool {
+    let uid = ca.metadata.uid.as_deref();
+    service.owner_references().iter().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
 /// Points the Service at the target when it may serve; returns when to look again and the
-/// status as written.
-async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<(Duration, CollectionAliasStatus)> {
+/// status as written. What the alias serves is read from its live Service (the cluster's
+/// truth: a restored alias without status keeps serving, and keeps its collection protected).
+async fn switch(
+    ca: &CollectionAlias,
+    ctx: &Context,
+    mut status: CollectionAliasStatus,
+) -> Result<(Duration, CollectionAliasStatus)> {
     let ns = namespace(ca)?;
-    let target = ca.spec.collection.clone();
+    // As stored: what this reconcile changes (a rebuild started) is written with the rest.
     let previous_status = ca.status.clone().unwrap_or_default();
-    let mut status = previous_status.clone();
     let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let now = (ctx.now)();
 
-    let waiting = if status.current.as_deref() == Some(target.as_str()) {
-        None
-    } else {
-        not_servable(&target, collections.get_opt(&target).await?.as_ref())
+    let live = services.get_opt(&ca.name_any()).await?;
+    if let Some(service) = live.as_ref().filter(|s| !controlled_by(s, ca)) {
+        return conflict(ca, ctx, service, previous_status, status).await;
+    }
+    if let Some(selected) = live.as_ref().and_then(selected_collection) {
+        status.current = Some(selected);
+    }
+    if previous_status.current.is_none()
+        && let Some(current) = &status.current
+    {
+        // Restored without status: the collection it serves is marked again.
+        mark(ctx, &ns, ca, current, Some("current")).await?;
+    }
+
+    let target = self::target(ca, &status);
+    let waiting = match &target {
+        None => Some(Waiting { message: "no rebuild has started yet".into(), failed: false }),
+        Some(t) if status.current.as_ref() == Some(t) => None,
+        Some(t) => not_servable(t, collections.get_opt(t).await?.as_ref()),
     };
-    let switched_from = match (&waiting, status.current.clone()) {
-        (None, current) if current.as_deref() != Some(target.as_str()) => {
-            apply(&ctx.client, &ns, &alias_service::service(ca, &target)).await?;
+    let switched_from = match (&waiting, status.current.clone(), &target) {
+        (None, current, Some(target)) if current.as_ref() != Some(target) => {
+            // Protected before it serves: a deletion racing the switch is refused.
+            mark(ctx, &ns, ca, target, Some("current")).await?;
+            apply(&ctx.client, &ns, &alias_service::service(ca, target)).await?;
+            if let Some(current) = &current {
+                mark(ctx, &ns, ca, current, Some("previous")).await?;
+            }
+            if let Some(left) = status.previous.as_ref().filter(|p| *p != target && Some(*p) != current.as_ref()) {
+                mark(ctx, &ns, ca, left, None).await?;
+            }
             status.previous = current.clone();
             status.current = Some(target.clone());
             status.switched_at = Some(now.to_string());
+            status.endpoints_moved_at = None;
             status.history.insert(0, AliasSwitch { collection: target.clone(), at: now.to_string() });
             status.history.truncate(HISTORY);
             Some(current)
         }
-        (_, Some(current)) => {
+        (_, Some(current), _) => {
             // Keep (or restore) the Service on what it serves now.
             apply(&ctx.client, &ns, &alias_service::service(ca, &current)).await?;
             None
         }
-        (_, None) => None,
+        (_, None, _) => None,
     };
-    // Drain the previous target only once the Service's endpoints had time to move, or
-    // clients reconnecting at once could land on (and stay pinned to) the old pods again.
-    let mut wait = None;
-    if let (Some(previous), Some(at)) = (status.previous.clone(), status.switched_at.as_deref()) {
-        let undrained = status.drained.as_ref() != Some(&previous) && status.current.as_ref() != Some(&previous);
-        let since = now.as_second() - at.parse::<Timestamp>().map(|t| t.as_second()).unwrap_or(0);
-        if undrained && since >= DRAIN_DELAY.as_secs() as i64 {
-            drain(ca, ctx, &ns, &previous).await;
-            status.drained = Some(previous);
-        } else if undrained {
-            wait = Some(Duration::from_secs((DRAIN_DELAY.as_secs() as i64 - since).max(1) as u64));
-        }
-    }
+    let endpoints = match &status.current {
+        Some(_) => ready_endpoints(ctx, &ns, &ca.name_any()).await?,
+        None => BTreeSet::new(),
+    };
+    let wait = drain_previous(ca, ctx, &ns, &mut status, &endpoints).await?;
     status.message = waiting.as_ref().map(|w| w.message.clone());
     let serving = status.current.clone();
-    let synced = serving.as_deref() == Some(target.as_str());
+    let synced = serving.is_some() && serving == target;
     let switched_reason = match &waiting {
         None => "Serving",
         Some(w) if w.failed => "TargetFailed",
         Some(_) => "WaitingForTarget",
     };
+    let (ready, ready_reason, ready_message) = match &serving {
+        None => (false, "NoVerifiedTarget", "serving nothing yet".to_string()),
+        Some(c) if endpoints.is_empty() => {
+            (false, "NoReadyEndpoints", format!("serving {c}, but its Service has no ready endpoint"))
+        }
+        Some(c) => (true, "Serving", format!("serving {c}")),
+    };
     let generation = ca.metadata.generation;
     let old = &previous_status.conditions;
     status.conditions = vec![
-        condition(
-            old,
-            "Ready",
-            serving.is_some(),
-            if serving.is_some() { "Serving" } else { "NoVerifiedTarget" },
-            &serving.as_ref().map(|c| format!("serving {c}")).unwrap_or_else(|| "serving nothing yet".into()),
-            generation,
-            now,
-        ),
+        condition(old, "Ready", ready, ready_reason, &ready_message, generation, now),
         condition(
             old,
             "Switched",
@@ -169,47 +221,244 @@ async fn switch(ca: &CollectionAlias, ctx: &Context) -> Result<(Duration, Collec
     if status != previous_status {
         patch_status(ca, ctx, &status).await?;
     }
-    if let Some(from) = switched_from {
+    let related = target.as_deref().map(|t| collection_ref(&ns, t));
+    if let (Some(from), Some(target)) = (switched_from, &target) {
         let note = match &from {
             Some(from) => format!("now serving {target} (was {from})"),
             None => format!("now serving {target}"),
         };
-        ctx.event_about(ca, Some(collection_ref(&ns, &target)), EventType::Normal, "Switched", "Switch", note).await;
+        ctx.event_about(ca, related, EventType::Normal, "Switched", "Switch", note).await;
     } else if let Some(w) = waiting.filter(|w| previous_status.message.as_ref() != Some(&w.message)) {
         let (type_, reason) =
             if w.failed { (EventType::Warning, "TargetFailed") } else { (EventType::Normal, "Waiting") };
-        ctx.event_about(ca, Some(collection_ref(&ns, &target)), type_, reason, "Switch", w.message).await;
+        ctx.event_about(ca, related, type_, reason, "Switch", w.message).await;
     }
-    let settled = if synced { SETTLED_INTERVAL } else { WAIT_INTERVAL };
+    let settled = if synced && ready { SETTLED_INTERVAL } else { WAIT_INTERVAL };
     Ok((wait.map_or(settled, |w| w.min(settled)), status))
 }
 
-/// Starts the rebuild whose schedule tick is due: creates the collection from the template
-/// and makes it the alias's target. Returns whether it did.
-async fn start_rebuild(ca: &CollectionAlias, ctx: &Context) -> Result<bool> {
-    let Some(rebuild) = ca.spec.rebuild.as_ref().filter(|r| !r.suspend) else {
-        return Ok(false);
+/// A Service of the alias's name that something else controls: reported, never taken over.
+async fn conflict(
+    ca: &CollectionAlias,
+    ctx: &Context,
+    service: &Service,
+    previous_status: CollectionAliasStatus,
+    mut status: CollectionAliasStatus,
+) -> Result<(Duration, CollectionAliasStatus)> {
+    let owner = service
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .unwrap_or_else(|| "nothing (no controller owner reference)".into());
+    let message = format!(
+        "Service {} exists and is not this alias's (its controller is {owner}); the alias does not take it over: rename the alias or remove the Service",
+        ca.name_any()
+    );
+    let now = (ctx.now)();
+    let generation = ca.metadata.generation;
+    let old = &previous_status.conditions;
+    status.message = Some(message.clone());
+    status.conditions = vec![
+        condition(old, "Ready", false, "ServiceConflict", &message, generation, now),
+        condition(old, "Switched", false, "ServiceConflict", &message, generation, now),
+    ];
+    if status != previous_status {
+        patch_status(ca, ctx, &status).await?;
+        ctx.event(ca, EventType::Warning, "ServiceConflict", "Switch", message).await;
+    }
+    Ok((WAIT_INTERVAL, status))
+}
+
+/// Marks (or with None unmarks) `collection` as served by this alias. A collection already
+/// gone needs no mark.
+async fn mark(ctx: &Context, ns: &str, ca: &CollectionAlias, collection: &str, value: Option<&str>) -> Result<()> {
+    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({"metadata": {"labels": {labels::served_by(&ca.name_any()): value}}});
+    match collections.patch(collection, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 && value.is_none() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pods the alias Service's EndpointSlices list as ready. EndpointSlice `conditions.ready`
+/// "should be interpreted as true" when unset, and is false for a terminating endpoint
+/// (discovery.k8s.io/v1 EndpointConditions); a Service may have several slices.
+async fn ready_endpoints(ctx: &Context, ns: &str, service: &str) -> Result<BTreeSet<String>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("kubernetes.io/service-name={service}");
+    Ok(slices
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .into_iter()
+        .flat_map(|slice| slice.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter_map(|e| e.target_ref.and_then(|r| r.name))
+        .collect())
+}
+
+/// The ready replica pods of `collection`, by name.
+async fn ready_replicas(ctx: &Context, ns: &str, collection: &str) -> Result<BTreeSet<String>> {
+    let ready = |p: &Pod| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "Ready" && c.status == "True")
     };
-    let schedule = match rebuild.schedule.parse::<Schedule>() {
+    Ok(replica_pods(ctx, ns, collection).await?.iter().filter(|p| ready(p)).map(|p| p.name_any()).collect())
+}
+
+async fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = labels::selector(collection, Role::Replica)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
+}
+
+/// Drains the previous target once the alias Service's endpoints list exactly the current
+/// target's ready pods and the drain delay has passed since (kube-proxies and load balancers
+/// follow the slices), unless another alias serves it. Records `drained` only when every
+/// replica took the drain; a failure is retried. Returns when to look again, if sooner.
+async fn drain_previous(
+    ca: &CollectionAlias,
+    ctx: &Context,
+    ns: &str,
+    status: &mut CollectionAliasStatus,
+    endpoints: &BTreeSet<String>,
+) -> Result<Option<Duration>> {
+    let (Some(previous), Some(current)) = (status.previous.clone(), status.current.clone()) else {
+        return Ok(None);
+    };
+    if status.drained.as_ref() == Some(&previous) || previous == current {
+        return Ok(None);
+    }
+    let related = Some(collection_ref(ns, &previous));
+    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), ns);
+    let others: Vec<String> = aliases
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|a| a.name_any() != ca.name_any())
+        .filter(|a| a.status.as_ref().and_then(|s| s.current.as_ref()) == Some(&previous))
+        .map(|a| a.name_any())
+        .collect();
+    if !others.is_empty() {
+        let note = format!("{previous} is served by alias {}: not drained", others.join(", "));
+        ctx.event_about(ca, related, EventType::Normal, "DrainSkipped", "Drain", note).await;
+        status.drained = Some(previous);
+        return Ok(None);
+    }
+    let moved = !endpoints.is_empty() && *endpoints == ready_replicas(ctx, ns, &current).await?;
+    if !moved {
+        status.endpoints_moved_at = None;
+        return Ok(Some(ENDPOINTS_INTERVAL));
+    }
+    let now = (ctx.now)();
+    let moved_at = status.endpoints_moved_at.get_or_insert_with(|| now.to_string()).clone();
+    let since = now.as_second() - moved_at.parse::<Timestamp>().map(|t| t.as_second()).unwrap_or(0);
+    let delay = ctx.drain_delay.as_secs() as i64;
+    if since < delay {
+        return Ok(Some(Duration::from_secs((delay - since).max(1) as u64)));
+    }
+    if drain(ca, ctx, ns, &previous).await {
+        status.drained = Some(previous);
+        Ok(None)
+    } else {
+        Ok(Some(DRAIN_RETRY_INTERVAL))
+    }
+}
+
+/// Starts the rebuild that is due: a schedule tick (within its starting deadline, and under
+/// concurrencyPolicy Forbid only when no rebuild is still building), or a request made with the
+/// `quiver.dev/rebuild-requested` annotation. Creates the collection from the template and
+/// records it in `status` (written with the rest of the status); the spec is never written.
+/// Returns when the next tick is due.
+async fn start_rebuild(
+    ca: &CollectionAlias,
+    ctx: &Context,
+    rebuild: &RebuildSpec,
+    status: &mut CollectionAliasStatus,
+) -> Result<Duration> {
+    let now = (ctx.now)();
+    let schedule = match Schedule::new(&rebuild.schedule, rebuild.time_zone.as_deref()) {
         Ok(s) => s,
         Err(message) => {
-            ctx.event(ca, EventType::Warning, "InvalidSchedule", "Rebuild", message).await;
-            return Ok(false);
+            if status.message.as_ref() != Some(&message) {
+                ctx.event(ca, EventType::Warning, "InvalidSchedule", "Rebuild", message.clone()).await;
+            }
+            status.message = Some(message);
+            return Ok(SETTLED_INTERVAL);
         }
     };
-    let now = (ctx.now)();
-    let status = ca.status.clone().unwrap_or_default();
     let since = status
         .last_rebuild
         .as_deref()
         .and_then(|t| t.parse::<Timestamp>().ok())
         .or_else(|| ca.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .unwrap_or(now);
-    let Some(tick) = schedule.due(since, now) else {
-        return Ok(false);
+    let requested =
+        ca.annotations().get(REBUILD_REQUESTED).filter(|r| status.last_rebuild_request.as_ref() != Some(*r));
+    let tick = if rebuild.suspend { None } else { schedule.due(since, now) };
+    let start = match (tick, requested) {
+        (_, Some(request)) => {
+            status.last_rebuild_request = Some(request.clone());
+            // The minute of the request names the collection, as a tick does.
+            Some((Timestamp::from_second(now.as_second() - now.as_second().rem_euclid(60)).unwrap_or(now), "requested"))
+        }
+        (Some(tick), None) => {
+            status.last_rebuild = Some(tick.to_string());
+            if rebuild::missed(tick, now, rebuild.starting_deadline_seconds) {
+                let late = now.as_second() - tick.as_second();
+                let note = format!(
+                    "skipped the rebuild scheduled {tick}: {late} s late, past startingDeadlineSeconds {}",
+                    rebuild.starting_deadline_seconds.unwrap_or_default()
+                );
+                ctx.event(ca, EventType::Warning, "RebuildMissed", "Rebuild", note).await;
+                None
+            } else {
+                Some((tick, "scheduled"))
+            }
+        }
+        (None, None) => None,
     };
+    if let Some((at, why)) = start {
+        start_one(ca, ctx, rebuild, status, at, why).await?;
+    }
+    let next = schedule.after(now).filter(|_| !rebuild.suspend);
+    Ok(next
+        .map_or(SETTLED_INTERVAL, |t| Duration::from_secs(t.as_second().saturating_sub(now.as_second()).max(1) as u64)))
+}
+
+/// Creates the rebuild for `at` unless concurrencyPolicy Forbid holds it back.
+async fn start_one(
+    ca: &CollectionAlias,
+    ctx: &Context,
+    rebuild: &RebuildSpec,
+    status: &mut CollectionAliasStatus,
+    at: Timestamp,
+    why: &str,
+) -> Result<()> {
     let ns = namespace(ca)?;
-    let name = rebuild::collection_name(&ca.name_any(), tick);
+    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
+    if rebuild.concurrency_policy == ConcurrencyPolicy::Forbid
+        && let Some(last) = status.last_rebuild_collection.clone().filter(|l| status.current.as_ref() != Some(l))
+        && let Some(building) = collections.get_opt(&last).await?.filter(still_building)
+    {
+        let note = format!(
+            "skipped the rebuild {why} for {at}: {} is still {:?} (concurrencyPolicy Forbid)",
+            building.name_any(),
+            building.status.map(|s| s.phase).unwrap_or_default()
+        );
+        ctx.event_about(ca, Some(collection_ref(&ns, &last)), EventType::Normal, "RebuildSkipped", "Rebuild", note)
+            .await;
+        return Ok(());
+    }
+    let name = rebuild::collection_name(&ca.name_any(), at);
     let vc = VectorCollection {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -225,7 +474,6 @@ async fn start_rebuild(ca: &CollectionAlias, ctx: &Context) -> Result<bool> {
         spec: rebuild.template.clone(),
         status: None,
     };
-    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     match collections.create(&params, &vc).await {
         Ok(_) => {}
@@ -233,19 +481,24 @@ async fn start_rebuild(ca: &CollectionAlias, ctx: &Context) -> Result<bool> {
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
-    let mut status = status;
-    status.last_rebuild = Some(tick.to_string());
     status.last_rebuild_collection = Some(name.clone());
-    patch_status(ca, ctx, &status).await?;
-    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = serde_json::json!({"spec": {"collection": name}});
-    aliases.patch(&ca.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
-    let note = format!("building {name} (scheduled {tick}); the alias switches once it is verified");
+    let switch = match &ca.spec.collection {
+        Some(pinned) => format!("spec.collection pins {pinned}: the alias stays there until the pin is removed"),
+        None => "the alias switches once it is verified".to_string(),
+    };
+    let note = format!("building {name} ({why} {at}); {switch}");
     ctx.event_about(ca, Some(collection_ref(&ns, &name)), EventType::Normal, "RebuildStarted", "Rebuild", note).await;
-    Ok(true)
+    Ok(())
 }
 
-/// Deletes rebuilt collections beyond the history limit; never the target, current or previous.
+/// A rebuild that has neither become Ready nor Failed.
+fn still_building(vc: &VectorCollection) -> bool {
+    vc.metadata.deletion_timestamp.is_none()
+        && !matches!(vc.status.as_ref().map(|s| s.phase), Some(Phase::Ready | Phase::Failed))
+}
+
+/// Deletes rebuilt collections beyond the history limit; never one that any alias in the
+/// namespace targets, serves or served before, nor the newest rebuild.
 async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStatus, keep: usize) -> Result<()> {
     let ns = namespace(ca)?;
     let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
@@ -258,11 +511,16 @@ async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStat
         .filter(|c| c.metadata.deletion_timestamp.is_none())
         .map(|c| (c.name_any(), c.metadata.creation_timestamp.map(|t| t.0).unwrap_or_default()))
         .collect();
-    let protected: Vec<&str> = [Some(&ca.spec.collection), status.current.as_ref(), status.previous.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
+    if rebuilt.len() <= keep {
+        return Ok(());
+    }
+    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &ns);
+    let others = aliases.list(&ListParams::default()).await?;
+    let mut protected: Vec<String> = served(ca, status);
+    for other in others.iter().filter(|a| a.name_any() != ca.name_any()) {
+        protected.extend(served(other, &other.status.clone().unwrap_or_default()));
+    }
+    let protected: Vec<&str> = protected.iter().map(String::as_str).collect();
     for name in rebuild::to_delete(rebuilt, &protected, keep) {
         match collections.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -275,23 +533,27 @@ async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStat
     Ok(())
 }
 
-/// Tells the replicas of the collection the alias left to drain, so clients pinned to them
-/// by long-lived HTTP/2 connections reconnect through the Service to the new target. Best
-/// effort: a replica's max connection age and restarts move its clients too.
-async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) {
-    let related = Some(collection_ref(ns, collection));
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = labels::selector(collection, Role::Replica)
+/// What an alias must keep: its pin, its newest rebuild, what it serves and served before.
+fn served(ca: &CollectionAlias, status: &CollectionAliasStatus) -> Vec<String> {
+    [&ca.spec.collection, &status.last_rebuild_collection, &status.current, &status.previous]
         .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let list = match pods.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => list,
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// Tells the replicas of the collection the alias left to drain, so clients pinned to them
+/// by long-lived HTTP/2 connections reconnect through the Service to the new target. The
+/// replicas stay ready afterwards (the engine's drain is temporary), so a rollback is instant.
+/// Returns whether every replica took it; each failure is a Warning Event.
+async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) -> bool {
+    let related = Some(collection_ref(ns, collection));
+    let pods = match replica_pods(ctx, ns, collection).await {
+        Ok(pods) => pods,
         Err(e) => {
             let note = format!("listing the replicas of {collection}: {e}");
             ctx.event_about(ca, related, EventType::Warning, "DrainFailed", "Drain", note).await;
-            return;
+            return false;
         }
     };
     // The collection may be gone already: then its pods are going too; try without a token.
@@ -300,19 +562,23 @@ async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) 
         Ok(Some(vc)) => super::collection_token(&ctx.client, ns, &vc.spec).await.ok().flatten(),
         _ => None,
     };
-    let mut drained = 0;
-    for ip in list.into_iter().filter_map(|p| p.status.and_then(|s| s.pod_ip)) {
+    let (mut drained, mut failed) = (0, 0);
+    for ip in pods.into_iter().filter_map(|p| p.status.and_then(|s| s.pod_ip)) {
         let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
         match ctx.drainer.drain(&endpoint, token.as_deref()).await {
             Ok(()) => drained += 1,
             Err(e) => {
-                let note = format!("{collection} at {endpoint}: {e}");
+                failed += 1;
+                let note = format!("{collection} at {endpoint}: {e}; retried");
                 ctx.event_about(ca, related.clone(), EventType::Warning, "DrainFailed", "Drain", note).await;
             }
         }
     }
-    let note = format!("told {drained} replicas of {collection} to drain");
-    ctx.event_about(ca, related, EventType::Normal, "Drained", "Drain", note).await;
+    if failed == 0 {
+        let note = format!("told {drained} replicas of {collection} to drain");
+        ctx.event_about(ca, related, EventType::Normal, "Drained", "Drain", note).await;
+    }
+    failed == 0
 }
 
 async fn patch_status(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStatus) -> Result<()> {

@@ -37,6 +37,7 @@ pub async fn reconcile(vc: Arc<VectorCollection>, ctx: Arc<Context>) -> Result<A
         if !vc.finalizers().iter().any(|f| f == FINALIZER) {
             add_finalizer(&vc, &ctx).await?;
         }
+        unmark_gone_aliases(&vc, &ctx).await?;
         match progress(&vc, &ctx).await {
             Ok(action) => action,
             Err(e) => {
@@ -95,6 +96,30 @@ async fn set_finalizers(vc: &VectorCollection, ctx: &Context, finalizers: Vec<St
     Ok(())
 }
 
+/// Removes the served-by marks of aliases that no longer exist (an alias deleted while it
+/// served this collection), so the collection can be deleted again. The merge patch carries the
+/// resourceVersion: a mark an alias adds meanwhile makes it fail (409) and the reconcile retry.
+async fn unmark_gone_aliases(vc: &VectorCollection, ctx: &Context) -> Result<()> {
+    let marked: Vec<String> =
+        vc.labels().keys().filter_map(|k| k.strip_prefix(labels::SERVED_BY_PREFIX)).map(String::from).collect();
+    if marked.is_empty() {
+        return Ok(());
+    }
+    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &namespace(vc)?);
+    let existing: Vec<String> = aliases.list(&ListParams::default()).await?.iter().map(|a| a.name_any()).collect();
+    let gone: serde_json::Map<String, serde_json::Value> = marked
+        .iter()
+        .filter(|a| !existing.contains(a))
+        .map(|a| (labels::served_by(a), serde_json::Value::Null))
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"metadata": {"labels": gone, "resourceVersion": vc.resource_version()}});
+    api(vc, ctx)?.patch(&vc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
 /// Aliases in the collection's namespace that serve it or are about to.
 pub async fn aliases_pointing_at(vc: &VectorCollection, ctx: &Context) -> Result<Vec<String>> {
     let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &namespace(vc)?);
@@ -103,7 +128,10 @@ pub async fn aliases_pointing_at(vc: &VectorCollection, ctx: &Context) -> Result
         .list(&ListParams::default())
         .await?
         .into_iter()
-        .filter(|a| a.spec.collection == name || a.status.as_ref().and_then(|s| s.current.as_ref()) == Some(&name))
+        .filter(|a| {
+            let status = a.status.clone().unwrap_or_default();
+            super::alias::target(a, &status).as_ref() == Some(&name) || status.current.as_ref() == Some(&name)
+        })
         .map(|a| a.name_any())
         .collect())
 }

@@ -59,6 +59,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The time stamped into conditions and alias history (fixed in tests).
     pub now: fn() -> Timestamp,
+    /// Between an alias's endpoints moving and the previous target's drain.
+    pub drain_delay: Duration,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -73,7 +75,8 @@ impl Context {
         metrics: Arc<Metrics>,
         now: fn() -> Timestamp,
     ) -> Self {
-        Context { client, recorder, writer, drainer, defaults, metrics, now, failures: Mutex::default() }
+        let drain_delay = alias::DRAIN_DELAY;
+        Context { client, recorder, writer, drainer, defaults, metrics, now, drain_delay, failures: Mutex::default() }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {

@@ -12,6 +12,10 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const COLLECTION: &str = "quiver.dev/collection";
 pub const ROLE: &str = "quiver.dev/role";
 pub const ALIAS: &str = "quiver.dev/alias";
+/// Marks a collection an alias serves: `served-by.quiver.dev/<alias>: current` (or `previous`,
+/// kept for an instant rollback). The chart's ValidatingAdmissionPolicy refuses to delete a
+/// collection that carries one, before a foreground or cascading delete can remove its pods.
+pub const SERVED_BY_PREFIX: &str = "served-by.quiver.dev/";
 /// The spec generation an object was rendered for (Jobs run once per generation).
 pub const GENERATION: &str = "quiver.dev/generation";
 
@@ -58,6 +62,11 @@ pub fn writer_url(collection: &str) -> String {
 
 pub fn replicas_url(collection: &str) -> String {
     format!("http://{}:{}", replicas_name(collection), super::GRPC_PORT)
+}
+
+/// The label that marks a collection as served by `alias`.
+pub fn served_by(alias: &str) -> String {
+    format!("{SERVED_BY_PREFIX}{alias}")
 }
 
 /// What selects a role's pods of a collection (Services, PDB, alias).

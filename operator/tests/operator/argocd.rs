@@ -80,7 +80,11 @@ fn vectorcollection_health_follows_the_conditions() {
     );
     assert_eq!(h(replicating), ("Progressing".into(), "Replicating: 1/2 replicas ready".into()));
     let failed = collection("Failed", vec![condition("Degraded", true, "Failed", "verification failed: recall")]);
-    assert_eq!(h(failed), ("Degraded".into(), "Failed: verification failed: recall".into()));
+    assert_eq!(h(failed.clone()), ("Degraded".into(), "Failed: verification failed: recall".into()));
+    // A collection being deleted (held by its finalizer) is on its way, not broken.
+    let mut deleting = failed;
+    deleting["metadata"]["deletionTimestamp"] = json!("2025-11-25T12:00:00Z");
+    assert_eq!(h(deleting), ("Progressing".into(), "being deleted".into()));
 }
 
 #[test]
@@ -103,6 +107,17 @@ fn collectionalias_health_is_healthy_only_when_serving_its_target() {
         h(vec![condition("Switched", false, "TargetFailed", "p-2 is Failed")]),
         ("Degraded".into(), "p-2 is Failed".into())
     );
+    // Switched, but nothing answers behind the Service: an outage.
+    let unreachable = vec![
+        condition("Ready", false, "NoReadyEndpoints", "serving p-1, but its Service has no ready endpoint"),
+        condition("Switched", true, "Serving", ""),
+    ];
+    assert_eq!(h(unreachable), ("Degraded".into(), "serving p-1, but its Service has no ready endpoint".into()));
+    let deleting = health(
+        "collectionalias-health.lua",
+        json!({"metadata": {"deletionTimestamp": "2025-11-25T12:00:00Z"}, "status": {"current": "p-1"}}),
+    );
+    assert_eq!(deleting, ("Progressing".into(), "being deleted".into()));
 }
 
 /// The argocd-cm patch embeds the scripts verbatim (regenerate with QUIVER_UPDATE_ARGOCD=1).

@@ -80,6 +80,7 @@ fn needed() -> BTreeSet<Grant> {
         expand("autoscaling", &["horizontalpodautoscalers"], &[&apply[..], &["delete"]].concat()),
         expand("policy", &["poddisruptionbudgets"], &apply),
         expand("", &["pods"], &watch[..2]),
+        expand("discovery.k8s.io", &["endpointslices"], &watch),
         expand("", &["secrets"], &["get"]),
         expand("events.k8s.io", &["events"], &["create", "patch"]),
     ]
@@ -134,4 +135,66 @@ fn deployment_passes_only_flags_the_operator_knows_and_runs_restricted() {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+}
+
+/// The admission policy refuses to delete a collection an alias serves, naming the alias, and
+/// lets every other deletion through; evaluated client-side with the Kubernetes CEL libraries
+/// (kube-cel), `oldObject` bound to the stored collection and `object` null, as the API server
+/// binds them for a DELETE. Not kube-cel's VapEvaluator: it escapes every object key
+/// (`served-by.quiver.dev/x` becomes `served__dash__by__dot__...`), while the API server escapes
+/// only declared properties and leaves map keys such as labels as they are.
+#[test]
+fn the_admission_policy_refuses_to_delete_a_served_collection() {
+    use kube_cel::{KubeCelExt, cel};
+    use quiver_operator::resources::labels;
+    let docs = documents("admission-policy.yaml");
+    let policy = docs.iter().find(|d| d["kind"] == "ValidatingAdmissionPolicy").expect("a policy");
+    let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rules["operations"], serde_yaml::from_str::<serde_yaml::Value>("[DELETE]").unwrap());
+    assert_eq!(rules["resources"][0], "vectorcollections");
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let binding = docs.iter().find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding").expect("a binding");
+    assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+    let validation = &policy["spec"]["validations"][0];
+    let (expression, message) =
+        (validation["expression"].as_str().unwrap(), validation["messageExpression"].as_str().unwrap());
+    // The prefix the operator writes is the one the policy looks for (and cuts off).
+    let prefix = labels::SERVED_BY_PREFIX;
+    assert!(expression.contains(&format!("'{prefix}'")), "{expression}");
+    assert!(message.contains(&format!("substring({})", prefix.len())), "{message}");
+    let (expression, message) = (cel::Program::compile(expression).unwrap(), cel::Program::compile(message).unwrap());
+    // (allowed, message when refused) for a DELETE of a collection with these labels.
+    let delete = |labels: serde_json::Value| {
+        let stored = serde_json::json!({"apiVersion": "quiver.dev/v1alpha1", "kind": "VectorCollection",
+            "metadata": {"name": "products-v1", "namespace": "search", "labels": labels}});
+        let mut stored = stored;
+        if stored["metadata"]["labels"].is_null() {
+            stored["metadata"].as_object_mut().unwrap().remove("labels");
+        }
+        let mut ctx = cel::Context::default().with_all();
+        ctx.add_variable_from_value("oldObject", cel::to_value(&stored).unwrap());
+        ctx.add_variable_from_value("object", cel::Value::Null);
+        match expression.execute(&ctx).unwrap() {
+            cel::Value::Bool(true) => (true, None),
+            cel::Value::Bool(false) => match message.execute(&ctx).unwrap() {
+                cel::Value::String(m) => (false, Some(m.to_string())),
+                other => panic!("the message is not a string: {other:?}"),
+            },
+            other => panic!("the expression is not a bool: {other:?}"),
+        }
+    };
+    let served = delete(serde_json::json!({
+        labels::served_by("products"): "current", labels::served_by("related"): "previous", "team": "search"}));
+    assert!(!served.0);
+    // Map iteration order is not fixed: both orders name both aliases.
+    let message = served.1.unwrap();
+    assert!(
+        message.starts_with("collection products-v1 is served by alias ")
+            && message.contains("products (current)")
+            && message.contains("related (previous)")
+            && message.ends_with(": point the alias at another collection (or delete the alias) first"),
+        "{message}"
+    );
+    assert_eq!(delete(serde_json::json!({"team": "search"})), (true, None));
+    assert_eq!(delete(serde_json::Value::Null), (true, None), "no labels at all");
 }

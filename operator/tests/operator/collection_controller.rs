@@ -534,3 +534,36 @@ async fn a_refused_apply_reaches_the_user_as_an_event_and_ready_false() {
     .await
     .unwrap_err();
 }
+
+#[tokio::test]
+async fn the_marks_of_deleted_aliases_are_removed_so_the_collection_can_be_deleted() {
+    let mut h = harness();
+    let mut vc = (*collection(false, stored_status("Importing"))).clone();
+    vc.metadata.labels = Some(
+        [
+            ("served-by.quiver.dev/products".to_string(), "current".to_string()),
+            ("served-by.quiver.dev/gone".to_string(), "previous".to_string()),
+            ("team".to_string(), "search".to_string()),
+        ]
+        .into(),
+    );
+    let vc = Arc::new(vc);
+    run(reconcile(vc.clone(), h.ctx.clone()), async {
+        let products = json!({"apiVersion": "quiver.dev/v1alpha1", "kind": "CollectionAlias",
+            "metadata": {"name": "products", "namespace": NS}, "spec": {"collection": "products-v2"}});
+        h.server.expect("GET", ALIASES, 200, list("CollectionAlias", vec![products])).await;
+        let patch = h.server.expect("PATCH", VC, 200, stored_object()).await;
+        // Only the mark of the alias that is gone; the resourceVersion makes a racing mark win.
+        assert_eq!(
+            patch.body,
+            json!({"metadata": {"labels": {"served-by.quiver.dev/gone": null}, "resourceVersion": "7"}})
+        );
+        // Then the reconcile goes on as usual (here: the API server fails the next call).
+        let failure = common::status(500, "InternalError", "etcd timeout");
+        h.server.expect("PATCH", WRITER_SVC, 500, failure.clone()).await;
+        h.server.expect("POST", "/apis/events.k8s.io/v1/namespaces/search/events", 500, failure.clone()).await;
+        h.server.expect("PATCH", &format!("{VC}/status"), 500, failure).await;
+    })
+    .await
+    .unwrap_err();
+}

@@ -136,13 +136,21 @@ impl WriterProbe for FakeWriter {
 pub struct FakeDrainer {
     pub drained: Mutex<Vec<String>>,
     pub tokens: Mutex<Vec<Option<String>>>,
+    /// Replicas that do not answer: their drain fails as a refused connection would.
+    pub unreachable: Mutex<Vec<String>>,
 }
 
 impl Drainer for FakeDrainer {
     fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
         self.drained.lock().unwrap().push(endpoint.to_string());
         self.tokens.lock().unwrap().push(token.map(String::from));
-        Box::pin(async { Ok(()) })
+        let refused = self.unreachable.lock().unwrap().iter().any(|e| e == endpoint);
+        Box::pin(async move {
+            match refused {
+                true => Err(EngineError::Connect { endpoint: endpoint.into(), message: "connection refused".into() }),
+                false => Ok(()),
+            }
+        })
     }
 }
 

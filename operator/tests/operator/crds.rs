@@ -59,12 +59,18 @@ fn examples_pass_the_cel_rules() {
 }
 
 #[test]
-fn a_rebuild_needs_a_cron_schedule_and_its_template_may_change_dimensions() {
+fn a_rebuild_needs_a_cronjob_schedule_and_its_template_may_change_dimensions() {
     let ca: CollectionAlias = load(&root().join("operator/tests/fixtures/invalid-schedule.yaml"));
-    let err = ca.validate_cel().expect_err("a one-word schedule");
-    assert!(format!("{err:?}").contains("cron expression"), "{err:?}");
+    let err = ca.validate_cel().expect_err("a 6-field schedule");
+    assert!(format!("{err:?}").contains("schedule must be a 5-field cron expression"), "{err:?}");
+    let mut nickname = ca.clone();
+    nickname.spec.rebuild.as_mut().unwrap().schedule = "@daily".into();
+    nickname.validate_cel().unwrap();
+    nickname.spec.rebuild.as_mut().unwrap().schedule = "@fortnightly".into();
+    nickname.validate_cel().expect_err("an unknown nickname");
     // The template is not a collection: the next rebuild may use other dimensions.
     let old: CollectionAlias = load(&root().join("examples/collectionalias-rebuild.yaml"));
+    assert_eq!(old.spec.collection, None, "the example follows its rebuilds");
     let mut new = old.clone();
     new.spec.rebuild.as_mut().unwrap().template.dimensions = 768;
     new.validate_cel_update(&old).unwrap();
@@ -88,9 +94,15 @@ fn invalid_fixtures_are_refused_with_their_message() {
         let err = vc.validate_cel().expect_err(file);
         assert!(format!("{err:?}").contains(message), "{file}: {err:?}");
     }
-    let ca: CollectionAlias = load(&fixtures.join("invalid-alias.yaml"));
-    let err = ca.validate_cel().expect_err("invalid alias");
-    assert!(format!("{err:?}").contains("valid object name"), "{err:?}");
+    for (file, message) in [
+        ("invalid-alias.yaml", "valid object name"),
+        ("invalid-alias-name.yaml", "must not end in -replicas or -writer"),
+        ("invalid-alias-empty.yaml", "set spec.collection, spec.rebuild, or both"),
+    ] {
+        let ca: CollectionAlias = load(&fixtures.join(file));
+        let err = ca.validate_cel().expect_err(file);
+        assert!(format!("{err:?}").contains(message), "{file}: {err:?}");
+    }
 }
 
 #[test]

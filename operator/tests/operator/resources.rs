@@ -71,7 +71,7 @@ fn golden_alias_service() {
             .unwrap(),
         "9b2f6c1e-0000-4000-8000-000000000001",
     );
-    let service = alias_service::service(&ca, &ca.spec.collection);
+    let service = alias_service::service(&ca, ca.spec.collection.as_deref().unwrap());
     insta::assert_snapshot!("alias_service", serde_yaml::to_string(&service).unwrap());
 }
 
