@@ -201,6 +201,7 @@ pub struct VerifySpec {
     /// p99 latency budget of the verification queries, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ms: Option<f64>,
+    /// Neighbours per query for the recall check (recall@k).
     #[schemars(range(min = 1, max = 1000))]
     pub k: u32,
     /// Queries sampled for the recall check.
@@ -233,10 +234,15 @@ pub enum Phase {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GateResult {
+    /// The gate: count, recall, p99_ms...
     pub name: String,
+    /// What the verify Job measured on the replicas.
     pub measured: f64,
+    /// How measured is compared with threshold: ==, >= or <=.
     pub comparison: String,
+    /// The spec's bound for this gate.
     pub threshold: f64,
+    /// Whether measured meets threshold.
     pub passed: bool,
 }
 
@@ -248,19 +254,24 @@ pub struct VectorCollectionStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Vectors in the sealed collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector_count: Option<u64>,
+    /// Replicas that are ready (snapshot fetched, warmed up).
     #[serde(default)]
     pub ready_replicas: i32,
     /// The default search setting the build calibrated, e.g. `signscan quality=100`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_setting: Option<String>,
+    /// Each gate of the last verification: measured value, threshold, result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verification: Vec<GateResult>,
     /// Why the collection is Failed or waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Ready, Verified, Progressing, Degraded and WriterAvailable, one of each type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -427,6 +438,8 @@ pub struct CollectionAliasStatus {
     /// Why the alias has not switched to its target yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Ready (serving through ready endpoints) and Switched (serving its target), one of each type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }

@@ -41,6 +41,8 @@ pub enum JobState {
 pub struct Observed {
     pub generation: i64,
     pub writer: WriterState,
+    /// Why the writer pod is stuck (unschedulable, crash-looping), when it is.
+    pub writer_problem: Option<String>,
     pub ready_replicas: i32,
     /// Replicas that must be ready before warm-up (at least 1).
     pub wanted_replicas: i32,
@@ -65,15 +67,18 @@ pub struct Decision {
 pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> Decision {
     let current_generation = previous.and_then(|s| s.observed_generation) == Some(observed.generation);
     let previous_phase = previous.map(|s| s.phase).filter(|_| current_generation).unwrap_or(Phase::Pending);
-    // The writer's job ends with the snapshot: once replicas have it, a writer restart (or its
-    // absence) does not undo the pipeline; the sealed facts are already in the status.
+    // The writer's job ends with the snapshot: once replicas have it, whatever the writer says
+    // after a restart (gone, recovering, publishing again, even failed) does not undo the
+    // pipeline; the sealed facts are already in the status, and the writer's own state is the
+    // WriterAvailable condition.
     let past_sealing =
         matches!(previous_phase, Phase::Replicating | Phase::WarmingUp | Phase::Verifying | Phase::Ready);
     let remembered = previous.and_then(|s| {
         Some(WriterState::Sealed { count: s.vector_count?, setting: s.search_setting.clone().unwrap_or_default() })
     });
     let writer = match (&observed.writer, remembered) {
-        (WriterState::Unavailable, Some(sealed)) if past_sealing => sealed,
+        (WriterState::Sealed { .. }, _) => observed.writer.clone(),
+        (_, Some(sealed)) if past_sealing => sealed,
         (writer, _) => writer.clone(),
     };
     let decide = |phase: Phase, message: Option<String>| Decision {
@@ -140,7 +145,16 @@ mod tests {
     }
 
     fn observed(writer: WriterState, ready: i32, warmup: JobState, verify: JobState) -> Observed {
-        Observed { generation: 2, writer, ready_replicas: ready, wanted_replicas: 2, warmup, verify, gates: Vec::new() }
+        Observed {
+            generation: 2,
+            writer,
+            writer_problem: None,
+            ready_replicas: ready,
+            wanted_replicas: 2,
+            warmup,
+            verify,
+            gates: Vec::new(),
+        }
     }
 
     fn status(phase: Phase, generation: i64) -> VectorCollectionStatus {
@@ -230,6 +244,13 @@ mod tests {
         let d = next(Some(&ready), &obs);
         assert_eq!((d.phase, d.vector_count), (Phase::Ready, Some(1000)));
         assert_eq!(d.search_setting.as_deref(), Some("signscan quality=100"));
+        // Nor a writer that restarted and is publishing its snapshot again, or failed.
+        for restarted in
+            [WriterState::Publishing, WriterState::Importing { rows: 0 }, WriterState::Failed { reason: "disk".into() }]
+        {
+            let obs = Observed { writer: restarted.clone(), ..obs.clone() };
+            assert_eq!(next(Some(&ready), &obs).phase, Phase::Ready, "{restarted:?}");
+        }
         // Before sealing, an unreachable writer is just not there yet.
         let mut importing = status(Phase::Importing, 2);
         importing.vector_count = Some(1000);

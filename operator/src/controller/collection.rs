@@ -308,6 +308,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let mut observed = Observed {
         generation,
         writer: writer_state,
+        writer_problem: writer_problem.clone(),
         ready_replicas: 0,
         wanted_replicas: wanted,
         warmup: JobState::Absent,
@@ -468,6 +469,30 @@ fn status(vc: &VectorCollection, ctx: &Context, d: &Decision, observed: &Observe
             now,
         ),
     ];
+    // The writer's own state, apart from the phase: once sealed, a writer restart is not the
+    // collection's failure (replicas serve, peers share the snapshot).
+    let (writer_available, writer_reason) = match &observed.writer {
+        WriterState::Sealed { .. } => (true, "Sealed"),
+        WriterState::Unavailable => (false, "Unavailable"),
+        WriterState::Importing { .. } => (false, "Importing"),
+        WriterState::Building => (false, "Building"),
+        WriterState::Publishing => (false, "Publishing"),
+        WriterState::Failed { .. } => (false, "Failed"),
+    };
+    let writer_message = match &observed.writer {
+        WriterState::Failed { reason } => reason.clone(),
+        _ => observed.writer_problem.clone().unwrap_or_default(),
+    };
+    let mut conditions = conditions;
+    conditions.push(condition(
+        previous,
+        "WriterAvailable",
+        writer_available,
+        writer_reason,
+        &writer_message,
+        generation,
+        now,
+    ));
     VectorCollectionStatus {
         phase: d.phase,
         observed_generation: generation,

@@ -567,3 +567,30 @@ async fn the_marks_of_deleted_aliases_are_removed_so_the_collection_can_be_delet
     .await
     .unwrap_err();
 }
+
+#[tokio::test]
+async fn a_writer_restart_leaves_a_ready_collection_ready_and_says_so_in_writer_available() {
+    let mut h = harness();
+    let mut ready = stored_status("Ready");
+    ready["verification"] =
+        json!([{"name": "recall", "measured": 0.97, "comparison": ">=", "threshold": 0.95, "passed": true}]);
+    // The writer pod restarted: it is Running but not answering yet, then recovering its
+    // collection (sealed, but not ready: "publishing").
+    for (answer, reason) in [(None, "Unavailable"), (Some(sealed()), "Publishing")] {
+        *h.writer.state.lock().unwrap() = answer;
+        run(reconcile(collection(false, ready.clone()), h.ctx.clone()), async {
+            writer_applied(&mut h.server, 0).await;
+            h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.4")).await;
+            replicas_applied(&mut h.server, 2).await;
+            h.server.expect("GET", &format!("{JOBS}/products-v2-warmup-g1"), 200, job("w", "Complete")).await;
+            h.server.expect("GET", &format!("{JOBS}/products-v2-verify-g1"), 200, job("v", "Complete")).await;
+            let status = status_patch(&mut h.server).await.body["status"].clone();
+            assert_eq!(status["phase"], "Ready", "{reason}");
+            assert_eq!(condition(&status, "Ready"), ("True".into(), "Ready".into()));
+            assert_eq!(condition(&status, "Degraded").0, "False");
+            assert_eq!(condition(&status, "WriterAvailable"), ("False".into(), reason.into()));
+        })
+        .await
+        .unwrap();
+    }
+}

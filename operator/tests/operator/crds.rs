@@ -142,3 +142,45 @@ fn autoscaled_replicas_need_a_cpu_request() {
     vc.spec.replicas.max = None;
     vc.validate_cel().unwrap();
 }
+
+/// Every field a user reads in `kubectl explain` says what it is: the test walks both CRDs'
+/// schemas (spec and status, nested objects, list items) and names each field without one.
+#[test]
+fn every_spec_and_status_field_has_a_description() {
+    fn walk(path: &str, schema: &serde_yaml::Value, missing: &mut Vec<String>) {
+        if let Some(properties) = schema["properties"].as_mapping() {
+            for (name, field) in properties {
+                let path = format!("{path}.{}", name.as_str().unwrap());
+                if field["description"].as_str().is_none_or(|d| d.trim().is_empty()) {
+                    missing.push(path.clone());
+                }
+                walk(&path, field, missing);
+            }
+        }
+        if !schema["items"].is_null() {
+            walk(&format!("{path}[]"), &schema["items"], missing);
+        }
+    }
+    let mut missing = Vec::new();
+    for (name, yaml) in quiver_operator::crdgen::render() {
+        let crd: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        for part in ["spec", "status"] {
+            walk(&format!("{name}:{part}"), &schema["properties"][part], &mut missing);
+        }
+    }
+    assert!(missing.is_empty(), "fields without a description:\n{}", missing.join("\n"));
+}
+
+/// Conditions merge by type under server-side apply (`x-kubernetes-list-type: map`), as
+/// metav1.Condition lists are declared in Kubernetes' own types.
+#[test]
+fn condition_lists_are_maps_keyed_by_type() {
+    for (name, yaml) in quiver_operator::crdgen::render() {
+        let crd: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+            ["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{name}");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"][0], "type", "{name}");
+    }
+}
