@@ -81,6 +81,8 @@ struct Cluster {
     dir: PathBuf,
     services: HashMap<String, String>,
     pods: usize,
+    /// The token Secret of the collection being deployed, as its pods see the mounted key.
+    token_file: PathBuf,
 }
 
 impl Cluster {
@@ -94,6 +96,7 @@ impl Cluster {
             match args[i - 1].as_str() {
                 "--data-dir" => args[i] = data.display().to_string(),
                 "--listen" | "--http-listen" => args[i] = "127.0.0.1:0".into(),
+                "--token-file" => args[i] = self.token_file.display().to_string(),
                 _ => {
                     for (service, local) in &self.services {
                         args[i] = args[i].replace(service, local);
@@ -142,16 +145,25 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 /// Writer, replicas and both Jobs of one collection, as rendered; returns its replica pods.
 /// The collection's rendered pods and Jobs, run; the last value is the operator's gate on its
 /// verify Job (whether an alias may switch to it).
-async fn deploy(cluster: &mut Cluster, vc: &VectorCollection) -> (Proc, Vec<(Proc, BTreeMap<String, String>)>, bool) {
+async fn deploy(
+    cluster: &mut Cluster,
+    vc: &VectorCollection,
+) -> (Proc, Vec<(Proc, BTreeMap<String, String>)>, bool, String) {
     let name = vc.metadata.name.clone().unwrap();
     let objects = CollectionObjects::render(vc, &Defaults::default());
+    // The Secret the operator generates for a collection without a tokenSecret, as mounted.
+    let token = quiver_operator::resources::token::random().unwrap();
+    let secret = quiver_operator::resources::token::secret(vc, &token);
+    let key = &secret.data.as_ref().unwrap()[quiver_operator::resources::token::KEY];
+    cluster.token_file = cluster.dir.join(format!("{}.token", secret.metadata.name.unwrap()));
+    std::fs::write(&cluster.token_file, &key.0).unwrap();
     let templates: HashMap<Role, PodTemplateSpec> =
         objects.pod_templates().into_iter().map(|(role, t)| (role, t.clone())).collect();
 
     let mut writer = cluster.start(&format!("{name}-writer"), &templates[&Role::Writer]);
     writer.wait_serving(READY).await;
     // What the operator's own probe reads from this writer.
-    match Grpc::default().progress(&writer.url(), &name, None).await.unwrap() {
+    match Grpc::default().progress(&writer.url(), &name, Some(&token)).await.unwrap() {
         WriterState::Sealed { count, setting } => assert_eq!((count, setting.is_empty()), (N as u64, false)),
         other => panic!("the operator sees the serving writer as {other:?}"),
     }
@@ -178,7 +190,7 @@ async fn deploy(cluster: &mut Cluster, vc: &VectorCollection) -> (Proc, Vec<(Pro
     assert!(warmup["warm_p99_ms"].as_f64().unwrap() > 0.0, "{warmup}");
     let (code, verify) = cluster.run_job(&format!("{name}-verify"), &templates[&Role::Verify]);
     assert_eq!(verify["collection"], name.as_str());
-    (writer, replicas, operator_gate_passes(code, &verify.to_string()))
+    (writer, replicas, operator_gate_passes(code, &verify.to_string()), token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,10 +204,10 @@ async fn rendered_pods_import_verify_and_switch_the_alias() {
         ("v2.npy".to_string(), std::fs::read(&v2_path).unwrap()),
     ]);
     let store = file_server(files).await;
-    let mut cluster = Cluster { dir: dir.to_path_buf(), services: HashMap::new(), pods: 0 };
+    let mut cluster = Cluster { dir: dir.to_path_buf(), services: HashMap::new(), pods: 0, token_file: PathBuf::new() };
 
     let v1 = collection("products-v1", &format!("{store}/v1.npy"), 2);
-    let (_w1, v1_replicas, v1_verified) = deploy(&mut cluster, &v1).await;
+    let (_w1, v1_replicas, v1_verified, v1_token) = deploy(&mut cluster, &v1).await;
     assert!(v1_verified, "the operator's gate lets the alias point at v1");
 
     // The alias Service as rendered for the alias pointing at v1 selects v1's replica pods only.
@@ -209,7 +221,9 @@ async fn rendered_pods_import_verify_and_switch_the_alias() {
     let on_v1 = alias_selector("products-v1");
     let products =
         Forwarder::start(v1_replicas.iter().filter(|(_, l)| selects(&on_v1, l)).map(|(p, _)| p.grpc).collect()).await;
-    // One attempt per call: "no query fails" means no call failed, not that a retry hid it.
+    // One attempt per call: "no query fails" means no call failed, not that a retry hid it. No
+    // token: Search of a collection whose token the operator generated is open (its
+    // NetworkPolicy says who may reach it), so clients follow the alias across rebuilds.
     let client = Client::new(&products.url(), ClientOptions { attempts: 1, ..Default::default() }).unwrap();
     let heartbeat = client.heartbeat(Duration::from_millis(100));
     let q = quiver_engine::datagen::Clustered::new(DIMS, 1).generate(1, 1);
@@ -228,7 +242,7 @@ async fn rendered_pods_import_verify_and_switch_the_alias() {
     };
 
     let v2 = collection("products-v2", &format!("{store}/v2.npy"), 1);
-    let (_w2, v2_replicas, v2_verified) = deploy(&mut cluster, &v2).await;
+    let (_w2, v2_replicas, v2_verified, _) = deploy(&mut cluster, &v2).await;
     // The switch, when the operator's gate allows it: the alias Service's selector now picks
     // v2's replicas; v1's are drained.
     if v2_verified {
@@ -237,7 +251,8 @@ async fn rendered_pods_import_verify_and_switch_the_alias() {
         products.set_backends(all.iter().filter(|(_, l)| selects(&on_v2, l)).map(|(p, _)| p.grpc).collect());
         assert!(all.iter().filter(|(_, l)| selects(&on_v2, l)).all(|(p, _)| p.name.starts_with("products-v2")));
         for (replica, _) in &v1_replicas {
-            Grpc::default().drain(&replica.url(), None).await.unwrap(); // as the alias controller does
+            // As the alias controller does, with v1's token (Admin requires it).
+            Grpc::default().drain(&replica.url(), Some(&v1_token)).await.unwrap();
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -13,6 +13,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -62,6 +63,9 @@ pub struct Config {
     /// previous target's drain (kube-proxies and load balancers follow the EndpointSlices).
     #[arg(long, env = "QUIVER_OPERATOR_DRAIN_DELAY_SECS", default_value_t = crate::controller::alias::DRAIN_DELAY.as_secs())]
     pub drain_delay_secs: u64,
+    /// Give each collection NetworkPolicies for its writer and replicas (see resources/network.rs).
+    #[arg(long, env = "QUIVER_OPERATOR_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub network_policies: bool,
     #[arg(long, env = "QUIVER_OPERATOR_LOG_JSON")]
     pub log_json: bool,
 }
@@ -177,6 +181,7 @@ pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>, shutdown:
         .owns(api::<Job>(&client, &namespace), owned.clone())
         .owns(api::<HorizontalPodAutoscaler>(&client, &namespace), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, &namespace), owned.clone())
+        .owns(api::<NetworkPolicy>(&client, &namespace), owned.clone())
         // An alias moving away may unblock a deletion.
         .watches(api::<CollectionAlias>(&client, &namespace), all.clone(), |a| collections_of(&a))
         .graceful_shutdown_on(shutdown.clone().wait())
@@ -240,7 +245,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         recorder,
         grpc.clone(),
         grpc,
-        Defaults { image: config.image.clone() },
+        Defaults {
+            image: config.image.clone(),
+            network_policies: config.network_policies,
+            operator_namespace: config.lease_namespace.clone(),
+        },
         metrics,
         k8s_openapi::jiff::Timestamp::now,
     );

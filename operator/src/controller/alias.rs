@@ -559,7 +559,7 @@ async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) 
     // The collection may be gone already: then its pods are going too; try without a token.
     let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), ns);
     let token = match collections.get_opt(collection).await {
-        Ok(Some(vc)) => super::collection_token(&ctx.client, ns, &vc.spec).await.ok().flatten(),
+        Ok(Some(vc)) => super::collection_token(&ctx.client, ns, &vc).await.ok().flatten(),
         _ => None,
     };
     let (mut drained, mut failed) = (0, 0);

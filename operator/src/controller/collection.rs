@@ -7,11 +7,11 @@ use super::{Context, Error, Result, apply, condition, key, namespace};
 use crate::crd::{CollectionAlias, GateResult, Phase, VectorCollection, VectorCollectionStatus};
 use crate::phase::{self, Decision, JobState, Observed, WriterState};
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
-use crate::resources::{autoscaling, jobs, replicas, writer};
+use crate::resources::{autoscaling, jobs, network, replicas, token, writer};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -179,12 +179,31 @@ async fn patch_status(vc: &VectorCollection, ctx: &Context, status: &VectorColle
     Ok(())
 }
 
+/// The collection's token: read from its Secret, which is created first when the collection
+/// names none and it does not exist yet. Never an apply: a token once read by pods must not
+/// change under them. A user's Secret that is missing fails the reconcile (and says so).
+async fn token(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<Option<String>> {
+    if let Some(token) = super::collection_token(&ctx.client, ns, vc).await? {
+        return Ok(Some(token));
+    }
+    let token = token::random().map_err(Error::Random)?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    match secrets.create(&params, &token::secret(vc, &token)).await {
+        Ok(_) => Ok(Some(token)),
+        // Another reconcile made it first: its token stands; read it next time.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The writer as its pod and gRPC API report it, and why a pod that does not answer is stuck.
 async fn observe_writer(
     vc: &VectorCollection,
     ctx: &Context,
     ns: &str,
     writer_ready: bool,
+    token: Option<&str>,
 ) -> Result<(WriterState, Option<String>)> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let Some(pod) = pods.get_opt(&format!("{}-0", labels::writer_name(&vc.name_any()))).await? else {
@@ -196,8 +215,7 @@ async fn observe_writer(
         return Ok((WriterState::Unavailable, problem));
     };
     let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
-    let token = super::collection_token(&ctx.client, ns, &vc.spec).await?;
-    match ctx.writer.progress(&endpoint, &vc.name_any(), token.as_deref()).await {
+    match ctx.writer.progress(&endpoint, &vc.name_any(), token).await {
         // Sealed, but /readyz (snapshot written) not yet passed: still publishing.
         Ok(WriterState::Sealed { .. }) if !writer_ready => Ok((WriterState::Publishing, None)),
         Ok(state) => Ok((state, None)),
@@ -300,11 +318,16 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let previous = vc.status.as_ref();
     let client = &ctx.client;
 
+    let token = token(vc, ctx, &ns).await?;
+    if ctx.defaults.network_policies {
+        apply(client, &ns, &network::writer(vc, &ctx.defaults)).await?;
+        apply(client, &ns, &network::replicas(vc, &ctx.defaults)).await?;
+    }
     apply(client, &ns, &writer::service(vc)).await?;
     let sts = apply(client, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
     let writer_ready = sts.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
     let wanted = replicas::wanted(&vc.spec.replicas);
-    let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, writer_ready).await?;
+    let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, writer_ready, token.as_deref()).await?;
     let mut observed = Observed {
         generation,
         writer: writer_state,

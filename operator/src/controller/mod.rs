@@ -5,7 +5,7 @@
 pub mod alias;
 pub mod collection;
 
-use crate::crd::VectorCollectionSpec;
+use crate::crd::VectorCollection;
 use crate::engine::{Drainer, EngineError, WriterProbe};
 use crate::metrics::Metrics;
 use crate::resources::Defaults;
@@ -34,6 +34,10 @@ pub enum Error {
     NoNamespace(String),
     #[error("the token Secret {0} has no key {1}")]
     MissingToken(String, String),
+    #[error("the token Secret {0} (spec.tokenSecret) does not exist")]
+    MissingSecret(String),
+    #[error("generating a token: {0}")]
+    Random(std::io::Error),
 }
 
 impl Error {
@@ -42,7 +46,8 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Engine(_) => "engine",
-            Error::NoNamespace(_) | Error::MissingToken(..) => "invalid",
+            Error::NoNamespace(_) | Error::MissingToken(..) | Error::MissingSecret(_) => "invalid",
+            Error::Random(_) => "random",
         }
     }
 }
@@ -155,13 +160,16 @@ pub fn namespace<K: Resource>(object: &K) -> Result<String> {
     object.namespace().ok_or_else(|| Error::NoNamespace(object.name_any()))
 }
 
-/// The bearer token of a collection's pods, from `spec.tokenSecret`.
-pub async fn collection_token(client: &Client, ns: &str, spec: &VectorCollectionSpec) -> Result<Option<String>> {
-    let Some(selector) = &spec.token_secret else {
-        return Ok(None);
-    };
+/// The bearer token of a collection's pods: from `spec.tokenSecret`, or the Secret the
+/// operator generated for it. None while a generated Secret does not exist yet.
+pub async fn collection_token(client: &Client, ns: &str, vc: &VectorCollection) -> Result<Option<String>> {
+    let selector = crate::resources::token::selector(vc);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = secrets.get(&selector.name).await?;
+    let secret = match secrets.get_opt(&selector.name).await? {
+        Some(secret) => secret,
+        None if crate::resources::token::generated(vc) => return Ok(None),
+        None => return Err(Error::MissingSecret(selector.name.clone())),
+    };
     let value = secret
         .data
         .and_then(|mut data| data.remove(&selector.key))

@@ -5,8 +5,10 @@ pub mod alias_service;
 pub mod autoscaling;
 pub mod jobs;
 pub mod labels;
+pub mod network;
 pub mod pod;
 pub mod replicas;
+pub mod token;
 pub mod writer;
 
 use crate::crd::VectorCollection;
@@ -14,6 +16,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 /// gRPC port of every role (Search, Admin, Ingest, Snapshot, health).
@@ -26,11 +29,19 @@ pub const HTTP_PORT: i32 = 9090;
 pub struct Defaults {
     /// The quiver image used when `spec.image` is not set.
     pub image: String,
+    /// Whether each collection gets its NetworkPolicies.
+    pub network_policies: bool,
+    /// The operator's namespace: its pods reach writers and replicas through the policies.
+    pub operator_namespace: String,
 }
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults { image: format!("ghcr.io/quiver-dev/quiver:{}", env!("CARGO_PKG_VERSION")) }
+        Defaults {
+            image: format!("ghcr.io/quiver-dev/quiver:{}", env!("CARGO_PKG_VERSION")),
+            network_policies: true,
+            operator_namespace: "quiver-system".into(),
+        }
     }
 }
 
@@ -41,6 +52,8 @@ impl Default for Defaults {
 pub struct CollectionObjects {
     pub writer: StatefulSet,
     pub writer_service: Service,
+    /// Empty when the operator runs without NetworkPolicies.
+    pub network_policies: Vec<NetworkPolicy>,
     pub replicas: Deployment,
     pub replicas_service: Service,
     pub autoscaler: Option<HorizontalPodAutoscaler>,
@@ -54,6 +67,10 @@ impl CollectionObjects {
         CollectionObjects {
             writer: writer::stateful_set(vc, defaults),
             writer_service: writer::service(vc),
+            network_policies: match defaults.network_policies {
+                true => vec![network::writer(vc, defaults), network::replicas(vc, defaults)],
+                false => Vec::new(),
+            },
             replicas: replicas::deployment(vc, defaults),
             replicas_service: replicas::service(vc),
             autoscaler: autoscaling::autoscaler(vc),
@@ -80,7 +97,8 @@ impl CollectionObjects {
     /// All objects as YAML documents, in apply order.
     pub fn to_yaml(&self) -> Vec<serde_yaml::Value> {
         let v = |o: &dyn erased::Yaml| o.yaml();
-        let mut docs = vec![v(&self.writer_service), v(&self.writer), v(&self.replicas_service), v(&self.replicas)];
+        let mut docs: Vec<serde_yaml::Value> = self.network_policies.iter().map(|p| v(p)).collect();
+        docs.extend([v(&self.writer_service), v(&self.writer), v(&self.replicas_service), v(&self.replicas)]);
         if let Some(hpa) = &self.autoscaler {
             docs.push(v(hpa));
         }

@@ -51,7 +51,7 @@ pub fn container_security() -> SecurityContext {
 }
 
 /// A container running `quiver <args>` with the restricted context, a writable /tmp, and the
-/// collection's bearer token file when it has one.
+/// collection's bearer token file.
 pub fn container(
     vc: &VectorCollection,
     defaults: &Defaults,
@@ -63,15 +63,15 @@ pub fn container(
     if data {
         mounts.push(VolumeMount { name: DATA_VOLUME.into(), mount_path: DATA_DIR.into(), ..Default::default() });
     }
-    if vc.spec.token_secret.is_some() {
-        mounts.push(VolumeMount {
-            name: TOKEN_VOLUME.into(),
-            mount_path: TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        flag(&mut args, "token-file", format!("{TOKEN_DIR}/{TOKEN_FILE}"));
-    }
+    // Every pod requires (and sends) the collection's token: the user's Secret, or the one
+    // the operator generated.
+    mounts.push(VolumeMount {
+        name: TOKEN_VOLUME.into(),
+        mount_path: TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    flag(&mut args, "token-file", format!("{TOKEN_DIR}/{TOKEN_FILE}"));
     Container {
         name: BINARY.into(),
         image: Some(image(vc, defaults)),
@@ -128,18 +128,19 @@ pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
 pub const TMP_SIZE_LIMIT: &str = "256Mi";
 
 /// The scratch volume behind /tmp (the root filesystem is read-only), and the token Secret's
-/// key as a file when the collection has one.
+/// key as a file.
 pub fn volumes(vc: &VectorCollection) -> Vec<Volume> {
-    let mut volumes = vec![Volume {
-        name: TMP_VOLUME.into(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: Some(Quantity(TMP_SIZE_LIMIT.into())),
+    let secret = super::token::selector(vc);
+    vec![
+        Volume {
+            name: TMP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(TMP_SIZE_LIMIT.into())),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    }];
-    if let Some(secret) = &vc.spec.token_secret {
-        volumes.push(Volume {
+        },
+        Volume {
             name: TOKEN_VOLUME.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.name.clone()),
@@ -147,19 +148,18 @@ pub fn volumes(vc: &VectorCollection) -> Vec<Volume> {
                 ..Default::default()
             }),
             ..Default::default()
-        });
-    }
-    volumes
+        },
+    ]
 }
 
-/// Where a serving role listens: every interface of the pod. Without a token Secret the engine
-/// refuses a non-loopback address unless told `--insecure` (secure by default); the operator
-/// says so explicitly for a collection that has no `tokenSecret`.
+/// Where a serving role listens: every interface of the pod, with the token required. Search
+/// of a collection whose token the operator generated needs none (see `token`): clients of an
+/// alias cannot follow a token that changes with every rebuild.
 pub fn listen_flags(vc: &VectorCollection, args: &mut Vec<String>) {
     flag(args, "listen", format!("0.0.0.0:{}", super::GRPC_PORT));
     flag(args, "http-listen", format!("0.0.0.0:{}", super::HTTP_PORT));
-    if vc.spec.token_secret.is_none() {
-        args.push("--insecure".into());
+    if super::token::generated(vc) {
+        args.push("--search-without-token".into());
     }
 }
 

@@ -369,6 +369,10 @@ async fn a_failed_drain_is_retried_and_not_recorded() {
         h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
         h.server.expect("GET", PODS, 200, replicas_of("products-v1")).await;
         h.server.expect("GET", &format!("{VCS}/products-v1"), 200, collection_value("products-v1")).await;
+        // Its token is the one the operator generated for it.
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "products-v1-token"},
+            "data": {"token": "Z2VuZXJhdGVk"}});
+        h.server.expect("GET", "/api/v1/namespaces/search/secrets/products-v1-token", 200, secret).await;
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(reason, "DrainFailed");
         assert!(note.starts_with("products-v1 at http://10.0.0.8:7700: ") && note.ends_with("; retried"), "{note}");
@@ -379,6 +383,7 @@ async fn a_failed_drain_is_retried_and_not_recorded() {
     .await
     .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    assert_eq!(*h.drainer.tokens.lock().unwrap(), [Some("generated".to_string()), Some("generated".to_string())]);
 }
 
 #[tokio::test]

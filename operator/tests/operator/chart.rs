@@ -79,9 +79,10 @@ fn needed() -> BTreeSet<Grant> {
         expand("batch", &["jobs"], &[&apply[..], &["deletecollection"]].concat()),
         expand("autoscaling", &["horizontalpodautoscalers"], &[&apply[..], &["delete"]].concat()),
         expand("policy", &["poddisruptionbudgets"], &apply),
+        expand("networking.k8s.io", &["networkpolicies"], &apply),
         expand("", &["pods"], &watch[..2]),
         expand("discovery.k8s.io", &["endpointslices"], &watch),
-        expand("", &["secrets"], &["get"]),
+        expand("", &["secrets"], &["get", "create"]),
         expand("events.k8s.io", &["events"], &["create", "patch"]),
     ]
     .concat()

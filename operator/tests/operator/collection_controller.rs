@@ -22,6 +22,16 @@ const PDB: &str = "/apis/policy/v1/namespaces/search/poddisruptionbudgets/produc
 const JOBS: &str = "/apis/batch/v1/namespaces/search/jobs";
 const PODS: &str = "/api/v1/namespaces/search/pods";
 const ALIASES: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/collectionaliases";
+const SECRETS: &str = "/api/v1/namespaces/search/secrets";
+const TOKEN: &str = "/api/v1/namespaces/search/secrets/products-v2-token";
+const WRITER_NP: &str = "/apis/networking.k8s.io/v1/namespaces/search/networkpolicies/products-v2-writer";
+const REPLICAS_NP: &str = "/apis/networking.k8s.io/v1/namespaces/search/networkpolicies/products-v2-replicas";
+
+/// The token Secret the operator generated for the collection (`generated-token`).
+fn token_secret() -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "products-v2-token"},
+        "data": {"token": "Z2VuZXJhdGVkLXRva2Vu"}})
+}
 
 /// The example collection as stored: finalizer set unless `fresh`, at generation 1.
 fn collection(fresh: bool, status: Value) -> Arc<VectorCollection> {
@@ -49,7 +59,7 @@ async fn status_patch(server: &mut common::ApiServer) -> common::Sent {
 }
 
 fn rendered(vc: &VectorCollection) -> CollectionObjects {
-    CollectionObjects::render(vc, &Defaults { image: "quiver:test".into() })
+    CollectionObjects::render(vc, &Defaults { image: "quiver:test".into(), ..Default::default() })
 }
 
 fn running_pod(ip: &str) -> Value {
@@ -72,8 +82,16 @@ fn sealed() -> WriterState {
     WriterState::Sealed { count: 50000, setting: "signscan quality=100".into() }
 }
 
-/// The writer objects, applied first on every reconcile; returns the StatefulSet apply.
+/// The token read, then the writer objects, first on every reconcile.
 async fn writer_applied(server: &mut common::ApiServer, ready: i32) {
+    server.expect("GET", TOKEN, 200, token_secret()).await;
+    writer_objects(server, ready).await;
+}
+
+/// The NetworkPolicies and the writer's Service and StatefulSet.
+async fn writer_objects(server: &mut common::ApiServer, ready: i32) {
+    server.apply(WRITER_NP, Value::Null).await;
+    server.apply(REPLICAS_NP, Value::Null).await;
     server.apply(WRITER_SVC, Value::Null).await;
     server.apply(WRITER_STS, json!({"replicas": 1, "readyReplicas": ready})).await;
 }
@@ -93,6 +111,19 @@ async fn create_adds_the_finalizer_applies_the_writer_and_reports_pending() {
     let action = run(reconcile(vc.clone(), h.ctx.clone()), async {
         let fin = h.server.expect("PATCH", VC, 200, serde_json::to_value(vc.as_ref()).unwrap()).await;
         assert_eq!(fin.body, json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "7"}}));
+        // No tokenSecret: the operator generates one, once (created, never applied over).
+        h.server.expect("GET", TOKEN, 404, not_found()).await;
+        let created = h.server.expect_with("POST", SECRETS, 201, |body| body.clone()).await;
+        assert_eq!(created.body["metadata"]["name"], "products-v2-token");
+        assert_eq!(created.body["metadata"]["ownerReferences"][0]["kind"], "VectorCollection");
+        assert_eq!(created.body["immutable"], true);
+        let token = created.body["data"]["token"].as_str().unwrap();
+        let token = String::from_utf8(base64_decode(token)).unwrap();
+        assert!(token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
+        assert!(created.uri.contains("fieldManager=quiver-operator"), "{}", created.uri);
+        let np = h.server.apply(WRITER_NP, Value::Null).await;
+        assert_eq!(np.body, serde_json::to_value(&expected.network_policies[0]).unwrap());
+        h.server.apply(REPLICAS_NP, Value::Null).await;
         let svc = h.server.apply(WRITER_SVC, Value::Null).await;
         assert_eq!(svc.body, serde_json::to_value(&expected.writer_service).unwrap());
         let sts = h.server.apply(WRITER_STS, json!({"replicas": 1})).await;
@@ -131,7 +162,7 @@ async fn import_progress_is_read_from_the_writer_pod() {
     .await
     .unwrap();
     assert_eq!(*h.writer.asked.lock().unwrap(), ["http://10.1.2.3:7700"]);
-    assert_eq!(*h.writer.tokens.lock().unwrap(), [None]);
+    assert_eq!(*h.writer.tokens.lock().unwrap(), [Some("generated-token".to_string())]);
 }
 
 #[tokio::test]
@@ -143,11 +174,11 @@ async fn the_writer_is_asked_with_the_collections_token() {
             .clone();
     vc.spec.token_secret = Some(serde_json::from_value(json!({"name": "quiver-token", "key": "token"})).unwrap());
     run(reconcile(Arc::new(vc), h.ctx.clone()), async {
-        writer_applied(&mut h.server, 0).await;
-        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "quiver-token"},
             "data": {"token": "czNjcmV0Cg=="}});
         h.server.expect("GET", "/api/v1/namespaces/search/secrets/quiver-token", 200, secret).await;
+        writer_objects(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
         // Conditions were never written for this stored status; the phase did not change: no event.
         let status = status_patch(&mut h.server).await;
         assert_eq!(status.body["status"]["phase"], "Importing");
@@ -477,7 +508,7 @@ async fn api_errors_back_off_exponentially_and_are_counted() {
         let error = run(reconcile(vc.clone(), h.ctx.clone()), async {
             let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError",
                 "code": 500, "message": "etcd timeout"});
-            h.server.expect("PATCH", WRITER_SVC, 500, failure.clone()).await;
+            h.server.expect("GET", TOKEN, 500, failure.clone()).await;
             // The API server is failing: reporting the error fails too, and is not fatal.
             h.server.expect("POST", "/apis/events.k8s.io/v1/namespaces/search/events", 500, failure.clone()).await;
             h.server.expect("PATCH", &format!("{VC}/status"), 500, failure).await;
@@ -501,6 +532,9 @@ async fn a_refused_apply_reaches_the_user_as_an_event_and_ready_false() {
     let mut h = harness();
     let vc = collection(false, stored_status("Importing"));
     let error = run(reconcile(vc.clone(), h.ctx.clone()), async {
+        h.server.expect("GET", TOKEN, 200, token_secret()).await;
+        h.server.apply(WRITER_NP, Value::Null).await;
+        h.server.apply(REPLICAS_NP, Value::Null).await;
         h.server.apply(WRITER_SVC, Value::Null).await;
         // As the API server words a field error (apimachinery `errors.NewInvalid`: `<Kind>.<group>
         // "<name>" is invalid: <field>: Invalid value: ...`), HTTP 422, reason Invalid.
@@ -527,6 +561,9 @@ async fn a_refused_apply_reaches_the_user_as_an_event_and_ready_false() {
         "message": message, "observedGeneration": 1, "lastTransitionTime": "2025-11-25T12:00:00Z"}]);
     let reported: Arc<VectorCollection> = Arc::new(serde_json::from_value(reported).unwrap());
     run(reconcile(reported, h.ctx.clone()), async {
+        h.server.expect("GET", TOKEN, 200, token_secret()).await;
+        h.server.apply(WRITER_NP, Value::Null).await;
+        h.server.apply(REPLICAS_NP, Value::Null).await;
         h.server.apply(WRITER_SVC, Value::Null).await;
         let message = "StatefulSet.apps \"products-v2-writer\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"4\": must be less than or equal to cpu limit of 2";
         h.server.expect("PATCH", WRITER_STS, 422, common::status(422, "Invalid", message)).await;
@@ -560,7 +597,7 @@ async fn the_marks_of_deleted_aliases_are_removed_so_the_collection_can_be_delet
         );
         // Then the reconcile goes on as usual (here: the API server fails the next call).
         let failure = common::status(500, "InternalError", "etcd timeout");
-        h.server.expect("PATCH", WRITER_SVC, 500, failure.clone()).await;
+        h.server.expect("GET", TOKEN, 500, failure.clone()).await;
         h.server.expect("POST", "/apis/events.k8s.io/v1/namespaces/search/events", 500, failure.clone()).await;
         h.server.expect("PATCH", &format!("{VC}/status"), 500, failure).await;
     })
@@ -593,4 +630,9 @@ async fn a_writer_restart_leaves_a_ready_collection_ready_and_says_so_in_writer_
         .await
         .unwrap();
     }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let bytes: k8s_openapi::ByteString = serde_json::from_value(json!(text)).unwrap();
+    bytes.0
 }

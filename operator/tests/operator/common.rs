@@ -178,7 +178,7 @@ pub fn harness() -> Harness {
         recorder,
         writer.clone(),
         drainer.clone(),
-        Defaults { image: "quiver:test".into() },
+        Defaults { image: "quiver:test".into(), ..Default::default() },
         Arc::new(Metrics::default()),
         now,
     ));

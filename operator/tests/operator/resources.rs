@@ -47,7 +47,7 @@ spec:
 }
 
 fn defaults() -> Defaults {
-    Defaults { image: "quiver:test".into() }
+    Defaults { image: "quiver:test".into(), ..Default::default() }
 }
 
 fn yaml(objects: &CollectionObjects) -> String {
@@ -84,10 +84,19 @@ fn every_container_command_parses_with_the_engine_cli() {
             let container = &template.spec.as_ref().unwrap().containers[0];
             let argv = container.command.iter().flatten().chain(container.args.iter().flatten());
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{role:?}: {e}"));
-            // Every role gets the collection's token file, mounted from its Secret.
-            let token_file = vc.spec.token_secret.as_ref().map(|_| Path::new("/var/run/secrets/quiver/token"));
+            // Every role gets the collection's token file, mounted from its Secret (the user's, or
+            // the one the operator generates).
+            let token_file = Some(Path::new("/var/run/secrets/quiver/token"));
             let mounted = container.volume_mounts.iter().flatten().any(|m| m.mount_path == "/var/run/secrets/quiver");
-            assert_eq!(mounted, token_file.is_some(), "{role:?}");
+            assert!(mounted, "{role:?}");
+            let secret = template.spec.as_ref().unwrap().volumes.iter().flatten().find_map(|v| v.secret.clone());
+            let expected = vc
+                .spec
+                .token_secret
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or(format!("{}-token", vc.metadata.name.clone().unwrap()));
+            assert_eq!(secret.and_then(|s| s.secret_name), Some(expected), "{role:?}");
             let name = vc.metadata.name.clone().unwrap();
             match (role.as_str(), cli.command) {
                 ("writer", Command::Writer(w)) => {
@@ -99,6 +108,9 @@ fn every_container_command_parses_with_the_engine_cli() {
                     assert_eq!(w.source, vc.spec.source.url);
                     assert_eq!(w.dir.data_dir, Path::new("/data"));
                     assert_eq!(w.serve.token.token_file.as_deref(), token_file);
+                    // Search needs no token only where the operator generated it.
+                    assert_eq!(w.serve.search_without_token, vc.spec.token_secret.is_none());
+                    assert!(!w.serve.insecure, "never insecure: every pod has a token");
                     assert_eq!(w.serve.listen.port(), 7700);
                     assert_eq!(w.serve.http_listen.map(|a| a.port()), Some(9090));
                     if let Some(ef) = vc.spec.index.ef_construction {
