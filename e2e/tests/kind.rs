@@ -1,9 +1,14 @@
 //! The kind e2e: a real Kubernetes cluster (kind), the images built from this repository, the
 //! Helm chart installed, two collections pushed by an "ETL" through the writer's Ingest API,
-//! and the alias Service switching from v1 to v2 only after each is Ready and verified.
+//! and the alias Service switching from v1 to v2 only after each is Ready and verified. Then
+//! what the operator promises on a real cluster: deleting a served collection is refused at
+//! admission, a spec change that needs a rebuild is refused, the writer restarts without the
+//! collection leaving Ready, a rollback to the drained previous collection answers at once, and
+//! an operator restarted mid-import carries on.
 //!
 //! Needs Docker, kind, kubectl and helm on PATH, none of which exist on quiver's build machines,
-//! so it is ignored by default. Users' CI runs it with:
+//! so it is ignored by default. `.github/workflows/kind-e2e.yml` runs it on GitHub's runners;
+//! users' CI runs it with:
 //!
 //! ```sh
 //! cargo test -p quiver-e2e --test kind -- --ignored --nocapture
@@ -43,6 +48,45 @@ fn kubectl(args: &[&str]) -> String {
     let mut all = vec!["--context", "kind-quiver-e2e"];
     all.extend_from_slice(args);
     sh("kubectl", &all)
+}
+
+/// `kubectl` that is expected to fail: its stderr.
+fn kubectl_refused(args: &[&str]) -> String {
+    let mut all = vec!["--context", "kind-quiver-e2e"];
+    all.extend_from_slice(args);
+    eprintln!("+ kubectl {} (must be refused)", all.join(" "));
+    let out = Command::new("kubectl").args(&all).current_dir(root()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "kubectl {args:?} was to be refused, but succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    stderr
+}
+
+/// One field of a namespaced object, empty while it (or the field) does not exist.
+fn field(object: &str, jsonpath: &str) -> String {
+    let out = Command::new("kubectl")
+        .args(["--context", "kind-quiver-e2e", "-n", NAMESPACE, "get", object, "-o", &format!("jsonpath={jsonpath}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Polls until `check` holds; `kubectl wait` exits at once ("no matching resources") on an
+/// object that does not exist yet, so every wait here starts with this.
+fn eventually(what: &str, timeout: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The token the operator generated for `collection` (an ETL reads it the same way).
+fn token(collection: &str) -> String {
+    let secret = format!("secret/{collection}-token");
+    eventually(&format!("{secret} to exist"), Duration::from_secs(120), || !field(&secret, "{.data.token}").is_empty());
+    let encoded = field(&secret, "{.data.token}");
+    let bytes: k8s_openapi::ByteString = serde_json::from_value(serde_json::json!(encoded)).unwrap();
+    String::from_utf8(bytes.0).unwrap()
 }
 
 /// Applies a manifest given as text.
@@ -121,8 +165,13 @@ spec:
     )
 }
 
-/// The ETL: pushes generated vectors through the writer's Ingest API and seals.
-fn push(runtime: &tokio::runtime::Runtime, name: &str, seed: u64, port: u16) {
+/// The ETL: pushes generated vectors through the writer's Ingest API (with the collection's
+/// token) and seals, unless `seal` is false.
+fn push(runtime: &tokio::runtime::Runtime, name: &str, seed: u64, port: u16, seal: bool) {
+    let selector = format!("quiver.dev/collection={name},quiver.dev/role=writer");
+    eventually(&format!("the writer pod of {name}"), Duration::from_secs(120), || {
+        !field(&format!("pods -l {selector}"), "{.items[*].metadata.name}").is_empty()
+    });
     kubectl(&[
         "-n",
         NAMESPACE,
@@ -135,8 +184,10 @@ fn push(runtime: &tokio::runtime::Runtime, name: &str, seed: u64, port: u16) {
     ]);
     let forward = PortForward::start(&format!("svc/{name}-writer"), port);
     let data = quiver_engine::datagen::Clustered::new(DIMS, seed).generate(N, 0);
+    let token = token(name);
     runtime.block_on(async {
-        let client = Client::new(&forward.url, ClientOptions::default()).unwrap();
+        let options = ClientOptions { token: Some(token), ..Default::default() };
+        let client = Client::new(&forward.url, options).unwrap();
         let batches: Vec<_> = (0..N)
             .collect::<Vec<_>>()
             .chunks(500)
@@ -154,11 +205,23 @@ fn push(runtime: &tokio::runtime::Runtime, name: &str, seed: u64, port: u16) {
             .collect();
         let written = client.ingest_client().write(futures::stream::iter(batches)).await.unwrap().into_inner();
         assert_eq!(written.rows, N as u64);
+        if seal {
+            client.ingest_client().seal(proto::SealRequest { collection: name.to_string() }).await.unwrap();
+        }
+    });
+}
+
+fn seal(runtime: &tokio::runtime::Runtime, name: &str, port: u16) {
+    let forward = PortForward::start(&format!("svc/{name}-writer"), port);
+    let token = token(name);
+    runtime.block_on(async {
+        let client = Client::new(&forward.url, ClientOptions { token: Some(token), ..Default::default() }).unwrap();
         client.ingest_client().seal(proto::SealRequest { collection: name.to_string() }).await.unwrap();
     });
 }
 
 fn wait_ready(name: &str) {
+    eventually(&format!("vc/{name} to exist"), Duration::from_secs(60), || !field(&format!("vc/{name}"), "{.metadata.name}").is_empty());
     kubectl(&[
         "-n",
         NAMESPACE,
@@ -170,6 +233,7 @@ fn wait_ready(name: &str) {
 }
 
 fn wait_alias(target: &str) {
+    eventually("ca/products to exist", Duration::from_secs(60), || !field("ca/products", "{.metadata.name}").is_empty());
     kubectl(&[
         "-n",
         NAMESPACE,
@@ -239,7 +303,7 @@ fn operator_on_kind_switches_the_alias_after_verification() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     apply(&collection_yaml("products-v1"));
-    push(&runtime, "products-v1", 1, 17701);
+    push(&runtime, "products-v1", 1, 17701, true);
     wait_ready("products-v1");
     apply(&format!(
         "apiVersion: quiver.dev/v1alpha1\nkind: CollectionAlias\nmetadata: {{name: products, namespace: {NAMESPACE}}}\nspec: {{collection: products-v1}}\n"
@@ -263,10 +327,76 @@ fn operator_on_kind_switches_the_alias_after_verification() {
     assert_eq!(current, "products-v1", "no switch before the target is Ready and verified");
     assert_eq!(answered_by(&runtime, 17802), "products-v1");
 
-    push(&runtime, "products-v2", 2, 17702);
+    push(&runtime, "products-v2", 2, 17702, true);
     wait_ready("products-v2");
     wait_alias("products-v2");
     assert_eq!(answered_by(&runtime, 17803), "products-v2");
     let previous = kubectl(&["-n", NAMESPACE, "get", "ca/products", "-o", "jsonpath={.status.previous}"]);
     assert_eq!(previous, "products-v1", "the previous target is kept for rollback");
+
+    // Deleting what an alias serves is refused at admission (current and previous), also with a
+    // foreground cascade that would remove the pods first.
+    for (target, role) in [("products-v2", "current"), ("products-v1", "previous")] {
+        let refused = kubectl_refused(&["-n", NAMESPACE, "delete", &format!("vc/{target}"), "--cascade=foreground"]);
+        assert!(refused.contains(&format!("is served by alias products ({role})")), "{refused}");
+    }
+    assert_eq!(field("deployment/products-v2-replicas", "{.status.readyReplicas}"), "2", "nothing was removed");
+
+    // A change that needs a rebuild is refused, naming what to do instead.
+    let refused = kubectl_refused(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "vc/products-v2",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"source":{"push":{"expectedCount":1}}}}"#,
+    ]);
+    assert!(refused.contains("source is immutable") && refused.contains("create a new collection"), "{refused}");
+
+    // The writer restarts: the collection stays Ready all along (the writer's own state is
+    // WriterAvailable), and the alias keeps answering.
+    kubectl(&["-n", NAMESPACE, "delete", "pod", "products-v2-writer-0", "--wait=false"]);
+    let restarted = Instant::now();
+    while restarted.elapsed() < Duration::from_secs(40) {
+        assert_eq!(field("vc/products-v2", "{.status.phase}"), "Ready", "a writer restart left Ready");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eventually("the restarted writer to be available", Duration::from_secs(300), || {
+        field("vc/products-v2", r#"{.status.conditions[?(@.type=="WriterAvailable")].status}"#) == "True"
+    });
+    assert_eq!(answered_by(&runtime, 17804), "products-v2");
+
+    // Rollback to the drained previous collection: immediate, and it answers.
+    eventually("v1 to be drained", Duration::from_secs(120), || field("ca/products", "{.status.drained}") == "products-v1");
+    kubectl(&["-n", NAMESPACE, "patch", "ca/products", "--type=merge", "-p", r#"{"spec":{"collection":"products-v1"}}"#]);
+    wait_alias("products-v1");
+    assert_eq!(answered_by(&runtime, 17805), "products-v1", "the drained replicas serve again");
+
+    // The operator restarts mid-import and carries on.
+    apply(&collection_yaml("products-v3"));
+    push(&runtime, "products-v3", 3, 17703, false);
+    kubectl(&["-n", "quiver-system", "rollout", "restart", "deployment/quiver"]);
+    kubectl(&["-n", "quiver-system", "rollout", "status", "deployment/quiver", "--timeout=180s"]);
+    seal(&runtime, "products-v3", 17706);
+    wait_ready("products-v3");
+    kubectl(&["-n", NAMESPACE, "patch", "ca/products", "--type=merge", "-p", r#"{"spec":{"collection":"products-v3"}}"#]);
+    wait_alias("products-v3");
+    assert_eq!(answered_by(&runtime, 17806), "products-v3");
+}
+
+/// The GitHub workflow runs exactly this test, so users' CI and the doc above agree.
+#[test]
+fn the_workflow_runs_the_kind_e2e() {
+    let workflow = std::fs::read_to_string(root().join(".github/workflows/kind-e2e.yml")).unwrap();
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&workflow).unwrap();
+    let steps = parsed["jobs"]["kind-e2e"]["steps"].as_sequence().expect("a kind-e2e job with steps");
+    let runs: Vec<&str> = steps.iter().filter_map(|s| s["run"].as_str()).collect();
+    assert!(
+        runs.iter().any(|r| r.contains("cargo test -p quiver-e2e --test kind -- --ignored --nocapture")),
+        "{runs:?}"
+    );
+    for tool in ["kind", "helm", "kubectl"] {
+        assert!(workflow.contains(tool), "the workflow installs {tool}");
+    }
 }
