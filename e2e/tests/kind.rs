@@ -57,7 +57,11 @@ fn kubectl_refused(args: &[&str]) -> String {
     eprintln!("+ kubectl {} (must be refused)", all.join(" "));
     let out = Command::new("kubectl").args(&all).current_dir(root()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "kubectl {args:?} was to be refused, but succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "kubectl {args:?} was to be refused, but succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     stderr
 }
 
@@ -221,7 +225,9 @@ fn seal(runtime: &tokio::runtime::Runtime, name: &str, port: u16) {
 }
 
 fn wait_ready(name: &str) {
-    eventually(&format!("vc/{name} to exist"), Duration::from_secs(60), || !field(&format!("vc/{name}"), "{.metadata.name}").is_empty());
+    eventually(&format!("vc/{name} to exist"), Duration::from_secs(60), || {
+        !field(&format!("vc/{name}"), "{.metadata.name}").is_empty()
+    });
     kubectl(&[
         "-n",
         NAMESPACE,
@@ -233,7 +239,9 @@ fn wait_ready(name: &str) {
 }
 
 fn wait_alias(target: &str) {
-    eventually("ca/products to exist", Duration::from_secs(60), || !field("ca/products", "{.metadata.name}").is_empty());
+    eventually("ca/products to exist", Duration::from_secs(60), || {
+        !field("ca/products", "{.metadata.name}").is_empty()
+    });
     kubectl(&[
         "-n",
         NAMESPACE,
@@ -368,8 +376,18 @@ fn operator_on_kind_switches_the_alias_after_verification() {
     assert_eq!(answered_by(&runtime, 17804), "products-v2");
 
     // Rollback to the drained previous collection: immediate, and it answers.
-    eventually("v1 to be drained", Duration::from_secs(120), || field("ca/products", "{.status.drained}") == "products-v1");
-    kubectl(&["-n", NAMESPACE, "patch", "ca/products", "--type=merge", "-p", r#"{"spec":{"collection":"products-v1"}}"#]);
+    eventually("v1 to be drained", Duration::from_secs(120), || {
+        field("ca/products", "{.status.drained}") == "products-v1"
+    });
+    kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "ca/products",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"collection":"products-v1"}}"#,
+    ]);
     wait_alias("products-v1");
     assert_eq!(answered_by(&runtime, 17805), "products-v1", "the drained replicas serve again");
 
@@ -380,7 +398,15 @@ fn operator_on_kind_switches_the_alias_after_verification() {
     kubectl(&["-n", "quiver-system", "rollout", "status", "deployment/quiver", "--timeout=180s"]);
     seal(&runtime, "products-v3", 17706);
     wait_ready("products-v3");
-    kubectl(&["-n", NAMESPACE, "patch", "ca/products", "--type=merge", "-p", r#"{"spec":{"collection":"products-v3"}}"#]);
+    kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "ca/products",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"collection":"products-v3"}}"#,
+    ]);
     wait_alias("products-v3");
     assert_eq!(answered_by(&runtime, 17806), "products-v3");
 }

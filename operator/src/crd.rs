@@ -142,7 +142,8 @@ pub struct WriterSpec {
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("!(has(self.min) || has(self.max)) || !has(self.resources) || (has(self.resources.requests) && 'cpu' in self.resources.requests)").message("replicas.resources.requests.cpu is required with replicas.min/max: the autoscaler scales on CPU utilisation of the request"))]
+// A CPU limit alone is enough: Kubernetes defaults the request to the limit.
+#[x_kube(validation = Rule::new("!(has(self.min) || has(self.max)) || !has(self.resources) || (has(self.resources.requests) && 'cpu' in self.resources.requests) || (has(self.resources.limits) && 'cpu' in self.resources.limits)").message("replicas.resources.requests.cpu (or a CPU limit) is required with replicas.min/max: the autoscaler scales on CPU utilisation of the request"))]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicasSpec {
     /// A fixed replica count (default 2) when min/max are not set; at least 1 (a collection

@@ -58,7 +58,6 @@ pub struct Config {
     /// Seconds before expiry when the holder renews.
     #[arg(long, env = "QUIVER_OPERATOR_LEASE_GRACE_SECS", default_value_t = 5)]
     pub lease_grace_secs: u64,
-    /// Log as JSON lines.
     /// Seconds between an alias Service's endpoints listing only the new target's pods and the
     /// previous target's drain (kube-proxies and load balancers follow the EndpointSlices).
     #[arg(long, env = "QUIVER_OPERATOR_DRAIN_DELAY_SECS", default_value_t = crate::controller::alias::DRAIN_DELAY.as_secs())]
@@ -66,6 +65,7 @@ pub struct Config {
     /// Give each collection NetworkPolicies for its writer and replicas (see resources/network.rs).
     #[arg(long, env = "QUIVER_OPERATOR_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub network_policies: bool,
+    /// Log as JSON lines.
     #[arg(long, env = "QUIVER_OPERATOR_LOG_JSON")]
     pub log_json: bool,
 }
@@ -191,8 +191,10 @@ pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>, shutdown:
                 tracing::debug!(error = %e, "collection controller");
             }
         });
-    // Only the slices the EndpointSlice controller keeps for Services.
-    let slices = watcher::Config::default().labels(&format!("{MANAGED_BY_SLICE}=endpointslice-controller.k8s.io"));
+    // Only the slices of alias Services: the EndpointSlice controller keeps them and copies the
+    // Service's labels onto them (quiver.dev/alias among them).
+    let slices = watcher::Config::default()
+        .labels(&format!("{MANAGED_BY_SLICE}=endpointslice-controller.k8s.io,{}", crate::resources::labels::ALIAS));
     let alias_controller = Controller::new(api::<CollectionAlias>(&client, &namespace), all.clone());
     let aliases = alias_controller.store();
     let aliases = alias_controller

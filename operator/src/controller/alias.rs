@@ -42,18 +42,32 @@ pub const DRAIN_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(ca: Arc<CollectionAlias>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
+    match steps(&ca, &ctx).await {
+        Ok(wait) => {
+            ctx.succeeded(&key(ca.as_ref()));
+            Ok(Action::requeue(wait))
+        }
+        Err(e) => {
+            // Where the user looks: a Warning Event (the recorder folds repeats into a series).
+            let note = format!("reconcile failed: {e}");
+            ctx.event(ca.as_ref(), EventType::Warning, "ReconcileError", "Reconcile", note).await;
+            Err(e)
+        }
+    }
+}
+
+async fn steps(ca: &CollectionAlias, ctx: &Context) -> Result<Duration> {
     let mut status = ca.status.clone().unwrap_or_default();
-    let mut wait = match &ca.spec.rebuild {
-        Some(rebuild) => start_rebuild(&ca, &ctx, rebuild, &mut status).await?,
-        None => SETTLED_INTERVAL,
+    let (mut wait, problem) = match &ca.spec.rebuild {
+        Some(rebuild) => start_rebuild(ca, ctx, rebuild, &mut status).await?,
+        None => (SETTLED_INTERVAL, None),
     };
-    let (until, status) = switch(&ca, &ctx, status).await?;
+    let (until, status) = switch(ca, ctx, status, problem).await?;
     wait = wait.min(until);
     if let Some(rebuild) = &ca.spec.rebuild {
-        prune(&ca, &ctx, &status, rebuild.history_limit as usize).await?;
+        prune(ca, ctx, &status, rebuild.history_limit as usize).await?;
     }
-    ctx.succeeded(&key(ca.as_ref()));
-    Ok(Action::requeue(wait))
+    Ok(wait)
 }
 
 /// What the alias should serve: the pinned `spec.collection`, else the newest rebuild.
@@ -123,6 +137,17 @@ fn controlled_by(service: &Service, ca: &CollectionAlias) -> bool {
     service.owner_references().iter().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
 }
 
+/// A Service this operator made for an alias of this name that lost its owner: orphaned by
+/// `kubectl delete --cascade=orphan`, or owned by the uid of an alias since re-created. The
+/// apply adopts it (its owner reference is the field manager's own).
+fn adoptable(service: &Service, ca: &CollectionAlias) -> bool {
+    let labels = service.labels();
+    let ours = labels.get(labels::ALIAS) == Some(&ca.name_any())
+        && labels.get(labels::MANAGED_BY).map(String::as_str) == Some(FIELD_MANAGER);
+    let controller = service.owner_references().iter().find(|o| o.controller == Some(true));
+    ours && controller.is_none_or(|o| o.kind == "CollectionAlias" && o.name == ca.name_any())
+}
+
 /// Points the Service at the target when it may serve; returns when to look again and the
 /// status as written. What the alias serves is read from its live Service (the cluster's
 /// truth: a restored alias without status keeps serving, and keeps its collection protected).
@@ -130,6 +155,7 @@ async fn switch(
     ca: &CollectionAlias,
     ctx: &Context,
     mut status: CollectionAliasStatus,
+    problem: Option<String>,
 ) -> Result<(Duration, CollectionAliasStatus)> {
     let ns = namespace(ca)?;
     // As stored: what this reconcile changes (a rebuild started) is written with the rest.
@@ -139,42 +165,43 @@ async fn switch(
     let now = (ctx.now)();
 
     let live = services.get_opt(&ca.name_any()).await?;
-    if let Some(service) = live.as_ref().filter(|s| !controlled_by(s, ca)) {
+    if let Some(service) = live.as_ref().filter(|s| !controlled_by(s, ca) && !adoptable(s, ca)) {
         return conflict(ca, ctx, service, previous_status, status).await;
     }
     if let Some(selected) = live.as_ref().and_then(selected_collection) {
         status.current = Some(selected);
     }
-    if previous_status.current.is_none()
-        && let Some(current) = &status.current
-    {
-        // Restored without status: the collection it serves is marked again.
-        mark(ctx, &ns, ca, current, Some("current")).await?;
-    }
+    // What the stored status says, so far: written again only when it changes.
+    let mut written = previous_status.clone();
 
     let target = self::target(ca, &status);
+    let target_vc = match &target {
+        Some(t) if status.current.as_ref() != Some(t) => collections.get_opt(t).await?,
+        _ => None,
+    };
     let waiting = match &target {
         None => Some(Waiting { message: "no rebuild has started yet".into(), failed: false }),
         Some(t) if status.current.as_ref() == Some(t) => None,
-        Some(t) => not_servable(t, collections.get_opt(t).await?.as_ref()),
+        Some(t) => not_servable(t, target_vc.as_ref()),
     };
-    let switched_from = match (&waiting, status.current.clone(), &target) {
-        (None, current, Some(target)) if current.as_ref() != Some(target) => {
-            // Protected before it serves: a deletion racing the switch is refused.
-            mark(ctx, &ns, ca, target, Some("current")).await?;
-            apply(&ctx.client, &ns, &alias_service::service(ca, target)).await?;
-            if let Some(current) = &current {
-                mark(ctx, &ns, ca, current, Some("previous")).await?;
-            }
-            if let Some(left) = status.previous.as_ref().filter(|p| *p != target && Some(*p) != current.as_ref()) {
-                mark(ctx, &ns, ca, left, None).await?;
-            }
+    let switched_from = match (&waiting, status.current.clone(), &target_vc) {
+        (None, current, Some(vc)) => {
+            let target = vc.name_any();
+            // Protected before it serves, and only as it was judged servable: the mark carries
+            // the resourceVersion not_servable read, so a deletion (or any change) admitted in
+            // between fails it with 409 and the switch waits for the next look.
+            mark_unchanged(ctx, &ns, ca, vc).await?;
+            apply(&ctx.client, &ns, &alias_service::service(ca, &target)).await?;
             status.previous = current.clone();
             status.current = Some(target.clone());
             status.switched_at = Some(now.to_string());
             status.endpoints_moved_at = None;
             status.history.insert(0, AliasSwitch { collection: target.clone(), at: now.to_string() });
             status.history.truncate(HISTORY);
+            // Recorded at once: a failure after this must not lose the collection the alias
+            // left (the rollback target, still to be drained).
+            patch_status(ca, ctx, &status).await?;
+            written = status.clone();
             Some(current)
         }
         (_, Some(current), _) => {
@@ -184,12 +211,14 @@ async fn switch(
         }
         (_, None, _) => None,
     };
+    reconcile_marks(ctx, &ns, ca, &status).await?;
     let endpoints = match &status.current {
         Some(_) => ready_endpoints(ctx, &ns, &ca.name_any()).await?,
         None => BTreeSet::new(),
     };
     let wait = drain_previous(ca, ctx, &ns, &mut status, &endpoints).await?;
-    status.message = waiting.as_ref().map(|w| w.message.clone());
+    // Why it waits; else what is wrong with its rebuild schedule.
+    status.message = waiting.as_ref().map(|w| w.message.clone()).or(problem);
     let serving = status.current.clone();
     let synced = serving.is_some() && serving == target;
     let switched_reason = match &waiting {
@@ -218,7 +247,7 @@ async fn switch(
             now,
         ),
     ];
-    if status != previous_status {
+    if status != written {
         patch_status(ca, ctx, &status).await?;
     }
     let related = target.as_deref().map(|t| collection_ref(&ns, t));
@@ -277,9 +306,50 @@ async fn mark(ctx: &Context, ns: &str, ca: &CollectionAlias, collection: &str, v
     let patch = serde_json::json!({"metadata": {"labels": {labels::served_by(&ca.name_any()): value}}});
     match collections.patch(collection, &PatchParams::default(), &Patch::Merge(patch)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 && value.is_none() => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Marks the switch target `current`, failing (409 Conflict) if it changed since `vc` was read.
+async fn mark_unchanged(ctx: &Context, ns: &str, ca: &CollectionAlias, vc: &VectorCollection) -> Result<()> {
+    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({"metadata": {
+        "labels": {labels::served_by(&ca.name_any()): "current"},
+        "resourceVersion": vc.resource_version(),
+    }});
+    collections.patch(&vc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+/// Brings the served-by marks of this alias in line with what it serves: `current` and
+/// `previous` marked (again, if a replace or a restore lost the label), every other collection
+/// unmarked (a mark left behind by a switch that failed half-way, or an older previous).
+async fn reconcile_marks(ctx: &Context, ns: &str, ca: &CollectionAlias, status: &CollectionAliasStatus) -> Result<()> {
+    let key = labels::served_by(&ca.name_any());
+    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), ns);
+    let marked: BTreeMap<String, String> = collections
+        .list(&ListParams::default().labels(&key))
+        .await?
+        .into_iter()
+        .map(|c| (c.name_any(), c.labels().get(&key).cloned().unwrap_or_default()))
+        .collect();
+    let mut wanted: BTreeMap<String, &str> = BTreeMap::new();
+    if let Some(previous) = &status.previous {
+        wanted.insert(previous.clone(), "previous");
+    }
+    if let Some(current) = &status.current {
+        wanted.insert(current.clone(), "current");
+    }
+    for (name, value) in &wanted {
+        if marked.get(name).map(String::as_str) != Some(*value) {
+            mark(ctx, ns, ca, name, Some(value)).await?;
+        }
+    }
+    for name in marked.keys().filter(|n| !wanted.contains_key(*n)) {
+        mark(ctx, ns, ca, name, None).await?;
+    }
+    Ok(())
 }
 
 /// The pods the alias Service's EndpointSlices list as ready. EndpointSlice `conditions.ready`
@@ -353,8 +423,12 @@ async fn drain_previous(
         status.drained = Some(previous);
         return Ok(None);
     }
-    let moved = !endpoints.is_empty() && *endpoints == ready_replicas(ctx, ns, &current).await?;
-    if !moved {
+    if endpoints.is_empty() {
+        // Nothing ready behind the alias: nothing to move clients to yet (slice changes wake it).
+        status.endpoints_moved_at = None;
+        return Ok(Some(WAIT_INTERVAL));
+    }
+    if *endpoints != ready_replicas(ctx, ns, &current).await? {
         status.endpoints_moved_at = None;
         return Ok(Some(ENDPOINTS_INTERVAL));
     }
@@ -377,22 +451,22 @@ async fn drain_previous(
 /// concurrencyPolicy Forbid only when no rebuild is still building), or a request made with the
 /// `quiver.dev/rebuild-requested` annotation. Creates the collection from the template and
 /// records it in `status` (written with the rest of the status); the spec is never written.
-/// Returns when the next tick is due.
+/// Returns when the next tick is due, and what is wrong with the schedule, if anything.
 async fn start_rebuild(
     ca: &CollectionAlias,
     ctx: &Context,
     rebuild: &RebuildSpec,
     status: &mut CollectionAliasStatus,
-) -> Result<Duration> {
+) -> Result<(Duration, Option<String>)> {
     let now = (ctx.now)();
     let schedule = match Schedule::new(&rebuild.schedule, rebuild.time_zone.as_deref()) {
         Ok(s) => s,
         Err(message) => {
+            // Announced once: the message stays in status (a timeZone CEL cannot check).
             if status.message.as_ref() != Some(&message) {
                 ctx.event(ca, EventType::Warning, "InvalidSchedule", "Rebuild", message.clone()).await;
             }
-            status.message = Some(message);
-            return Ok(SETTLED_INTERVAL);
+            return Ok((SETTLED_INTERVAL, Some(message)));
         }
     };
     let since = status
@@ -405,8 +479,11 @@ async fn start_rebuild(
         ca.annotations().get(REBUILD_REQUESTED).filter(|r| status.last_rebuild_request.as_ref() != Some(*r));
     let tick = if rebuild.suspend { None } else { schedule.due(since, now) };
     let start = match (tick, requested) {
-        (_, Some(request)) => {
-            status.last_rebuild_request = Some(request.clone());
+        (tick, Some(_)) => {
+            // A due tick is served by the requested rebuild.
+            if let Some(tick) = tick {
+                status.last_rebuild = Some(tick.to_string());
+            }
             // The minute of the request names the collection, as a tick does.
             Some((Timestamp::from_second(now.as_second() - now.as_second().rem_euclid(60)).unwrap_or(now), "requested"))
         }
@@ -427,14 +504,20 @@ async fn start_rebuild(
         (None, None) => None,
     };
     if let Some((at, why)) = start {
-        start_one(ca, ctx, rebuild, status, at, why).await?;
+        let started = start_one(ca, ctx, rebuild, status, at, why).await?;
+        if let (true, Some(request)) = (started, requested) {
+            // Handled only once started: under Forbid a request waits for the build in progress.
+            status.last_rebuild_request = Some(request.clone());
+        }
     }
     let next = schedule.after(now).filter(|_| !rebuild.suspend);
-    Ok(next
-        .map_or(SETTLED_INTERVAL, |t| Duration::from_secs(t.as_second().saturating_sub(now.as_second()).max(1) as u64)))
+    let wait = next
+        .map_or(SETTLED_INTERVAL, |t| Duration::from_secs(t.as_second().saturating_sub(now.as_second()).max(1) as u64));
+    Ok((wait, None))
 }
 
-/// Creates the rebuild for `at` unless concurrencyPolicy Forbid holds it back.
+/// Creates the rebuild for `at` unless concurrencyPolicy Forbid holds it back; returns whether
+/// it did.
 async fn start_one(
     ca: &CollectionAlias,
     ctx: &Context,
@@ -442,7 +525,7 @@ async fn start_one(
     status: &mut CollectionAliasStatus,
     at: Timestamp,
     why: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let ns = namespace(ca)?;
     let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
     if rebuild.concurrency_policy == ConcurrencyPolicy::Forbid
@@ -456,7 +539,7 @@ async fn start_one(
         );
         ctx.event_about(ca, Some(collection_ref(&ns, &last)), EventType::Normal, "RebuildSkipped", "Rebuild", note)
             .await;
-        return Ok(());
+        return Ok(false);
     }
     let name = rebuild::collection_name(&ca.name_any(), at);
     let vc = VectorCollection {
@@ -488,7 +571,7 @@ async fn start_one(
     };
     let note = format!("building {name} ({why} {at}); {switch}");
     ctx.event_about(ca, Some(collection_ref(&ns, &name)), EventType::Normal, "RebuildStarted", "Rebuild", note).await;
-    Ok(())
+    Ok(true)
 }
 
 /// A rebuild that has neither become Ready nor Failed.
@@ -509,6 +592,8 @@ async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStat
         .into_iter()
         // Already going (or held by a finalizer until no alias points at it).
         .filter(|c| c.metadata.deletion_timestamp.is_none())
+        // Marked as served by some alias: the admission policy would refuse it anyway.
+        .filter(|c| !c.labels().keys().any(|k| k.starts_with(labels::SERVED_BY_PREFIX)))
         .map(|c| (c.name_any(), c.metadata.creation_timestamp.map(|t| t.0).unwrap_or_default()))
         .collect();
     if rebuilt.len() <= keep {
@@ -524,7 +609,8 @@ async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStat
     for name in rebuild::to_delete(rebuilt, &protected, keep) {
         match collections.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            // Gone already, or refused at admission (marked meanwhile): not ours to force.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => continue,
             Err(e) => return Err(e.into()),
         }
         let note = format!("deleted {name}: beyond the history limit");

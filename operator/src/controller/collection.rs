@@ -34,11 +34,7 @@ pub async fn reconcile(vc: Arc<VectorCollection>, ctx: Arc<Context>) -> Result<A
     let action = if vc.meta().deletion_timestamp.is_some() {
         cleanup(&vc, &ctx).await?
     } else {
-        if !vc.finalizers().iter().any(|f| f == FINALIZER) {
-            add_finalizer(&vc, &ctx).await?;
-        }
-        unmark_gone_aliases(&vc, &ctx).await?;
-        match progress(&vc, &ctx).await {
+        match prepare_and_progress(&vc, &ctx).await {
             Ok(action) => action,
             Err(e) => {
                 report_error(&vc, &ctx, &e).await;
@@ -54,6 +50,14 @@ pub fn error_policy(vc: Arc<VectorCollection>, error: &Error, ctx: Arc<Context>)
     tracing::warn!(collection = %key(vc.as_ref()), %error, "reconcile failed");
     ctx.metrics.error(CONTROLLER, error.kind());
     super::backoff(&ctx, &key(vc.as_ref()))
+}
+
+async fn prepare_and_progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
+    if !vc.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(vc, ctx).await?;
+    }
+    unmark_gone_aliases(vc, ctx).await?;
+    progress(vc, ctx).await
 }
 
 /// A reconcile that failed (an apply refused by the API server, a quota, a missing token
@@ -129,8 +133,11 @@ pub async fn aliases_pointing_at(vc: &VectorCollection, ctx: &Context) -> Result
         .await?
         .into_iter()
         .filter(|a| {
+            // What it targets, serves, or keeps for a rollback.
             let status = a.status.clone().unwrap_or_default();
-            super::alias::target(a, &status).as_ref() == Some(&name) || status.current.as_ref() == Some(&name)
+            super::alias::target(a, &status).as_ref() == Some(&name)
+                || status.current.as_ref() == Some(&name)
+                || status.previous.as_ref() == Some(&name)
         })
         .map(|a| a.name_any())
         .collect())

@@ -113,7 +113,24 @@ async fn marked(server: &mut common::ApiServer, collection: &str) -> Value {
 }
 
 fn collection_value(name: &str) -> Value {
-    collection(name, "Ready", 1, 1, true)
+    let mut vc = collection(name, "Ready", 1, 1, true);
+    vc["metadata"]["resourceVersion"] = json!("42");
+    vc
+}
+
+/// The alias's marks as listed (`served-by.quiver.dev/products` exists): these collections with
+/// these values.
+async fn marks(server: &mut common::ApiServer, marked: &[(&str, &str)]) {
+    let items = marked
+        .iter()
+        .map(|(name, value)| {
+            let mut vc = collection_value(name);
+            vc["metadata"]["labels"] = json!({MARK: value});
+            vc
+        })
+        .collect();
+    let listed = server.expect("GET", VCS, 200, list("VectorCollection", items)).await;
+    assert!(listed.uri.contains("labelSelector=served-by.quiver.dev%2Fproducts"), "{}", listed.uri);
 }
 
 fn selector(service: &common::Sent) -> Value {
@@ -136,11 +153,17 @@ async fn first_switch_to_a_verified_collection_marks_it_and_creates_the_service(
     run(reconcile(alias("products-v1", Value::Null), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 404, not_found()).await;
         h.server.expect("GET", &format!("{VCS}/products-v1"), 200, collection_value("products-v1")).await;
-        // Marked before the Service selects it: a deletion racing the switch is refused.
-        assert_eq!(marked(&mut h.server, "products-v1").await, "current");
+        // Marked before the Service selects it, and only as it was judged servable: the mark
+        // carries the resourceVersion read, so a deletion admitted in between fails it (409).
+        let mark = h.server.expect("PATCH", &format!("{VCS}/products-v1"), 200, collection_value("products-v1")).await;
+        assert_eq!(mark.body, json!({"metadata": {"labels": {MARK: "current"}, "resourceVersion": "42"}}));
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service), json!({"quiver.dev/collection": "products-v1", "quiver.dev/role": "replica"}));
         assert_eq!(service.body["metadata"]["ownerReferences"][0]["kind"], "CollectionAlias");
+        // Recorded at once, before anything else can fail.
+        let recorded = status_patch(&mut h.server).await;
+        assert_eq!(recorded["current"], "products-v1");
+        marks(&mut h.server, &[("products-v1", "current")]).await;
         // A new Service has no endpoints yet: serving, but not Ready.
         let listed = h.server.expect("GET", SLICES, 200, list("EndpointSlice", vec![])).await;
         assert!(listed.uri.contains("labelSelector=kubernetes.io%2Fservice-name%3Dproducts"), "{}", listed.uri);
@@ -174,6 +197,7 @@ async fn waits_for(h: &mut common::Harness, target: Value, message: &str, reason
         server.expect("GET", &format!("{VCS}/{name}"), 200, target).await;
         let service = server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
+        marks(server, &[("products-v1", "current")]).await;
         server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
         let status = status_patch(server).await;
         assert_eq!(status["current"], "products-v1");
@@ -236,6 +260,7 @@ async fn a_missing_target_keeps_the_alias_where_it_is() {
         h.server.expect("GET", &format!("{VCS}/products-typo"), 404, not_found()).await;
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
+        marks(&mut h.server, &[("products-v1", "current")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["message"], "collection products-typo does not exist");
@@ -255,6 +280,12 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
         assert_eq!(marked(&mut h.server, "products-v2").await, "current");
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v2");
+        let recorded = status_patch(&mut h.server).await;
+        assert_eq!(
+            (recorded["current"].as_str(), recorded["previous"].as_str()),
+            (Some("products-v2"), Some("products-v1"))
+        );
+        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "current")]).await;
         assert_eq!(marked(&mut h.server, "products-v1").await, "previous", "kept for a rollback");
         // The slices still list the old pods.
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
@@ -284,6 +315,7 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     let action = run(reconcile(alias("products-v2", switched.clone()), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
         h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
         h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
         let pods = h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
@@ -306,6 +338,7 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
         h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
         h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
         h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
@@ -342,6 +375,7 @@ async fn endpoints_that_are_not_exactly_the_targets_ready_pods_hold_the_drain() 
         let action = run(reconcile(alias("products-v2", switched.clone()), h.ctx.clone()), async {
             h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
             h.server.apply(SERVICE, Value::Null).await;
+            marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
             h.server.expect("GET", SLICES, 200, endpoints).await;
             h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
             h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
@@ -364,6 +398,7 @@ async fn a_failed_drain_is_retried_and_not_recorded() {
     let action = run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
         h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
         h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
         h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
@@ -394,6 +429,7 @@ async fn a_previous_target_another_alias_serves_is_not_drained() {
     run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
         h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
         h.server.expect("GET", ALIASES, 200, aliases(vec![("related", "products-v1")])).await;
         let (reason, note) = h.server.event(NS).await;
@@ -421,6 +457,8 @@ async fn rollback_to_a_still_ready_previous_target_is_immediate() {
         assert_eq!(marked(&mut h.server, "products-v1").await, "current");
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
+        status_patch(&mut h.server).await;
+        marks(&mut h.server, &[("products-v1", "current"), ("products-v2", "current")]).await;
         assert_eq!(marked(&mut h.server, "products-v2").await, "previous");
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
         h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
@@ -448,6 +486,9 @@ async fn a_switch_unmarks_the_collection_that_is_no_longer_previous() {
         h.server.expect("GET", &format!("{VCS}/products-v3"), 200, collection_value("products-v3")).await;
         assert_eq!(marked(&mut h.server, "products-v3").await, "current");
         h.server.apply(SERVICE, Value::Null).await;
+        status_patch(&mut h.server).await;
+        let listed = [("products-v3", "current"), ("products-v2", "current"), ("products-v1", "previous")];
+        marks(&mut h.server, &listed).await;
         assert_eq!(marked(&mut h.server, "products-v2").await, "previous");
         assert_eq!(marked(&mut h.server, "products-v1").await, Value::Null, "v1 may be deleted now");
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
@@ -478,6 +519,7 @@ async fn an_alias_already_serving_its_target_reads_the_service_and_its_endpoints
         h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
+        marks(&mut h.server, &[("products-v1", "current")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
     })
     .await
@@ -492,6 +534,7 @@ async fn an_alias_whose_endpoints_all_went_is_not_ready() {
     run(reconcile(alias("products-v1", settled), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
         h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-v1", "current")]).await;
         let terminating = slices(&[("products-v1-a", Some(false)), ("products-v1-b", Some(false))]);
         h.server.expect("GET", SLICES, 200, terminating).await;
         let status = status_patch(&mut h.server).await;
@@ -512,11 +555,13 @@ async fn a_restored_alias_without_status_keeps_serving_what_its_service_selects_
     // unverified collection. The live Service still selects v1.
     run(reconcile(alias("products-v2", Value::Null), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
-        assert_eq!(marked(&mut h.server, "products-v1").await, "current");
         let v2 = collection("products-v2", "Verifying", 1, 1, false);
         h.server.expect("GET", &format!("{VCS}/products-v2"), 200, v2).await;
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1", "never to an unverified target");
+        // Its label was lost with it (a replace, a restore): marked again.
+        marks(&mut h.server, &[]).await;
+        assert_eq!(marked(&mut h.server, "products-v1").await, "current");
         h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["current"], "products-v1");
@@ -571,6 +616,7 @@ async fn stays_on(server: &mut common::ApiServer, current: &str) {
     server.expect("GET", SERVICE, 200, owned_service(current)).await;
     let service = server.apply(SERVICE, Value::Null).await;
     assert_eq!(selector(&service)["quiver.dev/collection"], current);
+    marks(server, &[(current, "current")]).await;
 }
 
 #[tokio::test]
@@ -598,6 +644,7 @@ async fn a_due_rebuild_creates_the_collection_and_records_it_never_writing_spec(
             "spec": created.body["spec"].clone()});
         h.server.expect("GET", &format!("{VCS}/products-20251125-0300"), 200, fresh).await;
         h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-20251124-0300", "current")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-20251124-0300")).await;
         // Recorded in status; the spec (which a GitOps tool owns) is never patched.
         let status = status_patch(&mut h.server).await;
@@ -626,6 +673,7 @@ async fn a_failed_rebuild_leaves_the_alias_where_it_was_and_warns() {
         h.server.expect("GET", &format!("{VCS}/products-20251125-0300"), 200, failed).await;
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-20251124-0300");
+        marks(&mut h.server, &[("products-20251124-0300", "current")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-20251124-0300")).await;
         let status = status_patch(&mut h.server).await;
         assert_eq!(
@@ -658,6 +706,7 @@ async fn a_tick_while_a_rebuild_is_still_building_is_skipped_under_forbid() {
         h.server.expect("GET", SERVICE, 200, owned_service("products-20251123-0300")).await;
         h.server.expect("GET", &format!("{VCS}/products-20251124-0300"), 200, building).await;
         h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-20251123-0300", "current")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-20251123-0300")).await;
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["lastRebuild"], "2025-11-25T03:00:00Z", "the tick is handled");
@@ -709,6 +758,7 @@ async fn a_requested_rebuild_starts_at_once_even_when_suspended_and_only_once() 
         let building = collection("products-20251125-1200", "Importing", 1, 1, false);
         h.server.expect("GET", &format!("{VCS}/products-20251125-1200"), 200, building).await;
         h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-20251124-0300", "current")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-20251124-0300")).await;
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["lastRebuildRequest"], "1764072000");
@@ -737,27 +787,74 @@ async fn old_rebuilds_beyond_the_history_limit_are_deleted_never_what_any_alias_
     let mut status = rebuilt("products-20251125-0300", "products-20251125-0300", 25);
     status["previous"] = json!("products-20251122-0300");
     status["drained"] = json!("products-20251122-0300");
-    run(reconcile(rebuilding(json!({}), status), h.ctx.clone()), async {
-        stays_on(&mut h.server, "products-20251125-0300").await;
+    run(reconcile(rebuilding(json!({"historyLimit": 0}), status), h.ctx.clone()), async {
+        h.server.expect("GET", SERVICE, 200, owned_service("products-20251125-0300")).await;
+        h.server.apply(SERVICE, Value::Null).await;
+        marks(&mut h.server, &[("products-20251125-0300", "current"), ("products-20251122-0300", "previous")]).await;
         h.server.expect("GET", SLICES, 200, endpoints_of("products-20251125-0300")).await;
         let rebuilt = |day: u32| {
             let mut c = collection(&format!("products-202511{day:02}-0300"), "Ready", 1, 1, true);
             c["metadata"]["creationTimestamp"] = json!(format!("2025-11-{day:02}T03:00:00Z"));
             c
         };
-        let listed = h.server.expect("GET", VCS, 200, list("VectorCollection", (21..=25).map(rebuilt).collect())).await;
+        let mut listed: Vec<Value> = (20..=25).map(rebuilt).collect();
+        // Marked by an alias whose status was lost: the admission policy would refuse it.
+        listed[4]["metadata"]["labels"] = json!({"served-by.quiver.dev/other": "current"});
+        let listed = h.server.expect("GET", VCS, 200, list("VectorCollection", listed)).await;
         assert!(listed.uri.contains("labelSelector=quiver.dev%2Falias%3Dproducts"), "{}", listed.uri);
         // Another alias serves the rebuild of the 21st.
         h.server.expect("GET", ALIASES, 200, aliases(vec![("related", "products-20251121-0300")])).await;
-        // Keep 25 (current), 22 (previous), 21 (served by `related`) and the newest other one
-        // (24); delete 23.
+        // Keep 25 (current), 22 (previous), 21 (served by `related`), 24 (marked); delete 23
+        // and 20. A 403 (marked meanwhile, refused at admission) is left alone.
         h.server.expect("DELETE", &format!("{VCS}/products-20251123-0300"), 200, rebuilt(1)).await;
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(
             (reason.as_str(), note.as_str()),
             ("Pruned", "deleted products-20251123-0300: beyond the history limit")
         );
+        let refused = common::status(403, "Forbidden", "admission webhook denied");
+        h.server.expect("DELETE", &format!("{VCS}/products-20251120-0300"), 403, refused).await;
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn an_orphaned_service_of_this_alias_is_adopted() {
+    let mut h = harness();
+    // `kubectl delete ca products --cascade=orphan`, then the alias re-created: the Service it
+    // made has its labels but no owner.
+    let mut orphan = owned_service("products-v1");
+    orphan["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+    orphan["metadata"]["labels"] =
+        json!({"quiver.dev/alias": "products", "app.kubernetes.io/managed-by": "quiver-operator"});
+    run(reconcile(alias("products-v1", settled_on("products-v1")), h.ctx.clone()), async {
+        h.server.expect("GET", SERVICE, 200, orphan).await;
+        let service = h.server.apply(SERVICE, Value::Null).await;
+        assert_eq!(service.body["metadata"]["ownerReferences"][0]["uid"], UID, "adopted");
+        marks(&mut h.server, &[("products-v1", "current")]).await;
+        h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_target_changed_after_it_was_judged_servable_is_not_switched_to() {
+    let mut h = harness();
+    run(reconcile(alias("products-v2", serving("products-v1", None)), h.ctx.clone()), async {
+        h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
+        h.server.expect("GET", &format!("{VCS}/products-v2"), 200, collection_value("products-v2")).await;
+        // A DELETE admitted in between (no mark yet) bumped its resourceVersion: the API server
+        // refuses the mark as it words an optimistic-concurrency failure (HTTP 409, reason
+        // Conflict; apimachinery `errors.NewConflict`).
+        let message = "Operation cannot be fulfilled on vectorcollections.quiver.dev \"products-v2\": the object has been modified; please apply your changes to the latest version and try again";
+        h.server.expect("PATCH", &format!("{VCS}/products-v2"), 409, common::status(409, "Conflict", message)).await;
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(reason, "ReconcileError");
+        assert!(note.contains("the object has been modified"), "{note}");
+        // No Service apply: it still selects v1.
+    })
+    .await
+    .unwrap_err();
 }

@@ -67,11 +67,8 @@ fn needed() -> BTreeSet<Grant> {
     let watch = ["get", "list", "watch"];
     let apply = ["get", "list", "watch", "create", "patch"];
     [
-        expand(
-            "quiver.dev",
-            &["vectorcollections", "collectionaliases"],
-            &["get", "list", "watch", "patch", "create", "delete"],
-        ),
+        expand("quiver.dev", &["vectorcollections"], &["get", "list", "watch", "patch", "create", "delete"]),
+        expand("quiver.dev", &["collectionaliases"], &watch),
         expand("quiver.dev", &["vectorcollections/status", "collectionaliases/status"], &["get", "patch"]),
         expand("quiver.dev", &["vectorcollections/finalizers", "collectionaliases/finalizers"], &["update"]),
         expand("apps", &["statefulsets", "deployments"], &apply),
@@ -197,5 +194,16 @@ fn the_admission_policy_refuses_to_delete_a_served_collection() {
         "{message}"
     );
     assert_eq!(delete(serde_json::json!({"team": "search"})), (true, None));
+    // The namespace controller (deleting the whole namespace) is not matched.
+    let condition = policy["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+    let condition = cel::Program::compile(condition).unwrap();
+    let matched = |username: &str| {
+        let mut ctx = cel::Context::default().with_all();
+        let request = serde_json::json!({"operation": "DELETE", "userInfo": {"username": username}});
+        ctx.add_variable_from_value("request", cel::to_value(&request).unwrap());
+        condition.execute(&ctx).unwrap() == cel::Value::Bool(true)
+    };
+    assert!(matched("kubernetes-admin") && matched("system:serviceaccount:argocd:argocd-application-controller"));
+    assert!(!matched("system:serviceaccount:kube-system:namespace-controller"));
     assert_eq!(delete(serde_json::Value::Null), (true, None), "no labels at all");
 }

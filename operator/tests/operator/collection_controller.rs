@@ -488,6 +488,24 @@ async fn deletion_is_refused_while_an_alias_serves_the_collection() {
 }
 
 #[tokio::test]
+async fn deletion_is_refused_while_an_alias_keeps_the_collection_for_a_rollback() {
+    let mut h = harness();
+    run(reconcile(deleting(), h.ctx.clone()), async {
+        let mut rolled = alias("products", "products-v3", "products-v3");
+        rolled["status"]["previous"] = json!("products-v2");
+        h.server.expect("GET", ALIASES, 200, list("CollectionAlias", vec![rolled])).await;
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(
+            (reason.as_str(), note.as_str()),
+            ("DeletionBlocked", "deletion waits: alias products points at this collection")
+        );
+        status_patch(&mut h.server).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn deletion_proceeds_once_no_alias_points_at_the_collection() {
     let mut h = harness();
     run(reconcile(deleting(), h.ctx.clone()), async {

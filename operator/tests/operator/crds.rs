@@ -136,7 +136,13 @@ fn autoscaled_replicas_need_a_cpu_request() {
     let memory_only = serde_json::json!({"requests": {"memory": "1Gi"}});
     vc.spec.replicas.resources = Some(serde_json::from_value(memory_only).unwrap());
     let err = vc.validate_cel().expect_err("min/max without a CPU request");
-    assert!(format!("{err:?}").contains("replicas.resources.requests.cpu is required"), "{err:?}");
+    assert!(format!("{err:?}").contains("replicas.resources.requests.cpu (or a CPU limit) is required"), "{err:?}");
+    // A CPU limit alone defaults the request.
+    let limit_only = serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}});
+    vc.spec.replicas.resources = Some(serde_json::from_value(limit_only).unwrap());
+    vc.validate_cel().unwrap();
+    vc.spec.replicas.resources =
+        Some(serde_json::from_value(serde_json::json!({"requests": {"memory": "1Gi"}})).unwrap());
     // A fixed count needs none; the defaults carry one.
     vc.spec.replicas.min = None;
     vc.spec.replicas.max = None;
