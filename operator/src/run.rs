@@ -9,15 +9,12 @@ use crate::resources::Defaults;
 use crate::resources::labels::{FIELD_MANAGER, MANAGED_BY};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -168,20 +165,58 @@ pub fn collections_of(alias: &CollectionAlias) -> Vec<ObjectRef<VectorCollection
         .collect()
 }
 
+/// Reconciles at once per controller: bounded, so hundreds of collections do not turn a
+/// resync into hundreds of concurrent API calls.
+pub const CONCURRENCY: u16 = 8;
+
+/// A primary object's changes that need a reconcile: its spec (generation), labels (the
+/// served-by marks), annotations (a retry, a rebuild request), finalizers and deletion. Not its
+/// status: the controller's own status writes would otherwise each bring one more reconcile.
+pub fn changed_by_user<K: Resource>(obj: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = obj.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The primary stream of a controller: every object in its reflector, reconciles only for
+/// [`changed_by_user`] changes.
+fn primary<K>(
+    api: Api<K>,
+) -> (reflector::Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(changed_by_user::<K>, Default::default());
+    (reader, stream)
+}
+
 /// Runs both controllers until `shutdown`.
 pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) {
     let client = ctx.client.clone();
     // Only objects this operator made: smaller caches, no reconciles for others' objects.
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY}={FIELD_MANAGER}"));
     let all = watcher::Config::default();
-    let collections = Controller::new(api::<VectorCollection>(&client, &namespace), all.clone())
+    let config = controller::Config::default().concurrency(CONCURRENCY);
+    let (store, stream) = primary(api::<VectorCollection>(&client, &namespace));
+    // Watched: what the pipeline reads (StatefulSet and Deployment readiness, Jobs finishing,
+    // Services); not the HPA, PDB or NetworkPolicies, whose changes nothing reads.
+    let collections = Controller::for_stream(stream, store)
+        .with_config(config.clone())
         .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(api::<Deployment>(&client, &namespace), owned.clone())
         .owns(api::<Service>(&client, &namespace), owned.clone())
         .owns(api::<Job>(&client, &namespace), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&client, &namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned.clone())
-        .owns(api::<NetworkPolicy>(&client, &namespace), owned.clone())
         // An alias moving away may unblock a deletion.
         .watches(api::<CollectionAlias>(&client, &namespace), all.clone(), |a| collections_of(&a))
         .graceful_shutdown_on(shutdown.clone().wait())
@@ -195,7 +230,8 @@ pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>, shutdown:
     // Service's labels onto them (quiver.dev/alias among them).
     let slices = watcher::Config::default()
         .labels(&format!("{MANAGED_BY_SLICE}=endpointslice-controller.k8s.io,{}", crate::resources::labels::ALIAS));
-    let alias_controller = Controller::new(api::<CollectionAlias>(&client, &namespace), all.clone());
+    let (store, stream) = primary(api::<CollectionAlias>(&client, &namespace));
+    let alias_controller = Controller::for_stream(stream, store).with_config(config);
     let aliases = alias_controller.store();
     let aliases = alias_controller
         .owns(api::<Service>(&client, &namespace), owned)

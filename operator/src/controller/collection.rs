@@ -8,9 +8,10 @@ use crate::crd::{CollectionAlias, GateResult, Phase, VectorCollection, VectorCol
 use crate::phase::{self, Decision, JobState, Observed, WriterState};
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
 use crate::resources::{autoscaling, jobs, network, replicas, token, writer};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -24,8 +25,13 @@ pub const CONTROLLER: &str = "collection";
 pub const FINALIZER: &str = "quiver.dev/alias-protection";
 /// How often a collection in progress is looked at (writer progress is not a watch event).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// Import progress alone is written to status at most this often.
+pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(5);
 /// A settled collection (Ready or Failed) is re-checked this often.
 pub const SETTLED_INTERVAL: Duration = Duration::from_secs(300);
+/// Annotate a Failed collection with a new value of this to run its pipeline again:
+/// `kubectl annotate vc products-v2 quiver.dev/retry="$(date +%s)" --overwrite`.
+pub const RETRY: &str = "quiver.dev/retry";
 /// A deletion blocked by an alias is re-checked this often (alias changes also trigger it).
 pub const BLOCKED_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -214,7 +220,7 @@ async fn observe_writer(
 ) -> Result<(WriterState, Option<String>)> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let Some(pod) = pods.get_opt(&format!("{}-0", labels::writer_name(&vc.name_any()))).await? else {
-        return Ok((WriterState::Unavailable, None));
+        return Ok((WriterState::Unavailable, writer_not_created(ctx, ns, vc).await?));
     };
     let problem = pod_problem(&pod);
     let running = pod.status.as_ref().filter(|s| s.phase.as_deref() == Some("Running"));
@@ -234,10 +240,41 @@ async fn observe_writer(
     }
 }
 
+/// Why the StatefulSet could not create the writer pod (a ResourceQuota, a LimitRange, a
+/// policy): the StatefulSet controller reports it only as a FailedCreate Event on the
+/// StatefulSet ("create Pod <pod> in StatefulSet <sts> failed error: <the API's refusal>").
+async fn writer_not_created(ctx: &Context, ns: &str, vc: &VectorCollection) -> Result<Option<String>> {
+    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
+    let fields = format!(
+        "involvedObject.kind=StatefulSet,involvedObject.name={},reason=FailedCreate",
+        labels::writer_name(&vc.name_any())
+    );
+    let mut failures: Vec<CoreEvent> = events.list(&ListParams::default().fields(&fields)).await?.items;
+    failures.sort_by_key(|e| e.last_timestamp.clone().map(|t| t.0));
+    Ok(failures.pop().and_then(|e| e.message).map(|m| format!("FailedCreate: {}", short(&m))))
+}
+
+/// At most 512 characters of a message from the cluster, for status.
+fn short(message: &str) -> String {
+    const MAX: usize = 512;
+    let message = message.trim();
+    match message.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &message[..cut]),
+        None => message.to_string(),
+    }
+}
+
+/// Why the replicas' ReplicaSet could not create pods: the Deployment carries it as its
+/// ReplicaFailure condition (reason FailedCreate, the API's refusal as the message).
+fn replicas_not_created(deployment: &Deployment) -> Option<String> {
+    let conditions = deployment.status.as_ref()?.conditions.as_ref()?;
+    let failure = conditions.iter().find(|c| c.type_ == "ReplicaFailure" && c.status == "True")?;
+    Some(format!("{}: {}", failure.reason.as_deref().unwrap_or("ReplicaFailure"), short(failure.message.as_deref()?)))
+}
+
 /// Why a pod's container is not running: a waiting reason other than a normal start
 /// (CrashLoopBackOff, ImagePullBackOff...) with its last termination message.
 pub fn pod_problem(pod: &Pod) -> Option<String> {
-    const MAX: usize = 512;
     let status = pod.status.as_ref()?;
     // Not scheduled (no node fits, a volume cannot be provisioned): no container to ask.
     let unscheduled = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False");
@@ -257,11 +294,7 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
         let terminated = state.terminated.as_ref()?;
         format!("exited with {}: {}", terminated.exit_code, terminated.message.as_deref().unwrap_or_default().trim())
     };
-    let problem = problem.trim_end_matches([':', ' ']).to_string();
-    Some(match problem.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &problem[..cut]),
-        None => problem,
-    })
+    Some(short(problem.trim_end_matches([':', ' '])))
 }
 
 /// The first replica pod that is stuck (e.g. a snapshot that fails its checksum, crash-looping).
@@ -322,8 +355,10 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let ns = namespace(vc)?;
     let name = vc.name_any();
     let generation = vc.metadata.generation.unwrap_or(0);
-    let previous = vc.status.as_ref();
     let client = &ctx.client;
+    let retried = retry(vc, ctx, &ns).await?;
+    // A retry starts the pipeline over for this generation: the failure is not sticky then.
+    let previous = retried.as_ref().or(vc.status.as_ref());
 
     let token = token(vc, ctx, &ns).await?;
     if ctx.defaults.network_policies {
@@ -351,6 +386,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     };
     // Replicas only once there is a snapshot to fetch (the machine remembers a seal).
     let sealed = phase::next(previous, &observed);
+    let mut replicas_refused = None;
     if sealed.vector_count.is_some() && sealed.phase != Phase::Failed {
         apply(client, &ns, &replicas::service(vc)).await?;
         let deployment = apply(client, &ns, &replicas::deployment(vc, &ctx.defaults)).await?;
@@ -358,6 +394,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
             apply(client, &ns, &hpa).await?;
         }
         apply(client, &ns, &replicas::disruption_budget(vc)).await?;
+        replicas_refused = replicas_not_created(&deployment);
         observed.ready_replicas = deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0);
     }
     if sealed.phase != Phase::Failed && observed.ready_replicas >= wanted.max(1) {
@@ -367,11 +404,18 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     if let (Phase::Pending, Some(problem)) = (decision.phase, writer_problem) {
         decision.message = Some(format!("waiting for the writer: {problem}"));
     }
-    if decision.phase == Phase::Replicating
-        && let Some(problem) = replica_problem(ctx, &ns, &name).await?
-    {
-        let short = decision.message.take().unwrap_or_default();
-        decision.message = Some(format!("{short}; {problem}"));
+    let short_of_replicas = observed.ready_replicas < wanted.max(1);
+    if matches!(decision.phase, Phase::Replicating | Phase::Ready) && short_of_replicas {
+        // Pods never created (a quota) say so; pods created but stuck say why.
+        let problem = match replicas_refused {
+            Some(refused) => Some(format!("replicas: {refused}")),
+            None if decision.phase == Phase::Replicating => replica_problem(ctx, &ns, &name).await?,
+            None => None,
+        };
+        if let Some(problem) = problem {
+            let count = decision.message.take().unwrap_or_default();
+            decision.message = Some(format!("{count}; {problem}"));
+        }
     }
     // Start the Job the pipeline is waiting for.
     match decision.phase {
@@ -396,9 +440,15 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    let status = status(vc, ctx, &decision, &observed);
-    if previous != Some(&status) {
+    let mut status = status(vc, ctx, &decision, &observed);
+    status.last_retry = previous.and_then(|s| s.last_retry.clone());
+    // Import progress alone (the row count in status.message) is written at most every
+    // PROGRESS_WRITE_INTERVAL, however often something wakes the reconcile.
+    let only_progress = decision.phase == Phase::Importing
+        && previous.is_some_and(|p| VectorCollectionStatus { message: status.message.clone(), ..p.clone() } == status);
+    if previous != Some(&status) && !(only_progress && ctx.progress_written_within(&key(vc), PROGRESS_WRITE_INTERVAL)) {
         patch_status(vc, ctx, &status).await?;
+        ctx.progress_written(&key(vc));
     }
     let previous_phase = previous.filter(|_| !generation_changed).map(|s| s.phase);
     if previous_phase != Some(decision.phase) {
@@ -408,6 +458,42 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         Phase::Ready | Phase::Failed => Action::requeue(SETTLED_INTERVAL),
         _ => Action::requeue(PROGRESS_INTERVAL),
     })
+}
+
+/// A Failed collection annotated `quiver.dev/retry` with a new value is retried: the writer pod
+/// is deleted (its StatefulSet starts it again: a failed import runs again, a sealed collection
+/// is recovered), this generation's Jobs are deleted, and the status to go on from is the
+/// stored one with the phase back at Pending. None when there is nothing to retry.
+async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<Option<VectorCollectionStatus>> {
+    let Some(stored) = vc.status.as_ref().filter(|s| s.phase == Phase::Failed) else {
+        return Ok(None);
+    };
+    let Some(request) = vc.annotations().get(RETRY).filter(|r| stored.last_retry.as_ref() != Some(*r)) else {
+        return Ok(None);
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    match pods.delete(&format!("{}-0", labels::writer_name(&vc.name_any())), &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let generation = vc.metadata.generation.unwrap_or(0);
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!(
+        "{}={},{} in (warmup,verify),{}={generation}",
+        labels::COLLECTION,
+        vc.name_any(),
+        labels::ROLE,
+        labels::GENERATION
+    );
+    jobs_api.delete_collection(&DeleteParams::background(), &ListParams::default().labels(&selector)).await?;
+    let why = stored.message.clone().unwrap_or_default();
+    ctx.event(vc, EventType::Normal, "Retry", "Retry", format!("retrying ({RETRY}={request}) after: {why}")).await;
+    let mut from = stored.clone();
+    from.phase = Phase::Pending;
+    from.verification.clear();
+    from.last_retry = Some(request.clone());
+    Ok(Some(from))
 }
 
 /// Reads the warm-up and verify Jobs of this generation (and the verify report once).
@@ -465,7 +551,12 @@ fn status(vc: &VectorCollection, ctx: &Context, d: &Decision, observed: &Observe
     let generation = vc.metadata.generation;
     let now = (ctx.now)();
     let phase = format!("{:?}", d.phase);
-    let message = d.message.clone().unwrap_or_default();
+    // Conditions carry no counter that moves on its own (the import's row count is in
+    // status.message only): a condition changes when the state does.
+    let message = match d.phase {
+        Phase::Importing => "importing vectors".to_string(),
+        _ => d.message.clone().unwrap_or_default(),
+    };
     let short = observed.ready_replicas < observed.wanted_replicas.max(1);
     let degraded = d.phase == Phase::Failed || (d.phase == Phase::Ready && short);
     let (verified_reason, verified_message) = match (d.verified, d.phase) {
@@ -531,6 +622,7 @@ fn status(vc: &VectorCollection, ctx: &Context, d: &Decision, observed: &Observe
         search_setting: d.search_setting.clone(),
         verification: observed.gates.clone(),
         message: d.message.clone(),
+        last_retry: None,
         conditions,
     }
 }

@@ -68,6 +68,8 @@ pub struct Context {
     pub drain_delay: Duration,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When each collection's status was last written, to throttle progress-only writes.
+    status_writes: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -81,11 +83,33 @@ impl Context {
         now: fn() -> Timestamp,
     ) -> Self {
         let drain_delay = alias::DRAIN_DELAY;
-        Context { client, recorder, writer, drainer, defaults, metrics, now, drain_delay, failures: Mutex::default() }
+        Context {
+            client,
+            recorder,
+            writer,
+            drainer,
+            defaults,
+            metrics,
+            now,
+            drain_delay,
+            failures: Mutex::default(),
+            status_writes: Mutex::default(),
+        }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `key`'s status was written less than `interval` ago.
+    pub(crate) fn progress_written_within(&self, key: &str, interval: Duration) -> bool {
+        let writes = self.status_writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        writes.get(key).is_some_and(|at| at.elapsed() < interval)
+    }
+
+    pub(crate) fn progress_written(&self, key: &str) {
+        let mut writes = self.status_writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        writes.insert(key.to_string(), std::time::Instant::now());
     }
 
     /// Forget an object's failures after a successful reconcile.

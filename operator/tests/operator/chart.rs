@@ -74,13 +74,14 @@ fn needed() -> BTreeSet<Grant> {
         expand("apps", &["statefulsets", "deployments"], &apply),
         expand("", &["services"], &apply),
         expand("batch", &["jobs"], &[&apply[..], &["deletecollection"]].concat()),
-        expand("autoscaling", &["horizontalpodautoscalers"], &[&apply[..], &["delete"]].concat()),
-        expand("policy", &["poddisruptionbudgets"], &apply),
-        expand("networking.k8s.io", &["networkpolicies"], &apply),
+        expand("autoscaling", &["horizontalpodautoscalers"], &["create", "patch", "delete"]),
+        expand("policy", &["poddisruptionbudgets"], &["create", "patch"]),
+        expand("networking.k8s.io", &["networkpolicies"], &["create", "patch"]),
         expand("", &["pods"], &watch[..2]),
         expand("discovery.k8s.io", &["endpointslices"], &watch),
         expand("", &["secrets"], &["get", "create"]),
         expand("events.k8s.io", &["events"], &["create", "patch"]),
+        expand("", &["events"], &["list"]),
     ]
     .concat()
     .into_iter()

@@ -23,6 +23,7 @@ const JOBS: &str = "/apis/batch/v1/namespaces/search/jobs";
 const PODS: &str = "/api/v1/namespaces/search/pods";
 const ALIASES: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/collectionaliases";
 const SECRETS: &str = "/api/v1/namespaces/search/secrets";
+const EVENTS: &str = "/api/v1/namespaces/search/events";
 const TOKEN: &str = "/api/v1/namespaces/search/secrets/products-v2-token";
 const WRITER_NP: &str = "/apis/networking.k8s.io/v1/namespaces/search/networkpolicies/products-v2-writer";
 const REPLICAS_NP: &str = "/apis/networking.k8s.io/v1/namespaces/search/networkpolicies/products-v2-replicas";
@@ -129,6 +130,7 @@ async fn create_adds_the_finalizer_applies_the_writer_and_reports_pending() {
         let sts = h.server.apply(WRITER_STS, json!({"replicas": 1})).await;
         assert_eq!(sts.body, serde_json::to_value(&expected.writer).unwrap());
         h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
         let status = status_patch(&mut h.server).await;
         assert_eq!(status.body["status"]["phase"], "Pending");
         assert_eq!(status.body["status"]["message"], "waiting for the writer");
@@ -277,6 +279,7 @@ async fn ready_replicas_start_the_warmup_job_once() {
     run(reconcile(vc, h.ctx.clone()), async {
         writer_applied(&mut h.server, 0).await;
         h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
         replicas_applied(&mut h.server, 2).await;
         h.server.expect("GET", &format!("{JOBS}/products-v2-warmup-g1"), 404, not_found()).await;
         let job = h.server.apply(&format!("{JOBS}/products-v2-warmup-g1"), Value::Null).await;
@@ -423,6 +426,7 @@ async fn a_new_generation_restarts_the_pipeline_and_removes_old_jobs() {
     run(reconcile(Arc::new(vc), h.ctx.clone()), async {
         writer_applied(&mut h.server, 0).await;
         h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
         let delete = h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
         assert!(
             delete.uri.contains("labelSelector=quiver.dev%2Fcollection%3Dproducts-v2%2Cquiver.dev%2Frole+in+%28warmup%2Cverify%29%2Cquiver.dev%2Fgeneration%21%3D2"),
@@ -448,6 +452,7 @@ async fn turning_autoscaling_off_deletes_the_autoscaler() {
     run(reconcile(Arc::new(vc), h.ctx.clone()), async {
         writer_applied(&mut h.server, 0).await;
         h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
         h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
         let delete = h.server.expect("DELETE", HPA, 200, status).await;
@@ -653,4 +658,127 @@ async fn a_writer_restart_leaves_a_ready_collection_ready_and_says_so_in_writer_
 fn base64_decode(text: &str) -> Vec<u8> {
     let bytes: k8s_openapi::ByteString = serde_json::from_value(json!(text)).unwrap();
     bytes.0
+}
+
+#[tokio::test]
+async fn pods_the_api_refused_to_create_are_named_in_status() {
+    let mut h = harness();
+    // The writer: the StatefulSet controller's FailedCreate Event, worded as it words it
+    // (`create Pod %s in StatefulSet %s failed error: %s`, pkg/controller/statefulset) around the
+    // quota admission's refusal.
+    let refusal = "pods \"products-v2-writer-0\" is forbidden: exceeded quota: compute, requested: requests.cpu=1, used: requests.cpu=2, limited: requests.cpu=2";
+    let event = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "products-v2-writer.1"},
+        "involvedObject": {"kind": "StatefulSet", "name": "products-v2-writer"}, "reason": "FailedCreate", "type": "Warning",
+        "lastTimestamp": "2025-11-25T11:59:00Z",
+        "message": format!("create Pod products-v2-writer-0 in StatefulSet products-v2-writer failed error: {refusal}")});
+    let vc =
+        collection(false, json!({"phase": "Pending", "observedGeneration": 1, "message": "waiting for the writer"}));
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        let listed = h.server.expect("GET", EVENTS, 200, list("Event", vec![event])).await;
+        assert!(
+            listed.uri.contains("fieldSelector=involvedObject.kind%3DStatefulSet%2CinvolvedObject.name%3Dproducts-v2-writer%2Creason%3DFailedCreate"),
+            "{}",
+            listed.uri
+        );
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        let message = status["message"].as_str().unwrap();
+        assert!(message.starts_with("waiting for the writer: FailedCreate: create Pod products-v2-writer-0"), "{message}");
+        assert!(message.ends_with("limited: requests.cpu=2"), "{message}");
+    })
+    .await
+    .unwrap();
+
+    // The replicas: the Deployment's ReplicaFailure condition (copied from its ReplicaSet).
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let vc = collection(false, json!({"phase": "Publishing", "observedGeneration": 1}));
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        h.server.apply(REPLICAS_SVC, Value::Null).await;
+        let failure = json!({"readyReplicas": 0, "conditions": [{"type": "ReplicaFailure", "status": "True",
+            "reason": "FailedCreate", "message": "pods \"products-v2-replicas-7d9c-x\" is forbidden: exceeded quota: compute"}]});
+        h.server.apply(DEPLOYMENT, failure).await;
+        h.server.apply(HPA, Value::Null).await;
+        h.server.apply(PDB, Value::Null).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Replicating");
+        assert_eq!(
+            status["message"],
+            "0/2 replicas ready; replicas: FailedCreate: pods \"products-v2-replicas-7d9c-x\" is forbidden: exceeded quota: compute"
+        );
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_collection_is_retried_once_per_annotation_value() {
+    let mut h = harness();
+    let failed = json!({"phase": "Failed", "observedGeneration": 1, "vectorCount": 50000,
+        "message": "verification failed: recall measured 0.8 (needs >= 0.95)",
+        "verification": [{"name": "recall", "measured": 0.8, "comparison": ">=", "threshold": 0.95, "passed": false}]});
+    let mut vc = (*collection(false, failed)).clone();
+    vc.metadata.annotations = Some([("quiver.dev/retry".to_string(), "1".to_string())].into());
+    run(reconcile(Arc::new(vc.clone()), h.ctx.clone()), async {
+        h.server.expect("DELETE", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        let jobs = h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
+        assert!(jobs.uri.contains("quiver.dev%2Fgeneration%3D1"), "this generation's Jobs: {}", jobs.uri);
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(reason, "Retry");
+        assert_eq!(
+            note,
+            "retrying (quiver.dev/retry=1) after: verification failed: recall measured 0.8 (needs >= 0.95)"
+        );
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!((status["phase"].as_str(), status["lastRetry"].as_str()), (Some("Pending"), Some("1")));
+        assert_eq!(status.get("verification"), None, "the failed gates are gone with the retry");
+    })
+    .await
+    .unwrap();
+    // Failed again, the same annotation value retries nothing: failure is sticky again.
+    let mut again = serde_json::to_value(&vc).unwrap();
+    again["status"]["lastRetry"] = json!("1");
+    run(reconcile(Arc::new(serde_json::from_value(again).unwrap()), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Failed");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn import_progress_alone_is_written_at_most_every_few_seconds_and_never_into_conditions() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(WriterState::Importing { rows: 10 });
+    let vc = collection(false, json!({"phase": "Pending", "observedGeneration": 1}));
+    let mut written = Value::Null;
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        written = status_patch(&mut h.server).await.body["status"].clone();
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(written["message"], "10 vectors imported");
+    for c in written["conditions"].as_array().unwrap() {
+        assert!(!c["message"].as_str().unwrap().contains("10 vectors"), "{c}");
+    }
+    // More rows at once: nothing but the count changed, so no write (and no hot loop).
+    *h.writer.state.lock().unwrap() = Some(WriterState::Importing { rows: 20 });
+    run(reconcile(collection(false, written), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+    })
+    .await
+    .unwrap();
 }

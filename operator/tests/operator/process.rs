@@ -70,3 +70,36 @@ fn an_alias_wakes_its_target_current_and_previous_collections() {
     let ns = Some("search".to_string());
     assert_eq!(names, [("c3".into(), ns.clone()), ("c2".into(), ns.clone()), ("c1".into(), ns)]);
 }
+
+/// The primary watches reconcile on what a user (or the alias controller's marks) changed, not
+/// on the controller's own status writes: a status write would otherwise bring one more
+/// reconcile each time.
+#[test]
+fn a_status_write_does_not_wake_the_controller_but_spec_labels_annotations_and_deletion_do() {
+    use quiver_operator::run::changed_by_user;
+    let ca: CollectionAlias = serde_json::from_value(serde_json::json!({
+        "apiVersion": "quiver.dev/v1alpha1", "kind": "CollectionAlias",
+        "metadata": {"name": "products", "namespace": "search", "generation": 3, "resourceVersion": "10"},
+        "spec": {"collection": "p-1"}}))
+    .unwrap();
+    let base = changed_by_user(&ca);
+    let mut status = ca.clone();
+    status.status = Some(serde_json::from_value(serde_json::json!({"current": "p-1"})).unwrap());
+    status.metadata.resource_version = Some("11".into());
+    assert_eq!(changed_by_user(&status), base, "a status write");
+    let changes: [fn(&mut CollectionAlias); 4] = [
+        |a| a.metadata.generation = Some(4),
+        |a| a.metadata.labels = Some([("team".to_string(), "x".to_string())].into()),
+        |a| a.metadata.annotations = Some([("quiver.dev/rebuild-requested".to_string(), "1".to_string())].into()),
+        |a| {
+            a.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+            ))
+        },
+    ];
+    for change in changes {
+        let mut changed = ca.clone();
+        change(&mut changed);
+        assert_ne!(changed_by_user(&changed), base);
+    }
+}
