@@ -270,9 +270,6 @@ pub struct VectorCollectionStatus {
     /// Why the collection is Failed or waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// The value of the `quiver.dev/retry` annotation last acted on (a Failed collection retried).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_retry: Option<String>,
     /// Ready, Verified, Progressing, Degraded and WriterAvailable, one of each type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

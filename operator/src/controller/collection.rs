@@ -8,7 +8,7 @@ use crate::crd::{CollectionAlias, GateResult, Phase, VectorCollection, VectorCol
 use crate::phase::{self, Decision, JobState, Observed, WriterState};
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
 use crate::resources::{autoscaling, jobs, network, replicas, token, writer};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, Secret};
@@ -32,6 +32,10 @@ pub const SETTLED_INTERVAL: Duration = Duration::from_secs(300);
 /// Annotate a Failed collection with a new value of this to run its pipeline again:
 /// `kubectl annotate vc products-v2 quiver.dev/retry="$(date +%s)" --overwrite`.
 pub const RETRY: &str = "quiver.dev/retry";
+/// The `quiver.dev/retry` value the operator acted on.
+pub const RETRIED: &str = "quiver.dev/retried";
+/// After a retry, the next look (the old writer pod terminating meanwhile).
+pub const RETRY_SETTLE: Duration = Duration::from_secs(5);
 /// A deletion blocked by an alias is re-checked this often (alias changes also trigger it).
 pub const BLOCKED_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -215,13 +219,18 @@ async fn observe_writer(
     vc: &VectorCollection,
     ctx: &Context,
     ns: &str,
-    writer_ready: bool,
+    sts: &StatefulSet,
     token: Option<&str>,
 ) -> Result<(WriterState, Option<String>)> {
+    let writer_ready = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let Some(pod) = pods.get_opt(&format!("{}-0", labels::writer_name(&vc.name_any()))).await? else {
-        return Ok((WriterState::Unavailable, writer_not_created(ctx, ns, vc).await?));
+        return Ok((WriterState::Unavailable, writer_not_created(ctx, ns, sts).await?));
     };
+    if pod.metadata.deletion_timestamp.is_some() {
+        // Terminating (a retry, a rollout, a drain): what it says is about to be gone.
+        return Ok((WriterState::Unavailable, None));
+    }
     let problem = pod_problem(&pod);
     let running = pod.status.as_ref().filter(|s| s.phase.as_deref() == Some("Running"));
     let Some(ip) = running.and_then(|s| s.pod_ip.clone()) else {
@@ -243,15 +252,33 @@ async fn observe_writer(
 /// Why the StatefulSet could not create the writer pod (a ResourceQuota, a LimitRange, a
 /// policy): the StatefulSet controller reports it only as a FailedCreate Event on the
 /// StatefulSet ("create Pod <pod> in StatefulSet <sts> failed error: <the API's refusal>").
-async fn writer_not_created(ctx: &Context, ns: &str, vc: &VectorCollection) -> Result<Option<String>> {
+/// Only this StatefulSet's (by uid: a re-created collection does not inherit an old one's),
+/// and only a failure newer than its last SuccessfulCreate (Events outlive what they report).
+async fn writer_not_created(ctx: &Context, ns: &str, sts: &StatefulSet) -> Result<Option<String>> {
     let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
     let fields = format!(
-        "involvedObject.kind=StatefulSet,involvedObject.name={},reason=FailedCreate",
-        labels::writer_name(&vc.name_any())
+        "involvedObject.kind=StatefulSet,involvedObject.name={},involvedObject.uid={}",
+        sts.name_any(),
+        sts.metadata.uid.clone().unwrap_or_default()
     );
-    let mut failures: Vec<CoreEvent> = events.list(&ListParams::default().fields(&fields)).await?.items;
-    failures.sort_by_key(|e| e.last_timestamp.clone().map(|t| t.0));
-    Ok(failures.pop().and_then(|e| e.message).map(|m| format!("FailedCreate: {}", short(&m))))
+    // Any recent version will do (served from the API server's cache, not a quorum read).
+    let listed = events.list(&ListParams::default().fields(&fields).match_any()).await?.items;
+    let newest =
+        |reason: &str| listed.iter().filter(|e| e.reason.as_deref() == Some(reason)).max_by_key(|e| event_time(e));
+    let created = newest("SuccessfulCreate").and_then(event_time);
+    Ok(newest("FailedCreate")
+        .filter(|failed| created.is_none_or(|c| event_time(failed).is_some_and(|f| f > c)))
+        .and_then(|e| e.message.as_deref())
+        .map(|m| format!("FailedCreate: {}", short(m.trim_start_matches("(combined from similar events): ")))))
+}
+
+/// When an Event last happened: its series, its eventTime, or its lastTimestamp.
+fn event_time(e: &CoreEvent) -> Option<k8s_openapi::jiff::Timestamp> {
+    e.series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+        .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        .or_else(|| e.last_timestamp.as_ref().map(|t| t.0))
 }
 
 /// At most 512 characters of a message from the cluster, for status.
@@ -356,9 +383,11 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let name = vc.name_any();
     let generation = vc.metadata.generation.unwrap_or(0);
     let client = &ctx.client;
-    let retried = retry(vc, ctx, &ns).await?;
-    // A retry starts the pipeline over for this generation: the failure is not sticky then.
-    let previous = retried.as_ref().or(vc.status.as_ref());
+    if retry(vc, ctx, &ns).await? {
+        // Observed on the next pass: the old writer pod is still terminating now.
+        return Ok(Action::requeue(RETRY_SETTLE));
+    }
+    let previous = vc.status.as_ref();
 
     let token = token(vc, ctx, &ns).await?;
     if ctx.defaults.network_policies {
@@ -367,9 +396,8 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     }
     apply(client, &ns, &writer::service(vc)).await?;
     let sts = apply(client, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
-    let writer_ready = sts.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
     let wanted = replicas::wanted(&vc.spec.replicas);
-    let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, writer_ready, token.as_deref()).await?;
+    let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await?;
     let mut observed = Observed {
         generation,
         writer: writer_state,
@@ -389,6 +417,9 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let mut replicas_refused = None;
     if sealed.vector_count.is_some() && sealed.phase != Phase::Failed {
         apply(client, &ns, &replicas::service(vc)).await?;
+        if replicas::autoscaled(&vc.spec.replicas) {
+            hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
+        }
         let deployment = apply(client, &ns, &replicas::deployment(vc, &ctx.defaults)).await?;
         if let Some(hpa) = autoscaling::autoscaler(vc) {
             apply(client, &ns, &hpa).await?;
@@ -440,8 +471,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    let mut status = status(vc, ctx, &decision, &observed);
-    status.last_retry = previous.and_then(|s| s.last_retry.clone());
+    let status = status(vc, ctx, &decision, &observed);
     // Import progress alone (the row count in status.message) is written at most every
     // PROGRESS_WRITE_INTERVAL, however often something wakes the reconcile.
     let only_progress = decision.phase == Phase::Importing
@@ -460,24 +490,33 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     })
 }
 
-/// A Failed collection annotated `quiver.dev/retry` with a new value is retried: the writer pod
-/// is deleted (its StatefulSet starts it again: a failed import runs again, a sealed collection
-/// is recovered), this generation's Jobs are deleted, and the status to go on from is the
-/// stored one with the phase back at Pending. None when there is nothing to retry.
-async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<Option<VectorCollectionStatus>> {
-    let Some(stored) = vc.status.as_ref().filter(|s| s.phase == Phase::Failed) else {
-        return Ok(None);
+/// A Failed collection annotated `quiver.dev/retry` with a value it has not acted on is retried:
+/// the value is recorded first (annotation `quiver.dev/retried`, a merge patch guarded by the
+/// resourceVersion, so a retry happens once even if what follows fails, and metadata is never
+/// pruned by an older CRD schema), then the writer pod is deleted (its StatefulSet starts it
+/// again: a failed import runs again, a sealed collection is recovered; the PVC stays), this
+/// generation's Jobs are deleted, and the phase goes back to Pending. Returns whether it did.
+async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
+    let generation = vc.metadata.generation.unwrap_or(0);
+    let Some(stored) =
+        vc.status.as_ref().filter(|s| s.phase == Phase::Failed && s.observed_generation == Some(generation))
+    else {
+        return Ok(false);
     };
-    let Some(request) = vc.annotations().get(RETRY).filter(|r| stored.last_retry.as_ref() != Some(*r)) else {
-        return Ok(None);
+    let annotations = vc.annotations();
+    let Some(request) = annotations.get(RETRY).filter(|r| annotations.get(RETRIED) != Some(*r)) else {
+        return Ok(false);
     };
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {RETRIED: request}, "resourceVersion": vc.resource_version()},
+    });
+    api(vc, ctx)?.patch(&vc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     match pods.delete(&format!("{}-0", labels::writer_name(&vc.name_any())), &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => return Err(e.into()),
     }
-    let generation = vc.metadata.generation.unwrap_or(0);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let selector = format!(
         "{}={},{} in (warmup,verify),{}={generation}",
@@ -489,11 +528,48 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<Option<
     jobs_api.delete_collection(&DeleteParams::background(), &ListParams::default().labels(&selector)).await?;
     let why = stored.message.clone().unwrap_or_default();
     ctx.event(vc, EventType::Normal, "Retry", "Retry", format!("retrying ({RETRY}={request}) after: {why}")).await;
-    let mut from = stored.clone();
-    from.phase = Phase::Pending;
-    from.verification.clear();
-    from.last_retry = Some(request.clone());
-    Ok(Some(from))
+    let mut pending = stored.clone();
+    pending.phase = Phase::Pending;
+    pending.verification.clear();
+    pending.message = Some("retrying: the writer starts again".into());
+    patch_status(vc, ctx, &pending).await?;
+    Ok(true)
+}
+
+/// The field manager that keeps the replica count while it passes from the operator to the HPA.
+pub const HANDOVER_MANAGER: &str = "quiver-operator-handover";
+
+/// Switching a collection from a fixed count to min/max: the operator stops applying
+/// `spec.replicas` so that the HPA owns it. Under server-side apply a field its only manager
+/// stops applying is removed, and the Deployment would fall to 1 replica until the HPA acts.
+/// As the Kubernetes documentation's "transferring ownership" to an HPA does it, the current
+/// count is applied first by a second field manager, which keeps it (and which the HPA's
+/// updates then overwrite). Only while the operator's own manager still owns the field.
+async fn hand_replicas_to_the_autoscaler(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let name = labels::replicas_name(&vc.name_any());
+    let Some(live) = deployments.get_opt(&name).await? else {
+        return Ok(());
+    };
+    if !owns_replicas(&live, FIELD_MANAGER) {
+        return Ok(());
+    }
+    let count = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(replicas::wanted(&vc.spec.replicas));
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": count},
+    });
+    deployments.patch(&name, &PatchParams::apply(HANDOVER_MANAGER), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+/// Whether `manager` owns the Deployment's `spec.replicas` (its managedFields entry lists it).
+pub fn owns_replicas(deployment: &Deployment, manager: &str) -> bool {
+    deployment.metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(manager)
+            && entry.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+    })
 }
 
 /// Reads the warm-up and verify Jobs of this generation (and the verify report once).
@@ -622,7 +698,6 @@ fn status(vc: &VectorCollection, ctx: &Context, d: &Decision, observed: &Observe
         search_setting: d.search_setting.clone(),
         verification: observed.gates.clone(),
         message: d.message.clone(),
-        last_retry: None,
         conditions,
     }
 }

@@ -63,6 +63,14 @@ fn rendered(vc: &VectorCollection) -> CollectionObjects {
     CollectionObjects::render(vc, &Defaults { image: "quiver:test".into(), ..Default::default() })
 }
 
+/// The live replicas Deployment at `replicas`, whose `spec.replicas` `manager` owns.
+fn deployment_owned_by(manager: &str, replicas: i32) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "products-v2-replicas", "managedFields": [{"manager": manager, "operation": "Apply",
+            "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}}})
+}
+
 fn running_pod(ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "products-v2-writer-0"},
            "status": {"phase": "Running", "podIP": ip}})
@@ -99,6 +107,8 @@ async fn writer_objects(server: &mut common::ApiServer, ready: i32) {
 
 async fn replicas_applied(server: &mut common::ApiServer, ready: i32) {
     server.apply(REPLICAS_SVC, Value::Null).await;
+    // Autoscaled (the example has min/max): whether the count is still the operator's to hand over.
+    server.expect("GET", DEPLOYMENT, 200, deployment_owned_by("some-other-manager", 2)).await;
     server.apply(DEPLOYMENT, json!({"readyReplicas": ready})).await;
     server.apply(HPA, Value::Null).await;
     server.apply(PDB, Value::Null).await;
@@ -243,6 +253,7 @@ async fn a_published_snapshot_brings_up_the_replicas() {
         h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
         let svc = h.server.apply(REPLICAS_SVC, Value::Null).await;
         assert_eq!(svc.body, serde_json::to_value(&expected.replicas_service).unwrap());
+        h.server.expect("GET", DEPLOYMENT, 404, not_found()).await;
         let deployment = h.server.apply(DEPLOYMENT, json!({"readyReplicas": 1})).await;
         assert_eq!(deployment.body, serde_json::to_value(&expected.replicas).unwrap());
         let hpa = h.server.apply(HPA, Value::Null).await;
@@ -676,12 +687,18 @@ async fn pods_the_api_refused_to_create_are_named_in_status() {
     run(reconcile(vc, h.ctx.clone()), async {
         writer_applied(&mut h.server, 0).await;
         h.server.expect("GET", WRITER_POD, 404, not_found()).await;
-        let listed = h.server.expect("GET", EVENTS, 200, list("Event", vec![event])).await;
+        // An older success (the pod existed once) does not hide a newer failure.
+        let created = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "products-v2-writer.0"},
+            "involvedObject": {"kind": "StatefulSet", "name": "products-v2-writer"}, "reason": "SuccessfulCreate",
+            "type": "Normal", "lastTimestamp": "2025-11-25T11:00:00Z", "message": "create Pod products-v2-writer-0 in StatefulSet products-v2-writer successful"});
+        let listed = h.server.expect("GET", EVENTS, 200, list("Event", vec![created, event.clone()])).await;
+        // This StatefulSet's Events only (by uid), from the API server's cache.
         assert!(
-            listed.uri.contains("fieldSelector=involvedObject.kind%3DStatefulSet%2CinvolvedObject.name%3Dproducts-v2-writer%2Creason%3DFailedCreate"),
+            listed.uri.contains("fieldSelector=involvedObject.kind%3DStatefulSet%2CinvolvedObject.name%3Dproducts-v2-writer%2CinvolvedObject.uid%3D00000000-0000-0000-0000-00000000beef"),
             "{}",
             listed.uri
         );
+        assert!(listed.uri.contains("resourceVersion=0"), "{}", listed.uri);
         let status = status_patch(&mut h.server).await.body["status"].clone();
         let message = status["message"].as_str().unwrap();
         assert!(message.starts_with("waiting for the writer: FailedCreate: create Pod products-v2-writer-0"), "{message}");
@@ -697,6 +714,7 @@ async fn pods_the_api_refused_to_create_are_named_in_status() {
         writer_applied(&mut h.server, 1).await;
         h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
         h.server.apply(REPLICAS_SVC, Value::Null).await;
+        h.server.expect("GET", DEPLOYMENT, 404, not_found()).await;
         let failure = json!({"readyReplicas": 0, "conditions": [{"type": "ReplicaFailure", "status": "True",
             "reason": "FailedCreate", "message": "pods \"products-v2-replicas-7d9c-x\" is forbidden: exceeded quota: compute"}]});
         h.server.apply(DEPLOYMENT, failure).await;
@@ -722,7 +740,13 @@ async fn a_failed_collection_is_retried_once_per_annotation_value() {
         "verification": [{"name": "recall", "measured": 0.8, "comparison": ">=", "threshold": 0.95, "passed": false}]});
     let mut vc = (*collection(false, failed)).clone();
     vc.metadata.annotations = Some([("quiver.dev/retry".to_string(), "1".to_string())].into());
-    run(reconcile(Arc::new(vc.clone()), h.ctx.clone()), async {
+    let action = run(reconcile(Arc::new(vc.clone()), h.ctx.clone()), async {
+        // Recorded first, guarded by the resourceVersion: it happens once, whatever fails next.
+        let recorded = h.server.expect("PATCH", VC, 200, stored_object()).await;
+        assert_eq!(
+            recorded.body,
+            json!({"metadata": {"annotations": {"quiver.dev/retried": "1"}, "resourceVersion": "7"}})
+        );
         h.server.expect("DELETE", WRITER_POD, 200, running_pod("10.1.2.3")).await;
         let jobs = h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
         assert!(jobs.uri.contains("quiver.dev%2Fgeneration%3D1"), "this generation's Jobs: {}", jobs.uri);
@@ -732,18 +756,17 @@ async fn a_failed_collection_is_retried_once_per_annotation_value() {
             note,
             "retrying (quiver.dev/retry=1) after: verification failed: recall measured 0.8 (needs >= 0.95)"
         );
-        writer_applied(&mut h.server, 0).await;
-        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
-        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
         let status = status_patch(&mut h.server).await.body["status"].clone();
-        assert_eq!((status["phase"].as_str(), status["lastRetry"].as_str()), (Some("Pending"), Some("1")));
+        assert_eq!(status["phase"], "Pending");
         assert_eq!(status.get("verification"), None, "the failed gates are gone with the retry");
+        // Nothing observed in this pass: the old writer pod is still terminating.
     })
     .await
     .unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(5)));
     // Failed again, the same annotation value retries nothing: failure is sticky again.
     let mut again = serde_json::to_value(&vc).unwrap();
-    again["status"]["lastRetry"] = json!("1");
+    again["metadata"]["annotations"]["quiver.dev/retried"] = json!("1");
     run(reconcile(Arc::new(serde_json::from_value(again).unwrap()), h.ctx.clone()), async {
         writer_applied(&mut h.server, 0).await;
         h.server.expect("GET", WRITER_POD, 404, not_found()).await;
@@ -753,6 +776,25 @@ async fn a_failed_collection_is_retried_once_per_annotation_value() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_terminating_writer_pod_is_not_asked() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(WriterState::Failed { reason: "the old pod's import".into() });
+    let vc =
+        collection(false, json!({"phase": "Pending", "observedGeneration": 1, "message": "waiting for the writer"}));
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        let mut terminating = running_pod("10.1.2.3");
+        terminating["metadata"]["deletionTimestamp"] = json!("2025-11-25T11:59:58Z");
+        h.server.expect("GET", WRITER_POD, 200, terminating).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Pending", "not Failed by what a pod on its way out says");
+    })
+    .await
+    .unwrap();
+    assert!(h.writer.asked.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -778,6 +820,34 @@ async fn import_progress_alone_is_written_at_most_every_few_seconds_and_never_in
     run(reconcile(collection(false, written), h.ctx.clone()), async {
         writer_applied(&mut h.server, 0).await;
         h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn turning_autoscaling_on_keeps_the_replica_count_until_the_autoscaler_owns_it() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    run(reconcile(collection(false, stored_status("Ready")), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        h.server.apply(REPLICAS_SVC, Value::Null).await;
+        // Fixed at 4 until now, the operator's own field: handed over at 4, not reset to 1.
+        h.server.expect("GET", DEPLOYMENT, 200, deployment_owned_by("quiver-operator", 4)).await;
+        let handover =
+            h.server.expect("PATCH", DEPLOYMENT, 200, deployment_owned_by("quiver-operator-handover", 4)).await;
+        assert!(handover.uri.contains("fieldManager=quiver-operator-handover"), "{}", handover.uri);
+        assert_eq!(handover.body["spec"], json!({"replicas": 4}));
+        let main = h.server.apply(DEPLOYMENT, json!({"readyReplicas": 4})).await;
+        assert_eq!(main.body["spec"].get("replicas"), None, "the operator's own apply leaves the count to the HPA");
+        h.server.apply(HPA, Value::Null).await;
+        h.server.apply(PDB, Value::Null).await;
+        h.server.expect("GET", &format!("{JOBS}/products-v2-warmup-g1"), 200, job("w", "Complete")).await;
+        h.server.expect("GET", &format!("{JOBS}/products-v2-verify-g1"), 200, job("v", "Complete")).await;
+        h.server.expect("GET", PODS, 200, list("Pod", vec![job_pod(&report(0.97))])).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["readyReplicas"], 4);
     })
     .await
     .unwrap();
