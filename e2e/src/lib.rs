@@ -263,6 +263,7 @@ pub fn operator_gate_passes(exit_code: Option<i32>, report: &str) -> bool {
         generation: 1,
         writer: WriterState::Sealed { count: 1, setting: "signscan quality=200".into() },
         writer_problem: None,
+        idle: false,
         ready_replicas: 1,
         wanted_replicas: 1,
         warmup: JobState::Succeeded,

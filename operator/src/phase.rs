@@ -50,6 +50,8 @@ pub struct Observed {
     pub verify: JobState,
     /// The gates of the verify Job's report, once it ran.
     pub gates: Vec<GateResult>,
+    /// Ready, but scaled to zero replicas because no alias serves or targets it.
+    pub idle: bool,
 }
 
 /// The decided status fields (conditions are derived from them by the reconciler).
@@ -107,6 +109,10 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
         WriterState::Sealed { .. } => {}
     }
     let wanted = observed.wanted_replicas.max(1);
+    if observed.idle && previous_phase == Phase::Ready {
+        let note = "scaled down: no alias serves or targets it (replicas return when one does)";
+        return decide(Phase::Ready, Some(note.into()));
+    }
     if observed.ready_replicas < wanted {
         // Once Ready, losing replicas degrades serving but does not undo verification.
         if previous_phase == Phase::Ready {
@@ -154,6 +160,7 @@ mod tests {
             warmup,
             verify,
             gates: Vec::new(),
+            idle: false,
         }
     }
 

@@ -62,6 +62,10 @@ pub struct Config {
     /// Give each collection NetworkPolicies for its writer and replicas (see resources/network.rs).
     #[arg(long, env = "QUIVER_OPERATOR_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub network_policies: bool,
+    /// Scale a Ready collection made by a rebuild to zero replicas while no alias serves (as current
+    /// or previous) or targets it; its replicas come back when an alias points at it again.
+    #[arg(long, env = "QUIVER_OPERATOR_SCALE_DOWN_UNSERVED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scale_down_unserved: bool,
     /// Log as JSON lines.
     #[arg(long, env = "QUIVER_OPERATOR_LOG_JSON")]
     pub log_json: bool,
@@ -287,6 +291,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             image: config.image.clone(),
             network_policies: config.network_policies,
             operator_namespace: config.lease_namespace.clone(),
+            scale_down_unserved: config.scale_down_unserved,
         },
         metrics,
         k8s_openapi::jiff::Timestamp::now,

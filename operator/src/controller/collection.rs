@@ -406,6 +406,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         wanted_replicas: wanted,
         warmup: JobState::Absent,
         verify: JobState::Absent,
+        idle: false,
         // What the verify Job reported for this generation, unless it is read again below.
         gates: previous
             .filter(|s| s.observed_generation == Some(generation))
@@ -416,13 +417,23 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let sealed = phase::next(previous, &observed);
     let mut replicas_refused = None;
     if sealed.vector_count.is_some() && sealed.phase != Phase::Failed {
+        observed.idle = idle(vc, ctx, previous).await?;
         apply(client, &ns, &replicas::service(vc)).await?;
-        if replicas::autoscaled(&vc.spec.replicas) {
+        if replicas::autoscaled(&vc.spec.replicas) && !observed.idle {
             hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
         }
-        let deployment = apply(client, &ns, &replicas::deployment(vc, &ctx.defaults)).await?;
-        if let Some(hpa) = autoscaling::autoscaler(vc) {
-            apply(client, &ns, &hpa).await?;
+        let mut rendered = replicas::deployment(vc, &ctx.defaults);
+        if observed.idle {
+            rendered = replicas::scaled_down(rendered);
+        }
+        let deployment = apply(client, &ns, &rendered).await?;
+        match autoscaling::autoscaler(vc) {
+            Some(hpa) if !observed.idle => {
+                apply(client, &ns, &hpa).await?;
+            }
+            // Scaled down: an HPA would bring it back to its minimum.
+            Some(_) => delete_autoscaler(ctx, &ns, &name).await?,
+            None => {}
         }
         apply(client, &ns, &replicas::disruption_budget(vc)).await?;
         replicas_refused = replicas_not_created(&deployment);
@@ -435,7 +446,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     if let (Phase::Pending, Some(problem)) = (decision.phase, writer_problem) {
         decision.message = Some(format!("waiting for the writer: {problem}"));
     }
-    let short_of_replicas = observed.ready_replicas < wanted.max(1);
+    let short_of_replicas = observed.ready_replicas < wanted.max(1) && !observed.idle;
     if matches!(decision.phase, Phase::Replicating | Phase::Ready) && short_of_replicas {
         // Pods never created (a quota) say so; pods created but stuck say why.
         let problem = match replicas_refused {
@@ -463,12 +474,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         delete_old_jobs(ctx, &ns, &name, generation).await?;
         // Autoscaling can only be turned off by a spec change: the HPA must not keep scaling.
         if !replicas::autoscaled(&vc.spec.replicas) {
-            let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
-            match hpas.delete(&labels::replicas_name(&name), &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_autoscaler(ctx, &ns, &name).await?;
         }
     }
     let status = status(vc, ctx, &decision, &observed);
@@ -534,6 +540,29 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
     pending.message = Some("retrying: the writer starts again".into());
     patch_status(vc, ctx, &pending).await?;
     Ok(true)
+}
+
+async fn delete_autoscaler(ctx: &Context, ns: &str, name: &str) -> Result<()> {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    match hpas.delete(&labels::replicas_name(name), &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a Ready collection a rebuild made sits unused: no alias serves it (no served-by
+/// mark: neither current nor previous) and none targets it (a pin, or the newest rebuild about
+/// to be switched to). Its replicas are then scaled to zero (`--scale-down-unserved`), and
+/// come back when an alias points at it again; the writer keeps its snapshot.
+async fn idle(vc: &VectorCollection, ctx: &Context, previous: Option<&VectorCollectionStatus>) -> Result<bool> {
+    let rebuilt = vc.labels().contains_key(labels::ALIAS);
+    let marked = vc.labels().keys().any(|k| k.starts_with(labels::SERVED_BY_PREFIX));
+    let ready = previous.is_some_and(|s| s.phase == Phase::Ready && s.observed_generation == vc.metadata.generation);
+    if !ctx.defaults.scale_down_unserved || !rebuilt || marked || !ready {
+        return Ok(false);
+    }
+    Ok(aliases_pointing_at(vc, ctx).await?.is_empty())
 }
 
 /// The field manager that keeps the replica count while it passes from the operator to the HPA.
@@ -633,7 +662,7 @@ fn status(vc: &VectorCollection, ctx: &Context, d: &Decision, observed: &Observe
         Phase::Importing => "importing vectors".to_string(),
         _ => d.message.clone().unwrap_or_default(),
     };
-    let short = observed.ready_replicas < observed.wanted_replicas.max(1);
+    let short = observed.ready_replicas < observed.wanted_replicas.max(1) && !observed.idle;
     let degraded = d.phase == Phase::Failed || (d.phase == Phase::Ready && short);
     let (verified_reason, verified_message) = match (d.verified, d.phase) {
         (true, _) => ("GatesPassed", String::new()),

@@ -33,6 +33,8 @@ pub struct Defaults {
     pub network_policies: bool,
     /// The operator's namespace: its pods reach writers and replicas through the policies.
     pub operator_namespace: String,
+    /// Whether Ready rebuilt collections that no alias serves or targets go to zero replicas.
+    pub scale_down_unserved: bool,
 }
 
 impl Default for Defaults {
@@ -41,6 +43,7 @@ impl Default for Defaults {
             image: format!("ghcr.io/quiver-dev/quiver:{}", env!("CARGO_PKG_VERSION")),
             network_policies: true,
             operator_namespace: "quiver-system".into(),
+            scale_down_unserved: true,
         }
     }
 }

@@ -105,6 +105,14 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
     }
 }
 
+/// The Deployment of a collection no alias serves or targets: no replicas (and no HPA).
+pub fn scaled_down(mut deployment: Deployment) -> Deployment {
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.replicas = Some(0);
+    }
+    deployment
+}
+
 /// The collection's own Service (jobs and peers use it; clients use the alias Service).
 pub fn service(vc: &VectorCollection) -> Service {
     let name = vc.name_any();

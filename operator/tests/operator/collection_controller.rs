@@ -852,3 +852,50 @@ async fn turning_autoscaling_on_keeps_the_replica_count_until_the_autoscaler_own
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_rebuilt_collection_no_alias_serves_or_targets_is_scaled_to_zero_and_back() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let mut ready = stored_status("Ready");
+    ready["verification"] =
+        json!([{"name": "recall", "measured": 0.97, "comparison": ">=", "threshold": 0.95, "passed": true}]);
+    let mut vc = (*collection(false, ready)).clone();
+    vc.metadata.labels = Some([("quiver.dev/alias".to_string(), "products".to_string())].into());
+    let vc = Arc::new(vc);
+    run(reconcile(vc.clone(), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        // Nobody serves (no mark) or targets it: the alias moved on to a newer rebuild.
+        let moved_on = alias("products", "products-v3", "products-v3");
+        h.server.expect("GET", ALIASES, 200, list("CollectionAlias", vec![moved_on])).await;
+        h.server.apply(REPLICAS_SVC, Value::Null).await;
+        let deployment = h.server.apply(DEPLOYMENT, json!({"readyReplicas": 0})).await;
+        assert_eq!(deployment.body["spec"]["replicas"], 0);
+        h.server.expect("DELETE", HPA, 200, json!({"kind": "Status", "status": "Success"})).await;
+        h.server.apply(PDB, Value::Null).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Ready", "still verified: it can be served again");
+        assert!(status["message"].as_str().unwrap().starts_with("scaled down"), "{status}");
+        assert_eq!(condition(&status, "Degraded").0, "False", "idle, not broken");
+    })
+    .await
+    .unwrap();
+    // Pinned again (a rollback): its replicas come back before the alias may switch to it.
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.expect("GET", WRITER_POD, 200, running_pod("10.1.2.3")).await;
+        let pinned = alias("products", "products-v2", "products-v3");
+        h.server.expect("GET", ALIASES, 200, list("CollectionAlias", vec![pinned])).await;
+        h.server.apply(REPLICAS_SVC, Value::Null).await;
+        h.server.expect("GET", DEPLOYMENT, 200, deployment_owned_by("some-other-manager", 0)).await;
+        let deployment = h.server.apply(DEPLOYMENT, json!({"readyReplicas": 0})).await;
+        assert_eq!(deployment.body["spec"].get("replicas"), None, "the HPA owns the count again");
+        h.server.apply(HPA, Value::Null).await;
+        h.server.apply(PDB, Value::Null).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["message"], "0/2 replicas ready");
+    })
+    .await
+    .unwrap();
+}
