@@ -60,6 +60,8 @@ pub struct RecordRules {
 
 #[derive(Debug, Clone)]
 struct Committed {
+    /// Its sequence number: the stream's name in errors.
+    seq: u64,
     path: PathBuf,
     rows: u64,
     bytes: u64,
@@ -107,7 +109,7 @@ impl Spool {
                 let _ = std::fs::remove_file(&path);
             } else if let Some((seq, rows)) = parse_committed(&name) {
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                committed.push((seq, Committed { path, rows, bytes }));
+                committed.push((seq, Committed { seq, path, rows, bytes }));
             }
         }
         committed.sort_by(|(a, x), (b, y)| (a, &x.path).cmp(&(b, &y.path)));
@@ -376,7 +378,7 @@ impl StreamWriter {
         state.next_seq += 1;
         state.reserved = state.reserved.saturating_sub(self.bytes);
         state.dimensions = Some(dims);
-        state.committed.push(Committed { path: target, rows: self.rows, bytes: self.bytes });
+        state.committed.push(Committed { seq, path: target, rows: self.rows, bytes: self.bytes });
         crate::fault::point("ingest::after_commit");
         Ok(self.rows)
     }
@@ -463,7 +465,7 @@ impl SpoolRows {
         let partition = self.text("partition")?;
         let tags = (0..self.u16("tags")?).map(|_| self.text("tags")).collect::<Result<Vec<_>>>()?;
         let vector = bytemuck::pod_collect_to_vec(&self.bytes(4 * self.dims, "vector")?);
-        let at = Location::Row(self.row - 1);
+        let at = Location::Stream { stream: self.files[self.file].seq, row: self.row - 1 };
         Ok(Record { id, vector, partition: (!partition.is_empty()).then_some(partition), tags, at })
     }
 }
@@ -519,6 +521,22 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].id, &rows[0].partition, &rows[0].tags), (1, &tagged.partition, &tagged.tags));
         assert_eq!((rows[1].id, rows[1].vector.clone()), (2, vec![3.0, 4.0]));
+    }
+
+    /// A record found bad at Seal (a duplicate id across streams) is named by the stream that
+    /// brought it, not by a row number every stream has.
+    #[test]
+    fn sealed_records_are_named_by_their_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), "v1", rules(), SpoolLimits::default()).unwrap();
+        for id in [7, 7] {
+            let mut stream = spool.begin().unwrap();
+            stream.append(&[record(id, vec![1.0, 2.0])]).unwrap();
+            stream.commit().unwrap();
+        }
+        let rows: Vec<Record> = spool.close().unwrap().records.iter.collect::<Result<_>>().unwrap();
+        let at: Vec<String> = rows.iter().map(|r| r.at.to_string()).collect();
+        assert_eq!(at, ["row 0 of ingest stream 00000001", "row 0 of ingest stream 00000002"]);
     }
 
     #[test]

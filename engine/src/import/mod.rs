@@ -20,6 +20,9 @@ pub enum Location {
     Row(u64),
     /// 1-based line of a text file.
     Line(u64),
+    /// 0-based row of one acknowledged Ingest stream of the spool (its file
+    /// `<stream:08>-<rows>.rows`): a record is named by the stream that brought it.
+    Stream { stream: u64, row: u64 },
 }
 
 impl fmt::Display for Location {
@@ -27,6 +30,7 @@ impl fmt::Display for Location {
         match self {
             Location::Row(r) => write!(f, "row {r}"),
             Location::Line(l) => write!(f, "line {l}"),
+            Location::Stream { stream, row } => write!(f, "row {row} of ingest stream {stream:08}"),
         }
     }
 }

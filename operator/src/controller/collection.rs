@@ -181,6 +181,7 @@ async fn cleanup(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     }
     let rest = vc.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     set_finalizers(vc, ctx, rest).await?;
+    ctx.forget_status_writes(&key(vc));
     Ok(Action::await_change())
 }
 

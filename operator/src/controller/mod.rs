@@ -107,6 +107,11 @@ impl Context {
         writes.get(key).is_some_and(|at| at.elapsed() < interval)
     }
 
+    /// A deleted collection's entry goes with it.
+    pub(crate) fn forget_status_writes(&self, key: &str) {
+        self.status_writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(key);
+    }
+
     pub(crate) fn progress_written(&self, key: &str) {
         let mut writes = self.status_writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         writes.insert(key.to_string(), std::time::Instant::now());

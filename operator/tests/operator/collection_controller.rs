@@ -707,6 +707,22 @@ async fn pods_the_api_refused_to_create_are_named_in_status() {
     .await
     .unwrap();
 
+    // Once a pod was created after the failure (the quota raised), the old Event says nothing.
+    let vc =
+        collection(false, json!({"phase": "Pending", "observedGeneration": 1, "message": "waiting for the writer"}));
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", WRITER_POD, 404, not_found()).await;
+        let mut later = event.clone();
+        later["reason"] = json!("SuccessfulCreate");
+        later["lastTimestamp"] = json!("2025-11-25T11:59:30Z");
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![event.clone(), later])).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["message"], "waiting for the writer");
+    })
+    .await
+    .unwrap();
+
     // The replicas: the Deployment's ReplicaFailure condition (copied from its ReplicaSet).
     *h.writer.state.lock().unwrap() = Some(sealed());
     let vc = collection(false, json!({"phase": "Publishing", "observedGeneration": 1}));
