@@ -67,10 +67,17 @@ fn kubectl_refused(args: &[&str]) -> String {
 
 /// One field of a namespaced object, empty while it (or the field) does not exist.
 fn field(object: &str, jsonpath: &str) -> String {
-    let out = Command::new("kubectl")
-        .args(["--context", "kind-quiver-e2e", "-n", NAMESPACE, "get", object, "-o", &format!("jsonpath={jsonpath}")])
-        .output()
-        .unwrap();
+    get(&[object], jsonpath)
+}
+
+/// `kubectl get <what...> -o jsonpath=...` in the test namespace (`what` may carry a `-l`
+/// selector as separate arguments); empty while nothing matches.
+fn get(what: &[&str], jsonpath: &str) -> String {
+    let jsonpath = format!("jsonpath={jsonpath}");
+    let mut args = vec!["--context", "kind-quiver-e2e", "-n", NAMESPACE, "get"];
+    args.extend_from_slice(what);
+    args.extend(["-o", &jsonpath]);
+    let out = Command::new("kubectl").args(&args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -174,7 +181,7 @@ spec:
 fn push(runtime: &tokio::runtime::Runtime, name: &str, seed: u64, port: u16, seal: bool) {
     let selector = format!("quiver.dev/collection={name},quiver.dev/role=writer");
     eventually(&format!("the writer pod of {name}"), Duration::from_secs(120), || {
-        !field(&format!("pods -l {selector}"), "{.items[*].metadata.name}").is_empty()
+        !get(&["pods", "-l", &selector], "{.items[*].metadata.name}").is_empty()
     });
     kubectl(&[
         "-n",
