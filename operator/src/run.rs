@@ -162,11 +162,7 @@ where
 pub fn collections_of(alias: &CollectionAlias) -> Vec<ObjectRef<VectorCollection>> {
     let ns = alias.namespace().unwrap_or_default();
     let status = alias.status.clone().unwrap_or_default();
-    [&alias.spec.collection, &status.last_rebuild_collection, &status.current, &status.previous]
-        .into_iter()
-        .flatten()
-        .map(|name| ObjectRef::new(name).within(&ns))
-        .collect()
+    alias::served(alias, &status).iter().map(|name| ObjectRef::new(name).within(&ns)).collect()
 }
 
 /// Reconciles at once per controller: bounded, so hundreds of collections do not turn a

@@ -2,13 +2,13 @@
 //! collection is Ready and verified for its current generation, keeps the previous target for
 //! rollback, drains the previous target's replicas after a switch, and runs scheduled rebuilds.
 
-use super::{Context, Error, Result, apply, collection_ref, condition, key, namespace};
+use super::{Context, Error, Result, apply, collection_ref, condition, key, namespace, replica_pods};
 use crate::crd::{
     AliasSwitch, CollectionAlias, CollectionAliasStatus, ConcurrencyPolicy, Phase, RebuildSpec, VectorCollection,
 };
 use crate::rebuild::{self, Schedule};
 use crate::resources::alias_service;
-use crate::resources::labels::{self, FIELD_MANAGER, Role};
+use crate::resources::labels::{self, FIELD_MANAGER};
 use crate::resources::replicas;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -380,16 +380,6 @@ async fn ready_replicas(ctx: &Context, ns: &str, collection: &str) -> Result<BTr
     Ok(replica_pods(ctx, ns, collection).await?.iter().filter(|p| ready(p)).map(|p| p.name_any()).collect())
 }
 
-async fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Result<Vec<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = labels::selector(collection, Role::Replica)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
-}
-
 /// Drains the previous target once the alias Service's endpoints list exactly the current
 /// target's ready pods and the drain delay has passed since (kube-proxies and load balancers
 /// follow the slices), unless another alias serves it. Records `drained` only when every
@@ -620,7 +610,7 @@ async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStat
 }
 
 /// What an alias must keep: its pin, its newest rebuild, what it serves and served before.
-fn served(ca: &CollectionAlias, status: &CollectionAliasStatus) -> Vec<String> {
+pub fn served(ca: &CollectionAlias, status: &CollectionAliasStatus) -> Vec<String> {
     [&ca.spec.collection, &status.last_rebuild_collection, &status.current, &status.previous]
         .into_iter()
         .flatten()

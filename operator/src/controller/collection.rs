@@ -327,9 +327,7 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
 
 /// The first replica pod that is stuck (e.g. a snapshot that fails its checksum, crash-looping).
 async fn replica_problem(ctx: &Context, ns: &str, name: &str) -> Result<Option<String>> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!("{}={name},{}={}", labels::COLLECTION, labels::ROLE, Role::Replica.as_str());
-    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    let list = super::replica_pods(ctx, ns, name).await?;
     Ok(list.iter().find_map(|p| pod_problem(p).map(|problem| format!("replica {}: {problem}", p.name_any()))))
 }
 
@@ -524,15 +522,7 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => return Err(e.into()),
     }
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!(
-        "{}={},{} in (warmup,verify),{}={generation}",
-        labels::COLLECTION,
-        vc.name_any(),
-        labels::ROLE,
-        labels::GENERATION
-    );
-    jobs_api.delete_collection(&DeleteParams::background(), &ListParams::default().labels(&selector)).await?;
+    delete_jobs(ctx, ns, &vc.name_any(), &format!("={generation}")).await?;
     let why = stored.message.clone().unwrap_or_default();
     ctx.event(vc, EventType::Normal, "Retry", "Retry", format!("retrying ({RETRY}={request}) after: {why}")).await;
     let mut pending = stored.clone();
@@ -641,13 +631,15 @@ async fn observe_jobs(
 
 /// Jobs of older generations: their results no longer describe the spec.
 async fn delete_old_jobs(ctx: &Context, ns: &str, name: &str, generation: i64) -> Result<()> {
+    delete_jobs(ctx, ns, name, &format!("!={generation}")).await
+}
+
+/// The warm-up and verify Jobs of `name` whose generation label matches `generation` (a
+/// selector operator and value: `=3`, `!=3`).
+async fn delete_jobs(ctx: &Context, ns: &str, name: &str, generation: &str) -> Result<()> {
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!(
-        "{}={name},{} in (warmup,verify),{}!={generation}",
-        labels::COLLECTION,
-        labels::ROLE,
-        labels::GENERATION
-    );
+    let selector =
+        format!("{}={name},{} in (warmup,verify),{}{generation}", labels::COLLECTION, labels::ROLE, labels::GENERATION);
     jobs_api.delete_collection(&DeleteParams::background(), &ListParams::default().labels(&selector)).await?;
     Ok(())
 }

@@ -10,10 +10,10 @@ use crate::engine::{Drainer, EngineError, WriterProbe};
 use crate::metrics::Metrics;
 use crate::resources::Defaults;
 use crate::resources::labels::FIELD_MANAGER;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -204,6 +204,18 @@ pub async fn collection_token(client: &Client, ns: &str, vc: &VectorCollection) 
         .and_then(|mut data| data.remove(&selector.key))
         .ok_or_else(|| Error::MissingToken(selector.name.clone(), selector.key.clone()))?;
     Ok(Some(String::from_utf8_lossy(&value.0).trim().to_string()))
+}
+
+/// The replica pods of `collection` (stuck ones for its status, ready ones and their IPs for an
+/// alias's drain).
+pub async fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = crate::resources::labels::selector(collection, crate::resources::labels::Role::Replica)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
 }
 
 /// Server-side apply of an object the operator owns, with the one field manager.
