@@ -1,5 +1,5 @@
 //! Operator metrics (Prometheus text format on /metrics): reconciles, errors and reconcile
-//! duration per controller.
+//! duration per controller; server-side applies sent and skipped (the desired state unchanged).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +15,7 @@ pub struct Metrics {
     reconciles: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     duration: Family<Labels, Histogram>,
+    applies: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -27,7 +28,13 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed, by error kind", errors.clone());
         registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
-        Metrics { registry, reconciles, errors, duration }
+        let applies = Family::<Labels, Counter>::default();
+        registry.register(
+            "applies",
+            "Server-side applies: sent, or skipped because the object is as last applied",
+            applies.clone(),
+        );
+        Metrics { registry, reconciles, errors, duration, applies }
     }
 }
 
@@ -40,6 +47,11 @@ impl Metrics {
 
     pub fn error(&self, controller: &'static str, kind: &'static str) {
         self.errors.get_or_create(&vec![("controller", controller), ("error", kind)]).inc();
+    }
+
+    /// Counts an apply of `kind` as `sent` or `skipped`.
+    pub fn apply(&self, kind: &'static str, result: &'static str) {
+        self.applies.get_or_create(&vec![("kind", kind), ("result", result)]).inc();
     }
 
     /// The Prometheus text exposition.
@@ -72,7 +84,9 @@ mod tests {
         let m = Metrics::default();
         drop(m.reconcile("collection"));
         m.error("collection", "kube");
+        m.apply("Service", "skipped");
         let text = m.render();
+        assert!(text.contains("quiver_operator_applies_total{kind=\"Service\",result=\"skipped\"} 1"), "{text}");
         assert!(text.contains("quiver_operator_reconciles_total{controller=\"collection\"} 1"), "{text}");
         assert!(
             text.contains("quiver_operator_reconcile_errors_total{controller=\"collection\",error=\"kube\"} 1"),

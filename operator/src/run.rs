@@ -1,6 +1,7 @@
 //! The operator process: configuration, the HTTP endpoints (/metrics, /livez, /readyz),
 //! leader election on a Lease, and the two controllers until SIGTERM.
 
+use crate::controller::cache::Writers;
 use crate::controller::{Context, alias, collection};
 use crate::crd::{CollectionAlias, VectorCollection};
 use crate::engine::Grpc;
@@ -8,10 +9,6 @@ use crate::metrics::Metrics;
 use crate::resources::Defaults;
 use crate::resources::labels::{FIELD_MANAGER, MANAGED_BY};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
@@ -170,55 +167,92 @@ pub fn collections_of(alias: &CollectionAlias) -> Vec<ObjectRef<VectorCollection
 pub const CONCURRENCY: u16 = 8;
 
 /// A primary object's changes that need a reconcile: its spec (generation), labels (the
-/// served-by marks), annotations (a retry, a rebuild request), finalizers and deletion. Not its
-/// status: the controller's own status writes would otherwise each bring one more reconcile.
-pub fn changed_by_user<K: Resource>(obj: &K) -> Option<u64> {
+/// served-by marks), annotations (a retry, a rebuild request), finalizers and deletion, or a
+/// new object of the same name (uid). Not its status: the controller's own status writes would
+/// otherwise each bring one more reconcile.
+pub fn changed_by_user<K: Resource>(obj: &K) -> u64 {
     use std::hash::{Hash, Hasher};
     let meta = obj.meta();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.uid.hash(&mut hasher);
     meta.generation.hash(&mut hasher);
     meta.labels.hash(&mut hasher);
     meta.annotations.hash(&mut hasher);
     meta.finalizers.hash(&mut hasher);
     meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
-    Some(hasher.finish())
+    hasher.finish()
 }
 
-/// The primary stream of a controller: every object in its reflector, reconciles only for
-/// [`changed_by_user`] changes.
-fn primary<K>(
-    api: Api<K>,
-) -> (reflector::Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+/// The objects of `changes` whose [`changed_by_user`] hash moved since each was last seen.
+/// Objects gone from `store` are forgotten as the record grows.
+pub fn changed_by_user_only<K>(
+    changes: impl futures::Stream<Item = Arc<K>>,
+    store: reflector::Store<K>,
+) -> impl futures::Stream<Item = Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut seen: std::collections::HashMap<ObjectRef<K>, u64> = Default::default();
+    changes.filter(move |obj| {
+        let changed = seen.insert(ObjectRef::from_obj(obj.as_ref()), changed_by_user(obj.as_ref()));
+        if seen.len() > 2 * store.len() + 64 {
+            seen.retain(|key, _| store.get(key).is_some());
+        }
+        std::future::ready(changed != Some(changed_by_user(obj.as_ref())))
+    })
+}
+
+/// The changes a shared store's watch brings, for a controller.
+fn subscribe<K: Resource<DynamicType = ()> + Clone + 'static>(
+    writer: &reflector::store::Writer<K>,
+) -> reflector::ReflectHandle<K> {
+    writer.subscribe().expect("the store is shared (cache::caches makes it so)")
+}
+
+/// Keeps `writer`'s store filled from a watch of `api`; ends only with the operator. Watch
+/// errors are retried with kube's default backoff (and logged).
+async fn reflect<K>(api: Api<K>, config: watcher::Config, writer: reflector::store::Writer<K>)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
+    let kind = K::kind(&()).into_owned();
+    watcher(api, config)
         .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(changed_by_user::<K>, Default::default());
-    (reader, stream)
+        .reflect_shared(writer)
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(%kind, error = %e, "watch failed; retrying");
+            }
+            std::future::ready(())
+        })
+        .await
 }
 
-/// Runs both controllers until `shutdown`.
-pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) {
+/// Runs both controllers until `shutdown`, and the watches that fill `writers`.
+pub async fn controllers(ctx: Arc<Context>, writers: Writers, namespace: Option<String>, shutdown: Shutdown) {
     let client = ctx.client.clone();
     // Only objects this operator made: smaller caches, no reconciles for others' objects.
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY}={FIELD_MANAGER}"));
     let all = watcher::Config::default();
+    // Only the slices of alias Services: the EndpointSlice controller keeps them and copies the
+    // Service's labels onto them (quiver.dev/alias among them).
+    let slices = watcher::Config::default()
+        .labels(&format!("{MANAGED_BY_SLICE}=endpointslice-controller.k8s.io,{}", crate::resources::labels::ALIAS));
     let config = controller::Config::default().concurrency(CONCURRENCY);
-    let (store, stream) = primary(api::<VectorCollection>(&client, &namespace));
+    let caches = &ctx.caches;
+
     // Watched: what the pipeline reads (StatefulSet and Deployment readiness, Jobs finishing,
-    // Services); not the HPA, PDB or NetworkPolicies, whose changes nothing reads.
-    let collections = Controller::for_stream(stream, store)
+    // Services); not the HPA, PDB, NetworkPolicies or pods, whose changes nothing waits for
+    // (they are read from their caches at the next look).
+    let collection_changes = changed_by_user_only(subscribe(&writers.collections), caches.collections.store.clone());
+    let collections = Controller::for_shared_stream(collection_changes, caches.collections.store.clone())
         .with_config(config.clone())
-        .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
-        .owns(api::<Deployment>(&client, &namespace), owned.clone())
-        .owns(api::<Service>(&client, &namespace), owned.clone())
-        .owns(api::<Job>(&client, &namespace), owned.clone())
+        .owns_shared_stream(subscribe(&writers.stateful_sets))
+        .owns_shared_stream(subscribe(&writers.deployments))
+        .owns_shared_stream(subscribe(&writers.services))
+        .owns_shared_stream(subscribe(&writers.jobs))
         // An alias moving away may unblock a deletion.
-        .watches(api::<CollectionAlias>(&client, &namespace), all.clone(), |a| collections_of(&a))
+        .watches_shared_stream(subscribe(&writers.aliases), |a| collections_of(&a))
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(collection::reconcile, collection::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -226,38 +260,68 @@ pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>, shutdown:
                 tracing::debug!(error = %e, "collection controller");
             }
         });
-    // Only the slices of alias Services: the EndpointSlice controller keeps them and copies the
-    // Service's labels onto them (quiver.dev/alias among them).
-    let slices = watcher::Config::default()
-        .labels(&format!("{MANAGED_BY_SLICE}=endpointslice-controller.k8s.io,{}", crate::resources::labels::ALIAS));
-    let (store, stream) = primary(api::<CollectionAlias>(&client, &namespace));
-    let alias_controller = Controller::for_stream(stream, store).with_config(config);
-    let aliases = alias_controller.store();
-    let aliases = alias_controller
-        .owns(api::<Service>(&client, &namespace), owned)
+    let alias_changes = changed_by_user_only(subscribe(&writers.aliases), caches.aliases.store.clone());
+    let alias_store = caches.aliases.store.clone();
+    let aliases = Controller::for_shared_stream(alias_changes, caches.aliases.store.clone())
+        .with_config(config)
+        .owns_shared_stream(subscribe(&writers.services))
         // The drain waits for the alias Service's endpoints to move; their changes wake it.
-        .watches(api::<EndpointSlice>(&client, &namespace), slices, |slice| {
+        .watches_shared_stream(subscribe(&writers.slices), |slice| {
             let service = slice.labels().get(SERVICE_NAME).cloned()?;
             Some(ObjectRef::<CollectionAlias>::new(&service).within(&slice.namespace()?))
         })
         // A collection becoming Ready and verified is what an alias waits for.
-        .watches(api::<VectorCollection>(&client, &namespace), all, move |vc| {
-            let vc_ref = ObjectRef::from_obj(&vc);
-            aliases
+        .watches_shared_stream(subscribe(&writers.collections), move |vc| {
+            let vc_ref = ObjectRef::from_obj(vc.as_ref());
+            alias_store
                 .state()
                 .into_iter()
                 .filter(|a| collections_of(a).contains(&vc_ref))
                 .map(|a| ObjectRef::from_obj(a.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown.wait())
-        .run(alias::reconcile, alias::error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone().wait())
+        .run(alias::reconcile, alias::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "alias controller");
             }
         });
-    futures::join!(collections, aliases);
+    let Writers {
+        collections: vc_writer,
+        aliases: alias_writer,
+        stateful_sets,
+        deployments,
+        services,
+        jobs,
+        slices: slice_writer,
+        pods,
+        secrets,
+        autoscalers,
+        budgets,
+        network_policies,
+    } = writers;
+    let watches = async {
+        futures::join!(
+            reflect(api(&client, &namespace), all.clone(), vc_writer),
+            reflect(api(&client, &namespace), all, alias_writer),
+            reflect(api(&client, &namespace), owned.clone(), stateful_sets),
+            reflect(api(&client, &namespace), owned.clone(), deployments),
+            reflect(api(&client, &namespace), owned.clone(), services),
+            reflect(api(&client, &namespace), owned.clone(), jobs),
+            reflect(api(&client, &namespace), slices, slice_writer),
+            reflect(api(&client, &namespace), owned.clone(), pods),
+            reflect(api(&client, &namespace), owned.clone(), secrets),
+            reflect(api(&client, &namespace), owned.clone(), autoscalers),
+            reflect(api(&client, &namespace), owned.clone(), budgets),
+            reflect(api(&client, &namespace), owned, network_policies),
+        )
+    };
+    // The watches never end by themselves: the controllers' end (shutdown) ends them.
+    tokio::select! {
+        _ = async { futures::join!(collections, aliases) } => {}
+        _ = watches => {}
+    }
 }
 
 /// The whole operator process.
@@ -278,8 +342,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) },
     );
     let grpc = Arc::new(Grpc::default());
+    let (caches, writers) = crate::controller::cache::caches();
     let mut ctx = Context::new(
         client.clone(),
+        caches,
         recorder,
         grpc.clone(),
         grpc,
@@ -297,7 +363,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // A standby is healthy and ready: it serves nothing until it leads.
     health.set_ready(true);
     if !config.leader_election {
-        controllers(ctx, config.namespace.clone(), shutdown).await;
+        controllers(ctx, writers, config.namespace.clone(), shutdown).await;
         http.await??;
         return Ok(());
     }
@@ -333,7 +399,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        _ = controllers(ctx, config.namespace.clone(), shutdown.clone()) => {}
+        _ = controllers(ctx, writers, config.namespace.clone(), shutdown.clone()) => {}
         _ = lost => {
             // Another replica may already act: stop at once and let Kubernetes restart us.
             anyhow::bail!("lost the lease");

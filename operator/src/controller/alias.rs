@@ -11,10 +11,9 @@ use crate::resources::alias_service;
 use crate::resources::labels::{self, FIELD_MANAGER};
 use crate::resources::replicas;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -41,6 +40,7 @@ pub const ENDPOINTS_INTERVAL: Duration = Duration::from_secs(5);
 pub const DRAIN_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(ca: Arc<CollectionAlias>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     match steps(&ca, &ctx).await {
         Ok(wait) => {
@@ -160,11 +160,9 @@ async fn switch(
     let ns = namespace(ca)?;
     // As stored: what this reconcile changes (a rebuild started) is written with the rest.
     let previous_status = ca.status.clone().unwrap_or_default();
-    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let now = (ctx.now)();
 
-    let live = services.get_opt(&ca.name_any()).await?;
+    let live = alias_service(ca, ctx, &ns, &previous_status).await?;
     if let Some(service) = live.as_ref().filter(|s| !controlled_by(s, ca) && !adoptable(s, ca)) {
         return conflict(ca, ctx, service, previous_status, status).await;
     }
@@ -176,7 +174,8 @@ async fn switch(
 
     let target = self::target(ca, &status);
     let target_vc = match &target {
-        Some(t) if status.current.as_ref() != Some(t) => collections.get_opt(t).await?,
+        // From the cache: the mark below carries the resourceVersion it was judged at.
+        Some(t) if status.current.as_ref() != Some(t) => ctx.caches.collections.get(&ns, t).map(|vc| (*vc).clone()),
         _ => None,
     };
     let waiting = match &target {
@@ -191,7 +190,7 @@ async fn switch(
             // the resourceVersion not_servable read, so a deletion (or any change) admitted in
             // between fails it with 409 and the switch waits for the next look.
             mark_unchanged(ctx, &ns, ca, vc).await?;
-            apply(&ctx.client, &ns, &alias_service::service(ca, &target)).await?;
+            apply(ctx, &ns, &alias_service::service(ca, &target)).await?;
             status.previous = current.clone();
             status.current = Some(target.clone());
             status.switched_at = Some(now.to_string());
@@ -206,14 +205,14 @@ async fn switch(
         }
         (_, Some(current), _) => {
             // Keep (or restore) the Service on what it serves now.
-            apply(&ctx.client, &ns, &alias_service::service(ca, &current)).await?;
+            apply(ctx, &ns, &alias_service::service(ca, &current)).await?;
             None
         }
         (_, None, _) => None,
     };
     reconcile_marks(ctx, &ns, ca, &status).await?;
     let endpoints = match &status.current {
-        Some(_) => ready_endpoints(ctx, &ns, &ca.name_any()).await?,
+        Some(_) => ready_endpoints(ctx, &ns, &ca.name_any()),
         None => BTreeSet::new(),
     };
     let wait = drain_previous(ca, ctx, &ns, &mut status, &endpoints).await?;
@@ -264,6 +263,23 @@ async fn switch(
     }
     let settled = if synced && ready { SETTLED_INTERVAL } else { WAIT_INTERVAL };
     Ok((wait.map_or(settled, |w| w.min(settled)), status))
+}
+
+/// The alias's Service as it is: from the cache when it selects what the stored status says the
+/// alias serves (nothing has moved since the last reconcile wrote it), else from the API server
+/// (a switch the cache has not seen yet, a restored alias without status, a Service this
+/// operator did not make), whose answer is the truth the switch acts on.
+async fn alias_service(
+    ca: &CollectionAlias,
+    ctx: &Context,
+    ns: &str,
+    stored: &CollectionAliasStatus,
+) -> Result<Option<Service>> {
+    let cached = ctx.caches.services.get(ns, &ca.name_any());
+    if let Some(service) = cached.filter(|s| controlled_by(s, ca) && selected_collection(s) == stored.current) {
+        return Ok(Some((*service).clone()));
+    }
+    Ok(Api::<Service>::namespaced(ctx.client.clone(), ns).get_opt(&ca.name_any()).await?)
 }
 
 /// A Service of the alias's name that something else controls: reported, never taken over.
@@ -327,12 +343,13 @@ async fn mark_unchanged(ctx: &Context, ns: &str, ca: &CollectionAlias, vc: &Vect
 /// unmarked (a mark left behind by a switch that failed half-way, or an older previous).
 async fn reconcile_marks(ctx: &Context, ns: &str, ca: &CollectionAlias, status: &CollectionAliasStatus) -> Result<()> {
     let key = labels::served_by(&ca.name_any());
-    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), ns);
-    let marked: BTreeMap<String, String> = collections
-        .list(&ListParams::default().labels(&key))
-        .await?
+    // A mark written since the cache last heard is written again: the same merge patch.
+    let marked: BTreeMap<String, String> = ctx
+        .caches
+        .collections
+        .in_namespace(ns)
         .into_iter()
-        .map(|c| (c.name_any(), c.labels().get(&key).cloned().unwrap_or_default()))
+        .filter_map(|c| Some((c.name_any(), c.labels().get(&key)?.clone())))
         .collect();
     let mut wanted: BTreeMap<String, &str> = BTreeMap::new();
     if let Some(previous) = &status.previous {
@@ -355,21 +372,19 @@ async fn reconcile_marks(ctx: &Context, ns: &str, ca: &CollectionAlias, status: 
 /// The pods the alias Service's EndpointSlices list as ready. EndpointSlice `conditions.ready`
 /// "should be interpreted as true" when unset, and is false for a terminating endpoint
 /// (discovery.k8s.io/v1 EndpointConditions); a Service may have several slices.
-async fn ready_endpoints(ctx: &Context, ns: &str, service: &str) -> Result<BTreeSet<String>> {
-    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!("kubernetes.io/service-name={service}");
-    Ok(slices
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .into_iter()
-        .flat_map(|slice| slice.endpoints)
+fn ready_endpoints(ctx: &Context, ns: &str, service: &str) -> BTreeSet<String> {
+    ctx.caches
+        .slices
+        .labelled(ns, &[("kubernetes.io/service-name", service)])
+        .iter()
+        .flat_map(|slice| slice.endpoints.iter())
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-        .filter_map(|e| e.target_ref.and_then(|r| r.name))
-        .collect())
+        .filter_map(|e| e.target_ref.as_ref().and_then(|r| r.name.clone()))
+        .collect()
 }
 
 /// The ready replica pods of `collection`, by name.
-async fn ready_replicas(ctx: &Context, ns: &str, collection: &str) -> Result<BTreeSet<String>> {
+fn ready_replicas(ctx: &Context, ns: &str, collection: &str) -> BTreeSet<String> {
     let ready = |p: &Pod| {
         p.metadata.deletion_timestamp.is_none()
             && p.status
@@ -377,7 +392,7 @@ async fn ready_replicas(ctx: &Context, ns: &str, collection: &str) -> Result<BTr
                 .flat_map(|s| s.conditions.iter().flatten())
                 .any(|c| c.type_ == "Ready" && c.status == "True")
     };
-    Ok(replica_pods(ctx, ns, collection).await?.iter().filter(|p| ready(p)).map(|p| p.name_any()).collect())
+    replica_pods(ctx, ns, collection).iter().filter(|p| ready(p)).map(|p| p.name_any()).collect()
 }
 
 /// Drains the previous target once the alias Service's endpoints list exactly the current
@@ -398,10 +413,10 @@ async fn drain_previous(
         return Ok(None);
     }
     let related = Some(collection_ref(ns, &previous));
-    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), ns);
-    let others: Vec<String> = aliases
-        .list(&ListParams::default())
-        .await?
+    let others: Vec<String> = ctx
+        .caches
+        .aliases
+        .in_namespace(ns)
         .into_iter()
         .filter(|a| a.name_any() != ca.name_any())
         .filter(|a| a.status.as_ref().and_then(|s| s.current.as_ref()) == Some(&previous))
@@ -418,7 +433,7 @@ async fn drain_previous(
         status.endpoints_moved_at = None;
         return Ok(Some(WAIT_INTERVAL));
     }
-    if *endpoints != ready_replicas(ctx, ns, &current).await? {
+    if *endpoints != ready_replicas(ctx, ns, &current) {
         status.endpoints_moved_at = None;
         return Ok(Some(ENDPOINTS_INTERVAL));
     }
@@ -574,28 +589,27 @@ fn still_building(vc: &VectorCollection) -> bool {
 /// namespace targets, serves or served before, nor the newest rebuild.
 async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStatus, keep: usize) -> Result<()> {
     let ns = namespace(ca)?;
-    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = format!("{}={}", labels::ALIAS, ca.name_any());
-    let rebuilt: Vec<(String, Timestamp)> = collections
-        .list(&ListParams::default().labels(&selector))
-        .await?
+    let rebuilt: Vec<(String, Timestamp)> = ctx
+        .caches
+        .collections
+        .labelled(&ns, &[(labels::ALIAS, &ca.name_any())])
         .into_iter()
         // Already going (or held by a finalizer until no alias points at it).
         .filter(|c| c.metadata.deletion_timestamp.is_none())
         // Marked as served by some alias: the admission policy would refuse it anyway.
         .filter(|c| !c.labels().keys().any(|k| k.starts_with(labels::SERVED_BY_PREFIX)))
-        .map(|c| (c.name_any(), c.metadata.creation_timestamp.map(|t| t.0).unwrap_or_default()))
+        .map(|c| (c.name_any(), c.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_default()))
         .collect();
     if rebuilt.len() <= keep {
         return Ok(());
     }
-    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &ns);
-    let others = aliases.list(&ListParams::default()).await?;
+    let others = ctx.caches.aliases.in_namespace(&ns);
     let mut protected: Vec<String> = served(ca, status);
     for other in others.iter().filter(|a| a.name_any() != ca.name_any()) {
         protected.extend(served(other, &other.status.clone().unwrap_or_default()));
     }
     let protected: Vec<&str> = protected.iter().map(String::as_str).collect();
+    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
     for name in rebuild::to_delete(rebuilt, &protected, keep) {
         match collections.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -624,22 +638,14 @@ pub fn served(ca: &CollectionAlias, status: &CollectionAliasStatus) -> Vec<Strin
 /// Returns whether every replica took it; each failure is a Warning Event.
 async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) -> bool {
     let related = Some(collection_ref(ns, collection));
-    let pods = match replica_pods(ctx, ns, collection).await {
-        Ok(pods) => pods,
-        Err(e) => {
-            let note = format!("listing the replicas of {collection}: {e}");
-            ctx.event_about(ca, related, EventType::Warning, "DrainFailed", "Drain", note).await;
-            return false;
-        }
-    };
+    let pods = replica_pods(ctx, ns, collection);
     // The collection may be gone already: then its pods are going too; try without a token.
-    let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), ns);
-    let token = match collections.get_opt(collection).await {
-        Ok(Some(vc)) => super::collection_token(&ctx.client, ns, &vc).await.ok().flatten(),
-        _ => None,
+    let token = match ctx.caches.collections.get(ns, collection) {
+        Some(vc) => super::collection_token(ctx, ns, &vc).await.ok().flatten(),
+        None => None,
     };
     let (mut drained, mut failed) = (0, 0);
-    for ip in pods.into_iter().filter_map(|p| p.status.and_then(|s| s.pod_ip)) {
+    for ip in pods.iter().filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone())) {
         let endpoint = format!("http://{ip}:{}", crate::resources::GRPC_PORT);
         match ctx.drainer.drain(&endpoint, token.as_deref()).await {
             Ok(()) => drained += 1,

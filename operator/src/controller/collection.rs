@@ -4,7 +4,7 @@
 //! alias points at the collection.
 
 use super::{Context, Error, Result, apply, condition, key, namespace};
-use crate::crd::{CollectionAlias, GateResult, Phase, VectorCollection, VectorCollectionStatus};
+use crate::crd::{GateResult, Phase, VectorCollection, VectorCollectionStatus};
 use crate::phase::{self, Decision, JobState, Observed, WriterState};
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
 use crate::resources::{autoscaling, jobs, network, replicas, token, writer};
@@ -40,6 +40,7 @@ pub const RETRY_SETTLE: Duration = Duration::from_secs(5);
 pub const BLOCKED_INTERVAL: Duration = Duration::from_secs(30);
 
 pub async fn reconcile(vc: Arc<VectorCollection>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let action = if vc.meta().deletion_timestamp.is_some() {
         cleanup(&vc, &ctx).await?
@@ -119,8 +120,8 @@ async fn unmark_gone_aliases(vc: &VectorCollection, ctx: &Context) -> Result<()>
     if marked.is_empty() {
         return Ok(());
     }
-    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &namespace(vc)?);
-    let existing: Vec<String> = aliases.list(&ListParams::default()).await?.iter().map(|a| a.name_any()).collect();
+    // An alias that marked it is in the cache: the alias controller reconciled it from there.
+    let existing: Vec<String> = ctx.caches.aliases.in_namespace(&namespace(vc)?).iter().map(|a| a.name_any()).collect();
     let gone: serde_json::Map<String, serde_json::Value> = marked
         .iter()
         .filter(|a| !existing.contains(a))
@@ -135,12 +136,12 @@ async fn unmark_gone_aliases(vc: &VectorCollection, ctx: &Context) -> Result<()>
 }
 
 /// Aliases in the collection's namespace that serve it or are about to.
-pub async fn aliases_pointing_at(vc: &VectorCollection, ctx: &Context) -> Result<Vec<String>> {
-    let aliases: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &namespace(vc)?);
+pub fn aliases_pointing_at(vc: &VectorCollection, ctx: &Context) -> Result<Vec<String>> {
     let name = vc.name_any();
-    Ok(aliases
-        .list(&ListParams::default())
-        .await?
+    Ok(ctx
+        .caches
+        .aliases
+        .in_namespace(&namespace(vc)?)
         .into_iter()
         .filter(|a| {
             // What it targets, serves, or keeps for a rollback.
@@ -157,7 +158,7 @@ async fn cleanup(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     if !vc.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let blockers = aliases_pointing_at(vc, ctx).await?;
+    let blockers = aliases_pointing_at(vc, ctx)?;
     if !blockers.is_empty() {
         let message = format!("deletion waits: alias {} points at this collection", blockers.join(", "));
         let mut status = vc.status.clone().unwrap_or_default();
@@ -201,7 +202,7 @@ async fn patch_status(vc: &VectorCollection, ctx: &Context, status: &VectorColle
 /// names none and it does not exist yet. Never an apply: a token once read by pods must not
 /// change under them. A user's Secret that is missing fails the reconcile (and says so).
 async fn token(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<Option<String>> {
-    if let Some(token) = super::collection_token(&ctx.client, ns, vc).await? {
+    if let Some(token) = super::collection_token(ctx, ns, vc).await? {
         return Ok(Some(token));
     }
     let token = token::random().map_err(Error::Random)?;
@@ -224,8 +225,7 @@ async fn observe_writer(
     token: Option<&str>,
 ) -> Result<(WriterState, Option<String>)> {
     let writer_ready = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(pod) = pods.get_opt(&format!("{}-0", labels::writer_name(&vc.name_any()))).await? else {
+    let Some(pod) = ctx.caches.pods.get(ns, &format!("{}-0", labels::writer_name(&vc.name_any()))) else {
         return Ok((WriterState::Unavailable, writer_not_created(ctx, ns, sts).await?));
     };
     if pod.metadata.deletion_timestamp.is_some() {
@@ -326,9 +326,9 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
 }
 
 /// The first replica pod that is stuck (e.g. a snapshot that fails its checksum, crash-looping).
-async fn replica_problem(ctx: &Context, ns: &str, name: &str) -> Result<Option<String>> {
-    let list = super::replica_pods(ctx, ns, name).await?;
-    Ok(list.iter().find_map(|p| pod_problem(p).map(|problem| format!("replica {}: {problem}", p.name_any()))))
+fn replica_problem(ctx: &Context, ns: &str, name: &str) -> Option<String> {
+    let list = super::replica_pods(ctx, ns, name);
+    list.iter().find_map(|p| pod_problem(p).map(|problem| format!("replica {}: {problem}", p.name_any())))
 }
 
 fn job_state(job: Option<&Job>) -> JobState {
@@ -346,17 +346,16 @@ fn job_state(job: Option<&Job>) -> JobState {
 }
 
 /// The termination message of a finished Job's last pod (the engine's JSON report).
-async fn job_report(ctx: &Context, ns: &str, job: &str) -> Result<Option<String>> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let list = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?;
+fn job_report(ctx: &Context, ns: &str, job: &str) -> Option<String> {
+    let list = ctx.caches.pods.labelled(ns, &[("batch.kubernetes.io/job-name", job)]);
     let mut messages: Vec<(Option<String>, String)> = list
-        .into_iter()
-        .flat_map(|p| p.status.and_then(|s| s.container_statuses).unwrap_or_default())
-        .filter_map(|c| c.state.and_then(|s| s.terminated))
-        .filter_map(|t| Some((t.finished_at.map(|f| f.0.to_string()), t.message?)))
+        .iter()
+        .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+        .filter_map(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()))
+        .filter_map(|t| Some((t.finished_at.as_ref().map(|f| f.0.to_string()), t.message.clone()?)))
         .collect();
     messages.sort();
-    Ok(messages.pop().map(|(_, m)| m.trim().to_string()))
+    messages.pop().map(|(_, m)| m.trim().to_string())
 }
 
 /// The verify report's gates, or none when the message is not a report (a crash's log tail).
@@ -381,7 +380,6 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let ns = namespace(vc)?;
     let name = vc.name_any();
     let generation = vc.metadata.generation.unwrap_or(0);
-    let client = &ctx.client;
     if retry(vc, ctx, &ns).await? {
         // Observed on the next pass: the old writer pod is still terminating now.
         return Ok(Action::requeue(RETRY_SETTLE));
@@ -390,11 +388,11 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
 
     let token = token(vc, ctx, &ns).await?;
     if ctx.defaults.network_policies {
-        apply(client, &ns, &network::writer(vc, &ctx.defaults)).await?;
-        apply(client, &ns, &network::replicas(vc, &ctx.defaults)).await?;
+        apply(ctx, &ns, &network::writer(vc, &ctx.defaults)).await?;
+        apply(ctx, &ns, &network::replicas(vc, &ctx.defaults)).await?;
     }
-    apply(client, &ns, &writer::service(vc)).await?;
-    let sts = apply(client, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
+    apply(ctx, &ns, &writer::service(vc)).await?;
+    let sts = apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
     let wanted = replicas::wanted(&vc.spec.replicas);
     let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await?;
     let mut observed = Observed {
@@ -417,7 +415,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let mut replicas_refused = None;
     if sealed.vector_count.is_some() && sealed.phase != Phase::Failed {
         observed.idle = idle(vc, ctx, previous).await?;
-        apply(client, &ns, &replicas::service(vc)).await?;
+        apply(ctx, &ns, &replicas::service(vc)).await?;
         if replicas::autoscaled(&vc.spec.replicas) && !observed.idle {
             hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
         }
@@ -425,16 +423,16 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         if observed.idle {
             rendered = replicas::scaled_down(rendered);
         }
-        let deployment = apply(client, &ns, &rendered).await?;
+        let deployment = apply(ctx, &ns, &rendered).await?;
         match autoscaling::autoscaler(vc) {
             Some(hpa) if !observed.idle => {
-                apply(client, &ns, &hpa).await?;
+                apply(ctx, &ns, &hpa).await?;
             }
             // Scaled down: an HPA would bring it back to its minimum.
             Some(_) => delete_autoscaler(ctx, &ns, &name).await?,
             None => {}
         }
-        apply(client, &ns, &replicas::disruption_budget(vc)).await?;
+        apply(ctx, &ns, &replicas::disruption_budget(vc)).await?;
         replicas_refused = replicas_not_created(&deployment);
         observed.ready_replicas = deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0);
     }
@@ -450,7 +448,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         // Pods never created (a quota) say so; pods created but stuck say why.
         let problem = match replicas_refused {
             Some(refused) => Some(format!("replicas: {refused}")),
-            None if decision.phase == Phase::Replicating => replica_problem(ctx, &ns, &name).await?,
+            None if decision.phase == Phase::Replicating => replica_problem(ctx, &ns, &name),
             None => None,
         };
         if let Some(problem) = problem {
@@ -461,10 +459,10 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     // Start the Job the pipeline is waiting for.
     match decision.phase {
         Phase::WarmingUp if observed.warmup == JobState::Absent => {
-            apply(client, &ns, &jobs::warmup(vc, &ctx.defaults)).await?;
+            apply(ctx, &ns, &jobs::warmup(vc, &ctx.defaults)).await?;
         }
         Phase::Verifying if observed.verify == JobState::Absent => {
-            apply(client, &ns, &jobs::verify(vc, &ctx.defaults)).await?;
+            apply(ctx, &ns, &jobs::verify(vc, &ctx.defaults)).await?;
         }
         _ => {}
     }
@@ -534,6 +532,9 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
 }
 
 async fn delete_autoscaler(ctx: &Context, ns: &str, name: &str) -> Result<()> {
+    if ctx.caches.autoscalers.get(ns, &labels::replicas_name(name)).is_none() {
+        return Ok(()); // None to delete (a scaled-down collection is looked at every few minutes).
+    }
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
     match hpas.delete(&labels::replicas_name(name), &DeleteParams::background()).await {
         Ok(_) => Ok(()),
@@ -553,7 +554,7 @@ async fn idle(vc: &VectorCollection, ctx: &Context, previous: Option<&VectorColl
     if !ctx.defaults.scale_down_unserved || !rebuilt || marked || !ready {
         return Ok(false);
     }
-    Ok(aliases_pointing_at(vc, ctx).await?.is_empty())
+    Ok(aliases_pointing_at(vc, ctx)?.is_empty())
 }
 
 /// The field manager that keeps the replica count while it passes from the operator to the HPA.
@@ -566,9 +567,8 @@ pub const HANDOVER_MANAGER: &str = "quiver-operator-handover";
 /// count is applied first by a second field manager, which keeps it (and which the HPA's
 /// updates then overwrite). Only while the operator's own manager still owns the field.
 async fn hand_replicas_to_the_autoscaler(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<()> {
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let name = labels::replicas_name(&vc.name_any());
-    let Some(live) = deployments.get_opt(&name).await? else {
+    let Some(live) = ctx.caches.deployments.get(ns, &name) else {
         return Ok(());
     };
     if !owns_replicas(&live, FIELD_MANAGER) {
@@ -580,6 +580,7 @@ async fn hand_replicas_to_the_autoscaler(vc: &VectorCollection, ctx: &Context, n
         "metadata": {"name": name},
         "spec": {"replicas": count},
     });
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     deployments.patch(&name, &PatchParams::apply(HANDOVER_MANAGER), &Patch::Apply(patch)).await?;
     Ok(())
 }
@@ -601,27 +602,27 @@ async fn observe_jobs(
     observed: &mut Observed,
 ) -> Result<()> {
     let name = vc.name_any();
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let jobs = &ctx.caches.jobs;
     let warmup_name = labels::job_name(&name, Role::Warmup, observed.generation);
-    observed.warmup = job_state(jobs_api.get_opt(&warmup_name).await?.as_ref());
+    observed.warmup = job_state(jobs.get(ns, &warmup_name).as_deref());
     if let JobState::Failed { message } = &mut observed.warmup {
-        *message = job_report(ctx, ns, &warmup_name).await?.unwrap_or_else(|| "the Job failed".into());
+        *message = job_report(ctx, ns, &warmup_name).unwrap_or_else(|| "the Job failed".into());
     }
     if observed.warmup != JobState::Succeeded {
         return Ok(());
     }
     let verify_name = labels::job_name(&name, Role::Verify, observed.generation);
-    observed.verify = job_state(jobs_api.get_opt(&verify_name).await?.as_ref());
+    observed.verify = job_state(jobs.get(ns, &verify_name).as_deref());
     let stored = previous
         .filter(|s| s.observed_generation == Some(observed.generation) && !s.verification.is_empty())
         .map(|s| s.verification.clone());
     match (&mut observed.verify, stored) {
         (JobState::Succeeded, Some(gates)) => observed.gates = gates,
         (JobState::Succeeded, None) => {
-            observed.gates = gates(&job_report(ctx, ns, &verify_name).await?.unwrap_or_default());
+            observed.gates = gates(&job_report(ctx, ns, &verify_name).unwrap_or_default());
         }
         (JobState::Failed { message }, _) => {
-            *message = job_report(ctx, ns, &verify_name).await?.unwrap_or_else(|| "the Job failed".into());
+            *message = job_report(ctx, ns, &verify_name).unwrap_or_else(|| "the Job failed".into());
             observed.gates = gates(message);
         }
         _ => {}

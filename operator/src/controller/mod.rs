@@ -1,8 +1,9 @@
 //! The controllers: `collection` reconciles a VectorCollection into its objects and status,
 //! `alias` switches a CollectionAlias's Service. They share the context, errors, backoff,
-//! server-side apply and condition helpers below.
+//! server-side apply and condition helpers below; what they read comes from `cache`.
 
 pub mod alias;
+pub mod cache;
 pub mod collection;
 
 use crate::crd::VectorCollection;
@@ -10,10 +11,11 @@ use crate::engine::{Drainer, EngineError, WriterProbe};
 use crate::metrics::Metrics;
 use crate::resources::Defaults;
 use crate::resources::labels::FIELD_MANAGER;
+use cache::{APPLIED_HASH, Applies, Caches};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -57,6 +59,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
+    /// What the watches keep: reconciles read these, not the API server.
+    pub caches: Caches,
     pub recorder: Recorder,
     pub writer: Arc<dyn WriterProbe>,
     pub drainer: Arc<dyn Drainer>,
@@ -73,8 +77,10 @@ pub struct Context {
 }
 
 impl Context {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
+        caches: Caches,
         recorder: Recorder,
         writer: Arc<dyn WriterProbe>,
         drainer: Arc<dyn Drainer>,
@@ -85,6 +91,7 @@ impl Context {
         let drain_delay = alias::DRAIN_DELAY;
         Context {
             client,
+            caches,
             recorder,
             writer,
             drainer,
@@ -189,14 +196,21 @@ pub fn namespace<K: Resource>(object: &K) -> Result<String> {
     object.namespace().ok_or_else(|| Error::NoNamespace(object.name_any()))
 }
 
-/// The bearer token of a collection's pods: from `spec.tokenSecret`, or the Secret the
-/// operator generated for it. None while a generated Secret does not exist yet.
-pub async fn collection_token(client: &Client, ns: &str, vc: &VectorCollection) -> Result<Option<String>> {
+/// The bearer token of a collection's pods: from `spec.tokenSecret` (read from the API server:
+/// a user's Secret is not in the cache, which holds only the Secrets this operator made), or
+/// the Secret the operator generated for it (cached). None while a generated Secret does not
+/// exist yet.
+pub async fn collection_token(ctx: &Context, ns: &str, vc: &VectorCollection) -> Result<Option<String>> {
     let selector = crate::resources::token::selector(vc);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = match secrets.get_opt(&selector.name).await? {
+    let generated = crate::resources::token::generated(vc);
+    let secret = if generated {
+        ctx.caches.secrets.get(ns, &selector.name).map(|s| (*s).clone())
+    } else {
+        Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(&selector.name).await?
+    };
+    let secret = match secret {
         Some(secret) => secret,
-        None if crate::resources::token::generated(vc) => return Ok(None),
+        None if generated => return Ok(None),
         None => return Err(Error::MissingSecret(selector.name.clone())),
     };
     let value = secret
@@ -208,28 +222,51 @@ pub async fn collection_token(client: &Client, ns: &str, vc: &VectorCollection) 
 
 /// The replica pods of `collection` (stuck ones for its status, ready ones and their IPs for an
 /// alias's drain).
-pub async fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Result<Vec<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = crate::resources::labels::selector(collection, crate::resources::labels::Role::Replica)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
+pub fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Vec<Arc<Pod>> {
+    let selector = crate::resources::labels::selector(collection, crate::resources::labels::Role::Replica);
+    let selector: Vec<(&str, &str)> = selector.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ctx.caches.pods.labelled(ns, &selector)
 }
 
-/// Server-side apply of an object the operator owns, with the one field manager.
-pub async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<K>
+/// Server-side apply of an object the operator owns, with the one field manager. The object
+/// carries the hash of its desired state (annotation `quiver.dev/applied-hash`); when the cached
+/// object is exactly what this process last applied with the same hash (same uid, generation
+/// or resourceVersion unchanged since), nothing is sent and the cached object is returned.
+/// Someone else's change to the spec moves the generation, so drift is applied over.
+pub async fn apply<K>(ctx: &Context, ns: &str, object: &K) -> Result<K>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
+    K: Applies
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Debug
         + Serialize
         + DeserializeOwned,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let hash = desired_hash(object);
     let name = object.meta().name.clone().unwrap_or_default();
-    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?)
+    let cached = K::cached(&ctx.caches);
+    let kind = match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "other",
+    };
+    if let Some(live) = cached.unchanged(ns, &name, &hash) {
+        ctx.metrics.apply(kind, "skipped");
+        return Ok((*live).clone());
+    }
+    let mut object = object.clone();
+    object.meta_mut().annotations.get_or_insert_default().insert(APPLIED_HASH.into(), hash.clone());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let applied = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object)).await?;
+    ctx.metrics.apply(kind, "sent");
+    cached.record(&applied, hash);
+    Ok(applied)
+}
+
+/// The first 16 bytes of the SHA-256 of the object's JSON, in hex. k8s-openapi keeps maps in
+/// `BTreeMap`s, so the same desired state always serializes to the same bytes.
+pub fn desired_hash<K: Serialize>(object: &K) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(object).expect("a Kubernetes object serializes");
+    Sha256::digest(&json)[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A condition, keeping the previous transition time when its status did not change.

@@ -14,11 +14,8 @@ use std::time::Duration;
 const NS: &str = "search";
 const UID: &str = "a11a5000-0000-4000-8000-000000000001";
 const ALIAS: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/collectionaliases/products";
-const ALIASES: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/collectionaliases";
 const SERVICE: &str = "/api/v1/namespaces/search/services/products";
 const VCS: &str = "/apis/quiver.dev/v1alpha1/namespaces/search/vectorcollections";
-const PODS: &str = "/api/v1/namespaces/search/pods";
-const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/search/endpointslices";
 const AT: &str = "2025-11-25T12:00:00Z";
 const MARK: &str = "served-by.quiver.dev/products";
 
@@ -75,8 +72,10 @@ fn slices(endpoints: &[(&str, Option<bool>)]) -> Value {
     )
 }
 
-fn replica_pod(name: &str, ip: &str, ready: bool) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+/// A replica pod of `collection`.
+fn replica_pod(collection: &str, name: &str, ip: &str, ready: bool) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name,
+            "labels": {"quiver.dev/collection": collection, "quiver.dev/role": "replica"}},
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}})
 }
 
@@ -85,8 +84,8 @@ fn replicas_of(collection: &str) -> Value {
     list(
         "Pod",
         vec![
-            replica_pod(&format!("{collection}-a"), "10.0.0.7", true),
-            replica_pod(&format!("{collection}-b"), "10.0.0.8", true),
+            replica_pod(collection, &format!("{collection}-a"), "10.0.0.7", true),
+            replica_pod(collection, &format!("{collection}-b"), "10.0.0.8", true),
         ],
     )
 }
@@ -118,9 +117,8 @@ fn collection_value(name: &str) -> Value {
     vc
 }
 
-/// The alias's marks as listed (`served-by.quiver.dev/products` exists): these collections with
-/// these values.
-async fn marks(server: &mut common::ApiServer, marked: &[(&str, &str)]) {
+/// The alias's marks as the collection cache holds them: these collections with these values.
+fn marks(server: &common::ApiServer, marked: &[(&str, &str)]) {
     let items = marked
         .iter()
         .map(|(name, value)| {
@@ -129,8 +127,7 @@ async fn marks(server: &mut common::ApiServer, marked: &[(&str, &str)]) {
             vc
         })
         .collect();
-    let listed = server.expect("GET", VCS, 200, list("VectorCollection", items)).await;
-    assert!(listed.uri.contains("labelSelector=served-by.quiver.dev%2Fproducts"), "{}", listed.uri);
+    server.cache_list(list("VectorCollection", items));
 }
 
 fn selector(service: &common::Sent) -> Value {
@@ -152,7 +149,7 @@ async fn first_switch_to_a_verified_collection_marks_it_and_creates_the_service(
     let mut h = harness();
     run(reconcile(alias("products-v1", Value::Null), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 404, not_found()).await;
-        h.server.expect("GET", &format!("{VCS}/products-v1"), 200, collection_value("products-v1")).await;
+        h.server.cache([collection_value("products-v1")]);
         // Marked before the Service selects it, and only as it was judged servable: the mark
         // carries the resourceVersion read, so a deletion admitted in between fails it (409).
         let mark = h.server.expect("PATCH", &format!("{VCS}/products-v1"), 200, collection_value("products-v1")).await;
@@ -163,10 +160,9 @@ async fn first_switch_to_a_verified_collection_marks_it_and_creates_the_service(
         // Recorded at once, before anything else can fail.
         let recorded = status_patch(&mut h.server).await;
         assert_eq!(recorded["current"], "products-v1");
-        marks(&mut h.server, &[("products-v1", "current")]).await;
+        marks(&h.server, &[("products-v1", "current")]);
         // A new Service has no endpoints yet: serving, but not Ready.
-        let listed = h.server.expect("GET", SLICES, 200, list("EndpointSlice", vec![])).await;
-        assert!(listed.uri.contains("labelSelector=kubernetes.io%2Fservice-name%3Dproducts"), "{}", listed.uri);
+        h.server.cache_list(list("EndpointSlice", vec![]));
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["current"], "products-v1");
         assert_eq!(status["previous"], Value::Null);
@@ -193,12 +189,12 @@ async fn waits_for(h: &mut common::Harness, target: Value, message: &str, reason
     let ca = alias(&name, serving("products-v1", None));
     let (server, ctx) = (&mut h.server, h.ctx.clone());
     run(reconcile(ca, ctx), async {
-        server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
-        server.expect("GET", &format!("{VCS}/{name}"), 200, target).await;
+        server.cache([owned_service("products-v1")]);
+        server.cache([target]);
         let service = server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
-        marks(server, &[("products-v1", "current")]).await;
-        server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
+        marks(server, &[("products-v1", "current")]);
+        server.cache_list(endpoints_of("products-v1"));
         let status = status_patch(server).await;
         assert_eq!(status["current"], "products-v1");
         assert_eq!(status["message"], message);
@@ -256,12 +252,11 @@ async fn a_missing_target_keeps_the_alias_where_it_is() {
     let mut h = harness();
     let ca = alias("products-typo", serving("products-v1", None));
     run(reconcile(ca, h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
-        h.server.expect("GET", &format!("{VCS}/products-typo"), 404, not_found()).await;
+        h.server.cache([owned_service("products-v1")]);
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
-        marks(&mut h.server, &[("products-v1", "current")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
+        marks(&h.server, &[("products-v1", "current")]);
+        h.server.cache_list(endpoints_of("products-v1"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["message"], "collection products-typo does not exist");
         h.server.event(NS).await;
@@ -275,8 +270,8 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     let mut h = harness();
     let ca = alias("products-v2", serving("products-v1", None));
     let action = run(reconcile(ca, h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
-        h.server.expect("GET", &format!("{VCS}/products-v2"), 200, collection_value("products-v2")).await;
+        h.server.cache([owned_service("products-v1")]);
+        h.server.cache([collection_value("products-v2")]);
         assert_eq!(marked(&mut h.server, "products-v2").await, "current");
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v2");
@@ -285,12 +280,12 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
             (recorded["current"].as_str(), recorded["previous"].as_str()),
             (Some("products-v2"), Some("products-v1"))
         );
-        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "current")]).await;
+        marks(&h.server, &[("products-v2", "current"), ("products-v1", "current")]);
         assert_eq!(marked(&mut h.server, "products-v1").await, "previous", "kept for a rollback");
         // The slices still list the old pods.
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
-        h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
-        h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
+        h.server.cache_list(endpoints_of("products-v1"));
+        h.server.cache_list(aliases(vec![]));
+        h.server.cache_list(replicas_of("products-v2"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(
             (status["current"].as_str(), status["previous"].as_str()),
@@ -313,17 +308,12 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     let mut switched = serving("products-v2", Some("products-v1"));
     switched["switchedAt"] = json!("2025-11-25T11:59:50Z");
     let action = run(reconcile(alias("products-v2", switched.clone()), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
+        h.server.cache([owned_service("products-v2")]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
-        h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
-        let pods = h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
-        assert!(
-            pods.uri.contains("labelSelector=quiver.dev%2Fcollection%3Dproducts-v2%2Cquiver.dev%2Frole%3Dreplica"),
-            "{}",
-            pods.uri
-        );
+        marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
+        h.server.cache_list(endpoints_of("products-v2"));
+        h.server.cache_list(aliases(vec![]));
+        h.server.cache_list(replicas_of("products-v2"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["endpointsMovedAt"], AT);
         assert_eq!(status.get("drained"), None, "not before the drain delay");
@@ -336,18 +326,18 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     // 10 seconds after the endpoints moved: the old replicas are told to drain, once.
     switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
     run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
+        h.server.cache([owned_service("products-v2")]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
-        h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
-        h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
-        let pods = h.server.expect("GET", PODS, 200, replicas_of("products-v1")).await;
-        assert!(pods.uri.contains("quiver.dev%2Fcollection%3Dproducts-v1"), "{}", pods.uri);
+        marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
+        h.server.cache_list(endpoints_of("products-v2"));
+        h.server.cache_list(aliases(vec![]));
+        h.server.cache_list(replicas_of("products-v2"));
+        h.server.cache_list(replicas_of("products-v1"));
         // Its pods require the collection's token.
         let mut v1 = collection_value("products-v1");
         v1["spec"]["tokenSecret"] = json!({"name": "quiver-token", "key": "token"});
-        h.server.expect("GET", &format!("{VCS}/products-v1"), 200, v1).await;
+        v1["metadata"]["labels"] = json!({MARK: "previous"});
+        h.server.cache([v1]);
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "quiver-token"},
             "data": {"token": "czNjcmV0Cg=="}});
         h.server.expect("GET", "/api/v1/namespaces/search/secrets/quiver-token", 200, secret).await;
@@ -373,12 +363,12 @@ async fn endpoints_that_are_not_exactly_the_targets_ready_pods_hold_the_drain() 
         slices(&[("products-v2-a", None), ("products-v2-b", None), ("products-v1-a", None)]),
     ] {
         let action = run(reconcile(alias("products-v2", switched.clone()), h.ctx.clone()), async {
-            h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
+            h.server.cache([owned_service("products-v2")]);
             h.server.apply(SERVICE, Value::Null).await;
-            marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
-            h.server.expect("GET", SLICES, 200, endpoints).await;
-            h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
-            h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
+            marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
+            h.server.cache_list(endpoints);
+            h.server.cache_list(aliases(vec![]));
+            h.server.cache_list(replicas_of("products-v2"));
             let status = status_patch(&mut h.server).await;
             assert_eq!(status.get("endpointsMovedAt"), None, "the delay starts again once they match");
         })
@@ -396,18 +386,17 @@ async fn a_failed_drain_is_retried_and_not_recorded() {
     let mut switched = serving("products-v2", Some("products-v1"));
     switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
     let action = run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
+        h.server.cache([owned_service("products-v2")]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
-        h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
-        h.server.expect("GET", PODS, 200, replicas_of("products-v2")).await;
-        h.server.expect("GET", PODS, 200, replicas_of("products-v1")).await;
-        h.server.expect("GET", &format!("{VCS}/products-v1"), 200, collection_value("products-v1")).await;
+        marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
+        h.server.cache_list(endpoints_of("products-v2"));
+        h.server.cache_list(aliases(vec![]));
+        h.server.cache_list(replicas_of("products-v2"));
+        h.server.cache_list(replicas_of("products-v1"));
         // Its token is the one the operator generated for it.
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "products-v1-token"},
             "data": {"token": "Z2VuZXJhdGVk"}});
-        h.server.expect("GET", "/api/v1/namespaces/search/secrets/products-v1-token", 200, secret).await;
+        h.server.cache([secret]);
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(reason, "DrainFailed");
         assert!(note.starts_with("products-v1 at http://10.0.0.8:7700: ") && note.ends_with("; retried"), "{note}");
@@ -427,11 +416,11 @@ async fn a_previous_target_another_alias_serves_is_not_drained() {
     let mut switched = serving("products-v2", Some("products-v1"));
     switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
     run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
+        h.server.cache([owned_service("products-v2")]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-v2", "current"), ("products-v1", "previous")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
-        h.server.expect("GET", ALIASES, 200, aliases(vec![("related", "products-v1")])).await;
+        marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
+        h.server.cache_list(endpoints_of("products-v2"));
+        h.server.cache_list(aliases(vec![("related", "products-v1")]));
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(
             (reason.as_str(), note.as_str()),
@@ -452,17 +441,17 @@ async fn rollback_to_a_still_ready_previous_target_is_immediate() {
     let mut status = serving("products-v2", Some("products-v1"));
     status["drained"] = json!("products-v1");
     let action = run(reconcile(alias("products-v1", status), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
-        h.server.expect("GET", &format!("{VCS}/products-v1"), 200, collection_value("products-v1")).await;
+        h.server.cache([owned_service("products-v2")]);
+        h.server.cache([collection_value("products-v1")]);
         assert_eq!(marked(&mut h.server, "products-v1").await, "current");
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
         status_patch(&mut h.server).await;
-        marks(&mut h.server, &[("products-v1", "current"), ("products-v2", "current")]).await;
+        marks(&h.server, &[("products-v1", "current"), ("products-v2", "current")]);
         assert_eq!(marked(&mut h.server, "products-v2").await, "previous");
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
-        h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
-        h.server.expect("GET", PODS, 200, replicas_of("products-v1")).await;
+        h.server.cache_list(endpoints_of("products-v2"));
+        h.server.cache_list(aliases(vec![]));
+        h.server.cache_list(replicas_of("products-v1"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(
             (status["current"].as_str(), status["previous"].as_str()),
@@ -482,18 +471,18 @@ async fn a_switch_unmarks_the_collection_that_is_no_longer_previous() {
     let mut status = serving("products-v2", Some("products-v1"));
     status["drained"] = json!("products-v1");
     run(reconcile(alias("products-v3", status), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v2")).await;
-        h.server.expect("GET", &format!("{VCS}/products-v3"), 200, collection_value("products-v3")).await;
+        h.server.cache([owned_service("products-v2")]);
+        h.server.cache([collection_value("products-v3")]);
         assert_eq!(marked(&mut h.server, "products-v3").await, "current");
         h.server.apply(SERVICE, Value::Null).await;
         status_patch(&mut h.server).await;
         let listed = [("products-v3", "current"), ("products-v2", "current"), ("products-v1", "previous")];
-        marks(&mut h.server, &listed).await;
+        marks(&h.server, &listed);
         assert_eq!(marked(&mut h.server, "products-v2").await, "previous");
         assert_eq!(marked(&mut h.server, "products-v1").await, Value::Null, "v1 may be deleted now");
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v2")).await;
-        h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
-        h.server.expect("GET", PODS, 200, replicas_of("products-v3")).await;
+        h.server.cache_list(endpoints_of("products-v2"));
+        h.server.cache_list(aliases(vec![]));
+        h.server.cache_list(replicas_of("products-v3"));
         status_patch(&mut h.server).await;
         h.server.event(NS).await;
     })
@@ -516,11 +505,11 @@ async fn an_alias_already_serving_its_target_reads_the_service_and_its_endpoints
     let mut h = harness();
     let settled = settled_on("products-v1");
     let action = run(reconcile(alias("products-v1", settled), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
+        h.server.cache([owned_service("products-v1")]);
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1");
-        marks(&mut h.server, &[("products-v1", "current")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
+        marks(&h.server, &[("products-v1", "current")]);
+        h.server.cache_list(endpoints_of("products-v1"));
     })
     .await
     .unwrap();
@@ -532,11 +521,11 @@ async fn an_alias_whose_endpoints_all_went_is_not_ready() {
     let mut h = harness();
     let settled = settled_on("products-v1");
     run(reconcile(alias("products-v1", settled), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
+        h.server.cache([owned_service("products-v1")]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-v1", "current")]).await;
+        marks(&h.server, &[("products-v1", "current")]);
         let terminating = slices(&[("products-v1-a", Some(false)), ("products-v1-b", Some(false))]);
-        h.server.expect("GET", SLICES, 200, terminating).await;
+        h.server.cache_list(terminating);
         let status = status_patch(&mut h.server).await;
         assert_eq!(
             (status["conditions"][0]["status"].as_str(), status["conditions"][0]["reason"].as_str()),
@@ -554,15 +543,17 @@ async fn a_restored_alias_without_status_keeps_serving_what_its_service_selects_
     // Restored from a backup (or re-applied by GitOps) without status; spec names a newer,
     // unverified collection. The live Service still selects v1.
     run(reconcile(alias("products-v2", Value::Null), h.ctx.clone()), async {
+        // No status says what it serves: the cached Service is not trusted, the live one is read.
+        h.server.cache([owned_service("products-v1")]);
         h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
         let v2 = collection("products-v2", "Verifying", 1, 1, false);
-        h.server.expect("GET", &format!("{VCS}/products-v2"), 200, v2).await;
+        h.server.cache([v2]);
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-v1", "never to an unverified target");
         // Its label was lost with it (a replace, a restore): marked again.
-        marks(&mut h.server, &[]).await;
+        marks(&h.server, &[]);
         assert_eq!(marked(&mut h.server, "products-v1").await, "current");
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
+        h.server.cache_list(endpoints_of("products-v1"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["current"], "products-v1");
         h.server.event(NS).await;
@@ -613,10 +604,10 @@ fn rebuilt(current: &str, last: &str, day: u32) -> Value {
 
 /// A settled switch step on `current`: the Service read and kept, its endpoints read.
 async fn stays_on(server: &mut common::ApiServer, current: &str) {
-    server.expect("GET", SERVICE, 200, owned_service(current)).await;
+    server.cache([owned_service(current)]);
     let service = server.apply(SERVICE, Value::Null).await;
     assert_eq!(selector(&service)["quiver.dev/collection"], current);
-    marks(server, &[(current, "current")]).await;
+    marks(server, &[(current, "current")]);
 }
 
 #[tokio::test]
@@ -637,15 +628,15 @@ async fn a_due_rebuild_creates_the_collection_and_records_it_never_writing_spec(
             note,
             "building products-20251125-0300 (scheduled 2025-11-25T03:00:00Z); the alias switches once it is verified"
         );
-        h.server.expect("GET", SERVICE, 200, owned_service("products-20251124-0300")).await;
+        h.server.cache([owned_service("products-20251124-0300")]);
         // The new rebuild is the target: not servable yet.
         let fresh = json!({"apiVersion": "quiver.dev/v1alpha1", "kind": "VectorCollection",
             "metadata": {"name": "products-20251125-0300", "namespace": NS, "generation": 1},
             "spec": created.body["spec"].clone()});
-        h.server.expect("GET", &format!("{VCS}/products-20251125-0300"), 200, fresh).await;
+        h.server.cache([fresh]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-20251124-0300", "current")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-20251124-0300")).await;
+        marks(&h.server, &[("products-20251124-0300", "current")]);
+        h.server.cache_list(endpoints_of("products-20251124-0300"));
         // Recorded in status; the spec (which a GitOps tool owns) is never patched.
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["lastRebuild"], "2025-11-25T03:00:00Z");
@@ -654,8 +645,8 @@ async fn a_due_rebuild_creates_the_collection_and_records_it_never_writing_spec(
         assert_eq!(status["message"], "collection products-20251125-0300 has no status yet");
         h.server.event(NS).await;
         let both = vec![collection_value("products-20251124-0300"), collection_value("products-20251125-0300")];
-        h.server.expect("GET", VCS, 200, list("VectorCollection", both)).await;
-        h.server.expect("GET", ALIASES, 200, aliases(vec![])).await;
+        h.server.cache_list(list("VectorCollection", both));
+        h.server.cache_list(aliases(vec![]));
     })
     .await
     .unwrap();
@@ -667,14 +658,14 @@ async fn a_failed_rebuild_leaves_the_alias_where_it_was_and_warns() {
     let mut h = harness();
     let ca = rebuilding(json!({}), rebuilt("products-20251124-0300", "products-20251125-0300", 25));
     run(reconcile(ca, h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-20251124-0300")).await;
+        h.server.cache([owned_service("products-20251124-0300")]);
         let mut failed = collection("products-20251125-0300", "Failed", 1, 1, false);
         failed["status"]["message"] = json!("verification failed: recall measured 0.8 (needs >= 0.95)");
-        h.server.expect("GET", &format!("{VCS}/products-20251125-0300"), 200, failed).await;
+        h.server.cache([failed]);
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service)["quiver.dev/collection"], "products-20251124-0300");
-        marks(&mut h.server, &[("products-20251124-0300", "current")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-20251124-0300")).await;
+        marks(&h.server, &[("products-20251124-0300", "current")]);
+        h.server.cache_list(endpoints_of("products-20251124-0300"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(
             status["message"],
@@ -684,7 +675,6 @@ async fn a_failed_rebuild_leaves_the_alias_where_it_was_and_warns() {
         let (reason, _) = h.server.event(NS).await;
         assert_eq!(reason, "TargetFailed");
         // History: nothing rebuilt beyond the protected ones.
-        h.server.expect("GET", VCS, 200, list("VectorCollection", vec![])).await;
     })
     .await
     .unwrap();
@@ -695,6 +685,7 @@ async fn a_tick_while_a_rebuild_is_still_building_is_skipped_under_forbid() {
     let mut h = harness();
     let ca = rebuilding(json!({}), rebuilt("products-20251123-0300", "products-20251124-0300", 24));
     run(reconcile(ca, h.ctx.clone()), async {
+        // Read from the API server: whether a rebuild still builds decides whether one starts.
         let building = collection("products-20251124-0300", "Verifying", 1, 1, false);
         h.server.expect("GET", &format!("{VCS}/products-20251124-0300"), 200, building.clone()).await;
         let (reason, note) = h.server.event(NS).await;
@@ -703,16 +694,15 @@ async fn a_tick_while_a_rebuild_is_still_building_is_skipped_under_forbid() {
             note,
             "skipped the rebuild scheduled for 2025-11-25T03:00:00Z: products-20251124-0300 is still Verifying (concurrencyPolicy Forbid)"
         );
-        h.server.expect("GET", SERVICE, 200, owned_service("products-20251123-0300")).await;
-        h.server.expect("GET", &format!("{VCS}/products-20251124-0300"), 200, building).await;
+        h.server.cache([owned_service("products-20251123-0300")]);
+        h.server.cache([building]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-20251123-0300", "current")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-20251123-0300")).await;
+        marks(&h.server, &[("products-20251123-0300", "current")]);
+        h.server.cache_list(endpoints_of("products-20251123-0300"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["lastRebuild"], "2025-11-25T03:00:00Z", "the tick is handled");
         assert_eq!(status["lastRebuildCollection"], "products-20251124-0300", "the one in progress stays the target");
         h.server.event(NS).await;
-        h.server.expect("GET", VCS, 200, list("VectorCollection", vec![])).await;
     })
     .await
     .unwrap();
@@ -732,11 +722,10 @@ async fn a_tick_past_its_starting_deadline_is_skipped() {
             "skipped the rebuild scheduled 2025-11-25T03:00:00Z: 32400 s late, past startingDeadlineSeconds 3600"
         );
         stays_on(&mut h.server, "products-20251124-0300").await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-20251124-0300")).await;
+        h.server.cache_list(endpoints_of("products-20251124-0300"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["lastRebuild"], "2025-11-25T03:00:00Z");
         assert_eq!(status["lastRebuildCollection"], "products-20251124-0300");
-        h.server.expect("GET", VCS, 200, list("VectorCollection", vec![])).await;
     })
     .await
     .unwrap();
@@ -754,17 +743,16 @@ async fn a_requested_rebuild_starts_at_once_even_when_suspended_and_only_once() 
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(reason, "RebuildStarted");
         assert!(note.starts_with("building products-20251125-1200 (requested 2025-11-25T12:00:00Z)"), "{note}");
-        h.server.expect("GET", SERVICE, 200, owned_service("products-20251124-0300")).await;
+        h.server.cache([owned_service("products-20251124-0300")]);
         let building = collection("products-20251125-1200", "Importing", 1, 1, false);
-        h.server.expect("GET", &format!("{VCS}/products-20251125-1200"), 200, building).await;
+        h.server.cache([building]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-20251124-0300", "current")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-20251124-0300")).await;
+        marks(&h.server, &[("products-20251124-0300", "current")]);
+        h.server.cache_list(endpoints_of("products-20251124-0300"));
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["lastRebuildRequest"], "1764072000");
         assert_eq!(status["lastRebuildCollection"], "products-20251125-1200");
         h.server.event(NS).await;
-        h.server.expect("GET", VCS, 200, list("VectorCollection", vec![])).await;
     })
     .await
     .unwrap();
@@ -774,8 +762,7 @@ async fn a_requested_rebuild_starts_at_once_even_when_suspended_and_only_once() 
     stored["status"]["lastRebuildCollection"] = json!("products-20251124-0300");
     run(reconcile(Arc::new(serde_json::from_value(stored).unwrap()), h.ctx.clone()), async {
         stays_on(&mut h.server, "products-20251124-0300").await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-20251124-0300")).await;
-        h.server.expect("GET", VCS, 200, list("VectorCollection", vec![])).await;
+        h.server.cache_list(endpoints_of("products-20251124-0300"));
     })
     .await
     .unwrap();
@@ -788,22 +775,27 @@ async fn old_rebuilds_beyond_the_history_limit_are_deleted_never_what_any_alias_
     status["previous"] = json!("products-20251122-0300");
     status["drained"] = json!("products-20251122-0300");
     run(reconcile(rebuilding(json!({"historyLimit": 0}), status), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-20251125-0300")).await;
+        h.server.cache([owned_service("products-20251125-0300")]);
         h.server.apply(SERVICE, Value::Null).await;
-        marks(&mut h.server, &[("products-20251125-0300", "current"), ("products-20251122-0300", "previous")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-20251125-0300")).await;
+        h.server.cache_list(endpoints_of("products-20251125-0300"));
         let rebuilt = |day: u32| {
             let mut c = collection(&format!("products-202511{day:02}-0300"), "Ready", 1, 1, true);
             c["metadata"]["creationTimestamp"] = json!(format!("2025-11-{day:02}T03:00:00Z"));
+            c["metadata"]["labels"] = json!({"quiver.dev/alias": "products"});
             c
         };
         let mut listed: Vec<Value> = (20..=25).map(rebuilt).collect();
+        listed[2]["metadata"]["labels"][MARK] = json!("previous");
+        listed[5]["metadata"]["labels"][MARK] = json!("current");
         // Marked by an alias whose status was lost: the admission policy would refuse it.
-        listed[4]["metadata"]["labels"] = json!({"served-by.quiver.dev/other": "current"});
-        let listed = h.server.expect("GET", VCS, 200, list("VectorCollection", listed)).await;
-        assert!(listed.uri.contains("labelSelector=quiver.dev%2Falias%3Dproducts"), "{}", listed.uri);
+        listed[4]["metadata"]["labels"]["served-by.quiver.dev/other"] = json!("current");
+        // Another alias's rebuild of the same day is not this alias's to prune.
+        let mut foreign = rebuilt(19);
+        foreign["metadata"]["labels"] = json!({"quiver.dev/alias": "other"});
+        listed.push(foreign);
+        h.server.cache_list(list("VectorCollection", listed));
         // Another alias serves the rebuild of the 21st.
-        h.server.expect("GET", ALIASES, 200, aliases(vec![("related", "products-20251121-0300")])).await;
+        h.server.cache_list(aliases(vec![("related", "products-20251121-0300")]));
         // Keep 25 (current), 22 (previous), 21 (served by `related`), 24 (marked); delete 23
         // and 20. A 403 (marked meanwhile, refused at admission) is left alone.
         h.server.expect("DELETE", &format!("{VCS}/products-20251123-0300"), 200, rebuilt(1)).await;
@@ -829,11 +821,12 @@ async fn an_orphaned_service_of_this_alias_is_adopted() {
     orphan["metadata"]["labels"] =
         json!({"quiver.dev/alias": "products", "app.kubernetes.io/managed-by": "quiver-operator"});
     run(reconcile(alias("products-v1", settled_on("products-v1")), h.ctx.clone()), async {
+        h.server.cache([orphan.clone()]);
         h.server.expect("GET", SERVICE, 200, orphan).await;
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(service.body["metadata"]["ownerReferences"][0]["uid"], UID, "adopted");
-        marks(&mut h.server, &[("products-v1", "current")]).await;
-        h.server.expect("GET", SLICES, 200, endpoints_of("products-v1")).await;
+        marks(&h.server, &[("products-v1", "current")]);
+        h.server.cache_list(endpoints_of("products-v1"));
     })
     .await
     .unwrap();
@@ -843,8 +836,8 @@ async fn an_orphaned_service_of_this_alias_is_adopted() {
 async fn a_target_changed_after_it_was_judged_servable_is_not_switched_to() {
     let mut h = harness();
     run(reconcile(alias("products-v2", serving("products-v1", None)), h.ctx.clone()), async {
-        h.server.expect("GET", SERVICE, 200, owned_service("products-v1")).await;
-        h.server.expect("GET", &format!("{VCS}/products-v2"), 200, collection_value("products-v2")).await;
+        h.server.cache([owned_service("products-v1")]);
+        h.server.cache([collection_value("products-v2")]);
         // A DELETE admitted in between (no mark yet) bumped its resourceVersion: the API server
         // refuses the mark as it words an optimistic-concurrency failure (HTTP 409, reason
         // Conflict; apimachinery `errors.NewConflict`).

@@ -62,24 +62,27 @@ fn expand(group: &str, resources: &[&str], verbs: &[&str]) -> Vec<Grant> {
 }
 
 /// What the controllers do, call by call (see controller/collection.rs, controller/alias.rs,
-/// run.rs); server-side apply may create, so owned kinds need create and patch.
+/// controller/cache.rs and run.rs): every kind they read is watched into a cache (list and
+/// watch); server-side apply may create, so applied kinds need create and patch. A GET is
+/// left only where a cache cannot answer: a user's token Secret, the alias Service when the
+/// cache disagrees with the alias's status, a rebuild still building under Forbid.
 fn needed() -> BTreeSet<Grant> {
-    let watch = ["get", "list", "watch"];
-    let apply = ["get", "list", "watch", "create", "patch"];
+    let watch = ["list", "watch"];
+    let apply = ["list", "watch", "create", "patch"];
     [
         expand("quiver.dev", &["vectorcollections"], &["get", "list", "watch", "patch", "create", "delete"]),
         expand("quiver.dev", &["collectionaliases"], &watch),
         expand("quiver.dev", &["vectorcollections/status", "collectionaliases/status"], &["get", "patch"]),
         expand("quiver.dev", &["vectorcollections/finalizers", "collectionaliases/finalizers"], &["update"]),
         expand("apps", &["statefulsets", "deployments"], &apply),
-        expand("", &["services"], &apply),
+        expand("", &["services"], &[&apply[..], &["get"]].concat()),
         expand("batch", &["jobs"], &[&apply[..], &["deletecollection"]].concat()),
-        expand("autoscaling", &["horizontalpodautoscalers"], &["create", "patch", "delete"]),
-        expand("policy", &["poddisruptionbudgets"], &["create", "patch"]),
-        expand("networking.k8s.io", &["networkpolicies"], &["create", "patch"]),
-        expand("", &["pods"], &["get", "list", "delete"]),
+        expand("autoscaling", &["horizontalpodautoscalers"], &[&apply[..], &["delete"]].concat()),
+        expand("policy", &["poddisruptionbudgets"], &apply),
+        expand("networking.k8s.io", &["networkpolicies"], &apply),
+        expand("", &["pods"], &["list", "watch", "delete"]),
         expand("discovery.k8s.io", &["endpointslices"], &watch),
-        expand("", &["secrets"], &["get", "create"]),
+        expand("", &["secrets"], &["get", "list", "watch", "create"]),
         expand("events.k8s.io", &["events"], &["create", "patch"]),
         expand("", &["events"], &["list"]),
     ]

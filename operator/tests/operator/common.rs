@@ -1,6 +1,8 @@
 //! A scripted API server for reconcile tests (tower-test + `kube::Client::new`, as kube-rs's
 //! controller-rs does): each test lists the exact requests it expects, in order, and answers
-//! them; a request that differs, or one too many, fails the test.
+//! them; a request that differs, or one too many, fails the test. What the controllers read
+//! from their caches a test puts there (`Harness::cache`); an applied object reaches its cache
+//! as the watch would bring it.
 
 use futures::future::BoxFuture;
 use http::{Request, Response};
@@ -8,7 +10,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher::Event;
 use quiver_operator::controller::Context;
+use quiver_operator::controller::cache::{APPLIED_HASH, Writers};
 use quiver_operator::engine::{Drainer, EngineError, WriterProbe};
 use quiver_operator::metrics::Metrics;
 use quiver_operator::phase::WriterState;
@@ -29,6 +33,7 @@ pub struct Sent {
 
 pub struct ApiServer {
     handle: Handle,
+    caches: Arc<Mutex<Writers>>,
 }
 
 impl ApiServer {
@@ -65,7 +70,9 @@ impl ApiServer {
         Sent { uri, body }
     }
 
-    /// A server-side apply PATCH answered with the applied object plus `status`.
+    /// A server-side apply PATCH answered with the applied object plus `status` (the object
+    /// then in its cache, as its watch would bring it). The returned body is the rendered
+    /// object: its `quiver.dev/applied-hash` annotation is checked and taken out.
     pub async fn apply(&mut self, path: &str, status: Value) -> Sent {
         let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request()).await;
         let (request, send) = next.expect("no request came; expected an apply").expect("client gone");
@@ -81,7 +88,30 @@ impl ApiServer {
         }
         answer["metadata"]["uid"] = json!("00000000-0000-0000-0000-00000000beef");
         send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
+        cache_object(&mut self.caches.lock().unwrap(), answer);
+        let mut body = body;
+        let annotations = body["metadata"]["annotations"].as_object_mut().expect("annotations");
+        let hash = annotations.remove(APPLIED_HASH).expect("the applied-hash annotation");
+        assert!(hash.as_str().is_some_and(|h| h.len() == 32 && h.chars().all(|c| c.is_ascii_hexdigit())), "{hash}");
+        if annotations.is_empty() {
+            body["metadata"].as_object_mut().unwrap().remove("annotations");
+        }
         Sent { uri, body }
+    }
+
+    /// Puts objects in their caches from within a script: what a watch brings while the
+    /// reconcile waits for an answer (the test runtime runs one task at a time, so the
+    /// reconcile reads them after the request it waits on is answered).
+    pub fn cache(&self, objects: impl IntoIterator<Item = Value>) {
+        let mut writers = self.caches.lock().unwrap();
+        for object in objects {
+            cache_object(&mut writers, object);
+        }
+    }
+
+    /// The items of a list (as the API server would answer a LIST) put in their caches.
+    pub fn cache_list(&self, list: Value) {
+        self.cache(list["items"].as_array().expect("a list").iter().cloned());
     }
 
     /// An Event POST; returns its reason and note.
@@ -160,21 +190,110 @@ pub fn now() -> Timestamp {
     Timestamp::from_second(NOW).unwrap()
 }
 
+/// Puts `object` in the cache of its kind (by its `kind`), in namespace `search` unless it
+/// names one, as a watch event would.
+pub fn cache_object(writers: &mut Writers, mut object: Value) {
+    if object["metadata"]["namespace"].is_null() {
+        object["metadata"]["namespace"] = json!("search");
+    }
+    fn put<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned>(
+        writer: &mut kube::runtime::reflector::store::Writer<K>,
+        object: Value,
+    ) {
+        writer.apply_watcher_event(&Event::Apply(serde_json::from_value(object).unwrap()));
+    }
+    match object["kind"].as_str().expect("a kind") {
+        "VectorCollection" => put(&mut writers.collections, object),
+        "CollectionAlias" => put(&mut writers.aliases, object),
+        "StatefulSet" => put(&mut writers.stateful_sets, object),
+        "Deployment" => put(&mut writers.deployments, object),
+        "Service" => put(&mut writers.services, object),
+        "Job" => put(&mut writers.jobs, object),
+        "EndpointSlice" => put(&mut writers.slices, object),
+        "Pod" => put(&mut writers.pods, object),
+        "Secret" => put(&mut writers.secrets, object),
+        "HorizontalPodAutoscaler" => put(&mut writers.autoscalers, object),
+        "PodDisruptionBudget" => put(&mut writers.budgets, object),
+        "NetworkPolicy" => put(&mut writers.network_policies, object),
+        other => panic!("no cache for {other}"),
+    }
+}
+
 pub struct Harness {
     pub ctx: Arc<Context>,
+    caches: Arc<Mutex<Writers>>,
     pub server: ApiServer,
     pub writer: Arc<FakeWriter>,
     pub drainer: Arc<FakeDrainer>,
 }
 
+impl Harness {
+    /// Puts objects in their caches (what a watch would have brought before the reconcile).
+    pub fn cache(&self, objects: impl IntoIterator<Item = Value>) {
+        let mut writers = self.caches.lock().unwrap();
+        for object in objects {
+            cache_object(&mut writers, object);
+        }
+    }
+
+    /// A status update of a cached object (the watch brings it; the generation stays).
+    pub fn restatus(&self, kind: &str, name: &str, status: Value) {
+        let caches = &self.ctx.caches;
+        let mut object = match kind {
+            "StatefulSet" => serde_json::to_value(caches.stateful_sets.get("search", name).expect("cached").as_ref()),
+            "Deployment" => serde_json::to_value(caches.deployments.get("search", name).expect("cached").as_ref()),
+            other => panic!("restatus {other}: not needed by a test yet"),
+        }
+        .unwrap();
+        object["kind"] = json!(kind);
+        object["status"] = status;
+        self.cache([object]);
+    }
+
+    /// Takes an object out of its cache (a watch's Delete event).
+    pub fn uncache(&self, object: Value) {
+        let mut object = object;
+        if object["metadata"]["namespace"].is_null() {
+            object["metadata"]["namespace"] = json!("search");
+        }
+        let mut writers = self.caches.lock().unwrap();
+        match object["kind"].as_str().expect("a kind") {
+            "Pod" => writers.pods.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap())),
+            "HorizontalPodAutoscaler" => {
+                writers.autoscalers.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap()))
+            }
+            "VectorCollection" => {
+                writers.collections.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap()))
+            }
+            other => panic!("uncache {other}: not needed by a test yet"),
+        }
+    }
+}
+
 pub fn harness() -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
+    let (caches, mut writers) = quiver_operator::controller::cache::caches();
+    // Listed once (empty): the reconciles may read them.
+    writers.collections.apply_watcher_event(&Event::InitDone);
+    writers.aliases.apply_watcher_event(&Event::InitDone);
+    writers.stateful_sets.apply_watcher_event(&Event::InitDone);
+    writers.deployments.apply_watcher_event(&Event::InitDone);
+    writers.services.apply_watcher_event(&Event::InitDone);
+    writers.jobs.apply_watcher_event(&Event::InitDone);
+    writers.slices.apply_watcher_event(&Event::InitDone);
+    writers.pods.apply_watcher_event(&Event::InitDone);
+    writers.secrets.apply_watcher_event(&Event::InitDone);
+    writers.autoscalers.apply_watcher_event(&Event::InitDone);
+    writers.budgets.apply_watcher_event(&Event::InitDone);
+    writers.network_policies.apply_watcher_event(&Event::InitDone);
+    let writers = Arc::new(Mutex::new(writers));
     let recorder = Recorder::new(client.clone(), Reporter { controller: "quiver-operator".into(), instance: None });
     let writer = Arc::new(FakeWriter::default());
     let drainer = Arc::new(FakeDrainer::default());
     let ctx = Arc::new(Context::new(
         client,
+        caches,
         recorder,
         writer.clone(),
         drainer.clone(),
@@ -182,7 +301,7 @@ pub fn harness() -> Harness {
         Arc::new(Metrics::default()),
         now,
     ));
-    Harness { ctx, server: ApiServer { handle }, writer, drainer }
+    Harness { ctx, caches: writers.clone(), server: ApiServer { handle, caches: writers }, writer, drainer }
 }
 
 /// Runs `reconcile` while `script` plays the API server; fails if the reconcile does not end
