@@ -56,6 +56,10 @@ pub struct Config {
     /// previous target's drain (kube-proxies and load balancers follow the EndpointSlices).
     #[arg(long, env = "QUIVER_OPERATOR_DRAIN_DELAY_SECS", default_value_t = crate::controller::alias::DRAIN_DELAY.as_secs())]
     pub drain_delay_secs: u64,
+    /// Seconds between looks at a settled collection or alias (changes are watched; this bounds
+    /// how long drift in an unwatched object goes unrepaired).
+    #[arg(long, env = "QUIVER_OPERATOR_RESYNC_SECS", default_value_t = crate::controller::RESYNC.as_secs())]
+    pub resync_secs: u64,
     /// Give each collection NetworkPolicies for its writer and replicas (see resources/network.rs).
     #[arg(long, env = "QUIVER_OPERATOR_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub network_policies: bool,
@@ -138,6 +142,12 @@ impl Shutdown {
             let _ = tx.send(true);
         });
         Shutdown(rx)
+    }
+
+    /// A signal fired by sending `true` on the returned sender (an embedding program, a test).
+    pub fn manual() -> (watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Shutdown(rx))
     }
 
     pub async fn wait(mut self) {
@@ -303,6 +313,7 @@ pub async fn controllers(ctx: Arc<Context>, writers: Writers, namespace: Option<
     } = writers;
     let watches = async {
         futures::join!(
+            caches.fill(),
             reflect(api(&client, &namespace), all.clone(), vc_writer),
             reflect(api(&client, &namespace), all, alias_writer),
             reflect(api(&client, &namespace), owned.clone(), stateful_sets),
@@ -359,6 +370,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         k8s_openapi::jiff::Timestamp::now,
     );
     ctx.drain_delay = std::time::Duration::from_secs(config.drain_delay_secs);
+    ctx.resync = std::time::Duration::from_secs(config.resync_secs.max(1));
     let ctx = Arc::new(ctx);
     // A standby is healthy and ready: it serves nothing until it leads.
     health.set_ready(true);

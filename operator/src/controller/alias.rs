@@ -30,7 +30,6 @@ pub const REBUILD_REQUESTED: &str = "quiver.dev/rebuild-requested";
 pub const HISTORY: usize = 10;
 /// How often a waiting alias looks again (collection changes also wake it).
 pub const WAIT_INTERVAL: Duration = Duration::from_secs(30);
-pub const SETTLED_INTERVAL: Duration = Duration::from_secs(300);
 /// Default time between the alias Service's endpoints listing only the new target and the
 /// previous target's drain (`--drain-delay-secs`): kube-proxies and load balancers follow.
 pub const DRAIN_DELAY: Duration = Duration::from_secs(5);
@@ -60,7 +59,7 @@ async fn steps(ca: &CollectionAlias, ctx: &Context) -> Result<Duration> {
     let mut status = ca.status.clone().unwrap_or_default();
     let (mut wait, problem) = match &ca.spec.rebuild {
         Some(rebuild) => start_rebuild(ca, ctx, rebuild, &mut status).await?,
-        None => (SETTLED_INTERVAL, None),
+        None => (ctx.resync, None),
     };
     let (until, status) = switch(ca, ctx, status, problem).await?;
     wait = wait.min(until);
@@ -261,7 +260,7 @@ async fn switch(
             if w.failed { (EventType::Warning, "TargetFailed") } else { (EventType::Normal, "Waiting") };
         ctx.event_about(ca, related, type_, reason, "Switch", w.message).await;
     }
-    let settled = if synced && ready { SETTLED_INTERVAL } else { WAIT_INTERVAL };
+    let settled = if synced && ready { ctx.resync } else { WAIT_INTERVAL };
     Ok((wait.map_or(settled, |w| w.min(settled)), status))
 }
 
@@ -471,7 +470,7 @@ async fn start_rebuild(
             if status.message.as_ref() != Some(&message) {
                 ctx.event(ca, EventType::Warning, "InvalidSchedule", "Rebuild", message.clone()).await;
             }
-            return Ok((SETTLED_INTERVAL, Some(message)));
+            return Ok((ctx.resync, Some(message)));
         }
     };
     let since = status
@@ -516,8 +515,8 @@ async fn start_rebuild(
         }
     }
     let next = schedule.after(now).filter(|_| !rebuild.suspend);
-    let wait = next
-        .map_or(SETTLED_INTERVAL, |t| Duration::from_secs(t.as_second().saturating_sub(now.as_second()).max(1) as u64));
+    let wait =
+        next.map_or(ctx.resync, |t| Duration::from_secs(t.as_second().saturating_sub(now.as_second()).max(1) as u64));
     Ok((wait, None))
 }
 

@@ -132,6 +132,8 @@ pub struct Caches {
     pub autoscalers: Cached<HorizontalPodAutoscaler>,
     pub budgets: Cached<PodDisruptionBudget>,
     pub network_policies: Cached<NetworkPolicy>,
+    /// True once every store has listed its kind (see `fill`).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// The writing side of every cache: the watches fill them (see `run::controllers`), tests fill
@@ -180,15 +182,18 @@ pub fn caches() -> (Caches, Writers) {
         autoscalers: Cached::new(writers.autoscalers.as_reader()),
         budgets: Cached::new(writers.budgets.as_reader()),
         network_policies: Cached::new(writers.network_policies.as_reader()),
+        ready: tokio::sync::watch::channel(false).0,
     };
     (caches, writers)
 }
 
 impl Caches {
-    /// Until every watch has listed its kind once: before that a missing object may only be
-    /// not listed yet (a writer pod read as absent would be reported as one).
-    pub async fn wait_until_ready(&self) {
-        // A writer dropped (the operator stopping) ends the wait: the reconcile then ends too.
+    /// Waits for every store's first list, then lets reconciles through (`wait_until_ready`).
+    /// One task runs this while the watches fill the stores: a store's own readiness future
+    /// wakes only the task that polled it last (its oneshot keeps one waker), so the reconciles
+    /// of several tasks must not each wait on it.
+    pub async fn fill(&self) {
+        // A writer dropped (the operator stopping) ends the wait.
         let _ = futures::join!(
             self.collections.store.wait_until_ready(),
             self.aliases.store.wait_until_ready(),
@@ -203,6 +208,13 @@ impl Caches {
             self.budgets.store.wait_until_ready(),
             self.network_policies.store.wait_until_ready(),
         );
+        self.ready.send_replace(true);
+    }
+
+    /// Until every watch has listed its kind once: before that a missing object may only be
+    /// not listed yet (a writer pod read as absent would be reported as one).
+    pub async fn wait_until_ready(&self) {
+        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
     }
 }
 
@@ -264,6 +276,40 @@ mod tests {
         // Deleted and re-created with the annotation copied (a restore): another uid.
         writers.services.apply_watcher_event(&Event::Apply(service("u2", "7", Some("h1"))));
         assert!(caches.services.unchanged("n", "s", "h1").is_none());
+    }
+
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_the_caches_is_let_through() {
+        let (caches, mut writers) = caches();
+        let caches = Arc::new(caches);
+        // Reconciles of several tasks wait before the first lists are in (the controllers'
+        // concurrency): each must wake, not only the one that waited last.
+        let waiting: Vec<_> = (0..4)
+            .map(|_| {
+                let caches = caches.clone();
+                tokio::spawn(async move { caches.wait_until_ready().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let fill = tokio::spawn({
+            let caches = caches.clone();
+            async move { caches.fill().await }
+        });
+        writers.collections.apply_watcher_event(&Event::InitDone);
+        writers.aliases.apply_watcher_event(&Event::InitDone);
+        writers.stateful_sets.apply_watcher_event(&Event::InitDone);
+        writers.deployments.apply_watcher_event(&Event::InitDone);
+        writers.services.apply_watcher_event(&Event::InitDone);
+        writers.jobs.apply_watcher_event(&Event::InitDone);
+        writers.slices.apply_watcher_event(&Event::InitDone);
+        writers.pods.apply_watcher_event(&Event::InitDone);
+        writers.secrets.apply_watcher_event(&Event::InitDone);
+        writers.autoscalers.apply_watcher_event(&Event::InitDone);
+        writers.budgets.apply_watcher_event(&Event::InitDone);
+        writers.network_policies.apply_watcher_event(&Event::InitDone);
+        let all = futures::future::join_all(waiting);
+        tokio::time::timeout(std::time::Duration::from_secs(5), all).await.expect("every waiter woke");
+        fill.await.unwrap();
     }
 
     #[test]

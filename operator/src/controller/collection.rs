@@ -27,8 +27,6 @@ pub const FINALIZER: &str = "quiver.dev/alias-protection";
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// Import progress alone is written to status at most this often.
 pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(5);
-/// A settled collection (Ready or Failed) is re-checked this often.
-pub const SETTLED_INTERVAL: Duration = Duration::from_secs(300);
 /// Annotate a Failed collection with a new value of this to run its pipeline again:
 /// `kubectl annotate vc products-v2 quiver.dev/retry="$(date +%s)" --overwrite`.
 pub const RETRY: &str = "quiver.dev/retry";
@@ -488,7 +486,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         announce(vc, ctx, &decision).await;
     }
     Ok(match decision.phase {
-        Phase::Ready | Phase::Failed => Action::requeue(SETTLED_INTERVAL),
+        Phase::Ready | Phase::Failed => Action::requeue(ctx.resync),
         _ => Action::requeue(PROGRESS_INTERVAL),
     })
 }

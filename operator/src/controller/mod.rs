@@ -56,6 +56,11 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Default of `Context::resync` (`--resync-secs`): watches bring every change the pipeline
+/// waits for, so this only bounds how long a missed event or drift in an unwatched object
+/// (an HPA, a PDB, a NetworkPolicy) goes unnoticed.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
@@ -70,6 +75,8 @@ pub struct Context {
     pub now: fn() -> Timestamp,
     /// Between an alias's endpoints moving and the previous target's drain.
     pub drain_delay: Duration,
+    /// How often a settled collection (Ready, Failed) or alias is looked at again.
+    pub resync: Duration,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// When each collection's status was last written, to throttle progress-only writes.
@@ -99,6 +106,7 @@ impl Context {
             metrics,
             now,
             drain_delay,
+            resync: RESYNC,
             failures: Mutex::default(),
             status_writes: Mutex::default(),
         }

@@ -287,6 +287,7 @@ pub fn harness() -> Harness {
     writers.autoscalers.apply_watcher_event(&Event::InitDone);
     writers.budgets.apply_watcher_event(&Event::InitDone);
     writers.network_policies.apply_watcher_event(&Event::InitDone);
+    futures::executor::block_on(caches.fill());
     let writers = Arc::new(Mutex::new(writers));
     let recorder = Recorder::new(client.clone(), Reporter { controller: "quiver-operator".into(), instance: None });
     let writer = Arc::new(FakeWriter::default());

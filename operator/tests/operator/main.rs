@@ -2,6 +2,7 @@
 //! the engine, so one link instead of seven keeps CI's disk use and build time down.
 
 mod alias_controller;
+mod api_load;
 mod argocd;
 mod chart;
 mod collection_controller;
