@@ -274,8 +274,61 @@ fn join(base: &str, location: &str) -> String {
     format!("{origin}{dir}/{location}")
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// Resolves like ureq's default resolver, then refuses a host any of whose addresses is
+/// link-local or a metadata address. The agent connects only to the addresses this returns, so
+/// the check holds for the connection itself: a host that resolved to a public address for
+/// [`check_host`] and to 169.254.169.254 a moment later (DNS rebinding) is refused here.
+#[derive(Debug)]
+struct CheckedResolver {
+    allow_link_local: bool,
+}
+
+/// The refusal [`CheckedResolver`] reports (inside `ureq::Error::Io`), told apart from network
+/// failures so that it is not retried.
+#[derive(Debug)]
+struct RefusedAddress(String);
+
+impl std::fmt::Display for RefusedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RefusedAddress {}
+
+impl ureq::unversioned::resolver::Resolver for CheckedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        use ureq::unversioned::resolver::DefaultResolver;
+        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
+        if let Some(addr) = addrs.iter().find(|a| forbidden(a.ip())).filter(|_| !self.allow_link_local) {
+            let host = uri.host().unwrap_or_default();
+            return Err(ureq::Error::Io(io::Error::other(RefusedAddress(format!(
+                "host {} resolves to {}: link-local and cloud-metadata addresses are refused as import sources (ReadOptions::allow_link_local)",
+                short(host, 60),
+                addr.ip()
+            )))));
+        }
+        Ok(addrs)
+    }
+}
+
+/// A failed call: a refused address is final, anything else may pass on a retry.
+fn call_failure(error: ureq::Error) -> Failure {
+    if let ureq::Error::Io(e) = &error
+        && let Some(refused) = e.get_ref().and_then(|inner| inner.downcast_ref::<RefusedAddress>())
+    {
+        return Failure::Fatal(refused.to_string());
+    }
+    Failure::Transient(error.to_string())
+}
+
+fn agent(allow_link_local: bool) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
         .timeout_resolve(Some(CONNECT_TIMEOUT))
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_per_read(Some(READ_TIMEOUT))
@@ -286,8 +339,12 @@ fn agent() -> ureq::Agent {
         .http_status_as_error(false)
         // Byte offsets for Range must be those of the representation: no transparent gzip.
         .accept_encoding("identity")
-        .build()
-        .new_agent()
+        .build();
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        CheckedResolver { allow_link_local },
+    )
 }
 
 /// GETs `url` with `headers`, following redirects; returns the response and the final URL.
@@ -304,7 +361,7 @@ fn get(
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let response = request.call().map_err(|e| Failure::Transient(e.to_string()))?;
+        let response = request.call().map_err(call_failure)?;
         let status = response.status().as_u16();
         let location = response.headers().get("location").and_then(|l| l.to_str().ok());
         let (Some(location), 301 | 302 | 303 | 307 | 308) = (location, status) else {
@@ -349,7 +406,7 @@ struct HttpSource {
 
 impl HttpSource {
     fn open(url: &str, allow_link_local: bool) -> Result<HttpSource> {
-        let agent = agent();
+        let agent = agent(allow_link_local);
         let http = |reason: String| Error::Http { url: url.to_string(), reason };
         let (response, final_url) = get(&agent, url, &[], allow_link_local).map_err(|f| http(f.message().into()))?;
         if response.status().as_u16() != 200 {
@@ -513,6 +570,22 @@ mod tests {
         assert!(check_host("http://[fe80::1]:8080/a.npy", false).is_err());
         assert!(check_host("http://[fe80::1]:8080/a.npy", true).is_ok());
         assert!(check_host("http://127.0.0.1:1/a.npy", false).is_ok());
+    }
+
+    #[test]
+    fn the_connection_itself_never_reaches_a_link_local_address() {
+        // Past the pre-check (a name that resolved elsewhere a moment ago, DNS rebinding): the
+        // agent's own resolution refuses, finally, before any connection is tried.
+        let started = std::time::Instant::now();
+        let error = agent(false).get("http://169.254.169.254:9/latest/meta-data/").call().unwrap_err();
+        match call_failure(error) {
+            Failure::Fatal(m) => assert!(m.contains("169.254.169.254") && m.contains("refused"), "{m}"),
+            Failure::Transient(m) => panic!("not refused by the resolver: {m}"),
+        }
+        assert!(started.elapsed() < CONNECT_TIMEOUT, "refused at resolution, not after a connect attempt");
+        // Allowed: resolved and tried (a refused or unreachable connection, not our refusal).
+        let error = agent(true).get("http://127.0.0.1:9/x").call().unwrap_err();
+        assert!(matches!(call_failure(error), Failure::Transient(_)));
     }
 
     #[test]
