@@ -156,6 +156,10 @@ pub struct WriterArgs {
     /// Bytes the ingest spool may hold in all before Seal.
     #[arg(long, env = "QUIVER_MAX_SPOOL_BYTES", default_value_t = 64 << 30)]
     pub max_spool_bytes: u64,
+    /// Seconds a Write stream may stay silent between two batches before it is dropped (with
+    /// none of its rows kept).
+    #[arg(long, env = "QUIVER_WRITE_IDLE_SECS", default_value_t = crate::serve::ingest::WRITE_IDLE.as_secs())]
+    pub write_idle_secs: u64,
     #[command(flatten)]
     pub build: BuildArgs,
 }

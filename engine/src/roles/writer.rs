@@ -46,7 +46,8 @@ pub fn run(a: WriterArgs) -> Result<i32> {
             // Sealed: what the spool holds is in the collection already.
             spool.discard();
         }
-        let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone());
+        let idle = std::time::Duration::from_secs(a.write_idle_secs.max(1));
+        let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone(), idle);
         if let Some((collection, info)) = recovered {
             tracing::info!("{} is sealed; serving snapshot sha256 {}", info.collection, info.sha256);
             node.catalog.adopt(collection);

@@ -22,16 +22,24 @@ pub struct IngestService {
     source: Option<String>,
     /// One Seal at a time (the end of a Write stream is serialized with Seal by the spool).
     sealing: Arc<tokio::sync::Mutex<()>>,
+    /// A Write stream silent this long between batches is dropped ([`WRITE_IDLE`] by default).
+    idle: std::time::Duration,
 }
 
 impl IngestService {
     /// Serves pushes into `spool` (none for a writer with --source); streams it kept from an
     /// earlier run count as received.
-    pub fn new(node: Arc<Node>, publisher: Arc<Publisher>, spool: Option<Arc<Spool>>, source: Option<String>) -> Self {
+    pub fn new(
+        node: Arc<Node>,
+        publisher: Arc<Publisher>,
+        spool: Option<Arc<Spool>>,
+        source: Option<String>,
+        idle: std::time::Duration,
+    ) -> Self {
         if spool.as_ref().is_some_and(|s| s.committed_rows() > 0) && publisher.stage() == Stage::Waiting {
             publisher.set_stage(Stage::Receiving);
         }
-        IngestService { node, publisher, spool, source, sealing: Arc::default() }
+        IngestService { node, publisher, spool, source, sealing: Arc::default(), idle }
     }
 
     /// The spool, once [`IngestService::check_writable`] passed.
@@ -92,7 +100,7 @@ impl ingest_server::Ingest for IngestService {
         let mut incoming = request.into_inner();
         // Dropped on any early return: the stream's file goes, none of its rows stay.
         let mut spooled: Option<StreamWriter> = None;
-        while let Some(batch) = incoming.message().await? {
+        while let Some(batch) = next_batch(&mut incoming, self.idle).await? {
             self.check_writable(&batch.collection)?;
             let stream = match spooled.take() {
                 Some(stream) => stream,
@@ -168,5 +176,24 @@ impl ingest_server::Ingest for IngestService {
             progress.rows = self.spool.as_ref().map_or(0, |s| s.committed_rows());
         }
         Ok(Response::new(progress))
+    }
+}
+
+/// How long a Write stream may stay silent between two batches: a client that stalls holds a
+/// heavy-call slot and an open spool file, so it loses the stream (none of its rows stay)
+/// instead of holding them until the call's six-hour deadline.
+pub const WRITE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The next batch of a Write stream, or DEADLINE_EXCEEDED once it was silent for `idle`.
+async fn next_batch(
+    incoming: &mut Streaming<proto::WriteBatch>,
+    idle: std::time::Duration,
+) -> Result<Option<proto::WriteBatch>, Status> {
+    match tokio::time::timeout(idle, incoming.message()).await {
+        Ok(next) => next,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no batch for {} s (--write-idle-secs): the stream is dropped and none of its rows are kept; send it again",
+            idle.as_secs()
+        ))),
     }
 }

@@ -206,6 +206,55 @@ async fn writer_killed_at_an_ingest_commit_keeps_every_acknowledged_stream() {
     }
 }
 
+/// A Write stream that stalls mid-way (a client hung between two batches) is dropped after
+/// `--write-idle-secs` with DEADLINE_EXCEEDED, keeps none of its rows, and frees its slot: the
+/// next stream is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_write_stream_is_dropped_and_keeps_none_of_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("w").display().to_string();
+    let args = [
+        "writer",
+        "--data-dir",
+        &data,
+        "--collection",
+        "v1",
+        "--dimensions",
+        "16",
+        "--listen",
+        "127.0.0.1:0",
+        "--write-idle-secs",
+        "1",
+    ];
+    let writer = Role::start(dir.path(), &args, None);
+    // Not SERVING before Seal: asked directly.
+    let client = Client::new(&writer.url, ClientOptions::default()).unwrap();
+    let batch = proto::WriteBatch {
+        collection: "v1".into(),
+        records: (0..100)
+            .map(|id| proto::Record {
+                id,
+                vector: (0..DIMS).map(|d| (id + d as u64) as f32).collect(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(batch.clone()).await.unwrap();
+    // One batch, then silence (the sender is kept: the stream is open, not ended).
+    let mut ingest = client.ingest_client();
+    let stalled = ingest.write(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(30), stalled).await.expect("dropped").unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("none of its rows"), "{}", status.message());
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    drop(tx);
+    assert_eq!(client.progress("v1").await.unwrap().rows, 0, "the stalled stream left nothing");
+    let next = client.ingest_client().write(futures::stream::iter(vec![batch])).await.unwrap();
+    assert_eq!(next.into_inner().rows, 100);
+}
+
 /// A replica killed while fetching, before its checked file is renamed into place, and before
 /// the installation is renamed into place: restarted, it fetches or installs again and serves
 /// exactly the writer's snapshot.
