@@ -59,6 +59,9 @@ pub enum Error {
     /// A bound on what a caller may send or store was reached.
     #[error("{what}: {reason}")]
     Exhausted { what: String, reason: String },
+    /// Long work stopped because its caller went away.
+    #[error("{what} was cancelled: the call ended (cancelled by the client, or past its deadline)")]
+    Cancelled { what: String },
     /// A command-line flag or setting the process cannot start with.
     #[error("{flag} {value}: {reason}")]
     Usage { flag: String, value: String, reason: String },

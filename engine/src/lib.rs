@@ -1,6 +1,7 @@
 //! quiver's engine: collections on arroy + LMDB, import-then-build, partitioned search,
 //! verification and warm-up, and the alias catalog of the standalone role.
 
+pub mod cancel;
 pub mod collection;
 pub mod distance;
 pub mod durable;

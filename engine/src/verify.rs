@@ -1,6 +1,7 @@
 //! The verification gate an alias flip waits for: count, recall against exact search, and
 //! latency. The report is machine-readable and says which check failed and by how much.
 
+use crate::cancel::Cancel;
 use crate::collection::Collection;
 use crate::datagen::gaussian;
 use crate::error::Result;
@@ -25,6 +26,8 @@ pub struct VerifyOptions {
     pub strategy: Option<Strategy>,
     pub quality: Option<usize>,
     pub seed: u64,
+    /// Checked between queries: a server cancels when the call is gone.
+    pub cancel: Cancel,
 }
 
 impl Default for VerifyOptions {
@@ -39,6 +42,7 @@ impl Default for VerifyOptions {
             strategy: None,
             quality: None,
             seed: 7,
+            cancel: Cancel::default(),
         }
     }
 }
@@ -146,6 +150,7 @@ pub fn verify(collection: &Collection, options: &VerifyOptions) -> Result<Verify
     let mut latencies = Latencies::default();
     let mut recall_sum = 0.0;
     for query in &queries {
+        options.cancel.check("verification")?;
         let mut request = SearchRequest::new(query.clone(), options.k);
         request.strategy = Some(Strategy::Exact);
         let truth: Vec<u64> = search(collection, &request)?.iter().map(|h| h.id).collect();

@@ -1,6 +1,7 @@
 //! Warm-up: fault the collection into memory and run simulated queries until latency settles,
 //! so the first real query is not a cold one.
 
+use crate::cancel::Cancel;
 use crate::collection::{Collection, PreloadStats};
 use crate::error::Result;
 use crate::latency::Latencies;
@@ -16,11 +17,13 @@ pub struct WarmupOptions {
     pub round: usize,
     pub tolerance: f64,
     pub max_queries: usize,
+    /// Checked between queries: a server cancels when the call is gone.
+    pub cancel: Cancel,
 }
 
 impl Default for WarmupOptions {
     fn default() -> Self {
-        WarmupOptions { k: 10, round: 100, tolerance: 0.1, max_queries: 2_000 }
+        WarmupOptions { k: 10, round: 100, tolerance: 0.1, max_queries: 2_000, cancel: Cancel::default() }
     }
 }
 
@@ -51,6 +54,7 @@ pub fn warm(collection: &Collection, options: &WarmupOptions) -> Result<WarmupRe
     while used < queries.len() {
         let mut round = Latencies::default();
         for q in queries[used..].iter().take(options.round) {
+            options.cancel.check("warm-up")?;
             let t = Instant::now();
             search(collection, &SearchRequest::new(q.clone(), options.k))?;
             round.record(t.elapsed());

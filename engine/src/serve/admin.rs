@@ -44,6 +44,8 @@ impl admin_server::Admin for AdminService {
         if r.max_queries > 0 {
             options.max_queries = r.max_queries as usize;
         }
+        // Dropped with this future: a call that is gone stops the work (and frees the slot).
+        let _cancel = options.cancel.on_drop();
         let report = self.node.admin_work(move || warm(&c, &options).map_err(super::status)).await?;
         Ok(Response::new(proto::WarmupResponse {
             cold_first_query_ms: report.cold_first_query_ms,
@@ -66,6 +68,7 @@ impl admin_server::Admin for AdminService {
             queries: r.queries.into_iter().map(|q| q.values).collect(),
             ..defaults
         };
+        let _cancel = options.cancel.on_drop();
         let report = self.node.admin_work(move || verify(&c, &options).map_err(super::status)).await?;
         Ok(Response::new(proto::VerifyResponse { passed: report.passed, report_json: json(&report) }))
     }

@@ -45,6 +45,7 @@ pub fn status(e: Error) -> Status {
             Status::failed_precondition(e.to_string())
         }
         Error::Exhausted { .. } => Status::resource_exhausted(e.to_string()),
+        Error::Cancelled { .. } => Status::cancelled(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }

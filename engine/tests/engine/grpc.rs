@@ -463,3 +463,28 @@ async fn health_answers_while_exact_scans_run() {
     assert!(scans > 16, "the exact scans ran ({scans})");
     assert!(slowest < std::time::Duration::from_millis(100), "health + /livez took {slowest:?} under load");
 }
+
+/// A Verify whose call is gone (here: past the client's deadline) stops between queries and
+/// frees the one admin slot: the Verify that follows (an operator's retry) runs at once instead
+/// of waiting behind thousands of queries nobody will read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_whose_call_is_gone_stops_and_frees_its_slot() {
+    let (url, _node, _dir, _) = serving(20_000, ServeConfig::default()).await;
+    let mut admin = AdminClient::connect(url).await.unwrap();
+    let verify = |sample: u32, timeout: std::time::Duration| {
+        let mut request = tonic::Request::new(VerifyRequest { collection: "v1".into(), sample, ..Default::default() });
+        request.set_timeout(timeout);
+        request
+    };
+    let gone = admin.verify(verify(10_000, std::time::Duration::from_millis(300))).await.unwrap_err();
+    // The client gives up at its deadline (its transport reports it as cancelled); the server
+    // drops the call at the same grpc-timeout.
+    assert!(matches!(gone.code(), Code::DeadlineExceeded | Code::Cancelled), "{gone:?}");
+    let started = std::time::Instant::now();
+    let next = admin.verify(verify(20, std::time::Duration::from_secs(20))).await;
+    let report = next.unwrap_or_else(|e| panic!("the next Verify waited behind the abandoned one: {e:?}"));
+    let report: serde_json::Value = serde_json::from_str(&report.into_inner().report_json).unwrap();
+    assert_eq!(report["queries"], 20);
+    // Well before the abandoned Verify's 10,000 queries would have ended.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
