@@ -16,6 +16,13 @@ pub enum EngineError {
     Call { call: &'static str, endpoint: String, status: tonic::Status },
 }
 
+impl EngineError {
+    /// The pod refused the token (a user's Secret rotated since it was read).
+    pub fn token_refused(&self) -> bool {
+        matches!(self, EngineError::Call { status, .. } if status.code() == tonic::Code::Unauthenticated)
+    }
+}
+
 /// Reads a writer's progress. `endpoint` is `http://<pod ip>:7700`.
 pub trait WriterProbe: Send + Sync {
     /// `sealed` is Ingest.Progress's answer; whether the snapshot is published the caller

@@ -1,7 +1,7 @@
 //! The operator process: configuration, the HTTP endpoints (/metrics, /livez, /readyz),
 //! leader election on a Lease, and the two controllers until SIGTERM.
 
-use crate::controller::cache::Writers;
+use crate::controller::cache::{Feed, Writers};
 use crate::controller::{Context, alias, collection};
 use crate::crd::{CollectionAlias, VectorCollection};
 use crate::engine::Grpc;
@@ -212,30 +212,26 @@ where
     })
 }
 
-/// The changes a shared store's watch brings, for a controller.
-fn subscribe<K: Resource<DynamicType = ()> + Clone + 'static>(
-    writer: &reflector::store::Writer<K>,
-) -> reflector::ReflectHandle<K> {
-    writer.subscribe().expect("the store is shared (cache::caches makes it so)")
-}
-
-/// Keeps `writer`'s store filled from a watch of `api`; ends only with the operator. Watch
-/// errors are retried with kube's default backoff (and logged).
-async fn reflect<K>(api: Api<K>, config: watcher::Config, writer: reflector::store::Writer<K>)
+/// Keeps `feed`'s store filled from a watch of `api` and hands its changes to the subscribed
+/// controllers; ends only with the operator. Watch errors are retried with kube's default
+/// backoff (and logged). Managed fields are dropped from every kind but Deployments (the
+/// autoscaler handover reads them): they are most of a pod's size and nothing else reads them.
+async fn reflect<K>(api: Api<K>, config: watcher::Config, mut feed: Feed<K>)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let kind = K::kind(&()).into_owned();
-    watcher(api, config)
-        .default_backoff()
-        .reflect_shared(writer)
-        .for_each(|event| {
-            if let Err(e) = event {
-                tracing::warn!(%kind, error = %e, "watch failed; retrying");
+    let keep_managed_fields = kind == "Deployment";
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) if keep_managed_fields => feed.apply(event).await,
+            Ok(event) => {
+                feed.apply(event.modify(|object| object.meta_mut().managed_fields = None)).await;
             }
-            std::future::ready(())
-        })
-        .await
+            Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying"),
+        }
+    }
 }
 
 /// Runs both controllers until `shutdown`, and the watches that fill `writers`.
@@ -254,15 +250,16 @@ pub async fn controllers(ctx: Arc<Context>, writers: Writers, namespace: Option<
     // Watched: what the pipeline reads (StatefulSet and Deployment readiness, Jobs finishing,
     // Services); not the HPA, PDB, NetworkPolicies or pods, whose changes nothing waits for
     // (they are read from their caches at the next look).
-    let collection_changes = changed_by_user_only(subscribe(&writers.collections), caches.collections.store.clone());
+    let mut writers = writers;
+    let collection_changes = changed_by_user_only(writers.collections.subscribe(), caches.collections.store.clone());
     let collections = Controller::for_shared_stream(collection_changes, caches.collections.store.clone())
         .with_config(config.clone())
-        .owns_shared_stream(subscribe(&writers.stateful_sets))
-        .owns_shared_stream(subscribe(&writers.deployments))
-        .owns_shared_stream(subscribe(&writers.services))
-        .owns_shared_stream(subscribe(&writers.jobs))
+        .owns_shared_stream(writers.stateful_sets.subscribe())
+        .owns_shared_stream(writers.deployments.subscribe())
+        .owns_shared_stream(writers.services.subscribe())
+        .owns_shared_stream(writers.jobs.subscribe())
         // An alias moving away may unblock a deletion.
-        .watches_shared_stream(subscribe(&writers.aliases), |a| collections_of(&a))
+        .watches_shared_stream(writers.aliases.subscribe(), |a| collections_of(&a))
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(collection::reconcile, collection::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -270,18 +267,18 @@ pub async fn controllers(ctx: Arc<Context>, writers: Writers, namespace: Option<
                 tracing::debug!(error = %e, "collection controller");
             }
         });
-    let alias_changes = changed_by_user_only(subscribe(&writers.aliases), caches.aliases.store.clone());
+    let alias_changes = changed_by_user_only(writers.aliases.subscribe(), caches.aliases.store.clone());
     let alias_store = caches.aliases.store.clone();
     let aliases = Controller::for_shared_stream(alias_changes, caches.aliases.store.clone())
         .with_config(config)
-        .owns_shared_stream(subscribe(&writers.services))
+        .owns_shared_stream(writers.services.subscribe())
         // The drain waits for the alias Service's endpoints to move; their changes wake it.
-        .watches_shared_stream(subscribe(&writers.slices), |slice| {
+        .watches_shared_stream(writers.slices.subscribe(), |slice| {
             let service = slice.labels().get(SERVICE_NAME).cloned()?;
             Some(ObjectRef::<CollectionAlias>::new(&service).within(&slice.namespace()?))
         })
         // A collection becoming Ready and verified is what an alias waits for.
-        .watches_shared_stream(subscribe(&writers.collections), move |vc| {
+        .watches_shared_stream(writers.collections.subscribe(), move |vc| {
             let vc_ref = ObjectRef::from_obj(vc.as_ref());
             alias_store
                 .state()
@@ -306,7 +303,6 @@ pub async fn controllers(ctx: Arc<Context>, writers: Writers, namespace: Option<
         jobs,
         slices: slice_writer,
         pods,
-        secrets,
         autoscalers,
         budgets,
         network_policies,
@@ -322,7 +318,6 @@ pub async fn controllers(ctx: Arc<Context>, writers: Writers, namespace: Option<
             reflect(api(&client, &namespace), owned.clone(), jobs),
             reflect(api(&client, &namespace), slices, slice_writer),
             reflect(api(&client, &namespace), owned.clone(), pods),
-            reflect(api(&client, &namespace), owned.clone(), secrets),
             reflect(api(&client, &namespace), owned.clone(), autoscalers),
             reflect(api(&client, &namespace), owned.clone(), budgets),
             reflect(api(&client, &namespace), owned, network_policies),

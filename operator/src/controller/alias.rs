@@ -443,6 +443,22 @@ async fn drain_previous(
     if since < delay {
         return Ok(Some(Duration::from_secs((delay - since).max(1) as u64)));
     }
+    // Read live before acting: another alias that switched to it a moment ago marked it first.
+    let live = Api::<VectorCollection>::namespaced(ctx.client.clone(), ns).get_opt(&previous).await?;
+    let marked_by: Vec<String> = live
+        .iter()
+        .flat_map(|vc| vc.labels().iter())
+        .filter(|(_, value)| value.as_str() == "current")
+        .filter_map(|(key, _)| key.strip_prefix(labels::SERVED_BY_PREFIX))
+        .filter(|alias| *alias != ca.name_any())
+        .map(String::from)
+        .collect();
+    if !marked_by.is_empty() {
+        let note = format!("{previous} is served by alias {}: not drained", marked_by.join(", "));
+        ctx.event_about(ca, related, EventType::Normal, "DrainSkipped", "Drain", note).await;
+        status.drained = Some(previous);
+        return Ok(None);
+    }
     if drain(ca, ctx, ns, &previous).await {
         status.drained = Some(previous);
         Ok(None)
@@ -610,10 +626,18 @@ async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStat
     let protected: Vec<&str> = protected.iter().map(String::as_str).collect();
     let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
     for name in rebuild::to_delete(rebuilt, &protected, keep) {
-        match collections.delete(&name, &DeleteParams::default()).await {
+        // Only as the cache showed it: a mark or any change since makes the precondition fail.
+        let read = ctx.caches.collections.get(&ns, &name);
+        let preconditions = kube::api::Preconditions {
+            resource_version: read.as_ref().and_then(|c| c.resource_version()),
+            uid: read.as_ref().and_then(|c| c.uid()),
+        };
+        let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::default() };
+        match collections.delete(&name, &params).await {
             Ok(_) => {}
-            // Gone already, or refused at admission (marked meanwhile): not ours to force.
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => continue,
+            // Gone already, refused at admission (marked meanwhile), or changed since it was
+            // read (409): not ours to force; the next look decides again.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 || e.code == 409 => continue,
             Err(e) => return Err(e.into()),
         }
         let note = format!("deleted {name}: beyond the history limit");
@@ -649,6 +673,9 @@ async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) 
         match ctx.drainer.drain(&endpoint, token.as_deref()).await {
             Ok(()) => drained += 1,
             Err(e) => {
+                if let (true, Some(vc)) = (e.token_refused(), ctx.caches.collections.get(ns, collection)) {
+                    ctx.caches.tokens.forget(ns, &crate::resources::token::selector(&vc).name);
+                }
                 failed += 1;
                 let note = format!("{collection} at {endpoint}: {e}; retried");
                 ctx.event_about(ca, related.clone(), EventType::Warning, "DrainFailed", "Drain", note).await;

@@ -2,10 +2,12 @@
 //! memory instead of sending GETs and LISTs. At hundreds of collections a reconcile per
 //! collection every few minutes would otherwise be a steady stream of requests.
 //!
-//! The stores of the kinds whose changes trigger reconciles are shared (`Writer::new_shared`):
-//! the controllers subscribe to the same watch that fills the store, so no kind is watched
-//! twice. Only objects this operator made are watched (the managed-by label), except the
-//! custom resources (every one) and EndpointSlices (those of alias Services).
+//! Each kind is watched once ([`Feed`]): the watch fills the store, then hands every object it
+//! applied or deleted to the controllers that subscribed (so a deleted Service triggers its
+//! owner's reconcile, which re-creates it). Only objects this operator made are watched (the
+//! managed-by label), except the custom resources (every one) and EndpointSlices (those of alias
+//! Services). Secrets are not watched (list and watch on Secrets would let the operator read
+//! every Secret in the cluster): a collection's token is remembered once read ([`Tokens`]).
 //!
 //! Reads from a cache can lag the API server by a watch event. Every decision that could go
 //! wrong on a stale read either guards its write with the resourceVersion it read (a 409 makes
@@ -17,17 +19,69 @@ use crate::crd::{CollectionAlias, VectorCollection};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::watcher;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
-/// Events a subscriber may fall behind the watch before the watch waits for it.
+/// Objects a subscriber may fall behind the watch before the watch waits for it.
 const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// One kind's watch output: its store's writer and the controllers subscribed to its changes.
+pub struct Feed<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    writer: Writer<K>,
+    subscribers: Vec<mpsc::Sender<Arc<K>>>,
+}
+
+impl<K> Feed<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn new() -> Self {
+        Feed { writer: Writer::default(), subscribers: Vec::new() }
+    }
+
+    /// Every object the watch applies or deletes from now on (and, after each complete list,
+    /// every object listed).
+    pub fn subscribe(&mut self) -> tokio_stream::wrappers::ReceiverStream<Arc<K>> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        self.subscribers.push(tx);
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    /// Applies one watch event to the store, then hands what changed to the subscribers: the
+    /// object itself, not a reference looked up later (kube's shared-store dispatcher does the
+    /// latter, drops deletions, and can stall a subscriber whose object went in between). A
+    /// subscriber that is gone (its controller stopped) is skipped.
+    pub async fn apply(&mut self, event: watcher::Event<K>) {
+        self.writer.apply_watcher_event(&event);
+        let changed: Vec<Arc<K>> = match event {
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => vec![Arc::new(object)],
+            watcher::Event::InitDone => self.writer.as_reader().state(),
+            watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+        };
+        for object in changed {
+            for subscriber in &self.subscribers {
+                let _ = subscriber.send(object.clone()).await;
+            }
+        }
+    }
+
+    /// Applies a watch event to the store only (tests fill caches this way).
+    pub fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
+        self.writer.apply_watcher_event(event);
+    }
+
+    fn as_reader(&self) -> Store<K> {
+        self.writer.as_reader()
+    }
+}
 
 /// One kind's store, and what the operator last applied to each of its objects.
 pub struct Cached<K: kube::Resource<DynamicType = ()> + 'static> {
@@ -35,32 +89,38 @@ pub struct Cached<K: kube::Resource<DynamicType = ()> + 'static> {
     applied: Mutex<HashMap<ObjectRef<K>, Applied>>,
 }
 
-/// What an apply left on the API server: the object's uid, its generation (or, for kinds
-/// without one, its resourceVersion), and the hash of the desired state applied.
+/// What an apply left on the API server: the object's uid, a hash of everything but its
+/// status and server-kept metadata (spec, labels, annotations, owner references, finalizers),
+/// and the hash of the desired state applied. Any change by someone else to what the operator
+/// owns moves the content hash; status updates (a controller's, the HPA's every 15 s) do not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub uid: String,
-    pub version: String,
+    pub content: u64,
     pub hash: String,
 }
 
 impl Applied {
     /// The stamp of `object` as it is, with the hash its annotation carries.
-    pub fn of<K: kube::Resource>(object: &K, hash: String) -> Applied {
+    pub fn of<K: kube::Resource + serde::Serialize>(object: &K, hash: String) -> Applied {
+        use std::hash::{Hash, Hasher};
         let meta = object.meta();
-        // Status updates bump the resourceVersion but never the generation: where the API
-        // server keeps a generation (spec changes only), it is the stamp.
-        let version = match meta.generation {
-            Some(generation) => format!("g{generation}"),
-            None => format!("rv{}", meta.resource_version.clone().unwrap_or_default()),
-        };
-        Applied { uid: meta.uid.clone().unwrap_or_default(), version, hash }
+        let mut json = serde_json::to_value(object).unwrap_or_default();
+        if let Some(fields) = json.as_object_mut() {
+            fields.remove("status");
+            fields.remove("metadata");
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        json.to_string().hash(&mut hasher);
+        (&meta.labels, &meta.annotations, &meta.finalizers).hash(&mut hasher);
+        serde_json::to_string(&meta.owner_references).unwrap_or_default().hash(&mut hasher);
+        Applied { uid: meta.uid.clone().unwrap_or_default(), content: hasher.finish(), hash }
     }
 }
 
 impl<K> Cached<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    K: kube::Resource<DynamicType = ()> + Clone + serde::Serialize + 'static,
 {
     fn new(store: Store<K>) -> Self {
         Cached { store, applied: Mutex::default() }
@@ -90,7 +150,7 @@ where
     }
 
     /// The cached object, when it is exactly what the last apply of `hash` left: same object
-    /// (uid), unchanged since (generation or resourceVersion), carrying that hash. Anything else
+    /// (uid), unchanged since in all but its status, carrying that hash. Anything else
     /// (never applied by this process, changed by someone else, not yet in the cache) is None,
     /// and the apply goes to the API server.
     pub fn unchanged(&self, ns: &str, name: &str, hash: &str) -> Option<Arc<K>> {
@@ -107,10 +167,11 @@ where
         let key = ObjectRef::from_obj(object);
         let stamp = Applied::of(object, hash);
         let mut applied = self.applied();
-        applied.insert(key, stamp);
         if applied.len() > 2 * self.store.len() + 64 {
             applied.retain(|key, _| self.store.get(key).is_some());
         }
+        // After the pruning: the object just applied may not be in the cache yet.
+        applied.insert(key, stamp);
     }
 }
 
@@ -127,47 +188,68 @@ pub struct Caches {
     pub jobs: Cached<Job>,
     pub slices: Cached<EndpointSlice>,
     pub pods: Cached<Pod>,
-    /// The generated token Secrets only (a user's `spec.tokenSecret` is read when needed).
-    pub secrets: Cached<Secret>,
     pub autoscalers: Cached<HorizontalPodAutoscaler>,
     pub budgets: Cached<PodDisruptionBudget>,
     pub network_policies: Cached<NetworkPolicy>,
     /// True once every store has listed its kind (see `fill`).
     ready: tokio::sync::watch::Sender<bool>,
+    pub tokens: Tokens,
+}
+
+/// The bearer tokens of collections, by their Secret (namespace, name), as last read. A
+/// generated token never changes (its Secret is immutable); a user's may be rotated, so a
+/// token a pod refuses is forgotten and read again.
+#[derive(Default)]
+pub struct Tokens(Mutex<HashMap<(String, String), String>>);
+
+impl Tokens {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, ns: &str, secret: &str) -> Option<String> {
+        self.map().get(&(ns.to_string(), secret.to_string())).cloned()
+    }
+
+    pub fn remember(&self, ns: &str, secret: &str, token: &str) {
+        self.map().insert((ns.to_string(), secret.to_string()), token.to_string());
+    }
+
+    pub fn forget(&self, ns: &str, secret: &str) {
+        self.map().remove(&(ns.to_string(), secret.to_string()));
+    }
 }
 
 /// The writing side of every cache: the watches fill them (see `run::controllers`), tests fill
 /// them by hand.
 pub struct Writers {
-    pub collections: Writer<VectorCollection>,
-    pub aliases: Writer<CollectionAlias>,
-    pub stateful_sets: Writer<StatefulSet>,
-    pub deployments: Writer<Deployment>,
-    pub services: Writer<Service>,
-    pub jobs: Writer<Job>,
-    pub slices: Writer<EndpointSlice>,
-    pub pods: Writer<Pod>,
-    pub secrets: Writer<Secret>,
-    pub autoscalers: Writer<HorizontalPodAutoscaler>,
-    pub budgets: Writer<PodDisruptionBudget>,
-    pub network_policies: Writer<NetworkPolicy>,
+    pub collections: Feed<VectorCollection>,
+    pub aliases: Feed<CollectionAlias>,
+    pub stateful_sets: Feed<StatefulSet>,
+    pub deployments: Feed<Deployment>,
+    pub services: Feed<Service>,
+    pub jobs: Feed<Job>,
+    pub slices: Feed<EndpointSlice>,
+    pub pods: Feed<Pod>,
+    pub autoscalers: Feed<HorizontalPodAutoscaler>,
+    pub budgets: Feed<PodDisruptionBudget>,
+    pub network_policies: Feed<NetworkPolicy>,
 }
 
 /// New, empty caches: readers for the context, writers for the watches.
 pub fn caches() -> (Caches, Writers) {
     let writers = Writers {
-        collections: Writer::new_shared(SUBSCRIBER_BUFFER, ()),
-        aliases: Writer::new_shared(SUBSCRIBER_BUFFER, ()),
-        stateful_sets: Writer::new_shared(SUBSCRIBER_BUFFER, ()),
-        deployments: Writer::new_shared(SUBSCRIBER_BUFFER, ()),
-        services: Writer::new_shared(SUBSCRIBER_BUFFER, ()),
-        jobs: Writer::new_shared(SUBSCRIBER_BUFFER, ()),
-        slices: Writer::new_shared(SUBSCRIBER_BUFFER, ()),
-        pods: Writer::default(),
-        secrets: Writer::default(),
-        autoscalers: Writer::default(),
-        budgets: Writer::default(),
-        network_policies: Writer::default(),
+        collections: Feed::new(),
+        aliases: Feed::new(),
+        stateful_sets: Feed::new(),
+        deployments: Feed::new(),
+        services: Feed::new(),
+        jobs: Feed::new(),
+        slices: Feed::new(),
+        pods: Feed::new(),
+        autoscalers: Feed::new(),
+        budgets: Feed::new(),
+        network_policies: Feed::new(),
     };
     let caches = Caches {
         collections: Cached::new(writers.collections.as_reader()),
@@ -178,11 +260,11 @@ pub fn caches() -> (Caches, Writers) {
         jobs: Cached::new(writers.jobs.as_reader()),
         slices: Cached::new(writers.slices.as_reader()),
         pods: Cached::new(writers.pods.as_reader()),
-        secrets: Cached::new(writers.secrets.as_reader()),
         autoscalers: Cached::new(writers.autoscalers.as_reader()),
         budgets: Cached::new(writers.budgets.as_reader()),
         network_policies: Cached::new(writers.network_policies.as_reader()),
         ready: tokio::sync::watch::channel(false).0,
+        tokens: Tokens::default(),
     };
     (caches, writers)
 }
@@ -191,24 +273,53 @@ impl Caches {
     /// Waits for every store's first list, then lets reconciles through (`wait_until_ready`).
     /// One task runs this while the watches fill the stores: a store's own readiness future
     /// wakes only the task that polled it last (its oneshot keeps one waker), so the reconciles
-    /// of several tasks must not each wait on it.
+    /// of several tasks must not each wait on it. A kind not listed after a minute (a missing
+    /// RBAC grant, a CRD that does not decode) is named in the log every minute.
     pub async fn fill(&self) {
         // A writer dropped (the operator stopping) ends the wait.
-        let _ = futures::join!(
-            self.collections.store.wait_until_ready(),
-            self.aliases.store.wait_until_ready(),
-            self.stateful_sets.store.wait_until_ready(),
-            self.deployments.store.wait_until_ready(),
-            self.services.store.wait_until_ready(),
-            self.jobs.store.wait_until_ready(),
-            self.slices.store.wait_until_ready(),
-            self.pods.store.wait_until_ready(),
-            self.secrets.store.wait_until_ready(),
-            self.autoscalers.store.wait_until_ready(),
-            self.budgets.store.wait_until_ready(),
-            self.network_policies.store.wait_until_ready(),
-        );
+        let all = async {
+            let _ = futures::join!(
+                self.collections.store.wait_until_ready(),
+                self.aliases.store.wait_until_ready(),
+                self.stateful_sets.store.wait_until_ready(),
+                self.deployments.store.wait_until_ready(),
+                self.services.store.wait_until_ready(),
+                self.jobs.store.wait_until_ready(),
+                self.slices.store.wait_until_ready(),
+                self.pods.store.wait_until_ready(),
+                self.autoscalers.store.wait_until_ready(),
+                self.budgets.store.wait_until_ready(),
+                self.network_policies.store.wait_until_ready(),
+            );
+        };
+        tokio::pin!(all);
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), &mut all).await {
+                Ok(()) => break,
+                Err(_) => tracing::warn!(waiting = ?self.unlisted(), "reconciles wait: these kinds are not listed yet"),
+            }
+        }
         self.ready.send_replace(true);
+    }
+
+    /// The kinds whose first list is not in yet (polled from the task that runs `fill`).
+    fn unlisted(&self) -> Vec<&'static str> {
+        use futures::FutureExt;
+        let listed = |store: &dyn Fn() -> bool| store();
+        let pending = [
+            ("VectorCollection", listed(&|| self.collections.store.wait_until_ready().now_or_never().is_some())),
+            ("CollectionAlias", listed(&|| self.aliases.store.wait_until_ready().now_or_never().is_some())),
+            ("StatefulSet", listed(&|| self.stateful_sets.store.wait_until_ready().now_or_never().is_some())),
+            ("Deployment", listed(&|| self.deployments.store.wait_until_ready().now_or_never().is_some())),
+            ("Service", listed(&|| self.services.store.wait_until_ready().now_or_never().is_some())),
+            ("Job", listed(&|| self.jobs.store.wait_until_ready().now_or_never().is_some())),
+            ("EndpointSlice", listed(&|| self.slices.store.wait_until_ready().now_or_never().is_some())),
+            ("Pod", listed(&|| self.pods.store.wait_until_ready().now_or_never().is_some())),
+            ("HorizontalPodAutoscaler", listed(&|| self.autoscalers.store.wait_until_ready().now_or_never().is_some())),
+            ("PodDisruptionBudget", listed(&|| self.budgets.store.wait_until_ready().now_or_never().is_some())),
+            ("NetworkPolicy", listed(&|| self.network_policies.store.wait_until_ready().now_or_never().is_some())),
+        ];
+        pending.into_iter().filter(|(_, ready)| !ready).map(|(kind, _)| kind).collect()
     }
 
     /// Until every watch has listed its kind once: before that a missing object may only be
@@ -270,8 +381,13 @@ mod tests {
         assert!(caches.services.unchanged("n", "s", "h1").is_some());
         // Another desired state: applied.
         assert!(caches.services.unchanged("n", "s", "h2").is_none());
-        // Changed by someone else since (a new resourceVersion): applied again.
+        // Only its resourceVersion moved (a status or managed-fields write): still as applied.
         writers.services.apply_watcher_event(&Event::Apply(service("u1", "8", Some("h1"))));
+        assert!(caches.services.unchanged("n", "s", "h1").is_some());
+        // Someone else's label on it (metadata drift no generation records): applied again.
+        let mut labelled = service("u1", "9", Some("h1"));
+        labelled.labels_mut().insert("team".into(), "search".into());
+        writers.services.apply_watcher_event(&Event::Apply(labelled));
         assert!(caches.services.unchanged("n", "s", "h1").is_none());
         // Deleted and re-created with the annotation copied (a restore): another uid.
         writers.services.apply_watcher_event(&Event::Apply(service("u2", "7", Some("h1"))));
@@ -303,7 +419,6 @@ mod tests {
         writers.jobs.apply_watcher_event(&Event::InitDone);
         writers.slices.apply_watcher_event(&Event::InitDone);
         writers.pods.apply_watcher_event(&Event::InitDone);
-        writers.secrets.apply_watcher_event(&Event::InitDone);
         writers.autoscalers.apply_watcher_event(&Event::InitDone);
         writers.budgets.apply_watcher_event(&Event::InitDone);
         writers.network_policies.apply_watcher_event(&Event::InitDone);
@@ -313,15 +428,22 @@ mod tests {
     }
 
     #[test]
-    fn a_generation_is_the_stamp_where_the_kind_keeps_one() {
-        let mut sts: StatefulSet = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "w", "uid": "u", "generation": 3, "resourceVersion": "10"}
-        }))
-        .unwrap();
-        let before = Applied::of(&sts, "h".into());
-        sts.metadata.resource_version = Some("11".into()); // a status update
-        assert_eq!(Applied::of(&sts, "h".into()), before);
-        sts.metadata.generation = Some(4); // a spec change
-        assert_ne!(Applied::of(&sts, "h".into()), before);
+    fn status_updates_are_not_drift_and_spec_or_owner_changes_are() {
+        let sts = |json: serde_json::Value| -> StatefulSet { serde_json::from_value(json).unwrap() };
+        let base = serde_json::json!({"metadata": {"name": "w", "uid": "u", "generation": 3, "resourceVersion": "10",
+            "ownerReferences": [{"apiVersion": "quiver.dev/v1alpha1", "kind": "VectorCollection", "name": "c",
+                "uid": "o", "controller": true}]},
+            "spec": {"replicas": 1, "selector": {}, "template": {}, "serviceName": "w"}});
+        let before = Applied::of(&sts(base.clone()), "h".into());
+        let mut status = base.clone();
+        status["metadata"]["resourceVersion"] = "11".into();
+        status["status"] = serde_json::json!({"replicas": 1, "readyReplicas": 1});
+        assert_eq!(Applied::of(&sts(status), "h".into()), before);
+        let mut scaled = base.clone();
+        scaled["spec"]["replicas"] = 2.into();
+        assert_ne!(Applied::of(&sts(scaled), "h".into()), before);
+        let mut orphaned = base.clone();
+        orphaned["metadata"]["ownerReferences"] = serde_json::json!([]);
+        assert_ne!(Applied::of(&sts(orphaned), "h".into()), before);
     }
 }

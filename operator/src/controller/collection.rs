@@ -181,6 +181,7 @@ async fn cleanup(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let rest = vc.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     set_finalizers(vc, ctx, rest).await?;
     ctx.forget_status_writes(&key(vc));
+    ctx.caches.tokens.forget(&namespace(vc)?, &token::selector(vc).name);
     Ok(Action::await_change())
 }
 
@@ -207,9 +208,12 @@ async fn token(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<Option<
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     match secrets.create(&params, &token::secret(vc, &token)).await {
-        Ok(_) => Ok(Some(token)),
-        // Another reconcile made it first: its token stands; read it next time.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Ok(_) => {
+            ctx.caches.tokens.remember(ns, &token::selector(vc).name, &token);
+            Ok(Some(token))
+        }
+        // Made meanwhile (by an earlier pass whose answer was lost): its token stands.
+        Err(kube::Error::Api(e)) if e.code == 409 => super::collection_token(ctx, ns, vc).await,
         Err(e) => Err(e.into()),
     }
 }
@@ -241,6 +245,9 @@ async fn observe_writer(
         Ok(WriterState::Sealed { .. }) if !writer_ready => Ok((WriterState::Publishing, None)),
         Ok(state) => Ok((state, None)),
         Err(e) => {
+            if e.token_refused() {
+                ctx.caches.tokens.forget(ns, &token::selector(vc).name); // read again next time
+            }
             // A starting pod does not answer yet; the next look will tell.
             tracing::debug!(collection = %key(vc), error = %e, "writer not answering");
             Ok((WriterState::Unavailable, problem))
@@ -427,7 +434,10 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
                 apply(ctx, &ns, &hpa).await?;
             }
             // Scaled down: an HPA would bring it back to its minimum.
-            Some(_) => delete_autoscaler(ctx, &ns, &name).await?,
+            Some(_) if ctx.caches.autoscalers.get(&ns, &labels::replicas_name(&name)).is_some() => {
+                delete_autoscaler(ctx, &ns, &name).await?
+            }
+            Some(_) => {}
             None => {}
         }
         apply(ctx, &ns, &replicas::disruption_budget(vc)).await?;
@@ -529,10 +539,10 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Deletes the collection's HPA (gone already is fine). A scaled-down collection asks only when
+/// its cache holds one (it is looked at every few minutes); a spec change asks once, whatever
+/// the cache says (an HPA made a moment ago may not be in it yet).
 async fn delete_autoscaler(ctx: &Context, ns: &str, name: &str) -> Result<()> {
-    if ctx.caches.autoscalers.get(ns, &labels::replicas_name(name)).is_none() {
-        return Ok(()); // None to delete (a scaled-down collection is looked at every few minutes).
-    }
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
     match hpas.delete(&labels::replicas_name(name), &DeleteParams::background()).await {
         Ok(_) => Ok(()),

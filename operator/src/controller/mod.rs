@@ -204,18 +204,16 @@ pub fn namespace<K: Resource>(object: &K) -> Result<String> {
     object.namespace().ok_or_else(|| Error::NoNamespace(object.name_any()))
 }
 
-/// The bearer token of a collection's pods: from `spec.tokenSecret` (read from the API server:
-/// a user's Secret is not in the cache, which holds only the Secrets this operator made), or
-/// the Secret the operator generated for it (cached). None while a generated Secret does not
-/// exist yet.
+/// The bearer token of a collection's pods: from `spec.tokenSecret`, or the Secret the
+/// operator generated for it; read once, then remembered (`Caches::tokens`). None while a
+/// generated Secret does not exist yet.
 pub async fn collection_token(ctx: &Context, ns: &str, vc: &VectorCollection) -> Result<Option<String>> {
     let selector = crate::resources::token::selector(vc);
+    if let Some(token) = ctx.caches.tokens.get(ns, &selector.name) {
+        return Ok(Some(token));
+    }
     let generated = crate::resources::token::generated(vc);
-    let secret = if generated {
-        ctx.caches.secrets.get(ns, &selector.name).map(|s| (*s).clone())
-    } else {
-        Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(&selector.name).await?
-    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(&selector.name).await?;
     let secret = match secret {
         Some(secret) => secret,
         None if generated => return Ok(None),
@@ -225,7 +223,9 @@ pub async fn collection_token(ctx: &Context, ns: &str, vc: &VectorCollection) ->
         .data
         .and_then(|mut data| data.remove(&selector.key))
         .ok_or_else(|| Error::MissingToken(selector.name.clone(), selector.key.clone()))?;
-    Ok(Some(String::from_utf8_lossy(&value.0).trim().to_string()))
+    let token = String::from_utf8_lossy(&value.0).trim().to_string();
+    ctx.caches.tokens.remember(ns, &selector.name, &token);
+    Ok(Some(token))
 }
 
 /// The replica pods of `collection` (stuck ones for its status, ready ones and their IPs for an

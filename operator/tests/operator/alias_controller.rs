@@ -337,7 +337,9 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
         let mut v1 = collection_value("products-v1");
         v1["spec"]["tokenSecret"] = json!({"name": "quiver-token", "key": "token"});
         v1["metadata"]["labels"] = json!({MARK: "previous"});
-        h.server.cache([v1]);
+        h.server.cache([v1.clone()]);
+        // Read live before the drain: no other alias marked it as what it serves.
+        h.server.expect("GET", &format!("{VCS}/products-v1"), 200, v1).await;
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "quiver-token"},
             "data": {"token": "czNjcmV0Cg=="}});
         h.server.expect("GET", "/api/v1/namespaces/search/secrets/quiver-token", 200, secret).await;
@@ -393,10 +395,13 @@ async fn a_failed_drain_is_retried_and_not_recorded() {
         h.server.cache_list(aliases(vec![]));
         h.server.cache_list(replicas_of("products-v2"));
         h.server.cache_list(replicas_of("products-v1"));
-        // Its token is the one the operator generated for it.
+        let mut v1 = collection_value("products-v1");
+        v1["metadata"]["labels"] = json!({MARK: "previous"});
+        h.server.expect("GET", &format!("{VCS}/products-v1"), 200, v1).await;
+        // Its token is the one the operator generated for it: read once, then remembered.
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "products-v1-token"},
             "data": {"token": "Z2VuZXJhdGVk"}});
-        h.server.cache([secret]);
+        h.server.expect("GET", "/api/v1/namespaces/search/secrets/products-v1-token", 200, secret).await;
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(reason, "DrainFailed");
         assert!(note.starts_with("products-v1 at http://10.0.0.8:7700: ") && note.ends_with("; retried"), "{note}");

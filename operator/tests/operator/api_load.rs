@@ -483,6 +483,19 @@ impl Cluster {
         respond(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
     }
 
+    /// The stored object `name` of `resource` in the test namespace.
+    fn object(&self, resource: &str, name: &str) -> Value {
+        let key = (resource.to_string(), NS.to_string(), name.to_string());
+        self.state.lock().unwrap().objects.get(&key).cloned().unwrap_or(Value::Null)
+    }
+
+    /// Deletes an object as a user would (`kubectl delete`), through the API.
+    fn remove(&self, resource: &str, name: &str) {
+        let route =
+            Route { resource: resource.into(), namespace: Some(NS.into()), name: Some(name.into()), subresource: None };
+        self.delete(&route, name);
+    }
+
     /// Takes the requests logged so far.
     fn take_requests(&self) -> Vec<Logged> {
         std::mem::take(&mut self.state.lock().unwrap().requests)
@@ -645,9 +658,58 @@ fn reconciles(metrics: &Metrics) -> usize {
         .sum()
 }
 
+fn operator_errors(metrics: &Metrics) -> usize {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("quiver_operator_reconcile_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum()
+}
+
 /// Requests that are not the long-lived watches (and their re-establishment).
 fn calls(requests: &[Logged]) -> Vec<&Logged> {
     requests.iter().filter(|r| !r.watch).collect()
+}
+
+/// The real controllers against `cluster`.
+struct Operator {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    probe: Arc<Writers>,
+}
+
+impl Operator {
+    async fn start(cluster: &Cluster, resync: Duration) -> Operator {
+        let port = cluster.listen().await;
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let (caches, writers) = cache::caches();
+        let metrics = Arc::new(Metrics::default());
+        let probe = Arc::new(Writers { importing: Mutex::new(None) });
+        let recorder = Recorder::new(client.clone(), Reporter { controller: "quiver-operator".into(), instance: None });
+        let defaults = Defaults {
+            image: "quiver:test".into(),
+            network_policies: true,
+            operator_namespace: "quiver-system".into(),
+            scale_down_unserved: true,
+        };
+        let mut ctx = Context::new(
+            client,
+            caches,
+            recorder,
+            probe.clone(),
+            Arc::new(Replicas),
+            defaults,
+            metrics.clone(),
+            Timestamp::now,
+        );
+        ctx.resync = resync;
+        let (stop, shutdown) = Shutdown::manual();
+        let task = tokio::spawn(controllers(Arc::new(ctx), writers, None, shutdown));
+        Operator { stop, task, metrics, probe }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,35 +721,10 @@ async fn api_requests_at_200_collections_and_20_aliases_at_steady_state_and_duri
     for i in 0..ALIASES {
         seed_alias(&cluster, i);
     }
-    let port = cluster.listen().await;
-    let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let (caches, writers) = cache::caches();
-    let metrics = Arc::new(Metrics::default());
-    let probe = Arc::new(Writers { importing: Mutex::new(None) });
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "quiver-operator".into(), instance: None });
-    let defaults = Defaults {
-        image: "quiver:test".into(),
-        network_policies: true,
-        operator_namespace: "quiver-system".into(),
-        scale_down_unserved: true,
-    };
-    let mut ctx = Context::new(
-        client,
-        caches,
-        recorder,
-        probe.clone(),
-        Arc::new(Replicas),
-        defaults,
-        metrics.clone(),
-        Timestamp::now,
-    );
     // Every settled object looked at every 3 s instead of 5 minutes: a steady state of 100
     // resync periods in a 12 s window would take 25 minutes.
     let resync = Duration::from_secs(3);
-    ctx.resync = resync;
-    let (stop, shutdown) = Shutdown::manual();
-    let operator = tokio::spawn(controllers(Arc::new(ctx), writers, None, shutdown));
+    let Operator { stop, task: operator, metrics, probe } = Operator::start(&cluster, resync).await;
 
     // Startup: every watch lists once, each collection and alias is reconciled, and what this
     // process never applied is applied once.
@@ -710,6 +747,7 @@ async fn api_requests_at_200_collections_and_20_aliases_at_steady_state_and_duri
     let import_window = Duration::from_secs(30);
     tokio::time::sleep(import_window).await;
     let import = cluster.take_requests();
+    let errors = operator_errors(&metrics);
     let _ = stop.send(true);
     // Stopping waits only for the reconciles in flight (none may hang on the caches).
     tokio::time::timeout(Duration::from_secs(10), operator).await.expect("the controllers stop").unwrap();
@@ -730,6 +768,16 @@ async fn api_requests_at_200_collections_and_20_aliases_at_steady_state_and_duri
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     }
 
+    assert_eq!(errors, 0, "every reconcile succeeded (a failing one sends nothing either)");
+    for i in 0..ALIASES {
+        let alias = cluster.object("quiver.dev/v1alpha1/collectionaliases", &format!("a-{i:02}"));
+        assert_eq!(alias["status"]["current"], name(i), "{alias}");
+        assert_eq!(alias["status"]["conditions"][0]["status"], "True", "Ready: {alias}");
+    }
+    for i in 0..COLLECTIONS {
+        let vc = cluster.object("quiver.dev/v1alpha1/vectorcollections", &name(i));
+        assert_eq!(vc["status"]["phase"], "Ready", "{vc}");
+    }
     assert!(steady_reconciles >= (COLLECTIONS + ALIASES) * 2, "every object was looked at again: {steady_reconciles}");
     let steady_calls = calls(&steady);
     assert!(steady_calls.is_empty(), "a steady state sends nothing but watches: {:?}", tally(&steady));
@@ -740,4 +788,31 @@ async fn api_requests_at_200_collections_and_20_aliases_at_steady_state_and_duri
         .filter(|r| !r.name.as_deref().is_some_and(|n| n.starts_with(&importing)))
         .collect();
     assert!(stray.is_empty(), "an import touches only its own collection's objects: {stray:?}");
+}
+
+/// An owned object deleted from under the operator (`kubectl delete svc`) is applied again at
+/// once: its deletion triggers the owner's reconcile (the resync here is five minutes, so only
+/// the watch can explain the re-creation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_owned_object_is_made_again_without_waiting_for_a_resync() {
+    let cluster = Cluster::new();
+    for i in 0..3 {
+        seed_collection(&cluster, i, true);
+    }
+    seed_alias(&cluster, 0);
+    let operator = Operator::start(&cluster, quiver_operator::controller::RESYNC).await;
+    cluster.settle(Duration::from_secs(2), Duration::from_secs(60)).await;
+    assert!(!cluster.object("v1/services", "a-00").is_null(), "the alias Service exists");
+    cluster.take_requests();
+    cluster.remove("v1/services", "a-00");
+    cluster.remove("v1/services", "c-001-replicas");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.object("v1/services", "a-00").is_null() || cluster.object("v1/services", "c-001-replicas").is_null() {
+        assert!(Instant::now() < deadline, "not made again: {:?}", tally(&cluster.take_requests()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let service = cluster.object("v1/services", "a-00");
+    assert_eq!(service["spec"]["selector"]["quiver.dev/collection"], name(0), "{service}");
+    let _ = operator.stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), operator.task).await.expect("the controllers stop").unwrap();
 }

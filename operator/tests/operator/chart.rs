@@ -63,9 +63,10 @@ fn expand(group: &str, resources: &[&str], verbs: &[&str]) -> Vec<Grant> {
 
 /// What the controllers do, call by call (see controller/collection.rs, controller/alias.rs,
 /// controller/cache.rs and run.rs): every kind they read is watched into a cache (list and
-/// watch); server-side apply may create, so applied kinds need create and patch. A GET is
-/// left only where a cache cannot answer: a user's token Secret, the alias Service when the
-/// cache disagrees with the alias's status, a rebuild still building under Forbid.
+/// watch), but Secrets (read by name once, never listed); server-side apply may create, so
+/// applied kinds need create and patch. A GET is left only where a cache cannot answer: a token
+/// Secret the first time, the alias Service when the cache disagrees with the alias's status, a
+/// rebuild still building under Forbid, the previous target just before its drain.
 fn needed() -> BTreeSet<Grant> {
     let watch = ["list", "watch"];
     let apply = ["list", "watch", "create", "patch"];
@@ -82,7 +83,7 @@ fn needed() -> BTreeSet<Grant> {
         expand("networking.k8s.io", &["networkpolicies"], &apply),
         expand("", &["pods"], &["list", "watch", "delete"]),
         expand("discovery.k8s.io", &["endpointslices"], &watch),
-        expand("", &["secrets"], &["get", "list", "watch", "create"]),
+        expand("", &["secrets"], &["get", "create"]),
         expand("events.k8s.io", &["events"], &["create", "patch"]),
         expand("", &["events"], &["list"]),
     ]

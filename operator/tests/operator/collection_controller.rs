@@ -1,7 +1,7 @@
 //! VectorCollection reconciles against a scripted API server: the exact requests and patches
 //! for create, progress, replication, the Jobs, the verify result, deletion and idempotence.
 
-use crate::common::{self, list, run};
+use crate::common::{self, list, not_found, run};
 use quiver_operator::controller::collection::{FINALIZER, reconcile};
 use quiver_operator::crd::VectorCollection;
 use quiver_operator::phase::WriterState;
@@ -25,16 +25,10 @@ const EVENTS: &str = "/api/v1/namespaces/search/events";
 const WRITER_NP: &str = "/apis/networking.k8s.io/v1/namespaces/search/networkpolicies/products-v2-writer";
 const REPLICAS_NP: &str = "/apis/networking.k8s.io/v1/namespaces/search/networkpolicies/products-v2-replicas";
 
-/// The token Secret the operator generated for the collection (`generated-token`).
-fn token_secret() -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "products-v2-token"},
-        "data": {"token": "Z2VuZXJhdGVkLXRva2Vu"}})
-}
-
-/// A harness whose Secret cache holds the collection's generated token.
+/// A harness that read the collection's generated token before (it is remembered).
 fn harness() -> common::Harness {
     let h = common::harness();
-    h.cache([token_secret()]);
+    h.ctx.caches.tokens.remember(NS, "products-v2-token", "generated-token");
     h
 }
 
@@ -120,6 +114,7 @@ async fn create_adds_the_finalizer_applies_the_writer_and_reports_pending() {
         let fin = h.server.expect("PATCH", VC, 200, serde_json::to_value(vc.as_ref()).unwrap()).await;
         assert_eq!(fin.body, json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "7"}}));
         // No tokenSecret: the operator generates one, once (created, never applied over).
+        h.server.expect("GET", &format!("{SECRETS}/products-v2-token"), 404, not_found()).await;
         let created = h.server.expect_with("POST", SECRETS, 201, |body| body.clone()).await;
         assert_eq!(created.body["metadata"]["name"], "products-v2-token");
         assert_eq!(created.body["metadata"]["ownerReferences"][0]["kind"], "VectorCollection");
@@ -145,6 +140,8 @@ async fn create_adds_the_finalizer_applies_the_writer_and_reports_pending() {
         assert_eq!(condition(&status.body["status"], "Verified"), ("False".into(), "NotVerified".into()));
         let (reason, _) = h.server.event(NS).await;
         assert_eq!(reason, "Pending");
+        // Remembered: the next reconciles do not read the Secret again.
+        assert_eq!(h.ctx.caches.tokens.get(NS, "products-v2-token").as_deref(), Some(token.as_str()));
     })
     .await
     .unwrap();

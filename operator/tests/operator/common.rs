@@ -196,8 +196,8 @@ pub fn cache_object(writers: &mut Writers, mut object: Value) {
     if object["metadata"]["namespace"].is_null() {
         object["metadata"]["namespace"] = json!("search");
     }
-    fn put<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned>(
-        writer: &mut kube::runtime::reflector::store::Writer<K>,
+    fn put<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static>(
+        writer: &mut quiver_operator::controller::cache::Feed<K>,
         object: Value,
     ) {
         writer.apply_watcher_event(&Event::Apply(serde_json::from_value(object).unwrap()));
@@ -211,7 +211,6 @@ pub fn cache_object(writers: &mut Writers, mut object: Value) {
         "Job" => put(&mut writers.jobs, object),
         "EndpointSlice" => put(&mut writers.slices, object),
         "Pod" => put(&mut writers.pods, object),
-        "Secret" => put(&mut writers.secrets, object),
         "HorizontalPodAutoscaler" => put(&mut writers.autoscalers, object),
         "PodDisruptionBudget" => put(&mut writers.budgets, object),
         "NetworkPolicy" => put(&mut writers.network_policies, object),
@@ -283,7 +282,6 @@ pub fn harness() -> Harness {
     writers.jobs.apply_watcher_event(&Event::InitDone);
     writers.slices.apply_watcher_event(&Event::InitDone);
     writers.pods.apply_watcher_event(&Event::InitDone);
-    writers.secrets.apply_watcher_event(&Event::InitDone);
     writers.autoscalers.apply_watcher_event(&Event::InitDone);
     writers.budgets.apply_watcher_event(&Event::InitDone);
     writers.network_policies.apply_watcher_event(&Event::InitDone);
