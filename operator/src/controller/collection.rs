@@ -70,20 +70,25 @@ async fn prepare_and_progress(vc: &VectorCollection, ctx: &Context) -> Result<Ac
 }
 
 /// A reconcile that failed (an apply refused by the API server, a quota, a missing token
-/// Secret) tells the user where they look: a Warning Event and `Ready=False` with the reason.
-/// The rest of the status stays as the last successful reconcile wrote it. Best effort: when
-/// the API server itself is unreachable these fail too, and the log has the error.
+/// Secret) tells the user where they look: a Warning Event and, with the reason, `Ready=False`,
+/// or `Degraded=True` for a collection that is Ready for its spec (its replicas still serve what
+/// was verified: failing to apply a change to, say, its PDB does not make it unready). The rest
+/// of the status stays as the last successful reconcile wrote it. Best effort: when the API
+/// server itself is unreachable these fail too, and the log has the error.
 async fn report_error(vc: &VectorCollection, ctx: &Context, error: &Error) {
     let message = error.to_string();
     let mut status = vc.status.clone().unwrap_or_default();
-    let ready =
-        condition(&status.conditions, "Ready", false, "ReconcileError", &message, vc.metadata.generation, (ctx.now)());
-    if status.conditions.contains(&ready) {
+    let serving = status.phase == Phase::Ready && status.observed_generation == vc.metadata.generation;
+    let (type_, value) = if serving { ("Degraded", true) } else { ("Ready", false) };
+    let reported =
+        condition(&status.conditions, type_, value, "ReconcileError", &message, vc.metadata.generation, (ctx.now)());
+    if status.conditions.contains(&reported) {
         return; // Reported already: no Event per retry.
     }
     ctx.event(vc, EventType::Warning, "ReconcileError", "Reconcile", message).await;
-    status.conditions.retain(|c| c.type_ != "Ready");
-    status.conditions.insert(0, ready);
+    let at = status.conditions.iter().position(|c| c.type_ == type_).unwrap_or(0);
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.insert(at.min(status.conditions.len()), reported);
     if let Err(e) = patch_status(vc, ctx, &status).await {
         tracing::warn!(collection = %key(vc), error = %e, "writing the reconcile error to status failed");
     }

@@ -608,6 +608,30 @@ async fn a_refused_apply_reaches_the_user_as_an_event_and_ready_false() {
 }
 
 #[tokio::test]
+async fn a_refused_apply_on_a_ready_collection_degrades_it_and_leaves_it_ready() {
+    let mut h = harness();
+    let mut ready = stored_status("Ready");
+    ready["conditions"] = json!([
+        {"type": "Ready", "status": "True", "reason": "Ready", "message": "", "observedGeneration": 1,
+         "lastTransitionTime": "2025-11-25T11:00:00Z"},
+        {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": "", "observedGeneration": 1,
+         "lastTransitionTime": "2025-11-25T11:00:00Z"}]);
+    let error = run(reconcile(collection(false, ready), h.ctx.clone()), async {
+        let message = "networkpolicies.networking.k8s.io \"products-v2-writer\" is forbidden: exceeded quota: policies";
+        h.server.expect("PATCH", WRITER_NP, 403, common::status(403, "Forbidden", message)).await;
+        assert_eq!(h.server.event(NS).await.0, "ReconcileError");
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        // Its replicas still serve what was verified: an alias keeps it, Argo CD shows it Degraded.
+        assert_eq!(condition(&status, "Ready"), ("True".into(), "Ready".into()));
+        assert_eq!(condition(&status, "Degraded"), ("True".into(), "ReconcileError".into()));
+        assert_eq!(status["conditions"][0]["type"], "Ready", "the order stays");
+    })
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("exceeded quota"), "{error}");
+}
+
+#[tokio::test]
 async fn the_marks_of_deleted_aliases_are_removed_so_the_collection_can_be_deleted() {
     let mut h = harness();
     let mut vc = (*collection(false, stored_status("Importing"))).clone();
