@@ -159,6 +159,7 @@ async fn switch(
     let ns = namespace(ca)?;
     // As stored: what this reconcile changes (a rebuild started) is written with the rest.
     let previous_status = ca.status.clone().unwrap_or_default();
+    let mut version = ca.resource_version();
     let now = (ctx.now)();
 
     let live = alias_service(ca, ctx, &ns, &previous_status).await?;
@@ -198,7 +199,7 @@ async fn switch(
             status.history.truncate(HISTORY);
             // Recorded at once: a failure after this must not lose the collection the alias
             // left (the rollback target, still to be drained).
-            patch_status(ca, ctx, &status).await?;
+            patch_status(ca, ctx, &status, &mut version).await?;
             written = status.clone();
             Some(current)
         }
@@ -246,7 +247,7 @@ async fn switch(
         ),
     ];
     if status != written {
-        patch_status(ca, ctx, &status).await?;
+        patch_status(ca, ctx, &status, &mut version).await?;
     }
     let related = target.as_deref().map(|t| collection_ref(&ns, t));
     if let (Some(from), Some(target)) = (switched_from, &target) {
@@ -308,7 +309,7 @@ async fn conflict(
         condition(old, "Switched", false, "ServiceConflict", &message, generation, now),
     ];
     if status != previous_status {
-        patch_status(ca, ctx, &status).await?;
+        patch_status(ca, ctx, &status, &mut ca.resource_version()).await?;
         ctx.event(ca, EventType::Warning, "ServiceConflict", "Switch", message).await;
     }
     Ok((WAIT_INTERVAL, status))
@@ -604,11 +605,9 @@ fn still_building(vc: &VectorCollection) -> bool {
 /// namespace targets, serves or served before, nor the newest rebuild.
 async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStatus, keep: usize) -> Result<()> {
     let ns = namespace(ca)?;
-    let rebuilt: Vec<(String, Timestamp)> = ctx
-        .caches
-        .collections
-        .labelled(&ns, &[(labels::ALIAS, &ca.name_any())])
-        .into_iter()
+    let snapshot = ctx.caches.collections.labelled(&ns, &[(labels::ALIAS, &ca.name_any())]);
+    let rebuilt: Vec<(String, Timestamp)> = snapshot
+        .iter()
         // Already going (or held by a finalizer until no alias points at it).
         .filter(|c| c.metadata.deletion_timestamp.is_none())
         // Marked as served by some alias: the admission policy would refuse it anyway.
@@ -626,8 +625,8 @@ async fn prune(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStat
     let protected: Vec<&str> = protected.iter().map(String::as_str).collect();
     let collections: Api<VectorCollection> = Api::namespaced(ctx.client.clone(), &ns);
     for name in rebuild::to_delete(rebuilt, &protected, keep) {
-        // Only as the cache showed it: a mark or any change since makes the precondition fail.
-        let read = ctx.caches.collections.get(&ns, &name);
+        // Only as it was when judged prunable: a mark or any change since fails the precondition.
+        let read = snapshot.iter().find(|c| c.name_any() == name);
         let preconditions = kube::api::Preconditions {
             resource_version: read.as_ref().and_then(|c| c.resource_version()),
             uid: read.as_ref().and_then(|c| c.uid()),
@@ -689,13 +688,27 @@ async fn drain(ca: &CollectionAlias, ctx: &Context, ns: &str, collection: &str) 
     failed == 0
 }
 
-async fn patch_status(ca: &CollectionAlias, ctx: &Context, status: &CollectionAliasStatus) -> Result<()> {
+/// Writes the alias's status, computed from the copy at `version` (its resourceVersion, then
+/// the one this write returns): a resourceVersion in an apply is a precondition, so a status
+/// built from a cached copy older than the stored object (a previous target the last
+/// reconcile recorded) fails with 409 and the reconcile looks again, instead of overwriting it.
+async fn patch_status(
+    ca: &CollectionAlias,
+    ctx: &Context,
+    status: &CollectionAliasStatus,
+    version: &mut Option<String>,
+) -> Result<()> {
     let api: Api<CollectionAlias> = Api::namespaced(ctx.client.clone(), &namespace(ca)?);
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": CollectionAlias::api_version(&()),
         "kind": CollectionAlias::kind(&()),
         "status": status,
     });
-    api.patch_status(&ca.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    if let Some(version) = version.as_ref() {
+        patch["metadata"] = serde_json::json!({"resourceVersion": version});
+    }
+    let written =
+        api.patch_status(&ca.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    *version = written.resource_version();
     Ok(())
 }

@@ -37,6 +37,8 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 pub struct Feed<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     writer: Writer<K>,
     subscribers: Vec<mpsc::Sender<Arc<K>>>,
+    /// Set once the first complete list is in the store (shared with the kind's [`Cached`]).
+    listed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<K> Feed<K>
@@ -44,7 +46,7 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
     fn new() -> Self {
-        Feed { writer: Writer::default(), subscribers: Vec::new() }
+        Feed { writer: Writer::default(), subscribers: Vec::new(), listed: Arc::default() }
     }
 
     /// Every object the watch applies or deletes from now on (and, after each complete list,
@@ -60,7 +62,7 @@ where
     /// latter, drops deletions, and can stall a subscriber whose object went in between). A
     /// subscriber that is gone (its controller stopped) is skipped.
     pub async fn apply(&mut self, event: watcher::Event<K>) {
-        self.writer.apply_watcher_event(&event);
+        self.apply_watcher_event(&event);
         let changed: Vec<Arc<K>> = match event {
             watcher::Event::Apply(object) | watcher::Event::Delete(object) => vec![Arc::new(object)],
             watcher::Event::InitDone => self.writer.as_reader().state(),
@@ -76,10 +78,13 @@ where
     /// Applies a watch event to the store only (tests fill caches this way).
     pub fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
         self.writer.apply_watcher_event(event);
+        if matches!(event, watcher::Event::InitDone) {
+            self.listed.store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
-    fn as_reader(&self) -> Store<K> {
-        self.writer.as_reader()
+    fn cached(&self) -> Cached<K> {
+        Cached { store: self.writer.as_reader(), applied: Mutex::default(), listed: self.listed.clone() }
     }
 }
 
@@ -87,6 +92,7 @@ where
 pub struct Cached<K: kube::Resource<DynamicType = ()> + 'static> {
     pub store: Store<K>,
     applied: Mutex<HashMap<ObjectRef<K>, Applied>>,
+    listed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What an apply left on the API server: the object's uid, a hash of everything but its
@@ -122,8 +128,9 @@ impl<K> Cached<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::Serialize + 'static,
 {
-    fn new(store: Store<K>) -> Self {
-        Cached { store, applied: Mutex::default() }
+    /// Whether the first complete list is in.
+    fn listed(&self) -> bool {
+        self.listed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
@@ -202,21 +209,28 @@ pub struct Caches {
 #[derive(Default)]
 pub struct Tokens(Mutex<HashMap<(String, String), String>>);
 
+/// The memo key of a token: the Secret's name and the key in it.
+fn token_key(secret: &str, key: &str) -> String {
+    format!("{secret}/{key}")
+}
+
 impl Tokens {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn get(&self, ns: &str, secret: &str) -> Option<String> {
-        self.map().get(&(ns.to_string(), secret.to_string())).cloned()
+    pub fn get(&self, ns: &str, secret: &str, key: &str) -> Option<String> {
+        self.map().get(&(ns.to_string(), token_key(secret, key))).cloned()
     }
 
-    pub fn remember(&self, ns: &str, secret: &str, token: &str) {
-        self.map().insert((ns.to_string(), secret.to_string()), token.to_string());
+    pub fn remember(&self, ns: &str, secret: &str, key: &str, token: &str) {
+        self.map().insert((ns.to_string(), token_key(secret, key)), token.to_string());
     }
 
+    /// Forgets every key of `secret`.
     pub fn forget(&self, ns: &str, secret: &str) {
-        self.map().remove(&(ns.to_string(), secret.to_string()));
+        let prefix = format!("{secret}/");
+        self.map().retain(|(n, k), _| !(n == ns && k.starts_with(&prefix)));
     }
 }
 
@@ -252,17 +266,17 @@ pub fn caches() -> (Caches, Writers) {
         network_policies: Feed::new(),
     };
     let caches = Caches {
-        collections: Cached::new(writers.collections.as_reader()),
-        aliases: Cached::new(writers.aliases.as_reader()),
-        stateful_sets: Cached::new(writers.stateful_sets.as_reader()),
-        deployments: Cached::new(writers.deployments.as_reader()),
-        services: Cached::new(writers.services.as_reader()),
-        jobs: Cached::new(writers.jobs.as_reader()),
-        slices: Cached::new(writers.slices.as_reader()),
-        pods: Cached::new(writers.pods.as_reader()),
-        autoscalers: Cached::new(writers.autoscalers.as_reader()),
-        budgets: Cached::new(writers.budgets.as_reader()),
-        network_policies: Cached::new(writers.network_policies.as_reader()),
+        collections: writers.collections.cached(),
+        aliases: writers.aliases.cached(),
+        stateful_sets: writers.stateful_sets.cached(),
+        deployments: writers.deployments.cached(),
+        services: writers.services.cached(),
+        jobs: writers.jobs.cached(),
+        slices: writers.slices.cached(),
+        pods: writers.pods.cached(),
+        autoscalers: writers.autoscalers.cached(),
+        budgets: writers.budgets.cached(),
+        network_policies: writers.network_policies.cached(),
         ready: tokio::sync::watch::channel(false).0,
         tokens: Tokens::default(),
     };
@@ -271,55 +285,47 @@ pub fn caches() -> (Caches, Writers) {
 
 impl Caches {
     /// Waits for every store's first list, then lets reconciles through (`wait_until_ready`).
-    /// One task runs this while the watches fill the stores: a store's own readiness future
-    /// wakes only the task that polled it last (its oneshot keeps one waker), so the reconciles
-    /// of several tasks must not each wait on it. A kind not listed after a minute (a missing
-    /// RBAC grant, a CRD that does not decode) is named in the log every minute.
+    /// One task runs this while the watches fill the stores. It watches the feeds' own flags,
+    /// not kube's `Store::wait_until_ready`, whose oneshot wakes only the last task (or waker)
+    /// that polled it. A kind not listed after a minute (a missing RBAC grant, a CRD that does
+    /// not decode) is named in the log every minute.
     pub async fn fill(&self) {
-        // A writer dropped (the operator stopping) ends the wait.
-        let all = async {
-            let _ = futures::join!(
-                self.collections.store.wait_until_ready(),
-                self.aliases.store.wait_until_ready(),
-                self.stateful_sets.store.wait_until_ready(),
-                self.deployments.store.wait_until_ready(),
-                self.services.store.wait_until_ready(),
-                self.jobs.store.wait_until_ready(),
-                self.slices.store.wait_until_ready(),
-                self.pods.store.wait_until_ready(),
-                self.autoscalers.store.wait_until_ready(),
-                self.budgets.store.wait_until_ready(),
-                self.network_policies.store.wait_until_ready(),
-            );
-        };
-        tokio::pin!(all);
+        let started = std::time::Instant::now();
+        let mut warned = 0;
         loop {
-            match tokio::time::timeout(std::time::Duration::from_secs(60), &mut all).await {
-                Ok(()) => break,
-                Err(_) => tracing::warn!(waiting = ?self.unlisted(), "reconciles wait: these kinds are not listed yet"),
+            let unlisted = self.unlisted();
+            if unlisted.is_empty() {
+                break;
             }
+            let minutes = started.elapsed().as_secs() / 60;
+            if minutes > warned {
+                warned = minutes;
+                tracing::warn!(waiting = ?unlisted, "reconciles wait: these kinds are not listed yet");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         self.ready.send_replace(true);
     }
 
-    /// The kinds whose first list is not in yet (polled from the task that runs `fill`).
+    /// The kinds whose first list is not in yet.
     fn unlisted(&self) -> Vec<&'static str> {
-        use futures::FutureExt;
-        let listed = |store: &dyn Fn() -> bool| store();
-        let pending = [
-            ("VectorCollection", listed(&|| self.collections.store.wait_until_ready().now_or_never().is_some())),
-            ("CollectionAlias", listed(&|| self.aliases.store.wait_until_ready().now_or_never().is_some())),
-            ("StatefulSet", listed(&|| self.stateful_sets.store.wait_until_ready().now_or_never().is_some())),
-            ("Deployment", listed(&|| self.deployments.store.wait_until_ready().now_or_never().is_some())),
-            ("Service", listed(&|| self.services.store.wait_until_ready().now_or_never().is_some())),
-            ("Job", listed(&|| self.jobs.store.wait_until_ready().now_or_never().is_some())),
-            ("EndpointSlice", listed(&|| self.slices.store.wait_until_ready().now_or_never().is_some())),
-            ("Pod", listed(&|| self.pods.store.wait_until_ready().now_or_never().is_some())),
-            ("HorizontalPodAutoscaler", listed(&|| self.autoscalers.store.wait_until_ready().now_or_never().is_some())),
-            ("PodDisruptionBudget", listed(&|| self.budgets.store.wait_until_ready().now_or_never().is_some())),
-            ("NetworkPolicy", listed(&|| self.network_policies.store.wait_until_ready().now_or_never().is_some())),
-        ];
-        pending.into_iter().filter(|(_, ready)| !ready).map(|(kind, _)| kind).collect()
+        [
+            ("VectorCollection", self.collections.listed()),
+            ("CollectionAlias", self.aliases.listed()),
+            ("StatefulSet", self.stateful_sets.listed()),
+            ("Deployment", self.deployments.listed()),
+            ("Service", self.services.listed()),
+            ("Job", self.jobs.listed()),
+            ("EndpointSlice", self.slices.listed()),
+            ("Pod", self.pods.listed()),
+            ("HorizontalPodAutoscaler", self.autoscalers.listed()),
+            ("PodDisruptionBudget", self.budgets.listed()),
+            ("NetworkPolicy", self.network_policies.listed()),
+        ]
+        .into_iter()
+        .filter(|(_, listed)| !listed)
+        .map(|(kind, _)| kind)
+        .collect()
     }
 
     /// Until every watch has listed its kind once: before that a missing object may only be

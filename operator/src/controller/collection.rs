@@ -214,7 +214,8 @@ async fn token(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<Option<
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     match secrets.create(&params, &token::secret(vc, &token)).await {
         Ok(_) => {
-            ctx.caches.tokens.remember(ns, &token::selector(vc).name, &token);
+            let selector = token::selector(vc);
+            ctx.caches.tokens.remember(ns, &selector.name, &selector.key, &token);
             Ok(Some(token))
         }
         // Made meanwhile (by an earlier pass whose answer was lost): its token stands.
@@ -232,6 +233,23 @@ async fn observe_writer(
     token: Option<&str>,
 ) -> Result<(WriterState, Option<String>)> {
     let writer_ready = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
+    let answered = observe_writer_pod(vc, ctx, ns, sts, token, writer_ready).await;
+    if matches!(answered, Ok((WriterState::Unavailable, _)) | Err(_)) {
+        // Not answering: its token is read again next time (a deleted Secret is made again, a
+        // rotated one is read; a pod that cannot mount a missing Secret never answers).
+        ctx.caches.tokens.forget(ns, &token::selector(vc).name);
+    }
+    answered
+}
+
+async fn observe_writer_pod(
+    vc: &VectorCollection,
+    ctx: &Context,
+    ns: &str,
+    sts: &StatefulSet,
+    token: Option<&str>,
+    writer_ready: bool,
+) -> Result<(WriterState, Option<String>)> {
     let Some(pod) = ctx.caches.pods.get(ns, &format!("{}-0", labels::writer_name(&vc.name_any()))) else {
         return Ok((WriterState::Unavailable, writer_not_created(ctx, ns, sts).await?));
     };
@@ -250,9 +268,6 @@ async fn observe_writer(
         Ok(WriterState::Sealed { .. }) if !writer_ready => Ok((WriterState::Publishing, None)),
         Ok(state) => Ok((state, None)),
         Err(e) => {
-            if e.token_refused() {
-                ctx.caches.tokens.forget(ns, &token::selector(vc).name); // read again next time
-            }
             // A starting pod does not answer yet; the next look will tell.
             tracing::debug!(collection = %key(vc), error = %e, "writer not answering");
             Ok((WriterState::Unavailable, problem))

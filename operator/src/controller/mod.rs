@@ -205,16 +205,21 @@ pub fn namespace<K: Resource>(object: &K) -> Result<String> {
 }
 
 /// The bearer token of a collection's pods: from `spec.tokenSecret`, or the Secret the
-/// operator generated for it; read once, then remembered (`Caches::tokens`). None while a
-/// generated Secret does not exist yet.
+/// operator generated for it; read once, then remembered (`Caches::tokens`) while the writer
+/// answers (a writer that does not makes the next reconcile read it again, so a deleted Secret
+/// is made again). None while a generated Secret does not exist yet, or is still the one of a
+/// deleted collection of the same name (not owned by this one; the garbage collector takes it).
 pub async fn collection_token(ctx: &Context, ns: &str, vc: &VectorCollection) -> Result<Option<String>> {
     let selector = crate::resources::token::selector(vc);
-    if let Some(token) = ctx.caches.tokens.get(ns, &selector.name) {
+    if let Some(token) = ctx.caches.tokens.get(ns, &selector.name, &selector.key) {
         return Ok(Some(token));
     }
     let generated = crate::resources::token::generated(vc);
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(&selector.name).await?;
     let secret = match secret {
+        Some(secret) if generated && !secret.owner_references().iter().any(|o| Some(&o.uid) == vc.uid().as_ref()) => {
+            return Ok(None);
+        }
         Some(secret) => secret,
         None if generated => return Ok(None),
         None => return Err(Error::MissingSecret(selector.name.clone())),
@@ -224,7 +229,7 @@ pub async fn collection_token(ctx: &Context, ns: &str, vc: &VectorCollection) ->
         .and_then(|mut data| data.remove(&selector.key))
         .ok_or_else(|| Error::MissingToken(selector.name.clone(), selector.key.clone()))?;
     let token = String::from_utf8_lossy(&value.0).trim().to_string();
-    ctx.caches.tokens.remember(ns, &selector.name, &token);
+    ctx.caches.tokens.remember(ns, &selector.name, &selector.key, &token);
     Ok(Some(token))
 }
 
@@ -238,9 +243,9 @@ pub fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Vec<Arc<Pod>> 
 
 /// Server-side apply of an object the operator owns, with the one field manager. The object
 /// carries the hash of its desired state (annotation `quiver.dev/applied-hash`); when the cached
-/// object is exactly what this process last applied with the same hash (same uid, generation
-/// or resourceVersion unchanged since), nothing is sent and the cached object is returned.
-/// Someone else's change to the spec moves the generation, so drift is applied over.
+/// object is exactly what this process last applied with the same hash (same uid, nothing but
+/// its status changed since: `cache::Applied`), nothing is sent and the cached object is
+/// returned. Someone else's change to its spec or metadata is applied over.
 pub async fn apply<K>(ctx: &Context, ns: &str, object: &K) -> Result<K>
 where
     K: Applies

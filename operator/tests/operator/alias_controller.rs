@@ -114,6 +114,7 @@ async fn marked(server: &mut common::ApiServer, collection: &str) -> Value {
 fn collection_value(name: &str) -> Value {
     let mut vc = collection(name, "Ready", 1, 1, true);
     vc["metadata"]["resourceVersion"] = json!("42");
+    vc["metadata"]["uid"] = json!(format!("uid-of-{name}"));
     vc
 }
 
@@ -147,7 +148,9 @@ fn aliases(others: Vec<(&str, &str)>) -> Value {
 #[tokio::test]
 async fn first_switch_to_a_verified_collection_marks_it_and_creates_the_service() {
     let mut h = harness();
-    run(reconcile(alias("products-v1", Value::Null), h.ctx.clone()), async {
+    let mut ca = (*alias("products-v1", Value::Null)).clone();
+    ca.metadata.resource_version = Some("5".into());
+    run(reconcile(Arc::new(ca), h.ctx.clone()), async {
         h.server.expect("GET", SERVICE, 404, not_found()).await;
         h.server.cache([collection_value("products-v1")]);
         // Marked before the Service selects it, and only as it was judged servable: the mark
@@ -157,13 +160,21 @@ async fn first_switch_to_a_verified_collection_marks_it_and_creates_the_service(
         let service = h.server.apply(SERVICE, Value::Null).await;
         assert_eq!(selector(&service), json!({"quiver.dev/collection": "products-v1", "quiver.dev/role": "replica"}));
         assert_eq!(service.body["metadata"]["ownerReferences"][0]["kind"], "CollectionAlias");
-        // Recorded at once, before anything else can fail.
-        let recorded = status_patch(&mut h.server).await;
+        // Recorded at once, before anything else can fail, and only over the version it was
+        // computed from (a stale cached copy gets 409 instead of overwriting a newer status).
+        let stored = serde_json::to_value(alias("x", Value::Null).as_ref()).unwrap();
+        let mut answer = stored.clone();
+        answer["metadata"]["resourceVersion"] = json!("6");
+        let recorded = h.server.expect("PATCH", &format!("{ALIAS}/status"), 200, answer).await.body;
+        assert_eq!(recorded["metadata"]["resourceVersion"], "5");
+        let recorded = recorded["status"].clone();
         assert_eq!(recorded["current"], "products-v1");
         marks(&h.server, &[("products-v1", "current")]);
         // A new Service has no endpoints yet: serving, but not Ready.
         h.server.cache_list(list("EndpointSlice", vec![]));
-        let status = status_patch(&mut h.server).await;
+        let sent = h.server.expect("PATCH", &format!("{ALIAS}/status"), 200, stored).await.body;
+        assert_eq!(sent["metadata"]["resourceVersion"], "6", "the version the first write returned");
+        let status = sent["status"].clone();
         assert_eq!(status["current"], "products-v1");
         assert_eq!(status["previous"], Value::Null);
         assert_eq!(status["switchedAt"], AT);
@@ -399,7 +410,9 @@ async fn a_failed_drain_is_retried_and_not_recorded() {
         v1["metadata"]["labels"] = json!({MARK: "previous"});
         h.server.expect("GET", &format!("{VCS}/products-v1"), 200, v1).await;
         // Its token is the one the operator generated for it: read once, then remembered.
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "products-v1-token"},
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "products-v1-token",
+            "ownerReferences": [{"apiVersion": "quiver.dev/v1alpha1", "kind": "VectorCollection",
+                "name": "products-v1", "uid": "uid-of-products-v1", "controller": true}]},
             "data": {"token": "Z2VuZXJhdGVk"}});
         h.server.expect("GET", "/api/v1/namespaces/search/secrets/products-v1-token", 200, secret).await;
         let (reason, note) = h.server.event(NS).await;

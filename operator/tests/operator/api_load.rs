@@ -595,8 +595,10 @@ fn seed_collection(cluster: &Cluster, i: usize, status: bool) {
     for (n, suffix) in ["a", "b"].iter().enumerate() {
         cluster.seed("v1/pods", pod(&format!("{c}-replicas-{suffix}"), owned_labels(&c, "replica"), &ip(n + 2)));
     }
+    let uid = cluster.object("quiver.dev/v1alpha1/vectorcollections", &c)["metadata"]["uid"].clone();
     let token = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{c}-token"), "namespace": NS,
-        "labels": owned_labels(&c, "writer")}, "data": {"token": "dG9rZW4="}});
+        "labels": owned_labels(&c, "writer"), "ownerReferences": [{"apiVersion": "quiver.dev/v1alpha1",
+            "kind": "VectorCollection", "name": c, "uid": uid, "controller": true}]}, "data": {"token": "dG9rZW4="}});
     cluster.seed("v1/secrets", token);
     for role in ["warmup", "verify"] {
         let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": format!("{c}-{role}-g1"),

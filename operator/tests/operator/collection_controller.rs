@@ -25,10 +25,23 @@ const EVENTS: &str = "/api/v1/namespaces/search/events";
 const WRITER_NP: &str = "/apis/networking.k8s.io/v1/namespaces/search/networkpolicies/products-v2-writer";
 const REPLICAS_NP: &str = "/apis/networking.k8s.io/v1/namespaces/search/networkpolicies/products-v2-replicas";
 
+/// The token Secret the operator generated for the collection (`generated-token`), owned by it.
+fn token_secret() -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "products-v2-token",
+        "ownerReferences": [{"apiVersion": "quiver.dev/v1alpha1", "kind": "VectorCollection", "name": "products-v2",
+            "uid": "c0ffee00-0000-4000-8000-000000000001", "controller": true}]},
+        "data": {"token": "Z2VuZXJhdGVkLXRva2Vu"}})
+}
+
+/// The token read again: the writer did not answer last time (its Secret may be gone).
+async fn token_read(server: &mut common::ApiServer) {
+    server.expect("GET", &format!("{SECRETS}/products-v2-token"), 200, token_secret()).await;
+}
+
 /// A harness that read the collection's generated token before (it is remembered).
 fn harness() -> common::Harness {
     let h = common::harness();
-    h.ctx.caches.tokens.remember(NS, "products-v2-token", "generated-token");
+    h.ctx.caches.tokens.remember(NS, "products-v2-token", "token", "generated-token");
     h
 }
 
@@ -140,8 +153,6 @@ async fn create_adds_the_finalizer_applies_the_writer_and_reports_pending() {
         assert_eq!(condition(&status.body["status"], "Verified"), ("False".into(), "NotVerified".into()));
         let (reason, _) = h.server.event(NS).await;
         assert_eq!(reason, "Pending");
-        // Remembered: the next reconciles do not read the Secret again.
-        assert_eq!(h.ctx.caches.tokens.get(NS, "products-v2-token").as_deref(), Some(token.as_str()));
     })
     .await
     .unwrap();
@@ -608,6 +619,53 @@ async fn a_refused_apply_reaches_the_user_as_an_event_and_ready_false() {
 }
 
 #[tokio::test]
+async fn a_token_secret_deleted_under_a_writer_that_stopped_answering_is_made_again() {
+    let mut h = harness();
+    let vc =
+        collection(false, json!({"phase": "Pending", "observedGeneration": 1, "message": "waiting for the writer"}));
+    // The writer pod cannot start (its Secret was deleted: it cannot mount it): no answer, so
+    // the remembered token is not trusted any more.
+    run(reconcile(vc.clone(), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
+        status_patch(&mut h.server).await;
+    })
+    .await
+    .unwrap();
+    run(reconcile(vc, h.ctx.clone()), async {
+        h.server.expect("GET", &format!("{SECRETS}/products-v2-token"), 404, not_found()).await;
+        let created = h.server.expect_with("POST", SECRETS, 201, |body| body.clone()).await;
+        assert_eq!(created.body["metadata"]["name"], "products-v2-token");
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
+        status_patch(&mut h.server).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_token_secret_left_by_a_deleted_namesake_is_not_used() {
+    let mut h = common::harness();
+    let vc =
+        collection(false, json!({"phase": "Pending", "observedGeneration": 1, "message": "waiting for the writer"}));
+    let mut theirs = token_secret();
+    theirs["metadata"]["ownerReferences"][0]["uid"] = json!("deadbeef-0000-4000-8000-000000000009");
+    run(reconcile(vc, h.ctx.clone()), async {
+        h.server.expect("GET", &format!("{SECRETS}/products-v2-token"), 200, theirs.clone()).await;
+        // Not this collection's: made anew once the garbage collector took the old one.
+        let exists = common::status(409, "AlreadyExists", "secrets \"products-v2-token\" already exists");
+        h.server.expect("POST", SECRETS, 409, exists).await;
+        h.server.expect("GET", &format!("{SECRETS}/products-v2-token"), 200, theirs).await;
+        writer_applied(&mut h.server, 0).await;
+        h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
+        status_patch(&mut h.server).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(h.ctx.caches.tokens.get(NS, "products-v2-token", "token"), None);
+}
+
+#[tokio::test]
 async fn a_refused_apply_on_a_ready_collection_degrades_it_and_leaves_it_ready() {
     let mut h = harness();
     let mut ready = stored_status("Ready");
@@ -684,6 +742,8 @@ async fn a_writer_restart_leaves_a_ready_collection_ready_and_says_so_in_writer_
                 // Applied once; the second look finds them in their caches as applied.
                 writer_applied(&mut h.server, 0).await;
                 replicas_applied(&mut h.server, 2).await;
+            } else {
+                token_read(&mut h.server).await;
             }
             let status = status_patch(&mut h.server).await.body["status"].clone();
             assert_eq!(status["phase"], "Ready", "{reason}");
@@ -740,6 +800,7 @@ async fn pods_the_api_refused_to_create_are_named_in_status() {
     let vc =
         collection(false, json!({"phase": "Pending", "observedGeneration": 1, "message": "waiting for the writer"}));
     run(reconcile(vc, h.ctx.clone()), async {
+        token_read(&mut h.server).await;
         let mut later = event.clone();
         later["reason"] = json!("SuccessfulCreate");
         later["lastTimestamp"] = json!("2025-11-25T11:59:30Z");
@@ -756,6 +817,7 @@ async fn pods_the_api_refused_to_create_are_named_in_status() {
     h.restatus("StatefulSet", "products-v2-writer", json!({"replicas": 1, "readyReplicas": 1}));
     h.cache([running_pod("10.1.2.3")]);
     run(reconcile(vc, h.ctx.clone()), async {
+        token_read(&mut h.server).await;
         h.server.apply(REPLICAS_SVC, Value::Null).await;
         let failure = json!({"readyReplicas": 0, "conditions": [{"type": "ReplicaFailure", "status": "True",
             "reason": "FailedCreate", "message": "pods \"products-v2-replicas-7d9c-x\" is forbidden: exceeded quota: compute"}]});
