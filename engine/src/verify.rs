@@ -154,6 +154,7 @@ pub fn verify(collection: &Collection, options: &VerifyOptions) -> Result<Verify
         let mut request = SearchRequest::new(query.clone(), options.k);
         request.strategy = Some(Strategy::Exact);
         let truth: Vec<u64> = search(collection, &request)?.iter().map(|h| h.id).collect();
+        options.cancel.check("verification")?;
         request.strategy = Some(strategy);
         request.quality = Some(quality);
         let start = Instant::now();

@@ -45,6 +45,7 @@ pub fn warm(collection: &Collection, options: &WarmupOptions) -> Result<WarmupRe
     let start = Instant::now();
     search(collection, &SearchRequest::new(queries[0].clone(), options.k))?;
     let cold_first_query_ms = start.elapsed().as_secs_f64() * 1e3;
+    options.cancel.check("warm-up")?;
     let preload = collection.preload()?;
 
     let mut previous: Option<f64> = None;

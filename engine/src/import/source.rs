@@ -212,14 +212,28 @@ impl Failure {
 /// Is `ip` link-local or a cloud provider's metadata address?
 fn forbidden(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_link_local(), // 169.254.0.0/16, including 169.254.169.254
+        // 169.254.0.0/16 (AWS, GCP, Azure, OpenStack at 169.254.169.254), Alibaba's 100.100.100.200.
+        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let s = v6.segments();
+            // An IPv4 address inside an IPv6 one: mapped (::ffff:a.b.c.d), compatible (::a.b.c.d),
+            // NAT64 (64:ff9b::a.b.c.d).
+            let embedded = v6.to_ipv4_mapped().or_else(|| {
+                let tail = || std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+                match s[..6] {
+                    [0, 0, 0, 0, 0, 0] if s[6] != 0 => Some(tail()),
+                    [0x64, 0xff9b, 0, 0, 0, 0] => Some(tail()),
+                    _ => None,
+                }
+            });
+            if let Some(v4) = embedded {
                 return forbidden(IpAddr::V4(v4));
             }
-            let fe80 = (v6.segments()[0] & 0xffc0) == 0xfe80;
-            let aws = v6.segments() == [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254];
-            fe80 || aws
+            let fe80 = (s[0] & 0xffc0) == 0xfe80;
+            // AWS's fd00:ec2::/64 (the metadata service, the EKS pod identity agent), GCP's fd20:ce::254.
+            let aws = s[..4] == [0xfd00, 0x0ec2, 0, 0];
+            let gcp = s == [0xfd20, 0x00ce, 0, 0, 0, 0, 0, 0x0254];
+            fe80 || aws || gcp
         }
     }
 }
@@ -339,6 +353,9 @@ fn agent(allow_link_local: bool) -> ureq::Agent {
         .http_status_as_error(false)
         // Byte offsets for Range must be those of the representation: no transparent gzip.
         .accept_encoding("identity")
+        // No proxy from the environment: through one, the proxy would resolve the source's
+        // host, past the resolver's address check.
+        .proxy(None)
         .build();
     ureq::Agent::with_parts(
         config,
@@ -374,7 +391,7 @@ fn get(
         if scheme_of(&next) != scheme_of(&url) {
             return Err(Failure::Fatal(format!(
                 "redirected ({status}) to {}: a redirect to another scheme is refused",
-                short(&next, 100)
+                short(&redact(&next), 100)
             )));
         }
         url = next;
@@ -559,10 +576,22 @@ mod tests {
 
     #[test]
     fn link_local_and_metadata_addresses_are_recognised() {
-        for ip in ["169.254.169.254", "169.254.1.2", "fe80::1", "febf::1", "fd00:ec2::254", "::ffff:169.254.169.254"] {
+        for ip in [
+            "169.254.169.254",
+            "169.254.1.2",
+            "fe80::1",
+            "febf::1",
+            "fd00:ec2::254",
+            "fd00:ec2::23",
+            "::ffff:169.254.169.254",
+            "::169.254.169.254",
+            "64:ff9b::169.254.169.254",
+            "100.100.100.200",
+            "fd20:ce::254",
+        ] {
             assert!(forbidden(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["127.0.0.1", "10.0.0.1", "8.8.8.8", "::1", "fd00:ec2::253", "fec0::1"] {
+        for ip in ["127.0.0.1", "10.0.0.1", "8.8.8.8", "::1", "fd00:ec3::254", "fec0::1", "100.100.100.201"] {
             assert!(!forbidden(ip.parse().unwrap()), "{ip}");
         }
         let err = check_host("http://metadata.google.internal./computeMetadata/v1/", false).err().unwrap();

@@ -46,7 +46,14 @@ pub fn run(a: WriterArgs) -> Result<i32> {
             // Sealed: what the spool holds is in the collection already.
             spool.discard();
         }
-        let idle = std::time::Duration::from_secs(a.write_idle_secs.max(1));
+        if a.write_idle_secs == 0 {
+            return Err(Error::Usage {
+                flag: "--write-idle-secs".into(),
+                value: "0".into(),
+                reason: "a Write stream needs at least one second between batches".into(),
+            });
+        }
+        let idle = std::time::Duration::from_secs(a.write_idle_secs);
         let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone(), idle);
         if let Some((collection, info)) = recovered {
             tracing::info!("{} is sealed; serving snapshot sha256 {}", info.collection, info.sha256);

@@ -102,6 +102,12 @@ impl ingest_server::Ingest for IngestService {
         let mut spooled: Option<StreamWriter> = None;
         while let Some(batch) = next_batch(&mut incoming, self.idle).await? {
             self.check_writable(&batch.collection)?;
+            if batch.records.is_empty() {
+                // Nothing to spool; it would only keep a stream (and its heavy-call slot) alive.
+                return Err(Status::invalid_argument(
+                    "invalid request: field `records` is empty: a batch carries at least one record",
+                ));
+            }
             let stream = match spooled.take() {
                 Some(stream) => stream,
                 None => self.spool()?.begin().map_err(status)?,

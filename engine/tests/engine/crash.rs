@@ -251,6 +251,14 @@ async fn a_stalled_write_stream_is_dropped_and_keeps_none_of_its_rows() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     drop(tx);
     assert_eq!(client.progress("v1").await.unwrap().rows, 0, "the stalled stream left nothing");
+    let spool = dir.path().join("w").join(".spool").join("v1");
+    let left: Vec<_> =
+        std::fs::read_dir(&spool).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "no partial stream file stays: {left:?}");
+    // An empty batch would keep a stream alive without sending anything: refused.
+    let empty = proto::WriteBatch { collection: "v1".into(), records: Vec::new() };
+    let refused = client.ingest_client().write(futures::stream::iter(vec![empty])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let next = client.ingest_client().write(futures::stream::iter(vec![batch])).await.unwrap();
     assert_eq!(next.into_inner().rows, 100);
 }
