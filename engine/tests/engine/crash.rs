@@ -63,7 +63,11 @@ struct Role {
 
 impl Role {
     fn start(dir: &Path, args: &[&str], faults: Option<&str>) -> Role {
-        let mut child = quiver(dir, args, faults).stderr(Stdio::piped()).spawn().unwrap();
+        Role::spawn(quiver(dir, args, faults))
+    }
+
+    fn spawn(mut command: Command) -> Role {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         while !line.contains("quiver listening") {
@@ -261,6 +265,62 @@ async fn a_stalled_write_stream_is_dropped_and_keeps_none_of_its_rows() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let next = client.ingest_client().write(futures::stream::iter(vec![batch])).await.unwrap();
     assert_eq!(next.into_inner().rows, 100);
+}
+
+/// A writer whose disk fills mid-stream: that stream fails with RESOURCE_EXHAUSTED naming the
+/// full disk, keeps none of its rows and frees its space; the streams acknowledged before stay,
+/// and the next stream is taken. The data directory is a 6 MiB tmpfs mounted in a mount
+/// namespace of the writer's own (`unshare --mount`, root only; skipped loudly otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_stream_that_hit_it_and_keeps_every_acknowledged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("small");
+    std::fs::create_dir_all(&data).unwrap();
+    let probe = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &format!("mount -t tmpfs -o size=1m tmpfs {}", data.display())])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!("SKIPPED: cannot mount a tmpfs in a private mount namespace here (needs root and unshare)");
+        return;
+    }
+    let script = format!(
+        "mount -t tmpfs -o size=6m tmpfs {data} && exec {quiver} writer --data-dir {data} --collection v1 --dimensions 16 --listen 127.0.0.1:0",
+        data = data.display(),
+        quiver = env!("CARGO_BIN_EXE_quiver"),
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "sh", "-c", &script]).current_dir(dir.path()).env_remove("FAILPOINTS");
+    let writer = Role::spawn(command);
+    let client = Client::new(&writer.url, ClientOptions { attempts: 1, ..Default::default() }).unwrap();
+    let batch = |from: u64, rows: u64| proto::WriteBatch {
+        collection: "v1".into(),
+        records: (from..from + rows)
+            .map(|id| proto::Record {
+                id,
+                vector: (0..DIMS).map(|d| (id + d as u64) as f32).collect(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let first = client.ingest_client().write(futures::stream::iter(vec![batch(0, 500)])).await.unwrap();
+    assert_eq!(first.into_inner().rows, 500);
+    // About 15 MB of records for a 6 MiB disk.
+    let flood: Vec<_> = (0..200).map(|i| batch(1_000 + i * 1_000, 1_000)).collect();
+    let full = client.ingest_client().write(futures::stream::iter(flood)).await.unwrap_err();
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+    assert!(
+        full.message().contains("is full") && full.message().contains("nothing of this stream"),
+        "{}",
+        full.message()
+    );
+    assert_eq!(
+        client.progress("v1").await.unwrap().rows,
+        500,
+        "the acknowledged stream stays, the full one left nothing"
+    );
+    let next = client.ingest_client().write(futures::stream::iter(vec![batch(500, 500)])).await.unwrap();
+    assert_eq!(next.into_inner().rows, 500, "its space was freed");
+    assert_eq!(client.progress("v1").await.unwrap().rows, 1_000);
 }
 
 /// A replica killed while fetching, before its checked file is renamed into place, and before
