@@ -10,7 +10,7 @@ use crate::rebuild::{self, Schedule};
 use crate::resources::alias_service;
 use crate::resources::labels::{self, FIELD_MANAGER};
 use crate::resources::replicas;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -423,10 +423,7 @@ async fn drain_previous(
         .map(|a| a.name_any())
         .collect();
     if !others.is_empty() {
-        let note = format!("{previous} is served by alias {}: not drained", others.join(", "));
-        ctx.event_about(ca, related, EventType::Normal, "DrainSkipped", "Drain", note).await;
-        status.drained = Some(previous);
-        return Ok(None);
+        return skip_drain(ca, ctx, related, status, previous, &others).await;
     }
     if endpoints.is_empty() {
         // Nothing ready behind the alias: nothing to move clients to yet (slice changes wake it).
@@ -455,10 +452,7 @@ async fn drain_previous(
         .map(String::from)
         .collect();
     if !marked_by.is_empty() {
-        let note = format!("{previous} is served by alias {}: not drained", marked_by.join(", "));
-        ctx.event_about(ca, related, EventType::Normal, "DrainSkipped", "Drain", note).await;
-        status.drained = Some(previous);
-        return Ok(None);
+        return skip_drain(ca, ctx, related, status, previous, &marked_by).await;
     }
     if drain(ca, ctx, ns, &previous).await {
         status.drained = Some(previous);
@@ -466,6 +460,21 @@ async fn drain_previous(
     } else {
         Ok(Some(DRAIN_RETRY_INTERVAL))
     }
+}
+
+/// Leaves `previous` undrained for good: aliases `by` serve it.
+async fn skip_drain(
+    ca: &CollectionAlias,
+    ctx: &Context,
+    related: Option<ObjectReference>,
+    status: &mut CollectionAliasStatus,
+    previous: String,
+    by: &[String],
+) -> Result<Option<Duration>> {
+    let note = format!("{previous} is served by alias {}: not drained", by.join(", "));
+    ctx.event_about(ca, related, EventType::Normal, "DrainSkipped", "Drain", note).await;
+    status.drained = Some(previous);
+    Ok(None)
 }
 
 /// Starts the rebuild that is due: a schedule tick (within its starting deadline, and under

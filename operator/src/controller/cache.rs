@@ -63,6 +63,9 @@ where
     /// subscriber that is gone (its controller stopped) is skipped.
     pub async fn apply(&mut self, event: watcher::Event<K>) {
         self.apply_watcher_event(&event);
+        if self.subscribers.is_empty() {
+            return; // A kind only read (pods): no copy of every object after each list.
+        }
         let changed: Vec<Arc<K>> = match event {
             watcher::Event::Apply(object) | watcher::Event::Delete(object) => vec![Arc::new(object)],
             watcher::Event::InitDone => self.writer.as_reader().state(),
@@ -250,6 +253,23 @@ pub struct Writers {
     pub network_policies: Feed<NetworkPolicy>,
 }
 
+impl Writers {
+    /// Every kind's first list done, with what the stores hold so far (tests start from here).
+    pub fn mark_listed(&mut self) {
+        self.collections.apply_watcher_event(&watcher::Event::InitDone);
+        self.aliases.apply_watcher_event(&watcher::Event::InitDone);
+        self.stateful_sets.apply_watcher_event(&watcher::Event::InitDone);
+        self.deployments.apply_watcher_event(&watcher::Event::InitDone);
+        self.services.apply_watcher_event(&watcher::Event::InitDone);
+        self.jobs.apply_watcher_event(&watcher::Event::InitDone);
+        self.slices.apply_watcher_event(&watcher::Event::InitDone);
+        self.pods.apply_watcher_event(&watcher::Event::InitDone);
+        self.autoscalers.apply_watcher_event(&watcher::Event::InitDone);
+        self.budgets.apply_watcher_event(&watcher::Event::InitDone);
+        self.network_policies.apply_watcher_event(&watcher::Event::InitDone);
+    }
+}
+
 /// New, empty caches: readers for the context, writers for the watches.
 pub fn caches() -> (Caches, Writers) {
     let writers = Writers {
@@ -417,17 +437,7 @@ mod tests {
             let caches = caches.clone();
             async move { caches.fill().await }
         });
-        writers.collections.apply_watcher_event(&Event::InitDone);
-        writers.aliases.apply_watcher_event(&Event::InitDone);
-        writers.stateful_sets.apply_watcher_event(&Event::InitDone);
-        writers.deployments.apply_watcher_event(&Event::InitDone);
-        writers.services.apply_watcher_event(&Event::InitDone);
-        writers.jobs.apply_watcher_event(&Event::InitDone);
-        writers.slices.apply_watcher_event(&Event::InitDone);
-        writers.pods.apply_watcher_event(&Event::InitDone);
-        writers.autoscalers.apply_watcher_event(&Event::InitDone);
-        writers.budgets.apply_watcher_event(&Event::InitDone);
-        writers.network_policies.apply_watcher_event(&Event::InitDone);
+        writers.mark_listed();
         let all = futures::future::join_all(waiting);
         tokio::time::timeout(std::time::Duration::from_secs(5), all).await.expect("every waiter woke");
         fill.await.unwrap();

@@ -131,6 +131,15 @@ fn marks(server: &common::ApiServer, marked: &[(&str, &str)]) {
     server.cache_list(list("VectorCollection", items));
 }
 
+/// A reconcile of an alias that switched from v1 to v2 and serves v2 (its Service applied again,
+/// both marked), with `endpoints` as the alias Service's EndpointSlices.
+async fn serving_v2_after_v1(server: &mut common::ApiServer, endpoints: Value) {
+    server.cache([owned_service("products-v2")]);
+    server.apply(SERVICE, Value::Null).await;
+    marks(server, &[("products-v2", "current"), ("products-v1", "previous")]);
+    server.cache_list(endpoints);
+}
+
 fn selector(service: &common::Sent) -> Value {
     service.body["spec"]["selector"].clone()
 }
@@ -319,10 +328,7 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     let mut switched = serving("products-v2", Some("products-v1"));
     switched["switchedAt"] = json!("2025-11-25T11:59:50Z");
     let action = run(reconcile(alias("products-v2", switched.clone()), h.ctx.clone()), async {
-        h.server.cache([owned_service("products-v2")]);
-        h.server.apply(SERVICE, Value::Null).await;
-        marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
-        h.server.cache_list(endpoints_of("products-v2"));
+        serving_v2_after_v1(&mut h.server, endpoints_of("products-v2")).await;
         h.server.cache_list(aliases(vec![]));
         h.server.cache_list(replicas_of("products-v2"));
         let status = status_patch(&mut h.server).await;
@@ -337,10 +343,7 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     // 10 seconds after the endpoints moved: the old replicas are told to drain, once.
     switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
     run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
-        h.server.cache([owned_service("products-v2")]);
-        h.server.apply(SERVICE, Value::Null).await;
-        marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
-        h.server.cache_list(endpoints_of("products-v2"));
+        serving_v2_after_v1(&mut h.server, endpoints_of("products-v2")).await;
         h.server.cache_list(aliases(vec![]));
         h.server.cache_list(replicas_of("products-v2"));
         h.server.cache_list(replicas_of("products-v1"));
@@ -376,10 +379,7 @@ async fn endpoints_that_are_not_exactly_the_targets_ready_pods_hold_the_drain() 
         slices(&[("products-v2-a", None), ("products-v2-b", None), ("products-v1-a", None)]),
     ] {
         let action = run(reconcile(alias("products-v2", switched.clone()), h.ctx.clone()), async {
-            h.server.cache([owned_service("products-v2")]);
-            h.server.apply(SERVICE, Value::Null).await;
-            marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
-            h.server.cache_list(endpoints);
+            serving_v2_after_v1(&mut h.server, endpoints).await;
             h.server.cache_list(aliases(vec![]));
             h.server.cache_list(replicas_of("products-v2"));
             let status = status_patch(&mut h.server).await;
@@ -399,10 +399,7 @@ async fn a_failed_drain_is_retried_and_not_recorded() {
     let mut switched = serving("products-v2", Some("products-v1"));
     switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
     let action = run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
-        h.server.cache([owned_service("products-v2")]);
-        h.server.apply(SERVICE, Value::Null).await;
-        marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
-        h.server.cache_list(endpoints_of("products-v2"));
+        serving_v2_after_v1(&mut h.server, endpoints_of("products-v2")).await;
         h.server.cache_list(aliases(vec![]));
         h.server.cache_list(replicas_of("products-v2"));
         h.server.cache_list(replicas_of("products-v1"));
@@ -434,10 +431,7 @@ async fn a_previous_target_another_alias_serves_is_not_drained() {
     let mut switched = serving("products-v2", Some("products-v1"));
     switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
     run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
-        h.server.cache([owned_service("products-v2")]);
-        h.server.apply(SERVICE, Value::Null).await;
-        marks(&h.server, &[("products-v2", "current"), ("products-v1", "previous")]);
-        h.server.cache_list(endpoints_of("products-v2"));
+        serving_v2_after_v1(&mut h.server, endpoints_of("products-v2")).await;
         h.server.cache_list(aliases(vec![("related", "products-v1")]));
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(

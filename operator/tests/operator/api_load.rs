@@ -651,22 +651,23 @@ fn tally(requests: &[Logged]) -> Vec<(String, usize)> {
     counts
 }
 
-fn reconciles(metrics: &Metrics) -> usize {
+/// The sum of one of the operator's counters over its labels.
+fn counter_total(metrics: &Metrics, name: &str) -> usize {
+    let prefix = format!("{name}{{");
     metrics
         .render()
         .lines()
-        .filter(|l| l.starts_with("quiver_operator_reconciles_total{"))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
         .sum()
 }
 
+fn reconciles(metrics: &Metrics) -> usize {
+    counter_total(metrics, "quiver_operator_reconciles_total")
+}
+
 fn operator_errors(metrics: &Metrics) -> usize {
-    metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("quiver_operator_reconcile_errors_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-        .sum()
+    counter_total(metrics, "quiver_operator_reconcile_errors_total")
 }
 
 /// Requests that are not the long-lived watches (and their re-establishment).

@@ -274,17 +274,7 @@ pub fn harness() -> Harness {
     let client = Client::new(service, "default");
     let (caches, mut writers) = quiver_operator::controller::cache::caches();
     // Listed once (empty): the reconciles may read them.
-    writers.collections.apply_watcher_event(&Event::InitDone);
-    writers.aliases.apply_watcher_event(&Event::InitDone);
-    writers.stateful_sets.apply_watcher_event(&Event::InitDone);
-    writers.deployments.apply_watcher_event(&Event::InitDone);
-    writers.services.apply_watcher_event(&Event::InitDone);
-    writers.jobs.apply_watcher_event(&Event::InitDone);
-    writers.slices.apply_watcher_event(&Event::InitDone);
-    writers.pods.apply_watcher_event(&Event::InitDone);
-    writers.autoscalers.apply_watcher_event(&Event::InitDone);
-    writers.budgets.apply_watcher_event(&Event::InitDone);
-    writers.network_policies.apply_watcher_event(&Event::InitDone);
+    writers.mark_listed();
     futures::executor::block_on(caches.fill());
     let writers = Arc::new(Mutex::new(writers));
     let recorder = Recorder::new(client.clone(), Reporter { controller: "quiver-operator".into(), instance: None });
