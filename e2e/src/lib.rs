@@ -3,7 +3,7 @@
 //! Service: when its backends change, new connections go to the new backends while existing
 //! connections stay where they are until that backend closes them (what kube-proxy does).
 
-use quiver_engine::client::{Client, ClientOptions};
+use quiver_api::client::{Client, ClientOptions};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -236,8 +236,8 @@ pub fn dataset(dir: &Path, file: &str, n: usize, dims: usize, seed: u64) -> (Str
 }
 
 /// A search request for the endpoint's own collection (what a client behind an alias sends).
-pub fn query(vector: &[f32], k: u32) -> quiver_engine::serve::proto::SearchRequest {
-    quiver_engine::serve::proto::SearchRequest { vector: vector.to_vec(), k, ..Default::default() }
+pub fn query(vector: &[f32], k: u32) -> quiver_api::proto::SearchRequest {
+    quiver_api::proto::SearchRequest { vector: vector.to_vec(), k, ..Default::default() }
 }
 
 /// Fails the test when any call made under load failed, showing how many and the first three.

@@ -17,9 +17,9 @@
 //! Run without those tools it fails, naming what is missing; it never passes without a cluster.
 //! `QUIVER_E2E_KEEP=1` keeps the cluster afterwards for inspection.
 
+use quiver_api::client::{Client, ClientOptions};
+use quiver_api::proto;
 use quiver_e2e::query;
-use quiver_engine::client::{Client, ClientOptions};
-use quiver_engine::serve::proto;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,9 +2,9 @@
 //! a forwarder playing the alias Service. Each scenario asserts what users rely on, not just
 //! exit codes.
 
+use quiver_api::client::{Client, ClientOptions};
+use quiver_api::proto::{self, SearchRequest, WriterPhase};
 use quiver_e2e::{Forwarder, Proc, assert_none_failed, dataset, operator_gate_passes, query, run};
-use quiver_engine::client::{Client, ClientOptions};
-use quiver_engine::serve::proto::{self, SearchRequest, WriterPhase};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

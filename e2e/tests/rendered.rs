@@ -7,8 +7,8 @@
 //! read the writers' progress and drain v1's replicas.
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use quiver_api::client::{Client, ClientOptions};
 use quiver_e2e::{Forwarder, Proc, assert_none_failed, dataset, operator_gate_passes, query, quiver_bin};
-use quiver_engine::client::{Client, ClientOptions};
 use quiver_operator::crd::{CollectionAlias, VectorCollection};
 use quiver_operator::engine::{Drainer, Grpc, WriterProbe};
 use quiver_operator::phase::WriterState;

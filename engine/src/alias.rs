@@ -6,7 +6,7 @@
 
 use crate::collection::Collection;
 use crate::error::{Error, Result};
-use crate::verify::VerifyReport;
+use crate::types::VerifyReport;
 use heed::types::{SerdeJson, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use serde::{Deserialize, Serialize};

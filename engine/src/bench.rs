@@ -4,12 +4,12 @@
 
 use crate::collection::Collection;
 use crate::collection::builder::{BuildOptions, import_and_build};
-use crate::distance::Metric;
 use crate::error::{Error, Result};
 use crate::import::{self, ReadOptions};
-use crate::index::{Backend, IndexParams, Strategy};
 use crate::latency::{Latencies, Summary};
 use crate::search::{SearchRequest, search};
+use crate::types::Metric;
+use crate::types::{Backend, IndexParams, Strategy};
 use crate::verify::recall;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -76,7 +76,7 @@ pub struct BenchReport {
     pub build_s: f64,
     pub calibrate_s: f64,
     /// The default setting the build calibrated for the target recall.
-    pub calibration: Option<crate::calibrate::Calibration>,
+    pub calibration: Option<crate::types::Calibration>,
     /// The gRPC endpoint measured (`None`: in this process).
     pub endpoint: Option<String>,
     /// Size on disk of the first collection (vectors, ids and its index); in-process only.
@@ -291,7 +291,7 @@ fn throughput<'a>(
 /// Throughput at each client count, with the collection's default setting.
 fn throughputs<'a>(
     threads: &[usize],
-    default: crate::index::SearchDefaults,
+    default: crate::types::SearchDefaults,
     connect: &(dyn Fn() -> Result<Box<dyn Target + 'a>> + Sync),
     queries: &[Vec<f32>],
     k: usize,
@@ -390,7 +390,7 @@ pub fn table(report: &BenchReport) -> String {
 /// An engine over gRPC, queried through the retrying client. Each has its own connection and
 /// single-threaded runtime, as a synchronous client thread would.
 struct Endpoint {
-    client: crate::client::Client,
+    client: quiver_api::client::Client,
     collection: String,
     runtime: tokio::runtime::Runtime,
 }
@@ -411,7 +411,7 @@ impl Target for Endpoint {
     }
 }
 
-fn remote_error(client: &crate::client::Client, s: tonic::Status) -> Error {
+fn remote_error(client: &quiver_api::client::Client, s: tonic::Status) -> Error {
     Error::Remote { target: client.target().to_string(), reason: format!("{}: {}", s.code(), s.message()) }
 }
 
@@ -422,7 +422,7 @@ pub fn remote(
     options: &BenchOptions,
     endpoint: &str,
     collection: &str,
-    client_options: crate::client::ClientOptions,
+    client_options: quiver_api::client::ClientOptions,
 ) -> Result<BenchReport> {
     let connect = || -> Result<Endpoint> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -431,7 +431,7 @@ pub fn remote(
             .map_err(|e| Error::io("starting the async runtime", e))?;
         let client = {
             let _entered = runtime.enter();
-            crate::client::Client::new(endpoint, client_options.clone())?
+            quiver_api::client::Client::new(endpoint, client_options.clone())?
         };
         Ok(Endpoint { client, collection: collection.to_string(), runtime })
     };

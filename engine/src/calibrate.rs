@@ -4,45 +4,16 @@
 
 use crate::collection::Collection;
 use crate::error::Result;
-use crate::index::{Backend, SearchDefaults, Strategy};
 use crate::latency::Latencies;
 use crate::search::{SearchRequest, search};
+use crate::types::{Backend, Calibration, Candidate, Strategy};
 use crate::verify::{recall, sample_queries};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// Recall is measured on a sample; aim this much above the target so a verifier's different
 /// sample still passes.
 pub const MARGIN: f64 = 0.01;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
-    pub target_recall: f64,
-    pub k: usize,
-    pub strategy: Strategy,
-    pub quality: usize,
-    pub recall: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub queries: usize,
-    /// For each strategy, the cheapest setting that met the target, and its cost.
-    pub considered: Vec<Candidate>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Candidate {
-    pub strategy: Strategy,
-    pub quality: usize,
-    pub recall: f64,
-    pub p50_ms: f64,
-}
-
-impl Calibration {
-    pub fn defaults(&self) -> SearchDefaults {
-        SearchDefaults { strategy: self.strategy, quality: self.quality }
-    }
-}
 
 /// Re-rank budgets tried for the sign-code scan, as multiples of k.
 const SIGNSCAN_LADDER: [usize; 9] = [2, 5, 10, 15, 20, 50, 100, 200, 500];

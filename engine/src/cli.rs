@@ -5,11 +5,11 @@ use crate::bench::{self, BenchOptions};
 use crate::collection::Collection;
 use crate::collection::builder::{BuildOptions, Duplicates, import_and_build};
 use crate::demo::{self, DemoOptions};
-use crate::distance::Metric;
 use crate::error::{Error, Result};
 use crate::import::{self, Format, ReadOptions};
-use crate::index::{Backend, IndexParams, SearchDefaults, Strategy};
 use crate::search::{SearchRequest, search};
+use crate::types::Metric;
+use crate::types::{Backend, IndexParams, SearchDefaults, Strategy};
 use crate::verify::{VerifyOptions, verify};
 use crate::warmup::{WarmupOptions, warm};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -518,7 +518,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             let c = a.target.open()?;
             let report = verify(&c, &a.gate.options()?)?;
-            report.emit(a.gate.output.as_deref())?;
+            crate::verify::emit(&report, a.gate.output.as_deref())?;
             Ok(if report.passed { 0 } else { 1 })
         }
         Command::Warmup(a) => {
@@ -655,7 +655,7 @@ fn alias_cmd(action: AliasAction) -> Result<i32> {
             let catalog = Catalog::open(&dir.data_dir)?;
             let c = catalog.collection(&collection)?;
             let report = verify(&c, &gate.options()?)?;
-            report.emit(gate.output.as_deref())?;
+            crate::verify::emit(&report, gate.output.as_deref())?;
             match catalog.flip(&alias, c, &report) {
                 Ok(record) => {
                     print_json(&record);
@@ -704,7 +704,7 @@ fn bench_cmd(a: BenchArgs) -> Result<i32> {
     };
     let report = match (&a.endpoint, &a.collection) {
         (Some(endpoint), Some(collection)) => {
-            let client = crate::client::ClientOptions { token: a.token.read()?, ..Default::default() };
+            let client = quiver_api::client::ClientOptions { token: a.token.read()?, ..Default::default() };
             bench::remote(&options, endpoint, collection, client)?
         }
         _ => bench::run(&options)?,

@@ -6,12 +6,13 @@
 use crate::alias::Catalog;
 use crate::collection::builder::{BuildOptions, import_and_build};
 use crate::datagen::Clustered;
-use crate::distance::Metric;
 use crate::error::{Error, Result};
 use crate::import::{self, ReadOptions};
 use crate::latency::Latencies;
 use crate::search::{SearchRequest, search};
-use crate::verify::{VerifyOptions, VerifyReport, verify};
+use crate::types::Metric;
+use crate::types::VerifyReport;
+use crate::verify::{VerifyOptions, verify};
 use crate::warmup::{WarmupOptions, warm};
 use serde::Serialize;
 use std::path::{Path, PathBuf};

@@ -3,45 +3,19 @@
 //! The metric is chosen at run time (it is part of a collection's manifest); callers resolve it
 //! once per call into a [`Kernel`] function pointer, so no hot loop matches on the metric.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
+use crate::types::Metric;
 
-/// How two vectors are compared. Smaller distances are closer for every metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    /// `1 - cos(a, b)`; vectors are L2-normalised on import.
-    Cosine,
-    /// `|a - b|` (reported), ranked by its square.
-    Euclidean,
-    /// `-(a . b)`: the largest inner product is the nearest.
-    Dot,
-    /// Cosine, but arroy stores and compares 1-bit quantized vectors in its trees; the
-    /// collection keeps float32 vectors so results are re-ranked exactly.
-    BinaryQuantizedCosine,
+/// The engine's arithmetic for a [`Metric`] (the type itself is shared with the operator).
+pub trait Ranking {
+    /// The ranking kernel for this metric: a monotone stand-in for the distance that is cheap
+    /// to compute (no square root). Use [`Ranking::report`] to turn it into the reported value.
+    fn kernel(self) -> Kernel;
+    /// Turns a ranking score from [`Ranking::kernel`] into the distance shown to users.
+    fn report(self, score: f32) -> f32;
 }
 
-impl Metric {
-    pub const ALL: [Metric; 4] = [Metric::Cosine, Metric::Euclidean, Metric::Dot, Metric::BinaryQuantizedCosine];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::Euclidean => "euclidean",
-            Metric::Dot => "dot",
-            Metric::BinaryQuantizedCosine => "binary_quantized_cosine",
-        }
-    }
-
-    /// Whether stored and query vectors are L2-normalised (so cosine becomes a dot product).
-    pub fn normalizes(self) -> bool {
-        matches!(self, Metric::Cosine | Metric::BinaryQuantizedCosine)
-    }
-
-    /// The ranking kernel for this metric: a monotone stand-in for the distance that is cheap
-    /// to compute (no square root). Use [`Metric::report`] to turn it into the reported value.
-    pub fn kernel(self) -> Kernel {
+impl Ranking for Metric {
+    fn kernel(self) -> Kernel {
         let k = kernels();
         match self {
             Metric::Cosine | Metric::BinaryQuantizedCosine => k.cosine_normalized,
@@ -50,33 +24,10 @@ impl Metric {
         }
     }
 
-    /// Turns a ranking score from [`Metric::kernel`] into the distance shown to users.
-    pub fn report(self, score: f32) -> f32 {
+    fn report(self, score: f32) -> f32 {
         match self {
             Metric::Euclidean => score.max(0.0).sqrt(),
             _ => score,
-        }
-    }
-}
-
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Metric {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let normalized = s.to_ascii_lowercase().replace('-', "_");
-        match normalized.as_str() {
-            "cosine" => Ok(Metric::Cosine),
-            "euclidean" | "l2" => Ok(Metric::Euclidean),
-            "dot" | "dot_product" | "ip" => Ok(Metric::Dot),
-            "binary_quantized_cosine" | "bq_cosine" => Ok(Metric::BinaryQuantizedCosine),
-            _ => {
-                Err(format!("unknown distance {s:?}: expected one of cosine, euclidean, dot, binary_quantized_cosine"))
-            }
         }
     }
 }

@@ -54,7 +54,7 @@ pub enum Error {
     Alias { alias: String, reason: String },
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
-    #[error("fetching {}: {reason}", crate::import::source::redact(url))]
+    #[error("fetching {}: {reason}", redact(url))]
     Http { url: String, reason: String },
     /// A bound on what a caller may send or store was reached.
     #[error("{what}: {reason}")]
@@ -83,4 +83,27 @@ impl From<InputError> for Error {
     fn from(e: InputError) -> Self {
         Error::Input(Box::new(e))
     }
+}
+
+impl From<quiver_api::Error> for Error {
+    fn from(e: quiver_api::Error) -> Self {
+        match e {
+            quiver_api::Error::Remote { target, reason } => Error::Remote { target, reason },
+            quiver_api::Error::Usage { flag, value, reason } => Error::Usage { flag, value, reason },
+        }
+    }
+}
+
+/// A URL as it may be shown in logs, errors and the manifest: without user info and query
+/// string, which may hold credentials (`https://user:pass@host/...`, presigned `?X-Amz-Signature=`).
+pub fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
+    let (rest, query) = match rest.split_once(['?', '#']) {
+        Some((path, _)) => (path, "?(redacted)"),
+        None => (rest, ""),
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let slash = if rest.contains('/') { "/" } else { "" };
+    format!("{scheme}://{host}{slash}{path}{query}")
 }

@@ -11,6 +11,7 @@ pub mod import;
 pub mod index;
 pub mod limits;
 pub mod search;
+pub mod types;
 
 pub use collection::Collection;
 pub use error::{Error, Result};
@@ -18,7 +19,6 @@ pub mod alias;
 pub mod bench;
 pub mod calibrate;
 pub mod cli;
-pub mod client;
 pub mod datagen;
 pub mod demo;
 pub mod latency;

@@ -6,6 +6,10 @@
 
 use crate::error::RequestError;
 
+/// Partitions per collection (each is an arroy index, `u16`).
+pub const MAX_PARTITIONS: usize = 1024;
+/// Largest vector dimension accepted (imports, Ingest streams, files' headers).
+pub const MAX_DIMENSIONS: usize = 4096;
 /// The largest k a query may ask for.
 pub const MAX_K: usize = 10_000;
 /// The quality knob (re-ranked candidates, arroy's `search_k`, hannoy's `ef`) is clamped to

@@ -6,7 +6,6 @@ use crate::collection::builder::{BuildOptions, BuildPhase, BuildProgress, import
 use crate::error::{Error, Result};
 use crate::import::Records;
 use crate::metrics::Metrics;
-use crate::serve::proto::{ProgressResponse, WriterPhase};
 use crate::snapshot::{SnapshotInfo, Store};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,6 +21,28 @@ pub enum Stage {
     Snapshotting,
     Sealed,
     Failed(String),
+}
+
+/// Where a writer's collection stands, as Ingest.Progress reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Waiting,
+    Receiving,
+    Importing,
+    Building,
+    Calibrating,
+    Snapshotting,
+    Sealed,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Rows imported so far.
+    pub rows: u64,
+    /// Why it failed, when it did.
+    pub message: String,
 }
 
 pub struct Publisher {
@@ -57,24 +78,24 @@ impl Publisher {
 
     /// Where the collection stands, as Ingest.Progress answers it (rows as imported; while
     /// receiving, the spool knows how many have come).
-    pub fn progress(&self) -> ProgressResponse {
+    pub fn progress(&self) -> Progress {
         let stage = self.stage();
         let (phase, message) = match &stage {
-            Stage::Waiting => (WriterPhase::Waiting, String::new()),
-            Stage::Receiving => (WriterPhase::Receiving, String::new()),
+            Stage::Waiting => (Phase::Waiting, String::new()),
+            Stage::Receiving => (Phase::Receiving, String::new()),
             Stage::Building => (
                 match self.build.phase() {
-                    None | Some(BuildPhase::Importing) => WriterPhase::Importing,
-                    Some(BuildPhase::Building) => WriterPhase::Building,
-                    Some(BuildPhase::Calibrating) => WriterPhase::Calibrating,
+                    None | Some(BuildPhase::Importing) => Phase::Importing,
+                    Some(BuildPhase::Building) => Phase::Building,
+                    Some(BuildPhase::Calibrating) => Phase::Calibrating,
                 },
                 String::new(),
             ),
-            Stage::Snapshotting => (WriterPhase::Snapshotting, String::new()),
-            Stage::Sealed => (WriterPhase::Sealed, String::new()),
-            Stage::Failed(reason) => (WriterPhase::Failed, reason.clone()),
+            Stage::Snapshotting => (Phase::Snapshotting, String::new()),
+            Stage::Sealed => (Phase::Sealed, String::new()),
+            Stage::Failed(reason) => (Phase::Failed, reason.clone()),
         };
-        ProgressResponse { phase: phase.into(), rows: self.build.rows(), message }
+        Progress { phase, rows: self.build.rows(), message }
     }
 
     /// A collection sealed by an earlier run of this writer: opened, its snapshot written if

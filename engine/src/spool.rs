@@ -14,10 +14,10 @@
 //! tag count, each tag `u16` length + UTF-8, then `dimensions` x `f32`.
 
 use crate::collection::validate::{check_label, prepare_vector};
-use crate::distance::Metric;
 use crate::durable::sync_dir;
 use crate::error::{Error, InputError, RequestError, Result};
 use crate::import::{Location, Record, Records, source};
+use crate::types::Metric;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -269,8 +269,8 @@ impl StreamWriter {
                     .into()
             };
             let expected = *dims.get_or_insert(record.vector.len());
-            if expected == 0 || expected > crate::collection::builder::MAX_DIMENSIONS {
-                let reason = format!("dimensions must be 1..={}", crate::collection::builder::MAX_DIMENSIONS);
+            if expected == 0 || expected > crate::limits::MAX_DIMENSIONS {
+                let reason = format!("dimensions must be 1..={}", crate::limits::MAX_DIMENSIONS);
                 return Err(refuse(("vector".into(), format!("{expected} values"), reason)));
             }
             let mut copy = record.vector.clone();
@@ -456,7 +456,7 @@ impl SpoolRows {
                 return Err(self.bad("magic", "not an ingest spool file".into()));
             };
             self.dims = dims;
-            if self.dims == 0 || self.dims > crate::collection::builder::MAX_DIMENSIONS {
+            if self.dims == 0 || self.dims > crate::limits::MAX_DIMENSIONS {
                 return Err(self.bad("dimensions", format!("{} is not a spooled dimension", self.dims)));
             }
         }

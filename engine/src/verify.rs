@@ -5,12 +5,11 @@ use crate::cancel::Cancel;
 use crate::collection::Collection;
 use crate::datagen::gaussian;
 use crate::error::Result;
-use crate::index::Strategy;
 use crate::latency::Latencies;
 use crate::search::{SearchRequest, search};
+use crate::types::{Check, Strategy, VerifyReport};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -47,68 +46,18 @@ impl Default for VerifyOptions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Check {
-    pub name: String,
-    pub measured: f64,
-    /// `>=`, `<=` or `==`.
-    pub comparison: String,
-    pub threshold: f64,
-    pub passed: bool,
-    /// How far from the threshold, in the check's unit (negative = short of it).
-    pub margin: f64,
-}
-
-impl Check {
-    fn new(name: &str, measured: f64, comparison: &str, threshold: f64) -> Check {
-        let (passed, margin) = match comparison {
-            ">=" => (measured >= threshold, measured - threshold),
-            "<=" => (measured <= threshold, threshold - measured),
-            _ => (measured == threshold, -(measured - threshold).abs()),
-        };
-        Check { name: name.into(), measured, comparison: comparison.into(), threshold, passed, margin }
+/// Prints `report` as JSON (and each failure on stderr), writes it to `output` when given, and
+/// returns the JSON.
+pub fn emit(report: &VerifyReport, output: Option<&std::path::Path>) -> Result<String> {
+    let json = serde_json::to_string_pretty(report).expect("report serializes");
+    println!("{json}");
+    if let Some(path) = output {
+        std::fs::write(path, &json).map_err(|e| crate::Error::io(format!("writing {}", path.display()), e))?;
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VerifyReport {
-    pub collection: String,
-    pub passed: bool,
-    pub checks: Vec<Check>,
-    /// The search setting verified, e.g. `signscan quality=200`.
-    pub setting: String,
-    pub queries: usize,
-    pub k: usize,
-}
-
-impl VerifyReport {
-    /// Prints the report as JSON (and each failure on stderr), writes it to `output` when
-    /// given, and returns the JSON.
-    pub fn emit(&self, output: Option<&std::path::Path>) -> Result<String> {
-        let json = serde_json::to_string_pretty(self).expect("report serializes");
-        println!("{json}");
-        if let Some(path) = output {
-            std::fs::write(path, &json).map_err(|e| crate::Error::io(format!("writing {}", path.display()), e))?;
-        }
-        for failure in self.failures() {
-            eprintln!("verification failed: {failure}");
-        }
-        Ok(json)
+    for failure in report.failures() {
+        eprintln!("verification failed: {failure}");
     }
-
-    /// The failed checks, one line each: what was measured against what.
-    pub fn failures(&self) -> Vec<String> {
-        self.checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| {
-                format!(
-                    "{}: measured {} {} {} failed (off by {})",
-                    c.name, c.measured, c.comparison, c.threshold, -c.margin
-                )
-            })
-            .collect()
-    }
+    Ok(json)
 }
 
 /// Queries near stored vectors: a sampled vector plus Gaussian noise of a quarter of its

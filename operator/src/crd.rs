@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use kube::KubeSchema;
-use quiver_engine::distance::Metric;
-use quiver_engine::index::IndexParams;
+use quiver_api::types::IndexParams;
+use quiver_api::types::Metric;
 use serde::{Deserialize, Serialize};
 
 /// A vector collection: imported by a writer, indexed, shipped as a snapshot to read replicas,

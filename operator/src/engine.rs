@@ -4,8 +4,8 @@
 
 use crate::phase::WriterState;
 use futures::future::BoxFuture;
-use quiver_engine::client::{Client, ClientOptions, raised_by_transport};
-use quiver_engine::serve::proto::WriterPhase;
+use quiver_api::client::{Client, ClientOptions, raised_by_transport};
+use quiver_api::proto::WriterPhase;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ impl Drainer for Grpc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quiver_engine::serve::proto::ProgressResponse;
+    use quiver_api::proto::ProgressResponse;
 
     #[test]
     fn progress_phases_map_to_writer_states() {

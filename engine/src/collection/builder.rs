@@ -10,11 +10,12 @@ use super::manifest::{BuildTimings, FORMAT_VERSION, Manifest, SourceInfo};
 use super::store::{self, Databases, MANIFEST_KEY};
 use super::validate::{check_label, prepare_vector};
 use super::{Collection, DEFAULT_PARTITION};
-use crate::distance::Metric;
 use crate::durable::sync_dir;
 use crate::error::{Error, Result};
 use crate::import::{Record, Records, input_error};
-use crate::index::{Backend, IndexParams, SearchDefaults};
+use crate::limits::{MAX_DIMENSIONS, MAX_PARTITIONS};
+use crate::types::Metric;
+use crate::types::{Backend, IndexParams, SearchDefaults};
 use heed::{Env, WithoutTls};
 use indicatif::{ProgressBar, ProgressStyle};
 use roaring::RoaringBitmap;
@@ -24,10 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Partitions per collection (each is an arroy index, `u16`).
-pub const MAX_PARTITIONS: usize = 1024;
-/// Largest vector dimension accepted.
-pub const MAX_DIMENSIONS: usize = 4096;
 const STAGING: &str = ".staging";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

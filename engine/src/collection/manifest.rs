@@ -1,7 +1,7 @@
 //! The manifest: what a collection is, stored inside its LMDB environment.
 
-use crate::distance::Metric;
-use crate::index::{IndexParams, SearchDefaults};
+use crate::types::Metric;
+use crate::types::{IndexParams, SearchDefaults};
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the on-disk layout changes incompatibly.
@@ -25,7 +25,7 @@ pub struct Manifest {
     pub created_at: u64,
     pub timings: BuildTimings,
     /// How the default search setting was chosen (absent when it was given explicitly).
-    pub calibration: Option<crate::calibrate::Calibration>,
+    pub calibration: Option<crate::types::Calibration>,
     /// Set in the same transaction that finishes the index: only a sealed collection opens.
     pub sealed: bool,
 }
@@ -58,7 +58,7 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::Strategy as SearchStrategy;
+    use crate::types::Strategy as SearchStrategy;
     use proptest::prelude::*;
 
     fn metric() -> impl Strategy<Value = Metric> {

@@ -7,11 +7,12 @@ pub mod store;
 pub mod validate;
 
 use crate::error::{Error, Result};
+use crate::index::AnnIndex;
 use crate::index::arroy::ArroyIndex;
 use crate::index::exact::ExactScan;
 use crate::index::hannoy::HannoyIndex;
 use crate::index::signscan::SignScan;
-use crate::index::{AnnIndex, Backend, Strategy};
+use crate::types::{Backend, Strategy};
 use heed::{Env, RoTxn, WithoutTls};
 use manifest::{FORMAT_VERSION, Manifest};
 use roaring::RoaringBitmap;

@@ -1,6 +1,7 @@
 //! Checks shared by import (records) and search (queries): the same rules, one place.
 
-use crate::distance::{Metric, normalize};
+use crate::distance::normalize;
+use crate::types::Metric;
 
 /// What is wrong with a vector: `(field, value, reason)`.
 pub type Problem = (String, String, String);

@@ -3,8 +3,8 @@
 
 use super::npy::{ReadFailure, read_full};
 use super::{Location, Record, input_error};
-use crate::collection::builder::MAX_DIMENSIONS;
 use crate::error::Result;
+use crate::limits::MAX_DIMENSIONS;
 use std::io::Read;
 
 pub struct FvecsRows<R> {

@@ -119,7 +119,7 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
     };
     let (reader, fingerprint) = source::open_with(uri, options)?;
     // The name goes into errors, logs and the manifest: never a URL's credentials.
-    let name = source::redact(uri);
+    let name = crate::error::redact(uri);
     let (expected_rows, iter): (Option<u64>, Box<dyn Iterator<Item = Result<Record>> + Send>) = match format {
         Format::Npy => {
             let r = npy::NpyRows::new(reader, name.clone(), options.id_offset)?;

@@ -1,8 +1,8 @@
 //! NumPy `.npy` matrices: 2-D, little-endian float32 (float64 is converted).
 
 use super::{Location, Record, input_error};
-use crate::collection::builder::MAX_DIMENSIONS;
 use crate::error::{InputError, Result};
+use crate::limits::MAX_DIMENSIONS;
 use std::io::{ErrorKind, Read};
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -8,7 +8,7 @@
 //! bytes consumed, once each.
 
 use super::ReadOptions;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, redact};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufReader, Read};
 use std::net::{IpAddr, ToSocketAddrs};
@@ -53,20 +53,6 @@ impl Fingerprint {
         let digest = self.0.lock().expect("hasher lock").clone().finalize();
         format!("sha256:{}", hex(&digest))
     }
-}
-
-/// A URL as it may be shown in logs, errors and the manifest: without user info and query
-/// string, which may hold credentials (`https://user:pass@host/...`, presigned `?X-Amz-Signature=`).
-pub fn redact(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
-    let (rest, query) = match rest.split_once(['?', '#']) {
-        Some((path, _)) => (path, "?(redacted)"),
-        None => (rest, ""),
-    };
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let slash = if rest.contains('/') { "/" } else { "" };
-    format!("{scheme}://{host}{slash}{path}{query}")
 }
 
 /// Lowercase hex of a digest.

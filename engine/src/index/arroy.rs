@@ -3,8 +3,8 @@
 
 use super::{AnnIndex, AnyDatabase, PartitionQuery, Scored, rerank};
 use crate::collection::Collection;
-use crate::distance::Metric;
 use crate::error::Result;
+use crate::types::Metric;
 use ::arroy::distances::{BinaryQuantizedCosine, Cosine, DotProduct, Euclidean};
 use ::arroy::{Database, Distance, Reader, Writer};
 use heed::RwTxn;

@@ -2,6 +2,7 @@
 
 use super::{AnnIndex, PartitionQuery, Scored, rerank};
 use crate::collection::Collection;
+use crate::distance::Ranking;
 use crate::error::Result;
 use crate::search::topk::TopK;
 

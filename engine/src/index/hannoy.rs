@@ -3,8 +3,8 @@
 
 use super::{AnnIndex, AnyDatabase, PartitionQuery, Scored, rerank};
 use crate::collection::Collection;
-use crate::distance::Metric;
 use crate::error::{Error, RequestError, Result};
+use crate::types::Metric;
 use ::hannoy::distances::{BinaryQuantizedCosine, Cosine, Euclidean};
 use ::hannoy::{Database, Distance, Reader, Writer};
 use heed::RwTxn;

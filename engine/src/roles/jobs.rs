@@ -4,15 +4,15 @@
 
 use super::runtime;
 use crate::cli::{GateArgs, RemoteArgs};
-use crate::client::{Client, ClientOptions};
 use crate::error::{Error, Result};
 use crate::serve::proto;
-use crate::verify::VerifyReport;
+use crate::types::VerifyReport;
+use quiver_api::client::{Client, ClientOptions};
 use std::path::Path;
 
 fn client(target: &str, remote: &RemoteArgs) -> Result<Client> {
     let tls_ca = super::read_ca(remote.tls_ca.as_deref())?;
-    Client::new(target, ClientOptions { token: remote.token.read()?, tls_ca, ..Default::default() })
+    Ok(Client::new(target, ClientOptions { token: remote.token.read()?, tls_ca, ..Default::default() })?)
 }
 
 fn remote_error(target: &str) -> impl Fn(tonic::Status) -> Error + '_ {
@@ -62,7 +62,7 @@ pub fn verify(target: &str, collection: &str, gate: &GateArgs, remote: &RemoteAr
         target: target.to_string(),
         reason: format!("unreadable verification report: {e}"),
     })?;
-    let json = report.emit(gate.output.as_deref())?;
+    let json = crate::verify::emit(&report, gate.output.as_deref())?;
     write_result(&remote.result_file, &json);
     Ok(if report.passed { 0 } else { 1 })
 }

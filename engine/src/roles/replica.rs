@@ -5,13 +5,13 @@
 
 use super::{Listeners, collection_node};
 use crate::cli::ReplicaArgs;
-use crate::client::{Client, ClientOptions};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::serve::{Node, termination};
 use crate::snapshot::download::Partial;
 use crate::snapshot::{SnapshotInfo, Store};
 use crate::warmup::{WarmupOptions, warm};
+use quiver_api::client::{Client, ClientOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 pub fn run(a: ReplicaArgs) -> Result<i32> {
     let root = a.dir.data_dir.clone();
     for source in &a.snapshot_from {
-        crate::client::check_target(source)?;
+        quiver_api::client::check_target(source)?;
     }
     let tls_ca = super::read_ca(a.tls_ca.as_deref())?;
     super::serve_role(async {

@@ -5,8 +5,10 @@ pub mod topk;
 
 use crate::collection::Collection;
 use crate::collection::validate::prepare_vector;
+use crate::distance::Ranking;
 use crate::error::{RequestError, Result};
-use crate::index::{PartitionQuery, Strategy};
+use crate::index::PartitionQuery;
+use crate::types::Strategy;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};

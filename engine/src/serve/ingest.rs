@@ -6,8 +6,7 @@
 
 use super::proto::{self, ingest_server};
 use super::{Node, status};
-use crate::import::{Location, Record};
-use crate::publish::{Publisher, Stage};
+use crate::publish::{Phase, Publisher, Stage};
 use crate::spool::{Spool, StreamWriter};
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
@@ -63,21 +62,6 @@ impl IngestService {
     }
 }
 
-/// The wire records of a batch as import records (moved, not copied).
-fn records(batch: proto::WriteBatch) -> Vec<Record> {
-    batch
-        .records
-        .into_iter()
-        .map(|r| Record {
-            id: r.id,
-            vector: r.vector,
-            partition: (!r.partition.is_empty()).then_some(r.partition),
-            tags: r.tags,
-            at: Location::Row(0),
-        })
-        .collect()
-}
-
 /// Disk writes on the blocking pool, the stream handed there and back.
 async fn on_disk<T: Send + 'static>(
     stream: StreamWriter,
@@ -112,7 +96,7 @@ impl ingest_server::Ingest for IngestService {
                 Some(stream) => stream,
                 None => self.spool()?.begin().map_err(status)?,
             };
-            let batch = records(batch);
+            let batch = super::wire::records(batch);
             let (stream, ()) = on_disk(stream, move |s| s.append(&batch)).await?;
             spooled = Some(stream);
         }
@@ -178,10 +162,10 @@ impl ingest_server::Ingest for IngestService {
             )));
         }
         let mut progress = self.publisher.progress();
-        if progress.phase() == proto::WriterPhase::Receiving {
+        if progress.phase == Phase::Receiving {
             progress.rows = self.spool.as_ref().map_or(0, |s| s.committed_rows());
         }
-        Ok(Response::new(progress))
+        Ok(Response::new(super::wire::progress(progress)))
     }
 }
 

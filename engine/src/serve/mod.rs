@@ -11,6 +11,7 @@ pub mod http;
 pub mod ingest;
 pub mod search;
 pub mod snapshot;
+pub mod wire;
 
 use crate::alias::Catalog;
 use crate::error::{Error, Result};
@@ -24,12 +25,7 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// The generated gRPC contract (`quiver.v1`).
-pub mod proto {
-    tonic::include_proto!("quiver.v1");
-    /// Encoded descriptors of every quiver.v1 file, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quiver_descriptor");
-}
+pub use quiver_api::proto;
 
 use proto::admin_server::AdminServer;
 use proto::ingest_server::IngestServer;

@@ -1,10 +1,10 @@
 //! The Search service: validation in the engine, answers on the blocking pool.
 
 use super::proto::{self, search_server};
-use super::{Node, status};
+use super::{Node, status, wire};
 use crate::Collection;
-use crate::index::Strategy;
 use crate::search::{SearchRequest, search};
+use crate::types::Strategy;
 use rayon::prelude::*;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -19,30 +19,9 @@ impl SearchService {
     }
 }
 
-/// The engine's request for a wire request (its collection name aside).
-fn engine_request(r: proto::SearchRequest) -> Result<SearchRequest, Status> {
-    let strategy = match r.strategy.as_str() {
-        "" => None,
-        s => Some(s.parse().map_err(|e: String| {
-            Status::invalid_argument(format!("invalid request: field `strategy` = {s:?}: {e}"))
-        })?),
-    };
-    Ok(SearchRequest {
-        vector: r.vector,
-        k: r.k as usize,
-        partitions: r.partitions,
-        tags: r.tags,
-        strategy,
-        quality: (r.quality > 0).then_some(r.quality as usize),
-    })
-}
-
 fn answer(collection: &Collection, request: &SearchRequest) -> Result<proto::SearchResponse, Status> {
     let hits = search(collection, request).map_err(status)?;
-    Ok(proto::SearchResponse {
-        hits: hits.into_iter().map(|h| proto::Hit { id: h.id, distance: h.distance }).collect(),
-        collection: collection.name().to_string(),
-    })
+    Ok(wire::search_response(collection.name(), hits))
 }
 
 /// Collections up to this size answer an indexed query in well under a millisecond (the sign
@@ -72,7 +51,7 @@ impl search_server::Search for SearchService {
         let r = request.into_inner();
         // Resolved once: the same collection decides where the query runs and answers it.
         let collection = self.node.collection(&r.collection)?;
-        let request = engine_request(r)?;
+        let request = wire::search_request(r)?;
         if inline(&collection, &request) {
             // An indexed query of one partition takes well under a millisecond: answering it
             // on this worker saves two thread hand-offs (measured: +40-60 % served
@@ -95,7 +74,7 @@ impl search_server::Search for SearchService {
             .search_work(move || {
                 let results = queries
                     .into_par_iter()
-                    .map(|q| answer(node.collection(&q.collection)?.as_ref(), &engine_request(q)?))
+                    .map(|q| answer(node.collection(&q.collection)?.as_ref(), &wire::search_request(q)?))
                     .collect::<Result<_, _>>()?;
                 Ok(proto::BatchSearchResponse { results })
             })

@@ -2,10 +2,10 @@
 
 use quiver_engine::collection::builder::{BuildOptions, Duplicates, import_and_build};
 use quiver_engine::datagen::Clustered;
-use quiver_engine::distance::Metric;
 use quiver_engine::import::{self, ReadOptions, npy};
-use quiver_engine::index::{IndexParams, Strategy};
 use quiver_engine::search::{SearchRequest, search, search_batch};
+use quiver_engine::types::Metric;
+use quiver_engine::types::{IndexParams, Strategy};
 use quiver_engine::verify::{VerifyOptions, recall, sample_queries, verify};
 use quiver_engine::{Collection, Error};
 use std::path::Path;

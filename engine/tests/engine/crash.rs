@@ -6,8 +6,8 @@
 //! The test build compiles the fault points in (the engine's dev-dependencies enable
 //! `fail/failpoints`); [`killed_at`] fails loudly when the binary did not die at the point.
 
-use quiver_engine::client::{Client, ClientOptions};
-use quiver_engine::serve::proto;
+use quiver_api::client::{Client, ClientOptions};
+use quiver_api::proto;
 use quiver_engine::snapshot::{Store, hash_file};
 use std::io::BufRead;
 use std::path::Path;

@@ -1,15 +1,15 @@
 //! The Search and Admin gRPC services and health, served on 127.0.0.1 in this process.
 
+use quiver_api::proto::admin_client::AdminClient;
+use quiver_api::proto::search_client::SearchClient;
+use quiver_api::proto::{DrainRequest, SearchRequest, StatusRequest, VerifyRequest};
 use quiver_engine::alias::Catalog;
 use quiver_engine::collection::builder::{BuildOptions, import_and_build};
 use quiver_engine::datagen::Clustered;
-use quiver_engine::distance::Metric;
 use quiver_engine::import::{self, ReadOptions, npy};
 use quiver_engine::metrics::Metrics;
-use quiver_engine::serve::proto::admin_client::AdminClient;
-use quiver_engine::serve::proto::search_client::SearchClient;
-use quiver_engine::serve::proto::{DrainRequest, SearchRequest, StatusRequest, VerifyRequest};
 use quiver_engine::serve::{Node, ServeConfig};
+use quiver_engine::types::Metric;
 use std::sync::Arc;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -158,7 +158,7 @@ async fn standalone_process_serves_and_stops_on_sigterm() {
 /// answered; without the token, or over plaintext, it is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_a_token_required_on_search() {
-    use quiver_engine::client::{Client, ClientOptions};
+    use quiver_api::client::{Client, ClientOptions};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("base.npy");
     let data = Clustered::new(DIMS, 4).generate(300, 1);
@@ -225,7 +225,7 @@ fn vm_hwm_kib() -> u64 {
 mod hostile {
     use super::*;
     use proptest::prelude::*;
-    use quiver_engine::serve::proto::{BatchSearchRequest, Vector, WarmupRequest};
+    use quiver_api::proto::{BatchSearchRequest, Vector, WarmupRequest};
 
     fn name() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -371,8 +371,8 @@ async fn a_name_outside_the_data_directory_is_refused() {
 /// open for probes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_guards_every_service_but_health() {
-    use quiver_engine::serve::proto::ManifestRequest;
-    use quiver_engine::serve::proto::snapshot_client::SnapshotClient;
+    use quiver_api::proto::ManifestRequest;
+    use quiver_api::proto::snapshot_client::SnapshotClient;
     let config = ServeConfig { token: Some("t0ken".into()), ..Default::default() };
     let (url, node, dir, data) = serving(300, config).await;
     let collection = node.catalog.collection("v1").unwrap();

@@ -1,16 +1,16 @@
 //! Snapshots on disk: compacted copy + sha256, a download that resumes from its partial file,
 //! a corrupted transfer discarded, and installation as an openable collection.
 
-use quiver_engine::client::ClientOptions;
+use quiver_api::client::ClientOptions;
+use quiver_api::proto;
 use quiver_engine::collection::builder::{BuildOptions, import_and_build};
 use quiver_engine::datagen::Clustered;
-use quiver_engine::distance::Metric;
 use quiver_engine::import::{self, ReadOptions, npy};
 use quiver_engine::metrics::Metrics;
 use quiver_engine::roles::replica::{FetchOptions, fetch_snapshot};
-use quiver_engine::serve::proto;
 use quiver_engine::snapshot::download::Partial;
 use quiver_engine::snapshot::{SnapshotInfo, Store, hash_file};
+use quiver_engine::types::Metric;
 use quiver_engine::{Collection, Error};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 use proptest::prelude::*;
 use quiver_engine::Collection;
 use quiver_engine::collection::builder::{BuildOptions, Duplicates, import_and_build};
-use quiver_engine::distance::Metric;
 use quiver_engine::import::{self, Format, ReadOptions, fvecs, jsonl, npy};
+use quiver_engine::types::Metric;
 use sha2::Digest;
 use std::collections::HashMap;
 use std::io::{Read, Write};

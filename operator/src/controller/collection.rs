@@ -16,7 +16,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use quiver_engine::verify::VerifyReport;
+use quiver_api::types::VerifyReport;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -120,7 +120,7 @@ fn what_defines_the_data_is_immutable() {
         assert!(format!("{err:?}").contains("create a new collection"), "{err:?}");
     };
     refused(&|vc| vc.spec.dimensions = 768, "dimensions are immutable");
-    refused(&|vc| vc.spec.distance = quiver_engine::distance::Metric::Euclidean, "distance is immutable");
+    refused(&|vc| vc.spec.distance = quiver_api::types::Metric::Euclidean, "distance is immutable");
     refused(&|vc| vc.spec.source.url = Some("https://data.example.com/other.npy".into()), "source is immutable");
     refused(&|vc| vc.spec.index.n_trees = Some(8), "index is immutable");
     refused(&|vc| vc.spec.search.target_recall = 0.99, "search.targetRecall is immutable");

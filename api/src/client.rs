@@ -4,11 +4,8 @@
 //! off a server that went NOT_SERVING (drained) onto whatever the address now leads to.
 
 use crate::error::{Error, Result};
-use crate::serve::proto::admin_client::AdminClient;
-use crate::serve::proto::ingest_client::IngestClient;
-use crate::serve::proto::search_client::SearchClient;
-use crate::serve::proto::snapshot_client::SnapshotClient;
-use crate::serve::proto::{self};
+use crate::proto::snapshot_client::SnapshotClient;
+use crate::proto::{self, admin_client::AdminClient, ingest_client::IngestClient, search_client::SearchClient};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

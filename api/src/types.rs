@@ -1,0 +1,217 @@
+//! Plain data: the settings of a collection (distance, index, search defaults) and the
+//! verification report, shared by the engine's manifest, its gRPC answers and the operator's
+//! CRDs. Leaves: nothing here depends on anything else of quiver.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// How two vectors are compared. Smaller distances are closer for every metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// `1 - cos(a, b)`; vectors are L2-normalised on import.
+    Cosine,
+    /// `|a - b|` (reported), ranked by its square.
+    Euclidean,
+    /// `-(a . b)`: the largest inner product is the nearest.
+    Dot,
+    /// Cosine, but arroy stores and compares 1-bit quantized vectors in its trees; the
+    /// collection keeps float32 vectors so results are re-ranked exactly.
+    BinaryQuantizedCosine,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 4] = [Metric::Cosine, Metric::Euclidean, Metric::Dot, Metric::BinaryQuantizedCosine];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::Euclidean => "euclidean",
+            Metric::Dot => "dot",
+            Metric::BinaryQuantizedCosine => "binary_quantized_cosine",
+        }
+    }
+
+    /// Whether stored and query vectors are L2-normalised (so cosine becomes a dot product).
+    pub fn normalizes(self) -> bool {
+        matches!(self, Metric::Cosine | Metric::BinaryQuantizedCosine)
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let normalized = s.to_ascii_lowercase().replace('-', "_");
+        match normalized.as_str() {
+            "cosine" => Ok(Metric::Cosine),
+            "euclidean" | "l2" => Ok(Metric::Euclidean),
+            "dot" | "dot_product" | "ip" => Ok(Metric::Dot),
+            "binary_quantized_cosine" | "bq_cosine" => Ok(Metric::BinaryQuantizedCosine),
+            _ => {
+                Err(format!("unknown distance {s:?}: expected one of cosine, euclidean, dot, binary_quantized_cosine"))
+            }
+        }
+    }
+}
+
+/// The durable ANN index a collection is built with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// arroy: random-projection trees over LMDB.
+    #[default]
+    Arroy,
+    /// hannoy: an HNSW graph over LMDB (M = 16 links per node, 32 on layer 0); no dot product.
+    Hannoy,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Arroy => "arroy",
+            Backend::Hannoy => "hannoy",
+        }
+    }
+}
+
+/// The durable index built at seal time, with its build parameters. Shared by the engine's
+/// manifest and the operator's `VectorCollection` spec.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexParams {
+    #[serde(default)]
+    pub backend: Backend,
+    /// arroy trees per partition; absent lets arroy choose from the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub n_trees: Option<usize>,
+    /// hannoy build quality (candidate list size while linking); default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 2000))]
+    pub ef_construction: Option<usize>,
+}
+
+impl IndexParams {
+    pub fn arroy(n_trees: Option<usize>) -> Self {
+        IndexParams { backend: Backend::Arroy, n_trees, ef_construction: None }
+    }
+
+    pub fn hannoy(ef_construction: usize) -> Self {
+        IndexParams { backend: Backend::Hannoy, n_trees: None, ef_construction: Some(ef_construction) }
+    }
+}
+
+/// Which code path answers a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Brute force over float32 vectors; the reference for recall.
+    Exact,
+    /// The collection's durable ANN index (arroy or hannoy).
+    Index,
+    /// 1-bit sign codes scanned from memory, then the best candidates re-ranked exactly.
+    #[serde(rename = "signscan")]
+    SignScan,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Exact => "exact",
+            Strategy::Index => "index",
+            Strategy::SignScan => "signscan",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exact" => Ok(Strategy::Exact),
+            "index" | "arroy" | "hannoy" => Ok(Strategy::Index),
+            "signscan" => Ok(Strategy::SignScan),
+            other => Err(format!("unknown strategy {other:?}: expected exact, index or signscan")),
+        }
+    }
+}
+
+/// The search settings a collection answers with when a request does not say otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SearchDefaults {
+    pub strategy: Strategy,
+    /// The quality knob: re-ranked candidates for `signscan`; `search_k` for arroy (candidates
+    /// re-ranked for its binary-quantized distance); `ef` for hannoy; ignored by `exact`.
+    pub quality: usize,
+}
+
+impl Default for SearchDefaults {
+    fn default() -> Self {
+        SearchDefaults { strategy: Strategy::SignScan, quality: 200 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub measured: f64,
+    /// `>=`, `<=` or `==`.
+    pub comparison: String,
+    pub threshold: f64,
+    pub passed: bool,
+    /// How far from the threshold, in the check's unit (negative = short of it).
+    pub margin: f64,
+}
+
+impl Check {
+    pub fn new(name: &str, measured: f64, comparison: &str, threshold: f64) -> Check {
+        let (passed, margin) = match comparison {
+            ">=" => (measured >= threshold, measured - threshold),
+            "<=" => (measured <= threshold, threshold - measured),
+            _ => (measured == threshold, -(measured - threshold).abs()),
+        };
+        Check { name: name.into(), measured, comparison: comparison.into(), threshold, passed, margin }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub collection: String,
+    pub passed: bool,
+    pub checks: Vec<Check>,
+    /// The search setting verified, e.g. `signscan quality=200`.
+    pub setting: String,
+    pub queries: usize,
+    pub k: usize,
+}
+
+impl VerifyReport {
+    /// The failed checks, one line each: what was measured against what.
+    pub fn failures(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| {
+                format!(
+                    "{}: measured {} {} {} failed (off by {})",
+                    c.name, c.measured, c.comparison, c.threshold, -c.margin
+                )
+            })
+            .collect()
+    }
+}
