@@ -4,8 +4,8 @@
 //! A query resolves the alias once and holds an `Arc` to that collection until it finishes, so
 //! a flip never changes a collection under a running query.
 
-use crate::collection::Collection;
 use crate::error::{Error, Result};
+use crate::search::searcher::Searcher;
 use crate::types::VerifyReport;
 use heed::types::{SerdeJson, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
@@ -40,8 +40,8 @@ pub struct AliasRecord {
 /// verification still holding the collection keeps it (and its LMDB environment, which cannot
 /// be opened twice) alive, and a request meanwhile gets that same collection back.
 struct Opened {
-    kept: Option<Arc<Collection>>,
-    alive: std::sync::Weak<Collection>,
+    kept: Option<Arc<Searcher>>,
+    alive: std::sync::Weak<Searcher>,
     /// When it was (re)opened, for closing the oldest first.
     at: u64,
     /// Adopted by a role: never closed.
@@ -62,7 +62,7 @@ pub struct Catalog {
     /// opened in (for closing the unserved ones) and whether a role adopted them (kept).
     open: Mutex<OpenCollections>,
     /// What each alias serves right now.
-    live: RwLock<HashMap<String, Arc<Collection>>>,
+    live: RwLock<HashMap<String, Arc<Searcher>>>,
 }
 
 impl Catalog {
@@ -89,7 +89,7 @@ impl Catalog {
 
     /// A sealed collection under the root, opened once and shared. The name is checked before
     /// any path is built, so a request cannot reach outside the data directory.
-    pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+    pub fn collection(&self, name: &str) -> Result<Arc<Searcher>> {
         crate::collection::builder::check_name(name)?;
         let mut open = self.open.lock().expect("catalog lock");
         open.opened += 1;
@@ -105,7 +105,7 @@ impl Catalog {
                 return Ok(c);
             }
         }
-        let c = Arc::new(Collection::open(&self.root.join(name))?);
+        let c = Arc::new(Searcher::open(&self.root.join(name))?);
         let entry = Opened { kept: Some(c.clone()), alive: Arc::downgrade(&c), at, adopted: false };
         open.by_name.insert(name.to_string(), entry);
         drop(open);
@@ -143,7 +143,7 @@ impl Catalog {
     }
 
     /// Shares an already opened (preloaded, warmed) collection instead of opening it again.
-    pub fn adopt(&self, collection: Arc<Collection>) {
+    pub fn adopt(&self, collection: Arc<Searcher>) {
         let mut open = self.open.lock().expect("catalog lock");
         open.opened += 1;
         let at = open.opened;
@@ -172,7 +172,7 @@ impl Catalog {
     /// The collection an alias serves now. The record is read on every call (one LMDB read),
     /// so a flip made by another process (`quiver alias flip` beside a running `quiver
     /// standalone`) takes effect at once; the opened collection is cached.
-    pub fn resolve(&self, alias: &str) -> Result<Arc<Collection>> {
+    pub fn resolve(&self, alias: &str) -> Result<Arc<Searcher>> {
         let record = self
             .get(alias)?
             .ok_or_else(|| Error::Alias { alias: alias.to_string(), reason: "no such alias".into() })?;
@@ -188,7 +188,7 @@ impl Catalog {
 
     /// Points `alias` at `collection` if `report` is a passing verification of that very
     /// collection. On refusal nothing changes, and the error says why.
-    pub fn flip(&self, alias: &str, collection: Arc<Collection>, report: &VerifyReport) -> Result<AliasRecord> {
+    pub fn flip(&self, alias: &str, collection: Arc<Searcher>, report: &VerifyReport) -> Result<AliasRecord> {
         crate::collection::builder::check_name(alias)?;
         let refuse = |reason: String| Error::Alias { alias: alias.to_string(), reason };
         if report.collection != collection.name() {

@@ -2,15 +2,16 @@
 //! each strategy's quality knob in the same run: one thread, one query at a time, after a
 //! warm-up, every query timed.
 
-use crate::collection::Collection;
-use crate::collection::builder::{BuildOptions, import_and_build};
+use crate::build::import_and_build;
+use crate::collection::builder::BuildOptions;
 use crate::error::{Error, Result};
 use crate::import::{self, ReadOptions};
 use crate::latency::{Latencies, Summary};
+use crate::search::recall::recall;
+use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search};
 use crate::types::Metric;
 use crate::types::{Backend, IndexParams, Strategy};
-use crate::verify::recall;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -118,7 +119,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             }));
         }
         let manifest = import_and_build(root, &build, records)?;
-        let collection = Collection::open(&root.join(&manifest.name))?;
+        let collection = Searcher::open(&root.join(&manifest.name))?;
         let backend = index.backend.as_str();
         eprintln!(
             "built {backend}: {} vectors, import {:.2}s, build {:.2}s, {} MiB on disk",
@@ -178,7 +179,7 @@ pub trait Target: Sync {
     fn top_k(&self, request: &SearchRequest) -> Result<Vec<u64>>;
 }
 
-impl Target for Collection {
+impl Target for Searcher {
     fn top_k(&self, request: &SearchRequest) -> Result<Vec<u64>> {
         Ok(search(self, request)?.iter().map(|h| h.id).collect())
     }

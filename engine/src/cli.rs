@@ -2,11 +2,12 @@
 
 use crate::alias::Catalog;
 use crate::bench::{self, BenchOptions};
-use crate::collection::Collection;
-use crate::collection::builder::{BuildOptions, Duplicates, import_and_build};
+use crate::build::import_and_build;
+use crate::collection::builder::{BuildOptions, Duplicates};
 use crate::demo::{self, DemoOptions};
 use crate::error::{Error, Result};
 use crate::import::{self, Format, ReadOptions};
+use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search};
 use crate::types::Metric;
 use crate::types::{Backend, IndexParams, SearchDefaults, Strategy};
@@ -285,9 +286,9 @@ impl Target {
         self.collection.as_deref().or(self.alias.as_deref()).expect("clap requires one")
     }
 
-    fn open(&self) -> Result<std::sync::Arc<Collection>> {
+    fn open(&self) -> Result<std::sync::Arc<Searcher>> {
         match (&self.collection, &self.alias) {
-            (Some(c), _) => Ok(std::sync::Arc::new(Collection::open(&self.dir.data_dir.join(c))?)),
+            (Some(c), _) => Ok(std::sync::Arc::new(Searcher::open(&self.dir.data_dir.join(c))?)),
             (None, Some(a)) => Catalog::open(&self.dir.data_dir)?.resolve(a),
             (None, None) => unreachable!("clap requires one"),
         }

@@ -4,7 +4,8 @@
 //! expected count and show the flip refused with the alias unchanged.
 
 use crate::alias::Catalog;
-use crate::collection::builder::{BuildOptions, import_and_build};
+use crate::build::import_and_build;
+use crate::collection::builder::BuildOptions;
 use crate::datagen::Clustered;
 use crate::error::{Error, Result};
 use crate::import::{self, ReadOptions};

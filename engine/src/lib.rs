@@ -1,5 +1,6 @@
 //! quiver's engine: collections on arroy + LMDB, import-then-build, partitioned search,
-//! verification and warm-up, and the alias catalog of the standalone role.
+//! verification and warm-up, and the alias catalog of the standalone role. ARCHITECTURE.md
+//! draws the layers; `tests/engine/layers.rs` holds them.
 
 pub mod cancel;
 pub mod collection;
@@ -17,7 +18,7 @@ pub use collection::Collection;
 pub use error::{Error, Result};
 pub mod alias;
 pub mod bench;
-pub mod calibrate;
+pub mod build;
 pub mod cli;
 pub mod datagen;
 pub mod demo;

@@ -2,10 +2,12 @@
 //! stage it is in readable at any time (Ingest.Progress, the operator).
 
 use crate::Collection;
-use crate::collection::builder::{BuildOptions, BuildPhase, BuildProgress, import_and_build};
+use crate::build::import_and_build;
+use crate::collection::builder::{BuildOptions, BuildPhase, BuildProgress};
 use crate::error::{Error, Result};
 use crate::import::Records;
 use crate::metrics::Metrics;
+use crate::search::searcher::Searcher;
 use crate::snapshot::{SnapshotInfo, Store};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -100,7 +102,7 @@ impl Publisher {
 
     /// A collection sealed by an earlier run of this writer: opened, its snapshot written if
     /// the earlier run stopped before that.
-    pub fn recover(&self) -> Result<Option<(Arc<Collection>, SnapshotInfo)>> {
+    pub fn recover(&self) -> Result<Option<(Arc<Searcher>, SnapshotInfo)>> {
         let dir = self.root.join(self.name());
         if !dir.join("data.mdb").exists() {
             return Ok(None);
@@ -110,7 +112,7 @@ impl Publisher {
 
     /// Imports, builds and seals `records`, then writes the snapshot. On failure nothing is
     /// left behind but the reason, in the stage.
-    pub fn publish(&self, records: Records) -> Result<(Arc<Collection>, SnapshotInfo)> {
+    pub fn publish(&self, records: Records) -> Result<(Arc<Searcher>, SnapshotInfo)> {
         self.set_stage(Stage::Building);
         let rows_before = self.build.rows();
         let result = import_and_build(&self.root, &self.options, records)
@@ -127,8 +129,9 @@ impl Publisher {
         result
     }
 
-    fn finish(&self, collection: Collection) -> Result<(Arc<Collection>, SnapshotInfo)> {
+    fn finish(&self, collection: Collection) -> Result<(Arc<Searcher>, SnapshotInfo)> {
         self.set_stage(Stage::Snapshotting);
+        let collection = Searcher::new(collection);
         let info =
             Store::new(&self.root).write(&collection).inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
         // Preloaded (sign codes built, pages faulted in) before anyone is told it is sealed, so

@@ -2,15 +2,12 @@
 //! latency. The report is machine-readable and says which check failed and by how much.
 
 use crate::cancel::Cancel;
-use crate::collection::Collection;
-use crate::datagen::gaussian;
 use crate::error::Result;
 use crate::latency::Latencies;
+use crate::search::recall::{recall, sample_queries};
+use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search};
 use crate::types::{Check, Strategy, VerifyReport};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use std::collections::HashSet;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -60,30 +57,7 @@ pub fn emit(report: &VerifyReport, output: Option<&std::path::Path>) -> Result<S
     Ok(json)
 }
 
-/// Queries near stored vectors: a sampled vector plus Gaussian noise of a quarter of its
-/// per-dimension RMS, so a query is not trivially its own nearest neighbour.
-pub fn sample_queries(collection: &Collection, n: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let count = collection.len() as u32;
-    (0..n)
-        .map(|_| {
-            let v = collection.vector(rng.random_range(0..count));
-            let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
-            v.iter().map(|x| x + 0.25 * rms * gaussian(&mut rng)).collect()
-        })
-        .collect()
-}
-
-/// Recall@k of `found` ids against `truth` ids.
-pub fn recall(found: &[u64], truth: &[u64]) -> f64 {
-    if truth.is_empty() {
-        return 1.0;
-    }
-    let truth: HashSet<u64> = truth.iter().copied().collect();
-    found.iter().filter(|id| truth.contains(id)).count() as f64 / truth.len() as f64
-}
-
-pub fn verify(collection: &Collection, options: &VerifyOptions) -> Result<VerifyReport> {
+pub fn verify(collection: &Searcher, options: &VerifyOptions) -> Result<VerifyReport> {
     use crate::limits::{MAX_VERIFY_QUERIES, check_count, check_k};
     check_k(options.k)?;
     check_count("sample", options.sample, MAX_VERIFY_QUERIES)?;

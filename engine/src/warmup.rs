@@ -2,11 +2,11 @@
 //! so the first real query is not a cold one.
 
 use crate::cancel::Cancel;
-use crate::collection::{Collection, PreloadStats};
 use crate::error::Result;
 use crate::latency::Latencies;
+use crate::search::recall::sample_queries;
+use crate::search::searcher::{PreloadStats, Searcher};
 use crate::search::{SearchRequest, search};
-use crate::verify::sample_queries;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -39,7 +39,7 @@ pub struct WarmupReport {
     pub settled: bool,
 }
 
-pub fn warm(collection: &Collection, options: &WarmupOptions) -> Result<WarmupReport> {
+pub fn warm(collection: &Searcher, options: &WarmupOptions) -> Result<WarmupReport> {
     crate::limits::check_count("max_queries", options.max_queries, crate::limits::MAX_WARMUP_QUERIES)?;
     let queries = sample_queries(collection, options.max_queries.max(1), 11);
     let start = Instant::now();

@@ -1,10 +1,11 @@
-//! Import, then build, then seal.
+//! Writing a new collection: records into a staging directory, then sealed and moved into
+//! place ([`crate::build`] runs the whole pipeline, with the index build and the calibration
+//! between these steps).
 //!
 //! Everything happens in a staging directory under `<root>/.staging/`. Records are validated
-//! and written in large batched write transactions; the ANN index is built once, after the
-//! import, in one more transaction that also writes the sealed manifest. Only then is the
-//! directory renamed to `<root>/<name>`, so a crash or a bad record never leaves a collection
-//! that opens as if it were whole, and existing collections are never touched.
+//! and written in large batched write transactions; the sealed manifest is written last. Only
+//! then is the directory renamed to `<root>/<name>`, so a crash or a bad record never leaves a
+//! collection that opens as if it were whole, and existing collections are never touched.
 
 use super::manifest::{BuildTimings, FORMAT_VERSION, Manifest, SourceInfo};
 use super::store::{self, Databases, MANIFEST_KEY};
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::import::{Record, Records, input_error};
 use crate::limits::{MAX_DIMENSIONS, MAX_PARTITIONS};
 use crate::types::Metric;
-use crate::types::{Backend, IndexParams, SearchDefaults};
+use crate::types::{IndexParams, SearchDefaults};
 use heed::{Env, WithoutTls};
 use indicatif::{ProgressBar, ProgressStyle};
 use roaring::RoaringBitmap;
@@ -45,7 +46,7 @@ pub struct BuildOptions {
     pub index: IndexParams,
     /// The default search setting; calibrated after the build when `target_recall` is set.
     pub search: SearchDefaults,
-    /// Recall@10 the default setting must reach (see [`crate::calibrate`]).
+    /// Recall@10 the default setting must reach (see [`crate::search::calibrate`]).
     pub target_recall: Option<f64>,
     pub duplicates: Duplicates,
     /// Rows written per LMDB write transaction.
@@ -80,7 +81,7 @@ impl BuildProgress {
         *self.phase.lock().expect("progress lock")
     }
 
-    fn enter(&self, phase: BuildPhase) {
+    pub fn enter(&self, phase: BuildPhase) {
         *self.phase.lock().expect("progress lock") = Some(phase);
     }
 }
@@ -121,28 +122,26 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// Imports `records` into a new collection `<root>/<options.name>`, builds its index and seals
-/// it. Returns the sealed manifest.
-pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
-    check_name(&options.name)?;
-    if options.index.backend == Backend::Hannoy {
-        crate::index::hannoy::check_metric(options.metric)?;
-    }
-    let target = root.join(&options.name);
+/// Runs `build` in a fresh staging directory for collection `name` under `root`, holding its
+/// lock, and moves the result into place at `<root>/<name>` when it succeeds; a failure
+/// leaves nothing behind. Returns the sealed manifest `build` wrote.
+pub fn in_staging(root: &Path, name: &str, build: impl FnOnce(&Path) -> Result<Manifest>) -> Result<Manifest> {
+    check_name(name)?;
+    let target = root.join(name);
     if target.exists() {
-        return Err(Error::Sealed { name: options.name.clone(), operation: "import".into() });
+        return Err(Error::Sealed { name: name.to_string(), operation: "import".into() });
     }
     clean_stale_staging(root);
     let staging = root.join(STAGING).join(format!(
         "{}-{}-{}",
-        options.name,
+        name,
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
     ));
     // Held for the whole build: a staging directory whose lock nobody holds is abandoned. (A
     // pid would not do: a restarted container's writer is often pid 1 again.)
     let lock = hold_lock(&staging)?;
-    let result = build_in(&staging, options, records).and_then(|manifest| {
+    let result = build(&staging).and_then(|manifest| {
         crate::fault::point("import::before_rename");
         // Still under the lock: another import's clean-up must not take the staging directory
         // for abandoned while it is being moved into place.
@@ -159,7 +158,53 @@ pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -
     result
 }
 
-fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
+/// A staged collection: its records written, its manifest not yet sealed.
+pub struct Staged {
+    env: Env<WithoutTls>,
+    dbs: Databases,
+    path: std::path::PathBuf,
+    manifest: Manifest,
+}
+
+impl Staged {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The staged collection opened for reading (to build its index and calibrate it); drop it
+    /// before [`Staged::seal`].
+    pub fn open(&self) -> Result<Collection> {
+        Collection::from_env(self.env.clone(), self.dbs, &self.path)
+    }
+
+    /// Runs `write` in one write transaction of the staged environment and commits it.
+    pub fn write(&self, write: impl FnOnce(&mut heed::RwTxn) -> Result<()>) -> Result<()> {
+        let mut wtxn = self.env.write_txn()?;
+        write(&mut wtxn)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Writes `manifest` as sealed, syncs and closes the environment. Every [`Collection`]
+    /// opened with [`Staged::open`] must be dropped first.
+    pub fn seal(self, mut manifest: Manifest) -> Result<Manifest> {
+        manifest.created_at =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        manifest.sealed = true;
+        crate::fault::point("import::before_seal");
+        let mut wtxn = self.env.write_txn()?;
+        self.dbs.manifest.put(&mut wtxn, MANIFEST_KEY, &manifest)?;
+        wtxn.commit()?;
+        self.env.force_sync()?;
+        self.env.prepare_for_closing().wait();
+        tracing::info!(collection = %manifest.name, build_s = manifest.timings.build_s, "sealed");
+        Ok(manifest)
+    }
+}
+
+/// Validates and writes `records` into a new environment at `staging`, with an unsealed
+/// manifest.
+pub fn import(staging: &Path, options: &BuildOptions, records: Records) -> Result<Staged> {
     let (env, dbs) = store::create(staging)?;
     let import_start = Instant::now();
     let mut import = Import::new(&env, dbs, options, &records.source_name);
@@ -182,7 +227,7 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     let import_s = import_start.elapsed().as_secs_f64();
     tracing::info!(collection = %options.name, count, import_s, "import finished");
 
-    let mut manifest = Manifest {
+    let manifest = Manifest {
         format_version: FORMAT_VERSION,
         name: options.name.clone(),
         dimensions: import.dims.unwrap_or(0),
@@ -207,41 +252,7 @@ fn build_in(staging: &Path, options: &BuildOptions, records: Records) -> Result<
     wtxn.commit()?;
     drop(import);
 
-    observe(BuildPhase::Building);
-    let build_start = Instant::now();
-    let staged = Collection::from_env(env.clone(), dbs, staging)?;
-    let mut wtxn = env.write_txn()?;
-    match options.index.backend {
-        Backend::Arroy => crate::index::arroy::build(&mut wtxn, dbs.ann, &staged, options.index.n_trees, options.seed)?,
-        Backend::Hannoy => {
-            let ef = options.index.ef_construction.unwrap_or(crate::index::hannoy::DEFAULT_EF_CONSTRUCTION);
-            crate::index::hannoy::build(&mut wtxn, dbs.ann, &staged, ef, options.seed)?
-        }
-    }
-    wtxn.commit()?;
-    manifest.timings.build_s = build_start.elapsed().as_secs_f64();
-    // Calibration searches the committed index through read transactions.
-    if let Some(target) = options.target_recall {
-        observe(BuildPhase::Calibrating);
-        let calibrate_start = Instant::now();
-        let calibration = crate::calibrate::calibrate(&staged, target, 10, 200, options.seed)?;
-        tracing::info!(?calibration, "search setting calibrated");
-        manifest.search = calibration.defaults();
-        manifest.calibration = Some(calibration);
-        manifest.timings.calibrate_s = calibrate_start.elapsed().as_secs_f64();
-    }
-    manifest.created_at =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    manifest.sealed = true;
-    crate::fault::point("import::before_seal");
-    let mut wtxn = env.write_txn()?;
-    dbs.manifest.put(&mut wtxn, MANIFEST_KEY, &manifest)?;
-    wtxn.commit()?;
-    drop(staged);
-    env.force_sync()?;
-    env.prepare_for_closing().wait();
-    tracing::info!(collection = %options.name, build_s = manifest.timings.build_s, "index built and sealed");
-    Ok(manifest)
+    Ok(Staged { env, dbs, path: staging.to_path_buf(), manifest })
 }
 
 fn progress_bar(enabled: bool, expected: Option<u64>) -> ProgressBar {

@@ -7,20 +7,14 @@ pub mod store;
 pub mod validate;
 
 use crate::error::{Error, Result};
-use crate::index::AnnIndex;
-use crate::index::arroy::ArroyIndex;
-use crate::index::exact::ExactScan;
-use crate::index::hannoy::HannoyIndex;
-use crate::index::signscan::SignScan;
-use crate::types::{Backend, Strategy};
 use heed::{Env, RoTxn, WithoutTls};
 use manifest::{FORMAT_VERSION, Manifest};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
-use store::{Databases, MANIFEST_KEY};
+use std::sync::Mutex;
+use store::{AnyDatabase, Databases, MANIFEST_KEY};
 
 /// The partition every record without one goes to.
 pub const DEFAULT_PARTITION: &str = "default";
@@ -40,8 +34,6 @@ pub struct Collection {
     partitions: Vec<RoaringBitmap>,
     tags: BTreeMap<String, RoaringBitmap>,
     path: PathBuf,
-    index: Box<dyn AnnIndex>,
-    signscan: OnceLock<SignScan>,
 }
 
 impl std::fmt::Debug for Collection {
@@ -101,10 +93,6 @@ impl Collection {
             partitions.push(members);
         }
         let tags = dbs.tags.iter(&rtxn)?.map(|r| r.map(|(k, v)| (k.to_string(), v))).collect::<heed::Result<_>>()?;
-        let index: Box<dyn AnnIndex> = match manifest.index.backend {
-            Backend::Arroy => Box::new(ArroyIndex::new(dbs.ann)),
-            Backend::Hannoy => Box::new(HannoyIndex::new(dbs.ann)),
-        };
         Ok(Collection {
             vector_chunks,
             id_chunks,
@@ -116,8 +104,6 @@ impl Collection {
             partitions,
             tags,
             path: path.to_path_buf(),
-            index,
-            signscan: OnceLock::new(),
         })
     }
 
@@ -191,29 +177,14 @@ impl Collection {
         self.tags.iter().map(|(k, v)| (k.as_str(), v.len()))
     }
 
-    /// The code path for a strategy; the sign-code scan is built on first use (or preload).
-    pub fn strategy(&self, strategy: Strategy) -> &dyn AnnIndex {
-        static EXACT: ExactScan = ExactScan;
-        match strategy {
-            Strategy::Exact => &EXACT,
-            Strategy::Index => self.index.as_ref(),
-            Strategy::SignScan => self.signscan(),
-        }
+    /// The database holding the durable ANN index (typed by its backend, [`crate::index`]).
+    pub fn ann_database(&self) -> AnyDatabase {
+        self.dbs.ann
     }
 
-    /// Whether the in-memory sign codes are built (by [`Collection::preload`] or a first query).
-    pub fn is_preloaded(&self) -> bool {
-        self.signscan.get().is_some()
-    }
-
-    pub fn signscan(&self) -> &SignScan {
-        self.signscan.get_or_init(|| SignScan::build(self))
-    }
-
-    /// Faults every page of the memory map into this process and builds the in-memory
-    /// structures the default strategy needs, so the first query is not a cold one.
-    pub fn preload(&self) -> Result<PreloadStats> {
-        let start = std::time::Instant::now();
+    /// Faults every page of the memory map into this process (the page cache holds the file
+    /// afterwards), so no first read of a vector waits for the disk. Returns the file's size.
+    pub fn prefault(&self) -> Result<u64> {
         let file = self.path.join("data.mdb");
         let bytes = std::fs::metadata(&file).map_err(|e| Error::io(format!("stat {}", file.display()), e))?.len();
         // Read the file once so the page cache holds it, then touch each page of our slices.
@@ -224,22 +195,13 @@ impl Collection {
             checksum += chunk.iter().step_by(1024).sum::<f32>();
         }
         std::hint::black_box(checksum);
-        let signscan_bytes =
-            if self.manifest.search.strategy == Strategy::SignScan { self.signscan().memory_bytes() } else { 0 };
-        Ok(PreloadStats { map_bytes: bytes, signscan_bytes, seconds: start.elapsed().as_secs_f64() })
+        Ok(bytes)
     }
 
     /// Size of the collection's files on disk.
     pub fn disk_bytes(&self) -> u64 {
         std::fs::metadata(self.path.join("data.mdb")).map(|m| m.len()).unwrap_or(0)
     }
-}
-
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct PreloadStats {
-    pub map_bytes: u64,
-    pub signscan_bytes: usize,
-    pub seconds: f64,
 }
 
 /// Extends a borrow of map memory to `'static`; see the SAFETY note at the caller.

@@ -14,6 +14,9 @@ pub const MAP_SIZE: usize = 1 << 40;
 const MAX_DBS: u32 = 16;
 pub const MANIFEST_KEY: &str = "manifest";
 
+/// The collection's ANN database before a backend gives it its key and node types.
+pub type AnyDatabase = heed::Database<'static, heed::Unspecified, heed::Unspecified>;
+
 /// Roaring bitmaps stored in their portable serialized form.
 pub enum BitmapCodec {}
 
@@ -46,7 +49,7 @@ pub struct Databases {
     pub tags: Database<'static, Str, BitmapCodec>,
     pub partitions: Database<'static, Str, BitmapCodec>,
     /// The ANN index database; typed by the backend when used.
-    pub ann: crate::index::AnyDatabase,
+    pub ann: AnyDatabase,
 }
 
 type DbTuple = (
@@ -56,7 +59,7 @@ type DbTuple = (
     Database<'static, U64<BigEndian>, U32<BigEndian>>,
     Database<'static, Str, BitmapCodec>,
     Database<'static, Str, BitmapCodec>,
-    crate::index::AnyDatabase,
+    AnyDatabase,
 );
 
 const NAMES: [&str; 7] = ["manifest", "vectors", "item-ids", "ids", "tags", "partitions", "ann"];

@@ -1,8 +1,9 @@
 //! arroy (random-projection trees over LMDB): the default durable index, one arroy index per
 //! partition.
 
-use super::{AnnIndex, AnyDatabase, PartitionQuery, Scored, rerank};
+use super::IndexQuery;
 use crate::collection::Collection;
+use crate::collection::store::AnyDatabase;
 use crate::error::Result;
 use crate::types::Metric;
 use ::arroy::distances::{BinaryQuantizedCosine, Cosine, DotProduct, Euclidean};
@@ -63,40 +64,20 @@ pub fn build(
     })
 }
 
-pub struct ArroyIndex {
-    db: AnyDatabase,
+/// The items arroy finds nearest to `q.vector` in its partition.
+pub fn nearest(db: AnyDatabase, collection: &Collection, q: &IndexQuery<'_>) -> Result<Vec<u32>> {
+    with_distance!(collection.manifest().metric, D => nearest_typed::<D>(db, collection, q))
 }
 
-impl ArroyIndex {
-    pub fn new(db: AnyDatabase) -> Self {
-        ArroyIndex { db }
-    }
-}
-
-fn query_typed<D: Distance>(
-    db: AnyDatabase,
-    collection: &Collection,
-    q: &PartitionQuery<'_>,
-    binary_quantized: bool,
-) -> Result<Vec<Scored>> {
+fn nearest_typed<D: Distance>(db: AnyDatabase, collection: &Collection, q: &IndexQuery<'_>) -> Result<Vec<u32>> {
     let rtxn = collection.env().read_txn()?;
     let reader = Reader::<D>::open(&rtxn, q.partition, db.remap_types())?;
-    // Quantized distances only shortlist: ask for `quality` candidates and re-rank them.
-    let count = if binary_quantized { q.quality.max(q.k) } else { q.k };
-    let mut builder = reader.nns(count);
-    if !binary_quantized && let Some(search_k) = NonZeroUsize::new(q.quality) {
+    let mut builder = reader.nns(q.count);
+    if let Some(search_k) = NonZeroUsize::new(q.effort) {
         builder.search_k(search_k);
     }
-    if q.filtered {
-        builder.candidates(q.members);
+    if let Some(candidates) = q.candidates {
+        builder.candidates(candidates);
     }
-    let found = builder.by_vector(&rtxn, q.vector)?;
-    Ok(rerank(collection, q.vector, found.into_iter().map(|(item, _)| item), q.k))
-}
-
-impl AnnIndex for ArroyIndex {
-    fn search(&self, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
-        let metric = collection.manifest().metric;
-        with_distance!(metric, D => query_typed::<D>(self.db, collection, q, metric == Metric::BinaryQuantizedCosine))
-    }
+    Ok(builder.by_vector(&rtxn, q.vector)?.into_iter().map(|(item, _)| item).collect())
 }

@@ -1,8 +1,9 @@
 //! hannoy (HNSW over LMDB, by arroy's authors): the alternative durable index, one graph per
 //! partition. It has no inner-product distance.
 
-use super::{AnnIndex, AnyDatabase, PartitionQuery, Scored, rerank};
+use super::IndexQuery;
 use crate::collection::Collection;
+use crate::collection::store::AnyDatabase;
 use crate::error::{Error, RequestError, Result};
 use crate::types::Metric;
 use ::hannoy::distances::{BinaryQuantizedCosine, Cosine, Euclidean};
@@ -68,30 +69,18 @@ pub fn build(
     })
 }
 
-pub struct HannoyIndex {
-    db: AnyDatabase,
+/// The items hannoy finds nearest to `q.vector` in its partition (`ef` = `q.effort`).
+pub fn nearest(db: AnyDatabase, collection: &Collection, q: &IndexQuery<'_>) -> Result<Vec<u32>> {
+    with_distance!(collection.manifest().metric, D => nearest_typed::<D>(db, collection, q))
 }
 
-impl HannoyIndex {
-    pub fn new(db: AnyDatabase) -> Self {
-        HannoyIndex { db }
-    }
-}
-
-fn query_typed<D: Distance>(db: AnyDatabase, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
+fn nearest_typed<D: Distance>(db: AnyDatabase, collection: &Collection, q: &IndexQuery<'_>) -> Result<Vec<u32>> {
     let rtxn = collection.env().read_txn()?;
     let reader = Reader::<D>::open(&rtxn, q.partition, db.remap_types())?;
-    let mut builder = reader.nns(q.k);
-    builder.ef_search(q.quality.max(q.k));
-    if q.filtered {
-        builder.candidates(q.members);
+    let mut builder = reader.nns(q.count);
+    builder.ef_search(q.effort.max(q.count));
+    if let Some(candidates) = q.candidates {
+        builder.candidates(candidates);
     }
-    let found = builder.by_vector(&rtxn, q.vector)?.into_nns();
-    Ok(rerank(collection, q.vector, found.into_iter().map(|(item, _)| item), q.k))
-}
-
-impl AnnIndex for HannoyIndex {
-    fn search(&self, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
-        with_distance!(collection.manifest().metric, D => query_typed::<D>(self.db, collection, q))
-    }
+    Ok(builder.by_vector(&rtxn, q.vector)?.into_nns().into_iter().map(|(item, _)| item).collect())
 }

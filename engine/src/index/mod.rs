@@ -1,55 +1,68 @@
-//! Ways to answer a query over one partition, behind one small trait.
-//!
-//! A collection has one durable ANN index in its LMDB environment (arroy by default, or
-//! hannoy), built once after import. Two more strategies need no stored index: the exact scan
-//! (verification, tests) and the sign-code scan with exact re-ranking, which is built in
-//! memory from the stored vectors when a collection is preloaded.
+//! The durable ANN index of a collection, stored in its LMDB environment beside the vectors:
+//! arroy's random-projection trees (the default) or hannoy's HNSW graph, one per partition,
+//! built once after import. This module builds it and asks it for nearest neighbours; how the
+//! answers are re-ranked is [`crate::search`]'s business.
 
 pub mod arroy;
-pub mod exact;
 pub mod hannoy;
-pub mod signscan;
 
 use crate::collection::Collection;
-use crate::distance::Ranking;
+use crate::collection::store::AnyDatabase;
 use crate::error::Result;
+use crate::types::{Backend, IndexParams};
+use heed::RwTxn;
 use roaring::RoaringBitmap;
 
-/// One partition's share of a query.
-pub struct PartitionQuery<'a> {
+/// A nearest-neighbour query of one partition's durable index.
+pub struct IndexQuery<'a> {
     pub partition: u16,
-    /// Items to consider: the partition's members, already intersected with any tag filter.
-    pub members: &'a RoaringBitmap,
-    /// Whether `members` was narrowed by a filter (the index must then be told).
-    pub filtered: bool,
     /// The prepared query (normalised for cosine).
     pub vector: &'a [f32],
-    pub k: usize,
-    pub quality: usize,
+    /// How many items to return.
+    pub count: usize,
+    /// The backend's effort knob: arroy's `search_k` (0: arroy's default), hannoy's `ef`.
+    pub effort: usize,
+    /// Only these items (a filter), when given.
+    pub candidates: Option<&'a RoaringBitmap>,
 }
 
-/// The collection's ANN database before a backend gives it its key and node types.
-pub type AnyDatabase = heed::Database<'static, heed::Unspecified, heed::Unspecified>;
-
-/// An item and its ranking score (see [`crate::distance::Ranking::kernel`]).
-pub type Scored = (u32, f32);
-
-/// Answers one partition's share of a query. Results hold exact scores, ascending, at most k.
-pub trait AnnIndex: Send + Sync {
-    fn search(&self, collection: &Collection, query: &PartitionQuery<'_>) -> Result<Vec<Scored>>;
+/// A collection's durable index, opened.
+#[derive(Clone, Copy)]
+pub struct DurableIndex {
+    backend: Backend,
+    db: AnyDatabase,
 }
 
-/// Re-scores candidate items exactly and keeps the best `k`.
-pub fn rerank(
-    collection: &Collection,
-    query: &[f32],
-    candidates: impl IntoIterator<Item = u32>,
-    k: usize,
-) -> Vec<Scored> {
-    let kernel = collection.manifest().metric.kernel();
-    let mut top = crate::search::topk::TopK::new(k);
-    for item in candidates {
-        top.push(item, kernel(query, collection.vector(item)));
+impl DurableIndex {
+    pub fn open(collection: &Collection) -> DurableIndex {
+        DurableIndex { backend: collection.manifest().index.backend, db: collection.ann_database() }
     }
-    top.into_sorted()
+
+    /// The item ids the index finds nearest, in its own order.
+    pub fn nearest(&self, collection: &Collection, q: &IndexQuery<'_>) -> Result<Vec<u32>> {
+        match self.backend {
+            Backend::Arroy => arroy::nearest(self.db, collection, q),
+            Backend::Hannoy => hannoy::nearest(self.db, collection, q),
+        }
+    }
+}
+
+/// Fails early (before any import work) for a backend that cannot index `metric`.
+pub fn check_metric(params: &IndexParams, metric: crate::types::Metric) -> Result<()> {
+    match params.backend {
+        Backend::Arroy => Ok(()),
+        Backend::Hannoy => hannoy::check_metric(metric),
+    }
+}
+
+/// Builds every partition's index of a staged collection into `wtxn` (all cores).
+pub fn build(wtxn: &mut RwTxn, collection: &Collection, params: &IndexParams, seed: u64) -> Result<()> {
+    let db = collection.ann_database();
+    match params.backend {
+        Backend::Arroy => arroy::build(wtxn, db, collection, params.n_trees, seed),
+        Backend::Hannoy => {
+            let ef = params.ef_construction.unwrap_or(hannoy::DEFAULT_EF_CONSTRUCTION);
+            hannoy::build(wtxn, db, collection, ef, seed)
+        }
+    }
 }

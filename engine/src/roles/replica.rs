@@ -7,6 +7,7 @@ use super::{Listeners, collection_node};
 use crate::cli::ReplicaArgs;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::search::searcher::Searcher;
 use crate::serve::{Node, termination};
 use crate::snapshot::download::Partial;
 use crate::snapshot::{SnapshotInfo, Store};
@@ -88,7 +89,7 @@ async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, optio
     let fetched_s = started.elapsed().as_secs_f64();
     let (root, max_queries) = (PathBuf::from(root), a.warmup_max_queries);
     let (collection, report) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let collection = store.install(&root, &info)?;
+        let collection = Searcher::new(store.install(&root, &info)?);
         let report = warm(&collection, &WarmupOptions { max_queries, ..Default::default() })?;
         Ok((Arc::new(collection), report))
     })

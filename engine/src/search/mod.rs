@@ -1,17 +1,22 @@
 //! Top-k search over a collection: validate the request, fan out over the requested
 //! partitions concurrently, merge by distance, map item ids back to external ids.
 
+pub mod calibrate;
+pub mod recall;
+pub mod searcher;
+pub mod strategy;
 pub mod topk;
 
 use crate::collection::Collection;
 use crate::collection::validate::prepare_vector;
 use crate::distance::Ranking;
 use crate::error::{RequestError, Result};
-use crate::index::PartitionQuery;
 use crate::types::Strategy;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
+use searcher::Searcher;
 use serde::{Deserialize, Serialize};
+use strategy::PartitionQuery;
 
 pub use crate::limits::MAX_K;
 
@@ -46,7 +51,7 @@ pub struct Hit {
 }
 
 /// Answers one query.
-pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hit>> {
+pub fn search(collection: &Searcher, request: &SearchRequest) -> Result<Vec<Hit>> {
     let manifest = collection.manifest();
     crate::limits::check_k(request.k)?;
     let mut vector = request.vector.clone();
@@ -109,7 +114,7 @@ pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hi
 }
 
 /// Answers many queries using all cores.
-pub fn search_batch(collection: &Collection, requests: &[SearchRequest]) -> Result<Vec<Vec<Hit>>> {
+pub fn search_batch(collection: &Searcher, requests: &[SearchRequest]) -> Result<Vec<Vec<Hit>>> {
     requests.par_iter().map(|r| search(collection, r)).collect()
 }
 

@@ -211,7 +211,7 @@ impl Node {
 
     /// The collection a request names: an alias first, then a collection, and the node's own
     /// collection when the name is empty.
-    pub fn collection(&self, name: &str) -> Result<Arc<crate::Collection>, Status> {
+    pub fn collection(&self, name: &str) -> Result<Arc<crate::search::searcher::Searcher>, Status> {
         let name = match (name, &self.default_collection) {
             ("", Some(own)) => own.as_str(),
             ("", None) => {

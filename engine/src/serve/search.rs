@@ -2,7 +2,7 @@
 
 use super::proto::{self, search_server};
 use super::{Node, status, wire};
-use crate::Collection;
+use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search};
 use crate::types::Strategy;
 use rayon::prelude::*;
@@ -19,7 +19,7 @@ impl SearchService {
     }
 }
 
-fn answer(collection: &Collection, request: &SearchRequest) -> Result<proto::SearchResponse, Status> {
+fn answer(collection: &Searcher, request: &SearchRequest) -> Result<proto::SearchResponse, Status> {
     let hits = search(collection, request).map_err(status)?;
     Ok(wire::search_response(collection.name(), hits))
 }
@@ -34,7 +34,7 @@ const INLINE_MAX_QUALITY: usize = 4_096;
 /// (asked for, or the collection's calibrated default) is not the exact scan, it searches one
 /// partition (no rayon fan-out starts from a tokio worker) without a tag filter, with a modest
 /// quality, in a collection of modest size.
-fn inline(collection: &Collection, request: &SearchRequest) -> bool {
+fn inline(collection: &Searcher, request: &SearchRequest) -> bool {
     let manifest = collection.manifest();
     let strategy = request.strategy.unwrap_or(manifest.search.strategy);
     let partitions = if request.partitions.is_empty() { manifest.partitions.len() } else { request.partitions.len() };

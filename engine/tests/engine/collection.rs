@@ -1,13 +1,16 @@
 //! Import, build, search and verify a small clustered collection end to end (in process).
 
-use quiver_engine::collection::builder::{BuildOptions, Duplicates, import_and_build};
+use quiver_engine::Error;
+use quiver_engine::build::import_and_build;
+use quiver_engine::collection::builder::{BuildOptions, Duplicates};
 use quiver_engine::datagen::Clustered;
 use quiver_engine::import::{self, ReadOptions, npy};
+use quiver_engine::search::recall::{recall, sample_queries};
+use quiver_engine::search::searcher::Searcher;
 use quiver_engine::search::{SearchRequest, search, search_batch};
 use quiver_engine::types::Metric;
 use quiver_engine::types::{IndexParams, Strategy};
-use quiver_engine::verify::{VerifyOptions, recall, sample_queries, verify};
-use quiver_engine::{Collection, Error};
+use quiver_engine::verify::{VerifyOptions, verify};
 use std::path::Path;
 
 const DIMS: usize = 32;
@@ -25,12 +28,12 @@ fn write_jsonl(dir: &Path, name: &str, lines: &[String]) -> String {
     path.display().to_string()
 }
 
-fn build(root: &Path, name: &str, source: &str, options: impl FnOnce(&mut BuildOptions)) -> Result<Collection, Error> {
+fn build(root: &Path, name: &str, source: &str, options: impl FnOnce(&mut BuildOptions)) -> Result<Searcher, Error> {
     let mut o = BuildOptions::new(name, Metric::Cosine);
     options(&mut o);
     let records = import::read(source, &ReadOptions::default())?;
     let manifest = import_and_build(root, &o, records)?;
-    Collection::open(&root.join(manifest.name))
+    Searcher::open(&root.join(manifest.name))
 }
 
 fn ids(hits: &[quiver_engine::search::Hit]) -> Vec<u64> {
@@ -38,7 +41,7 @@ fn ids(hits: &[quiver_engine::search::Hit]) -> Vec<u64> {
 }
 
 /// Mean recall@10 of a strategy against exact search on held-out queries.
-fn mean_recall(c: &Collection, strategy: Strategy, quality: usize) -> f64 {
+fn mean_recall(c: &Searcher, strategy: Strategy, quality: usize) -> f64 {
     let queries = Clustered::new(DIMS, 5).generate(50, 99);
     let mut total = 0.0;
     for q in queries.chunks(DIMS) {
@@ -224,7 +227,7 @@ fn bad_imports_name_the_place_and_damage_nothing() {
     let staging: Vec<_> = std::fs::read_dir(root.join(".staging")).unwrap().collect();
     assert!(staging.is_empty());
     drop(live);
-    let live = Collection::open(&root.join("live")).unwrap();
+    let live = Searcher::open(&root.join("live")).unwrap();
     assert_eq!(live.len(), 200);
     assert_eq!(live.manifest().source.fingerprint, live_fingerprint);
     // A sealed collection refuses further writes.
@@ -265,7 +268,7 @@ fn last_wins_replaces_vector_partition_and_tags() {
 #[test]
 fn an_unfinished_collection_does_not_open() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Collection::open(&dir.path().join("missing")).unwrap_err();
+    let err = Searcher::open(&dir.path().join("missing")).unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     // A staging directory from a crashed import (its lock held by nobody) is removed by the next
     // import; one whose lock is held (an import running elsewhere) is left alone.

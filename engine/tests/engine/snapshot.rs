@@ -3,7 +3,8 @@
 
 use quiver_api::client::ClientOptions;
 use quiver_api::proto;
-use quiver_engine::collection::builder::{BuildOptions, import_and_build};
+use quiver_engine::build::import_and_build;
+use quiver_engine::collection::builder::BuildOptions;
 use quiver_engine::datagen::Clustered;
 use quiver_engine::import::{self, ReadOptions, npy};
 use quiver_engine::metrics::Metrics;

@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use quiver_engine::Collection;
-use quiver_engine::collection::builder::{BuildOptions, Duplicates, import_and_build};
+use quiver_engine::build::import_and_build;
+use quiver_engine::collection::builder::{BuildOptions, Duplicates};
 use quiver_engine::import::{self, Format, ReadOptions, fvecs, jsonl, npy};
 use quiver_engine::types::Metric;
 use sha2::Digest;

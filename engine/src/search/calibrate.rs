@@ -2,12 +2,12 @@
 //! margin) on sampled queries against exact search, and measure its latency. The result goes
 //! into the manifest and becomes the collection's default; verification re-checks it.
 
-use crate::collection::Collection;
+use super::recall::{recall, sample_queries};
+use super::searcher::Searcher;
+use super::{SearchRequest, search};
 use crate::error::Result;
 use crate::latency::Latencies;
-use crate::search::{SearchRequest, search};
 use crate::types::{Backend, Calibration, Candidate, Strategy};
-use crate::verify::{recall, sample_queries};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ const ARROY_LADDER: [usize; 5] = [0, 100, 400, 1600, 6400];
 const HANNOY_LADDER: [usize; 7] = [16, 32, 48, 64, 128, 256, 512];
 
 pub fn calibrate(
-    collection: &Collection,
+    collection: &Searcher,
     target_recall: f64,
     k: usize,
     queries: usize,

@@ -5,7 +5,7 @@
 //! Codes are laid out per partition, contiguously, so an unfiltered partition query is one
 //! linear scan; a filtered query scans the same block and skips non-members.
 
-use super::{AnnIndex, PartitionQuery, Scored, rerank};
+use super::{PartitionQuery, PartitionSearch, Scored, rerank};
 use crate::collection::Collection;
 use crate::error::Result;
 use rayon::prelude::*;
@@ -179,7 +179,7 @@ fn hamming_scan(codes: &[u64], words: usize, query: &[u64], out: &mut [u16], his
     scan_any(codes, words, query, out, histograms)
 }
 
-impl AnnIndex for SignScan {
+impl PartitionSearch for SignScan {
     fn search(&self, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
         let budget = q.quality.max(q.k);
         if q.members.len() as usize <= budget {

@@ -1,6 +1,6 @@
 //! Exact brute-force search: every member scored with the float32 kernel.
 
-use super::{AnnIndex, PartitionQuery, Scored, rerank};
+use super::{PartitionQuery, PartitionSearch, Scored, rerank};
 use crate::collection::Collection;
 use crate::distance::Ranking;
 use crate::error::Result;
@@ -8,7 +8,7 @@ use crate::search::topk::TopK;
 
 pub struct ExactScan;
 
-impl AnnIndex for ExactScan {
+impl PartitionSearch for ExactScan {
     fn search(&self, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
         if q.members.len() < collection.len() {
             return Ok(rerank(collection, q.vector, q.members.iter(), q.k));

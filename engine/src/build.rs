@@ -1,0 +1,51 @@
+//! Import, then build, then seal: the pipeline behind `quiver import`, the writer and the
+//! bench. Storage writes the records ([`crate::collection::builder`]), the durable index is
+//! built over them ([`crate::index`]), the default search setting is calibrated against the
+//! collection's target recall ([`crate::search::calibrate`]), and only then is the collection
+//! sealed and moved into place.
+
+use crate::collection::builder::{self, BuildOptions, BuildPhase};
+use crate::collection::manifest::Manifest;
+use crate::error::Result;
+use crate::import::Records;
+use crate::search::calibrate::calibrate;
+use crate::search::searcher::Searcher;
+use std::path::Path;
+use std::time::Instant;
+
+/// Imports `records` into a new collection `<root>/<options.name>`, builds its index,
+/// calibrates its default search setting and seals it. Returns the sealed manifest.
+pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
+    builder::check_name(&options.name)?;
+    crate::index::check_metric(&options.index, options.metric)?;
+    let observe = |phase| {
+        if let Some(o) = &options.observer {
+            o.enter(phase)
+        }
+    };
+    builder::in_staging(root, &options.name, |staging| {
+        let staged = builder::import(staging, options, records)?;
+        let mut manifest = staged.manifest().clone();
+
+        observe(BuildPhase::Building);
+        let build_start = Instant::now();
+        let collection = staged.open()?;
+        staged.write(|wtxn| crate::index::build(wtxn, &collection, &options.index, options.seed))?;
+        manifest.timings.build_s = build_start.elapsed().as_secs_f64();
+        tracing::info!(collection = %options.name, build_s = manifest.timings.build_s, "index built");
+
+        // Calibration searches the committed index through read transactions.
+        let searcher = Searcher::new(collection);
+        if let Some(target) = options.target_recall {
+            observe(BuildPhase::Calibrating);
+            let calibrate_start = Instant::now();
+            let calibration = calibrate(&searcher, target, 10, 200, options.seed)?;
+            tracing::info!(?calibration, "search setting calibrated");
+            manifest.search = calibration.defaults();
+            manifest.calibration = Some(calibration);
+            manifest.timings.calibrate_s = calibrate_start.elapsed().as_secs_f64();
+        }
+        drop(searcher);
+        staged.seal(manifest)
+    })
+}
