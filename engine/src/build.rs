@@ -18,16 +18,11 @@ use std::time::Instant;
 pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
     builder::check_name(&options.name)?;
     crate::index::check_metric(&options.index, options.metric)?;
-    let observe = |phase| {
-        if let Some(o) = &options.observer {
-            o.enter(phase)
-        }
-    };
     builder::in_staging(root, &options.name, |staging| {
         let staged = builder::import(staging, options, records)?;
         let mut manifest = staged.manifest().clone();
 
-        observe(BuildPhase::Building);
+        options.enter(BuildPhase::Building);
         let build_start = Instant::now();
         let collection = staged.open()?;
         staged.write(|wtxn| crate::index::build(wtxn, &collection, &options.index, options.seed))?;
@@ -37,7 +32,7 @@ pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -
         // Calibration searches the committed index through read transactions.
         let searcher = Searcher::new(collection);
         if let Some(target) = options.target_recall {
-            observe(BuildPhase::Calibrating);
+            options.enter(BuildPhase::Calibrating);
             let calibrate_start = Instant::now();
             let calibration = calibrate(&searcher, target, 10, 200, options.seed)?;
             tracing::info!(?calibration, "search setting calibrated");

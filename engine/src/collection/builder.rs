@@ -81,12 +81,19 @@ impl BuildProgress {
         *self.phase.lock().expect("progress lock")
     }
 
-    pub fn enter(&self, phase: BuildPhase) {
+    fn enter(&self, phase: BuildPhase) {
         *self.phase.lock().expect("progress lock") = Some(phase);
     }
 }
 
 impl BuildOptions {
+    /// Tells the observer, if any, that the build entered `phase`.
+    pub fn enter(&self, phase: BuildPhase) {
+        if let Some(o) = &self.observer {
+            o.enter(phase)
+        }
+    }
+
     pub fn new(name: impl Into<String>, metric: Metric) -> Self {
         BuildOptions {
             name: name.into(),
@@ -209,12 +216,7 @@ pub fn import(staging: &Path, options: &BuildOptions, records: Records) -> Resul
     let import_start = Instant::now();
     let mut import = Import::new(&env, dbs, options, &records.source_name);
     let bar = progress_bar(options.progress, records.expected_rows);
-    let observe = |phase| {
-        if let Some(o) = &options.observer {
-            o.enter(phase)
-        }
-    };
-    observe(BuildPhase::Importing);
+    options.enter(BuildPhase::Importing);
     for record in records.iter {
         import.add(record?)?;
         bar.inc(1);

@@ -45,10 +45,6 @@ impl Searcher {
         Collection::open(path).map(Searcher::new)
     }
 
-    pub fn collection(&self) -> &Collection {
-        &self.collection
-    }
-
     /// The code path for a strategy; the sign-code scan is built on first use (or preload).
     pub fn strategy(&self, strategy: Strategy) -> &dyn PartitionSearch {
         static EXACT: ExactScan = ExactScan;
