@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::latency::Latencies;
 use crate::search::recall::{recall, sample_queries};
 use crate::search::searcher::Searcher;
-use crate::search::{SearchRequest, search};
+use crate::search::{SearchRequest, search_cancellable};
 use crate::types::{Check, Strategy, VerifyReport};
 use std::time::Instant;
 
@@ -76,12 +76,12 @@ pub fn verify(collection: &Searcher, options: &VerifyOptions) -> Result<VerifyRe
         options.cancel.check("verification")?;
         let mut request = SearchRequest::new(query.clone(), options.k);
         request.strategy = Some(Strategy::Exact);
-        let truth: Vec<u64> = search(collection, &request)?.iter().map(|h| h.id).collect();
+        let truth: Vec<u64> = search_cancellable(collection, &request, &options.cancel)?.iter().map(|h| h.id).collect();
         options.cancel.check("verification")?;
         request.strategy = Some(strategy);
         request.quality = Some(quality);
         let start = Instant::now();
-        let found = search(collection, &request)?;
+        let found = search_cancellable(collection, &request, &options.cancel)?;
         latencies.record(start.elapsed());
         let found: Vec<u64> = found.iter().map(|h| h.id).collect();
         recall_sum += recall(&found, &truth);

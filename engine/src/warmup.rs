@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::latency::Latencies;
 use crate::search::recall::sample_queries;
 use crate::search::searcher::{PreloadStats, Searcher};
-use crate::search::{SearchRequest, search};
+use crate::search::{SearchRequest, search_cancellable};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -43,7 +43,7 @@ pub fn warm(collection: &Searcher, options: &WarmupOptions) -> Result<WarmupRepo
     crate::limits::check_count("max_queries", options.max_queries, crate::limits::MAX_WARMUP_QUERIES)?;
     let queries = sample_queries(collection, options.max_queries.max(1), 11);
     let start = Instant::now();
-    search(collection, &SearchRequest::new(queries[0].clone(), options.k))?;
+    search_cancellable(collection, &SearchRequest::new(queries[0].clone(), options.k), &options.cancel)?;
     let cold_first_query_ms = start.elapsed().as_secs_f64() * 1e3;
     options.cancel.check("warm-up")?;
     let preload = collection.preload()?;
@@ -57,7 +57,7 @@ pub fn warm(collection: &Searcher, options: &WarmupOptions) -> Result<WarmupRepo
         for q in queries[used..].iter().take(options.round) {
             options.cancel.check("warm-up")?;
             let t = Instant::now();
-            search(collection, &SearchRequest::new(q.clone(), options.k))?;
+            search_cancellable(collection, &SearchRequest::new(q.clone(), options.k), &options.cancel)?;
             round.record(t.elapsed());
         }
         used += round.len();

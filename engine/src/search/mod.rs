@@ -7,6 +7,7 @@ pub mod searcher;
 pub mod strategy;
 pub mod topk;
 
+use crate::cancel::Cancel;
 use crate::collection::Collection;
 use crate::collection::validate::prepare_vector;
 use crate::distance::Ranking;
@@ -52,6 +53,11 @@ pub struct Hit {
 
 /// Answers one query.
 pub fn search(collection: &Searcher, request: &SearchRequest) -> Result<Vec<Hit>> {
+    search_cancellable(collection, request, &Cancel::default())
+}
+
+/// Answers one query, or stops with [`crate::Error::Cancelled`] soon after `cancel` fires.
+pub fn search_cancellable(collection: &Searcher, request: &SearchRequest, cancel: &Cancel) -> Result<Vec<Hit>> {
     let manifest = collection.manifest();
     crate::limits::check_k(request.k)?;
     let mut vector = request.vector.clone();
@@ -97,8 +103,8 @@ pub fn search(collection: &Searcher, request: &SearchRequest) -> Result<Vec<Hit>
             return Ok(Vec::new());
         }
         let quality = crate::limits::clamp_quality(quality, request.k, members.len());
-        let query =
-            PartitionQuery { partition, members, filtered: filter.is_some(), vector: &vector, k: request.k, quality };
+        let filtered = filter.is_some();
+        let query = PartitionQuery { partition, members, filtered, vector: &vector, k: request.k, quality, cancel };
         index.search(collection, &query)
     };
     let merged = if partitions.len() == 1 {

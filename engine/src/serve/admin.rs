@@ -19,6 +19,15 @@ impl AdminService {
     }
 }
 
+/// The status of long work; when it stopped because its call was gone, a warning says so
+/// (nobody else will see the answer, and a gate that never got its report should be traceable).
+fn logged<T>(work: &str, collection: &str, result: crate::Result<T>) -> Result<T, Status> {
+    if let Err(e @ crate::Error::Cancelled { .. }) = &result {
+        tracing::warn!(collection, "{work} stopped: {e}");
+    }
+    result.map_err(super::status)
+}
+
 #[tonic::async_trait]
 impl admin_server::Admin for AdminService {
     async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
@@ -35,7 +44,7 @@ impl admin_server::Admin for AdminService {
         }
         // Dropped with this future: a call that is gone stops the work (and frees the slot).
         let _cancel = options.cancel.on_drop();
-        let report = self.node.admin_work(move || warm(&c, &options).map_err(super::status)).await?;
+        let report = self.node.admin_work(move || logged("warm-up", c.name(), warm(&c, &options))).await?;
         Ok(Response::new(wire::warmup_response(&report)))
     }
 
@@ -44,7 +53,7 @@ impl admin_server::Admin for AdminService {
         let c = self.node.collection(&r.collection)?;
         let options = wire::verify_options(r);
         let _cancel = options.cancel.on_drop();
-        let report = self.node.admin_work(move || verify(&c, &options).map_err(super::status)).await?;
+        let report = self.node.admin_work(move || logged("verification", c.name(), verify(&c, &options))).await?;
         Ok(Response::new(wire::verify_response(&report)))
     }
 

@@ -84,8 +84,10 @@ impl ingest_server::Ingest for IngestService {
         let mut incoming = request.into_inner();
         // Dropped on any early return: the stream's file goes, none of its rows stay.
         let mut spooled: Option<StreamWriter> = None;
+        let mut pace = Pace::new(self.idle);
         while let Some(batch) = next_batch(&mut incoming, self.idle).await? {
             self.check_writable(&batch.collection)?;
+            pace.received(&batch)?;
             if batch.records.is_empty() {
                 // Nothing to spool; it would only keep a stream (and its heavy-call slot) alive.
                 return Err(Status::invalid_argument(
@@ -173,6 +175,47 @@ impl ingest_server::Ingest for IngestService {
 /// heavy-call slot and an open spool file, so it loses the stream (none of its rows stay)
 /// instead of holding them until the call's six-hour deadline.
 pub const WRITE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The slowest a Write stream may average once it is older than its idle window, in bytes of
+/// vectors per second (Kestrel's minimum request body rate is the model, 240 B/s there): a
+/// client trickling one small batch just inside the idle window would otherwise hold a
+/// heavy-call slot for the six-hour Write deadline. One 384-d row is 1.5 KiB; an ETL pushes
+/// megabytes a second.
+pub const MIN_WRITE_BYTES_PER_SEC: u64 = 1024;
+
+/// How fast a Write stream has been sending.
+struct Pace {
+    started: std::time::Instant,
+    grace: std::time::Duration,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(grace: std::time::Duration) -> Pace {
+        Pace { started: std::time::Instant::now(), grace, bytes: 0 }
+    }
+
+    /// Counts a batch; refuses the stream when, past its grace, it averaged below
+    /// [`MIN_WRITE_BYTES_PER_SEC`].
+    fn received(&mut self, batch: &proto::WriteBatch) -> Result<(), Status> {
+        let floats: usize = batch.records.iter().map(|r| r.vector.len()).sum();
+        self.bytes = self.bytes.saturating_add(floats as u64 * 4);
+        let elapsed = self.started.elapsed();
+        if elapsed <= self.grace {
+            return Ok(());
+        }
+        let rate = self.bytes as f64 / elapsed.as_secs_f64();
+        if rate < MIN_WRITE_BYTES_PER_SEC as f64 {
+            return Err(Status::deadline_exceeded(format!(
+                "the stream sent {} bytes of vectors in {:.0} s ({rate:.0} B/s), below the minimum of \
+                 {MIN_WRITE_BYTES_PER_SEC} B/s: it is dropped and none of its rows are kept; send larger batches",
+                self.bytes,
+                elapsed.as_secs_f64()
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// The next batch of a Write stream, or DEADLINE_EXCEEDED once it was silent for `idle`.
 async fn next_batch(

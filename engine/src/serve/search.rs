@@ -2,8 +2,9 @@
 
 use super::proto::{self, search_server};
 use super::{Node, status, wire};
+use crate::cancel::Cancel;
 use crate::search::searcher::Searcher;
-use crate::search::{SearchRequest, search};
+use crate::search::{SearchRequest, search_cancellable};
 use crate::types::Strategy;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -19,8 +20,8 @@ impl SearchService {
     }
 }
 
-fn answer(collection: &Searcher, request: &SearchRequest) -> Result<proto::SearchResponse, Status> {
-    let hits = search(collection, request).map_err(status)?;
+fn answer(collection: &Searcher, request: &SearchRequest, cancel: &Cancel) -> Result<proto::SearchResponse, Status> {
+    let hits = search_cancellable(collection, request, cancel).map_err(status)?;
     Ok(wire::search_response(collection.name(), hits))
 }
 
@@ -56,11 +57,14 @@ impl search_server::Search for SearchService {
             // An indexed query of one partition takes well under a millisecond: answering it
             // on this worker saves two thread hand-offs (measured: +40-60 % served
             // throughput, see BENCHMARKS.md).
-            return answer(&collection, &request).map(Response::new);
+            return answer(&collection, &request, &Cancel::default()).map(Response::new);
         }
         // A full scan, or a fan-out over partitions (rayon), runs on the blocking pool so the
-        // async workers keep answering health and other calls.
-        self.node.search_work(move || answer(&collection, &request)).await.map(Response::new)
+        // async workers keep answering health and other calls. A call that is gone (cancelled,
+        // or past its deadline) stops the scan.
+        let cancel = Cancel::default();
+        let _cancel = cancel.on_drop();
+        self.node.search_work(move || answer(&collection, &request, &cancel)).await.map(Response::new)
     }
 
     async fn batch_search(
@@ -70,11 +74,13 @@ impl search_server::Search for SearchService {
         let node = self.node.clone();
         let queries = request.into_inner().queries;
         crate::limits::check_batch(queries.iter().map(|q| q.k as usize)).map_err(|e| status(e.into()))?;
+        let cancel = Cancel::default();
+        let _cancel = cancel.on_drop();
         self.node
             .search_work(move || {
                 let results = queries
                     .into_par_iter()
-                    .map(|q| answer(node.collection(&q.collection)?.as_ref(), &wire::search_request(q)?))
+                    .map(|q| answer(node.collection(&q.collection)?.as_ref(), &wire::search_request(q)?, &cancel))
                     .collect::<Result<_, _>>()?;
                 Ok(proto::BatchSearchResponse { results })
             })

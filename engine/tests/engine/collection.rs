@@ -2,12 +2,13 @@
 
 use quiver_engine::Error;
 use quiver_engine::build::import_and_build;
+use quiver_engine::cancel::Cancel;
 use quiver_engine::collection::builder::{BuildOptions, Duplicates};
 use quiver_engine::datagen::Clustered;
 use quiver_engine::import::{self, ReadOptions, npy};
 use quiver_engine::search::recall::{recall, sample_queries};
 use quiver_engine::search::searcher::Searcher;
-use quiver_engine::search::{SearchRequest, search, search_batch};
+use quiver_engine::search::{SearchRequest, search, search_batch, search_cancellable};
 use quiver_engine::types::Metric;
 use quiver_engine::types::{IndexParams, Strategy};
 use quiver_engine::verify::{VerifyOptions, verify};
@@ -153,6 +154,29 @@ fn partitions_fan_out_and_merge_like_one_exact_scan() {
     }
     let batch: Vec<SearchRequest> = queries.chunks(DIMS).map(|q| SearchRequest::new(q.to_vec(), 3)).collect();
     assert!(search_batch(&c, &batch).unwrap().iter().all(|hits| hits.len() == 3));
+    // A filtered exact scan (every partition's members re-scored) stops once its call is gone.
+    let mut tagged = SearchRequest::new(queries[..DIMS].to_vec(), 10);
+    (tagged.strategy, tagged.tags) = (Some(Strategy::Exact), vec!["in-stock".into()]);
+    assert_stops_when_cancelled(&c, &tagged);
+}
+
+/// `request` answers k hits, and stops with `Cancelled` when its call's flag fired.
+fn assert_stops_when_cancelled(c: &Searcher, request: &SearchRequest) {
+    assert_eq!(search_cancellable(c, request, &Cancel::default()).unwrap().len(), request.k);
+    let gone = Cancel::default();
+    gone.cancel();
+    let e = search_cancellable(c, request, &gone).unwrap_err();
+    assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+}
+
+#[test]
+fn a_whole_exact_scan_stops_when_its_call_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 300, 1);
+    let c = build(dir.path(), "v1", &source, |_| {}).unwrap();
+    let mut exact = SearchRequest::new(vec![0.5; DIMS], 10);
+    exact.strategy = Some(Strategy::Exact);
+    assert_stops_when_cancelled(&c, &exact);
 }
 
 #[test]

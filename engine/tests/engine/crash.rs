@@ -212,7 +212,8 @@ async fn writer_killed_at_an_ingest_commit_keeps_every_acknowledged_stream() {
 
 /// A Write stream that stalls mid-way (a client hung between two batches) is dropped after
 /// `--write-idle-secs` with DEADLINE_EXCEEDED, keeps none of its rows, and frees its slot: the
-/// next stream is taken.
+/// next stream is taken. A stream that trickles batches just inside that window is dropped for
+/// its pace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_write_stream_is_dropped_and_keeps_none_of_its_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,8 +264,28 @@ async fn a_stalled_write_stream_is_dropped_and_keeps_none_of_its_rows() {
     let empty = proto::WriteBatch { collection: "v1".into(), records: Vec::new() };
     let refused = client.ingest_client().write(futures::stream::iter(vec![empty])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    let next = client.ingest_client().write(futures::stream::iter(vec![batch])).await.unwrap();
+    let next = client.ingest_client().write(futures::stream::iter(vec![batch.clone()])).await.unwrap();
     assert_eq!(next.into_inner().rows, 100);
+    // A trickle: one one-row batch every 300 ms, each inside the idle window, 213 B/s of
+    // vectors in all. Past its grace (the idle window) the stream is dropped for its pace.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let trickle = tokio::spawn(async move {
+        for id in 1_000.. {
+            let one =
+                proto::WriteBatch { records: vec![proto::Record { id, ..batch.records[0].clone() }], ..batch.clone() };
+            if tx.send(one).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut ingest = client.ingest_client();
+    let slow = ingest.write(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let status = tokio::time::timeout(Duration::from_secs(30), slow).await.expect("dropped").unwrap_err();
+    trickle.abort();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("below the minimum of 1024 B/s"), "{}", status.message());
+    assert_eq!(client.progress("v1").await.unwrap().rows, 100, "the trickle left nothing");
 }
 
 /// A writer whose disk fills mid-stream: that stream fails with RESOURCE_EXHAUSTED naming the

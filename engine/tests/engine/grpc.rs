@@ -465,11 +465,32 @@ async fn health_answers_while_exact_scans_run() {
     assert!(slowest < std::time::Duration::from_millis(100), "health + /livez took {slowest:?} under load");
 }
 
-/// A Verify whose call is gone (here: past the client's deadline) stops between queries and
-/// frees the one admin slot: the Verify that follows (an operator's retry) runs at once instead
-/// of waiting behind thousands of queries nobody will read.
+/// Everything this process logs, as text (the subscriber is the process's global one: nextest
+/// runs each test in a process of its own). `None` when another subscriber was set first.
+fn captured_logs() -> Option<Arc<std::sync::Mutex<Vec<u8>>>> {
+    #[derive(Clone)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Shared(Arc::default());
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::set_global_default(subscriber).ok().map(|()| logs.0)
+}
+
+/// A Verify whose call is gone (here: past the client's deadline) stops between queries, says
+/// so in the log, and frees the one admin slot: the Verify that follows (an operator's retry)
+/// runs at once instead of waiting behind thousands of queries nobody will read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verify_whose_call_is_gone_stops_and_frees_its_slot() {
+    let logs = captured_logs();
     let (url, _node, _dir, _) = serving(20_000, ServeConfig::default()).await;
     let mut admin = AdminClient::connect(url).await.unwrap();
     let verify = |sample: u32, timeout: std::time::Duration| {
@@ -488,4 +509,18 @@ async fn a_verify_whose_call_is_gone_stops_and_frees_its_slot() {
     assert_eq!(report["queries"], 20);
     // Well before the abandoned Verify's 10,000 queries would have ended.
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    match logs {
+        Some(logs) => {
+            let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+            assert!(
+                logs.lines().any(|l| l.contains("WARN")
+                    && l.contains("collection=\"v1\"")
+                    && l.contains("verification stopped")),
+                "the abandoned Verify is logged:\n{logs}"
+            );
+        }
+        None => {
+            println!("SKIPPED the log assertion: another test set this process's log subscriber (run under nextest)")
+        }
+    }
 }

@@ -352,6 +352,35 @@ fn the_cli_confines_sources_to_the_data_and_working_directories() {
     assert!(out.status.success(), "QUIVER_SOURCE_ROOT allows it: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Proxy variables in the environment (as a corporate cluster sets them) are not used for a
+/// source: through a proxy the proxy would resolve the host, past the link-local check. The
+/// "proxy" here is a listener that counts connections; the import must reach the source
+/// directly and the proxy must see nothing.
+#[test]
+fn proxies_from_the_environment_are_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bytes) = base_npy(dir.path());
+    let source = format!("{}/base.npy", serve(bytes));
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    proxy.set_nonblocking(true).unwrap();
+    let data = dir.path().join("data");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"));
+    command.current_dir(dir.path()).args(["import", "--data-dir"]).arg(&data);
+    command.args(["--name", "v1", "--source", &source, "--quality", "10"]);
+    for var in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        command.env(var, &proxy_url);
+    }
+    let out = command.env_remove("NO_PROXY").env_remove("no_proxy").output().unwrap();
+    let mut reached = 0;
+    while proxy.accept().is_ok() {
+        reached += 1;
+    }
+    assert_eq!(reached, 0, "the import connected to the proxy");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(data.join("v1").join("data.mdb").exists());
+}
+
 #[test]
 fn a_huge_npy_shape_is_refused_quickly() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,6 @@ impl PartitionSearch for IndexSearch {
             candidates: q.filtered.then_some(q.members),
         };
         let found = self.index.nearest(collection, &query)?;
-        Ok(rerank(collection, q.vector, found, q.k))
+        rerank(collection, q, found)
     }
 }

@@ -11,13 +11,14 @@ pub struct ExactScan;
 impl PartitionSearch for ExactScan {
     fn search(&self, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
         if q.members.len() < collection.len() {
-            return Ok(rerank(collection, q.vector, q.members.iter(), q.k));
+            return rerank(collection, q, q.members.iter());
         }
         // The whole collection: stream the chunks in order, the access pattern memory likes.
         let kernel = collection.manifest().metric.kernel();
         let dims = collection.manifest().dimensions;
         let mut top = TopK::new(q.k);
         for (first, rows) in collection.vector_chunks() {
+            q.cancel.check("search")?;
             for (i, row) in rows.chunks_exact(dims).enumerate() {
                 top.push(first + i as u32, kernel(q.vector, row));
             }

@@ -7,6 +7,7 @@ pub mod durable;
 pub mod exact;
 pub mod signscan;
 
+use crate::cancel::Cancel;
 use crate::collection::Collection;
 use crate::distance::Ranking;
 use crate::error::Result;
@@ -23,6 +24,9 @@ pub struct PartitionQuery<'a> {
     pub vector: &'a [f32],
     pub k: usize,
     pub quality: usize,
+    /// Checked by work that may scan the whole partition (the exact scan), so a call that is
+    /// gone stops it within one chunk instead of one query.
+    pub cancel: &'a Cancel,
 }
 
 /// An item and its ranking score (see [`crate::distance::Ranking::kernel`]).
@@ -33,17 +37,23 @@ pub trait PartitionSearch: Send + Sync {
     fn search(&self, collection: &Collection, query: &PartitionQuery<'_>) -> Result<Vec<Scored>>;
 }
 
-/// Re-scores candidate items exactly and keeps the best `k`.
+/// Items scored between two looks at the cancel flag: a few milliseconds of work.
+const CANCEL_EVERY: usize = 65_536;
+
+/// Re-scores candidate items exactly and keeps the best `q.k`; a long list (a filtered exact
+/// scan) stops once the call is cancelled.
 pub fn rerank(
     collection: &Collection,
-    query: &[f32],
+    q: &PartitionQuery<'_>,
     candidates: impl IntoIterator<Item = u32>,
-    k: usize,
-) -> Vec<Scored> {
+) -> Result<Vec<Scored>> {
     let kernel = collection.manifest().metric.kernel();
-    let mut top = super::topk::TopK::new(k);
-    for item in candidates {
-        top.push(item, kernel(query, collection.vector(item)));
+    let mut top = super::topk::TopK::new(q.k);
+    for (i, item) in candidates.into_iter().enumerate() {
+        if i % CANCEL_EVERY == 0 {
+            q.cancel.check("search")?;
+        }
+        top.push(item, kernel(q.vector, collection.vector(item)));
     }
-    top.into_sorted()
+    Ok(top.into_sorted())
 }

@@ -183,12 +183,12 @@ impl PartitionSearch for SignScan {
     fn search(&self, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
         let budget = q.quality.max(q.k);
         if q.members.len() as usize <= budget {
-            return Ok(rerank(collection, q.vector, q.members.iter(), q.k));
+            return rerank(collection, q, q.members.iter());
         }
         let code = self.encode(q.vector);
         let filter = q.filtered.then_some(q.members);
         let candidates = self.candidates(q.partition, &code, filter, budget);
-        Ok(rerank(collection, q.vector, candidates, q.k))
+        rerank(collection, q, candidates)
     }
 }
 
