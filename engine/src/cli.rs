@@ -86,8 +86,8 @@ pub struct ServeArgs {
     /// After a drain or SIGTERM, calls in flight get this many seconds to finish.
     #[arg(long, env = "QUIVER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
-    /// Largest Ingest batch or Snapshot chunk message, in bytes (Search and Admin messages
-    /// are limited to 4 MiB).
+    /// Largest Ingest batch or Snapshot chunk message, in bytes (Search messages are limited
+    /// to 1 MiB, Admin messages to 4 MiB).
     #[arg(long, env = "QUIVER_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
     pub max_message_bytes: usize,
     /// Calls served at once; more are refused with RESOURCE_EXHAUSTED (health is exempt).
@@ -161,6 +161,10 @@ pub struct WriterArgs {
     /// none of its rows kept).
     #[arg(long, env = "QUIVER_WRITE_IDLE_SECS", default_value_t = crate::serve::ingest::WRITE_IDLE.as_secs())]
     pub write_idle_secs: u64,
+    /// Least bytes of vectors per second a Write stream must send over each window of
+    /// --write-idle-secs, or it is dropped with none of its rows kept (0: no floor).
+    #[arg(long, env = "QUIVER_WRITE_MIN_BYTES_PER_SEC", default_value_t = crate::serve::ingest::MIN_WRITE_BYTES_PER_SEC)]
+    pub write_min_bytes_per_sec: u64,
     #[command(flatten)]
     pub build: BuildArgs,
 }

@@ -27,10 +27,16 @@ pub const MAX_BATCH_QUERIES: usize = 1_024;
 pub const MAX_BATCH_HITS: usize = 100_000;
 /// Partitions or tags named in one query.
 pub const MAX_FILTER_NAMES: usize = 1_024;
-/// Largest Search or Admin request message; only Ingest and Snapshot carry bulk data. A message
-/// of many tiny repeated fields decodes to up to ~64x its size, so this and
-/// [`MAX_HEAVY_IN_FLIGHT`] bound what decoding alone may take (8 x 4 MiB x 64 = 2 GiB).
+/// Largest Admin or Snapshot request message; only Ingest carries bulk data in. Their messages
+/// have no repeated fields but Verify's queries (packed floats, decoded at their size).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest Search or BatchSearch message. A valid Search is at most ~300 KiB (4096 dimensions,
+/// 1024 partition and tag names of 128 bytes); a BatchSearch of 384-d queries fits ~680. The
+/// bound is tighter than Admin's because decoding amplifies: an empty repeated string costs 2
+/// bytes on the wire and a 24-byte `String` decoded (12x), an empty query of a batch 2 bytes
+/// and ~130 (64x). So decoding alone takes at most 256 calls x 1 MiB x 12 = 3 GiB for Search at
+/// the default in-flight bound, and 8 x 1 MiB x 64 = 512 MiB for BatchSearch (heavy).
+pub const MAX_SEARCH_REQUEST_BYTES: usize = 1 << 20;
 /// Concurrent HTTP/2 streams one client connection may open (below the in-flight bound, so
 /// one connection cannot take every slot).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;

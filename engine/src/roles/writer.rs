@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::import;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
-use crate::serve::ingest::IngestService;
+use crate::serve::ingest::{IngestService, WritePace};
 use crate::serve::termination;
 use crate::spool::{RecordRules, Spool, SpoolLimits};
 use std::sync::Arc;
@@ -53,8 +53,11 @@ pub fn run(a: WriterArgs) -> Result<i32> {
                 reason: "a Write stream needs at least one second between batches".into(),
             });
         }
-        let idle = std::time::Duration::from_secs(a.write_idle_secs);
-        let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone(), idle);
+        let pace = WritePace {
+            idle: std::time::Duration::from_secs(a.write_idle_secs),
+            min_bytes_per_sec: a.write_min_bytes_per_sec,
+        };
+        let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone(), pace);
         if let Some((collection, info)) = recovered {
             tracing::info!("{} is sealed; serving snapshot sha256 {}", info.collection, info.sha256);
             node.catalog.adopt(collection);

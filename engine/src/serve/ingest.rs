@@ -21,8 +21,25 @@ pub struct IngestService {
     source: Option<String>,
     /// One Seal at a time (the end of a Write stream is serialized with Seal by the spool).
     sealing: Arc<tokio::sync::Mutex<()>>,
-    /// A Write stream silent this long between batches is dropped ([`WRITE_IDLE`] by default).
-    idle: std::time::Duration,
+    pace: WritePace,
+}
+
+/// How slow a Write stream may be before it is dropped (none of its rows kept): a stream holds
+/// a heavy-call slot and an open spool file, so a client that stalls or trickles loses it
+/// instead of holding them until the call's six-hour deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct WritePace {
+    /// Longest silence between two batches ([`WRITE_IDLE`] by default).
+    pub idle: std::time::Duration,
+    /// Least bytes of vectors per second over each window of `idle` (0: no floor;
+    /// [`MIN_WRITE_BYTES_PER_SEC`] by default).
+    pub min_bytes_per_sec: u64,
+}
+
+impl Default for WritePace {
+    fn default() -> Self {
+        WritePace { idle: WRITE_IDLE, min_bytes_per_sec: MIN_WRITE_BYTES_PER_SEC }
+    }
 }
 
 impl IngestService {
@@ -33,12 +50,12 @@ impl IngestService {
         publisher: Arc<Publisher>,
         spool: Option<Arc<Spool>>,
         source: Option<String>,
-        idle: std::time::Duration,
+        pace: WritePace,
     ) -> Self {
         if spool.as_ref().is_some_and(|s| s.committed_rows() > 0) && publisher.stage() == Stage::Waiting {
             publisher.set_stage(Stage::Receiving);
         }
-        IngestService { node, publisher, spool, source, sealing: Arc::default(), idle }
+        IngestService { node, publisher, spool, source, sealing: Arc::default(), pace }
     }
 
     /// The spool, once [`IngestService::check_writable`] passed.
@@ -84,8 +101,8 @@ impl ingest_server::Ingest for IngestService {
         let mut incoming = request.into_inner();
         // Dropped on any early return: the stream's file goes, none of its rows stay.
         let mut spooled: Option<StreamWriter> = None;
-        let mut pace = Pace::new(self.idle);
-        while let Some(batch) = next_batch(&mut incoming, self.idle).await? {
+        let mut pace = Pace::new(self.pace);
+        while let Some(batch) = next_batch(&mut incoming, self.pace.idle).await? {
             self.check_writable(&batch.collection)?;
             pace.received(&batch)?;
             if batch.records.is_empty() {
@@ -171,48 +188,48 @@ impl ingest_server::Ingest for IngestService {
     }
 }
 
-/// How long a Write stream may stay silent between two batches: a client that stalls holds a
-/// heavy-call slot and an open spool file, so it loses the stream (none of its rows stay)
-/// instead of holding them until the call's six-hour deadline.
+/// How long a Write stream may stay silent between two batches.
 pub const WRITE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The slowest a Write stream may average once it is older than its idle window, in bytes of
-/// vectors per second (Kestrel's minimum request body rate is the model, 240 B/s there): a
-/// client trickling one small batch just inside the idle window would otherwise hold a
-/// heavy-call slot for the six-hour Write deadline. One 384-d row is 1.5 KiB; an ETL pushes
-/// megabytes a second.
+/// The slowest a Write stream may be over each window of its idle time, in bytes of vectors per
+/// second (Kestrel's minimum request body rate is the model, 240 B/s there): a client trickling
+/// one small batch just inside the idle window would otherwise hold a heavy-call slot for the
+/// six-hour Write deadline. Each window counts on its own, so a burst at the start buys no
+/// slack later. One 384-d row is 1.5 KiB; an ETL pushes megabytes a second.
 pub const MIN_WRITE_BYTES_PER_SEC: u64 = 1024;
 
-/// How fast a Write stream has been sending.
+/// How fast a Write stream has been sending in its current window.
 struct Pace {
-    started: std::time::Instant,
-    grace: std::time::Duration,
-    bytes: u64,
+    limits: WritePace,
+    window_started: std::time::Instant,
+    window_bytes: u64,
 }
 
 impl Pace {
-    fn new(grace: std::time::Duration) -> Pace {
-        Pace { started: std::time::Instant::now(), grace, bytes: 0 }
+    fn new(limits: WritePace) -> Pace {
+        Pace { limits, window_started: std::time::Instant::now(), window_bytes: 0 }
     }
 
-    /// Counts a batch; refuses the stream when, past its grace, it averaged below
-    /// [`MIN_WRITE_BYTES_PER_SEC`].
+    /// Counts a batch; once a window of the idle time has passed, refuses the stream when that
+    /// window averaged below the floor, else starts the next window.
     fn received(&mut self, batch: &proto::WriteBatch) -> Result<(), Status> {
         let floats: usize = batch.records.iter().map(|r| r.vector.len()).sum();
-        self.bytes = self.bytes.saturating_add(floats as u64 * 4);
-        let elapsed = self.started.elapsed();
-        if elapsed <= self.grace {
+        self.window_bytes = self.window_bytes.saturating_add(floats as u64 * 4);
+        let elapsed = self.window_started.elapsed();
+        if elapsed < self.limits.idle {
             return Ok(());
         }
-        let rate = self.bytes as f64 / elapsed.as_secs_f64();
-        if rate < MIN_WRITE_BYTES_PER_SEC as f64 {
+        let rate = self.window_bytes as f64 / elapsed.as_secs_f64();
+        if rate < self.limits.min_bytes_per_sec as f64 {
             return Err(Status::deadline_exceeded(format!(
-                "the stream sent {} bytes of vectors in {:.0} s ({rate:.0} B/s), below the minimum of \
-                 {MIN_WRITE_BYTES_PER_SEC} B/s: it is dropped and none of its rows are kept; send larger batches",
-                self.bytes,
-                elapsed.as_secs_f64()
+                "the stream sent {} bytes of vectors in the last {:.0} s ({rate:.0} B/s), below the minimum of \
+                 {} B/s (--write-min-bytes-per-sec): it is dropped and none of its rows are kept; send larger batches",
+                self.window_bytes,
+                elapsed.as_secs_f64(),
+                self.limits.min_bytes_per_sec,
             )));
         }
+        (self.window_started, self.window_bytes) = (std::time::Instant::now(), 0);
         Ok(())
     }
 }

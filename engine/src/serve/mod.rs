@@ -67,8 +67,8 @@ async fn slotted<T: Send + 'static>(
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub max_connection_age: Option<Duration>,
-    /// Largest message of the bulk services (Ingest batches, Snapshot chunks); Search and Admin
-    /// take at most [`crate::limits::MAX_REQUEST_BYTES`].
+    /// Largest message of the bulk services (Ingest batches, Snapshot chunks); Search takes at
+    /// most [`crate::limits::MAX_SEARCH_REQUEST_BYTES`], Admin [`crate::limits::MAX_REQUEST_BYTES`].
     pub max_message_bytes: usize,
     /// The bearer token required on every service but health and reflection.
     pub token: Option<String>,
@@ -275,7 +275,7 @@ pub async fn serve(
             builder = builder.max_connection_age(age);
         }
         let search = SearchServer::new(search::SearchService::new(node.clone()))
-            .max_decoding_message_size(request_limit)
+            .max_decoding_message_size(crate::limits::MAX_SEARCH_REQUEST_BYTES)
             .max_encoding_message_size(bulk_limit);
         let admin = AdminServer::new(admin::AdminService::new(node.clone()))
             .max_decoding_message_size(request_limit)

@@ -80,7 +80,11 @@ impl search_server::Search for SearchService {
             .search_work(move || {
                 let results = queries
                     .into_par_iter()
-                    .map(|q| answer(node.collection(&q.collection)?.as_ref(), &wire::search_request(q)?, &cancel))
+                    .map(|q| {
+                        // A batch whose call is gone stops at its next query, whatever the strategy.
+                        cancel.check("search").map_err(status)?;
+                        answer(node.collection(&q.collection)?.as_ref(), &wire::search_request(q)?, &cancel)
+                    })
                     .collect::<Result<_, _>>()?;
                 Ok(proto::BatchSearchResponse { results })
             })

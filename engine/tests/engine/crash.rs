@@ -266,10 +266,16 @@ async fn a_stalled_write_stream_is_dropped_and_keeps_none_of_its_rows() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let next = client.ingest_client().write(futures::stream::iter(vec![batch.clone()])).await.unwrap();
     assert_eq!(next.into_inner().rows, 100);
-    // A trickle: one one-row batch every 300 ms, each inside the idle window, 213 B/s of
-    // vectors in all. Past its grace (the idle window) the stream is dropped for its pace.
+    // A burst of 64 KB (a minute's worth at the floor), then a trickle: one one-row batch every
+    // 300 ms, each inside the idle window, 213 B/s of vectors. Each window counts on its own, so
+    // the burst buys no slack: the stream is dropped in its second window.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let burst = proto::WriteBatch {
+        collection: "v1".into(),
+        records: (2_000..3_000).map(|id| proto::Record { id, vector: vec![1.0; DIMS], ..Default::default() }).collect(),
+    };
     let trickle = tokio::spawn(async move {
+        tx.send(burst).await.unwrap();
         for id in 1_000.. {
             let one =
                 proto::WriteBatch { records: vec![proto::Record { id, ..batch.records[0].clone() }], ..batch.clone() };
@@ -281,10 +287,12 @@ async fn a_stalled_write_stream_is_dropped_and_keeps_none_of_its_rows() {
     });
     let mut ingest = client.ingest_client();
     let slow = ingest.write(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let started = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(30), slow).await.expect("dropped").unwrap_err();
     trickle.abort();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("below the minimum of 1024 B/s"), "{}", status.message());
+    assert!(started.elapsed() >= Duration::from_secs(2), "the burst's window passed: {:?}", started.elapsed());
     assert_eq!(client.progress("v1").await.unwrap().rows, 100, "the trickle left nothing");
 }
 

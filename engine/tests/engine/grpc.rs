@@ -58,6 +58,12 @@ async fn search_admin_and_health_over_grpc() {
     assert!(search.search(request(5, nan)).await.unwrap_err().message().contains("vector[2]"));
     let missing = SearchRequest { collection: "nope".into(), ..request(5, query.clone()) };
     assert_eq!(search.search(missing).await.unwrap_err().code(), Code::NotFound);
+    // A Search message above 1 MiB (here 1.5 MiB of partition names, each decoding to a String)
+    // is refused before it is decoded; tonic answers OUT_OF_RANGE naming both sizes.
+    let names = SearchRequest { partitions: vec![String::new(); 768 << 10], ..request(5, query.clone()) };
+    let err = search.clone().max_encoding_message_size(usize::MAX).search(names).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("the limit is: 1048576 bytes"), "{}", err.message());
     // The server keeps serving after bad requests.
     assert_eq!(search.search(request(3, query.clone())).await.unwrap().into_inner().hits.len(), 3);
 
@@ -523,4 +529,40 @@ async fn a_verify_whose_call_is_gone_stops_and_frees_its_slot() {
             println!("SKIPPED the log assertion: another test set this process's log subscriber (run under nextest)")
         }
     }
+}
+
+/// Exact BatchSearches whose calls are gone (past the client's deadline) stop at their next
+/// query and free the search slots: an exact Search sent right after them is answered at once,
+/// not after every abandoned scan has run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_exact_batches_stop_and_free_the_search_slots() {
+    use quiver_api::proto::BatchSearchRequest;
+    let (url, _node, _dir, data) = serving(20_000, ServeConfig::default()).await;
+    let exact = |i: usize| SearchRequest {
+        collection: "v1".into(),
+        vector: data[i * DIMS..(i + 1) * DIMS].to_vec(),
+        k: 10,
+        strategy: "exact".into(),
+        ..Default::default()
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let mut search = SearchClient::new(channel);
+    // Alone, one such batch takes this long.
+    let batch = BatchSearchRequest { queries: (0..256).map(exact).collect() };
+    let started = std::time::Instant::now();
+    search.batch_search(batch.clone()).await.unwrap();
+    let whole = started.elapsed();
+    // As many abandoned batches as the server has slots (one per core).
+    let slots = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for _ in 0..slots {
+        let mut request = tonic::Request::new(batch.clone());
+        request.set_timeout(std::time::Duration::from_millis(20));
+        let mut search = search.clone();
+        let gone = search.batch_search(request).await.unwrap_err();
+        assert!(matches!(gone.code(), Code::DeadlineExceeded | Code::Cancelled), "{gone:?}");
+    }
+    let started = std::time::Instant::now();
+    search.search(exact(0)).await.unwrap();
+    let next = started.elapsed();
+    assert!(next * 4 < whole, "the Search waited behind the abandoned batches: {next:?} (one batch: {whole:?})");
 }
