@@ -3,20 +3,34 @@
 //! Kubernetes Job's termination message) and exits non-zero when a gate fails.
 
 use super::runtime;
-use crate::cli::{GateArgs, RemoteArgs};
 use crate::error::{Error, Result};
 use crate::serve::proto;
 use crate::types::VerifyReport;
+use crate::verify::VerifyOptions;
 use quiver_api::client::{Client, ClientOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn client(target: &str, remote: &RemoteArgs) -> Result<Client> {
-    let tls_ca = super::read_ca(remote.tls_ca.as_deref())?;
-    Ok(Client::new(target, ClientOptions { token: remote.token.read()?, tls_ca, ..Default::default() })?)
+/// The running engine a job calls, and where its result goes.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// gRPC address, e.g. `http://replica:7700`.
+    pub target: String,
+    /// The collection (or alias) the job is about.
+    pub collection: String,
+    /// The token and CA the target wants.
+    pub client: ClientOptions,
+    /// Also written here (outside a pod this usually fails, which is reported only).
+    pub result_file: PathBuf,
 }
 
-fn remote_error(target: &str) -> impl Fn(tonic::Status) -> Error + '_ {
-    move |s| Error::Remote { target: target.to_string(), reason: format!("{}: {}", s.code(), s.message()) }
+impl Remote {
+    fn error(&self) -> impl Fn(tonic::Status) -> Error + '_ {
+        move |s| Error::Remote { target: self.target.clone(), reason: format!("{}: {}", s.code(), s.message()) }
+    }
+
+    fn unreadable(&self, what: &str, e: serde_json::Error) -> Error {
+        Error::Remote { target: self.target.clone(), reason: format!("unreadable {what}: {e}") }
+    }
 }
 
 /// Writes a job's result where Kubernetes reads termination messages; outside a pod that file
@@ -27,29 +41,27 @@ fn write_result(path: &Path, json: &str) {
     }
 }
 
-pub fn warmup(target: &str, collection: &str, max_queries: usize, remote: &RemoteArgs) -> Result<i32> {
+pub fn warmup(remote: &Remote, max_queries: usize) -> Result<i32> {
     let runtime = runtime()?;
     let _entered = runtime.enter();
-    let client = client(target, remote)?;
-    let response = runtime.block_on(
-        client.warmup(proto::WarmupRequest { collection: collection.to_string(), max_queries: max_queries as u32 }),
-    );
-    let response = response.map_err(remote_error(target))?;
-    let report: serde_json::Value = serde_json::from_str(&response.report_json)
-        .map_err(|e| Error::Remote { target: target.to_string(), reason: format!("unreadable warm-up report: {e}") })?;
+    let client = Client::new(&remote.target, remote.client.clone())?;
+    let request = proto::WarmupRequest { collection: remote.collection.clone(), max_queries: max_queries as u32 };
+    let response = runtime.block_on(client.warmup(request)).map_err(remote.error())?;
+    let report: serde_json::Value =
+        serde_json::from_str(&response.report_json).map_err(|e| remote.unreadable("warm-up report", e))?;
     let json = serde_json::to_string_pretty(&report).expect("JSON values serialize");
     println!("{json}");
     write_result(&remote.result_file, &json);
     Ok(0)
 }
 
-pub fn verify(target: &str, collection: &str, gate: &GateArgs, remote: &RemoteArgs) -> Result<i32> {
+/// Verifies on the target; `output` also gets the report.
+pub fn verify(remote: &Remote, options: VerifyOptions, output: Option<&Path>) -> Result<i32> {
     let runtime = runtime()?;
     let _entered = runtime.enter();
-    let client = client(target, remote)?;
-    let options = gate.options()?;
+    let client = Client::new(&remote.target, remote.client.clone())?;
     let request = proto::VerifyRequest {
-        collection: collection.to_string(),
+        collection: remote.collection.clone(),
         expected_count: options.expected_count,
         min_recall: options.min_recall,
         max_p99_ms: options.max_p99_ms,
@@ -57,12 +69,10 @@ pub fn verify(target: &str, collection: &str, gate: &GateArgs, remote: &RemoteAr
         sample: options.sample as u32,
         queries: options.queries.into_iter().map(|values| proto::Vector { values }).collect(),
     };
-    let response = runtime.block_on(client.verify(request)).map_err(remote_error(target))?;
-    let report: VerifyReport = serde_json::from_str(&response.report_json).map_err(|e| Error::Remote {
-        target: target.to_string(),
-        reason: format!("unreadable verification report: {e}"),
-    })?;
-    let json = crate::verify::emit(&report, gate.output.as_deref())?;
+    let response = runtime.block_on(client.verify(request)).map_err(remote.error())?;
+    let report: VerifyReport =
+        serde_json::from_str(&response.report_json).map_err(|e| remote.unreadable("verification report", e))?;
+    let json = crate::verify::emit(&report, output)?;
     write_result(&remote.result_file, &json);
     Ok(if report.passed { 0 } else { 1 })
 }

@@ -1,5 +1,6 @@
-//! The serving roles of the `quiver` binary and the jobs the operator runs: each turns its
-//! command-line arguments into a [`Node`] with its services, and runs it until SIGTERM.
+//! The serving roles of the `quiver` binary and the jobs the operator runs: each takes a
+//! configuration (built from the command line by [`crate::cli`], or by a test), turns it into a
+//! [`Node`] with its services, and runs it until SIGTERM.
 
 pub mod jobs;
 pub mod replica;
@@ -7,60 +8,37 @@ pub mod standalone;
 pub mod writer;
 
 use crate::alias::Catalog;
-use crate::cli::{ServeArgs, TokenArgs};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::serve::{Node, ServeConfig, ingest::IngestService};
 use crate::snapshot::Store;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl TokenArgs {
-    /// The token from --token-file (trailing newline ignored) or --token.
-    pub fn read(&self) -> Result<Option<String>> {
-        match (&self.token_file, &self.token) {
-            (Some(path), _) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::io(format!("reading the token file {}", path.display()), e))?;
-                let token = text.trim().to_string();
-                if token.is_empty() {
-                    return Err(Error::io(
-                        format!("reading the token file {}", path.display()),
-                        std::io::Error::other("the file is empty"),
-                    ));
-                }
-                Ok(Some(token))
-            }
-            (None, Some(token)) if token.trim().is_empty() => Err(Error::Usage {
-                flag: "--token".into(),
-                value: "(empty)".into(),
-                reason: "an empty bearer token would let anyone in; give a token or none".into(),
-            }),
-            (None, Some(token)) => Ok(Some(token.trim().to_string())),
-            (None, None) => Ok(None),
-        }
+/// Where a serving role listens and how it serves there.
+#[derive(Debug, Clone)]
+pub struct ServeRole {
+    /// gRPC.
+    pub listen: SocketAddr,
+    /// /metrics, /livez and /readyz (none when absent).
+    pub http_listen: Option<SocketAddr>,
+    pub config: ServeConfig,
+    /// Serve a non-loopback address without a token (refused otherwise).
+    pub insecure: bool,
+}
+
+impl ServeRole {
+    /// Plaintext gRPC on `listen`, no HTTP, the default limits.
+    pub fn new(listen: SocketAddr) -> ServeRole {
+        ServeRole { listen, http_listen: None, config: ServeConfig::default(), insecure: false }
     }
-}
 
-/// The bytes of a PEM file (certificate, key, CA).
-fn read_pem(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
-}
-
-/// The CA a client trusts for `https://` targets, when one is given.
-pub fn read_ca(path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>> {
-    path.map(read_pem).transpose()
-}
-
-impl ServeArgs {
-    pub fn config(&self) -> Result<ServeConfig> {
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some((read_pem(cert)?, read_pem(key)?)),
-            _ => None,
-        };
-        let token = self.token.read()?;
-        if token.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+    /// Refuses what would expose the role: a non-loopback address without a token, unless
+    /// `insecure` says so.
+    fn check_secure(&self) -> Result<()> {
+        if self.config.token.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
             return Err(Error::Usage {
                 flag: "--listen".into(),
                 value: self.listen.to_string(),
@@ -69,16 +47,7 @@ impl ServeArgs {
                     .into(),
             });
         }
-        Ok(ServeConfig {
-            max_connection_age: self.max_connection_age_secs.map(Duration::from_secs),
-            max_message_bytes: self.max_message_bytes,
-            token,
-            search_without_token: self.search_without_token,
-            tls,
-            drain_delay: Duration::from_secs(self.drain_delay_secs),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-            max_in_flight: self.max_in_flight,
-        })
+        Ok(())
     }
 }
 
@@ -89,12 +58,13 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(args: &ServeArgs) -> Result<Listeners> {
+    pub async fn bind(role: &ServeRole) -> Result<Listeners> {
+        role.check_secure()?;
         let bind = |addr| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))
         };
-        let grpc = bind(args.listen).await?;
-        let http = match args.http_listen {
+        let grpc = bind(role.listen).await?;
+        let http = match role.http_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
@@ -155,16 +125,4 @@ pub fn serve_role<T>(role: impl Future<Output = Result<T>>) -> Result<T> {
     let result = runtime.block_on(role);
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::cli::TokenArgs;
-
-    #[test]
-    fn an_empty_token_is_refused() {
-        let empty = TokenArgs { token_file: None, token: Some(" \n".into()) };
-        assert!(empty.read().unwrap_err().to_string().contains("--token (empty)"));
-        assert_eq!(TokenArgs { token_file: None, token: Some("t0k\n".into()) }.read().unwrap().as_deref(), Some("t0k"));
-    }
 }

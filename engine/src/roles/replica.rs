@@ -3,8 +3,7 @@
 //! collection, and only then reports SERVING; it then serves Search and, to later peers, the
 //! same snapshot. A snapshot that fails its checks is discarded and never served.
 
-use super::{Listeners, collection_node};
-use crate::cli::ReplicaArgs;
+use super::{Listeners, ServeRole, collection_node};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::search::searcher::Searcher;
@@ -17,15 +16,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub fn run(a: ReplicaArgs) -> Result<i32> {
-    let root = a.dir.data_dir.clone();
+/// What `quiver replica` fetches, from where, and how it serves.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub data_dir: PathBuf,
+    /// The collection to fetch and serve.
+    pub collection: String,
+    /// gRPC addresses holding the snapshot (the writer, ready peers), tried in turn.
+    pub snapshot_from: Vec<String>,
+    pub fetch: FetchOptions,
+    /// Simulated queries run before reporting SERVING.
+    pub warmup_max_queries: usize,
+    pub serve: ServeRole,
+}
+
+pub fn run(a: ReplicaConfig) -> Result<i32> {
+    let root = a.data_dir.clone();
     for source in &a.snapshot_from {
         quiver_api::client::check_target(source)?;
     }
-    let tls_ca = super::read_ca(a.tls_ca.as_deref())?;
     super::serve_role(async {
-        let config = a.serve.config()?;
-        let client_options = ClientOptions { token: config.token.clone(), tls_ca, ..Default::default() };
+        let config = a.serve.config.clone();
         let node = collection_node(&root, &a.collection, Arc::new(Metrics::new())).await?;
         let listeners = Listeners::bind(&a.serve).await?;
 
@@ -42,7 +53,7 @@ pub fn run(a: ReplicaArgs) -> Result<i32> {
             r.map_err(|e| Error::io("serving", std::io::Error::other(e)))?
         };
         let prepared = tokio::select! {
-            prepared = prepare(&a, &root, node.clone(), client_options) => prepared,
+            prepared = prepare(&a, &root, node.clone()) => prepared,
             // SIGTERM before the replica was ready: stop preparing.
             served = &mut server => return joined(served).map(|()| 0),
         };
@@ -61,7 +72,7 @@ pub fn run(a: ReplicaArgs) -> Result<i32> {
 
 /// Fetch (unless a snapshot that passes its checks on disk is already here), install,
 /// preload, warm, then ready.
-async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, options: ClientOptions) -> Result<()> {
+async fn prepare(a: &ReplicaConfig, root: &std::path::Path, node: Arc<Node>) -> Result<()> {
     let started = Instant::now();
     let store = Store::new(root);
     let present = {
@@ -75,16 +86,7 @@ async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, optio
             tracing::info!("snapshot of {} already here and checked (sha256 {})", a.collection, info.sha256);
             info
         }
-        None => {
-            let fetch = FetchOptions {
-                client: options,
-                bytes_per_sec: a.fetch_bytes_per_sec,
-                timeout: Duration::from_secs(a.fetch_timeout_secs),
-                attempt_timeout: Duration::from_secs(a.fetch_attempt_timeout_secs),
-                stall_timeout: Duration::from_secs(a.fetch_stall_timeout_secs),
-            };
-            fetch_snapshot(&a.snapshot_from, &a.collection, &store, &node.metrics, &fetch).await?
-        }
+        None => fetch_snapshot(&a.snapshot_from, &a.collection, &store, &node.metrics, &a.fetch).await?,
     };
     let fetched_s = started.elapsed().as_secs_f64();
     let (root, max_queries) = (PathBuf::from(root), a.warmup_max_queries);
@@ -111,6 +113,7 @@ async fn prepare(a: &ReplicaArgs, root: &std::path::Path, node: Arc<Node>, optio
 /// How a replica fetches its snapshot.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
+    /// The token and CA the sources want.
     pub client: ClientOptions,
     /// Throttle, so a new replica does not saturate the writer's link.
     pub bytes_per_sec: Option<u64>,

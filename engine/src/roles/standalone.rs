@@ -1,19 +1,26 @@
 //! `quiver standalone`: every collection and alias under one data directory, served from one
 //! process; SERVING once what the aliases serve is preloaded.
 
-use super::Listeners;
+use super::{Listeners, ServeRole};
 use crate::alias::Catalog;
-use crate::cli::StandaloneArgs;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::serve::{Node, termination};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-pub fn run(a: StandaloneArgs) -> Result<i32> {
+/// What `quiver standalone` serves, and how.
+#[derive(Debug, Clone)]
+pub struct StandaloneConfig {
+    pub data_dir: PathBuf,
+    pub serve: ServeRole,
+}
+
+pub fn run(a: StandaloneConfig) -> Result<i32> {
     super::serve_role(async {
-        let config = a.serve.config()?;
-        let catalog = Arc::new(Catalog::open(&a.dir.data_dir)?);
+        let catalog = Arc::new(Catalog::open(&a.data_dir)?);
         let listeners = Listeners::bind(&a.serve).await?;
+        let config = a.serve.config.clone();
         let node = Arc::new(Node::new(catalog.clone(), Arc::new(Metrics::new())).await);
         // Serve (NOT_SERVING) while preloading, so probes are answered meanwhile.
         let server = tokio::spawn(super::run(node.clone(), listeners, config, None, termination()));
@@ -34,7 +41,7 @@ pub fn run(a: StandaloneArgs) -> Result<i32> {
         .await
         .map_err(|e| Error::io("preloading", std::io::Error::other(e)))??;
         node.set_ready(true).await;
-        tracing::info!("serving {}", a.dir.data_dir.display());
+        tracing::info!("serving {}", a.data_dir.display());
         server.await.map_err(|e| Error::io("serving", std::io::Error::other(e)))?
     })?;
     Ok(0)

@@ -4,37 +4,58 @@
 //! anything half-imported was in a staging directory and is discarded, while the Ingest
 //! streams it acknowledged stay in the spool for the next Seal.
 
-use super::{Listeners, collection_node};
-use crate::cli::WriterArgs;
+use super::{Listeners, ServeRole, collection_node};
+use crate::collection::builder::BuildOptions;
 use crate::error::{Error, Result};
-use crate::import;
+use crate::import::{self, ReadOptions};
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::serve::ingest::{IngestService, WritePace};
 use crate::serve::termination;
 use crate::spool::{RecordRules, Spool, SpoolLimits};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-pub fn run(a: WriterArgs) -> Result<i32> {
-    let root = a.dir.data_dir.clone();
+/// What `quiver writer` builds, from where, and how it serves.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub data_dir: PathBuf,
+    /// The collection's name and how it is built.
+    pub build: BuildOptions,
+    /// Imported at start; without it the writer waits for Ingest pushes.
+    pub source: Option<String>,
+    /// How `source` is read (and where a local one may lie).
+    pub read: ReadOptions,
+    pub spool: SpoolLimits,
+    pub pace: WritePace,
+    pub serve: ServeRole,
+}
+
+pub fn run(a: WriterConfig) -> Result<i32> {
+    let root = a.data_dir.clone();
+    let name = a.build.name.clone();
     // A source the writer could never read is refused now (exit 2), not after start-up.
     if let Some(source) = &a.source {
-        import::source::check_source(source, &a.build.read_options())?;
+        import::source::check_source(source, &a.read)?;
+    }
+    if a.pace.idle.is_zero() {
+        return Err(Error::Usage {
+            flag: "--write-idle-secs".into(),
+            value: "0".into(),
+            reason: "a Write stream needs at least one second between batches".into(),
+        });
     }
     super::serve_role(async {
-        let config = a.serve.config()?;
         let metrics = Arc::new(Metrics::new());
-        let node = collection_node(&root, &a.collection, metrics.clone()).await?;
+        let node = collection_node(&root, &name, metrics.clone()).await?;
         let listeners = Listeners::bind(&a.serve).await?;
-        let options = a.build.options(&a.collection);
-        let rules = RecordRules { dimensions: options.dimensions, metric: options.metric };
-        let limits = SpoolLimits { max_stream_bytes: a.max_stream_bytes, max_spool_bytes: a.max_spool_bytes };
+        let rules = RecordRules { dimensions: a.build.dimensions, metric: a.build.metric };
         // A writer with --source takes no pushes: no spool.
         let spool = match a.source {
-            None => Some(Spool::open(&root, &a.collection, rules, limits)?),
+            None => Some(Spool::open(&root, &name, rules, a.spool)?),
             Some(_) => None,
         };
-        let publisher = Arc::new(Publisher::new(&root, options, metrics));
+        let publisher = Arc::new(Publisher::new(&root, a.build.clone(), metrics));
 
         let recovered = {
             let publisher = publisher.clone();
@@ -46,24 +67,13 @@ pub fn run(a: WriterArgs) -> Result<i32> {
             // Sealed: what the spool holds is in the collection already.
             spool.discard();
         }
-        if a.write_idle_secs == 0 {
-            return Err(Error::Usage {
-                flag: "--write-idle-secs".into(),
-                value: "0".into(),
-                reason: "a Write stream needs at least one second between batches".into(),
-            });
-        }
-        let pace = WritePace {
-            idle: std::time::Duration::from_secs(a.write_idle_secs),
-            min_bytes_per_sec: a.write_min_bytes_per_sec,
-        };
-        let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone(), pace);
+        let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone(), a.pace);
         if let Some((collection, info)) = recovered {
             tracing::info!("{} is sealed; serving snapshot sha256 {}", info.collection, info.sha256);
             node.catalog.adopt(collection);
             node.set_ready(true).await;
         } else if let Some(source) = a.source.clone() {
-            let read = a.build.read_options();
+            let read = a.read.clone();
             let (node, publisher) = (node.clone(), publisher.clone());
             tokio::spawn(async move {
                 let built = tokio::task::spawn_blocking(move || {
@@ -83,9 +93,9 @@ pub fn run(a: WriterArgs) -> Result<i32> {
                 }
             });
         } else {
-            tracing::info!("waiting for Ingest pushes of {}", a.collection);
+            tracing::info!("waiting for Ingest pushes of {name}");
         }
-        super::run(node, listeners, config, Some(ingest), termination()).await
+        super::run(node, listeners, a.serve.config.clone(), Some(ingest), termination()).await
     })?;
     Ok(0)
 }
