@@ -274,8 +274,12 @@ fn progress_bar(enabled: bool, expected: Option<u64>) -> ProgressBar {
     bar
 }
 
+/// `<staging>.lock`, beside the directory. (Not `with_extension`: a collection name may hold
+/// dots, and `products.v2-<pid>-<nanos>` would become `products.lock`, shared with v3.)
 fn lock_path(staging: &Path) -> std::path::PathBuf {
-    staging.with_extension("lock")
+    let mut name = staging.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    staging.with_file_name(name)
 }
 
 fn hold_lock(staging: &Path) -> Result<std::fs::File> {
@@ -522,5 +526,25 @@ impl<'a> Import<'a> {
         }
         wtxn.commit()?;
         Ok(self.count as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_names_get_locks_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join(STAGING);
+        let (v2, v3) = (staging.join("products.v2-1-1"), staging.join("products.v3-1-2"));
+        assert_ne!(lock_path(&v2), lock_path(&v3));
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::create_dir_all(&v3).unwrap();
+        // v2's import runs (it holds its lock); v3's was abandoned (its lock file is gone).
+        let _running = hold_lock(&v2).unwrap();
+        clean_stale_staging(dir.path());
+        assert!(v2.exists(), "a running import's staging directory stays");
+        assert!(!v3.exists(), "an abandoned one is removed");
     }
 }

@@ -26,7 +26,8 @@ pub struct Manifest {
     pub timings: BuildTimings,
     /// How the default search setting was chosen (absent when it was given explicitly).
     pub calibration: Option<crate::types::Calibration>,
-    /// Set in the same transaction that finishes the index: only a sealed collection opens.
+    /// Set by the last write transaction of a build, after the index and the calibration are
+    /// committed ([`crate::collection::builder::Staged::seal`]): only a sealed collection opens.
     pub sealed: bool,
 }
 

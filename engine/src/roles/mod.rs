@@ -30,11 +30,6 @@ pub struct ServeRole {
 }
 
 impl ServeRole {
-    /// Plaintext gRPC on `listen`, no HTTP, the default limits.
-    pub fn new(listen: SocketAddr) -> ServeRole {
-        ServeRole { listen, http_listen: None, config: ServeConfig::default(), insecure: false }
-    }
-
     /// Refuses what would expose the role: a non-loopback address without a token, unless
     /// `insecure` says so.
     fn check_secure(&self) -> Result<()> {
@@ -125,4 +120,25 @@ pub fn serve_role<T>(role: impl Future<Output = Result<T>>) -> Result<T> {
     let result = runtime.block_on(role);
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_address_needs_a_token_unless_insecure() {
+        let open = ServeRole {
+            listen: "0.0.0.0:7700".parse().unwrap(),
+            http_listen: None,
+            config: ServeConfig::default(),
+            insecure: false,
+        };
+        let e = open.check_secure().unwrap_err().to_string();
+        assert!(e.contains("--listen 0.0.0.0:7700") && e.contains("--insecure"), "{e}");
+        assert!(ServeRole { insecure: true, ..open.clone() }.check_secure().is_ok());
+        let token = ServeConfig { token: Some("t0k".into()), ..ServeConfig::default() };
+        assert!(ServeRole { config: token, ..open.clone() }.check_secure().is_ok());
+        assert!(ServeRole { listen: "127.0.0.1:7700".parse().unwrap(), ..open }.check_secure().is_ok());
+    }
 }

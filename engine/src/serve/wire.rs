@@ -1,6 +1,7 @@
 //! Wire types and engine types, converted in one place: every other module of `serve/` takes
-//! and returns the engine's own types, and nothing outside `serve/` (and the client) knows the
-//! proto.
+//! and returns the engine's own types. Below `serve/` nothing knows the proto; above it, only
+//! the callers of the client (the operator's jobs in `roles/`, the replica's fetch, `bench`)
+//! build requests (`tests/engine/layers.rs` holds this).
 
 use super::proto;
 use crate::collection::manifest::Manifest;

@@ -5,5 +5,6 @@ mod cli;
 mod collection;
 mod crash;
 mod grpc;
+mod layers;
 mod snapshot;
 mod sources;
