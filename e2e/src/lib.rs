@@ -60,7 +60,7 @@ impl Proc {
         let file = std::fs::File::create(&log).expect("creating the log file");
         let child = Command::new(quiver_bin())
             .args(args)
-            .env("QUIVER_LOG", "info")
+            .env("RUST_LOG", "info")
             // The test's directory is where its "ETL" writes source files.
             .env("QUIVER_SOURCE_ROOT", dir)
             .stdout(Stdio::null())

@@ -149,8 +149,11 @@ impl WriterArgs {
 
 impl ReplicaArgs {
     fn config(&self) -> Result<ReplicaConfig> {
-        // The sources want the token this replica serves with.
-        let client = client_options(&self.serve.token, self.tls_ca.as_deref())?;
+        let serve = self.serve.role()?;
+        // The sources want the token this replica serves with (read once: a rotated Secret
+        // must not give the two different values).
+        let tls_ca = self.tls_ca.as_deref().map(read_pem).transpose()?;
+        let client = ClientOptions { token: serve.config.token.clone(), tls_ca, ..Default::default() };
         Ok(ReplicaConfig {
             data_dir: self.dir.data_dir.clone(),
             collection: self.collection.clone(),
@@ -163,7 +166,7 @@ impl ReplicaArgs {
                 stall_timeout: Duration::from_secs(self.fetch_stall_timeout_secs),
             },
             warmup_max_queries: self.warmup_max_queries,
-            serve: self.serve.role()?,
+            serve,
         })
     }
 }

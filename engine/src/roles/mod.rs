@@ -54,7 +54,6 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(role: &ServeRole) -> Result<Listeners> {
-        role.check_secure()?;
         let bind = |addr| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))
         };
@@ -114,8 +113,10 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Runs a serving role to its end, then leaves: blocking work still running past the grace
-/// period (a verification, a build) is not waited for, so SIGTERM's bound holds.
-pub fn serve_role<T>(role: impl Future<Output = Result<T>>) -> Result<T> {
+/// period (a verification, a build) is not waited for, so SIGTERM's bound holds. A role that
+/// would serve insecurely is refused first, before it touches its data directory.
+pub fn serve_role<T>(serve: &ServeRole, role: impl Future<Output = Result<T>>) -> Result<T> {
+    serve.check_secure()?;
     let runtime = runtime()?;
     let result = runtime.block_on(role);
     runtime.shutdown_timeout(Duration::from_secs(1));

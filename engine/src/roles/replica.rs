@@ -35,7 +35,7 @@ pub fn run(a: ReplicaConfig) -> Result<i32> {
     for source in &a.snapshot_from {
         quiver_api::client::check_target(source)?;
     }
-    super::serve_role(async {
+    super::serve_role(&a.serve, async {
         let config = a.serve.config.clone();
         let node = collection_node(&root, &a.collection, Arc::new(Metrics::new())).await?;
         let listeners = Listeners::bind(&a.serve).await?;

@@ -17,7 +17,7 @@ pub struct StandaloneConfig {
 }
 
 pub fn run(a: StandaloneConfig) -> Result<i32> {
-    super::serve_role(async {
+    super::serve_role(&a.serve, async {
         let catalog = Arc::new(Catalog::open(&a.data_dir)?);
         let listeners = Listeners::bind(&a.serve).await?;
         let config = a.serve.config.clone();

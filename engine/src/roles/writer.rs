@@ -45,7 +45,7 @@ pub fn run(a: WriterConfig) -> Result<i32> {
             reason: "a Write stream needs at least one second between batches".into(),
         });
     }
-    super::serve_role(async {
+    super::serve_role(&a.serve, async {
         let metrics = Arc::new(Metrics::new());
         let node = collection_node(&root, &name, metrics.clone()).await?;
         let listeners = Listeners::bind(&a.serve).await?;

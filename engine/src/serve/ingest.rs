@@ -94,6 +94,7 @@ async fn on_disk<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl ingest_server::Ingest for IngestService {
+    #[tracing::instrument(skip_all, fields(collection = %self.publisher.name()))]
     async fn write(
         &self,
         request: Request<Streaming<proto::WriteBatch>>,
@@ -128,6 +129,7 @@ impl ingest_server::Ingest for IngestService {
         Ok(Response::new(proto::WriteSummary { rows }))
     }
 
+    #[tracing::instrument(skip_all, fields(collection = %self.publisher.name()))]
     async fn seal(&self, request: Request<proto::SealRequest>) -> Result<Response<proto::SealResponse>, Status> {
         // One Seal at a time: the stage is checked and moved on under the lock.
         let sealing = self.sealing.lock().await;
@@ -169,6 +171,7 @@ impl ingest_server::Ingest for IngestService {
         Ok(Response::new(response))
     }
 
+    #[tracing::instrument(skip_all, fields(collection = %self.publisher.name()))]
     async fn progress(
         &self,
         request: Request<proto::ProgressRequest>,

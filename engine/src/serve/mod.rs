@@ -46,6 +46,12 @@ pub fn status(e: Error) -> Status {
     }
 }
 
+/// A name from a request as a span field: at most 64 characters (the name check refuses longer
+/// ones later; a log line must not carry a megabyte a caller sent).
+pub(crate) fn span_field(name: &str) -> &str {
+    name.char_indices().nth(64).map_or(name, |(at, _)| &name[..at])
+}
+
 /// Runs blocking engine work (search, verify) off the async executor.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("worker failed: {e}")))?

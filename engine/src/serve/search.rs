@@ -48,6 +48,8 @@ fn inline(collection: &Searcher, request: &SearchRequest) -> bool {
 
 #[tonic::async_trait]
 impl search_server::Search for SearchService {
+    // Debug level: a span per query costs about a microsecond, so the hot path has one only when asked for.
+    #[tracing::instrument(level = "debug", skip_all, fields(collection = ?super::span_field(&request.get_ref().collection)))]
     async fn search(&self, request: Request<proto::SearchRequest>) -> Result<Response<proto::SearchResponse>, Status> {
         let r = request.into_inner();
         // Resolved once: the same collection decides where the query runs and answers it.
@@ -67,6 +69,7 @@ impl search_server::Search for SearchService {
         self.node.search_work(move || answer(&collection, &request, &cancel)).await.map(Response::new)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(queries = request.get_ref().queries.len()))]
     async fn batch_search(
         &self,
         request: Request<proto::BatchSearchRequest>,

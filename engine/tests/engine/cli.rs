@@ -140,3 +140,26 @@ fn demo_runs_the_rebuild_cycle_without_failed_queries() {
     assert!(rows[2]["refusal"].as_str().unwrap().contains("count"));
     assert!(report["queries_during_rebuild"].as_u64().unwrap() > 0);
 }
+
+/// One log filter for both binaries: `RUST_LOG`. The import's "sealed" line is at info level
+/// in the collection module, which the default filter leaves out.
+#[test]
+fn rust_log_sets_the_log_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.npy").display().to_string();
+    assert!(quiver(&["generate", "--out", &base, "--vectors", "300", "--dims", "8"]).status.success());
+    let import = |name: &str, filter: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        command.env_remove("RUST_LOG").args(["import", "--data-dir", &data(dir.path()), "--name", name]);
+        command.args(["--source", &base, "--quality", "10"]);
+        if let Some(filter) = filter {
+            command.env("RUST_LOG", filter);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    assert!(!import("quiet", None).contains("sealed"));
+    let logs = import("loud", Some("info"));
+    assert!(logs.lines().any(|l| l.contains("INFO") && l.contains("sealed") && l.contains("loud")), "{logs}");
+}

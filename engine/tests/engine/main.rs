@@ -4,6 +4,7 @@
 mod cli;
 mod collection;
 mod crash;
+mod format;
 mod grpc;
 mod layers;
 mod snapshot;

@@ -38,6 +38,7 @@ pub const ENDPOINTS_INTERVAL: Duration = Duration::from_secs(5);
 /// A drain that failed is tried again after this long.
 pub const DRAIN_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
+#[tracing::instrument(skip_all, fields(namespace = ca.namespace().as_deref().unwrap_or_default(), alias = %ca.name_any()))]
 pub async fn reconcile(ca: Arc<CollectionAlias>, ctx: Arc<Context>) -> Result<Action> {
     ctx.caches.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);

@@ -37,6 +37,7 @@ pub const RETRY_SETTLE: Duration = Duration::from_secs(5);
 /// A deletion blocked by an alias is re-checked this often (alias changes also trigger it).
 pub const BLOCKED_INTERVAL: Duration = Duration::from_secs(30);
 
+#[tracing::instrument(skip_all, fields(namespace = vc.namespace().as_deref().unwrap_or_default(), collection = %vc.name_any()))]
 pub async fn reconcile(vc: Arc<VectorCollection>, ctx: Arc<Context>) -> Result<Action> {
     ctx.caches.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
