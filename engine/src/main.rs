@@ -4,6 +4,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
+    // RUST_LOG, as for the operator: one variable for both binaries.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,quiver_engine::roles=info,quiver_engine::serve=info"));
     let logs = tracing_subscriber::fmt()

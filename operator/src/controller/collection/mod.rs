@@ -1,0 +1,352 @@
+//! The VectorCollection controller: applies the writer, then (once sealed) the replicas, then
+//! the warm-up and verify Jobs one after the other; reads what they report; feeds it to the
+//! phase machine; writes status, conditions and Events. A finalizer refuses deletion while an
+//! alias points at the collection. This file drives the steps; each has a file of its own:
+//! [`observe`], [`generation_jobs`], [`autoscaler`], [`status`], [`deletion`].
+
+use super::{Context, Error, Result, apply, condition, key, namespace};
+use crate::crd::{GateResult, Phase, VectorCollection, VectorCollectionStatus};
+use crate::phase::{self, Decision, JobState, Observed, WriterState};
+use crate::resources::labels::{self, FIELD_MANAGER, Role};
+use crate::resources::{autoscaling, jobs, network, replicas, token, writer};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, Secret};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use quiver_api::types::VerifyReport;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod autoscaler;
+mod deletion;
+mod generation_jobs;
+mod observe;
+mod status;
+
+use autoscaler::*;
+pub use autoscaler::{HANDOVER_MANAGER, owns_replicas};
+pub use deletion::aliases_pointing_at;
+use deletion::*;
+use generation_jobs::*;
+use observe::*;
+pub use observe::{gates, pod_problem};
+use status::*;
+
+pub const CONTROLLER: &str = "collection";
+/// Held while the collection may be deleted only after no alias points at it.
+pub const FINALIZER: &str = "quiver.dev/alias-protection";
+/// How often a collection in progress is looked at (writer progress is not a watch event).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// Import progress alone is written to status at most this often.
+pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(5);
+/// Annotate a Failed collection with a new value of this to run its pipeline again:
+/// `kubectl annotate vc products-v2 quiver.dev/retry="$(date +%s)" --overwrite`.
+pub const RETRY: &str = "quiver.dev/retry";
+/// The `quiver.dev/retry` value the operator acted on.
+pub const RETRIED: &str = "quiver.dev/retried";
+/// After a retry, the next look (the old writer pod terminating meanwhile).
+pub const RETRY_SETTLE: Duration = Duration::from_secs(5);
+/// A deletion blocked by an alias is re-checked this often (alias changes also trigger it).
+pub const BLOCKED_INTERVAL: Duration = Duration::from_secs(30);
+
+#[tracing::instrument(skip_all, fields(namespace = vc.namespace().as_deref().unwrap_or_default(), collection = %vc.name_any()))]
+pub async fn reconcile(vc: Arc<VectorCollection>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches.wait_until_ready().await;
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let action = if vc.meta().deletion_timestamp.is_some() {
+        cleanup(&vc, &ctx).await?
+    } else {
+        match prepare_and_progress(&vc, &ctx).await {
+            Ok(action) => action,
+            Err(e) => {
+                report_error(&vc, &ctx, &e).await;
+                return Err(e);
+            }
+        }
+    };
+    ctx.succeeded(&key(vc.as_ref()));
+    Ok(action)
+}
+
+pub fn error_policy(vc: Arc<VectorCollection>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(collection = %key(vc.as_ref()), %error, "reconcile failed");
+    ctx.metrics.error(CONTROLLER, error.kind());
+    super::backoff(&ctx, &key(vc.as_ref()))
+}
+
+async fn prepare_and_progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
+    if !vc.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(vc, ctx).await?;
+    }
+    unmark_gone_aliases(vc, ctx).await?;
+    progress(vc, ctx).await
+}
+
+/// A reconcile that failed (an apply refused by the API server, a quota, a missing token
+/// Secret) tells the user where they look: a Warning Event and, with the reason, `Ready=False`,
+/// or `Degraded=True` for a collection that is Ready for its spec (its replicas still serve what
+/// was verified: failing to apply a change to, say, its PDB does not make it unready). The rest
+/// of the status stays as the last successful reconcile wrote it. Best effort: when the API
+/// server itself is unreachable these fail too, and the log has the error.
+async fn report_error(vc: &VectorCollection, ctx: &Context, error: &Error) {
+    let message = error.to_string();
+    let mut status = vc.status.clone().unwrap_or_default();
+    let serving = status.phase == Phase::Ready && status.observed_generation == vc.metadata.generation;
+    let (type_, value) = if serving { ("Degraded", true) } else { ("Ready", false) };
+    let reported =
+        condition(&status.conditions, type_, value, "ReconcileError", &message, vc.metadata.generation, (ctx.now)());
+    if status.conditions.contains(&reported) {
+        return; // Reported already: no Event per retry.
+    }
+    ctx.event(vc, EventType::Warning, "ReconcileError", "Reconcile", message).await;
+    let at = status.conditions.iter().position(|c| c.type_ == type_).unwrap_or(0);
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.insert(at.min(status.conditions.len()), reported);
+    if let Err(e) = patch_status(vc, ctx, &status).await {
+        tracing::warn!(collection = %key(vc), error = %e, "writing the reconcile error to status failed");
+    }
+}
+
+fn api(vc: &VectorCollection, ctx: &Context) -> Result<Api<VectorCollection>> {
+    Ok(Api::namespaced(ctx.client.clone(), &namespace(vc)?))
+}
+
+/// The collection's token: read from its Secret, which is created first when the collection
+/// names none and it does not exist yet. Never an apply: a token once read by pods must not
+/// change under them. A user's Secret that is missing fails the reconcile (and says so).
+async fn token(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<Option<String>> {
+    if let Some(token) = super::collection_token(ctx, ns, vc).await? {
+        return Ok(Some(token));
+    }
+    let token = token::random().map_err(Error::Random)?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    match secrets.create(&params, &token::secret(vc, &token)).await {
+        Ok(_) => {
+            let selector = token::selector(vc);
+            ctx.caches.tokens.remember(ns, &selector.name, &selector.key, &token);
+            Ok(Some(token))
+        }
+        // Made meanwhile (by an earlier pass whose answer was lost): its token stands.
+        Err(kube::Error::Api(e)) if e.code == 409 => super::collection_token(ctx, ns, vc).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
+    let ns = namespace(vc)?;
+    let name = vc.name_any();
+    let generation = vc.metadata.generation.unwrap_or(0);
+    if retry(vc, ctx, &ns).await? {
+        // Observed on the next pass: the old writer pod is still terminating now.
+        return Ok(Action::requeue(RETRY_SETTLE));
+    }
+    let previous = vc.status.as_ref();
+
+    let token = token(vc, ctx, &ns).await?;
+    if ctx.defaults.network_policies {
+        apply(ctx, &ns, &network::writer(vc, &ctx.defaults)).await?;
+        apply(ctx, &ns, &network::replicas(vc, &ctx.defaults)).await?;
+    }
+    apply(ctx, &ns, &writer::service(vc)).await?;
+    let sts = apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
+    let wanted = replicas::wanted(&vc.spec.replicas);
+    let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await?;
+    let mut observed = Observed {
+        generation,
+        writer: writer_state,
+        writer_problem: writer_problem.clone(),
+        ready_replicas: 0,
+        wanted_replicas: wanted,
+        warmup: JobState::Absent,
+        verify: JobState::Absent,
+        idle: false,
+        // What the verify Job reported for this generation, unless it is read again below.
+        gates: previous
+            .filter(|s| s.observed_generation == Some(generation))
+            .map(|s| s.verification.clone())
+            .unwrap_or_default(),
+    };
+    // Replicas only once there is a snapshot to fetch (the machine remembers a seal).
+    let sealed = phase::next(previous, &observed);
+    let mut replicas_refused = None;
+    if sealed.vector_count.is_some() && sealed.phase != Phase::Failed {
+        observed.idle = idle(vc, ctx, previous).await?;
+        apply(ctx, &ns, &replicas::service(vc)).await?;
+        if replicas::autoscaled(&vc.spec.replicas) && !observed.idle {
+            hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
+        }
+        let mut rendered = replicas::deployment(vc, &ctx.defaults);
+        if observed.idle {
+            rendered = replicas::scaled_down(rendered);
+        }
+        let deployment = apply(ctx, &ns, &rendered).await?;
+        match autoscaling::autoscaler(vc) {
+            Some(hpa) if !observed.idle => {
+                apply(ctx, &ns, &hpa).await?;
+            }
+            // Scaled down: an HPA would bring it back to its minimum.
+            Some(_) if ctx.caches.autoscalers.get(&ns, &labels::replicas_name(&name)).is_some() => {
+                delete_autoscaler(ctx, &ns, &name).await?
+            }
+            Some(_) => {}
+            None => {}
+        }
+        apply(ctx, &ns, &replicas::disruption_budget(vc)).await?;
+        replicas_refused = replicas_not_created(&deployment);
+        observed.ready_replicas = deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    }
+    if sealed.phase != Phase::Failed && observed.ready_replicas >= wanted.max(1) {
+        observe_jobs(vc, ctx, &ns, previous, &mut observed).await?;
+    }
+    let mut decision = phase::next(previous, &observed);
+    if let (Phase::Pending, Some(problem)) = (decision.phase, writer_problem) {
+        decision.message = Some(format!("waiting for the writer: {problem}"));
+    }
+    let short_of_replicas = observed.ready_replicas < wanted.max(1) && !observed.idle;
+    if matches!(decision.phase, Phase::Replicating | Phase::Ready) && short_of_replicas {
+        // Pods never created (a quota) say so; pods created but stuck say why.
+        let problem = match replicas_refused {
+            Some(refused) => Some(format!("replicas: {refused}")),
+            None if decision.phase == Phase::Replicating => replica_problem(ctx, &ns, &name),
+            None => None,
+        };
+        if let Some(problem) = problem {
+            let count = decision.message.take().unwrap_or_default();
+            decision.message = Some(format!("{count}; {problem}"));
+        }
+    }
+    // Start the Job the pipeline is waiting for.
+    match decision.phase {
+        Phase::WarmingUp if observed.warmup == JobState::Absent => {
+            apply(ctx, &ns, &jobs::warmup(vc, &ctx.defaults)).await?;
+        }
+        Phase::Verifying if observed.verify == JobState::Absent => {
+            apply(ctx, &ns, &jobs::verify(vc, &ctx.defaults)).await?;
+        }
+        _ => {}
+    }
+    let generation_changed = previous.and_then(|s| s.observed_generation).is_some_and(|g| g != generation);
+    if generation_changed {
+        delete_old_jobs(ctx, &ns, &name, generation).await?;
+        // Autoscaling can only be turned off by a spec change: the HPA must not keep scaling.
+        if !replicas::autoscaled(&vc.spec.replicas) {
+            delete_autoscaler(ctx, &ns, &name).await?;
+        }
+    }
+    let status = status(vc, ctx, &decision, &observed);
+    // Import progress alone (the row count in status.message) is written at most every
+    // PROGRESS_WRITE_INTERVAL, however often something wakes the reconcile.
+    let only_progress = decision.phase == Phase::Importing
+        && previous.is_some_and(|p| VectorCollectionStatus { message: status.message.clone(), ..p.clone() } == status);
+    if previous != Some(&status) && !(only_progress && ctx.progress_written_within(&key(vc), PROGRESS_WRITE_INTERVAL)) {
+        patch_status(vc, ctx, &status).await?;
+        ctx.progress_written(&key(vc));
+    }
+    let previous_phase = previous.filter(|_| !generation_changed).map(|s| s.phase);
+    if previous_phase != Some(decision.phase) {
+        announce(vc, ctx, &decision).await;
+    }
+    Ok(match decision.phase {
+        Phase::Ready | Phase::Failed => Action::requeue(ctx.resync),
+        _ => Action::requeue(PROGRESS_INTERVAL),
+    })
+}
+
+/// A Failed collection annotated `quiver.dev/retry` with a value it has not acted on is retried:
+/// the value is recorded first (annotation `quiver.dev/retried`, a merge patch guarded by the
+/// resourceVersion, so a retry happens once even if what follows fails, and metadata is never
+/// pruned by an older CRD schema), then the writer pod is deleted (its StatefulSet starts it
+/// again: a failed import runs again, a sealed collection is recovered; the PVC stays), this
+/// generation's Jobs are deleted, and the phase goes back to Pending. Returns whether it did.
+async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
+    let generation = vc.metadata.generation.unwrap_or(0);
+    let Some(stored) =
+        vc.status.as_ref().filter(|s| s.phase == Phase::Failed && s.observed_generation == Some(generation))
+    else {
+        return Ok(false);
+    };
+    let annotations = vc.annotations();
+    let Some(request) = annotations.get(RETRY).filter(|r| annotations.get(RETRIED) != Some(*r)) else {
+        return Ok(false);
+    };
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {RETRIED: request}, "resourceVersion": vc.resource_version()},
+    });
+    api(vc, ctx)?.patch(&vc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    match pods.delete(&format!("{}-0", labels::writer_name(&vc.name_any())), &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    delete_jobs(ctx, ns, &vc.name_any(), &format!("={generation}")).await?;
+    let why = stored.message.clone().unwrap_or_default();
+    ctx.event(vc, EventType::Normal, "Retry", "Retry", format!("retrying ({RETRY}={request}) after: {why}")).await;
+    let mut pending = stored.clone();
+    pending.phase = Phase::Pending;
+    pending.verification.clear();
+    pending.message = Some("retrying: the writer starts again".into());
+    patch_status(vc, ctx, &pending).await?;
+    Ok(true)
+}
+
+/// Whether a Ready collection a rebuild made sits unused: no alias serves it (no served-by
+/// mark: neither current nor previous) and none targets it (a pin, or the newest rebuild about
+/// to be switched to). Its replicas are then scaled to zero (`--scale-down-unserved`), and
+/// come back when an alias points at it again; the writer keeps its snapshot.
+async fn idle(vc: &VectorCollection, ctx: &Context, previous: Option<&VectorCollectionStatus>) -> Result<bool> {
+    let rebuilt = vc.labels().contains_key(labels::ALIAS);
+    let marked = vc.labels().keys().any(|k| k.starts_with(labels::SERVED_BY_PREFIX));
+    let ready = previous.is_some_and(|s| s.phase == Phase::Ready && s.observed_generation == vc.metadata.generation);
+    if !ctx.defaults.scale_down_unserved || !rebuilt || marked || !ready {
+        return Ok(false);
+    }
+    Ok(aliases_pointing_at(vc, ctx)?.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn stuck_pods_say_why_and_starting_ones_do_not() {
+        let unschedulable = pod(serde_json::json!({"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes: pod has unbound PersistentVolumeClaims"}]}));
+        assert_eq!(
+            pod_problem(&unschedulable).as_deref(),
+            Some("Unschedulable: 0/3 nodes: pod has unbound PersistentVolumeClaims")
+        );
+        let creating = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        assert_eq!(pod_problem(&creating), None);
+        let pulling = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]}));
+        assert_eq!(pod_problem(&pulling).as_deref(), Some("ImagePullBackOff: not found"));
+        let long = "x".repeat(2000);
+        let crashed = pod(serde_json::json!({"containerStatuses": [{"name": "quiver", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 2, "message": long}}}]}));
+        let problem = pod_problem(&crashed).unwrap();
+        assert!(
+            problem.starts_with("exited with 2: xxx") && problem.ends_with("...") && problem.len() < 600,
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn verify_reports_become_gates_and_other_messages_none() {
+        let report = r#"{"collection": "c", "passed": false, "setting": "s", "queries": 1, "k": 10, "checks": [
+            {"name": "recall", "measured": 0.8, "comparison": ">=", "threshold": 0.9, "passed": false, "margin": -0.1}]}"#;
+        let g = gates(report);
+        assert_eq!((g.len(), g[0].name.as_str(), g[0].passed), (1, "recall", false));
+        assert!(gates("error: connection refused").is_empty());
+    }
+}
