@@ -30,13 +30,13 @@ fn logged<T>(work: &str, collection: &str, result: crate::Result<T>) -> Result<T
 
 #[tonic::async_trait]
 impl admin_server::Admin for AdminService {
-    #[tracing::instrument(skip_all, fields(collection = ?super::span_field(&request.get_ref().collection)))]
+    #[tracing::instrument(skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug()))]
     async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
         let c = self.node.collection(&request.into_inner().collection)?;
         Ok(Response::new(wire::status_response(c.manifest())))
     }
 
-    #[tracing::instrument(skip_all, fields(collection = ?super::span_field(&request.get_ref().collection)))]
+    #[tracing::instrument(skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug()))]
     async fn warmup(&self, request: Request<proto::WarmupRequest>) -> Result<Response<proto::WarmupResponse>, Status> {
         let r = request.into_inner();
         let c = self.node.collection(&r.collection)?;
@@ -50,7 +50,7 @@ impl admin_server::Admin for AdminService {
         Ok(Response::new(wire::warmup_response(&report)))
     }
 
-    #[tracing::instrument(skip_all, fields(collection = ?super::span_field(&request.get_ref().collection)))]
+    #[tracing::instrument(skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug()))]
     async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
         let r = request.into_inner();
         let c = self.node.collection(&r.collection)?;

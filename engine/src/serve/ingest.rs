@@ -214,7 +214,9 @@ impl Pace {
     }
 
     /// Counts a batch; once a window of the idle time has passed, refuses the stream when that
-    /// window averaged below the floor, else starts the next window.
+    /// window carried less than the floor's worth for one idle time, else starts the next
+    /// window. (The amount, not a rate over the window's length: a window checked late, up to
+    /// two idle times long, must not fail a stream that kept the floor in every idle time.)
     fn received(&mut self, batch: &proto::WriteBatch) -> Result<(), Status> {
         let floats: usize = batch.records.iter().map(|r| r.vector.len()).sum();
         self.window_bytes = self.window_bytes.saturating_add(floats as u64 * 4);
@@ -222,14 +224,15 @@ impl Pace {
         if elapsed < self.limits.idle {
             return Ok(());
         }
-        let rate = self.window_bytes as f64 / elapsed.as_secs_f64();
-        if rate < self.limits.min_bytes_per_sec as f64 {
+        let floor = self.limits.min_bytes_per_sec as f64 * self.limits.idle.as_secs_f64();
+        if (self.window_bytes as f64) < floor {
             return Err(Status::deadline_exceeded(format!(
-                "the stream sent {} bytes of vectors in the last {:.0} s ({rate:.0} B/s), below the minimum of \
-                 {} B/s (--write-min-bytes-per-sec): it is dropped and none of its rows are kept; send larger batches",
+                "the stream sent {} bytes of vectors in the last {:.0} s, below the minimum of {} B/s \
+                 (--write-min-bytes-per-sec) over {} s: it is dropped and none of its rows are kept; send larger batches",
                 self.window_bytes,
                 elapsed.as_secs_f64(),
                 self.limits.min_bytes_per_sec,
+                self.limits.idle.as_secs(),
             )));
         }
         (self.window_started, self.window_bytes) = (std::time::Instant::now(), 0);
@@ -248,5 +251,39 @@ async fn next_batch(
             "no batch for {} s (--write-idle-secs): the stream is dropped and none of its rows are kept; send it again",
             idle.as_secs()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn batch(floats: usize) -> proto::WriteBatch {
+        proto::WriteBatch {
+            records: vec![proto::Record { vector: vec![0.5; floats], ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    fn pace(started_ago: Duration, bytes: u64) -> Pace {
+        let limits = WritePace { idle: Duration::from_secs(60), min_bytes_per_sec: 1024 };
+        Pace { limits, window_started: Instant::now() - started_ago, window_bytes: bytes }
+    }
+
+    #[test]
+    fn each_idle_window_must_carry_the_floor() {
+        // Checked late (118 s after the window began): 110 KiB is more than 60 s at the floor.
+        assert!(pace(Duration::from_secs(118), 100 << 10).received(&batch(2_560)).is_ok());
+        // A trickle: 100 floats in a whole window.
+        let e = pace(Duration::from_secs(61), 0).received(&batch(100)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+        assert!(e.message().contains("400 bytes") && e.message().contains("1024 B/s"), "{}", e.message());
+        // Inside the window nothing is judged yet.
+        assert!(pace(Duration::from_secs(30), 0).received(&batch(1)).is_ok());
+        // A window that passed starts the next one from zero.
+        let mut passed = pace(Duration::from_secs(61), 1 << 20);
+        passed.received(&batch(1)).unwrap();
+        assert_eq!(passed.window_bytes, 0);
     }
 }

@@ -47,7 +47,8 @@ pub fn status(e: Error) -> Status {
 }
 
 /// A name from a request as a span field: at most 64 characters (the name check refuses longer
-/// ones later; a log line must not carry a megabyte a caller sent).
+/// ones later; a log line must not carry a megabyte a caller sent). Callers escape it
+/// (`escape_debug`), so a newline cannot start a fake log line.
 pub(crate) fn span_field(name: &str) -> &str {
     name.char_indices().nth(64).map_or(name, |(at, _)| &name[..at])
 }

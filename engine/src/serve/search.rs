@@ -49,7 +49,7 @@ fn inline(collection: &Searcher, request: &SearchRequest) -> bool {
 #[tonic::async_trait]
 impl search_server::Search for SearchService {
     // Debug level: a span per query costs about a microsecond, so the hot path has one only when asked for.
-    #[tracing::instrument(level = "debug", skip_all, fields(collection = ?super::span_field(&request.get_ref().collection)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug()))]
     async fn search(&self, request: Request<proto::SearchRequest>) -> Result<Response<proto::SearchResponse>, Status> {
         let r = request.into_inner();
         // Resolved once: the same collection decides where the query runs and answers it.

@@ -41,7 +41,7 @@ type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<proto::Chunk, Statu
 
 #[tonic::async_trait]
 impl snapshot_server::Snapshot for SnapshotService {
-    #[tracing::instrument(skip_all, fields(collection = ?super::span_field(&request.get_ref().collection)))]
+    #[tracing::instrument(skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug()))]
     async fn manifest(
         &self,
         request: Request<proto::ManifestRequest>,
@@ -57,7 +57,7 @@ impl snapshot_server::Snapshot for SnapshotService {
 
     type FetchStream = ChunkStream;
 
-    #[tracing::instrument(skip_all, fields(collection = ?super::span_field(&request.get_ref().collection), offset = request.get_ref().offset))]
+    #[tracing::instrument(skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug(), offset = request.get_ref().offset))]
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<ChunkStream>, Status> {
         let r = request.into_inner();
         let (info, path) = self.info(&r.collection)?;

@@ -67,6 +67,8 @@ impl Role {
     }
 
     fn spawn(mut command: Command) -> Role {
+        // The "listening" line is at info level: whatever RUST_LOG the shell has.
+        command.env("RUST_LOG", "warn,quiver_engine::roles=info,quiver_engine::serve=info");
         let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
