@@ -10,6 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Cancel(Arc<AtomicBool>);
 
 impl Cancel {
+    /// A flag nobody fires, shared: work that cannot be abandoned (an in-process query, an
+    /// inline served one) takes it without allocating one per call.
+    pub fn never() -> &'static Cancel {
+        static NEVER: std::sync::LazyLock<Cancel> = std::sync::LazyLock::new(Cancel::default);
+        &NEVER
+    }
+
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }

@@ -94,8 +94,8 @@ fn read_pem(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// What a client sends: the token, and the CA it trusts for `https://` targets.
-fn client_options(token: &TokenArgs, tls_ca: Option<&Path>) -> Result<ClientOptions> {
-    Ok(ClientOptions { token: token.read()?, tls_ca: tls_ca.map(read_pem).transpose()?, ..Default::default() })
+fn client_options(token: Option<String>, tls_ca: Option<&Path>) -> Result<ClientOptions> {
+    Ok(ClientOptions { token, tls_ca: tls_ca.map(read_pem).transpose()?, ..Default::default() })
 }
 
 impl ServeArgs {
@@ -124,7 +124,7 @@ impl RemoteArgs {
         Ok(Remote {
             target: target.to_string(),
             collection: collection.to_string(),
-            client: client_options(&self.token, self.tls_ca.as_deref())?,
+            client: client_options(self.token.read()?, self.tls_ca.as_deref())?,
             result_file: self.result_file.clone(),
         })
     }
@@ -152,8 +152,7 @@ impl ReplicaArgs {
         let serve = self.serve.role()?;
         // The sources want the token this replica serves with (read once: a rotated Secret
         // must not give the two different values).
-        let tls_ca = self.tls_ca.as_deref().map(read_pem).transpose()?;
-        let client = ClientOptions { token: serve.config.token.clone(), tls_ca, ..Default::default() };
+        let client = client_options(serve.config.token.clone(), self.tls_ca.as_deref())?;
         Ok(ReplicaConfig {
             data_dir: self.dir.data_dir.clone(),
             collection: self.collection.clone(),

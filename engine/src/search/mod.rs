@@ -53,7 +53,7 @@ pub struct Hit {
 
 /// Answers one query.
 pub fn search(collection: &Searcher, request: &SearchRequest) -> Result<Vec<Hit>> {
-    search_cancellable(collection, request, &Cancel::default())
+    search_cancellable(collection, request, Cancel::never())
 }
 
 /// Answers one query, or stops with [`crate::Error::Cancelled`] soon after `cancel` fires.

@@ -59,7 +59,7 @@ impl search_server::Search for SearchService {
             // An indexed query of one partition takes well under a millisecond: answering it
             // on this worker saves two thread hand-offs (measured: +40-60 % served
             // throughput, see BENCHMARKS.md).
-            return answer(&collection, &request, &Cancel::default()).map(Response::new);
+            return answer(&collection, &request, Cancel::never()).map(Response::new);
         }
         // A full scan, or a fan-out over partitions (rayon), runs on the blocking pool so the
         // async workers keep answering health and other calls. A call that is gone (cancelled,
