@@ -229,10 +229,34 @@ impl Forwarder {
 
 /// Writes `n` clustered vectors of `dims` to `<dir>/<file>` and returns (path, vectors).
 pub fn dataset(dir: &Path, file: &str, n: usize, dims: usize, seed: u64) -> (String, Vec<f32>) {
-    let data = quiver_engine::datagen::Clustered::new(dims, seed).generate(n, 0);
     let path = dir.join(file);
-    quiver_engine::import::npy::write_f32(&path, n, dims, &data).expect("writing the dataset");
+    let data = generate(&path, n, dims, seed, 0);
     (path.display().to_string(), data)
+}
+
+/// `n` vectors of `dims` from stream `stream` of the clustered generator seeded `seed` (base
+/// data is stream 0, held-out queries stream 1), made by `quiver generate` as users make test
+/// data, written to `path` (.npy) and read back.
+pub fn generate(path: &Path, n: usize, dims: usize, seed: u64, stream: u64) -> Vec<f32> {
+    let arg = |v: usize| v.to_string();
+    let out = Command::new(quiver_bin())
+        .args(["generate", "--out", path.to_str().expect("a UTF-8 path"), "--vectors", &arg(n), "--dims", &arg(dims)])
+        .args(["--seed", &seed.to_string(), "--stream", &stream.to_string()])
+        .output()
+        .expect("running quiver generate");
+    assert!(out.status.success(), "quiver generate: {}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(path).expect("reading the generated .npy");
+    // NumPy format 1.0 (what quiver writes): magic, version, u16 header length, header, data.
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "an .npy of format 1.0");
+    let start = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let data: Vec<f32> = bytes[start..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(data.len(), n * dims, "quiver generate wrote {n} x {dims} values");
+    data
+}
+
+/// `n` held-out query vectors of `dims` for data of `seed`, generated under `dir`.
+pub fn queries(dir: &Path, n: usize, dims: usize, seed: u64) -> Vec<f32> {
+    generate(&dir.join(format!("queries-{seed}-{n}.npy")), n, dims, seed, 1)
 }
 
 /// A search request for the endpoint's own collection (what a client behind an alias sends).
@@ -250,8 +274,8 @@ pub fn assert_none_failed<'a>(outcomes: impl IntoIterator<Item = &'a Result<Stri
 
 /// The operator's gate, as its collection controller applies it to a finished verify Job: the
 /// Job's exit code and its termination message (the JSON report) go through
-/// [`quiver_operator::phase::next`], and the alias may switch only to a collection it finds
-/// verified. The local e2e tests switch their "alias Service" only when this says so.
+/// [`quiver_operator::phase::next`], and the alias may flip only to a collection it finds
+/// verified. The local e2e tests flip their "alias Service" only when this says so.
 pub fn operator_gate_passes(exit_code: Option<i32>, report: &str) -> bool {
     use quiver_operator::crd::{Phase, VectorCollectionStatus};
     use quiver_operator::phase::{JobState, Observed, WriterState, next};

@@ -1,6 +1,6 @@
 //! The kind e2e: a real Kubernetes cluster (kind), the images built from this repository, the
 //! Helm chart installed, two collections pushed by an "ETL" through the writer's Ingest API,
-//! and the alias Service switching from v1 to v2 only after each is Ready and verified. Then
+//! and the alias Service flipping from v1 to v2 only after each is Ready and verified. Then
 //! what the operator promises on a real cluster: deleting a served collection is refused at
 //! admission, a spec change that needs a rebuild is refused, the writer restarts without the
 //! collection leaving Ready, a rollback to the drained previous collection answers at once, and
@@ -194,7 +194,8 @@ fn push(runtime: &tokio::runtime::Runtime, name: &str, seed: u64, port: u16, sea
         "--timeout=300s",
     ]);
     let forward = PortForward::start(&format!("svc/{name}-writer"), port);
-    let data = quiver_engine::datagen::Clustered::new(DIMS, seed).generate(N, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = quiver_e2e::generate(&tmp.path().join("data.npy"), N, DIMS, seed, 0);
     let token = token(name);
     runtime.block_on(async {
         let options = ClientOptions { token: Some(token), ..Default::default() };
@@ -262,7 +263,8 @@ fn wait_alias(target: &str) {
 /// Which collection answers a query sent through the alias Service.
 fn answered_by(runtime: &tokio::runtime::Runtime, port: u16) -> String {
     let forward = PortForward::start("svc/products", port);
-    let q = quiver_engine::datagen::Clustered::new(DIMS, 1).generate(1, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let q = quiver_e2e::queries(tmp.path(), 1, DIMS, 1);
     runtime.block_on(async {
         let client = Client::new(&forward.url, ClientOptions::default()).unwrap();
         client.search(query(&q, 5)).await.unwrap().collection
@@ -271,7 +273,7 @@ fn answered_by(runtime: &tokio::runtime::Runtime, port: u16) -> String {
 
 #[test]
 #[ignore = "needs Docker, kind, kubectl and helm (absent on the build machines): cargo test -p quiver-e2e --test kind -- --ignored"]
-fn operator_on_kind_switches_the_alias_after_verification() {
+fn operator_on_kind_flips_the_alias_after_verification() {
     // `docker version` also fails when there is a client but no engine.
     let works = |tool: &str, args: &[&str]| Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
     let missing: Vec<_> = [
@@ -339,7 +341,7 @@ fn operator_on_kind_switches_the_alias_after_verification() {
     // v2 is not verified yet: the alias must stay on v1 and say why.
     std::thread::sleep(Duration::from_secs(5));
     let current = kubectl(&["-n", NAMESPACE, "get", "ca/products", "-o", "jsonpath={.status.current}"]);
-    assert_eq!(current, "products-v1", "no switch before the target is Ready and verified");
+    assert_eq!(current, "products-v1", "no flip before the target is Ready and verified");
     assert_eq!(answered_by(&runtime, 17802), "products-v1");
 
     push(&runtime, "products-v2", 2, 17702, true);

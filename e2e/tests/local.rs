@@ -76,7 +76,8 @@ async fn two_collections(dir: &Path) -> [Proc; 4] {
 
 /// Held-out queries from the same distribution as the data of `seed`.
 fn queries(seed: u64, n: usize) -> Vec<Vec<f32>> {
-    let flat = quiver_engine::datagen::Clustered::new(DIMS, seed).generate(n, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let flat = quiver_e2e::queries(tmp.path(), n, DIMS, seed);
     flat.chunks(DIMS).map(|c| c.to_vec()).collect()
 }
 
@@ -157,10 +158,10 @@ async fn replicas_fetch_the_snapshot_and_answer_identically() {
     assert_eq!(report["passed"], true);
 }
 
-/// 2. The alias Service switches from v1's replica to v2's while queries flow, and v1's
+/// 2. The alias Service flips from v1's replica to v2's while queries flow, and v1's
 /// replica drains: no query fails and the answers move from v1 to v2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alias_switch_under_load_loses_no_query() {
+async fn alias_flip_under_load_loses_no_query() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let [_w1, r1, _w2, r2] = two_collections(dir).await;
@@ -182,7 +183,7 @@ async fn alias_switch_under_load_loses_no_query() {
         outcomes.push(l.await.unwrap());
     }
     assert_none_failed(outcomes.iter().flatten());
-    assert!(outcomes.iter().flatten().any(|o| o.as_deref() == Ok("v1")), "answers from v1 before the switch");
+    assert!(outcomes.iter().flatten().any(|o| o.as_deref() == Ok("v1")), "answers from v1 before the flip");
     for per_client in &outcomes {
         let tail = &per_client[per_client.len().saturating_sub(10)..];
         assert!(tail.iter().all(|o| o.as_deref() == Ok("v2")), "answers moved to v2: {tail:?}");
@@ -343,15 +344,14 @@ async fn failed_verification_keeps_the_alias() {
     let (status, err, report) = verify_job(dir, &r2, "v2", &gates);
     assert_eq!(status.code(), Some(1), "{err}");
     assert_eq!(report["passed"], false);
-    let check = |name: &str| report["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
-    assert_eq!((check("count")["passed"].clone(), check("count")["margin"].as_f64()), (false.into(), Some(-1.0)));
-    let p99 =
-        report["checks"].as_array().unwrap().iter().find(|c| c["name"].as_str().unwrap().contains("p99")).unwrap();
+    let gate = |name: &str| report["gates"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!((gate("count")["passed"].clone(), gate("count")["margin"].as_f64()), (false.into(), Some(-1.0)));
+    let p99 = report["gates"].as_array().unwrap().iter().find(|c| c["name"].as_str().unwrap().contains("p99")).unwrap();
     assert_eq!(p99["passed"], false);
     assert!(p99["margin"].as_f64().unwrap() < 0.0);
     assert!(err.contains("count: measured 3000 == 3001 failed (off by 1)"), "{err}");
 
-    // The operator's gate decides the switch: it refuses, so the alias stays on v1.
+    // The operator's gate decides the flip: it refuses, so the alias stays on v1.
     if operator_gate_passes(status.code(), &report.to_string()) {
         service.set_backends(vec![r2.grpc]);
     }
@@ -488,9 +488,8 @@ async fn bench_through_grpc() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (w, _) = built(dir, "v1", 1).await;
-    let qs = quiver_engine::datagen::Clustered::new(DIMS, 1).generate(50, 1);
     let qpath = dir.join("queries.npy");
-    quiver_engine::import::npy::write_f32(&qpath, 50, DIMS, &qs).unwrap();
+    quiver_e2e::generate(&qpath, 50, DIMS, 1, 1);
     let json = dir.join("bench.json");
     let (status, out, err) = run(&[
         "bench",

@@ -3,15 +3,15 @@
 //! (`examples/collectionalias.yaml`) are turned into local processes: each container's command
 //! and arguments run as they are, except that Service names map to 127.0.0.1 ports, ports are
 //! ephemeral and each pod gets its own data directory. Writer, replicas, the warm-up and verify
-//! Jobs, then the alias Service's switch from v1 to v2 under load. The operator's own gRPC probes
+//! Jobs, then the alias Service's flip from v1 to v2 under load. The operator's own gRPC probes
 //! read the writers' progress and drain v1's replicas.
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use quiver_api::client::{Client, ClientOptions};
 use quiver_e2e::{Forwarder, Proc, assert_none_failed, dataset, operator_gate_passes, query, quiver_bin};
 use quiver_operator::crd::{CollectionAlias, VectorCollection};
-use quiver_operator::engine::{Drainer, Grpc, WriterProbe};
 use quiver_operator::phase::WriterState;
+use quiver_operator::probes::{Drainer, Grpc, WriterProbe};
 use quiver_operator::resources::labels::Role;
 use quiver_operator::resources::{CollectionObjects, Defaults, alias_service};
 use std::collections::{BTreeMap, HashMap};
@@ -144,7 +144,7 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 
 /// Writer, replicas and both Jobs of one collection, as rendered; returns its replica pods.
 /// The collection's rendered pods and Jobs, run; the last value is the operator's gate on its
-/// verify Job (whether an alias may switch to it).
+/// verify Job (whether an alias may flip to it).
 async fn deploy(
     cluster: &mut Cluster,
     vc: &VectorCollection,
@@ -194,7 +194,7 @@ async fn deploy(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rendered_pods_import_verify_and_switch_the_alias() {
+async fn rendered_pods_import_verify_and_flip_the_alias() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (v1_path, _) = dataset(dir, "v1.npy", N, DIMS, 1);
@@ -226,7 +226,7 @@ async fn rendered_pods_import_verify_and_switch_the_alias() {
     // NetworkPolicy says who may reach it), so clients follow the alias across rebuilds.
     let client = Client::new(&products.url(), ClientOptions { attempts: 1, ..Default::default() }).unwrap();
     let heartbeat = client.heartbeat(Duration::from_millis(100));
-    let q = quiver_engine::datagen::Clustered::new(DIMS, 1).generate(1, 1);
+    let q = quiver_e2e::queries(dir, 1, DIMS, 1);
     assert_eq!(client.search(query(&q, 5)).await.unwrap().collection, "products-v1");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +243,7 @@ async fn rendered_pods_import_verify_and_switch_the_alias() {
 
     let v2 = collection("products-v2", &format!("{store}/v2.npy"), 1);
     let (_w2, v2_replicas, v2_verified, _) = deploy(&mut cluster, &v2).await;
-    // The switch, when the operator's gate allows it: the alias Service's selector now picks
+    // The flip, when the operator's gate allows it: the alias Service's selector now picks
     // v2's replicas; v1's are drained.
     if v2_verified {
         let on_v2 = alias_selector("products-v2");

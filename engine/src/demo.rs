@@ -3,8 +3,8 @@
 //! beside it while queries keep running, warm and verify it, flip; then build v3 with a wrong
 //! expected count and show the flip refused with the alias unchanged.
 
-use crate::alias::Catalog;
 use crate::build::import_and_build;
+use crate::catalog::Catalog;
 use crate::collection::builder::BuildOptions;
 use crate::datagen::Clustered;
 use crate::error::{Error, Result};
@@ -212,7 +212,7 @@ pub fn table(report: &DemoReport) -> String {
     );
     for r in &report.rows {
         let get = |name: &str| {
-            r.verification.checks.iter().find(|c| c.name.starts_with(name)).map(|c| c.measured).unwrap_or(f64::NAN)
+            r.verification.gates.iter().find(|c| c.name.starts_with(name)).map(|c| c.measured).unwrap_or(f64::NAN)
         };
         out.push_str(&format!(
             "{:<13} {:>8} {:>8.2} {:>8.2} {:>9.3} {:>8.3} {:>8}  {}\n",

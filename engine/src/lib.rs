@@ -16,9 +16,9 @@ pub mod types;
 
 pub use collection::Collection;
 pub use error::{Error, Result};
-pub mod alias;
 pub mod bench;
 pub mod build;
+pub mod catalog;
 pub mod cli;
 pub mod datagen;
 pub mod demo;

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::import::Records;
 use crate::metrics::Metrics;
 use crate::search::searcher::Searcher;
-use crate::snapshot::{SnapshotInfo, Store};
+use crate::snapshot::{SnapshotDir, SnapshotInfo};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -132,8 +132,9 @@ impl Publisher {
     fn finish(&self, collection: Collection) -> Result<(Arc<Searcher>, SnapshotInfo)> {
         self.set_stage(Stage::Snapshotting);
         let collection = Searcher::new(collection);
-        let info =
-            Store::new(&self.root).write(&collection).inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
+        let info = SnapshotDir::new(&self.root)
+            .write(&collection)
+            .inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
         // Preloaded (sign codes built, pages faulted in) before anyone is told it is sealed, so
         // the writer's first query is not a cold one.
         collection.preload().inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;

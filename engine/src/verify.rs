@@ -1,5 +1,5 @@
 //! The verification gate an alias flip waits for: count, recall against exact search, and
-//! latency. The report is machine-readable and says which check failed and by how much.
+//! latency. The report is machine-readable and says which gate failed and by how much.
 
 use crate::cancel::Cancel;
 use crate::error::Result;
@@ -7,7 +7,7 @@ use crate::latency::Latencies;
 use crate::search::recall::{recall, sample_queries};
 use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search_cancellable};
-use crate::types::{Check, Strategy, VerifyReport};
+use crate::types::{Gate, Strategy, VerifyReport};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -86,19 +86,19 @@ pub fn verify(collection: &Searcher, options: &VerifyOptions) -> Result<VerifyRe
         let found: Vec<u64> = found.iter().map(|h| h.id).collect();
         recall_sum += recall(&found, &truth);
     }
-    let mut checks = Vec::new();
+    let mut gates = Vec::new();
     if let Some(expected) = options.expected_count {
-        checks.push(Check::new("count", collection.len() as f64, "==", expected as f64));
+        gates.push(Gate::new("count", collection.len() as f64, "==", expected as f64));
     }
     let mean_recall = if queries.is_empty() { 0.0 } else { recall_sum / queries.len() as f64 };
-    checks.push(Check::new(&format!("recall@{}", options.k), mean_recall, ">=", options.min_recall));
+    gates.push(Gate::new(&format!("recall@{}", options.k), mean_recall, ">=", options.min_recall));
     if let Some(budget) = options.max_p99_ms {
-        checks.push(Check::new("p99_ms", latencies.percentile(99.0), "<=", budget));
+        gates.push(Gate::new("p99_ms", latencies.percentile(99.0), "<=", budget));
     }
     Ok(VerifyReport {
         collection: collection.name().to_string(),
-        passed: checks.iter().all(|c| c.passed),
-        checks,
+        passed: gates.iter().all(|c| c.passed),
+        gates,
         setting: format!("{strategy} quality={quality}"),
         queries: queries.len(),
         k: options.k,
@@ -110,13 +110,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checks_report_margin() {
-        let c = Check::new("recall@10", 0.91, ">=", 0.95);
+    fn gates_report_margin() {
+        let c = Gate::new("recall@10", 0.91, ">=", 0.95);
         assert!(!c.passed);
         assert!((c.margin + 0.04).abs() < 1e-9);
-        let c = Check::new("count", 10.0, "==", 12.0);
+        let c = Gate::new("count", 10.0, "==", 12.0);
         assert!(!c.passed && c.margin == -2.0);
-        assert!(Check::new("p99_ms", 3.0, "<=", 5.0).passed);
+        assert!(Gate::new("p99_ms", 3.0, "<=", 5.0).passed);
     }
 
     #[test]

@@ -16,18 +16,18 @@ local conditions = {}
 for _, c in ipairs(status.conditions or {}) do
   conditions[c.type] = c
 end
-local switched = conditions["Switched"]
+local flipped = conditions["Flipped"]
 local ready = conditions["Ready"]
 if ready ~= nil and ready.status ~= "True" and (ready.reason == "NoReadyEndpoints" or ready.reason == "ServiceConflict") then
   hs.status = "Degraded"
   hs.message = ready.message
-elseif switched ~= nil and switched.status == "True" then
+elseif flipped ~= nil and flipped.status == "True" then
   hs.status = "Healthy"
   hs.message = "serving " .. (status.current or "")
-elseif switched ~= nil and switched.reason == "TargetFailed" then
+elseif flipped ~= nil and flipped.reason == "TargetFailed" then
   -- The target failed; the alias still serves its previous collection (if any).
   hs.status = "Degraded"
-  hs.message = switched.message
+  hs.message = flipped.message
 else
   hs.status = "Progressing"
   hs.message = status.message or "waiting for the target to be verified"

@@ -1,5 +1,5 @@
 //! The custom resources: `VectorCollection` (a built, verified, replicated collection) and
-//! `CollectionAlias` (the name clients query, switched only to a verified collection).
+//! `CollectionAlias` (the name clients query, flipped only to a verified collection).
 //!
 //! The collection settings that the engine also uses (distance, index, search defaults) are
 //! the engine's own types, so the operator and the engine cannot disagree on them.
@@ -289,7 +289,7 @@ pub struct VectorCollectionStatus {
     shortname = "ca",
     category = "quiver",
     cel,
-    doc = "A stable, switchable name in front of a verified VectorCollection.",
+    doc = "A stable name in front of a VectorCollection, flipped only to a verified one.",
     // The alias is a Service name; a rebuild names collections `<alias>-yyyymmdd-hhmm`.
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && (!has(self.spec.rebuild) || size(self.metadata.name) <= 26)").message("an alias name must be a DNS label starting with a letter, at most 26 characters with spec.rebuild"),
     // The alias Service is named after the alias: it must not be a collection's own Service.
@@ -303,7 +303,7 @@ pub struct VectorCollectionStatus {
 #[x_kube(validation = Rule::new("has(self.collection) || has(self.rebuild)").message("set spec.collection, spec.rebuild, or both"))]
 #[serde(rename_all = "camelCase")]
 pub struct CollectionAliasSpec {
-    /// The VectorCollection (same namespace) the alias should serve. It switches only once that
+    /// The VectorCollection (same namespace) the alias should serve. It flips only once that
     /// collection is Ready, verified and has its replicas ready. With `rebuild` it may be left
     /// out: the alias then serves the newest rebuild once verified (status.lastRebuildCollection);
     /// set it to pin a target, e.g. to roll back. The controller never writes it.
@@ -312,7 +312,7 @@ pub struct CollectionAliasSpec {
     pub collection: Option<String>,
     /// Scheduled rebuilds: on each `schedule` tick a new collection `<alias>-<yyyymmdd-hhmm>` is
     /// created from `template` and recorded in status; unless `collection` pins a target the
-    /// alias switches to it once it is verified. A failed rebuild leaves the alias where it was.
+    /// alias flips to it once it is verified. A failed rebuild leaves the alias where it was.
     /// Start one at once with the annotation `quiver.dev/rebuild-requested` (any new value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildSpec>,
@@ -395,10 +395,10 @@ fn rebuild_template_schema(generator: &mut schemars::SchemaGenerator) -> schemar
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct AliasSwitch {
-    /// The collection the alias switched to.
+pub struct AliasFlip {
+    /// The collection the alias flipped to.
     pub collection: String,
-    /// RFC 3339 time of the switch.
+    /// RFC 3339 time of the flip.
     pub at: String,
 }
 
@@ -408,16 +408,17 @@ pub struct CollectionAliasStatus {
     /// The collection the alias Service selects now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<String>,
-    /// The collection served before the last switch: kept at its replica count (and ready)
+    /// The collection served before the last flip: kept at its replica count (and ready)
     /// for an instant rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
-    /// RFC 3339 time of the last switch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub switched_at: Option<String>,
-    /// The last switches, most recent first.
+    /// RFC 3339 time of the last flip.
+    // Read also as `switchedAt`: the status an earlier operator wrote, until this one writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "switchedAt")]
+    pub flipped_at: Option<String>,
+    /// The last flips, most recent first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<AliasSwitch>,
+    pub history: Vec<AliasFlip>,
     /// The previous target whose drain is done: its replicas were told to drain (they stay
     /// ready, for a rollback), or another alias serves it and it was left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -436,10 +437,10 @@ pub struct CollectionAliasStatus {
     /// The value of the `quiver.dev/rebuild-requested` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rebuild_request: Option<String>,
-    /// Why the alias has not switched to its target yet.
+    /// Why the alias has not flipped to its target yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Ready (serving through ready endpoints) and Switched (serving its target), one of each type.
+    /// Ready (serving through ready endpoints) and Flipped (serving its target), one of each type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

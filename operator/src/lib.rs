@@ -4,9 +4,9 @@
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
-pub mod engine;
 pub mod metrics;
 pub mod phase;
+pub mod probes;
 pub mod rebuild;
 pub mod resources;
 pub mod run;

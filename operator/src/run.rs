@@ -4,8 +4,8 @@
 use crate::controller::cache::{Feed, Writers};
 use crate::controller::{Context, alias, collection};
 use crate::crd::{CollectionAlias, VectorCollection};
-use crate::engine::Grpc;
 use crate::metrics::Metrics;
+use crate::probes::Grpc;
 use crate::resources::Defaults;
 use crate::resources::labels::{FIELD_MANAGER, MANAGED_BY};
 use futures::StreamExt;

@@ -166,26 +166,27 @@ impl Default for SearchDefaults {
     }
 }
 
+/// One gate a flip waits for (count, recall, latency): what was measured against what.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Check {
+pub struct Gate {
     pub name: String,
     pub measured: f64,
     /// `>=`, `<=` or `==`.
     pub comparison: String,
     pub threshold: f64,
     pub passed: bool,
-    /// How far from the threshold, in the check's unit (negative = short of it).
+    /// How far from the threshold, in the gate's unit (negative = short of it).
     pub margin: f64,
 }
 
-impl Check {
-    pub fn new(name: &str, measured: f64, comparison: &str, threshold: f64) -> Check {
+impl Gate {
+    pub fn new(name: &str, measured: f64, comparison: &str, threshold: f64) -> Gate {
         let (passed, margin) = match comparison {
             ">=" => (measured >= threshold, measured - threshold),
             "<=" => (measured <= threshold, threshold - measured),
             _ => (measured == threshold, -(measured - threshold).abs()),
         };
-        Check { name: name.into(), measured, comparison: comparison.into(), threshold, passed, margin }
+        Gate { name: name.into(), measured, comparison: comparison.into(), threshold, passed, margin }
     }
 }
 
@@ -193,7 +194,9 @@ impl Check {
 pub struct VerifyReport {
     pub collection: String,
     pub passed: bool,
-    pub checks: Vec<Check>,
+    /// Read also as `checks`, as reports written before the field was renamed have it.
+    #[serde(alias = "checks")]
+    pub gates: Vec<Gate>,
     /// The search setting verified, e.g. `signscan quality=200`.
     pub setting: String,
     pub queries: usize,
@@ -201,9 +204,9 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// The failed checks, one line each: what was measured against what.
+    /// The failed gates, one line each: what was measured against what.
     pub fn failures(&self) -> Vec<String> {
-        self.checks
+        self.gates
             .iter()
             .filter(|c| !c.passed)
             .map(|c| {

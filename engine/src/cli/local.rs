@@ -2,9 +2,9 @@
 //! verify, warm-up, alias, bench, demo and generate.
 
 use super::args::*;
-use crate::alias::Catalog;
 use crate::bench::{self, BenchOptions};
 use crate::build::import_and_build;
+use crate::catalog::Catalog;
 use crate::demo::{self, DemoOptions};
 use crate::error::{Error, Result};
 use crate::import;

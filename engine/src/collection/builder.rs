@@ -7,8 +7,8 @@
 //! then is the directory renamed to `<root>/<name>`, so a crash or a bad record never leaves a
 //! collection that opens as if it were whole, and existing collections are never touched.
 
+use super::lmdb::{self, Databases, MANIFEST_KEY};
 use super::manifest::{BuildTimings, FORMAT_VERSION, Manifest, SourceInfo};
-use super::store::{self, Databases, MANIFEST_KEY};
 use super::validate::{check_label, prepare_vector};
 use super::{Collection, DEFAULT_PARTITION};
 use crate::durable::sync_dir;
@@ -212,7 +212,7 @@ impl Staged {
 /// Validates and writes `records` into a new environment at `staging`, with an unsealed
 /// manifest.
 pub fn import(staging: &Path, options: &BuildOptions, records: Records) -> Result<Staged> {
-    let (env, dbs) = store::create(staging)?;
+    let (env, dbs) = lmdb::create(staging)?;
     let import_start = Instant::now();
     let mut import = Import::new(&env, dbs, options, &records.source_name);
     let bar = progress_bar(options.progress, records.expected_rows);

@@ -2,19 +2,19 @@
 //! index and the manifest. Opened read-only; vectors are read in place from the memory map.
 
 pub mod builder;
+pub mod lmdb;
 pub mod manifest;
-pub mod store;
 pub mod validate;
 
 use crate::error::{Error, Result};
 use heed::{Env, RoTxn, WithoutTls};
+use lmdb::{AnyDatabase, Databases, MANIFEST_KEY};
 use manifest::{FORMAT_VERSION, Manifest};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use store::{AnyDatabase, Databases, MANIFEST_KEY};
 
 /// The partition every record without one goes to.
 pub const DEFAULT_PARTITION: &str = "default";
@@ -45,7 +45,7 @@ impl std::fmt::Debug for Collection {
 impl Collection {
     /// Opens a sealed collection directory.
     pub fn open(path: &Path) -> Result<Collection> {
-        let (env, dbs) = store::open(path)?;
+        let (env, dbs) = lmdb::open(path)?;
         let collection = Collection::from_env(env, dbs, path)?;
         if !collection.manifest.sealed {
             return Err(Error::Incomplete {

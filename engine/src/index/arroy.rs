@@ -3,7 +3,7 @@
 
 use super::IndexQuery;
 use crate::collection::Collection;
-use crate::collection::store::AnyDatabase;
+use crate::collection::lmdb::AnyDatabase;
 use crate::error::Result;
 use crate::types::Metric;
 use ::arroy::distances::{BinaryQuantizedCosine, Cosine, DotProduct, Euclidean};

@@ -3,7 +3,7 @@
 
 use super::IndexQuery;
 use crate::collection::Collection;
-use crate::collection::store::AnyDatabase;
+use crate::collection::lmdb::AnyDatabase;
 use crate::error::{Error, RequestError, Result};
 use crate::types::Metric;
 use ::hannoy::distances::{BinaryQuantizedCosine, Cosine, Euclidean};

@@ -7,7 +7,7 @@ pub mod arroy;
 pub mod hannoy;
 
 use crate::collection::Collection;
-use crate::collection::store::AnyDatabase;
+use crate::collection::lmdb::AnyDatabase;
 use crate::error::Result;
 use crate::types::{Backend, IndexParams};
 use heed::RwTxn;

@@ -1,17 +1,17 @@
 //! The serving roles of the `quiver` binary and the jobs the operator runs: each takes a
 //! configuration (built from the command line by [`crate::cli`], or by a test), turns it into a
-//! [`Node`] with its services, and runs it until SIGTERM.
+//! [`ServingProcess`] with its services, and runs it until SIGTERM.
 
 pub mod jobs;
 pub mod replica;
 pub mod standalone;
 pub mod writer;
 
-use crate::alias::Catalog;
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::serve::{Node, ServeConfig, ingest::IngestService};
-use crate::snapshot::Store;
+use crate::serve::{ServeConfig, ServingProcess, ingest::IngestService};
+use crate::snapshot::SnapshotDir;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,10 +73,10 @@ impl Listeners {
     }
 }
 
-/// Serves gRPC (and HTTP when bound) for `node` until `stop` resolves; HTTP stops after gRPC
+/// Serves gRPC (and HTTP when bound) for `process` until `stop` resolves; HTTP stops after gRPC
 /// has drained, so probes keep answering NOT READY while calls finish.
 pub async fn run(
-    node: Arc<Node>,
+    process: Arc<ServingProcess>,
     listeners: Listeners,
     config: ServeConfig,
     ingest: Option<IngestService>,
@@ -84,11 +84,11 @@ pub async fn run(
 ) -> Result<()> {
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = listeners.http.map(|listener| {
-        tokio::spawn(crate::serve::http::serve(node.clone(), listener, async {
+        tokio::spawn(crate::serve::http::serve(process.clone(), listener, async {
             let _ = http_stopped.await;
         }))
     });
-    let served = crate::serve::serve(node, listeners.grpc, config, ingest, stop).await;
+    let served = crate::serve::serve(process, listeners.grpc, config, ingest, stop).await;
     let _ = http_stop.send(());
     if let Some(http) = http {
         http.await.map_err(|e| Error::io("HTTP server", std::io::Error::other(e)))??;
@@ -96,15 +96,19 @@ pub async fn run(
     served
 }
 
-/// The node of a role that holds one collection under `root` (writer, replica): that collection
+/// The process of a role that holds one collection under `root` (writer, replica): that collection
 /// answers requests that name none, and its snapshot is served to peers.
-pub async fn collection_node(root: &std::path::Path, collection: &str, metrics: Arc<Metrics>) -> Result<Arc<Node>> {
+pub async fn serving_process(
+    root: &std::path::Path,
+    collection: &str,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<ServingProcess>> {
     crate::collection::builder::check_name(collection)?;
     std::fs::create_dir_all(root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-    let mut node = Node::new(Arc::new(Catalog::open(root)?), metrics).await;
-    node.default_collection = Some(collection.to_string());
-    node.snapshots = Some(Store::new(root));
-    Ok(Arc::new(node))
+    let mut process = ServingProcess::new(Arc::new(Catalog::open(root)?), metrics).await;
+    process.default_collection = Some(collection.to_string());
+    process.snapshots = Some(SnapshotDir::new(root));
+    Ok(Arc::new(process))
 }
 
 /// A tokio runtime for a role.

@@ -3,13 +3,13 @@
 //! collection, and only then reports SERVING; it then serves Search and, to later peers, the
 //! same snapshot. A snapshot that fails its checks is discarded and never served.
 
-use super::{Listeners, ServeRole, collection_node};
+use super::{Listeners, ServeRole, serving_process};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::search::searcher::Searcher;
-use crate::serve::{Node, termination};
+use crate::serve::{ServingProcess, termination};
 use crate::snapshot::download::Partial;
-use crate::snapshot::{SnapshotInfo, Store};
+use crate::snapshot::{SnapshotDir, SnapshotInfo};
 use crate::warmup::{WarmupOptions, warm};
 use quiver_api::client::{Client, ClientOptions};
 use std::path::PathBuf;
@@ -30,30 +30,37 @@ pub struct ReplicaConfig {
     pub serve: ServeRole,
 }
 
+/// Runs until SIGTERM or SIGINT (see [`run_until`]).
 pub fn run(a: ReplicaConfig) -> Result<i32> {
+    run_until(a, termination())
+}
+
+/// Runs until `stop` resolves, then drains and exits like on SIGTERM: how a test or an
+/// embedding program starts the role from its configuration alone.
+pub fn run_until(a: ReplicaConfig, stop: impl Future<Output = ()> + Send + 'static) -> Result<i32> {
     let root = a.data_dir.clone();
     for source in &a.snapshot_from {
         quiver_api::client::check_target(source)?;
     }
     super::serve_role(&a.serve, async {
         let config = a.serve.config.clone();
-        let node = collection_node(&root, &a.collection, Arc::new(Metrics::new())).await?;
+        let process = serving_process(&root, &a.collection, Arc::new(Metrics::new())).await?;
         let listeners = Listeners::bind(&a.serve).await?;
 
         // Serve (NOT_SERVING) while preparing, so probes and Admin.Status answer meanwhile.
         let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
         let stop = async move {
             tokio::select! {
-                _ = termination() => {}
+                _ = stop => {}
                 _ = aborted => {}
             }
         };
-        let mut server = tokio::spawn(super::run(node.clone(), listeners, config, None, stop));
+        let mut server = tokio::spawn(super::run(process.clone(), listeners, config, None, stop));
         let joined = |r: Result<Result<()>, tokio::task::JoinError>| {
             r.map_err(|e| Error::io("serving", std::io::Error::other(e)))?
         };
         let prepared = tokio::select! {
-            prepared = prepare(&a, &root, node.clone()) => prepared,
+            prepared = prepare(&a, &root, process.clone()) => prepared,
             // SIGTERM before the replica was ready: stop preparing.
             served = &mut server => return joined(served).map(|()| 0),
         };
@@ -72,12 +79,12 @@ pub fn run(a: ReplicaConfig) -> Result<i32> {
 
 /// Fetch (unless a snapshot that passes its checks on disk is already here), install,
 /// preload, warm, then ready.
-async fn prepare(a: &ReplicaConfig, root: &std::path::Path, node: Arc<Node>) -> Result<()> {
+async fn prepare(a: &ReplicaConfig, root: &std::path::Path, process: Arc<ServingProcess>) -> Result<()> {
     let started = Instant::now();
-    let store = Store::new(root);
+    let snapshots = SnapshotDir::new(root);
     let present = {
-        let (store, name) = (store.clone(), a.collection.clone());
-        tokio::task::spawn_blocking(move || store.checked_info(&name))
+        let (snapshots, name) = (snapshots.clone(), a.collection.clone());
+        tokio::task::spawn_blocking(move || snapshots.checked_info(&name))
             .await
             .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))??
     };
@@ -86,19 +93,19 @@ async fn prepare(a: &ReplicaConfig, root: &std::path::Path, node: Arc<Node>) -> 
             tracing::info!("snapshot of {} already here and checked (sha256 {})", a.collection, info.sha256);
             info
         }
-        None => fetch_snapshot(&a.snapshot_from, &a.collection, &store, &node.metrics, &a.fetch).await?,
+        None => fetch_snapshot(&a.snapshot_from, &a.collection, &snapshots, &process.metrics, &a.fetch).await?,
     };
     let fetched_s = started.elapsed().as_secs_f64();
     let (root, max_queries) = (PathBuf::from(root), a.warmup_max_queries);
     let (collection, report) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let collection = Searcher::new(store.install(&root, &info)?);
+        let collection = Searcher::new(snapshots.install(&root, &info)?);
         let report = warm(&collection, &WarmupOptions { max_queries, ..Default::default() })?;
         Ok((Arc::new(collection), report))
     })
     .await
     .map_err(|e| Error::io("installing the snapshot", std::io::Error::other(e)))??;
-    node.catalog.adopt(collection);
-    node.set_ready(true).await;
+    process.catalog.adopt(collection);
+    process.set_ready(true).await;
     tracing::info!(
         "quiver replica: {} SERVING after {:.2}s (snapshot {:.2}s, cold first query {:.2} ms, warm p99 {:.2} ms)",
         a.collection,
@@ -130,7 +137,7 @@ pub struct FetchOptions {
 pub async fn fetch_snapshot(
     sources: &[String],
     collection: &str,
-    store: &Store,
+    snapshots: &SnapshotDir,
     metrics: &Metrics,
     options: &FetchOptions,
 ) -> Result<SnapshotInfo> {
@@ -140,7 +147,7 @@ pub async fn fetch_snapshot(
         let mut corrupt = Vec::new();
         for source in sources {
             let client = Client::new(source, options.client.clone())?;
-            match fetch_from(&client, collection, store, metrics, options).await {
+            match fetch_from(&client, collection, snapshots, metrics, options).await {
                 Ok(info) => return Ok(info),
                 Err(e @ Error::Snapshot { .. }) => {
                     tracing::error!("{source}: {e}");
@@ -172,7 +179,7 @@ pub async fn fetch_snapshot(
 async fn fetch_from(
     client: &Client,
     collection: &str,
-    store: &Store,
+    snapshots: &SnapshotDir,
     metrics: &Metrics,
     options: &FetchOptions,
 ) -> Result<SnapshotInfo> {
@@ -191,8 +198,8 @@ async fn fetch_from(
         });
     }
     let mut partial = {
-        let (store, info) = (store.clone(), info.clone());
-        tokio::task::spawn_blocking(move || Partial::open(&store, &info))
+        let (snapshots, info) = (snapshots.clone(), info.clone());
+        tokio::task::spawn_blocking(move || Partial::open(&snapshots, &info))
             .await
             .map_err(|e| Error::io("opening the partial snapshot", std::io::Error::other(e)))??
     };

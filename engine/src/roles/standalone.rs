@@ -2,10 +2,10 @@
 //! process; SERVING once what the aliases serve is preloaded.
 
 use super::{Listeners, ServeRole};
-use crate::alias::Catalog;
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::serve::{Node, termination};
+use crate::serve::{ServingProcess, termination};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,14 +16,21 @@ pub struct StandaloneConfig {
     pub serve: ServeRole,
 }
 
+/// Runs until SIGTERM or SIGINT (see [`run_until`]).
 pub fn run(a: StandaloneConfig) -> Result<i32> {
+    run_until(a, termination())
+}
+
+/// Runs until `stop` resolves, then drains and exits like on SIGTERM: how a test or an
+/// embedding program starts the role from its configuration alone.
+pub fn run_until(a: StandaloneConfig, stop: impl Future<Output = ()> + Send + 'static) -> Result<i32> {
     super::serve_role(&a.serve, async {
         let catalog = Arc::new(Catalog::open(&a.data_dir)?);
         let listeners = Listeners::bind(&a.serve).await?;
         let config = a.serve.config.clone();
-        let node = Arc::new(Node::new(catalog.clone(), Arc::new(Metrics::new())).await);
+        let process = Arc::new(ServingProcess::new(catalog.clone(), Arc::new(Metrics::new())).await);
         // Serve (NOT_SERVING) while preloading, so probes are answered meanwhile.
-        let server = tokio::spawn(super::run(node.clone(), listeners, config, None, termination()));
+        let server = tokio::spawn(super::run(process.clone(), listeners, config, None, stop));
         // What the aliases serve is preloaded before SERVING, so no first query is a cold one.
         tokio::task::spawn_blocking(move || -> Result<()> {
             for (alias, _) in catalog.aliases()? {
@@ -40,7 +47,7 @@ pub fn run(a: StandaloneConfig) -> Result<i32> {
         })
         .await
         .map_err(|e| Error::io("preloading", std::io::Error::other(e)))??;
-        node.set_ready(true).await;
+        process.set_ready(true).await;
         tracing::info!("serving {}", a.data_dir.display());
         server.await.map_err(|e| Error::io("serving", std::io::Error::other(e)))?
     })?;

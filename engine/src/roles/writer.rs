@@ -4,7 +4,7 @@
 //! anything half-imported was in a staging directory and is discarded, while the Ingest
 //! streams it acknowledged stay in the spool for the next Seal.
 
-use super::{Listeners, ServeRole, collection_node};
+use super::{Listeners, ServeRole, serving_process};
 use crate::collection::builder::BuildOptions;
 use crate::error::{Error, Result};
 use crate::import::{self, ReadOptions};
@@ -31,7 +31,14 @@ pub struct WriterConfig {
     pub serve: ServeRole,
 }
 
+/// Runs until SIGTERM or SIGINT (see [`run_until`]).
 pub fn run(a: WriterConfig) -> Result<i32> {
+    run_until(a, termination())
+}
+
+/// Runs until `stop` resolves, then drains and exits like on SIGTERM: how a test or an
+/// embedding program starts the role from its configuration alone.
+pub fn run_until(a: WriterConfig, stop: impl Future<Output = ()> + Send + 'static) -> Result<i32> {
     let root = a.data_dir.clone();
     let name = a.build.name.clone();
     // A source the writer could never read is refused now (exit 2), not after start-up.
@@ -47,7 +54,7 @@ pub fn run(a: WriterConfig) -> Result<i32> {
     }
     super::serve_role(&a.serve, async {
         let metrics = Arc::new(Metrics::new());
-        let node = collection_node(&root, &name, metrics.clone()).await?;
+        let process = serving_process(&root, &name, metrics.clone()).await?;
         let listeners = Listeners::bind(&a.serve).await?;
         let rules = RecordRules { dimensions: a.build.dimensions, metric: a.build.metric };
         // A writer with --source takes no pushes: no spool.
@@ -67,14 +74,14 @@ pub fn run(a: WriterConfig) -> Result<i32> {
             // Sealed: what the spool holds is in the collection already.
             spool.discard();
         }
-        let ingest = IngestService::new(node.clone(), publisher.clone(), spool, a.source.clone(), a.pace);
+        let ingest = IngestService::new(process.clone(), publisher.clone(), spool, a.source.clone(), a.pace);
         if let Some((collection, info)) = recovered {
             tracing::info!("{} is sealed; serving snapshot sha256 {}", info.collection, info.sha256);
-            node.catalog.adopt(collection);
-            node.set_ready(true).await;
+            process.catalog.adopt(collection);
+            process.set_ready(true).await;
         } else if let Some(source) = a.source.clone() {
             let read = a.read.clone();
-            let (node, publisher) = (node.clone(), publisher.clone());
+            let (process, publisher) = (process.clone(), publisher.clone());
             tokio::spawn(async move {
                 let built = tokio::task::spawn_blocking(move || {
                     let records = import::read(&source, &read)?;
@@ -84,8 +91,8 @@ pub fn run(a: WriterConfig) -> Result<i32> {
                 match built {
                     Ok(Ok((collection, info))) => {
                         tracing::info!("{} sealed; snapshot sha256 {}", info.collection, info.sha256);
-                        node.catalog.adopt(collection);
-                        node.set_ready(true).await;
+                        process.catalog.adopt(collection);
+                        process.set_ready(true).await;
                     }
                     // The reason stays visible in Ingest.Progress; the process keeps serving it.
                     Ok(Err(e)) => tracing::error!("the import failed: {e}"),
@@ -95,7 +102,7 @@ pub fn run(a: WriterConfig) -> Result<i32> {
         } else {
             tracing::info!("waiting for Ingest pushes of {name}");
         }
-        super::run(node, listeners, a.serve.config.clone(), Some(ingest), termination()).await
+        super::run(process, listeners, a.serve.config.clone(), Some(ingest), stop).await
     })?;
     Ok(0)
 }

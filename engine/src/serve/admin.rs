@@ -1,7 +1,7 @@
 //! The Admin service: status, warm-up, verification and drain of the collections this process
 //! serves.
 
-use super::Node;
+use super::ServingProcess;
 use super::proto::{self, admin_server};
 use super::wire;
 use crate::verify::verify;
@@ -10,12 +10,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct AdminService {
-    node: Arc<Node>,
+    process: Arc<ServingProcess>,
 }
 
 impl AdminService {
-    pub fn new(node: Arc<Node>) -> Self {
-        AdminService { node }
+    pub fn new(process: Arc<ServingProcess>) -> Self {
+        AdminService { process }
     }
 }
 
@@ -32,37 +32,37 @@ fn logged<T>(work: &str, collection: &str, result: crate::Result<T>) -> Result<T
 impl admin_server::Admin for AdminService {
     #[tracing::instrument(skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug()))]
     async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
-        let c = self.node.collection(&request.into_inner().collection)?;
+        let c = self.process.collection(&request.into_inner().collection)?;
         Ok(Response::new(wire::status_response(c.manifest())))
     }
 
     #[tracing::instrument(skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug()))]
     async fn warmup(&self, request: Request<proto::WarmupRequest>) -> Result<Response<proto::WarmupResponse>, Status> {
         let r = request.into_inner();
-        let c = self.node.collection(&r.collection)?;
+        let c = self.process.collection(&r.collection)?;
         let mut options = WarmupOptions::default();
         if r.max_queries > 0 {
             options.max_queries = r.max_queries as usize;
         }
         // Dropped with this future: a call that is gone stops the work (and frees the slot).
         let _cancel = options.cancel.on_drop();
-        let report = self.node.admin_work(move || logged("warm-up", c.name(), warm(&c, &options))).await?;
+        let report = self.process.admin_work(move || logged("warm-up", c.name(), warm(&c, &options))).await?;
         Ok(Response::new(wire::warmup_response(&report)))
     }
 
     #[tracing::instrument(skip_all, fields(collection = %super::span_field(&request.get_ref().collection).escape_debug()))]
     async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
         let r = request.into_inner();
-        let c = self.node.collection(&r.collection)?;
+        let c = self.process.collection(&r.collection)?;
         let options = wire::verify_options(r);
         let _cancel = options.cancel.on_drop();
-        let report = self.node.admin_work(move || logged("verification", c.name(), verify(&c, &options))).await?;
+        let report = self.process.admin_work(move || logged("verification", c.name(), verify(&c, &options))).await?;
         Ok(Response::new(wire::verify_response(&report)))
     }
 
     #[tracing::instrument(skip_all)]
     async fn drain(&self, _request: Request<proto::DrainRequest>) -> Result<Response<proto::DrainResponse>, Status> {
-        self.node.drain().await;
+        self.process.drain().await;
         Ok(Response::new(proto::DrainResponse {}))
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP side of a serving process: `/metrics` (Prometheus), `/livez`, `/readyz`.
 
-use super::Node;
+use super::ServingProcess;
 use crate::error::{Error, Result};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -9,28 +9,31 @@ use axum::routing::get;
 use std::future::Future;
 use std::sync::Arc;
 
-pub fn router(node: Arc<Node>) -> axum::Router {
+pub fn router(process: Arc<ServingProcess>) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(node)
+        .with_state(process)
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    node.metrics.collections.set(node.catalog.open_count() as i64);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], node.metrics.render())
+async fn metrics(State(process): State<Arc<ServingProcess>>) -> impl IntoResponse {
+    process.metrics.collections.set(process.catalog.open_count() as i64);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], process.metrics.render())
 }
 
-async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+async fn readyz(State(process): State<Arc<ServingProcess>>) -> impl IntoResponse {
+    if process.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
 }
 
 /// Serves the HTTP endpoints on `listener` until `shutdown` resolves.
 pub async fn serve(
-    node: Arc<Node>,
+    process: Arc<ServingProcess>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await.map_err(|e| Error::io("serving HTTP", e))
+    axum::serve(listener, router(process))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::io("serving HTTP", e))
 }

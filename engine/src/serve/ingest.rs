@@ -5,7 +5,7 @@
 //! the writer and are imported by the Seal after the restart.
 
 use super::proto::{self, ingest_server};
-use super::{Node, status};
+use super::{ServingProcess, status};
 use crate::publish::{Phase, Publisher, Stage};
 use crate::spool::{Spool, StreamWriter};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 #[derive(Clone)]
 pub struct IngestService {
-    node: Arc<Node>,
+    process: Arc<ServingProcess>,
     publisher: Arc<Publisher>,
     /// `None` when the writer imports from --source (pushes are refused).
     spool: Option<Arc<Spool>>,
@@ -46,7 +46,7 @@ impl IngestService {
     /// Serves pushes into `spool` (none for a writer with --source); streams it kept from an
     /// earlier run count as received.
     pub fn new(
-        node: Arc<Node>,
+        process: Arc<ServingProcess>,
         publisher: Arc<Publisher>,
         spool: Option<Arc<Spool>>,
         source: Option<String>,
@@ -55,7 +55,7 @@ impl IngestService {
         if spool.as_ref().is_some_and(|s| s.committed_rows() > 0) && publisher.stage() == Stage::Waiting {
             publisher.set_stage(Stage::Receiving);
         }
-        IngestService { node, publisher, spool, source, sealing: Arc::default(), pace }
+        IngestService { process, publisher, spool, source, sealing: Arc::default(), pace }
     }
 
     /// The spool, once [`IngestService::check_writable`] passed.
@@ -143,7 +143,7 @@ impl ingest_server::Ingest for IngestService {
         tracing::info!(rows = records.expected_rows, collection = self.publisher.name(), "sealing the pushed records");
         // The build and what follows it run in a task of their own: a caller that gives up (or
         // the server's deadline) does not leave the writer half-way between sealed and serving.
-        let (publisher, node, lock) = (self.publisher.clone(), self.node.clone(), self.sealing.clone());
+        let (publisher, process, lock) = (self.publisher.clone(), self.process.clone(), self.sealing.clone());
         let sealed = tokio::spawn(async move {
             let building = publisher.clone();
             let result = super::blocking(move || building.publish(records).map_err(status)).await;
@@ -163,8 +163,8 @@ impl ingest_server::Ingest for IngestService {
             };
             spool.remove(&sealed_paths);
             let manifest_json = serde_json::to_string(collection.manifest()).expect("manifest serializes");
-            node.catalog.adopt(collection);
-            node.set_ready(true).await;
+            process.catalog.adopt(collection);
+            process.set_ready(true).await;
             Ok(proto::SealResponse { manifest_json })
         });
         let response = sealed.await.map_err(|e| Status::internal(format!("sealing failed: {e}")))??;

@@ -13,7 +13,7 @@ pub mod search;
 pub mod snapshot;
 pub mod wire;
 
-use crate::alias::Catalog;
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use std::future::Future;
@@ -109,18 +109,18 @@ impl Default for ServeConfig {
 }
 
 /// What one serving process holds: its collections, health and readiness, metrics.
-pub struct Node {
+pub struct ServingProcess {
     pub catalog: Arc<Catalog>,
     pub metrics: Arc<Metrics>,
     /// Answered when a request leaves `collection` empty: a replica's own collection, so
     /// clients behind an alias Service need not know which collection serves them.
     pub default_collection: Option<String>,
     /// Where this process's snapshots are (writer, replica), served to peers.
-    pub snapshots: Option<crate::snapshot::Store>,
+    pub snapshots: Option<crate::snapshot::SnapshotDir>,
     health: HealthReporter,
     health_service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     ready: AtomicBool,
-    /// Set by a drain of a ready node: ready again once the drained connections are gone.
+    /// Set by a drain of a ready process: ready again once the drained connections are gone.
     ready_after_drain: AtomicBool,
     /// Counts drains: only the latest one's end restores readiness.
     drains: std::sync::atomic::AtomicU64,
@@ -143,14 +143,14 @@ const SERVICES: [&str; 5] = [
     <IngestServer<ingest::IngestService> as NamedService>::NAME,
 ];
 
-impl Node {
-    /// A node that starts NOT_SERVING; the role calls [`Node::set_ready`] when it can answer.
-    pub async fn new(catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Node {
+impl ServingProcess {
+    /// A process that starts NOT_SERVING; the role calls [`ServingProcess::set_ready`] when it can answer.
+    pub async fn new(catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> ServingProcess {
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
         );
-        let node = Node {
+        let process = ServingProcess {
             catalog,
             metrics,
             default_collection: None,
@@ -167,8 +167,8 @@ impl Node {
             )),
             admin_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         };
-        node.report(ServingStatus::NotServing).await;
-        node
+        process.report(ServingStatus::NotServing).await;
+        process
     }
 
     async fn report(&self, status: ServingStatus) {
@@ -199,7 +199,7 @@ impl Node {
         self.drain.notify_one();
     }
 
-    /// Runs search work on the blocking pool once one of the node's search slots is free. The
+    /// Runs search work on the blocking pool once one of the process's search slots is free. The
     /// slot goes with the work: a caller that gives up does not free it while the work runs.
     pub async fn search_work<T: Send + 'static>(
         &self,
@@ -216,7 +216,7 @@ impl Node {
         slotted(&self.admin_slots, f).await
     }
 
-    /// The collection a request names: an alias first, then a collection, and the node's own
+    /// The collection a request names: an alias first, then a collection, and the process's own
     /// collection when the name is empty.
     pub fn collection(&self, name: &str) -> Result<Arc<crate::search::searcher::Searcher>, Status> {
         let name = match (name, &self.default_collection) {
@@ -237,14 +237,14 @@ impl Node {
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves: Search, Admin and health always,
-/// Snapshot when the node has snapshots, Ingest when given.
+/// Snapshot when the process has snapshots, Ingest when given.
 ///
 /// One accept loop hands connections to the current server instance. A drain starts a new
 /// instance for new connections at once and lets the old one finish its calls (GOAWAY) within
-/// `shutdown_grace`; then the node is ready again. On shutdown: NOT_SERVING, wait
+/// `shutdown_grace`; then the process is ready again. On shutdown: NOT_SERVING, wait
 /// `drain_delay`, GOAWAY, calls in flight finish within `shutdown_grace`.
 pub async fn serve(
-    node: Arc<Node>,
+    process: Arc<ServingProcess>,
     listener: tokio::net::TcpListener,
     config: ServeConfig,
     ingest: Option<ingest::IngestService>,
@@ -263,7 +263,7 @@ pub async fn serve(
     let request_limit = crate::limits::MAX_REQUEST_BYTES;
     let guarded = auth::Auth::new(config.token.clone());
     let search_auth = if config.search_without_token { auth::Auth::new(None) } else { guarded.clone() };
-    let admission = admission::AdmissionLayer::new(config.max_in_flight, node.metrics.clone());
+    let admission = admission::AdmissionLayer::new(config.max_in_flight, process.metrics.clone());
     let (acceptor, mut incoming) = Acceptor::start(listener);
     loop {
         let mut builder = tonic::transport::Server::builder();
@@ -281,20 +281,20 @@ pub async fn serve(
         if let Some(age) = config.max_connection_age {
             builder = builder.max_connection_age(age);
         }
-        let search = SearchServer::new(search::SearchService::new(node.clone()))
+        let search = SearchServer::new(search::SearchService::new(process.clone()))
             .max_decoding_message_size(crate::limits::MAX_SEARCH_REQUEST_BYTES)
             .max_encoding_message_size(bulk_limit);
-        let admin = AdminServer::new(admin::AdminService::new(node.clone()))
+        let admin = AdminServer::new(admin::AdminService::new(process.clone()))
             .max_decoding_message_size(request_limit)
             .max_encoding_message_size(request_limit);
         let mut router = builder
             .layer(admission.clone())
-            .add_service(node.health_service.clone())
+            .add_service(process.health_service.clone())
             .add_service(reflection.clone())
             .add_service(tonic::service::interceptor::InterceptedService::new(search, search_auth.clone()))
             .add_service(tonic::service::interceptor::InterceptedService::new(admin, guarded.clone()));
-        if node.snapshots.is_some() {
-            let snapshots = SnapshotServer::new(snapshot::SnapshotService::new(node.clone()))
+        if process.snapshots.is_some() {
+            let snapshots = SnapshotServer::new(snapshot::SnapshotService::new(process.clone()))
                 .max_decoding_message_size(request_limit)
                 .max_encoding_message_size(bulk_limit);
             router =
@@ -310,12 +310,12 @@ pub async fn serve(
         let instance = tokio::spawn(router.serve_with_incoming_shutdown(incoming, std::future::pending::<()>()));
         let mut terminated_rx = terminated.clone();
         let terminating = tokio::select! {
-            _ = node.drain.notified() => false,
+            _ = process.drain.notified() => false,
             _ = async { terminated_rx.wait_for(|t| *t).await.is_ok() } => true,
         };
         if terminating {
-            node.terminating.store(true, Ordering::SeqCst);
-            node.set_ready(false).await;
+            process.terminating.store(true, Ordering::SeqCst);
+            process.set_ready(false).await;
             // Keep answering new connections while endpoints and load balancers catch up.
             tokio::time::sleep(config.drain_delay).await;
             acceptor.stop();
@@ -325,18 +325,18 @@ pub async fn serve(
         // Drain: the next instance takes new connections from now on; this one sends its
         // connections a GOAWAY and finishes their calls in the background.
         incoming = acceptor.next_instance();
-        let (node, grace) = (node.clone(), config.shutdown_grace);
-        let drain = node.drains.load(Ordering::SeqCst);
+        let (process, grace) = (process.clone(), config.shutdown_grace);
+        let drain = process.drains.load(Ordering::SeqCst);
         tokio::spawn(async move {
             if let Err(e) = finish(instance, grace).await {
                 tracing::error!("draining: {e}");
             }
             // Only the latest drain restores readiness, and never after SIGTERM.
-            if node.drains.load(Ordering::SeqCst) == drain
-                && !node.terminating.load(Ordering::SeqCst)
-                && node.ready_after_drain.swap(false, Ordering::SeqCst)
+            if process.drains.load(Ordering::SeqCst) == drain
+                && !process.terminating.load(Ordering::SeqCst)
+                && process.ready_after_drain.swap(false, Ordering::SeqCst)
             {
-                node.set_ready(true).await;
+                process.set_ready(true).await;
             }
             tracing::info!("drained: every connection was sent a GOAWAY; serving reconnects");
         });

@@ -1,7 +1,7 @@
 //! The Search service: validation in the engine, answers on the blocking pool.
 
 use super::proto::{self, search_server};
-use super::{Node, status, wire};
+use super::{ServingProcess, status, wire};
 use crate::cancel::Cancel;
 use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search_cancellable};
@@ -11,12 +11,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct SearchService {
-    node: Arc<Node>,
+    process: Arc<ServingProcess>,
 }
 
 impl SearchService {
-    pub fn new(node: Arc<Node>) -> Self {
-        SearchService { node }
+    pub fn new(process: Arc<ServingProcess>) -> Self {
+        SearchService { process }
     }
 }
 
@@ -53,7 +53,7 @@ impl search_server::Search for SearchService {
     async fn search(&self, request: Request<proto::SearchRequest>) -> Result<Response<proto::SearchResponse>, Status> {
         let r = request.into_inner();
         // Resolved once: the same collection decides where the query runs and answers it.
-        let collection = self.node.collection(&r.collection)?;
+        let collection = self.process.collection(&r.collection)?;
         let request = wire::search_request(r)?;
         if inline(&collection, &request) {
             // An indexed query of one partition takes well under a millisecond: answering it
@@ -66,7 +66,7 @@ impl search_server::Search for SearchService {
         // or past its deadline) stops the scan.
         let cancel = Cancel::default();
         let _cancel = cancel.on_drop();
-        self.node.search_work(move || answer(&collection, &request, &cancel)).await.map(Response::new)
+        self.process.search_work(move || answer(&collection, &request, &cancel)).await.map(Response::new)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(queries = request.get_ref().queries.len()))]
@@ -74,19 +74,19 @@ impl search_server::Search for SearchService {
         &self,
         request: Request<proto::BatchSearchRequest>,
     ) -> Result<Response<proto::BatchSearchResponse>, Status> {
-        let node = self.node.clone();
+        let process = self.process.clone();
         let queries = request.into_inner().queries;
         crate::limits::check_batch(queries.iter().map(|q| q.k as usize)).map_err(|e| status(e.into()))?;
         let cancel = Cancel::default();
         let _cancel = cancel.on_drop();
-        self.node
+        self.process
             .search_work(move || {
                 let results = queries
                     .into_par_iter()
                     .map(|q| {
                         // A batch whose call is gone stops at its next query, whatever the strategy.
                         cancel.check("search").map_err(status)?;
-                        answer(node.collection(&q.collection)?.as_ref(), &wire::search_request(q)?, &cancel)
+                        answer(process.collection(&q.collection)?.as_ref(), &wire::search_request(q)?, &cancel)
                     })
                     .collect::<Result<_, _>>()?;
                 Ok(proto::BatchSearchResponse { results })

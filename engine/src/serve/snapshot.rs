@@ -1,7 +1,7 @@
 //! The Snapshot service: a finished snapshot's description, and its bytes from any offset as a
 //! stream of chunks, read from disk on a blocking thread.
 
-use super::Node;
+use super::ServingProcess;
 use super::proto::{self, snapshot_server};
 use crate::snapshot::SnapshotInfo;
 use std::io::{Read, Seek, SeekFrom};
@@ -18,18 +18,18 @@ const MAX_FETCHES: usize = 8;
 const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct SnapshotService {
-    node: Arc<Node>,
+    process: Arc<ServingProcess>,
     fetches: Arc<tokio::sync::Semaphore>,
 }
 
 impl SnapshotService {
-    pub fn new(node: Arc<Node>) -> Self {
-        SnapshotService { node, fetches: Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES)) }
+    pub fn new(process: Arc<ServingProcess>) -> Self {
+        SnapshotService { process, fetches: Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES)) }
     }
 
     fn info(&self, collection: &str) -> Result<(SnapshotInfo, std::path::PathBuf), Status> {
         let store =
-            self.node.snapshots.as_ref().ok_or_else(|| Status::unimplemented("this role holds no snapshots"))?;
+            self.process.snapshots.as_ref().ok_or_else(|| Status::unimplemented("this role holds no snapshots"))?;
         match store.info(collection).map_err(super::status)? {
             Some(info) => Ok((info, store.file(collection).map_err(super::status)?)),
             None => Err(Status::not_found(format!("no finished snapshot of collection {collection:?} here (yet)"))),
@@ -74,7 +74,7 @@ impl snapshot_server::Snapshot for SnapshotService {
             std::fs::File::open(&path).map_err(|e| Status::internal(format!("opening {}: {e}", path.display())))?;
         file.seek(SeekFrom::Start(r.offset)).map_err(|e| Status::internal(format!("seeking: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let metrics = self.node.metrics.clone();
+        let metrics = self.process.metrics.clone();
         let mut offset = r.offset;
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {

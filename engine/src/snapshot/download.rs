@@ -8,7 +8,7 @@
 //! bytes read back from disk, not from what was received, so a shifted or torn file never
 //! passes.
 
-use super::{SnapshotInfo, Store, hash_file, sync_dir};
+use super::{SnapshotDir, SnapshotInfo, sync_dir};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 /// A download in progress of the snapshot `info` describes.
 #[derive(Debug)]
 pub struct Partial {
-    store: Store,
+    snapshots: SnapshotDir,
     info: SnapshotInfo,
     path: PathBuf,
     /// Opened for appending and exclusively locked for the life of this value.
@@ -29,9 +29,9 @@ impl Partial {
     /// Opens and locks the partial file for `info`, keeping the bytes already there when they
     /// belong to the same snapshot (same sha256 recorded next to them), starting over
     /// otherwise. Another live attempt holding the lock is a transient error.
-    pub fn open(store: &Store, info: &SnapshotInfo) -> Result<Partial> {
-        store.create_dir()?;
-        let path = store.file(&info.collection)?.with_extension("mdb.partial");
+    pub fn open(snapshots: &SnapshotDir, info: &SnapshotInfo) -> Result<Partial> {
+        snapshots.create_dir()?;
+        let path = snapshots.file(&info.collection)?.with_extension("mdb.partial");
         let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", path.display()), e);
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io("opening", e))?;
         match file.try_lock() {
@@ -53,7 +53,7 @@ impl Partial {
             file.set_len(0).map_err(|e| io("truncating", e))?;
             offset = 0;
         }
-        Ok(Partial { store: store.clone(), info: info.clone(), path, file, offset })
+        Ok(Partial { snapshots: snapshots.clone(), info: info.clone(), path, file, offset })
     }
 
     /// Bytes held so far: where the next fetch starts.
@@ -83,24 +83,23 @@ impl Partial {
     /// snapshot, a bad one is deleted (the next attempt starts from zero) and reported.
     pub fn finish(self) -> Result<SnapshotInfo> {
         self.file.sync_all().map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
-        let (size, sha256) = hash_file(&self.path)?;
         let marker = self.path.with_extension("partial.sha256");
-        if size != self.info.size || sha256 != self.info.sha256 {
+        if let Some(found) = super::check::mismatch(&self.path, &self.info)? {
             let _ = std::fs::remove_file(&self.path);
             let _ = std::fs::remove_file(&marker);
             return Err(self.error(format!(
-                "checksum mismatch: the file on disk has {size} bytes with sha256 {sha256}, the source announced \
-                 {} bytes with sha256 {}; the file was discarded",
+                "checksum mismatch: the file on disk has {found}, the source announced {} bytes with sha256 {}; \
+                 the file was discarded",
                 self.info.size, self.info.sha256
             )));
         }
         crate::fault::point("snapshot::finish_before_rename");
-        let file = self.store.file(&self.info.collection)?;
+        let file = self.snapshots.file(&self.info.collection)?;
         std::fs::rename(&self.path, &file)
             .map_err(|e| Error::io(format!("moving {} into place", self.path.display()), e))?;
-        sync_dir(&self.store.dir)?;
+        sync_dir(&self.snapshots.dir)?;
         let _ = std::fs::remove_file(&marker);
-        self.store.publish(&self.info)?;
+        self.snapshots.publish(&self.info)?;
         Ok(self.info)
     }
 

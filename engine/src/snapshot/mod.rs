@@ -5,20 +5,21 @@
 //! without it is unfinished and never served. Replicas download into `<name>.mdb.partial`
 //! ([`download::Partial`]), check the sha256 of the bytes on disk, and install the file as their
 //! collection. Every rename is followed by an fsync of its directory, so a crash leaves either
-//! the old state or the new one; [`Store::checked_info`] heals a description whose file is
+//! the old state or the new one; [`SnapshotDir::checked_info`] heals a description whose file is
 //! missing or does not match.
 
+mod check;
 pub mod download;
+
+use check::check_manifest;
+pub use check::hash_file;
 
 use crate::collection::Collection;
 use crate::collection::builder::check_name;
 use crate::collection::manifest::Manifest;
 pub(crate) use crate::durable::{sync_dir, write_synced};
 use crate::error::{Error, Result};
-use crate::import::source::hex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 const DIR: &str = ".snapshots";
@@ -35,13 +36,13 @@ pub struct SnapshotInfo {
 
 /// The snapshots under one data root.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct SnapshotDir {
     dir: PathBuf,
 }
 
-impl Store {
-    pub fn new(root: &Path) -> Store {
-        Store { dir: root.join(DIR) }
+impl SnapshotDir {
+    pub fn new(root: &Path) -> SnapshotDir {
+        SnapshotDir { dir: root.join(DIR) }
     }
 
     /// The snapshot file of collection `name`; the name is checked before any path is built.
@@ -66,34 +67,6 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
-    }
-
-    /// The finished snapshot of `name` after checking its file as it lies on disk: size and
-    /// sha256 must match the description. A description whose file is missing, short or
-    /// different (a crash between steps, a damaged disk) is removed with its file, so the
-    /// caller fetches or writes the snapshot again instead of serving it.
-    pub fn checked_info(&self, name: &str) -> Result<Option<SnapshotInfo>> {
-        let Some(info) = self.info(name)? else { return Ok(None) };
-        let file = self.file(name)?;
-        let problem = match hash_file(&file) {
-            Ok((size, sha256)) if size == info.size && sha256 == info.sha256 => return Ok(Some(info)),
-            Ok((size, sha256)) => format!("the file has {size} bytes with sha256 {sha256}"),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                "the file is missing".into()
-            }
-            // Anything else (out of file descriptors, a failing disk) is not proof of damage.
-            Err(e) => return Err(e),
-        };
-        tracing::warn!(
-            collection = name,
-            "discarding the snapshot description: {problem}, but it announces {} bytes with sha256 {}",
-            info.size,
-            info.sha256
-        );
-        let _ = std::fs::remove_file(self.info_path(name)?);
-        let _ = std::fs::remove_file(&file);
-        sync_dir(&self.dir)?;
-        Ok(None)
     }
 
     /// Writes the compacted copy of a sealed collection and its description; replaces nothing
@@ -168,52 +141,4 @@ impl Store {
             .map_err(|reason| Error::Incomplete { path: target.clone(), reason })?;
         Ok(collection)
     }
-}
-
-impl Store {
-    /// Whether an installed `data.mdb` is the checked snapshot file itself (the same inode, as
-    /// the hard link makes it) or, when it was copied, has the same bytes.
-    fn installed_is(&self, data: &Path, info: &SnapshotInfo) -> Result<bool> {
-        use std::os::unix::fs::MetadataExt;
-        let stat = |p: &Path| std::fs::metadata(p).map_err(|e| Error::io(format!("stat {}", p.display()), e));
-        let (installed, snapshot) = (stat(data)?, stat(&self.file(&info.collection)?)?);
-        if installed.dev() == snapshot.dev() && installed.ino() == snapshot.ino() {
-            return Ok(true);
-        }
-        Ok(hash_file(data)? == (info.size, info.sha256.clone()))
-    }
-}
-
-/// The fields a replica must agree on with the snapshot's announcement.
-fn check_manifest(opened: &Manifest, announced: &Manifest) -> std::result::Result<(), String> {
-    let pairs = [
-        ("name", opened.name.clone(), announced.name.clone()),
-        ("count", opened.count.to_string(), announced.count.to_string()),
-        ("dimensions", opened.dimensions.to_string(), announced.dimensions.to_string()),
-        ("metric", opened.metric.to_string(), announced.metric.to_string()),
-        ("created_at", opened.created_at.to_string(), announced.created_at.to_string()),
-    ];
-    for (field, got, want) in pairs {
-        if got != want {
-            return Err(format!("snapshot manifest `{field}` is {got} but the source announced {want}"));
-        }
-    }
-    Ok(())
-}
-
-/// Size and hex sha256 of a file.
-pub fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex(&hasher.finalize())))
 }

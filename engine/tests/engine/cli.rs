@@ -66,7 +66,7 @@ fn import_search_verify_and_flip_through_the_cli() {
     let out = quiver(&["verify", "--data-dir", &d, "--collection", "v1", "--expected-count", "1999", "--sample", "20"]);
     assert_eq!(out.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let count = json["checks"].as_array().unwrap().iter().find(|c| c["name"] == "count").unwrap();
+    let count = json["gates"].as_array().unwrap().iter().find(|c| c["name"] == "count").unwrap();
     assert_eq!((count["passed"].as_bool(), count["measured"].as_f64()), (Some(false), Some(2000.0)));
 
     let out = quiver(&[

@@ -312,7 +312,7 @@ fn an_unfinished_collection_does_not_open() {
 
 #[test]
 fn verification_gates_and_the_alias_flip() {
-    use quiver_engine::alias::Catalog;
+    use quiver_engine::catalog::Catalog;
     let dir = tempfile::tempdir().unwrap();
     let source = write_npy(dir.path(), "base.npy", 1500, 1);
     build(dir.path(), "v1", &source, |_| {}).unwrap();
@@ -343,7 +343,7 @@ fn verification_gates_and_the_alias_flip() {
     assert_eq!(catalog.resolve("products").unwrap().name(), "v1");
 
     let unreachable = verify(&v2, &VerifyOptions { min_recall: 1.01, sample: 20, ..Default::default() }).unwrap();
-    assert!(!unreachable.passed && unreachable.checks[0].margin < 0.0);
+    assert!(!unreachable.passed && unreachable.gates[0].margin < 0.0);
 
     let ok =
         verify(&v2, &VerifyOptions { expected_count: Some(1500), min_recall: 0.8, sample: 50, ..Default::default() })
@@ -378,7 +378,7 @@ fn calibration_picks_a_setting_that_meets_the_target_on_held_out_queries() {
 /// a second time (LMDB refuses a second environment on the same file).
 #[test]
 fn unserved_collections_are_closed_and_a_held_one_is_reused() {
-    use quiver_engine::alias::Catalog;
+    use quiver_engine::catalog::Catalog;
     let dir = tempfile::tempdir().unwrap();
     let source = write_npy(dir.path(), "base.npy", 300, 1);
     let names: Vec<String> = (0..7).map(|i| format!("v{i}")).collect();

@@ -8,7 +8,7 @@
 
 use quiver_api::client::{Client, ClientOptions};
 use quiver_api::proto;
-use quiver_engine::snapshot::{Store, hash_file};
+use quiver_engine::snapshot::{SnapshotDir, hash_file};
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -161,13 +161,13 @@ async fn writer_killed_around_the_snapshot_serves_a_checked_one_after_restart() 
         let data = dir.path().join(format!("w{i}")).display().to_string();
         let args = ["writer", "--data-dir", &data, "--collection", "v1", "--source", &base, "--listen", "127.0.0.1:0"];
         Role::start(dir.path(), &args, Some(&format!("{point}=return"))).killed_at(point);
-        let store = Store::new(Path::new(&data));
-        assert!(store.info("v1").unwrap().is_none(), "no snapshot description survives a kill at {point}");
+        let snapshots = SnapshotDir::new(Path::new(&data));
+        assert!(snapshots.info("v1").unwrap().is_none(), "no snapshot description survives a kill at {point}");
 
         let writer = Role::start(dir.path(), &args, None);
         let client = writer.serving().await;
         let announced = client.snapshot_manifest("v1").await.unwrap();
-        let on_disk = hash_file(&store.file("v1").unwrap()).unwrap();
+        let on_disk = hash_file(&snapshots.file("v1").unwrap()).unwrap();
         assert_eq!((announced.size, announced.sha256), on_disk, "after a kill at {point}");
         assert_eq!(client.status("v1").await.unwrap().count, ROWS as u64);
     }
@@ -390,7 +390,7 @@ async fn replica_killed_while_fetching_or_installing_serves_the_right_snapshot_a
         let client = replica.serving().await;
         let request = proto::SearchRequest { vector: vec![0.5; DIMS], k: 5, ..Default::default() };
         assert_eq!(client.search(request).await.unwrap().hits.len(), 5);
-        let info = Store::new(Path::new(&data)).checked_info("v1").unwrap().expect("a checked snapshot");
+        let info = SnapshotDir::new(Path::new(&data)).checked_info("v1").unwrap().expect("a checked snapshot");
         assert_eq!(info.sha256, sha256, "after a kill at {point}");
     }
 }

@@ -16,7 +16,7 @@ use quiver_engine::datagen::Clustered;
 use quiver_engine::import::{self, ReadOptions};
 use quiver_engine::search::searcher::Searcher;
 use quiver_engine::search::{SearchRequest, search};
-use quiver_engine::snapshot::Store;
+use quiver_engine::snapshot::SnapshotDir;
 use quiver_engine::types::{Metric, SearchDefaults, Strategy};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -67,7 +67,7 @@ fn write_fixture(out: &Path) {
     let records = import::read(&source, &ReadOptions::default()).unwrap();
     import_and_build(work.path(), &options, records).unwrap();
     let collection = Searcher::open(&work.path().join(NAME)).unwrap();
-    Store::new(work.path()).write(&collection).unwrap();
+    SnapshotDir::new(work.path()).write(&collection).unwrap();
 
     let queries: Vec<Vec<f32>> = Clustered::new(DIMS, 3).generate(6, 9).chunks(DIMS).map(|q| q.to_vec()).collect();
     let answers: Vec<Value> = requests(&queries)
@@ -117,10 +117,10 @@ fn a_snapshot_written_by_an_earlier_version_installs_and_answers_the_same() {
     let root = tempfile::tempdir().unwrap();
     copy_dir(&fixture, root.path());
 
-    let store = Store::new(root.path());
-    let info = store.checked_info(NAME).unwrap().expect("the fixture's snapshot passes its checks on disk");
+    let snapshots = SnapshotDir::new(root.path());
+    let info = snapshots.checked_info(NAME).unwrap().expect("the fixture's snapshot passes its checks on disk");
     assert_eq!(info.manifest.format_version, FORMAT_VERSION);
-    let collection = Searcher::new(store.install(root.path(), &info).unwrap());
+    let collection = Searcher::new(snapshots.install(root.path(), &info).unwrap());
     let manifest = collection.manifest();
     // Every field as it was written (serde would quietly drop a renamed optional one).
     let written: Value =

@@ -3,13 +3,13 @@
 use quiver_api::proto::admin_client::AdminClient;
 use quiver_api::proto::search_client::SearchClient;
 use quiver_api::proto::{DrainRequest, SearchRequest, StatusRequest, VerifyRequest};
-use quiver_engine::alias::Catalog;
 use quiver_engine::build::import_and_build;
+use quiver_engine::catalog::Catalog;
 use quiver_engine::collection::builder::BuildOptions;
 use quiver_engine::datagen::Clustered;
 use quiver_engine::import::{self, ReadOptions, npy};
 use quiver_engine::metrics::Metrics;
-use quiver_engine::serve::{Node, ServeConfig};
+use quiver_engine::serve::{ServeConfig, ServingProcess};
 use quiver_engine::types::Metric;
 use std::sync::Arc;
 use tonic::Code;
@@ -28,14 +28,14 @@ async fn search_admin_and_health_over_grpc() {
     let records = import::read(&path.display().to_string(), &ReadOptions::default()).unwrap();
     import_and_build(dir.path(), &BuildOptions::new("v1", Metric::Cosine), records).unwrap();
     let catalog = Arc::new(Catalog::open(dir.path()).unwrap());
-    let node = Arc::new(Node::new(catalog, Arc::new(Metrics::new())).await);
-    node.set_ready(true).await;
+    let process = Arc::new(ServingProcess::new(catalog, Arc::new(Metrics::new())).await);
+    process.set_ready(true).await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server =
-        tokio::spawn(quiver_engine::serve::serve(node.clone(), listener, ServeConfig::default(), None, async {
+        tokio::spawn(quiver_engine::serve::serve(process.clone(), listener, ServeConfig::default(), None, async {
             let _ = stopped.await;
         }));
 
@@ -91,7 +91,7 @@ async fn search_admin_and_health_over_grpc() {
     assert_eq!(serving, ServingStatus::Serving as i32);
     admin.drain(DrainRequest {}).await.unwrap();
     // A drain is temporary: once the drained connections are gone (GOAWAY; nothing was in
-    // flight), a new connection finds the node SERVING again, so a rollback has endpoints.
+    // flight), a new connection finds the process SERVING again, so a rollback has endpoints.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let channel = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
@@ -104,10 +104,10 @@ async fn search_admin_and_health_over_grpc() {
         assert!(std::time::Instant::now() < deadline, "still NOT_SERVING 10 s after the drain");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(node.is_ready());
+    assert!(process.is_ready());
     let mut search = SearchClient::connect(url.clone()).await.unwrap();
     assert_eq!(search.search(request(2, query.clone())).await.unwrap().into_inner().hits.len(), 2);
-    let text = node.metrics.render();
+    let text = process.metrics.render();
     assert!(
         text.contains(r#"quiver_requests_total{method="quiver.v1.Search/Search",code="InvalidArgument"} 3"#),
         "{text}"
@@ -173,8 +173,8 @@ async fn tls_and_a_token_required_on_search() {
     let records = import::read(&path.display().to_string(), &ReadOptions::default()).unwrap();
     import_and_build(dir.path(), &BuildOptions::new("v1", Metric::Cosine), records).unwrap();
     let catalog = Arc::new(Catalog::open(dir.path()).unwrap());
-    let node = Arc::new(Node::new(catalog, Arc::new(Metrics::new())).await);
-    node.set_ready(true).await;
+    let process = Arc::new(ServingProcess::new(catalog, Arc::new(Metrics::new())).await);
+    process.set_ready(true).await;
 
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert = certified.cert.pem().into_bytes();
@@ -185,7 +185,7 @@ async fn tls_and_a_token_required_on_search() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(quiver_engine::serve::serve(node, listener, config, None, std::future::pending()));
+    tokio::spawn(quiver_engine::serve::serve(process, listener, config, None, std::future::pending()));
 
     let request = SearchRequest { collection: "v1".into(), vector: data[..DIMS].to_vec(), k: 3, ..Default::default() };
     let url = format!("https://localhost:{port}");
@@ -200,9 +200,75 @@ async fn tls_and_a_token_required_on_search() {
     assert!(plain.search(request).await.is_err(), "plaintext is not served when TLS is on");
 }
 
-/// A node serving `v1` (`rows` x [`DIMS`] cosine vectors) under a fresh data directory, on
-/// 127.0.0.1; returns the URL, the node and the directory (kept alive by the caller).
-async fn serving(rows: usize, config: ServeConfig) -> (String, Arc<Node>, tempfile::TempDir, Vec<f32>) {
+/// A whole role started in this process from its configuration, with no argument list: the
+/// writer imports its source, seals, writes the snapshot, turns SERVING, answers Search for its
+/// own collection, and returns 0 when its stop future resolves.
+#[test]
+fn a_writer_starts_from_its_configuration_and_stops_when_told() {
+    use quiver_engine::roles::{ServeRole, writer};
+    use quiver_engine::serve::ingest::WritePace;
+    use quiver_engine::spool::SpoolLimits;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("base.npy");
+    let data = Clustered::new(DIMS, 4).generate(400, 1);
+    npy::write_f32(&source, 400, DIMS, &data).unwrap();
+    // A port the OS just handed out; the role binds it again at once.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = writer::WriterConfig {
+        data_dir: dir.path().join("data"),
+        build: BuildOptions::new("v1", Metric::Cosine),
+        source: Some(source.display().to_string()),
+        read: ReadOptions::default(),
+        spool: SpoolLimits::default(),
+        pace: WritePace::default(),
+        serve: ServeRole { listen, http_listen: None, config: ServeConfig::default(), insecure: false },
+    };
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let role = std::thread::spawn(move || writer::run_until(config, async move { _ = stopped.await }));
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let url = format!("http://{listen}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let channel = loop {
+            let serving = async {
+                let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.ok()?;
+                let status = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest { service: String::new() })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .status;
+                (status == ServingStatus::Serving as i32).then_some(channel)
+            };
+            if let Some(channel) = serving.await {
+                break channel;
+            }
+            assert!(std::time::Instant::now() < deadline, "the writer never turned SERVING");
+            assert!(!role.is_finished(), "the writer role ended before serving");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let query = SearchRequest { vector: data[..DIMS].to_vec(), k: 5, ..Default::default() };
+        let answer = SearchClient::new(channel).search(query).await.unwrap().into_inner();
+        assert_eq!((answer.collection.as_str(), answer.hits.len(), answer.hits[0].id), ("v1", 5, 0));
+    });
+    // Closes this side's connections, so the role's graceful shutdown has none to wait for.
+    drop(runtime);
+    let snapshot = quiver_engine::snapshot::SnapshotDir::new(&dir.path().join("data")).checked_info("v1").unwrap();
+    assert_eq!(snapshot.map(|s| s.manifest.count), Some(400), "the sealed snapshot is written");
+    stop.send(()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !role.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the writer did not stop when told");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(role.join().unwrap().unwrap(), 0);
+}
+
+/// A process serving `v1` (`rows` x [`DIMS`] cosine vectors) under a fresh data directory, on
+/// 127.0.0.1; returns the URL, the process and the directory (kept alive by the caller).
+async fn serving(rows: usize, config: ServeConfig) -> (String, Arc<ServingProcess>, tempfile::TempDir, Vec<f32>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("base.npy");
     let data = Clustered::new(DIMS, 4).generate(rows, 1);
@@ -210,14 +276,14 @@ async fn serving(rows: usize, config: ServeConfig) -> (String, Arc<Node>, tempfi
     let records = import::read(&path.display().to_string(), &ReadOptions::default()).unwrap();
     import_and_build(dir.path(), &BuildOptions::new("v1", Metric::Cosine), records).unwrap();
     let catalog = Arc::new(Catalog::open(dir.path()).unwrap());
-    let mut node = Node::new(catalog, Arc::new(Metrics::new())).await;
-    node.snapshots = Some(quiver_engine::snapshot::Store::new(dir.path()));
-    let node = Arc::new(node);
-    node.set_ready(true).await;
+    let mut process = ServingProcess::new(catalog, Arc::new(Metrics::new())).await;
+    process.snapshots = Some(quiver_engine::snapshot::SnapshotDir::new(dir.path()));
+    let process = Arc::new(process);
+    process.set_ready(true).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(quiver_engine::serve::serve(node.clone(), listener, config, None, std::future::pending()));
-    (url, node, dir, data)
+    tokio::spawn(quiver_engine::serve::serve(process.clone(), listener, config, None, std::future::pending()));
+    (url, process, dir, data)
 }
 
 fn vm_hwm_kib() -> u64 {
@@ -305,7 +371,7 @@ mod hostile {
     #[test]
     fn random_requests_never_take_the_server_down() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (url, _node, _dir, _data) = runtime.block_on(serving(600, ServeConfig::default()));
+        let (url, _process, _dir, _data) = runtime.block_on(serving(600, ServeConfig::default()));
         let channel = runtime.block_on(tonic::transport::Channel::from_shared(url).unwrap().connect()).unwrap();
         let config = ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() };
         proptest!(config, |(call in call())| {
@@ -357,7 +423,7 @@ mod hostile {
 /// another data directory is refused, never answered from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_outside_the_data_directory_is_refused() {
-    let (url, _node, dir, data) = serving(300, ServeConfig::default()).await;
+    let (url, _process, dir, data) = serving(300, ServeConfig::default()).await;
     // Another data directory beside this one, with a collection of its own.
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
@@ -381,9 +447,9 @@ async fn a_token_guards_every_service_but_health() {
     use quiver_api::proto::ManifestRequest;
     use quiver_api::proto::snapshot_client::SnapshotClient;
     let config = ServeConfig { token: Some("t0ken".into()), ..Default::default() };
-    let (url, node, dir, data) = serving(300, config).await;
-    let collection = node.catalog.collection("v1").unwrap();
-    quiver_engine::snapshot::Store::new(dir.path()).write(&collection).unwrap();
+    let (url, process, dir, data) = serving(300, config).await;
+    let collection = process.catalog.collection("v1").unwrap();
+    quiver_engine::snapshot::SnapshotDir::new(dir.path()).write(&collection).unwrap();
     let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
     let request = SearchRequest { collection: "v1".into(), vector: data[..DIMS].to_vec(), k: 3, ..Default::default() };
     let err = SearchClient::new(channel.clone()).search(request).await.unwrap_err();
@@ -420,10 +486,10 @@ fn a_public_listener_without_a_token_is_refused() {
 /// collection's default): while 16 clients run them, health and /livez answer at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_while_exact_scans_run() {
-    let (url, node, _dir, data) = serving(20_000, ServeConfig::default()).await;
+    let (url, process, _dir, data) = serving(20_000, ServeConfig::default()).await;
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = http.local_addr().unwrap();
-    tokio::spawn(quiver_engine::serve::http::serve(node, http, std::future::pending()));
+    tokio::spawn(quiver_engine::serve::http::serve(process, http, std::future::pending()));
     let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -497,7 +563,7 @@ fn captured_logs() -> Option<Arc<std::sync::Mutex<Vec<u8>>>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verify_whose_call_is_gone_stops_and_frees_its_slot() {
     let logs = captured_logs();
-    let (url, _node, _dir, _) = serving(20_000, ServeConfig::default()).await;
+    let (url, _process, _dir, _) = serving(20_000, ServeConfig::default()).await;
     let mut admin = AdminClient::connect(url).await.unwrap();
     let verify = |sample: u32, timeout: std::time::Duration| {
         let mut request = tonic::Request::new(VerifyRequest { collection: "v1".into(), sample, ..Default::default() });
@@ -537,7 +603,7 @@ async fn a_verify_whose_call_is_gone_stops_and_frees_its_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_exact_batches_stop_and_free_the_search_slots() {
     use quiver_api::proto::BatchSearchRequest;
-    let (url, _node, _dir, data) = serving(20_000, ServeConfig::default()).await;
+    let (url, _process, _dir, data) = serving(20_000, ServeConfig::default()).await;
     let exact = |i: usize| SearchRequest {
         collection: "v1".into(),
         vector: data[i * DIMS..(i + 1) * DIMS].to_vec(),

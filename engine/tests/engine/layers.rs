@@ -17,8 +17,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("durable index", &["index"]),
     ("search", &["search"]),
     ("the build pipeline", &["build"]),
-    ("checks on a collection", &["verify", "warmup"]),
-    ("what a process keeps and hands on", &["snapshot", "spool", "alias", "publish"]),
+    ("gates and warm-up of a collection", &["verify", "warmup"]),
+    ("what a process keeps and hands on", &["snapshot", "spool", "catalog", "publish"]),
     ("gRPC and HTTP serving", &["serve"]),
     ("what a process runs", &["bench", "demo", "roles"]),
     ("the command line", &["cli"]),
@@ -198,7 +198,7 @@ fn top_level_items(group: &str) -> Vec<String> {
     items
 }
 
-/// The first name after a path prefix: `alias` of `alias::Catalog`, each item of a group.
+/// The first name after a path prefix: `alias` of `catalog::Catalog`, each item of a group.
 fn first_names(rest: &str) -> Vec<String> {
     let ident = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '*').collect::<String>();
     match rest.strip_prefix('{') {
@@ -394,23 +394,23 @@ fn the_checker_sees_what_it_must() {
         path: path.iter().map(|p| p.to_string()).collect(),
         code: code(text),
     };
-    let modules: BTreeSet<String> = ["alias", "search", "serve", "roles", "cli", "collection", "error", "import"]
+    let modules: BTreeSet<String> = ["catalog", "search", "serve", "roles", "cli", "collection", "error", "import"]
         .into_iter()
         .map(String::from)
         .collect();
     let exports: BTreeMap<String, String> = [("Collection".to_string(), "collection".to_string())].into();
     let used = |s: &Source| used_modules(s, &exports, &modules).into_iter().collect::<Vec<_>>();
-    let text = "use crate::{alias::Catalog, search::{a, b}, serve};\n// crate::cli in a comment\n\
+    let text = "use crate::{catalog::Catalog, search::{a, b}, serve};\n// crate::cli in a comment\n\
                 let s = \"http://x crate::roles\"; let c = '\"'; use crate\n  ::import;\n\
                 /* crate::cli */ let r = r#\"crate::cli \" \"#; fn f<'a>(x: &'a crate::Collection) {}";
-    assert_eq!(used(&source(&["verify"], text)), ["alias", "collection", "import", "search", "serve"]);
+    assert_eq!(used(&source(&["verify"], text)), ["catalog", "collection", "import", "search", "serve"]);
     // super:: from a nested file stays in its module; from a top-level file it is the root.
     assert_eq!(used(&source(&["collection", "builder"], "use super::store; use super::super::serve::X;")), ["serve"]);
-    assert_eq!(used(&source(&["alias"], "use super::roles::Y;")), ["roles"]);
-    assert_eq!(used(&source(&["alias"], "use crate::*;")), ["?*"]);
+    assert_eq!(used(&source(&["catalog"], "use super::roles::Y;")), ["roles"]);
+    assert_eq!(used(&source(&["catalog"], "use crate::*;")), ["?*"]);
     // Inside an inline module, super:: is the file's own module first.
     let tests = "mod tests { use super::*; use super::super::cli::X; } use super::roles::Y;";
-    assert_eq!(used(&source(&["alias"], tests)), ["cli", "roles"]);
-    assert_eq!(used(&source(&["alias"], "mod x; use super::roles::Y;")), ["roles"]);
+    assert_eq!(used(&source(&["catalog"], tests)), ["cli", "roles"]);
+    assert_eq!(used(&source(&["catalog"], "mod x; use super::roles::Y;")), ["roles"]);
     assert_eq!(root_exports().get("Error").map(String::as_str), Some("error"));
 }

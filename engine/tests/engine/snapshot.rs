@@ -10,7 +10,7 @@ use quiver_engine::import::{self, ReadOptions, npy};
 use quiver_engine::metrics::Metrics;
 use quiver_engine::roles::replica::{FetchOptions, fetch_snapshot};
 use quiver_engine::snapshot::download::Partial;
-use quiver_engine::snapshot::{SnapshotInfo, Store, hash_file};
+use quiver_engine::snapshot::{SnapshotDir, SnapshotInfo, hash_file};
 use quiver_engine::types::Metric;
 use quiver_engine::{Collection, Error};
 use std::os::unix::fs::FileExt;
@@ -33,15 +33,15 @@ fn sealed_of(dir: &std::path::Path, rows: usize, dims: usize) -> Collection {
 fn write_resume_verify_install() {
     let writer = tempfile::tempdir().unwrap();
     let collection = sealed(writer.path());
-    let store = Store::new(writer.path());
-    let info = store.write(&collection).unwrap();
-    assert_eq!(store.info("v1").unwrap().as_ref(), Some(&info));
-    assert_eq!(hash_file(&store.file("v1").unwrap()).unwrap(), (info.size, info.sha256.clone()));
+    let snapshots = SnapshotDir::new(writer.path());
+    let info = snapshots.write(&collection).unwrap();
+    assert_eq!(snapshots.info("v1").unwrap().as_ref(), Some(&info));
+    assert_eq!(hash_file(&snapshots.file("v1").unwrap()).unwrap(), (info.size, info.sha256.clone()));
     assert!(info.size < std::fs::metadata(writer.path().join("v1/data.mdb")).unwrap().len(), "compacted");
-    let bytes = std::fs::read(store.file("v1").unwrap()).unwrap();
+    let bytes = std::fs::read(snapshots.file("v1").unwrap()).unwrap();
 
     let replica = tempfile::tempdir().unwrap();
-    let local = Store::new(replica.path());
+    let local = SnapshotDir::new(replica.path());
     let half = bytes.len() / 2;
     let mut partial = Partial::open(&local, &info).unwrap();
     partial.append(0, &bytes[..half]).unwrap();
@@ -65,13 +65,13 @@ fn write_resume_verify_install() {
 fn a_flipped_byte_is_refused_and_discarded() {
     let writer = tempfile::tempdir().unwrap();
     let collection = sealed(writer.path());
-    let info = Store::new(writer.path()).write(&collection).unwrap();
-    let mut bytes = std::fs::read(Store::new(writer.path()).file("v1").unwrap()).unwrap();
+    let info = SnapshotDir::new(writer.path()).write(&collection).unwrap();
+    let mut bytes = std::fs::read(SnapshotDir::new(writer.path()).file("v1").unwrap()).unwrap();
     let third = bytes.len() / 3;
     bytes[third] ^= 0x01;
 
     let replica = tempfile::tempdir().unwrap();
-    let local = Store::new(replica.path());
+    let local = SnapshotDir::new(replica.path());
     let mut partial = Partial::open(&local, &info).unwrap();
     partial.append(0, &bytes).unwrap();
     let err = partial.finish().unwrap_err();
@@ -163,8 +163,8 @@ fn fetch_options() -> FetchOptions {
 async fn a_failed_attempt_is_joined_before_the_next_source_resumes() {
     let writer = tempfile::tempdir().unwrap();
     let collection = sealed_of(writer.path(), 3000, 16);
-    let info = Store::new(writer.path()).write(&collection).unwrap();
-    let bytes = Arc::new(std::fs::read(Store::new(writer.path()).file("v1").unwrap()).unwrap());
+    let info = SnapshotDir::new(writer.path()).write(&collection).unwrap();
+    let bytes = Arc::new(std::fs::read(SnapshotDir::new(writer.path()).file("v1").unwrap()).unwrap());
     assert!(bytes.len() > 40 * 2048, "enough chunks to queue: {} bytes", bytes.len());
     let failing = serve_source(Source { info: info.clone(), bytes: bytes.clone(), fail_after: Some(12) }).await;
     let whole = serve_source(Source { info: info.clone(), bytes: bytes.clone(), fail_after: None }).await;
@@ -173,7 +173,7 @@ async fn a_failed_attempt_is_joined_before_the_next_source_resumes() {
     let scenario = fail::FailScenario::setup();
     fail::cfg("snapshot::append", "12*sleep(100)").unwrap();
     let replica = tempfile::tempdir().unwrap();
-    let local = Store::new(replica.path());
+    let local = SnapshotDir::new(replica.path());
     let fetched = fetch_snapshot(&[failing, whole], "v1", &local, &Metrics::new(), &fetch_options()).await.unwrap();
     fail::remove("snapshot::append");
     scenario.teardown();
@@ -192,9 +192,9 @@ async fn a_failed_attempt_is_joined_before_the_next_source_resumes() {
 #[test]
 fn the_partial_file_is_locked_by_one_attempt() {
     let writer = tempfile::tempdir().unwrap();
-    let info = Store::new(writer.path()).write(&sealed(writer.path())).unwrap();
+    let info = SnapshotDir::new(writer.path()).write(&sealed(writer.path())).unwrap();
     let replica = tempfile::tempdir().unwrap();
-    let local = Store::new(replica.path());
+    let local = SnapshotDir::new(replica.path());
     let first = Partial::open(&local, &info).unwrap();
     let err = Partial::open(&local, &info).unwrap_err().to_string();
     assert!(err.contains("another fetch attempt"), "{err}");
@@ -207,35 +207,35 @@ fn the_partial_file_is_locked_by_one_attempt() {
 #[test]
 fn a_present_snapshot_is_checked_on_disk_at_start() {
     let writer = tempfile::tempdir().unwrap();
-    let store = Store::new(writer.path());
-    let info = store.write(&sealed(writer.path())).unwrap();
-    assert_eq!(store.checked_info("v1").unwrap(), Some(info.clone()));
+    let snapshots = SnapshotDir::new(writer.path());
+    let info = snapshots.write(&sealed(writer.path())).unwrap();
+    assert_eq!(snapshots.checked_info("v1").unwrap(), Some(info.clone()));
 
-    let file = store.file("v1").unwrap();
+    let file = snapshots.file("v1").unwrap();
     let mut bytes = std::fs::read(&file).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;
     std::fs::write(&file, &bytes).unwrap();
-    assert!(store.info("v1").unwrap().is_some(), "the description alone still claims it");
-    assert_eq!(store.checked_info("v1").unwrap(), None);
-    assert!(store.info("v1").unwrap().is_none() && !file.exists(), "both discarded");
+    assert!(snapshots.info("v1").unwrap().is_some(), "the description alone still claims it");
+    assert_eq!(snapshots.checked_info("v1").unwrap(), None);
+    assert!(snapshots.info("v1").unwrap().is_none() && !file.exists(), "both discarded");
 
     // Written again, then the file lost (a crash before the rename was durable).
-    let again = store.write(&Collection::open(&writer.path().join("v1")).unwrap()).unwrap();
+    let again = snapshots.write(&Collection::open(&writer.path().join("v1")).unwrap()).unwrap();
     assert_eq!(again.sha256, info.sha256, "the compacted copy is deterministic");
     std::fs::remove_file(&file).unwrap();
-    assert_eq!(store.checked_info("v1").unwrap(), None);
+    assert_eq!(snapshots.checked_info("v1").unwrap(), None);
 }
 
 /// Names from requests never build a path outside the data directory.
 #[test]
 fn snapshot_names_are_checked_before_any_path_is_built() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::new(dir.path());
+    let snapshots = SnapshotDir::new(dir.path());
     for name in ["../v1", "/etc/passwd", "a/../../b", "", "V1"] {
-        let err = store.file(name).unwrap_err().to_string();
+        let err = snapshots.file(name).unwrap_err().to_string();
         assert!(err.contains("field `name`"), "{name}: {err}");
-        assert!(store.info(name).is_err(), "{name}");
+        assert!(snapshots.info(name).is_err(), "{name}");
     }
 }
 
@@ -246,10 +246,10 @@ fn snapshot_names_are_checked_before_any_path_is_built() {
 fn a_reinstalled_snapshot_replaces_a_damaged_installation() {
     let writer = tempfile::tempdir().unwrap();
     let collection = sealed(writer.path());
-    let info = Store::new(writer.path()).write(&collection).unwrap();
-    let good = std::fs::read(Store::new(writer.path()).file("v1").unwrap()).unwrap();
+    let info = SnapshotDir::new(writer.path()).write(&collection).unwrap();
+    let good = std::fs::read(SnapshotDir::new(writer.path()).file("v1").unwrap()).unwrap();
     let replica = tempfile::tempdir().unwrap();
-    let local = Store::new(replica.path());
+    let local = SnapshotDir::new(replica.path());
     let fetch = || {
         let mut partial = Partial::open(&local, &info).unwrap();
         partial.append(0, &good).unwrap();

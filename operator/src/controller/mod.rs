@@ -1,5 +1,5 @@
 //! The controllers: `collection` reconciles a VectorCollection into its objects and status,
-//! `alias` switches a CollectionAlias's Service. They share the context, errors, backoff,
+//! `alias` flips a CollectionAlias's Service. They share the context, errors, backoff,
 //! server-side apply and condition helpers below; what they read comes from `cache`.
 
 pub mod alias;
@@ -7,8 +7,8 @@ pub mod cache;
 pub mod collection;
 
 use crate::crd::VectorCollection;
-use crate::engine::{Drainer, EngineError, WriterProbe};
 use crate::metrics::Metrics;
+use crate::probes::{Drainer, ProbeError, WriterProbe};
 use crate::resources::Defaults;
 use crate::resources::labels::FIELD_MANAGER;
 use cache::{APPLIED_HASH, Applies, Caches};
@@ -31,7 +31,7 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("engine: {0}")]
-    Engine(#[from] EngineError),
+    Engine(#[from] ProbeError),
     #[error("{0} has no namespace")]
     NoNamespace(String),
     #[error("the token Secret {0} has no key {1}")]
@@ -149,7 +149,7 @@ impl Context {
         self.event_about(object, None, type_, reason, action, note).await
     }
 
-    /// An Event that also names `related` (e.g. the collection an alias switched to). kube's
+    /// An Event that also names `related` (e.g. the collection an alias flipped to). kube's
     /// recorder folds events with the same object, reason and related object into one series
     /// (keeping the first note), so events about different collections must name them.
     pub(crate) async fn event_about<K: Resource<DynamicType = ()>>(

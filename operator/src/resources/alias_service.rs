@@ -1,5 +1,5 @@
 //! The alias Service: named after the alias, selecting the replica pods of the collection it
-//! currently serves. Switching the alias is changing this selector.
+//! currently serves. Flipping the alias is changing this selector.
 
 use super::labels::{self, Role};
 use crate::crd::CollectionAlias;

@@ -1,4 +1,4 @@
-//! CollectionAlias reconciles against a scripted API server: the Service switches only to a
+//! CollectionAlias reconciles against a scripted API server: the Service flips only to a
 //! Ready and verified collection with its replicas ready, the collections it serves are marked
 //! for the admission policy, the previous target is kept and drained only once the Service's
 //! EndpointSlices moved, rollback is immediate, and status says why an alias waits.
@@ -95,7 +95,7 @@ fn endpoints_of(collection: &str) -> Value {
 }
 
 fn serving(current: &str, previous: Option<&str>) -> Value {
-    json!({"current": current, "previous": previous, "switchedAt": "2025-11-24T03:00:00Z",
+    json!({"current": current, "previous": previous, "flippedAt": "2025-11-24T03:00:00Z",
            "history": [{"collection": current, "at": "2025-11-24T03:00:00Z"}]})
 }
 
@@ -131,7 +131,7 @@ fn marks(server: &common::ApiServer, marked: &[(&str, &str)]) {
     server.cache_list(list("VectorCollection", items));
 }
 
-/// A reconcile of an alias that switched from v1 to v2 and serves v2 (its Service applied again,
+/// A reconcile of an alias that flipped from v1 to v2 and serves v2 (its Service applied again,
 /// both marked), with `endpoints` as the alias Service's EndpointSlices.
 async fn serving_v2_after_v1(server: &mut common::ApiServer, endpoints: Value) {
     server.cache([owned_service("products-v2")]);
@@ -155,7 +155,7 @@ fn aliases(others: Vec<(&str, &str)>) -> Value {
 }
 
 #[tokio::test]
-async fn first_switch_to_a_verified_collection_marks_it_and_creates_the_service() {
+async fn first_flip_to_a_verified_collection_marks_it_and_creates_the_service() {
     let mut h = harness();
     let mut ca = (*alias("products-v1", Value::Null)).clone();
     ca.metadata.resource_version = Some("5".into());
@@ -186,24 +186,24 @@ async fn first_switch_to_a_verified_collection_marks_it_and_creates_the_service(
         let status = sent["status"].clone();
         assert_eq!(status["current"], "products-v1");
         assert_eq!(status["previous"], Value::Null);
-        assert_eq!(status["switchedAt"], AT);
+        assert_eq!(status["flippedAt"], AT);
         assert_eq!(status["history"], json!([{"collection": "products-v1", "at": AT}]));
         assert_eq!(
             (status["conditions"][0]["type"].as_str(), status["conditions"][0]["status"].as_str()),
             (Some("Ready"), Some("False"))
         );
         assert_eq!(status["conditions"][0]["reason"], "NoReadyEndpoints");
-        assert_eq!(status["conditions"][1]["type"], "Switched");
+        assert_eq!(status["conditions"][1]["type"], "Flipped");
         assert_eq!(status["conditions"][1]["status"], "True");
         let (reason, note) = h.server.event(NS).await;
-        assert_eq!((reason.as_str(), note.as_str()), ("Switched", "now serving products-v1"));
+        assert_eq!((reason.as_str(), note.as_str()), ("Flipped", "now serving products-v1"));
     })
     .await
     .unwrap();
     assert!(h.drainer.drained.lock().unwrap().is_empty());
 }
 
-/// A target the alias may not switch to: the Service stays where it is, status says why.
+/// A target the alias may not flip to: the Service stays where it is, status says why.
 async fn waits_for(h: &mut common::Harness, target: Value, message: &str, reason: &str) {
     let name = target["metadata"]["name"].as_str().unwrap().to_string();
     let ca = alias(&name, serving("products-v1", None));
@@ -230,7 +230,7 @@ async fn waits_for(h: &mut common::Harness, target: Value, message: &str, reason
 }
 
 #[tokio::test]
-async fn no_switch_before_the_target_is_verified_and_status_says_why() {
+async fn no_flip_before_the_target_is_verified_and_status_says_why() {
     let mut h = harness();
     let v2 = collection("products-v2", "Replicating", 1, 1, false);
     waits_for(&mut h, v2, "collection products-v2 is Replicating: 1/2 replicas ready", "WaitingForTarget").await;
@@ -286,7 +286,7 @@ async fn a_missing_target_keeps_the_alias_where_it_is() {
 }
 
 #[tokio::test]
-async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
+async fn a_flip_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     let mut h = harness();
     let ca = alias("products-v2", serving("products-v1", None));
     let action = run(reconcile(ca, h.ctx.clone()), async {
@@ -317,7 +317,7 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
         assert_eq!(status.get("drained"), None, "not before the endpoints moved");
         assert_eq!(status.get("endpointsMovedAt"), None);
         let (reason, note) = h.server.event(NS).await;
-        assert_eq!((reason.as_str(), note.as_str()), ("Switched", "now serving products-v2 (was products-v1)"));
+        assert_eq!((reason.as_str(), note.as_str()), ("Flipped", "now serving products-v2 (was products-v1)"));
     })
     .await
     .unwrap();
@@ -325,9 +325,9 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
 
     // The slices list exactly v2's ready pods now: the drain delay starts.
-    let mut switched = serving("products-v2", Some("products-v1"));
-    switched["switchedAt"] = json!("2025-11-25T11:59:50Z");
-    let action = run(reconcile(alias("products-v2", switched.clone()), h.ctx.clone()), async {
+    let mut flipped = serving("products-v2", Some("products-v1"));
+    flipped["flippedAt"] = json!("2025-11-25T11:59:50Z");
+    let action = run(reconcile(alias("products-v2", flipped.clone()), h.ctx.clone()), async {
         serving_v2_after_v1(&mut h.server, endpoints_of("products-v2")).await;
         h.server.cache_list(aliases(vec![]));
         h.server.cache_list(replicas_of("products-v2"));
@@ -341,8 +341,8 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
 
     // 10 seconds after the endpoints moved: the old replicas are told to drain, once.
-    switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
-    run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
+    flipped["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
+    run(reconcile(alias("products-v2", flipped), h.ctx.clone()), async {
         serving_v2_after_v1(&mut h.server, endpoints_of("products-v2")).await;
         h.server.cache_list(aliases(vec![]));
         h.server.cache_list(replicas_of("products-v2"));
@@ -370,15 +370,15 @@ async fn switch_keeps_the_previous_target_and_drains_it_once_endpoints_moved() {
 #[tokio::test]
 async fn endpoints_that_are_not_exactly_the_targets_ready_pods_hold_the_drain() {
     let mut h = harness();
-    let mut switched = serving("products-v2", Some("products-v1"));
-    switched["endpointsMovedAt"] = json!("2025-11-25T11:59:00Z");
+    let mut flipped = serving("products-v2", Some("products-v1"));
+    flipped["endpointsMovedAt"] = json!("2025-11-25T11:59:00Z");
     for endpoints in [
         // One of v2's pods is not ready in the slice yet.
         slices(&[("products-v2-a", Some(true)), ("products-v2-b", Some(false))]),
         // An old pod is still listed.
         slices(&[("products-v2-a", None), ("products-v2-b", None), ("products-v1-a", None)]),
     ] {
-        let action = run(reconcile(alias("products-v2", switched.clone()), h.ctx.clone()), async {
+        let action = run(reconcile(alias("products-v2", flipped.clone()), h.ctx.clone()), async {
             serving_v2_after_v1(&mut h.server, endpoints).await;
             h.server.cache_list(aliases(vec![]));
             h.server.cache_list(replicas_of("products-v2"));
@@ -396,9 +396,9 @@ async fn endpoints_that_are_not_exactly_the_targets_ready_pods_hold_the_drain() 
 async fn a_failed_drain_is_retried_and_not_recorded() {
     let mut h = harness();
     h.drainer.unreachable.lock().unwrap().push("http://10.0.0.8:7700".into());
-    let mut switched = serving("products-v2", Some("products-v1"));
-    switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
-    let action = run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
+    let mut flipped = serving("products-v2", Some("products-v1"));
+    flipped["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
+    let action = run(reconcile(alias("products-v2", flipped), h.ctx.clone()), async {
         serving_v2_after_v1(&mut h.server, endpoints_of("products-v2")).await;
         h.server.cache_list(aliases(vec![]));
         h.server.cache_list(replicas_of("products-v2"));
@@ -428,9 +428,9 @@ async fn a_failed_drain_is_retried_and_not_recorded() {
 #[tokio::test]
 async fn a_previous_target_another_alias_serves_is_not_drained() {
     let mut h = harness();
-    let mut switched = serving("products-v2", Some("products-v1"));
-    switched["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
-    run(reconcile(alias("products-v2", switched), h.ctx.clone()), async {
+    let mut flipped = serving("products-v2", Some("products-v1"));
+    flipped["endpointsMovedAt"] = json!("2025-11-25T11:59:50Z");
+    run(reconcile(alias("products-v2", flipped), h.ctx.clone()), async {
         serving_v2_after_v1(&mut h.server, endpoints_of("products-v2")).await;
         h.server.cache_list(aliases(vec![("related", "products-v1")]));
         let (reason, note) = h.server.event(NS).await;
@@ -478,7 +478,7 @@ async fn rollback_to_a_still_ready_previous_target_is_immediate() {
 }
 
 #[tokio::test]
-async fn a_switch_unmarks_the_collection_that_is_no_longer_previous() {
+async fn a_flip_unmarks_the_collection_that_is_no_longer_previous() {
     let mut h = harness();
     let mut status = serving("products-v2", Some("products-v1"));
     status["drained"] = json!("products-v1");
@@ -507,7 +507,7 @@ fn settled_on(current: &str) -> Value {
     let mut settled = serving(current, None);
     settled["conditions"] = json!([
         {"type": "Ready", "status": "True", "reason": "Serving", "message": format!("serving {current}"), "lastTransitionTime": AT, "observedGeneration": 4},
-        {"type": "Switched", "status": "True", "reason": "Serving", "message": "", "lastTransitionTime": AT, "observedGeneration": 4},
+        {"type": "Flipped", "status": "True", "reason": "Serving", "message": "", "lastTransitionTime": AT, "observedGeneration": 4},
     ]);
     settled
 }
@@ -614,7 +614,7 @@ fn rebuilt(current: &str, last: &str, day: u32) -> Value {
     status
 }
 
-/// A settled switch step on `current`: the Service read and kept, its endpoints read.
+/// A settled flip step on `current`: the Service read and kept, its endpoints read.
 async fn stays_on(server: &mut common::ApiServer, current: &str) {
     server.cache([owned_service(current)]);
     let service = server.apply(SERVICE, Value::Null).await;
@@ -638,7 +638,7 @@ async fn a_due_rebuild_creates_the_collection_and_records_it_never_writing_spec(
         assert_eq!(reason, "RebuildStarted");
         assert_eq!(
             note,
-            "building products-20251125-0300 (scheduled 2025-11-25T03:00:00Z); the alias switches once it is verified"
+            "building products-20251125-0300 (scheduled 2025-11-25T03:00:00Z); the alias flips once it is verified"
         );
         h.server.cache([owned_service("products-20251124-0300")]);
         // The new rebuild is the target: not servable yet.
@@ -653,7 +653,7 @@ async fn a_due_rebuild_creates_the_collection_and_records_it_never_writing_spec(
         let status = status_patch(&mut h.server).await;
         assert_eq!(status["lastRebuild"], "2025-11-25T03:00:00Z");
         assert_eq!(status["lastRebuildCollection"], "products-20251125-0300");
-        assert_eq!(status["current"], "products-20251124-0300", "no switch before verification");
+        assert_eq!(status["current"], "products-20251124-0300", "no flip before verification");
         assert_eq!(status["message"], "collection products-20251125-0300 has no status yet");
         h.server.event(NS).await;
         let both = vec![collection_value("products-20251124-0300"), collection_value("products-20251125-0300")];
@@ -845,7 +845,7 @@ async fn an_orphaned_service_of_this_alias_is_adopted() {
 }
 
 #[tokio::test]
-async fn a_target_changed_after_it_was_judged_servable_is_not_switched_to() {
+async fn a_target_changed_after_it_was_judged_servable_is_not_flipped_to() {
     let mut h = harness();
     run(reconcile(alias("products-v2", serving("products-v1", None)), h.ctx.clone()), async {
         h.server.cache([owned_service("products-v1")]);

@@ -19,9 +19,9 @@ use futures::future::BoxFuture;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Recorder, Reporter};
 use quiver_operator::controller::{Context, cache};
-use quiver_operator::engine::{Drainer, EngineError, WriterProbe};
 use quiver_operator::metrics::Metrics;
 use quiver_operator::phase::WriterState;
+use quiver_operator::probes::{Drainer, ProbeError, WriterProbe};
 use quiver_operator::resources::Defaults;
 use quiver_operator::run::{Shutdown, controllers};
 use serde_json::{Value, json};
@@ -531,7 +531,7 @@ impl WriterProbe for Writers {
         _endpoint: &'a str,
         collection: &'a str,
         _token: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<WriterState, EngineError>> {
+    ) -> BoxFuture<'a, Result<WriterState, ProbeError>> {
         let state = match &*self.importing.lock().unwrap() {
             Some((name, since)) if name == collection => {
                 WriterState::Importing { rows: since.elapsed().as_millis() as u64 * 100 }
@@ -545,7 +545,7 @@ impl WriterProbe for Writers {
 struct Replicas;
 
 impl Drainer for Replicas {
-    fn drain<'a>(&'a self, _endpoint: &'a str, _token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn drain<'a>(&'a self, _endpoint: &'a str, _token: Option<&'a str>) -> BoxFuture<'a, Result<(), ProbeError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -617,7 +617,7 @@ fn seed_alias(cluster: &Cluster, i: usize) {
         "quiver.dev/v1alpha1/collectionaliases",
         json!({"apiVersion": "quiver.dev/v1alpha1", "kind": "CollectionAlias",
             "metadata": {"name": a, "namespace": NS}, "spec": {"collection": c},
-            "status": {"current": c, "switchedAt": at, "history": [{"collection": c, "at": at}]}}),
+            "status": {"current": c, "flippedAt": at, "history": [{"collection": c, "at": at}]}}),
     );
     let endpoints: Vec<Value> = ["a", "b"]
         .iter()

@@ -98,19 +98,19 @@ fn collectionalias_health_is_healthy_only_when_serving_its_target() {
             json!({"status": {"current": "p-1", "message": "collection p-2 is Verifying", "conditions": conditions}}),
         )
     };
-    assert_eq!(h(vec![condition("Switched", true, "Serving", "")]), ("Healthy".into(), "serving p-1".into()));
+    assert_eq!(h(vec![condition("Flipped", true, "Serving", "")]), ("Healthy".into(), "serving p-1".into()));
     assert_eq!(
-        h(vec![condition("Switched", false, "WaitingForTarget", "x")]),
+        h(vec![condition("Flipped", false, "WaitingForTarget", "x")]),
         ("Progressing".into(), "collection p-2 is Verifying".into())
     );
     assert_eq!(
-        h(vec![condition("Switched", false, "TargetFailed", "p-2 is Failed")]),
+        h(vec![condition("Flipped", false, "TargetFailed", "p-2 is Failed")]),
         ("Degraded".into(), "p-2 is Failed".into())
     );
-    // Switched, but nothing answers behind the Service: an outage.
+    // Flipped, but nothing answers behind the Service: an outage.
     let unreachable = vec![
         condition("Ready", false, "NoReadyEndpoints", "serving p-1, but its Service has no ready endpoint"),
-        condition("Switched", true, "Serving", ""),
+        condition("Flipped", true, "Serving", ""),
     ];
     assert_eq!(h(unreachable), ("Degraded".into(), "serving p-1, but its Service has no ready endpoint".into()));
     let deleting = health(

@@ -328,7 +328,7 @@ fn job_pod(job: &str, message: &str) -> Value {
 
 fn report(recall: f64) -> String {
     json!({"collection": "products-v2", "passed": recall >= 0.95, "setting": "signscan quality=100",
-           "queries": 200, "k": 10, "checks": [
+           "queries": 200, "k": 10, "gates": [
         {"name": "count", "measured": 50000.0, "comparison": "==", "threshold": 50000.0, "passed": true, "margin": 0.0},
         {"name": "recall", "measured": recall, "comparison": ">=", "threshold": 0.95, "passed": recall >= 0.95,
          "margin": recall - 0.95}]})
@@ -979,7 +979,7 @@ async fn a_rebuilt_collection_no_alias_serves_or_targets_is_scaled_to_zero_and_b
     })
     .await
     .unwrap();
-    // Pinned again (a rollback): its replicas come back before the alias may switch to it.
+    // Pinned again (a rollback): its replicas come back before the alias may flip to it.
     // The deleted autoscaler is gone from its cache; the objects that did not change are not
     // applied again.
     h.uncache(hpa);

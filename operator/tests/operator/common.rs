@@ -13,9 +13,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher::Event;
 use quiver_operator::controller::Context;
 use quiver_operator::controller::cache::{APPLIED_HASH, Writers};
-use quiver_operator::engine::{Drainer, EngineError, WriterProbe};
 use quiver_operator::metrics::Metrics;
 use quiver_operator::phase::WriterState;
+use quiver_operator::probes::{Drainer, ProbeError, WriterProbe};
 use quiver_operator::resources::Defaults;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -152,12 +152,12 @@ impl WriterProbe for FakeWriter {
         endpoint: &'a str,
         _collection: &'a str,
         token: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<WriterState, EngineError>> {
+    ) -> BoxFuture<'a, Result<WriterState, ProbeError>> {
         self.asked.lock().unwrap().push(endpoint.to_string());
         self.tokens.lock().unwrap().push(token.map(String::from));
         let state = self.state.lock().unwrap().clone();
         Box::pin(
-            async move { state.ok_or(EngineError::Connect { endpoint: endpoint.into(), message: "refused".into() }) },
+            async move { state.ok_or(ProbeError::Connect { endpoint: endpoint.into(), message: "refused".into() }) },
         )
     }
 }
@@ -171,13 +171,13 @@ pub struct FakeDrainer {
 }
 
 impl Drainer for FakeDrainer {
-    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), ProbeError>> {
         self.drained.lock().unwrap().push(endpoint.to_string());
         self.tokens.lock().unwrap().push(token.map(String::from));
         let refused = self.unreachable.lock().unwrap().iter().any(|e| e == endpoint);
         Box::pin(async move {
             match refused {
-                true => Err(EngineError::Connect { endpoint: endpoint.into(), message: "connection refused".into() }),
+                true => Err(ProbeError::Connect { endpoint: endpoint.into(), message: "connection refused".into() }),
                 false => Ok(()),
             }
         })

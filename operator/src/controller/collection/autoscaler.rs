@@ -17,7 +17,7 @@ pub(super) async fn delete_autoscaler(ctx: &Context, ns: &str, name: &str) -> Re
 /// The field manager that keeps the replica count while it passes from the operator to the HPA.
 pub const HANDOVER_MANAGER: &str = "quiver-operator-handover";
 
-/// Switching a collection from a fixed count to min/max: the operator stops applying
+/// Moving a collection from a fixed count to min/max: the operator stops applying
 /// `spec.replicas` so that the HPA owns it. Under server-side apply a field its only manager
 /// stops applying is removed, and the Deployment would fall to 1 replica until the HPA acts.
 /// As the Kubernetes documentation's "transferring ownership" to an HPA does it, the current

@@ -238,7 +238,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
             delete_autoscaler(ctx, &ns, &name).await?;
         }
     }
-    let status = status(vc, ctx, &decision, &observed);
+    let status = status(vc, &decision, &observed, (ctx.now)());
     // Import progress alone (the row count in status.message) is written at most every
     // PROGRESS_WRITE_INTERVAL, however often something wakes the reconcile.
     let only_progress = decision.phase == Phase::Importing
@@ -297,7 +297,7 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
 
 /// Whether a Ready collection a rebuild made sits unused: no alias serves it (no served-by
 /// mark: neither current nor previous) and none targets it (a pin, or the newest rebuild about
-/// to be switched to). Its replicas are then scaled to zero (`--scale-down-unserved`), and
+/// to be flipped to). Its replicas are then scaled to zero (`--scale-down-unserved`), and
 /// come back when an alias points at it again; the writer keeps its snapshot.
 async fn idle(vc: &VectorCollection, ctx: &Context, previous: Option<&VectorCollectionStatus>) -> Result<bool> {
     let rebuilt = vc.labels().contains_key(labels::ALIAS);
@@ -343,10 +343,13 @@ mod tests {
 
     #[test]
     fn verify_reports_become_gates_and_other_messages_none() {
-        let report = r#"{"collection": "c", "passed": false, "setting": "s", "queries": 1, "k": 10, "checks": [
+        let report = r#"{"collection": "c", "passed": false, "setting": "s", "queries": 1, "k": 10, "gates": [
             {"name": "recall", "measured": 0.8, "comparison": ">=", "threshold": 0.9, "passed": false, "margin": -0.1}]}"#;
         let g = gates(report);
         assert_eq!((g.len(), g[0].name.as_str(), g[0].passed), (1, "recall", false));
         assert!(gates("error: connection refused").is_empty());
+        // A report written by a verify Job of an earlier version named its gates `checks`.
+        let old = report.replace(r#""gates""#, r#""checks""#);
+        assert_eq!(gates(&old).len(), 1);
     }
 }

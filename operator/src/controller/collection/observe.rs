@@ -166,7 +166,7 @@ pub(super) fn job_report(ctx: &Context, ns: &str, job: &str) -> Option<String> {
 pub fn gates(report: &str) -> Vec<GateResult> {
     serde_json::from_str::<VerifyReport>(report)
         .map(|r| {
-            r.checks
+            r.gates
                 .into_iter()
                 .map(|c| GateResult {
                     name: c.name,

@@ -2,6 +2,7 @@
 //! with server-side apply, and the Events that announce a phase.
 
 use super::*;
+use k8s_openapi::jiff::Timestamp;
 
 pub(super) async fn patch_status(vc: &VectorCollection, ctx: &Context, status: &VectorCollectionStatus) -> Result<()> {
     let patch = serde_json::json!({
@@ -15,15 +16,11 @@ pub(super) async fn patch_status(vc: &VectorCollection, ctx: &Context, status: &
     Ok(())
 }
 
-pub(super) fn status(
-    vc: &VectorCollection,
-    ctx: &Context,
-    d: &Decision,
-    observed: &Observed,
-) -> VectorCollectionStatus {
+/// The status the decision `d` makes of `vc` at `now`: its fields, and the conditions (whose
+/// transition times stay while their status holds). Pure: no clock, no API.
+pub fn status(vc: &VectorCollection, d: &Decision, observed: &Observed, now: Timestamp) -> VectorCollectionStatus {
     let previous = vc.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = vc.metadata.generation;
-    let now = (ctx.now)();
     let phase = format!("{:?}", d.phase);
     // Conditions carry no counter that moves on its own (the import's row count is in
     // status.message only): a condition changes when the state does.
@@ -110,5 +107,131 @@ pub(super) async fn announce(vc: &VectorCollection, ctx: &Context, d: &Decision)
         ctx.event(vc, EventType::Warning, "Failed", "Reconcile", note).await;
     } else {
         ctx.event(vc, EventType::Normal, &phase, "Reconcile", note).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::GateResult;
+    use crate::phase::JobState;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn collection(status: Option<VectorCollectionStatus>) -> VectorCollection {
+        let mut vc: VectorCollection = serde_json::from_value(serde_json::json!({
+            "apiVersion": "quiver.dev/v1alpha1", "kind": "VectorCollection",
+            "metadata": {"name": "products-v2", "namespace": "search", "generation": 3},
+            "spec": {"dimensions": 4, "distance": "cosine", "source": {"url": "https://example.test/v.npy"}},
+        }))
+        .unwrap();
+        vc.status = status;
+        vc
+    }
+
+    fn observed(writer: WriterState, ready: i32, gates: Vec<GateResult>) -> Observed {
+        Observed {
+            generation: 3,
+            writer,
+            writer_problem: None,
+            ready_replicas: ready,
+            wanted_replicas: 2,
+            warmup: JobState::Succeeded,
+            verify: JobState::Succeeded,
+            gates,
+            idle: false,
+        }
+    }
+
+    fn decision(phase: Phase, verified: bool, message: Option<&str>) -> Decision {
+        Decision {
+            phase,
+            message: message.map(str::to_string),
+            vector_count: Some(1000),
+            search_setting: Some("signscan quality=200".into()),
+            verified,
+        }
+    }
+
+    fn find<'a>(s: &'a VectorCollectionStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    fn gate(passed: bool) -> GateResult {
+        GateResult { name: "count".into(), measured: 999.0, comparison: "==".into(), threshold: 1000.0, passed }
+    }
+
+    #[test]
+    fn a_ready_verified_collection_short_of_replicas_is_degraded() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let sealed = WriterState::Sealed { count: 1000, setting: "signscan quality=200".into() };
+        let s =
+            status(&collection(None), &decision(Phase::Ready, true, None), &observed(sealed, 1, vec![gate(true)]), t0);
+        assert_eq!(
+            (s.phase, s.observed_generation, s.vector_count, s.ready_replicas),
+            (Phase::Ready, Some(3), Some(1000), 1)
+        );
+        assert_eq!(s.verification, vec![gate(true)]);
+        let ready = find(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str(), ready.observed_generation),
+            ("True", "Ready", Some(3))
+        );
+        assert_eq!(
+            (find(&s, "Verified").status.as_str(), find(&s, "Verified").reason.as_str()),
+            ("True", "GatesPassed")
+        );
+        assert_eq!(find(&s, "Progressing").status, "False");
+        let degraded = find(&s, "Degraded");
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ReplicasUnavailable"));
+        assert_eq!(find(&s, "WriterAvailable").reason, "Sealed");
+
+        // The same facts later: every transition time stays where it was.
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let again = status(
+            &collection(Some(s.clone())),
+            &decision(Phase::Ready, true, None),
+            &observed(WriterState::Unavailable, 2, vec![gate(true)]),
+            t1,
+        );
+        assert_eq!(find(&again, "Ready").last_transition_time, find(&s, "Ready").last_transition_time);
+        // What changed moves: enough replicas, the writer gone after sealing.
+        assert_eq!(
+            (find(&again, "Degraded").status.as_str(), find(&again, "Degraded").reason.as_str()),
+            ("False", "AsExpected")
+        );
+        assert_eq!(find(&again, "Degraded").last_transition_time, Time(t1));
+        assert_eq!(find(&again, "WriterAvailable").status, "False");
+    }
+
+    #[test]
+    fn failed_gates_are_named_in_verified_and_degraded() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let why = "count: measured 999 == 1000 failed (off by 1)";
+        let sealed = WriterState::Sealed { count: 999, setting: "s".into() };
+        let s = status(
+            &collection(None),
+            &decision(Phase::Failed, false, Some(why)),
+            &observed(sealed, 2, vec![gate(false)]),
+            now,
+        );
+        let verified = find(&s, "Verified");
+        assert_eq!(
+            (verified.status.as_str(), verified.reason.as_str(), verified.message.as_str()),
+            ("False", "GatesFailed", why)
+        );
+        assert_eq!((find(&s, "Degraded").reason.as_str(), find(&s, "Degraded").message.as_str()), ("Failed", why));
+        assert_eq!(find(&s, "Ready").status, "False");
+        assert_eq!(s.message.as_deref(), Some(why));
+        // Not failed by its gates (no report): not verified yet, with no gate to blame.
+        let importing = status(
+            &collection(None),
+            &decision(Phase::Importing, false, Some("imported 10 rows")),
+            &observed(WriterState::Importing { rows: 10 }, 0, vec![]),
+            now,
+        );
+        assert_eq!(find(&importing, "Verified").reason, "NotVerified");
+        // The row count moves on its own, so it stays out of the conditions.
+        assert_eq!(find(&importing, "Progressing").message, "importing vectors");
+        assert_eq!(importing.message.as_deref(), Some("imported 10 rows"));
     }
 }

@@ -1,40 +1,27 @@
-//! The alias catalog of the standalone role: which collection each alias serves, persisted in
-//! its own LMDB environment, switched atomically for in-flight queries.
+//! The catalog every serving role holds: the collections under its data root, opened once and
+//! shared by every query (the unserved ones closed beyond a bound), and the aliases of the
+//! standalone role, persisted in `.catalog/`, their own LMDB environment. How an alias is
+//! flipped is [`flip`]'s.
 //!
 //! A query resolves the alias once and holds an `Arc` to that collection until it finishes, so
 //! a flip never changes a collection under a running query.
 
+mod flip;
+
+pub use flip::{AliasRecord, Flip};
+
 use crate::error::{Error, Result};
 use crate::search::searcher::Searcher;
-use crate::types::VerifyReport;
 use heed::types::{SerdeJson, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-const HISTORY: usize = 10;
 /// Collections kept open that no alias serves and no role adopted: a request naming a
 /// collection directly opens it; beyond this many, the least recently opened are closed (their
 /// memory maps go when the last query holding one ends).
 const MAX_UNSERVED_OPEN: usize = 4;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Switch {
-    pub collection: String,
-    /// Seconds since the Unix epoch.
-    pub at: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AliasRecord {
-    pub collection: String,
-    pub previous: Option<String>,
-    pub switched_at: u64,
-    /// Most recent first, at most ten.
-    pub history: Vec<Switch>,
-}
 
 /// One opened collection. Closing drops the catalog's own reference only: a query or a
 /// verification still holding the collection keeps it (and its LMDB environment, which cannot
@@ -184,53 +171,5 @@ impl Catalog {
         let c = self.collection(&record.collection)?;
         self.live.write().expect("alias lock").insert(alias.to_string(), c.clone());
         Ok(c)
-    }
-
-    /// Points `alias` at `collection` if `report` is a passing verification of that very
-    /// collection. On refusal nothing changes, and the error says why.
-    pub fn flip(&self, alias: &str, collection: Arc<Searcher>, report: &VerifyReport) -> Result<AliasRecord> {
-        crate::collection::builder::check_name(alias)?;
-        let refuse = |reason: String| Error::Alias { alias: alias.to_string(), reason };
-        if report.collection != collection.name() {
-            return Err(refuse(format!(
-                "the verification report is for {:?}, not {:?}",
-                report.collection,
-                collection.name()
-            )));
-        }
-        if !report.passed {
-            return Err(refuse(format!(
-                "{:?} failed verification: {}",
-                collection.name(),
-                report.failures().join("; ")
-            )));
-        }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-        let mut wtxn = self.env.write_txn()?;
-        let old = self.db.get(&wtxn, alias)?;
-        let mut history = old.as_ref().map(|r| r.history.clone()).unwrap_or_default();
-        history.insert(0, Switch { collection: collection.name().to_string(), at: now });
-        history.truncate(HISTORY);
-        let record = AliasRecord {
-            collection: collection.name().to_string(),
-            previous: old.map(|r| r.collection).filter(|c| c != collection.name()),
-            switched_at: now,
-            history,
-        };
-        self.db.put(&mut wtxn, alias, &record)?;
-        // Swap what queries see while the write lock is held, then make it durable; a failed
-        // commit restores the old target before returning the error.
-        let mut live = self.live.write().expect("alias lock");
-        let before = live.insert(alias.to_string(), collection);
-        if let Err(e) = wtxn.commit() {
-            match before {
-                Some(b) => live.insert(alias.to_string(), b),
-                None => live.remove(alias),
-            };
-            return Err(e.into());
-        }
-        drop(live);
-        self.close_unserved();
-        Ok(record)
     }
 }

@@ -9,17 +9,17 @@ use quiver_api::proto::WriterPhase;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub enum ProbeError {
     #[error("connecting to {endpoint}: {message}")]
     Connect { endpoint: String, message: String },
     #[error("{call} on {endpoint}: {status}")]
     Call { call: &'static str, endpoint: String, status: tonic::Status },
 }
 
-impl EngineError {
+impl ProbeError {
     /// The pod refused the token (a user's Secret rotated since it was read).
     pub fn token_refused(&self) -> bool {
-        matches!(self, EngineError::Call { status, .. } if status.code() == tonic::Code::Unauthenticated)
+        matches!(self, ProbeError::Call { status, .. } if status.code() == tonic::Code::Unauthenticated)
     }
 }
 
@@ -32,12 +32,12 @@ pub trait WriterProbe: Send + Sync {
         endpoint: &'a str,
         collection: &'a str,
         token: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<WriterState, EngineError>>;
+    ) -> BoxFuture<'a, Result<WriterState, ProbeError>>;
 }
 
 /// Tells one replica to stop serving: health NOT_SERVING, GOAWAY, calls in flight finish.
 pub trait Drainer: Send + Sync {
-    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>>;
+    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), ProbeError>>;
 }
 
 /// The real engine, over gRPC.
@@ -55,7 +55,7 @@ impl Default for Grpc {
 impl Grpc {
     /// The engine's client, with one attempt and a deadline: a reconcile reports an
     /// unreachable pod and requeues rather than sit in client retries.
-    fn client(&self, endpoint: &str, token: Option<&str>) -> Result<Client, EngineError> {
+    fn client(&self, endpoint: &str, token: Option<&str>) -> Result<Client, ProbeError> {
         let options = ClientOptions {
             token: token.map(str::to_string),
             connect_timeout: self.timeout,
@@ -64,17 +64,17 @@ impl Grpc {
             ..ClientOptions::default()
         };
         Client::new(endpoint, options)
-            .map_err(|e| EngineError::Connect { endpoint: endpoint.into(), message: e.to_string() })
+            .map_err(|e| ProbeError::Connect { endpoint: endpoint.into(), message: e.to_string() })
     }
 }
 
 /// A failed call: `Connect` when the pod was not reached (the status was raised by our own
 /// transport), `Call` when the engine answered with an error.
-fn failed(call: &'static str, endpoint: &str, status: tonic::Status) -> EngineError {
+fn failed(call: &'static str, endpoint: &str, status: tonic::Status) -> ProbeError {
     if raised_by_transport(&status) {
-        EngineError::Connect { endpoint: endpoint.into(), message: status.message().to_string() }
+        ProbeError::Connect { endpoint: endpoint.into(), message: status.message().to_string() }
     } else {
-        EngineError::Call { call, endpoint: endpoint.into(), status }
+        ProbeError::Call { call, endpoint: endpoint.into(), status }
     }
 }
 
@@ -99,7 +99,7 @@ impl WriterProbe for Grpc {
         endpoint: &'a str,
         collection: &'a str,
         token: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<WriterState, EngineError>> {
+    ) -> BoxFuture<'a, Result<WriterState, ProbeError>> {
         Box::pin(async move {
             let client = self.client(endpoint, token)?;
             let progress = client.progress(collection).await.map_err(|s| failed("Ingest.Progress", endpoint, s))?;
@@ -113,7 +113,7 @@ impl WriterProbe for Grpc {
 }
 
 impl Drainer for Grpc {
-    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn drain<'a>(&'a self, endpoint: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<(), ProbeError>> {
         Box::pin(
             async move { self.client(endpoint, token)?.drain().await.map_err(|s| failed("Admin.Drain", endpoint, s)) },
         )
@@ -146,6 +146,6 @@ mod tests {
         let grpc = Grpc { timeout: Duration::from_millis(300) };
         // Port 1 on localhost refuses connections.
         let err = grpc.progress("http://127.0.0.1:1", "c", None).await.unwrap_err();
-        assert!(matches!(err, EngineError::Connect { .. }), "{err}");
+        assert!(matches!(err, ProbeError::Connect { .. }), "{err}");
     }
 }
