@@ -407,7 +407,13 @@ fn records(files: Vec<Committed>) -> Result<Records> {
     let total = files.iter().map(|c| c.rows).sum();
     let name = format!("the ingest spool ({} streams)", files.len());
     let rows = SpoolRows { reader, files, file: 0, row: 0, dims: 0, failed: false };
-    Ok(Records { source_name: name, fingerprint, expected_rows: Some(total), iter: Box::new(rows) })
+    Ok(Records {
+        source_name: name,
+        fingerprint,
+        expected_rows: Some(total),
+        row_groups: Vec::new(),
+        iter: Box::new(rows),
+    })
 }
 
 struct SpoolRows {

@@ -249,6 +249,22 @@ pub struct BuildArgs {
     /// Added to row numbers to form ids for .npy/.fvecs rows.
     #[arg(long, env = "QUIVER_ID_OFFSET", default_value_t = 0)]
     pub id_offset: u64,
+    /// Parquet: the column of item ids (any integer type).
+    #[arg(long, env = "QUIVER_ID_COLUMN", default_value = "id")]
+    pub id_column: String,
+    /// Parquet: the column of vectors (FixedSizeList<Float32>, or List / LargeList of Float32 or
+    /// Float64).
+    #[arg(long, env = "QUIVER_VECTOR_COLUMN", default_value = "vector")]
+    pub vector_column: String,
+    /// Parquet: a string column of partitions (default: none; see --partition).
+    #[arg(long, env = "QUIVER_PARTITION_COLUMN")]
+    pub partition_column: Option<String>,
+    /// Parquet: a list-of-strings column of tags (default: none).
+    #[arg(long, env = "QUIVER_TAGS_COLUMN")]
+    pub tags_column: Option<String>,
+    /// Where a URL source read at any offset (Parquet) is downloaded first: the data directory.
+    #[arg(skip)]
+    pub scratch_dir: Option<PathBuf>,
     /// Rows per write transaction.
     #[arg(long, env = "QUIVER_BATCH_ROWS", default_value_t = 100_000)]
     pub batch_rows: usize,

@@ -9,6 +9,7 @@ pub use args::{Cli, Command};
 
 use crate::collection::builder::{BuildOptions, Duplicates};
 use crate::error::{Error, Result};
+use crate::import::parquet::ParquetColumns;
 use crate::import::{self, ReadOptions};
 use crate::roles::jobs::Remote;
 use crate::roles::replica::{FetchOptions, ReplicaConfig};
@@ -193,8 +194,10 @@ impl BuildArgs {
         options
     }
 
-    /// When no --source-root was given: the data directory and the working directory.
+    /// When no --source-root was given: the data directory and the working directory. A URL
+    /// source that must be downloaded before it is read goes to the data directory.
     pub fn default_source_roots(&mut self, data_dir: &Path) {
+        self.scratch_dir = Some(data_dir.to_path_buf());
         if self.source_root.is_empty() {
             self.source_root.push(data_dir.to_path_buf());
             // A container's working directory is often `/`, which would confine nothing.
@@ -216,6 +219,13 @@ impl BuildArgs {
             partition: self.partition.clone(),
             source_roots,
             allow_link_local: false,
+            columns: ParquetColumns {
+                id: self.id_column.clone(),
+                vector: self.vector_column.clone(),
+                partition: self.partition_column.clone(),
+                tags: self.tags_column.clone(),
+            },
+            scratch_dir: self.scratch_dir.clone(),
         }
     }
 }

@@ -243,6 +243,7 @@ pub fn import(staging: &Path, options: &BuildOptions, records: Records) -> Resul
             uri: records.source_name.clone(),
             fingerprint: records.fingerprint.hex(),
             rows_read: import.rows_read,
+            row_groups: records.row_groups.clone(),
         },
         created_at: 0,
         timings: BuildTimings { import_s, ..Default::default() },

@@ -38,6 +38,10 @@ pub struct SourceInfo {
     /// `sha256:<hex>` of the bytes read from the source.
     pub fingerprint: String,
     pub rows_read: u64,
+    /// Rows of each row group, for a source that has them (Parquet), as its footer announced
+    /// them; their sum is `rows_read`, or the import failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub row_groups: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -87,7 +91,7 @@ mod tests {
                 chunk_rows: 1024,
                 index: IndexParams::arroy(n_trees),
                 search: SearchDefaults { strategy: SearchStrategy::SignScan, quality },
-                source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3 },
+                source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3, row_groups: Vec::new() },
                 created_at: 1_700_000_000,
                 timings: BuildTimings { import_s: 1.5, build_s: 2.0, calibrate_s: 0.5 },
                 calibration: None,

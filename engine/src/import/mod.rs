@@ -1,4 +1,4 @@
-//! Reading vectors from files and URLs: `.npy`, `.fvecs`, JSON Lines.
+//! Reading vectors from files and URLs: `.npy`, `.fvecs`, JSON Lines, Parquet.
 //!
 //! Each reader yields [`Record`]s that know where they came from, so every later check
 //! (dimension, NaN, duplicate id) can name the file, the row or line, and the field.
@@ -6,6 +6,7 @@
 pub mod fvecs;
 pub mod jsonl;
 pub mod npy;
+pub mod parquet;
 pub mod source;
 
 use crate::error::{InputError, Result};
@@ -23,6 +24,8 @@ pub enum Location {
     /// 0-based row of one acknowledged Ingest stream of the spool (its file
     /// `<stream:08>-<rows>.rows`): a record is named by the stream that brought it.
     Stream { stream: u64, row: u64 },
+    /// 0-based row of a Parquet row group, and the 0-based row group.
+    RowGroup { group: u32, row: u64 },
 }
 
 impl fmt::Display for Location {
@@ -31,6 +34,7 @@ impl fmt::Display for Location {
             Location::Row(r) => write!(f, "row {r}"),
             Location::Line(l) => write!(f, "line {l}"),
             Location::Stream { stream, row } => write!(f, "row {row} of ingest stream {stream:08}"),
+            Location::RowGroup { group, row } => write!(f, "row {row} of row group {group}"),
         }
     }
 }
@@ -51,6 +55,7 @@ pub enum Format {
     Npy,
     Fvecs,
     JsonLines,
+    Parquet,
 }
 
 impl Format {
@@ -69,7 +74,8 @@ impl FromStr for Format {
             "npy" => Ok(Format::Npy),
             "fvecs" => Ok(Format::Fvecs),
             "jsonl" | "ndjson" | "json" | "jsonlines" => Ok(Format::JsonLines),
-            other => Err(format!("unknown format {other:?}: expected npy, fvecs or jsonl")),
+            "parquet" | "pq" => Ok(Format::Parquet),
+            other => Err(format!("unknown format {other:?}: expected npy, fvecs, jsonl or parquet")),
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct Records {
     pub fingerprint: source::Fingerprint,
     /// Rows announced by the header, when the format has one (for the progress bar).
     pub expected_rows: Option<u64>,
+    /// Rows of each row group, for a source that has them (Parquet).
+    pub row_groups: Vec<u64>,
     pub iter: Box<dyn Iterator<Item = Result<Record>> + Send>,
 }
 
@@ -98,6 +106,11 @@ pub struct ReadOptions {
     /// Let URL sources reach link-local (169.254.0.0/16, fe80::/10) and cloud-metadata addresses,
     /// which are refused by default.
     pub allow_link_local: bool,
+    /// The columns of a Parquet source.
+    pub columns: parquet::ParquetColumns,
+    /// Where a URL source that must be read at any offset (Parquet) is downloaded to first; the
+    /// system's temporary directory when None. The CLI sets the data directory.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// Opens `uri` and streams its records. An address with a scheme quiver cannot read, a local
@@ -112,14 +125,22 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
                 "source",
                 "format",
                 uri,
-                "cannot tell the format from the name; pass --format npy|fvecs|jsonl",
+                "cannot tell the format from the name; pass --format npy|fvecs|jsonl|parquet",
             )
             .into());
         }
     };
-    let (reader, fingerprint) = source::open_with(uri, options)?;
     // The name goes into errors, logs and the manifest: never a URL's credentials.
     let name = crate::error::redact(uri);
+    if format == Format::Parquet {
+        let (file, fingerprint) = source::open_random_access(uri, options)?;
+        let rows = parquet::ParquetRows::open(file, name.clone(), options.columns.clone())?;
+        tracing::info!(source = %name, rows = rows.rows(), row_groups = ?rows.row_groups(), "reading Parquet");
+        let (expected_rows, row_groups) = (Some(rows.rows()), rows.row_groups().to_vec());
+        let iter = with_partition(Box::new(rows), options.partition.clone());
+        return Ok(Records { source_name: name, fingerprint, expected_rows, row_groups, iter });
+    }
+    let (reader, fingerprint) = source::open_with(uri, options)?;
     let (expected_rows, iter): (Option<u64>, Box<dyn Iterator<Item = Result<Record>> + Send>) = match format {
         Format::Npy => {
             let r = npy::NpyRows::new(reader, name.clone(), options.id_offset)?;
@@ -127,9 +148,17 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
         }
         Format::Fvecs => (None, Box::new(fvecs::FvecsRows::new(reader, name.clone(), options.id_offset))),
         Format::JsonLines => (None, Box::new(jsonl::JsonLines::new(reader, name.clone()))),
+        Format::Parquet => unreachable!("opened above"),
     };
-    let partition = options.partition.clone();
-    let iter: Box<dyn Iterator<Item = Result<Record>> + Send> = match partition {
+    let iter = with_partition(iter, options.partition.clone());
+    Ok(Records { source_name: name, fingerprint, expected_rows, row_groups: Vec::new(), iter })
+}
+
+type RecordIter = Box<dyn Iterator<Item = Result<Record>> + Send>;
+
+/// Gives `partition` to every record that names none.
+fn with_partition(iter: RecordIter, partition: Option<String>) -> RecordIter {
+    match partition {
         Some(p) => Box::new(iter.map(move |r| {
             r.map(|mut rec| {
                 rec.partition.get_or_insert_with(|| p.clone());
@@ -137,8 +166,7 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
             })
         })),
         None => iter,
-    };
-    Ok(Records { source_name: name, fingerprint, expected_rows, iter })
+    }
 }
 
 /// Reads every vector of `uri` (queries, bench inputs), in order.

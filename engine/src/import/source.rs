@@ -136,6 +136,36 @@ pub fn open_with(uri: &str, options: &ReadOptions) -> Result<(SourceReader, Fing
     Ok(hashed(raw))
 }
 
+/// Opens `uri` as a file that can be read at any offset (a Parquet footer comes last), with
+/// the fingerprint of all its bytes. A local path is opened where it lies (after the source-root
+/// check) and hashed in one pass; a URL is streamed, hashed as it arrives, into an unnamed
+/// temporary file under `scratch` (the system's temporary directory when None), which is gone
+/// when the returned file is closed. Memory stays bounded by the copy buffer either way.
+pub fn open_random_access(uri: &str, options: &ReadOptions) -> Result<(std::fs::File, Fingerprint)> {
+    let (mut reader, fingerprint) = open_with(uri, options)?;
+    let file = match kind(uri)? {
+        Kind::Local(path) => {
+            io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io(format!("reading {}", redact(uri)), e))?;
+            let path = if options.source_roots.is_empty() {
+                PathBuf::from(path)
+            } else {
+                confine(Path::new(path), &options.source_roots)?
+            };
+            std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?
+        }
+        Kind::Http => {
+            let dir = options.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let mut file = tempfile::tempfile_in(&dir)
+                .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+            io::copy(&mut reader, &mut file).map_err(|e| Error::io(format!("downloading {}", redact(uri)), e))?;
+            use std::io::Seek;
+            file.rewind().map_err(|e| Error::io("rewinding the downloaded source", e))?;
+            file
+        }
+    };
+    Ok((file, fingerprint))
+}
+
 /// A buffered reader over `raw` that fingerprints every byte read through it.
 pub fn hashed(raw: Box<dyn Read + Send>) -> (SourceReader, Fingerprint) {
     let hasher = Arc::new(Mutex::new(Sha256::new()));

@@ -7,5 +7,6 @@ mod crash;
 mod format;
 mod grpc;
 mod layers;
+mod parquet;
 mod snapshot;
 mod sources;
