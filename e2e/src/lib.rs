@@ -13,7 +13,11 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// The `quiver` binary of this workspace's build, built on first use when a test runs alone.
+/// The `quiver` binary of this workspace's build, built on first use when missing. This crate
+/// does not link the engine, so `cargo test -p quiver-e2e` alone does not rebuild it: run the
+/// workspace's tests (as `.ci/run` does). It is not rebuilt here when it exists, because a
+/// plain `cargo build` would replace the test build's binary (with the engine's fault points
+/// compiled in) under the crash tests running beside. `QUIVER_BIN` names another binary.
 pub fn quiver_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {

@@ -412,6 +412,7 @@ fn records(files: Vec<Committed>) -> Result<Records> {
         fingerprint,
         expected_rows: Some(total),
         row_groups: Vec::new(),
+        files: Default::default(),
         iter: Box::new(rows),
     })
 }

@@ -16,7 +16,8 @@ local conditions = {}
 for _, c in ipairs(status.conditions or {}) do
   conditions[c.type] = c
 end
-local flipped = conditions["Flipped"]
+-- "Switched" is the name an operator before the flip rename gave the condition.
+local flipped = conditions["Flipped"] or conditions["Switched"]
 local ready = conditions["Ready"]
 if ready ~= nil and ready.status ~= "True" and (ready.reason == "NoReadyEndpoints" or ready.reason == "ServiceConflict") then
   hs.status = "Degraded"

@@ -74,7 +74,7 @@ pub struct VectorCollectionSpec {
     /// The warm-up a replica runs before it reports ready.
     #[serde(default)]
     pub warmup: WarmupSpec,
-    /// The gates the collection must pass before an alias may point at it.
+    /// The gates the collection must pass before an alias may flip to it.
     #[serde(default)]
     pub verify: VerifySpec,
     /// The quiver image (default: the operator's own version).
@@ -95,13 +95,44 @@ pub struct Source {
     /// An ETL pushes batches to the writer's Ingest gRPC API, then calls Seal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushSource>,
-    /// The writer imports this file (.npy, .fvecs or .jsonl; a path on its volume or an http(s) URL).
+    /// The writer imports this (.npy, .fvecs, .jsonl or .parquet): an object store
+    /// (`s3://bucket/key`, `gs://`, `az://`, `abfs(s)://`), an http(s) URL or a path on its
+    /// volume. A `*` or `?` in an object key (or the last part of a path), or a trailing `/`,
+    /// imports every matching file in name order as one collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://') || self.startsWith('/')").message("source.url must be an http(s) URL or an absolute path"))]
+    #[x_kube(validation = Rule::new("['http://', 'https://', 's3://', 's3a://', 'gs://', 'az://', 'abfs://', 'abfss://', '/'].exists(p, self.startsWith(p))").message("source.url must be an object-store URL (s3://, gs://, az://, abfs(s)://), an http(s) URL or an absolute path"))]
     pub url: Option<String>,
-    /// File format when the URL's extension does not tell: npy, fvecs or jsonl.
+    /// File format when the URL's extension does not tell: npy, fvecs, jsonl or parquet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// The columns of a Parquet source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<SourceColumns>,
+    /// A Secret whose keys become the writer's environment, for the object store's standard
+    /// credential chain: e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL and AWS_ALLOW_HTTP for an S3 on premises; GOOGLE_SERVICE_ACCOUNT;
+    /// AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY. Without it the pod's own
+    /// identity is used (IRSA, GKE or Azure workload identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<k8s_openapi::api::core::v1::LocalObjectReference>,
+}
+
+/// The columns a Parquet source is read from (the writer's --id-column and so on).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceColumns {
+    /// Item ids, any integer type (default `id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Vectors: FixedSizeList<Float32>, or a list of Float32 or Float64 (default `vector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<String>,
+    /// Partitions, a string column (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Tags, a list of strings (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -202,10 +233,10 @@ pub struct VerifySpec {
     /// p99 latency budget of the verification queries, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ms: Option<f64>,
-    /// Neighbours per query for the recall check (recall@k).
+    /// Neighbours per query for the recall gate (recall@k).
     #[schemars(range(min = 1, max = 1000))]
     pub k: u32,
-    /// Queries sampled for the recall check.
+    /// Queries sampled for the recall gate.
     #[schemars(range(min = 1, max = 100000))]
     pub sample: u32,
 }
@@ -413,8 +444,7 @@ pub struct CollectionAliasStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
     /// RFC 3339 time of the last flip.
-    // Read also as `switchedAt`: the status an earlier operator wrote, until this one writes it.
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "switchedAt")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flipped_at: Option<String>,
     /// The last flips, most recent first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

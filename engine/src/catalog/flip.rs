@@ -1,4 +1,4 @@
-//! Flipping an alias: the one place an engine alias moves, and only to a collection with a
+//! Flipping an alias: the one place an engine alias is flipped, and only to a collection with a
 //! passing verification report of its own (every gate passed). The record and the swap of what
 //! queries see happen under one LMDB write transaction; a failed commit restores the old target.
 
@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// Flips kept in an alias's history.
 const HISTORY: usize = 10;
 
-/// One move of an alias, kept in its history.
+/// One flip of an alias, kept in its history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flip {
     pub collection: String,
@@ -33,7 +33,7 @@ pub struct AliasRecord {
 }
 
 impl Catalog {
-    /// Points `alias` at `collection` if `report` is a passing verification of that very
+    /// Flips `alias` to `collection` if `report` is a passing verification of that very
     /// collection. On refusal nothing changes, and the error says why.
     pub fn flip(&self, alias: &str, collection: Arc<Searcher>, report: &VerifyReport) -> Result<AliasRecord> {
         crate::collection::builder::check_name(alias)?;
@@ -79,5 +79,19 @@ impl Catalog {
         drop(live);
         self.close_unserved();
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_the_rename_are_read() {
+        let old =
+            r#"{"collection": "v2", "previous": "v1", "switched_at": 7, "history": [{"collection": "v2", "at": 7}]}"#;
+        let record: AliasRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((record.flipped_at, record.history[0].at), (7, 7));
+        assert!(serde_json::to_string(&record).unwrap().contains(r#""flipped_at":7"#));
     }
 }

@@ -26,11 +26,11 @@ pub enum Command {
     Search(SearchArgs),
     /// Print a collection's manifest, partitions and tags as JSON.
     Inspect(InspectArgs),
-    /// Check a collection against the gates an alias flip requires; exit 1 if any fails.
+    /// Measure a collection's gates (the ones an alias flip requires); exit 1 if any fails.
     Verify(VerifyArgs),
     /// Preload a collection and run simulated queries until latency settles.
     Warmup(WarmupArgs),
-    /// Point an alias at a collection, only if it passes verification.
+    /// Flip an alias to a collection, only if it passes its gates.
     Alias(AliasArgs),
     /// Build from .npy files and measure exact search and each strategy's quality sweep.
     Bench(BenchArgs),
@@ -377,7 +377,7 @@ pub struct AliasArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AliasAction {
-    /// Verify COLLECTION, then point ALIAS at it; refused (exit 1) when verification fails.
+    /// Verify COLLECTION, then flip ALIAS to it; refused (exit 1) when a gate fails.
     Flip {
         #[command(flatten)]
         dir: DataDir,

@@ -244,6 +244,7 @@ pub fn import(staging: &Path, options: &BuildOptions, records: Records) -> Resul
             fingerprint: records.fingerprint.hex(),
             rows_read: import.rows_read,
             row_groups: records.row_groups.clone(),
+            files: records.files.lock().expect("files lock").clone(),
         },
         created_at: 0,
         timings: BuildTimings { import_s, ..Default::default() },

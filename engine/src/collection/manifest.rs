@@ -42,6 +42,10 @@ pub struct SourceInfo {
     /// them; their sum is `rows_read`, or the import failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub row_groups: Vec<u64>,
+    /// The files of a source of several (a pattern or a prefix), in the order read, with their
+    /// rows; their sum is `rows_read`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::import::SourceFile>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -91,7 +95,7 @@ mod tests {
                 chunk_rows: 1024,
                 index: IndexParams::arroy(n_trees),
                 search: SearchDefaults { strategy: SearchStrategy::SignScan, quality },
-                source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3, row_groups: Vec::new() },
+                source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3, row_groups: Vec::new(), files: Vec::new() },
                 created_at: 1_700_000_000,
                 timings: BuildTimings { import_s: 1.5, build_s: 2.0, calibrate_s: 0.5 },
                 calibration: None,

@@ -1,4 +1,5 @@
-//! Reading vectors from files and URLs: `.npy`, `.fvecs`, JSON Lines, Parquet.
+//! Reading vectors from files and URLs: `.npy`, `.fvecs`, JSON Lines, Parquet; from a local
+//! path, an http(s) URL or an object store; one file, or every file a pattern or prefix names.
 //!
 //! Each reader yields [`Record`]s that know where they came from, so every later check
 //! (dimension, NaN, duplicate id) can name the file, the row or line, and the field.
@@ -6,13 +7,18 @@
 pub mod fvecs;
 pub mod jsonl;
 pub mod npy;
+pub mod object;
 pub mod parquet;
 pub mod source;
 
 use crate::error::{InputError, Result};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+mod expand;
 
 /// Where a record sits in its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +94,9 @@ pub struct Records {
     pub expected_rows: Option<u64>,
     /// Rows of each row group, for a source that has them (Parquet).
     pub row_groups: Vec<u64>,
+    /// The files of a source of several (a pattern or a prefix), with their rows, each added
+    /// once it has been read to its end.
+    pub files: Arc<Mutex<Vec<SourceFile>>>,
     pub iter: Box<dyn Iterator<Item = Result<Record>> + Send>,
 }
 
@@ -113,10 +122,28 @@ pub struct ReadOptions {
     pub scratch_dir: Option<PathBuf>,
 }
 
+/// One file of a source made of several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub uri: String,
+    pub rows: u64,
+}
+
 /// Opens `uri` and streams its records. An address with a scheme quiver cannot read, a local
-/// path outside `options.source_roots`, or a URL on a refused address fails before anything is read.
+/// path outside `options.source_roots`, or a URL on a refused address fails before anything is
+/// read. A `*` or `?` in the last part of a local path or anywhere in an object key, or an
+/// address ending in `/`, names every matching file (in name order; names starting with `_` or
+/// `.`, such as Spark's `_SUCCESS`, left out), read one after another as one source.
 pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
     source::check_source_uri(uri)?;
+    match expand::files(uri, options)? {
+        None => read_one(uri, options),
+        Some(files) => Ok(expand::chain(uri, files, options.clone())),
+    }
+}
+
+/// [`read`] of one file.
+fn read_one(uri: &str, options: &ReadOptions) -> Result<Records> {
     let format = match options.format.or_else(|| Format::from_uri(uri)) {
         Some(f) => f,
         None => {
@@ -133,12 +160,20 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
     // The name goes into errors, logs and the manifest: never a URL's credentials.
     let name = crate::error::redact(uri);
     if format == Format::Parquet {
-        let (file, fingerprint) = source::open_random_access(uri, options)?;
-        let rows = parquet::ParquetRows::open(file, name.clone(), options.columns.clone())?;
+        let (rows, fingerprint) = if object::is_object_uri(uri) {
+            // Read in ranges where the footer points: the fingerprint is the object's version.
+            let file = object::ObjectFile::open(uri)?;
+            let fingerprint = source::Fingerprint::default();
+            fingerprint.update(file.identity().as_bytes());
+            (parquet::ParquetRows::open(file, name.clone(), options.columns.clone())?, fingerprint)
+        } else {
+            let (file, fingerprint) = source::open_random_access(uri, options)?;
+            (parquet::ParquetRows::open(file, name.clone(), options.columns.clone())?, fingerprint)
+        };
         tracing::info!(source = %name, rows = rows.rows(), row_groups = ?rows.row_groups(), "reading Parquet");
         let (expected_rows, row_groups) = (Some(rows.rows()), rows.row_groups().to_vec());
         let iter = with_partition(Box::new(rows), options.partition.clone());
-        return Ok(Records { source_name: name, fingerprint, expected_rows, row_groups, iter });
+        return Ok(Records { source_name: name, fingerprint, expected_rows, row_groups, files: Arc::default(), iter });
     }
     let (reader, fingerprint) = source::open_with(uri, options)?;
     let (expected_rows, iter): (Option<u64>, Box<dyn Iterator<Item = Result<Record>> + Send>) = match format {
@@ -151,10 +186,10 @@ pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
         Format::Parquet => unreachable!("opened above"),
     };
     let iter = with_partition(iter, options.partition.clone());
-    Ok(Records { source_name: name, fingerprint, expected_rows, row_groups: Vec::new(), iter })
+    Ok(Records { source_name: name, fingerprint, expected_rows, row_groups: Vec::new(), files: Arc::default(), iter })
 }
 
-type RecordIter = Box<dyn Iterator<Item = Result<Record>> + Send>;
+pub(crate) type RecordIter = Box<dyn Iterator<Item = Result<Record>> + Send>;
 
 /// Gives `partition` to every record that names none.
 fn with_partition(iter: RecordIter, partition: Option<String>) -> RecordIter {

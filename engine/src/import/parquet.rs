@@ -19,7 +19,6 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use std::fs::File;
 
 /// Rows decoded at a time.
 const BATCH_ROWS: usize = 4096;
@@ -62,7 +61,11 @@ pub struct ParquetRows {
 
 impl ParquetRows {
     /// Reads the footer and checks that the named columns exist with types quiver can import.
-    pub fn open(file: File, source: String, columns: ParquetColumns) -> Result<ParquetRows> {
+    pub fn open<T: parquet::file::reader::ChunkReader + 'static>(
+        file: T,
+        source: String,
+        columns: ParquetColumns,
+    ) -> Result<ParquetRows> {
         let fail = |at: &str, field: &str, value: &str, reason: String| -> Error {
             input_error(&source, at, field, value, reason).into()
         };

@@ -45,10 +45,15 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// A handle on the running fingerprint of a source being read.
-#[derive(Clone)]
+/// [`Fingerprint::default`] starts one that is fed with [`Fingerprint::update`].
+#[derive(Clone, Default)]
 pub struct Fingerprint(Arc<Mutex<Sha256>>);
 
 impl Fingerprint {
+    pub fn update(&self, bytes: &[u8]) {
+        self.0.lock().expect("hasher lock").update(bytes);
+    }
+
     pub fn hex(&self) -> String {
         let digest = self.0.lock().expect("hasher lock").clone().finalize();
         format!("sha256:{}", hex(&digest))
@@ -67,6 +72,8 @@ enum Kind<'a> {
     /// A local path (given bare or as `file://`), without the prefix.
     Local(&'a str),
     Http,
+    /// `s3://`, `gs://`, `az://`, `abfs(s)://`: read through [`super::object`].
+    Object,
 }
 
 /// The scheme of `uri` (lowercased) when it has the `scheme://` form.
@@ -86,17 +93,19 @@ fn kind(uri: &str) -> Result<Kind<'_>> {
         None => Ok(Kind::Local(uri)),
         Some("file") => Ok(Kind::Local(&uri["file://".len()..])),
         Some("http" | "https") => Ok(Kind::Http),
+        Some(_) if super::object::is_object_uri(uri) => Ok(Kind::Object),
         Some(other) => Err(Error::Http {
             url: short(uri, 120),
             reason: format!(
-                "the scheme {other}:// is not supported (yet): use a local path, file://, http:// or https://"
+                "the scheme {other}:// is not supported: use a local path, file://, http(s)://, s3://, gs://, \
+                 az:// or abfs(s)://"
             ),
         }),
     }
 }
 
-/// Refuses at once a source address whose scheme quiver cannot read (`s3://`, `gs://`, `ftp://`
-/// ...): local paths, `file://`, `http://` and `https://` are accepted. Nothing is opened; roles
+/// Refuses at once a source address whose scheme quiver cannot read (`ftp://` ...): local
+/// paths, `file://`, `http(s)://` and object stores are accepted. Nothing is opened; roles
 /// call this at start-up so a wrong `--source` fails before any work.
 pub fn check_source_uri(uri: &str) -> Result<()> {
     kind(uri).map(|_| ())
@@ -123,6 +132,7 @@ pub fn open(uri: &str) -> Result<(SourceReader, Fingerprint)> {
 pub fn open_with(uri: &str, options: &ReadOptions) -> Result<(SourceReader, Fingerprint)> {
     let raw: Box<dyn Read + Send> = match kind(uri)? {
         Kind::Http => Box::new(HttpSource::open(uri, options.allow_link_local)?),
+        Kind::Object => Box::new(super::object::ObjectFile::open(uri)?.reader(0)),
         Kind::Local(path) => {
             let path = if options.source_roots.is_empty() {
                 PathBuf::from(path)
@@ -153,7 +163,7 @@ pub fn open_random_access(uri: &str, options: &ReadOptions) -> Result<(std::fs::
             };
             std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?
         }
-        Kind::Http => {
+        Kind::Http | Kind::Object => {
             let dir = options.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
             let mut file = tempfile::tempfile_in(&dir)
                 .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
@@ -579,10 +589,20 @@ mod tests {
 
     #[test]
     fn schemes_quiver_cannot_read_are_refused_at_once() {
-        for ok in ["/data/a.npy", "a.npy", "file:///data/a.npy", "http://h/a.npy", "HTTPS://h/a.npy"] {
+        for ok in [
+            "/data/a.npy",
+            "a.npy",
+            "file:///data/a.npy",
+            "http://h/a.npy",
+            "HTTPS://h/a.npy",
+            "s3://b/a.npy",
+            "gs://b/a",
+            "az://c/a",
+            "abfss://c/a",
+        ] {
             check_source_uri(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["s3://bucket/a.npy", "gs://b/a.npy", "ftp://h/a.npy", "hdfs://x/y"] {
+        for bad in ["gopher://bucket/a.npy", "s4://b/a.npy", "ftp://h/a.npy", "hdfs://x/y"] {
             let err = check_source_uri(bad).unwrap_err().to_string();
             let scheme = bad.split("://").next().unwrap();
             assert!(err.contains(&format!("{scheme}://")) && err.contains("not supported"), "{err}");

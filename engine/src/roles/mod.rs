@@ -1,6 +1,7 @@
 //! The serving roles of the `quiver` binary and the jobs the operator runs: each takes a
 //! configuration (built from the command line by [`crate::cli`], or by a test), turns it into a
-//! [`ServingProcess`] with its services, and runs it until SIGTERM.
+//! [`ServingProcess`] with its services, and runs it until SIGTERM (`run`) or a given future
+//! resolves (`run_until`).
 
 pub mod jobs;
 pub mod replica;

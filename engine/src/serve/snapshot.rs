@@ -28,10 +28,10 @@ impl SnapshotService {
     }
 
     fn info(&self, collection: &str) -> Result<(SnapshotInfo, std::path::PathBuf), Status> {
-        let store =
+        let snapshots =
             self.process.snapshots.as_ref().ok_or_else(|| Status::unimplemented("this role holds no snapshots"))?;
-        match store.info(collection).map_err(super::status)? {
-            Some(info) => Ok((info, store.file(collection).map_err(super::status)?)),
+        match snapshots.info(collection).map_err(super::status)? {
+            Some(info) => Ok((info, snapshots.file(collection).map_err(super::status)?)),
             None => Err(Status::not_found(format!("no finished snapshot of collection {collection:?} here (yet)"))),
         }
     }

@@ -20,9 +20,9 @@ impl SnapshotDir {
     pub fn checked_info(&self, name: &str) -> Result<Option<SnapshotInfo>> {
         let Some(info) = self.info(name)? else { return Ok(None) };
         let file = self.file(name)?;
-        let problem = match hash_file(&file) {
-            Ok((size, sha256)) if size == info.size && sha256 == info.sha256 => return Ok(Some(info)),
-            Ok((size, sha256)) => format!("the file has {size} bytes with sha256 {sha256}"),
+        let problem = match mismatch(&file, &info) {
+            Ok(None) => return Ok(Some(info)),
+            Ok(Some(found)) => format!("the file has {found}"),
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 "the file is missing".into()
             }
@@ -50,7 +50,7 @@ impl SnapshotDir {
         if installed.dev() == snapshot.dev() && installed.ino() == snapshot.ino() {
             return Ok(true);
         }
-        Ok(hash_file(data)? == (info.size, info.sha256.clone()))
+        Ok(mismatch(data, info)?.is_none())
     }
 }
 

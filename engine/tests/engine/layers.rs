@@ -198,7 +198,7 @@ fn top_level_items(group: &str) -> Vec<String> {
     items
 }
 
-/// The first name after a path prefix: `alias` of `catalog::Catalog`, each item of a group.
+/// The first name after a path prefix: `catalog` of `catalog::Catalog`, each item of a group.
 fn first_names(rest: &str) -> Vec<String> {
     let ident = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '*').collect::<String>();
     match rest.strip_prefix('{') {

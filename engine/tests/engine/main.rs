@@ -7,6 +7,7 @@ mod crash;
 mod format;
 mod grpc;
 mod layers;
+mod object_store;
 mod parquet;
 mod snapshot;
 mod sources;

@@ -12,7 +12,7 @@ use std::process::Command;
 
 /// The Python with pyarrow: `QUIVER_PYTHON` (set by `.ci/run`), else `python3`. Without pyarrow
 /// the tests print SKIPPED, unless `QUIVER_REQUIRE_TOOLS` is set (CI), where they fail.
-fn python() -> Option<String> {
+pub fn python() -> Option<String> {
     let python = std::env::var("QUIVER_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&python).args(["-c", "import pyarrow"]).output().is_ok_and(|o| o.status.success());
     if ok {
@@ -24,7 +24,7 @@ fn python() -> Option<String> {
 }
 
 /// Runs a pyarrow script with `dir` as its working directory.
-fn pyarrow(python: &str, dir: &Path, script: &str) {
+pub fn pyarrow(python: &str, dir: &Path, script: &str) {
     let prelude = "import pyarrow as pa, pyarrow.parquet as pq\n";
     let out = Command::new(python).arg("-c").arg(format!("{prelude}{script}")).current_dir(dir).output().unwrap();
     assert!(out.status.success(), "pyarrow: {}", String::from_utf8_lossy(&out.stderr));
@@ -179,4 +179,27 @@ open("truncated.parquet", "wb").write(data[: len(data) // 2])
         assert!(e.to_string().contains(expected) && e.to_string().contains(file), "{file}: {e}");
         assert!(!root.path().join("v1").exists(), "{file}: nothing sealed");
     }
+}
+
+#[test]
+fn a_local_pattern_reads_every_matching_file_in_name_order() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    pyarrow(&python, dir.path(), GOOD);
+    std::fs::copy(dir.path().join("list64.parquet"), dir.path().join("b-list64.parquet")).unwrap();
+    std::fs::write(dir.path().join("_SUCCESS"), b"").unwrap();
+    let read = import::read(&format!("{}/*list64.parquet", dir.path().display()), &ReadOptions::default()).unwrap();
+    let files = read.files.clone();
+    let ids: Vec<u64> = read.iter.map(|r| r.unwrap().id).collect();
+    assert_eq!(ids.len(), 20, "both files, in order");
+    let names: Vec<(String, u64)> = files.lock().unwrap().iter().map(|f| (f.uri.clone(), f.rows)).collect();
+    let at = |f: &str| dir.path().join(f).display().to_string();
+    assert_eq!(names, [(at("b-list64.parquet"), 10), (at("list64.parquet"), 10)]);
+    // A directory: every file but the marker, in name order; the second has other columns and
+    // is named when it is reached.
+    let root = tempfile::tempdir().unwrap();
+    let records = import::read(&format!("{}/", dir.path().display()), &ReadOptions::default()).unwrap();
+    let e = import_and_build(root.path(), &BuildOptions::new("v1", Metric::Euclidean), records).unwrap_err();
+    assert!(e.to_string().contains("fixed.parquet") && e.to_string().contains("--id-column"), "{e}");
+    assert!(!root.path().join("v1").exists());
 }

@@ -7,8 +7,8 @@ use super::{Defaults, GRPC_PORT};
 use crate::crd::VectorCollection;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
-    VolumeResourceRequirements,
+    EnvFromSource, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, SecretEnvSource,
+    Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -28,6 +28,12 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     // Without a URL the writer waits for an ETL on its Ingest API.
     optional_flag(&mut args, "source", spec.source.url.as_ref());
     optional_flag(&mut args, "format", spec.source.format.as_ref());
+    if let Some(columns) = &spec.source.columns {
+        optional_flag(&mut args, "id-column", columns.id.as_ref());
+        optional_flag(&mut args, "vector-column", columns.vector.as_ref());
+        optional_flag(&mut args, "partition-column", columns.partition.as_ref());
+        optional_flag(&mut args, "tags-column", columns.tags.as_ref());
+    }
     flag(&mut args, "distance", spec.distance.as_str());
     flag(&mut args, "dimensions", spec.dimensions);
     flag(&mut args, "index", spec.index.backend.as_str());
@@ -41,7 +47,14 @@ pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {
     let name = vc.name_any();
     let writer = &vc.spec.writer;
     let resources = writer.resources.clone().unwrap_or_else(|| pod::default_resources("1", "2Gi"));
-    let container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
+    let mut container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
+    // The object store's credentials, as the standard variables its client reads.
+    container.env_from = vc.spec.source.credentials_secret.as_ref().map(|secret| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: secret.name.clone(), optional: Some(false) }),
+            ..Default::default()
+        }]
+    });
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(pod::DATA_VOLUME.into()),

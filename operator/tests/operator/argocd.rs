@@ -99,6 +99,8 @@ fn collectionalias_health_is_healthy_only_when_serving_its_target() {
         )
     };
     assert_eq!(h(vec![condition("Flipped", true, "Serving", "")]), ("Healthy".into(), "serving p-1".into()));
+    // An alias an operator before the flip rename reconciled last.
+    assert_eq!(h(vec![condition("Switched", true, "Serving", "")]), ("Healthy".into(), "serving p-1".into()));
     assert_eq!(
         h(vec![condition("Flipped", false, "WaitingForTarget", "x")]),
         ("Progressing".into(), "collection p-2 is Verifying".into())

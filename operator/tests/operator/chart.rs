@@ -243,7 +243,7 @@ fn the_admission_policy_refuses_to_delete_a_served_collection() {
         message.starts_with("collection products-v1 is served by alias ")
             && message.contains("products (current)")
             && message.contains("related (previous)")
-            && message.ends_with(": point the alias at another collection (or delete the alias) first"),
+            && message.ends_with(": flip the alias to another collection (or delete the alias) first"),
         "{message}"
     );
     assert_eq!(delete(serde_json::json!({"team": "search"})), (true, None));

@@ -46,6 +46,17 @@ spec:
     )
 }
 
+/// An ETL's Parquet parts in S3, with named columns and a credentials Secret.
+fn parquet() -> VectorCollection {
+    stored(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/vectorcollection-parquet.yaml"),
+        )
+        .unwrap(),
+        "3d0c8e4a-5b7f-4c2e-9a61-0f2b7d9e8c11",
+    )
+}
+
 fn defaults() -> Defaults {
     Defaults { image: "quiver:test".into(), ..Default::default() }
 }
@@ -65,6 +76,11 @@ fn golden_pushed_collection() {
 }
 
 #[test]
+fn golden_parquet_collection() {
+    insta::assert_snapshot!("parquet_collection", yaml(&CollectionObjects::render(&parquet(), &defaults())));
+}
+
+#[test]
 fn golden_alias_service() {
     let ca: CollectionAlias = stored(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/collectionalias.yaml"))
@@ -78,7 +94,7 @@ fn golden_alias_service() {
 /// The engine's clap CLI accepts every rendered command, and reads back what the spec says.
 #[test]
 fn every_container_command_parses_with_the_engine_cli() {
-    for vc in [example(), pushed()] {
+    for vc in [example(), pushed(), parquet()] {
         let objects = CollectionObjects::render(&vc, &defaults());
         for (role, template) in objects.pod_templates() {
             let container = &template.spec.as_ref().unwrap().containers[0];
@@ -106,6 +122,16 @@ fn every_container_command_parses_with_the_engine_cli() {
                     assert_eq!(w.build.index, vc.spec.index.backend);
                     assert_eq!(w.build.target_recall, vc.spec.search.target_recall);
                     assert_eq!(w.source, vc.spec.source.url);
+                    let columns = vc.spec.source.columns.clone().unwrap_or_default();
+                    assert_eq!(w.build.id_column, columns.id.unwrap_or("id".into()));
+                    assert_eq!(w.build.vector_column, columns.vector.unwrap_or("vector".into()));
+                    assert_eq!((w.build.partition_column, w.build.tags_column), (columns.partition, columns.tags));
+                    // The object store's credentials come as the environment its client reads.
+                    let env_from = container.env_from.iter().flatten().filter_map(|e| e.secret_ref.as_ref());
+                    let secrets: Vec<&str> = env_from.map(|s| s.name.as_str()).collect();
+                    let expected: Vec<&str> =
+                        vc.spec.source.credentials_secret.iter().map(|s| s.name.as_str()).collect();
+                    assert_eq!(secrets, expected);
                     assert_eq!(w.dir.data_dir, Path::new("/data"));
                     assert_eq!(w.serve.token.token_file.as_deref(), token_file);
                     // Search needs no token only where the operator generated it.

@@ -1,10 +1,10 @@
 //! Flipping an alias in Kubernetes: the target is marked as served (with the resourceVersion
-//! it was judged at), the alias Service's selector is pointed at it, and the flip is recorded in
+//! it was judged at), the alias Service's selector is set to its replicas, and the flip is recorded in
 //! `status` at once; then the served-by marks are brought in line and the conditions written.
 
 use super::*;
 
-/// Points the Service at the target when it may serve; returns when to look again and the
+/// Flips the Service to the target when it may serve; returns when to look again and the
 /// status as written. What the alias serves is read from its live Service (the cluster's
 /// truth: a restored alias without status keeps serving, and keeps its collection protected).
 pub(super) async fn flip(

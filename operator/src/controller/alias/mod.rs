@@ -1,4 +1,4 @@
-//! The CollectionAlias controller: points the alias Service at `spec.collection` once that
+//! The CollectionAlias controller: flips the alias Service to `spec.collection` once that
 //! collection is Ready and verified for its current generation, keeps the previous target for
 //! rollback, drains the previous target's replicas after a flip, and runs scheduled rebuilds.
 //!

@@ -1,0 +1,245 @@
+//! Sources in object storage: `s3://bucket/key`, `gs://bucket/key`, `az://container/key` (also
+//! `abfs://` / `abfss://`), through the `object_store` crate with each cloud's standard
+//! credential chain read from the environment (for S3: `AWS_ACCESS_KEY_ID`, web identity /
+//! IRSA, instance profiles; `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP=true` for an on-premises S3
+//! such as MinIO or SeaweedFS).
+//!
+//! An object is read in ranged requests of [`RANGE_BYTES`], up to [`PREFETCH`] in flight, so
+//! memory stays bounded and a large file is read in parallel; each request is retried by
+//! `object_store` with backoff, and carries the ETag seen when the object was opened
+//! (`If-Match`), so an object replaced while it is read fails instead of mixing two versions.
+//! A Parquet file is read only where its footer points ([`ObjectFile`] is a Parquet
+//! `ChunkReader`), so only the projected columns leave the store.
+
+use crate::error::{Error, Result, redact};
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientConfigKey, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Bytes asked for in one ranged GET.
+pub const RANGE_BYTES: u64 = 8 << 20;
+/// Ranged GETs in flight while an object is read in order.
+pub const PREFETCH: usize = 4;
+/// How long one request (connect, headers, its body of at most [`RANGE_BYTES`]) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `uri` names an object store.
+pub fn is_object_uri(uri: &str) -> bool {
+    let lower = uri.trim_start().to_ascii_lowercase();
+    ["s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://"].iter().any(|s| lower.starts_with(s))
+}
+
+/// The runtime the object-store client runs on: its own, so the synchronous readers of an
+/// import can wait on it from any thread (a blocking task of a role's runtime included).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("quiver-object-store")
+            .enable_all()
+            .build()
+            .expect("starting the object-store runtime")
+    })
+}
+
+/// Runs `f` on the object-store runtime and waits for it.
+fn wait<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
+    futures::executor::block_on(runtime().spawn(f)).expect("an object-store task panicked")
+}
+
+fn failed(uri: &str, what: &str, e: object_store::Error) -> Error {
+    Error::Http { url: redact(uri), reason: format!("{what}: {e}") }
+}
+
+/// A bucket (or container) and a key or prefix in it.
+pub struct ObjectLocation {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: ObjectPath,
+    /// `scheme://bucket`, to name the objects found under a prefix.
+    pub base: String,
+}
+
+/// Opens the store `uri` lives in, with credentials from the environment.
+pub fn locate(uri: &str) -> Result<ObjectLocation> {
+    // rustls needs one process-wide crypto provider; tonic's TLS uses ring too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = uri.trim();
+    let (scheme, rest) = url.split_once("://").expect("an object URI");
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::Http { url: redact(uri), reason: "no bucket in the address".into() });
+    }
+    // Set key by key: `with_client_options` would replace what the environment set (such as
+    // AWS_ALLOW_HTTP).
+    let timeouts = [
+        (ClientConfigKey::Timeout, format!("{}s", REQUEST_TIMEOUT.as_secs())),
+        (ClientConfigKey::ConnectTimeout, format!("{}s", CONNECT_TIMEOUT.as_secs())),
+    ];
+    let built: object_store::Result<Arc<dyn ObjectStore>> = match scheme.to_ascii_lowercase().as_str() {
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+            for (key, value) in &timeouts {
+                b = b.with_config(object_store::aws::AmazonS3ConfigKey::Client(*key), value);
+            }
+            b.build().map(|s| Arc::new(s) as _)
+        }
+        "gs" => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
+            for (key, value) in &timeouts {
+                b = b.with_config(object_store::gcp::GoogleConfigKey::Client(*key), value);
+            }
+            b.build().map(|s| Arc::new(s) as _)
+        }
+        _ => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
+            for (key, value) in &timeouts {
+                b = b.with_config(object_store::azure::AzureConfigKey::Client(*key), value);
+            }
+            b.build().map(|s| Arc::new(s) as _)
+        }
+    };
+    let store = built.map_err(|e| failed(uri, "configuring the object store", e))?;
+    let path = ObjectPath::parse(key)
+        .map_err(|e| Error::Http { url: redact(uri), reason: format!("not an object key: {e}") })?;
+    Ok(ObjectLocation { store, path, base: format!("{scheme}://{bucket}") })
+}
+
+/// Every object under `prefix` of `location`'s store, in name order.
+pub fn list(uri: &str, location: &ObjectLocation, prefix: &ObjectPath) -> Result<Vec<ObjectMeta>> {
+    use futures::TryStreamExt;
+    let (store, prefix) = (location.store.clone(), prefix.clone());
+    let mut found: Vec<ObjectMeta> =
+        wait(async move { store.list(Some(&prefix)).try_collect().await }).map_err(|e| failed(uri, "listing", e))?;
+    found.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+    Ok(found)
+}
+
+/// One object, opened for reading: its size and ETag as they were when it was opened.
+#[derive(Clone)]
+pub struct ObjectFile {
+    uri: String,
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+}
+
+impl ObjectFile {
+    pub fn open(uri: &str) -> Result<ObjectFile> {
+        let location = locate(uri)?;
+        let (store, path) = (location.store.clone(), location.path.clone());
+        let meta = wait(async move { store.head(&path).await }).map_err(|e| failed(uri, "opening", e))?;
+        Ok(ObjectFile { uri: redact(uri), store: location.store, meta })
+    }
+
+    pub fn from_meta(uri: String, store: Arc<dyn ObjectStore>, meta: ObjectMeta) -> ObjectFile {
+        ObjectFile { uri, store, meta }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    /// What identifies this version of the object: its location, size and ETag.
+    pub fn identity(&self) -> String {
+        format!("{} size={} etag={}", self.meta.location, self.meta.size, self.meta.e_tag.as_deref().unwrap_or("-"))
+    }
+
+    /// Starts a ranged GET of `range`, pinned to the ETag seen at open.
+    fn fetch(&self, range: std::ops::Range<u64>) -> tokio::task::JoinHandle<object_store::Result<Bytes>> {
+        let (store, path) = (self.store.clone(), self.meta.location.clone());
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            if_match: self.meta.e_tag.clone(),
+            ..Default::default()
+        };
+        runtime().spawn(async move { store.get_opts(&path, options).await?.bytes().await })
+    }
+
+    fn get(&self, range: std::ops::Range<u64>) -> io::Result<Bytes> {
+        let want = range.end - range.start;
+        let bytes = futures::executor::block_on(self.fetch(range.clone()))
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("reading {} bytes {range:?}: {e}", self.uri)))?;
+        if bytes.len() as u64 != want {
+            return Err(io::Error::other(format!(
+                "{}: asked for {want} bytes at {}, got {} (the object changed?)",
+                self.uri,
+                range.start,
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// A reader of the object from byte `start` to its end.
+    pub fn reader(&self, start: u64) -> ObjectReader {
+        ObjectReader { file: self.clone(), next: start, pending: VecDeque::new(), current: Bytes::new() }
+    }
+}
+
+/// Reads an object in order, [`PREFETCH`] ranges ahead.
+pub struct ObjectReader {
+    file: ObjectFile,
+    /// Start of the next range to ask for.
+    next: u64,
+    pending: VecDeque<(std::ops::Range<u64>, tokio::task::JoinHandle<object_store::Result<Bytes>>)>,
+    current: Bytes,
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            while self.pending.len() < PREFETCH && self.next < self.file.size() {
+                let range = self.next..(self.next + RANGE_BYTES).min(self.file.size());
+                self.next = range.end;
+                self.pending.push_back((range.clone(), self.file.fetch(range)));
+            }
+            let Some((range, handle)) = self.pending.pop_front() else { return Ok(0) };
+            let got = futures::executor::block_on(handle).map_err(io::Error::other)?;
+            self.current = match got {
+                Ok(b) if b.len() as u64 == range.end - range.start => b,
+                Ok(b) => {
+                    let reason = format!("asked for bytes {range:?}, got {} (the object changed?)", b.len());
+                    return Err(io::Error::other(format!("{}: {reason}", self.file.uri)));
+                }
+                // One more try of this range before giving up (object_store retried already).
+                Err(_) => self.file.get(range)?,
+            };
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+impl Drop for ObjectReader {
+    fn drop(&mut self) {
+        for (_, handle) in &self.pending {
+            handle.abort();
+        }
+    }
+}
+
+impl parquet::file::reader::Length for ObjectFile {
+    fn len(&self) -> u64 {
+        self.size()
+    }
+}
+
+impl parquet::file::reader::ChunkReader for ObjectFile {
+    type T = ObjectReader;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<ObjectReader> {
+        Ok(self.reader(start))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.get(start..start + length as u64).map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+    }
+}
