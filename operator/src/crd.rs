@@ -110,7 +110,7 @@ pub struct Source {
     pub columns: Option<SourceColumns>,
     /// A Secret whose keys become the writer's environment, for the object store's standard
     /// credential chain: e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
-    /// AWS_ENDPOINT_URL and AWS_ALLOW_HTTP for an S3 on premises; GOOGLE_SERVICE_ACCOUNT;
+    /// AWS_ENDPOINT_URL and AWS_ALLOW_HTTP for an S3 on premises; GOOGLE_SERVICE_ACCOUNT_KEY;
     /// AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY. Without it the pod's own
     /// identity is used (IRSA, GKE or Azure workload identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]

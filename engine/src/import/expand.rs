@@ -8,22 +8,22 @@ use std::path::Path;
 
 /// The files `uri` names when it is a pattern or a prefix; None for a single file.
 pub(super) fn files(uri: &str, options: &ReadOptions) -> Result<Option<Vec<String>>> {
-    let key_start = uri.find("://").map_or(0, |i| i + 3);
-    let pattern = &uri[key_start..];
-    if !pattern.contains(['*', '?']) && !uri.ends_with('/') {
+    // An http(s) server cannot be listed, and `?` starts a URL's query (a presigned URL).
+    if uri.starts_with("http://") || uri.starts_with("https://") || !is_pattern(uri) {
         return Ok(None);
     }
-    let found = if object::is_object_uri(uri) {
-        objects(uri)?
-    } else if uri.starts_with("http://") || uri.starts_with("https://") {
-        return Err(refused(uri, "an http(s) server cannot be listed: name each file"));
-    } else {
-        local(uri, options)?
-    };
+    let found = if object::is_object_uri(uri) { objects(uri)? } else { local(uri, options)? };
     if found.is_empty() {
         return Err(refused(uri, "no file matches"));
     }
     Ok(Some(found))
+}
+
+/// Whether a local path or an object address names several files: a `*` or `?` after the
+/// scheme, or a trailing `/`.
+pub fn is_pattern(uri: &str) -> bool {
+    let key_start = uri.find("://").map_or(0, |i| i + 3);
+    uri[key_start..].contains(['*', '?']) || uri.ends_with('/')
 }
 
 fn refused(uri: &str, reason: &str) -> Error {
@@ -170,7 +170,8 @@ impl Iterator for Chain {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::{files, glob};
+    use crate::import::ReadOptions;
 
     #[test]
     fn globs_match_within_a_segment() {
@@ -178,5 +179,11 @@ mod tests {
         assert!(!glob("p/*.parquet", "p/2026-12-01/part-0001.parquet"));
         assert!(glob("part-????.npy", "part-0001.npy") && !glob("part-????.npy", "part-01.npy"));
         assert!(glob("*", "a") && !glob("a", "ab"));
+    }
+
+    #[test]
+    fn a_query_string_is_not_a_pattern() {
+        let presigned = "https://bucket.s3.example/x.npy?X-Amz-Signature=abc&X-Amz-Expires=60";
+        assert!(files(presigned, &ReadOptions::default()).unwrap().is_none());
     }
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-mod expand;
+pub(crate) mod expand;
 
 /// Where a record sits in its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //! IRSA, instance profiles; `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP=true` for an on-premises S3
 //! such as MinIO or SeaweedFS).
 //!
-//! An object is read in ranged requests of [`RANGE_BYTES`], up to [`PREFETCH`] in flight, so
+//! An object is read in ranged requests growing from [`FIRST_RANGE_BYTES`] to [`RANGE_BYTES`],
+//! up to [`PREFETCH`] in flight once at full size, so
 //! memory stays bounded and a large file is read in parallel; each request is retried by
 //! `object_store` with backoff, and carries the ETag seen when the object was opened
 //! (`If-Match`), so an object replaced while it is read fails instead of mixing two versions.
@@ -20,8 +21,11 @@ use std::io::{self, Read};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Bytes asked for in one ranged GET.
+/// Bytes asked for in one ranged GET, at most.
 pub const RANGE_BYTES: u64 = 8 << 20;
+/// The first range a reader asks for: Parquet opens a reader at every page only to read its
+/// header, so a reader starts small and grows (doubling) while it is read in order.
+pub const FIRST_RANGE_BYTES: u64 = 64 << 10;
 /// Ranged GETs in flight while an object is read in order.
 pub const PREFETCH: usize = 4;
 /// How long one request (connect, headers, its body of at most [`RANGE_BYTES`]) may take.
@@ -30,7 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether `uri` names an object store.
 pub fn is_object_uri(uri: &str) -> bool {
-    let lower = uri.trim_start().to_ascii_lowercase();
+    let lower = uri.to_ascii_lowercase();
     ["s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://"].iter().any(|s| lower.starts_with(s))
 }
 
@@ -178,7 +182,13 @@ impl ObjectFile {
 
     /// A reader of the object from byte `start` to its end.
     pub fn reader(&self, start: u64) -> ObjectReader {
-        ObjectReader { file: self.clone(), next: start, pending: VecDeque::new(), current: Bytes::new() }
+        ObjectReader {
+            file: self.clone(),
+            next: start,
+            window: FIRST_RANGE_BYTES,
+            pending: VecDeque::new(),
+            current: Bytes::new(),
+        }
     }
 }
 
@@ -187,6 +197,8 @@ pub struct ObjectReader {
     file: ObjectFile,
     /// Start of the next range to ask for.
     next: u64,
+    /// Size of the next range to ask for.
+    window: u64,
     pending: VecDeque<(std::ops::Range<u64>, tokio::task::JoinHandle<object_store::Result<Bytes>>)>,
     current: Bytes,
 }
@@ -194,9 +206,12 @@ pub struct ObjectReader {
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            while self.pending.len() < PREFETCH && self.next < self.file.size() {
-                let range = self.next..(self.next + RANGE_BYTES).min(self.file.size());
+            // One range at a time while the window grows, PREFETCH once it is full.
+            let depth = if self.window < RANGE_BYTES { 1 } else { PREFETCH };
+            while self.pending.len() < depth && self.next < self.file.size() {
+                let range = self.next..(self.next + self.window).min(self.file.size());
                 self.next = range.end;
+                self.window = (self.window * 2).min(RANGE_BYTES);
                 self.pending.push_back((range.clone(), self.file.fetch(range)));
             }
             let Some((range, handle)) = self.pending.pop_front() else { return Ok(0) };
@@ -240,6 +255,10 @@ impl parquet::file::reader::ChunkReader for ObjectFile {
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        if length == 0 {
+            // object_store refuses an empty range; there is nothing to fetch.
+            return Ok(Bytes::new());
+        }
         self.get(start..start + length as u64).map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
     }
 }

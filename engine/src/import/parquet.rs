@@ -87,6 +87,14 @@ impl ParquetRows {
                 PARTITION_FLAG => is_string(field.data_type()),
                 _ => list_item(field.data_type()).is_some_and(is_string),
             };
+            // A fixed length beyond any vector: refused before a batch of it is decoded.
+            if let DataType::FixedSizeList(_, n) = field.data_type()
+                && flag == VECTOR_FLAG
+                && !(1..=crate::limits::MAX_DIMENSIONS as i32).contains(n)
+            {
+                let reason = format!("vectors of {n} values; 1..={} expected", crate::limits::MAX_DIMENSIONS);
+                return Err(fail("schema", flag, name, reason));
+            }
             if !fits {
                 let expected = match flag {
                     ID_FLAG => "an integer column",

@@ -115,6 +115,11 @@ pub fn check_source_uri(uri: &str) -> Result<()> {
 /// (nothing is opened or fetched): what a role can check at start-up before serving.
 pub fn check_source(uri: &str, options: &ReadOptions) -> Result<()> {
     match kind(uri)? {
+        // A pattern or a directory: the directory it lists must lie under the roots.
+        Kind::Local(path) if !options.source_roots.is_empty() && super::expand::is_pattern(path) => {
+            let dir = path.rsplit_once('/').map_or(".", |(dir, _)| if dir.is_empty() { "/" } else { dir });
+            confine(Path::new(dir), &options.source_roots).map(|_| ())
+        }
         Kind::Local(path) if !options.source_roots.is_empty() => {
             confine(Path::new(path), &options.source_roots).map(|_| ())
         }

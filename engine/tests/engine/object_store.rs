@@ -47,14 +47,21 @@ fn weed() -> Option<Weed> {
         .args([port("master.port", master), port("volume.port", volume), "-filer".into(), port("filer.port", filer)])
         .args(["-s3".to_string(), port("s3.port", s3), "-volume.max=4".into()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("weed.log")).unwrap())
         .spawn()
         .unwrap();
     let weed = Weed { child, s3, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(60);
     // Ready when a bucket can be created (the filer and a volume are up behind the S3 port).
     while put(weed.s3, "/vectors", Vec::new()).is_err() {
-        assert!(Instant::now() < deadline, "SeaweedFS did not start");
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(weed._dir.path().join("weed.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "SeaweedFS did not start; the end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     Some(weed)

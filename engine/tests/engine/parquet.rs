@@ -195,6 +195,12 @@ fn a_local_pattern_reads_every_matching_file_in_name_order() {
     let names: Vec<(String, u64)> = files.lock().unwrap().iter().map(|f| (f.uri.clone(), f.rows)).collect();
     let at = |f: &str| dir.path().join(f).display().to_string();
     assert_eq!(names, [(at("b-list64.parquet"), 10), (at("list64.parquet"), 10)]);
+    // What a writer checks at start-up: the pattern's directory lies under the roots.
+    let confined = ReadOptions { source_roots: vec![dir.path().to_path_buf()], ..Default::default() };
+    import::source::check_source(&format!("{}/*.parquet", dir.path().display()), &confined).unwrap();
+    let elsewhere = ReadOptions { source_roots: vec![dir.path().join("sub")], ..Default::default() };
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    assert!(import::source::check_source(&format!("{}/*.parquet", dir.path().display()), &elsewhere).is_err());
     // A directory: every file but the marker, in name order; the second has other columns and
     // is named when it is reached.
     let root = tempfile::tempdir().unwrap();
