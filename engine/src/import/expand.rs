@@ -4,7 +4,6 @@
 
 use super::{ReadOptions, Record, RecordIter, Records, SourceFile, object, read_one, source};
 use crate::error::{Error, Result, redact};
-use std::path::Path;
 
 /// The files `uri` names when it is a pattern or a prefix; None for a single file.
 pub(super) fn files(uri: &str, options: &ReadOptions) -> Result<Option<Vec<String>>> {
@@ -69,20 +68,21 @@ fn objects(uri: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-fn local(uri: &str, options: &ReadOptions) -> Result<Vec<String>> {
-    let path = uri.strip_prefix("file://").unwrap_or(uri);
-    let (dir, pattern) = match path.rsplit_once('/') {
+/// A local pattern's directory and its last part: `/data/*.npy` is (`/data`, `*.npy`).
+pub(super) fn split_local(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
         Some((dir, pattern)) => (if dir.is_empty() { "/" } else { dir }, pattern),
         None => (".", path),
-    };
+    }
+}
+
+fn local(uri: &str, options: &ReadOptions) -> Result<Vec<String>> {
+    let path = uri.strip_prefix("file://").unwrap_or(uri);
+    let (dir, pattern) = split_local(path);
     if dir.contains(['*', '?']) {
         return Err(refused(uri, "a local pattern may use * and ? in its last part only"));
     }
-    let dir = if options.source_roots.is_empty() {
-        Path::new(dir).to_path_buf()
-    } else {
-        source::confine(Path::new(dir), &options.source_roots)?
-    };
+    let dir = source::local_path(dir, options)?;
     let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
     let mut found = Vec::new();
     for entry in entries {

@@ -165,17 +165,16 @@ impl ObjectFile {
     }
 
     fn get(&self, range: std::ops::Range<u64>) -> io::Result<Bytes> {
-        let want = range.end - range.start;
-        let bytes = futures::executor::block_on(self.fetch(range.clone()))
-            .map_err(io::Error::other)?
-            .map_err(|e| io::Error::other(format!("reading {} bytes {range:?}: {e}", self.uri)))?;
-        if bytes.len() as u64 != want {
-            return Err(io::Error::other(format!(
-                "{}: asked for {want} bytes at {}, got {} (the object changed?)",
-                self.uri,
-                range.start,
-                bytes.len()
-            )));
+        let got = futures::executor::block_on(self.fetch(range.clone())).map_err(io::Error::other)?;
+        self.checked(range, got)
+    }
+
+    /// The answer to a GET of `range`, which must be exactly that many bytes.
+    fn checked(&self, range: std::ops::Range<u64>, got: object_store::Result<Bytes>) -> io::Result<Bytes> {
+        let bytes = got.map_err(|e| io::Error::other(format!("{}: reading bytes {range:?}: {e}", self.uri)))?;
+        if bytes.len() as u64 != range.end - range.start {
+            let reason = format!("asked for bytes {range:?}, got {} (the object changed?)", bytes.len());
+            return Err(io::Error::other(format!("{}: {reason}", self.uri)));
         }
         Ok(bytes)
     }
@@ -217,13 +216,9 @@ impl Read for ObjectReader {
             let Some((range, handle)) = self.pending.pop_front() else { return Ok(0) };
             let got = futures::executor::block_on(handle).map_err(io::Error::other)?;
             self.current = match got {
-                Ok(b) if b.len() as u64 == range.end - range.start => b,
-                Ok(b) => {
-                    let reason = format!("asked for bytes {range:?}, got {} (the object changed?)", b.len());
-                    return Err(io::Error::other(format!("{}: {reason}", self.file.uri)));
-                }
                 // One more try of this range before giving up (object_store retried already).
                 Err(_) => self.file.get(range)?,
+                ok => self.file.checked(range, ok)?,
             };
         }
         let n = buf.len().min(self.current.len());

@@ -117,7 +117,7 @@ pub fn check_source(uri: &str, options: &ReadOptions) -> Result<()> {
     match kind(uri)? {
         // A pattern or a directory: the directory it lists must lie under the roots.
         Kind::Local(path) if !options.source_roots.is_empty() && super::expand::is_pattern(path) => {
-            let dir = path.rsplit_once('/').map_or(".", |(dir, _)| if dir.is_empty() { "/" } else { dir });
+            let (dir, _) = super::expand::split_local(path);
             confine(Path::new(dir), &options.source_roots).map(|_| ())
         }
         Kind::Local(path) if !options.source_roots.is_empty() => {
@@ -138,15 +138,7 @@ pub fn open_with(uri: &str, options: &ReadOptions) -> Result<(SourceReader, Fing
     let raw: Box<dyn Read + Send> = match kind(uri)? {
         Kind::Http => Box::new(HttpSource::open(uri, options.allow_link_local)?),
         Kind::Object => Box::new(super::object::ObjectFile::open(uri)?.reader(0)),
-        Kind::Local(path) => {
-            let path = if options.source_roots.is_empty() {
-                PathBuf::from(path)
-            } else {
-                confine(Path::new(path), &options.source_roots)?
-            };
-            let file = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            Box::new(file)
-        }
+        Kind::Local(path) => Box::new(open_local(path, options)?),
     };
     Ok(hashed(raw))
 }
@@ -157,28 +149,41 @@ pub fn open_with(uri: &str, options: &ReadOptions) -> Result<(SourceReader, Fing
 /// temporary file under `scratch` (the system's temporary directory when None), which is gone
 /// when the returned file is closed. Memory stays bounded by the copy buffer either way.
 pub fn open_random_access(uri: &str, options: &ReadOptions) -> Result<(std::fs::File, Fingerprint)> {
-    let (mut reader, fingerprint) = open_with(uri, options)?;
-    let file = match kind(uri)? {
+    use std::io::Seek;
+    let (mut file, fingerprint) = match kind(uri)? {
         Kind::Local(path) => {
+            // Hashed and parsed through one open file: what is hashed is what is read.
+            let file = open_local(path, options)?;
+            let clone = file.try_clone().map_err(|e| Error::io(format!("opening {}", redact(uri)), e))?;
+            let (mut reader, fingerprint) = hashed(Box::new(clone));
             io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io(format!("reading {}", redact(uri)), e))?;
-            let path = if options.source_roots.is_empty() {
-                PathBuf::from(path)
-            } else {
-                confine(Path::new(path), &options.source_roots)?
-            };
-            std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?
+            (file, fingerprint)
         }
         Kind::Http | Kind::Object => {
+            let (mut reader, fingerprint) = open_with(uri, options)?;
             let dir = options.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
             let mut file = tempfile::tempfile_in(&dir)
                 .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
             io::copy(&mut reader, &mut file).map_err(|e| Error::io(format!("downloading {}", redact(uri)), e))?;
-            use std::io::Seek;
-            file.rewind().map_err(|e| Error::io("rewinding the downloaded source", e))?;
-            file
+            (file, fingerprint)
         }
     };
+    file.rewind().map_err(|e| Error::io(format!("rewinding {}", redact(uri)), e))?;
     Ok((file, fingerprint))
+}
+
+/// `path` resolved under `options.source_roots` (as given when there are none).
+pub(super) fn local_path(path: &str, options: &ReadOptions) -> Result<PathBuf> {
+    if options.source_roots.is_empty() {
+        Ok(PathBuf::from(path))
+    } else {
+        confine(Path::new(path), &options.source_roots)
+    }
+}
+
+fn open_local(path: &str, options: &ReadOptions) -> Result<std::fs::File> {
+    let path = local_path(path, options)?;
+    std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))
 }
 
 /// A buffered reader over `raw` that fingerprints every byte read through it.
