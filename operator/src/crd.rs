@@ -221,12 +221,18 @@ impl Default for WarmupSpec {
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!(has(self.expectedCount) && has(self.expectedCountFrom))").message("set at most one of verify.expectedCount or verify.expectedCountFrom"))]
 #[serde(rename_all = "camelCase")]
 pub struct VerifySpec {
     /// The vector count the source must have produced (for a URL source; push sources say it in
     /// source.push.expectedCount).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_count: Option<u64>,
+    /// The expected count from the product database instead, asked when verifying (so a
+    /// scheduled rebuild is checked against that day's items). A database that cannot be
+    /// reached fails the gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_count_from: Option<ExpectedCountFrom>,
     /// recall@k against exact search the collection must reach, in (0, 1].
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("minRecall must be in (0, 1]"))]
     pub min_recall: f64,
@@ -243,8 +249,28 @@ pub struct VerifySpec {
 
 impl Default for VerifySpec {
     fn default() -> Self {
-        VerifySpec { expected_count: None, min_recall: 0.9, max_p99_ms: None, k: 10, sample: 200 }
+        VerifySpec {
+            expected_count: None,
+            expected_count_from: None,
+            min_recall: 0.9,
+            max_p99_ms: None,
+            k: 10,
+            sample: 200,
+        }
     }
+}
+
+/// A count query against the source database (the verify Job's --expected-count-query).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpectedCountFrom {
+    /// One SQL statement answering one integer, e.g. `SELECT count(*) FROM items WHERE active`.
+    /// It runs in a read-only transaction; give the database user only SELECT anyway.
+    #[schemars(length(min = 1, max = 4096))]
+    pub sql: String,
+    /// The Secret key holding the database URL with its credentials: `postgres://user:pass@host/db`
+    /// or `mysql://...` (`?sslmode=require`, `?sslrootcert=...` as the driver documents).
+    pub database_url_secret: k8s_openapi::api::core::v1::SecretKeySelector,
 }
 
 /// Where a collection is in its pipeline.
@@ -276,6 +302,12 @@ pub struct GateResult {
     pub threshold: f64,
     /// Whether measured meets threshold.
     pub passed: bool,
+    /// Where the threshold came from when not from the spec (the count query and its database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_from: Option<String>,
+    /// Why the gate could not be measured (the database did not answer, say); it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]

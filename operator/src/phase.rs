@@ -132,7 +132,10 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
                 .gates
                 .iter()
                 .filter(|g| !g.passed)
-                .map(|g| format!("{} measured {} (needs {} {})", g.name, g.measured, g.comparison, g.threshold))
+                .map(|g| match &g.error {
+                    Some(error) => format!("{} not measured: {error}", g.name),
+                    None => format!("{} measured {} (needs {} {})", g.name, g.measured, g.comparison, g.threshold),
+                })
                 .collect();
             let why = if failed.is_empty() { message.clone() } else { failed.join("; ") };
             decide(Phase::Failed, Some(format!("verification failed: {why}")))
@@ -169,7 +172,15 @@ mod tests {
     }
 
     fn gate(passed: bool) -> GateResult {
-        GateResult { name: "count".into(), measured: 999.0, comparison: "==".into(), threshold: 1000.0, passed }
+        GateResult {
+            name: "count".into(),
+            measured: 999.0,
+            comparison: "==".into(),
+            threshold: 1000.0,
+            passed,
+            threshold_from: None,
+            error: None,
+        }
     }
 
     #[test]

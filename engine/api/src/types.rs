@@ -177,6 +177,14 @@ pub struct Gate {
     pub passed: bool,
     /// How far from the threshold, in the gate's unit (negative = short of it).
     pub margin: f64,
+    /// Where the threshold came from when not from the spec, e.g. the expected-count query
+    /// and its database (without credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_from: Option<String>,
+    /// Why the gate could not be measured (its source database did not answer, say): the gate
+    /// fails, and `threshold` and `margin` mean nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Gate {
@@ -184,9 +192,25 @@ impl Gate {
         let (passed, margin) = match comparison {
             ">=" => (measured >= threshold, measured - threshold),
             "<=" => (measured <= threshold, threshold - measured),
-            _ => (measured == threshold, -(measured - threshold).abs()),
+            // Equal is a margin of 0, not -0 (which JSON would show).
+            _ if measured == threshold => (true, 0.0),
+            _ => (false, -(measured - threshold).abs()),
         };
-        Gate { name: name.into(), measured, comparison: comparison.into(), threshold, passed, margin }
+        Gate {
+            name: name.into(),
+            measured,
+            comparison: comparison.into(),
+            threshold,
+            passed,
+            margin,
+            threshold_from: None,
+            error: None,
+        }
+    }
+
+    /// A gate whose threshold could not be had: it fails, with `error` as the reason.
+    pub fn unmeasured(name: &str, measured: f64, comparison: &str, error: String) -> Gate {
+        Gate { passed: false, margin: 0.0, error: Some(error), ..Gate::new(name, measured, comparison, 0.0) }
     }
 }
 
@@ -209,11 +233,12 @@ impl VerifyReport {
         self.gates
             .iter()
             .filter(|c| !c.passed)
-            .map(|c| {
-                format!(
+            .map(|c| match &c.error {
+                Some(error) => format!("{}: not measured: {error}", c.name),
+                None => format!(
                     "{}: measured {} {} {} failed (off by {})",
                     c.name, c.measured, c.comparison, c.threshold, -c.margin
-                )
+                ),
             })
             .collect()
     }

@@ -331,8 +331,17 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct GateArgs {
     /// The vector count the source promised.
-    #[arg(long, env = "QUIVER_EXPECTED_COUNT")]
+    #[arg(long, env = "QUIVER_EXPECTED_COUNT", conflicts_with = "expected_count_query")]
     pub expected_count: Option<u64>,
+    /// SQL answering the count instead, run read-only against --source-database-url when
+    /// verifying, e.g. "SELECT count(*) FROM items WHERE active"; an unreachable database
+    /// fails the gate.
+    #[arg(long, env = "QUIVER_EXPECTED_COUNT_QUERY")]
+    pub expected_count_query: Option<String>,
+    /// The database the count query runs against: postgres:// or mysql:// (mariadb://), with
+    /// its credentials; best from the environment (a Secret), as it holds the password.
+    #[arg(long, env = "QUIVER_SOURCE_DATABASE_URL", hide_env_values = true)]
+    pub source_database_url: Option<String>,
     #[arg(long, env = "QUIVER_MIN_RECALL", default_value_t = 0.9)]
     pub min_recall: f64,
     #[arg(long, env = "QUIVER_MAX_P99_MS")]

@@ -21,6 +21,7 @@ use crate::serve::ingest::WritePace;
 use crate::spool::SpoolLimits;
 use crate::types::{Backend, IndexParams, SearchDefaults};
 use crate::verify::VerifyOptions;
+use crate::verify::count_query::CountQuery;
 use args::*;
 use quiver_api::client::ClientOptions;
 use std::path::Path;
@@ -236,8 +237,23 @@ impl GateArgs {
             Some(uri) => import::read_vectors(uri)?,
             None => Vec::new(),
         };
+        // Not a clap `requires`: in a pod the URL comes from the environment (a Secret).
+        let count_query = match (&self.expected_count_query, &self.source_database_url) {
+            (Some(sql), Some(url)) => Some(CountQuery::new(sql, url)?),
+            (Some(_), None) => {
+                return Err(Error::Usage {
+                    flag: "--source-database-url".into(),
+                    value: "(none)".into(),
+                    reason:
+                        "--expected-count-query needs the database: --source-database-url or QUIVER_SOURCE_DATABASE_URL"
+                            .into(),
+                });
+            }
+            (None, _) => None,
+        };
         Ok(VerifyOptions {
             expected_count: self.expected_count,
+            count_query,
             min_recall: self.min_recall,
             max_p99_ms: self.max_p99_ms,
             k: self.k,

@@ -6,7 +6,7 @@ use super::runtime;
 use crate::error::{Error, Result};
 use crate::serve::proto;
 use crate::types::VerifyReport;
-use crate::verify::VerifyOptions;
+use crate::verify::{ExpectedCount, VerifyOptions};
 use quiver_api::client::{Client, ClientOptions};
 use std::path::{Path, PathBuf};
 
@@ -57,12 +57,15 @@ pub fn warmup(remote: &Remote, max_queries: usize) -> Result<i32> {
 
 /// Verifies on the target; `output` also gets the report.
 pub fn verify(remote: &Remote, options: VerifyOptions, output: Option<&Path>) -> Result<i32> {
+    // The count query runs here, where the job's database credentials are; the replica
+    // checks its count against the answer.
+    let expected = ExpectedCount::of(&options);
     let runtime = runtime()?;
     let _entered = runtime.enter();
     let client = Client::new(&remote.target, remote.client.clone())?;
     let request = proto::VerifyRequest {
         collection: remote.collection.clone(),
-        expected_count: options.expected_count,
+        expected_count: expected.count(),
         min_recall: options.min_recall,
         max_p99_ms: options.max_p99_ms,
         k: options.k as u32,
@@ -70,8 +73,19 @@ pub fn verify(remote: &Remote, options: VerifyOptions, output: Option<&Path>) ->
         queries: options.queries.into_iter().map(|values| proto::Vector { values }).collect(),
     };
     let response = runtime.block_on(client.verify(request)).map_err(remote.error())?;
-    let report: VerifyReport =
+    let mut report: VerifyReport =
         serde_json::from_str(&response.report_json).map_err(|e| remote.unreadable("verification report", e))?;
+    match &expected {
+        ExpectedCount::Answered { from, .. } => {
+            report.gates.iter_mut().filter(|g| g.name == "count").for_each(|g| g.threshold_from = Some(from.clone()));
+        }
+        ExpectedCount::Unanswered(_) => {
+            let count = runtime.block_on(client.status(&remote.collection)).map_err(remote.error())?.count;
+            report.gates.insert(0, expected.gate(count).expect("an unanswered query has a gate"));
+            report.passed = false;
+        }
+        ExpectedCount::None | ExpectedCount::Fixed(_) => {}
+    }
     let json = crate::verify::emit(&report, output)?;
     write_result(&remote.result_file, &json);
     Ok(if report.passed { 0 } else { 1 })

@@ -10,4 +10,5 @@ mod layers;
 mod object_store;
 mod parquet;
 mod snapshot;
+mod source_database;
 mod sources;

@@ -9,7 +9,7 @@ use crate::crd::VectorCollection;
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
-use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, SecretKeySelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
@@ -42,6 +42,7 @@ pub fn verify_args(vc: &VectorCollection) -> Vec<String> {
     flag(&mut args, "target", labels::replicas_url(&name));
     flag(&mut args, "collection", &name);
     optional_flag(&mut args, "expected-count", expected_count(vc));
+    optional_flag(&mut args, "expected-count-query", v.expected_count_from.as_ref().map(|from| &from.sql));
     flag(&mut args, "min-recall", v.min_recall);
     optional_flag(&mut args, "max-p99-ms", v.max_p99_ms);
     flag(&mut args, "k", v.k);
@@ -50,20 +51,35 @@ pub fn verify_args(vc: &VectorCollection) -> Vec<String> {
 }
 
 pub fn warmup(vc: &VectorCollection, defaults: &Defaults) -> Job {
-    job(vc, defaults, Role::Warmup, warmup_args(vc))
+    job(vc, defaults, Role::Warmup, warmup_args(vc), Vec::new())
 }
 
 pub fn verify(vc: &VectorCollection, defaults: &Defaults) -> Job {
-    job(vc, defaults, Role::Verify, verify_args(vc))
+    job(vc, defaults, Role::Verify, verify_args(vc), verify_env(vc))
 }
 
-fn job(vc: &VectorCollection, defaults: &Defaults, role: Role, args: Vec<String>) -> Job {
+/// The count query's database URL holds its password: from the Secret into the environment,
+/// never into the arguments (which `kubectl describe` and the process list show).
+fn verify_env(vc: &VectorCollection) -> Vec<EnvVar> {
+    let Some(from) = &vc.spec.verify.expected_count_from else { return Vec::new() };
+    vec![EnvVar {
+        name: "QUIVER_SOURCE_DATABASE_URL".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { optional: Some(false), ..from.database_url_secret.clone() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]
+}
+
+fn job(vc: &VectorCollection, defaults: &Defaults, role: Role, args: Vec<String>, env: Vec<EnvVar>) -> Job {
     let name = vc.name_any();
     let mut meta = labels::owned_meta(vc, labels::job_name(&name, role, generation(vc)), role);
     let mut pod_labels = labels::labels(&name, role);
     pod_labels.insert(labels::GENERATION.into(), generation(vc).to_string());
     meta.labels = Some(pod_labels.clone());
-    let container = pod::container(vc, defaults, args, Some(pod::default_resources("250m", "256Mi")), false);
+    let mut container = pod::container(vc, defaults, args, Some(pod::default_resources("250m", "256Mi")), false);
+    container.env = (!env.is_empty()).then_some(env);
     Job {
         metadata: meta,
         spec: Some(JobSpec {

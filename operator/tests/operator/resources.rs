@@ -166,6 +166,23 @@ fn every_container_command_parses_with_the_engine_cli() {
                     let expected =
                         vc.spec.verify.expected_count.or(vc.spec.source.push.as_ref().and_then(|p| p.expected_count));
                     assert_eq!(v.gate.expected_count, expected);
+                    // The count query in the arguments, its database URL (with the password) only
+                    // from the Secret.
+                    let from = vc.spec.verify.expected_count_from.as_ref();
+                    assert_eq!(v.gate.expected_count_query.as_ref(), from.map(|f| &f.sql));
+                    let env: Vec<_> =
+                        container.env.iter().flatten().map(|e| (e.name.as_str(), e.value_from.clone())).collect();
+                    let secret = |f: &quiver_operator::crd::ExpectedCountFrom| {
+                        let mut key = f.database_url_secret.clone();
+                        key.optional = Some(false);
+                        Some(k8s_openapi::api::core::v1::EnvVarSource {
+                            secret_key_ref: Some(key),
+                            ..Default::default()
+                        })
+                    };
+                    let expected: Vec<_> =
+                        from.map(|f| ("QUIVER_SOURCE_DATABASE_URL", secret(f))).into_iter().collect();
+                    assert_eq!(env, expected);
                     assert_eq!(v.gate.min_recall, vc.spec.verify.min_recall);
                     assert_eq!(v.gate.max_p99_ms, vc.spec.verify.max_p99_ms);
                     assert_eq!(v.gate.k, vc.spec.verify.k as usize);

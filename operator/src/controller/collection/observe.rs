@@ -174,6 +174,8 @@ pub fn gates(report: &str) -> Vec<GateResult> {
                     comparison: c.comparison,
                     threshold: c.threshold,
                     passed: c.passed,
+                    threshold_from: c.threshold_from,
+                    error: c.error,
                 })
                 .collect()
         })

@@ -157,7 +157,15 @@ mod tests {
     }
 
     fn gate(passed: bool) -> GateResult {
-        GateResult { name: "count".into(), measured: 999.0, comparison: "==".into(), threshold: 1000.0, passed }
+        GateResult {
+            name: "count".into(),
+            measured: 999.0,
+            comparison: "==".into(),
+            threshold: 1000.0,
+            passed,
+            threshold_from: None,
+            error: None,
+        }
     }
 
     #[test]

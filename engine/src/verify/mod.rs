@@ -1,6 +1,8 @@
 //! The verification gate an alias flip waits for: count, recall against exact search, and
 //! latency. The report is machine-readable and says which gate failed and by how much.
 
+pub mod count_query;
+
 use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::latency::Latencies;
@@ -8,11 +10,14 @@ use crate::search::recall::{recall, sample_queries};
 use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search_cancellable};
 use crate::types::{Gate, Strategy, VerifyReport};
+use count_query::{CountQuery, Unanswered};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     pub expected_count: Option<u64>,
+    /// The expected count from the source database instead (run when verifying).
+    pub count_query: Option<CountQuery>,
     pub min_recall: f64,
     pub max_p99_ms: Option<f64>,
     pub k: usize,
@@ -30,6 +35,7 @@ impl Default for VerifyOptions {
     fn default() -> Self {
         VerifyOptions {
             expected_count: None,
+            count_query: None,
             min_recall: 0.9,
             max_p99_ms: None,
             k: 10,
@@ -87,9 +93,7 @@ pub fn verify(collection: &Searcher, options: &VerifyOptions) -> Result<VerifyRe
         recall_sum += recall(&found, &truth);
     }
     let mut gates = Vec::new();
-    if let Some(expected) = options.expected_count {
-        gates.push(Gate::new("count", collection.len() as f64, "==", expected as f64));
-    }
+    gates.extend(ExpectedCount::of(options).gate(collection.len()));
     let mean_recall = if queries.is_empty() { 0.0 } else { recall_sum / queries.len() as f64 };
     gates.push(Gate::new(&format!("recall@{}", options.k), mean_recall, ">=", options.min_recall));
     if let Some(budget) = options.max_p99_ms {
@@ -103,6 +107,51 @@ pub fn verify(collection: &Searcher, options: &VerifyOptions) -> Result<VerifyRe
         queries: queries.len(),
         k: options.k,
     })
+}
+
+/// The count gate's threshold: the spec's number, or the count query's answer.
+pub enum ExpectedCount {
+    None,
+    Fixed(u64),
+    Answered { count: u64, from: String },
+    Unanswered(Unanswered),
+}
+
+impl ExpectedCount {
+    /// Runs the count query, if there is one, now.
+    pub fn of(options: &VerifyOptions) -> ExpectedCount {
+        match (&options.count_query, options.expected_count) {
+            (Some(query), _) => match query.answer() {
+                Ok(count) => ExpectedCount::Answered { count, from: query.describe() },
+                Err(reason) => ExpectedCount::Unanswered(reason),
+            },
+            (None, Some(count)) => ExpectedCount::Fixed(count),
+            (None, None) => ExpectedCount::None,
+        }
+    }
+
+    /// The count to check, when there is one.
+    pub fn count(&self) -> Option<u64> {
+        match self {
+            ExpectedCount::Fixed(count) | ExpectedCount::Answered { count, .. } => Some(*count),
+            ExpectedCount::None | ExpectedCount::Unanswered(_) => None,
+        }
+    }
+
+    /// The gate for a collection of `measured` vectors.
+    pub fn gate(&self, measured: u64) -> Option<Gate> {
+        let measured_f = measured as f64;
+        match self {
+            ExpectedCount::None => None,
+            ExpectedCount::Fixed(count) => Some(Gate::new("count", measured_f, "==", *count as f64)),
+            ExpectedCount::Answered { count, from } => {
+                Some(Gate { threshold_from: Some(from.clone()), ..Gate::new("count", measured_f, "==", *count as f64) })
+            }
+            ExpectedCount::Unanswered(Unanswered(reason)) => {
+                Some(Gate::unmeasured("count", measured_f, "==", reason.clone()))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

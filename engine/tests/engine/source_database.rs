@@ -1,0 +1,360 @@
+//! The count gate against the source of truth: a real PostgreSQL and a real MariaDB (Debian's
+//! `postgresql` and `mariadb-server`, which `.ci/run` installs), each started here on a loopback
+//! port with its data in a temporary directory, holding a table of items. `quiver verify` and
+//! `quiver alias flip` run `--expected-count-query` against them: equal counts pass, one more
+//! row fails by exactly one and the alias stays, a database that is not there fails the gate
+//! with that reason, and the query cannot write.
+
+use std::io::BufRead;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A database server on loopback, stopped when dropped.
+struct Database {
+    child: Child,
+    /// The URL quiver is given, with the user's password.
+    url: String,
+    /// Runs SQL as the administrator (through the server's socket).
+    admin: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+const PASSWORD: &str = "pw-7f3a-not-shown";
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // Both servers shut down cleanly on SIGTERM (PostgreSQL's "smart", MariaDB's normal
+        // shutdown); killed only when that takes too long.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Database {
+    fn sql(&self, statement: &str) -> String {
+        let out = Command::new(&self.admin[0]).args(&self.admin[1..]).arg(statement).output().unwrap();
+        assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits until the administrator's client gets an answer.
+    fn wait_ready(self) -> Database {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new(&self.admin[0]).args(&self.admin[1..]).arg("SELECT 1").output().unwrap();
+            if out.status.success() {
+                return self;
+            }
+            assert!(Instant::now() < deadline, "the database did not start; its log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn missing(what: &str) -> Option<Database> {
+    assert!(std::env::var_os("QUIVER_REQUIRE_TOOLS").is_none(), "no {what}, and CI requires it");
+    eprintln!("SKIPPED: no {what} (apt-get install postgresql mariadb-server)");
+    None
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// PostgreSQL's programs: `QUIVER_POSTGRES_BIN`, else Debian's newest /usr/lib/postgresql/*/bin.
+fn postgres_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("QUIVER_POSTGRES_BIN") {
+        return Some(dir.into());
+    }
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+    dirs.sort_by_key(|d| d.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()));
+    dirs.into_iter().rev().find(|d| d.join("initdb").exists())
+}
+
+/// PostgreSQL refuses to run as root: as root, its programs run as the `postgres` user the
+/// Debian package creates (setpriv execs, so the server is our child and gets our signals).
+fn as_postgres(bin: &Path, program: &str) -> Vec<String> {
+    let program = bin.join(program).display().to_string();
+    if is_root() {
+        ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", "--"]
+            .map(String::from)
+            .into_iter()
+            .chain([program])
+            .collect()
+    } else {
+        vec![program]
+    }
+}
+
+fn postgres() -> Option<Database> {
+    let Some(bin) = postgres_bin() else { return missing("PostgreSQL") };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.path().join("pw"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    if is_root() {
+        assert!(Command::new("chown").args(["postgres:postgres"]).arg(&data).status().unwrap().success());
+    }
+    let run = |argv: Vec<String>| {
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let mut initdb = as_postgres(&bin, "initdb");
+    // Password (SCRAM) over TCP, as a product database is reached; trust on the socket, for the
+    // test's own administration.
+    initdb.extend(["-D", &data.display().to_string(), "-U", "quiver", "--auth-local=trust"].map(String::from));
+    initdb.extend(["--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8"].map(String::from));
+    initdb.push(format!("--pwfile={}", dir.path().join("pw").display()));
+    run(initdb);
+    let port = free_port().to_string();
+    let mut server = as_postgres(&bin, "postgres");
+    let (d, p) = (data.display().to_string(), port.clone());
+    server.extend(["-D", &d, "-k", &d, "-h", "127.0.0.1", "-p", &p, "-c", "fsync=off"].map(String::from));
+    let child = Command::new(&server[0])
+        .args(&server[1..])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut admin = as_postgres(&bin, "psql");
+    admin.extend(
+        ["-h", &d, "-p", &p, "-U", "quiver", "-d", "postgres", "-qAt", "-v", "ON_ERROR_STOP=1", "-c"].map(String::from),
+    );
+    let mut db =
+        Database { child, url: format!("postgres://quiver:{PASSWORD}@127.0.0.1:{port}/shop"), admin, dir }.wait_ready();
+    db.sql("CREATE DATABASE shop");
+    let at = db.admin.iter().position(|a| a == "postgres").unwrap();
+    db.admin[at] = "shop".into();
+    Some(db)
+}
+
+fn mariadb() -> Option<Database> {
+    let server =
+        ["/usr/sbin/mariadbd", "mariadbd"].into_iter().find(|b| Command::new(b).arg("--version").output().is_ok());
+    let Some(server) = server else { return missing("MariaDB") };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let socket = dir.path().join("sock").display().to_string();
+    // As root MariaDB must be told it may run as root; otherwise it runs as whoever we are.
+    let user: &[&str] = if is_root() { &["--user=root"] } else { &[] };
+    let install = Command::new("mariadb-install-db")
+        .args([
+            "--no-defaults",
+            &format!("--datadir={data}"),
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ])
+        .args(user)
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&install.stderr));
+    let port = free_port();
+    let child = Command::new(server)
+        .args(["--no-defaults", &format!("--datadir={data}"), &format!("--socket={socket}"), &format!("--port={port}")])
+        .args(["--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-buffer-pool-size=16M"])
+        .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+        .args(user)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let admin = |database: &str| {
+        ["mariadb", "--no-defaults", "-S", &socket, "-u", "root", "-N", "-B", "-D", database, "-e"]
+            .map(String::from)
+            .to_vec()
+    };
+    let db =
+        Database { child, url: format!("mysql://quiver:{PASSWORD}@127.0.0.1:{port}/shop"), admin: admin("mysql"), dir }
+            .wait_ready();
+    db.sql("CREATE DATABASE shop");
+    // The count user may delete too: the read-only transaction, not the grants, must stop it.
+    db.sql(&format!(
+        "CREATE USER 'quiver'@'%' IDENTIFIED BY '{PASSWORD}'; GRANT SELECT, DELETE ON shop.* TO 'quiver'@'%'"
+    ));
+    let mut db = db;
+    db.admin = admin("shop");
+    Some(db)
+}
+
+fn quiver(db_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quiver")).args(args).env("QUIVER_SOURCE_DATABASE_URL", db_url).output().unwrap()
+}
+
+/// The report's count gate.
+fn count_gate(out: &Output) -> serde_json::Value {
+    // `alias flip` prints the report, then the alias record.
+    let first = serde_json::Deserializer::from_slice(&out.stdout).into_iter().next().expect("a report");
+    let report: serde_json::Value = first.unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    report["gates"].as_array().unwrap().iter().find(|g| g["name"] == "count").expect("a count gate").clone()
+}
+
+fn no_password(out: &Output) {
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(text).contains(PASSWORD), "the password was shown");
+    }
+}
+
+/// Equal counts pass and the alias flips; one more row in the database fails the gate by
+/// exactly one and the alias stays; the same check from a verify Job against a serving process.
+fn the_count_query_decides_the_flip(db: &Database, scheme: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let base = dir.path().join("base.npy").display().to_string();
+    let ok = |out: Output| assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(quiver("", &["generate", "--out", &base, "--vectors", "300", "--dims", "8"]));
+    for name in ["v1", "v2"] {
+        ok(quiver("", &["import", "--data-dir", &d, "--name", name, "--source", &base]));
+    }
+    db.sql("CREATE TABLE items (id BIGINT PRIMARY KEY, active BOOLEAN NOT NULL)");
+    let rows: Vec<String> = (0..300).map(|i| format!("({i}, TRUE)")).collect();
+    db.sql(&format!("INSERT INTO items (id, active) VALUES {}", rows.join(", ")));
+    let query = "SELECT count(*) FROM items WHERE active";
+    let gate = ["--expected-count-query", query, "--sample", "20", "--min-recall", "0.05"];
+    let flip = |collection: &str| {
+        let mut args = vec!["alias", "flip", "--data-dir", &d, "live", collection];
+        args.extend(gate);
+        quiver(&db.url, &args)
+    };
+
+    let out = flip("v1");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    no_password(&out);
+    let g = count_gate(&out);
+    assert_eq!(
+        (g["measured"].as_f64(), g["threshold"].as_f64(), g["passed"].as_bool()),
+        (Some(300.0), Some(300.0), Some(true))
+    );
+    let port = db.url.rsplit_once(':').unwrap().1.split('/').next().unwrap();
+    assert_eq!(g["threshold_from"], format!("`{query}` on {scheme}://127.0.0.1:{port}/shop"));
+
+    // The ETL added an item the collection does not have: refused by exactly one.
+    db.sql("INSERT INTO items (id, active) VALUES (300, TRUE)");
+    let out = flip("v2");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let g = count_gate(&out);
+    assert_eq!(
+        (g["measured"].as_f64(), g["threshold"].as_f64(), g["margin"].as_f64()),
+        (Some(300.0), Some(301.0), Some(-1.0))
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("count: measured 300 == 301 failed (off by 1)"));
+    let shown = quiver("", &["alias", "show", "--data-dir", &d, "live"]);
+    let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(record["collection"], "v1", "a refused flip leaves the alias where it was");
+
+    // A verify Job against a serving process: the job runs the query, the replica counts.
+    let mut server = Stopped(
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["standalone", "--data-dir", &d, "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    let mut stderr = std::io::BufReader::new(server.0.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let target = format!("http://{}", line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect(&line));
+    let result = dir.path().join("result.json").display().to_string();
+    let job = |url: &str| {
+        let mut args = vec!["verify", "--target", &target, "--collection", "v2", "--result-file", &result];
+        args.extend(gate);
+        quiver(url, &args)
+    };
+    db.sql("DELETE FROM items WHERE id = 300");
+    let out = job(&db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(count_gate(&out)["threshold_from"], format!("`{query}` on {scheme}://127.0.0.1:{port}/shop"));
+    // A database that is not there fails the gate with that reason; the replica still counts.
+    let gone = format!("{scheme}://quiver:{PASSWORD}@127.0.0.1:{}/shop", free_port());
+    let out = job(&gone);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    no_password(&out);
+    let g = count_gate(&out);
+    assert_eq!((g["passed"].as_bool(), g["measured"].as_f64()), (Some(false), Some(300.0)));
+    assert!(g["error"].as_str().unwrap().contains("could not connect to"), "{g}");
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(written["passed"], false, "the termination message says failed too");
+}
+
+/// A process killed when dropped, when its test fails too.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Answers that are not one count, and statements that would write, fail the gate with what
+/// the query answered; the table is untouched.
+fn only_one_count_is_an_answer(db: &Database) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let base = dir.path().join("base.npy").display().to_string();
+    assert!(quiver("", &["generate", "--out", &base, "--vectors", "50", "--dims", "4"]).status.success());
+    assert!(
+        quiver("", &["import", "--data-dir", &d, "--name", "v", "--source", &base, "--quality", "10"]).status.success()
+    );
+    let cases = [
+        ("SELECT id FROM items", "more than one row"),
+        ("SELECT count(*), count(*) FROM items", "2 columns"),
+        ("SELECT 'many'", "not an integer"),
+        ("SELECT NULL", "NULL"),
+        ("SELECT -5", "negative"),
+        ("SELECT id FROM items WHERE id < 0", "no row"),
+        ("DELETE FROM items", "transaction"), // read-only (PostgreSQL), READ ONLY (MariaDB)
+        ("SELECT 1; DROP TABLE items", ""),
+    ];
+    for (sql, says) in cases {
+        let out = quiver(
+            &db.url,
+            &["verify", "--data-dir", &d, "--collection", "v", "--sample", "5", "--expected-count-query", sql],
+        );
+        assert_eq!(out.status.code(), Some(1), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        let g = count_gate(&out);
+        let error = g["error"].as_str().unwrap_or_else(|| panic!("{sql}: {g}"));
+        assert!(error.contains(says) && error.contains(sql), "{sql}: {error}");
+    }
+    assert_eq!(db.sql("SELECT count(*) FROM items"), "301", "the queries wrote nothing");
+}
+
+#[test]
+fn the_count_gate_against_postgresql() {
+    let Some(db) = postgres() else { return };
+    the_count_query_decides_the_flip(&db, "postgres");
+    db.sql("INSERT INTO items (id, active) VALUES (300, TRUE)");
+    only_one_count_is_an_answer(&db);
+}
+
+#[test]
+fn the_count_gate_against_mariadb() {
+    let Some(db) = mariadb() else { return };
+    the_count_query_decides_the_flip(&db, "mysql");
+    db.sql("INSERT INTO items (id, active) VALUES (300, TRUE)");
+    only_one_count_is_an_answer(&db);
+}
