@@ -108,13 +108,22 @@ pub struct Source {
     /// The columns of a Parquet source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<SourceColumns>,
-    /// A Secret whose keys become the writer's environment, for the object store's standard
-    /// credential chain: e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
-    /// AWS_ENDPOINT_URL and AWS_ALLOW_HTTP for an S3 on premises; GOOGLE_SERVICE_ACCOUNT_KEY;
-    /// AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY. Without it the pod's own
-    /// identity is used (IRSA, GKE or Azure workload identity).
+    /// A Secret with the object store's credentials, under the names its client reads (only
+    /// these keys reach the writer, each optional): AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_SESSION_TOKEN, AWS_REGION, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP,
+    /// AWS_VIRTUAL_HOSTED_STYLE_REQUEST, AWS_SKIP_SIGNATURE; GOOGLE_SERVICE_ACCOUNT_KEY,
+    /// GOOGLE_SKIP_SIGNATURE; AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY,
+    /// AZURE_STORAGE_SAS_KEY, AZURE_STORAGE_TOKEN, AZURE_STORAGE_ENDPOINT, AZURE_CLIENT_ID,
+    /// AZURE_CLIENT_SECRET, AZURE_TENANT_ID, AZURE_SKIP_SIGNATURE. Without it, a pod identity
+    /// the environment names (IRSA, EKS Pod Identity, Azure workload identity) is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<k8s_openapi::api::core::v1::LocalObjectReference>,
+    /// Let the writer use the identity of the node it runs on, from the metadata service (EC2
+    /// instance profile, Azure managed identity, the GCE/GKE metadata server, which is also how
+    /// GKE Workload Identity is served), when no credentials are named. Off by default: every
+    /// collection's author would get the node's access.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ambient_credentials: bool,
 }
 
 /// The columns a Parquet source is read from (the writer's --id-column and so on).

@@ -4,6 +4,7 @@
 //! no Kubernetes, so the operator builds without LMDB or arroy.
 
 pub mod client;
+pub mod environment;
 pub mod error;
 pub mod proto;
 pub mod types;

@@ -262,6 +262,12 @@ pub struct BuildArgs {
     /// Parquet: a list-of-strings column of tags (default: none).
     #[arg(long, env = "QUIVER_TAGS_COLUMN")]
     pub tags_column: Option<String>,
+    /// Let an object-store source be read with the machine's own identity from its metadata
+    /// service (EC2 instance profile, Azure managed identity, the GCE/GKE metadata server, which
+    /// is how GKE Workload Identity is served) when the environment names no credentials.
+    /// Off by default: in a cluster it is the node's identity.
+    #[arg(long, env = "QUIVER_AMBIENT_CREDENTIALS")]
+    pub ambient_credentials: bool,
     /// Where a URL source read at any offset (Parquet) is downloaded first: the data directory.
     #[arg(skip)]
     pub scratch_dir: Option<PathBuf>,

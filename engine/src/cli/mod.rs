@@ -9,6 +9,7 @@ pub use args::{Cli, Command};
 
 use crate::collection::builder::{BuildOptions, Duplicates};
 use crate::error::{Error, Result};
+use crate::import::object::Credentials;
 use crate::import::parquet::ParquetColumns;
 use crate::import::{self, ReadOptions};
 use crate::roles::jobs::Remote;
@@ -220,6 +221,7 @@ impl BuildArgs {
             partition: self.partition.clone(),
             source_roots,
             allow_link_local: false,
+            credentials: if self.ambient_credentials { Credentials::Ambient } else { Credentials::Named },
             columns: ParquetColumns {
                 id: self.id_column.clone(),
                 vector: self.vector_column.clone(),

@@ -1,6 +1,7 @@
 //! Sources of several files: a pattern (`*`, `?`) or a prefix (an address ending in `/`)
 //! expanded into the files it names, in name order, and read one after another as one source.
-//! Names starting with `_` or `.` (Spark's `_SUCCESS`, `.crc` side files) are left out.
+//! Names starting with `_` or `.` (Spark's `_SUCCESS`, `.crc` side files), and everything in
+//! a directory so named below the listed one (`_temporary/`, `_delta_log/`), are left out.
 
 use super::{ReadOptions, Record, RecordIter, Records, SourceFile, object, read_one, source};
 use crate::error::{Error, Result, redact};
@@ -11,7 +12,7 @@ pub(super) fn files(uri: &str, options: &ReadOptions) -> Result<Option<Vec<Strin
     if uri.starts_with("http://") || uri.starts_with("https://") || !is_pattern(uri) {
         return Ok(None);
     }
-    let found = if object::is_object_uri(uri) { objects(uri)? } else { local(uri, options)? };
+    let found = if object::is_object_uri(uri) { objects(uri, options.credentials)? } else { local(uri, options)? };
     if found.is_empty() {
         return Err(refused(uri, "no file matches"));
     }
@@ -29,9 +30,10 @@ fn refused(uri: &str, reason: &str) -> Error {
     Error::Http { url: redact(uri), reason: reason.into() }
 }
 
+/// Whether `name` (a path below the listed directory) is or lies in something hidden: Spark
+/// writes `_temporary/0/part-*` while a job runs, Delta keeps `_delta_log/`.
 fn hidden(name: &str) -> bool {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    last.starts_with('_') || last.starts_with('.')
+    name.split('/').any(|part| part.starts_with('_') || part.starts_with('.'))
 }
 
 /// Whether `name` matches `pattern`: `*` is any run of characters but `/`, `?` one character.
@@ -48,7 +50,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
     go(&pattern.chars().collect::<Vec<_>>(), &name.chars().collect::<Vec<_>>())
 }
 
-fn objects(uri: &str) -> Result<Vec<String>> {
+fn objects(uri: &str, credentials: object::Credentials) -> Result<Vec<String>> {
     let (scheme_bucket, key) = {
         let after = uri.find("://").expect("an object URI") + 3;
         let slash = uri[after..].find('/').map_or(uri.len(), |i| after + i);
@@ -57,14 +59,25 @@ fn objects(uri: &str) -> Result<Vec<String>> {
     // List under the directory part before the first wildcard.
     let literal = key.find(['*', '?']).map_or(key, |i| &key[..i]);
     let prefix = &literal[..literal.rfind('/').map_or(0, |i| i + 1)];
-    let location = object::locate(&format!("{scheme_bucket}/{prefix}"))?;
+    let location = object::locate(&format!("{scheme_bucket}/{prefix}"), credentials)?;
     let listed = object::list(uri, &location, &location.path)?;
     let wildcard = key.contains(['*', '?']);
     Ok(listed
         .into_iter()
-        .map(|m| m.location.to_string())
-        .filter(|k| !hidden(k) && (!wildcard || glob(key, k)))
-        .map(|k| format!("{scheme_bucket}/{k}"))
+        .filter(|m| {
+            let k = m.location.as_ref();
+            !hidden(k.strip_prefix(prefix).unwrap_or(k)) && (!wildcard || glob(key, k))
+        })
+        // A console's "folder" is an empty object `dir/` (listed as `dir`). Under a prefix an
+        // empty object is taken for one; one a pattern names is read (and refused if broken).
+        .filter(|m| {
+            let folder = m.size == 0 && !wildcard;
+            if folder {
+                tracing::warn!(object = %m.location, "left out an empty object (a folder marker)");
+            }
+            !folder
+        })
+        .map(|m| format!("{scheme_bucket}/{}", m.location))
         .collect())
 }
 

@@ -115,6 +115,8 @@ pub struct ReadOptions {
     /// Let URL sources reach link-local (169.254.0.0/16, fe80::/10) and cloud-metadata addresses,
     /// which are refused by default.
     pub allow_link_local: bool,
+    /// Whether an object store may be read with the machine's identity (see [`object::Credentials`]).
+    pub credentials: object::Credentials,
     /// The columns of a Parquet source.
     pub columns: parquet::ParquetColumns,
     /// Where a URL source that must be read at any offset (Parquet) is downloaded to first; the
@@ -162,7 +164,7 @@ fn read_one(uri: &str, options: &ReadOptions) -> Result<Records> {
     if format == Format::Parquet {
         let (rows, fingerprint) = if object::is_object_uri(uri) {
             // Read in ranges where the footer points: the fingerprint is the object's version.
-            let file = object::ObjectFile::open(uri)?;
+            let file = object::ObjectFile::open(uri, options.credentials)?;
             let fingerprint = source::Fingerprint::default();
             fingerprint.update(file.identity().as_bytes());
             (parquet::ParquetRows::open(file, name.clone(), options.columns.clone())?, fingerprint)

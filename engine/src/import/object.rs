@@ -1,8 +1,13 @@
 //! Sources in object storage: `s3://bucket/key`, `gs://bucket/key`, `az://container/key` (also
 //! `abfs://` / `abfss://`), through the `object_store` crate with each cloud's standard
 //! credential chain read from the environment (for S3: `AWS_ACCESS_KEY_ID`, web identity /
-//! IRSA, instance profiles; `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP=true` for an on-premises S3
+//! IRSA, EKS Pod Identity; `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP=true` for an on-premises S3
 //! such as MinIO or SeaweedFS).
+//!
+//! The machine's own identity, from its metadata service (an EC2 instance profile, an Azure
+//! managed identity, the GCE/GKE metadata server), is the end of each chain and is refused
+//! unless [`Credentials::Ambient`] allows it: in a cluster it is the node's, and every author
+//! of a collection would get the node's access to every bucket.
 //!
 //! An object is read in ranged requests growing from [`FIRST_RANGE_BYTES`] to [`RANGE_BYTES`],
 //! up to [`PREFETCH`] in flight once at full size, so
@@ -69,8 +74,34 @@ pub struct ObjectLocation {
     pub base: String,
 }
 
+/// Which credentials a store may be opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Credentials {
+    /// Those the environment names: keys, a SAS or token, a pod identity (web identity token,
+    /// container credentials, federated token), or none for a public bucket (`*_SKIP_SIGNATURE`).
+    #[default]
+    Named,
+    /// Also the machine's identity from its metadata service (`--ambient-credentials`).
+    Ambient,
+}
+
+/// Refuses a store whose builder would fall back to the metadata service, unless allowed.
+fn check_named(uri: &str, credentials: Credentials, named: bool, how: &str) -> Result<()> {
+    if named || credentials == Credentials::Ambient {
+        return Ok(());
+    }
+    Err(Error::Http {
+        url: redact(uri),
+        reason: format!(
+            "no credentials for the object store: give them ({how}), set *_SKIP_SIGNATURE=true for a \
+             public bucket, or allow the machine's own identity from its metadata service with \
+             --ambient-credentials (CRD source.ambientCredentials)"
+        ),
+    })
+}
+
 /// Opens the store `uri` lives in, with credentials from the environment.
-pub fn locate(uri: &str) -> Result<ObjectLocation> {
+pub fn locate(uri: &str, credentials: Credentials) -> Result<ObjectLocation> {
     // rustls needs one process-wide crypto provider; tonic's TLS uses ring too.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = uri.trim();
@@ -87,24 +118,57 @@ pub fn locate(uri: &str) -> Result<ObjectLocation> {
     ];
     let built: object_store::Result<Arc<dyn ObjectStore>> = match scheme.to_ascii_lowercase().as_str() {
         "s3" | "s3a" => {
+            use object_store::aws::AmazonS3ConfigKey as K;
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
             for (key, value) in &timeouts {
-                b = b.with_config(object_store::aws::AmazonS3ConfigKey::Client(*key), value);
+                b = b.with_config(K::Client(*key), value);
             }
+            // The order of object_store's chain (aws/builder.rs `build`) before the instance profile.
+            let has = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+            let named = has(K::AccessKeyId)
+                || has(K::SecretAccessKey)
+                || (has(K::WebIdentityTokenFile) && has(K::RoleArn))
+                || has(K::ContainerCredentialsRelativeUri)
+                || (has(K::ContainerCredentialsFullUri) && has(K::ContainerAuthorizationTokenFile))
+                || b.get_config_value(&K::SkipSignature).as_deref() == Some("true");
+            let how = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, IRSA's AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, or EKS Pod Identity";
+            check_named(uri, credentials, named, how)?;
             b.build().map(|s| Arc::new(s) as _)
         }
         "gs" => {
+            use object_store::gcp::GoogleConfigKey as K;
             let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
             for (key, value) in &timeouts {
-                b = b.with_config(object_store::gcp::GoogleConfigKey::Client(*key), value);
+                b = b.with_config(K::Client(*key), value);
             }
+            // On GKE, Workload Identity is served by the metadata server: it needs Ambient too.
+            let has = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+            let named = has(K::ServiceAccount)
+                || has(K::ServiceAccountKey)
+                || has(K::ApplicationCredentials)
+                || b.get_config_value(&K::SkipSignature).as_deref() == Some("true");
+            let how = "GOOGLE_SERVICE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS; GKE Workload Identity is the metadata server";
+            check_named(uri, credentials, named, how)?;
             b.build().map(|s| Arc::new(s) as _)
         }
         _ => {
+            use object_store::azure::AzureConfigKey as K;
             let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
             for (key, value) in &timeouts {
-                b = b.with_config(object_store::azure::AzureConfigKey::Client(*key), value);
+                b = b.with_config(K::Client(*key), value);
             }
+            let has = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+            let is = |k: K| b.get_config_value(&k).as_deref() == Some("true");
+            let named = has(K::AccessKey)
+                || has(K::SasKey)
+                || has(K::Token)
+                || has(K::ClientSecret)
+                || has(K::FederatedTokenFile)
+                || is(K::UseAzureCli)
+                || is(K::UseEmulator)
+                || is(K::SkipSignature);
+            let how = "AZURE_STORAGE_ACCOUNT_KEY, a SAS, AZURE_CLIENT_SECRET, or workload identity's AZURE_FEDERATED_TOKEN_FILE";
+            check_named(uri, credentials, named, how)?;
             b.build().map(|s| Arc::new(s) as _)
         }
     };
@@ -133,8 +197,8 @@ pub struct ObjectFile {
 }
 
 impl ObjectFile {
-    pub fn open(uri: &str) -> Result<ObjectFile> {
-        let location = locate(uri)?;
+    pub fn open(uri: &str, credentials: Credentials) -> Result<ObjectFile> {
+        let location = locate(uri, credentials)?;
         let (store, path) = (location.store.clone(), location.path.clone());
         let meta = wait(async move { store.head(&path).await }).map_err(|e| failed(uri, "opening", e))?;
         Ok(ObjectFile { uri: redact(uri), store: location.store, meta })
@@ -255,5 +319,26 @@ impl parquet::file::reader::ChunkReader for ObjectFile {
             return Ok(Bytes::new());
         }
         self.get(start..start + length as u64).map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quiver_api::environment;
+    use std::str::FromStr;
+
+    /// Each variable the operator passes from a credentials Secret is one `object_store`'s
+    /// `from_env` reads (it parses the lower-cased names as config keys), so none is dropped.
+    #[test]
+    fn the_credential_variables_are_those_object_store_reads() {
+        for name in environment::AWS {
+            assert!(object_store::aws::AmazonS3ConfigKey::from_str(&name.to_ascii_lowercase()).is_ok(), "{name}");
+        }
+        for name in environment::GOOGLE {
+            assert!(object_store::gcp::GoogleConfigKey::from_str(&name.to_ascii_lowercase()).is_ok(), "{name}");
+        }
+        for name in environment::AZURE {
+            assert!(object_store::azure::AzureConfigKey::from_str(&name.to_ascii_lowercase()).is_ok(), "{name}");
+        }
     }
 }

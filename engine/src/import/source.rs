@@ -137,7 +137,7 @@ pub fn open(uri: &str) -> Result<(SourceReader, Fingerprint)> {
 pub fn open_with(uri: &str, options: &ReadOptions) -> Result<(SourceReader, Fingerprint)> {
     let raw: Box<dyn Read + Send> = match kind(uri)? {
         Kind::Http => Box::new(HttpSource::open(uri, options.allow_link_local)?),
-        Kind::Object => Box::new(super::object::ObjectFile::open(uri)?.reader(0)),
+        Kind::Object => Box::new(super::object::ObjectFile::open(uri, options.credentials)?.reader(0)),
         Kind::Local(path) => Box::new(open_local(path, options)?),
     };
     Ok(hashed(raw))

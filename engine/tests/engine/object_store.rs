@@ -113,6 +113,11 @@ open("_SUCCESS", "w").close()
         put(weed.s3, &format!("/vectors/products/2026-12-01/{file}"), std::fs::read(local.path().join(file)).unwrap())
             .unwrap();
     }
+    // What else lies under a day's prefix: a Spark job's attempt still in `_temporary/`, and
+    // a console's empty "folder" object.
+    let part = std::fs::read(local.path().join("part-0000.parquet")).unwrap();
+    put(weed.s3, "/vectors/products/2026-12-01/_temporary/0/part-0009.parquet", part).unwrap();
+    put(weed.s3, "/vectors/products/2026-12-01/empty-folder/", Vec::new()).unwrap();
     let base = local.path().join("base.npy").display().to_string();
     let generated = Command::new(env!("CARGO_BIN_EXE_quiver"))
         .args(["generate", "--out", &base, "--vectors", "300", "--dims", "4"])
@@ -185,4 +190,27 @@ open("_SUCCESS", "w").close()
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("s3://vectors/nothing.npy"));
     assert!(!Path::new(&d).join("none").exists() && !Path::new(&d).join("missing").exists());
+
+    // No credentials in the environment: refused at once, never the node's identity from the
+    // metadata service; a public bucket is read unsigned when the environment says so.
+    let anonymous = |name: &str, skip_signature: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        command.args(["import", "--data-dir", &d, "--name", name, "--source", "s3://vectors/base.npy"]);
+        command.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", weed.s3)).env("AWS_ALLOW_HTTP", "true");
+        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_PROFILE"] {
+            command.env_remove(key);
+        }
+        if skip_signature {
+            command.env("AWS_SKIP_SIGNATURE", "true");
+        }
+        command.output().unwrap()
+    };
+    let refused = anonymous("unsigned", false);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("no credentials for the object store") && stderr.contains("--ambient-credentials"),
+        "{stderr}"
+    );
+    assert_eq!(manifest(&anonymous("unsigned", true))["count"], 300);
 }

@@ -126,12 +126,32 @@ fn every_container_command_parses_with_the_engine_cli() {
                     assert_eq!(w.build.id_column, columns.id.unwrap_or("id".into()));
                     assert_eq!(w.build.vector_column, columns.vector.unwrap_or("vector".into()));
                     assert_eq!((w.build.partition_column, w.build.tags_column), (columns.partition, columns.tags));
-                    // The object store's credentials come as the environment its client reads.
-                    let env_from = container.env_from.iter().flatten().filter_map(|e| e.secret_ref.as_ref());
-                    let secrets: Vec<&str> = env_from.map(|s| s.name.as_str()).collect();
-                    let expected: Vec<&str> =
-                        vc.spec.source.credentials_secret.iter().map(|s| s.name.as_str()).collect();
-                    assert_eq!(secrets, expected);
+                    // The object store's credentials come as the variables its client reads, each
+                    // an optional key of the Secret, and nothing else of the Secret.
+                    assert!(container.env_from.is_none());
+                    let keys: Vec<(String, String, Option<bool>)> = container
+                        .env
+                        .iter()
+                        .flatten()
+                        .map(|e| {
+                            let key =
+                                e.value_from.as_ref().and_then(|v| v.secret_key_ref.clone()).expect("from a Secret");
+                            assert_eq!(key.key, e.name);
+                            (key.name, e.name.clone(), key.optional)
+                        })
+                        .collect();
+                    let expected: Vec<(String, String, Option<bool>)> = vc
+                        .spec
+                        .source
+                        .credentials_secret
+                        .iter()
+                        .flat_map(|s| {
+                            quiver_api::environment::object_store_credentials()
+                                .map(|k| (s.name.clone(), k.to_string(), Some(true)))
+                        })
+                        .collect();
+                    assert_eq!(keys, expected);
+                    assert_eq!(w.build.ambient_credentials, vc.spec.source.ambient_credentials);
                     assert_eq!(w.dir.data_dir, Path::new("/data"));
                     assert_eq!(w.serve.token.token_file.as_deref(), token_file);
                     // Search needs no token only where the operator generated it.
