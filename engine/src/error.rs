@@ -96,14 +96,26 @@ impl From<quiver_api::Error> for Error {
 
 /// A URL as it may be shown in logs, errors and the manifest: without user info and query
 /// string, which may hold credentials (`https://user:pass@host/...`, presigned `?X-Amz-Signature=`).
+/// Read by a URL parser, not cut by hand: a password with an unescaped `/`, `?`, `#` or `@` makes
+/// the parser read part of it as host, port, path or query, so an address that does not parse,
+/// or has an `@` anywhere but once before its host, is not shown at all. The user of an Azure
+/// address (`abfss://container@account...`) is its container and is kept.
 pub fn redact(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
-    let (rest, query) = match rest.split_once(['?', '#']) {
-        Some((path, _)) => (path, "?(redacted)"),
-        None => (rest, ""),
-    };
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let slash = if rest.contains('/') { "/" } else { "" };
-    format!("{scheme}://{host}{slash}{path}{query}")
+    let not_shown = || format!("{scheme}://(address not shown: not a valid URL)");
+    let Ok(url) = url::Url::parse(uri) else { return not_shown() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let ats = rest.matches('@').count();
+    if ats > 1 || (ats == 1 && !rest[..authority_end].contains('@')) {
+        return not_shown();
+    }
+    let azure = ["az", "abfs", "abfss"].contains(&scheme.to_ascii_lowercase().as_str());
+    let user = if azure && !url.username().is_empty() { format!("{}@", url.username()) } else { String::new() };
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    // The parser writes `/` for an empty path; the address as given had none.
+    let path =
+        if authority_end == rest.len() || rest[authority_end..].starts_with(['?', '#']) { "" } else { url.path() };
+    let query = if url.query().is_some() || url.fragment().is_some() { "?(redacted)" } else { "" };
+    format!("{scheme}://{user}{host}{port}{path}{query}")
 }

@@ -270,12 +270,19 @@ impl Default for VerifySpec {
 }
 
 /// A count query against the source database (the verify Job's --expected-count-query).
+/// Whoever may create a collection (or an alias with a rebuild template) in this namespace may
+/// so run queries with the credentials of any Secret here: name a Secret of a user that may
+/// only SELECT what the count needs.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.databaseUrlSecret.optional) || !self.databaseUrlSecret.optional").message("verify.expectedCountFrom.databaseUrlSecret cannot be optional: without the database the gate cannot be measured"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExpectedCountFrom {
-    /// One SQL statement answering one integer, e.g. `SELECT count(*) FROM items WHERE active`.
-    /// It runs in a read-only transaction; give the database user only SELECT anyway.
+    /// One SELECT answering one integer, counting what the collection's export holds, e.g.
+    /// `SELECT count(*) FROM items WHERE active AND updated_at < current_date` for an export
+    /// taken at midnight (the gate is `==`: an item added after the export fails it). It is
+    /// prepared and refused unless it answers one column, and runs in a read-only transaction.
     #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self.matches('\\\\S')").message("verify.expectedCountFrom.sql must not be blank"))]
     pub sql: String,
     /// The Secret key holding the database URL with its credentials: `postgres://user:pass@host/db`
     /// or `mysql://...` (`?sslmode=require`, `?sslrootcert=...` as the driver documents).

@@ -216,6 +216,13 @@ mod tests {
         assert_eq!(d.phase, Phase::Failed);
         assert!(!d.verified);
         assert!(d.message.unwrap().contains("count measured 999 (needs == 1000)"));
+        // A gate that could not be measured says why, not a threshold of 0.
+        let unmeasured = GateResult { error: Some("could not connect to postgres://db/shop".into()), ..gate(false) };
+        let d = next(Some(&status(Phase::Verifying, 2)), &Observed { gates: vec![unmeasured], ..failed.clone() });
+        assert_eq!(
+            d.message.as_deref(),
+            Some("verification failed: count not measured: could not connect to postgres://db/shop")
+        );
         // A succeeded Job with a failed gate is still not Ready.
         let odd = Observed { gates: vec![gate(false)], ..observed(sealed(), 2, Succeeded, Succeeded) };
         assert_eq!(next(None, &odd).phase, Phase::Failed);

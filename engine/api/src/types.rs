@@ -185,6 +185,10 @@ pub struct Gate {
     /// fails, and `threshold` and `margin` mean nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether measuring again may succeed (the source database did not answer in time), as
+    /// opposed to an error that will recur (the query is wrong).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 impl Gate {
@@ -205,12 +209,13 @@ impl Gate {
             margin,
             threshold_from: None,
             error: None,
+            retry: false,
         }
     }
 
     /// A gate whose threshold could not be had: it fails, with `error` as the reason.
-    pub fn unmeasured(name: &str, measured: f64, comparison: &str, error: String) -> Gate {
-        Gate { passed: false, margin: 0.0, error: Some(error), ..Gate::new(name, measured, comparison, 0.0) }
+    pub fn unmeasured(name: &str, measured: f64, comparison: &str, error: String, retry: bool) -> Gate {
+        Gate { passed: false, margin: 0.0, error: Some(error), retry, ..Gate::new(name, measured, comparison, 0.0) }
     }
 }
 

@@ -342,12 +342,16 @@ pub struct GateArgs {
     /// SQL answering the count instead, run read-only against --source-database-url when
     /// verifying, e.g. "SELECT count(*) FROM items WHERE active"; an unreachable database
     /// fails the gate.
-    #[arg(long, env = "QUIVER_EXPECTED_COUNT_QUERY")]
+    #[arg(long, env = "QUIVER_EXPECTED_COUNT_QUERY", allow_hyphen_values = true)]
     pub expected_count_query: Option<String>,
     /// The database the count query runs against: postgres:// or mysql:// (mariadb://), with
     /// its credentials; best from the environment (a Secret), as it holds the password.
     #[arg(long, env = "QUIVER_SOURCE_DATABASE_URL", hide_env_values = true)]
-    pub source_database_url: Option<String>,
+    pub source_database_url: Option<SecretString>,
+    /// Connection attempts to the database, 1, 2, 4, 8, 16 s apart, before the gate fails
+    /// (exit 3: try again).
+    #[arg(long, env = "QUIVER_SOURCE_DATABASE_ATTEMPTS", default_value_t = crate::verify::count_query::CONNECT_ATTEMPTS)]
+    pub source_database_attempts: u32,
     #[arg(long, env = "QUIVER_MIN_RECALL", default_value_t = 0.9)]
     pub min_recall: f64,
     #[arg(long, env = "QUIVER_MAX_P99_MS")]
@@ -490,4 +494,21 @@ pub struct GenerateArgs {
     /// Which stream of the generator (base and queries use different ones).
     #[arg(long, default_value_t = 0)]
     pub stream: u64,
+}
+
+/// A flag's value that holds a credential: `{:?}` of the arguments never shows it.
+#[derive(Clone)]
+pub struct SecretString(pub String);
+
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(SecretString(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(not shown)")
+    }
 }

@@ -86,7 +86,7 @@ pub fn verify(a: VerifyArgs) -> Result<i32> {
     let c = open(&a.target)?;
     let report = verify_collection(&c, &a.gate.options()?)?;
     crate::verify::emit(&report, a.gate.output.as_deref())?;
-    Ok(if report.passed { 0 } else { 1 })
+    Ok(crate::verify::exit_code(&report))
 }
 
 pub fn warmup(a: WarmupArgs) -> Result<i32> {

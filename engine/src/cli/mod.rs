@@ -241,7 +241,9 @@ impl GateArgs {
         };
         // Not a clap `requires`: in a pod the URL comes from the environment (a Secret).
         let count_query = match (&self.expected_count_query, &self.source_database_url) {
-            (Some(sql), Some(url)) => Some(CountQuery::new(sql, url)?),
+            (Some(sql), Some(url)) => {
+                Some(CountQuery::new(sql, &url.0)?.with_connect_attempts(self.source_database_attempts))
+            }
             (Some(_), None) => {
                 return Err(Error::Usage {
                     flag: "--source-database-url".into(),

@@ -593,6 +593,26 @@ mod tests {
         assert_eq!(redact("http://host/x.jsonl"), "http://host/x.jsonl");
         assert_eq!(redact("http://tok@host"), "http://host");
         assert_eq!(redact("/data/v.npy"), "/data/v.npy");
+        assert_eq!(redact("s3://etl/products/2026-12-01/*.parquet"), "s3://etl/products/2026-12-01/*.parquet");
+        assert_eq!(
+            redact("abfss://data@acct.dfs.core.windows.net/p/x.parquet"),
+            "abfss://data@acct.dfs.core.windows.net/p/x.parquet"
+        );
+        // Passwords with characters a URL must escape: never a piece of them.
+        for leaky in [
+            "postgres://quiver:pa/ss@db/shop",
+            "postgres://quiver:p@ss/w0rd@db/shop",
+            "postgres://quiver:ab#cd@db/shop",
+            "postgres://quiver:12?34@db/shop",
+            "mysql://quiver:ab?cd@db:3306/shop",
+        ] {
+            let shown = redact(leaky);
+            assert!(shown.ends_with("(address not shown: not a valid URL)"), "{leaky} -> {shown}");
+        }
+        assert_eq!(
+            redact("postgres://quiver:s3cret@db:5432/shop?sslmode=require"),
+            "postgres://db:5432/shop?(redacted)"
+        );
         let e = Error::Http { url: "https://u:s3cr3t@h/x?sig=s3cr3t".into(), reason: "down".into() }.to_string();
         assert!(!e.contains("s3cr3t"), "{e}");
     }

@@ -88,5 +88,5 @@ pub fn verify(remote: &Remote, options: VerifyOptions, output: Option<&Path>) ->
     }
     let json = crate::verify::emit(&report, output)?;
     write_result(&remote.result_file, &json);
-    Ok(if report.passed { 0 } else { 1 })
+    Ok(crate::verify::exit_code(&report))
 }

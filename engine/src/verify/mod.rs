@@ -49,6 +49,18 @@ impl Default for VerifyOptions {
     }
 }
 
+/// What a verification exits with: 0 passed; 1 a gate failed (a verdict: retrying will not
+/// change it); 3 only gates that may be measured if tried again failed (their database did not
+/// answer: the verify Job is retried).
+pub fn exit_code(report: &VerifyReport) -> i32 {
+    let mut failed = report.gates.iter().filter(|g| !g.passed).peekable();
+    match () {
+        _ if report.passed => 0,
+        _ if failed.peek().is_some() && failed.all(|g| g.retry) => 3,
+        _ => 1,
+    }
+}
+
 /// Prints `report` as JSON (and each failure on stderr), writes it to `output` when given, and
 /// returns the JSON.
 pub fn emit(report: &VerifyReport, output: Option<&std::path::Path>) -> Result<String> {
@@ -147,9 +159,10 @@ impl ExpectedCount {
             ExpectedCount::Answered { count, from } => {
                 Some(Gate { threshold_from: Some(from.clone()), ..Gate::new("count", measured_f, "==", *count as f64) })
             }
-            ExpectedCount::Unanswered(Unanswered(reason)) => {
-                Some(Gate::unmeasured("count", measured_f, "==", reason.clone()))
-            }
+            ExpectedCount::Unanswered(Unanswered { from, reason, retry }) => Some(Gate {
+                threshold_from: Some(from.clone()),
+                ..Gate::unmeasured("count", measured_f, "==", reason.clone(), *retry)
+            }),
         }
     }
 }

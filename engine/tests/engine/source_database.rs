@@ -189,9 +189,9 @@ fn mariadb() -> Option<Database> {
         Database { child, url: format!("mysql://quiver:{PASSWORD}@127.0.0.1:{port}/shop"), admin: admin("mysql"), dir }
             .wait_ready();
     db.sql("CREATE DATABASE shop");
-    // The count user may delete too: the read-only transaction, not the grants, must stop it.
+    // The count user may delete and drop too: quiver's checks, not the grants, must stop it.
     db.sql(&format!(
-        "CREATE USER 'quiver'@'%' IDENTIFIED BY '{PASSWORD}'; GRANT SELECT, DELETE ON shop.* TO 'quiver'@'%'"
+        "CREATE USER 'quiver'@'%' IDENTIFIED BY '{PASSWORD}'; GRANT SELECT, DELETE, DROP ON shop.* TO 'quiver'@'%'"
     ));
     let mut db = db;
     db.admin = admin("shop");
@@ -233,7 +233,8 @@ fn the_count_query_decides_the_flip(db: &Database, scheme: &str) {
     let rows: Vec<String> = (0..300).map(|i| format!("({i}, TRUE)")).collect();
     db.sql(&format!("INSERT INTO items (id, active) VALUES {}", rows.join(", ")));
     let query = "SELECT count(*) FROM items WHERE active";
-    let gate = ["--expected-count-query", query, "--sample", "20", "--min-recall", "0.05"];
+    let gate =
+        ["--expected-count-query", query, "--sample", "20", "--min-recall", "0.05", "--source-database-attempts", "2"];
     let flip = |collection: &str| {
         let mut args = vec!["alias", "flip", "--data-dir", &d, "live", collection];
         args.extend(gate);
@@ -261,9 +262,17 @@ fn the_count_query_decides_the_flip(db: &Database, scheme: &str) {
         (Some(300.0), Some(301.0), Some(-1.0))
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("count: measured 300 == 301 failed (off by 1)"));
-    let shown = quiver("", &["alias", "show", "--data-dir", &d, "live"]);
-    let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert_eq!(record["collection"], "v1", "a refused flip leaves the alias where it was");
+    let live = || {
+        let shown = quiver("", &["alias", "show", "--data-dir", &d, "live"]);
+        serde_json::from_slice::<serde_json::Value>(&shown.stdout).unwrap()["collection"].clone()
+    };
+    assert_eq!(live(), "v1", "a refused flip leaves the alias where it was");
+    // Nor does a database that does not answer move it.
+    let mut args = vec!["alias", "flip", "--data-dir", &d, "live", "v2"];
+    args.extend(gate);
+    let gone = format!("{scheme}://quiver:{PASSWORD}@127.0.0.1:{}/shop", free_port());
+    assert_eq!(quiver(&gone, &args).status.code(), Some(1));
+    assert_eq!(live(), "v1");
 
     // A verify Job against a serving process: the job runs the query, the replica counts.
     let mut server = Stopped(
@@ -291,11 +300,21 @@ fn the_count_query_decides_the_flip(db: &Database, scheme: &str) {
     // A database that is not there fails the gate with that reason; the replica still counts.
     let gone = format!("{scheme}://quiver:{PASSWORD}@127.0.0.1:{}/shop", free_port());
     let out = job(&gone);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "exit 3: try again; {}", String::from_utf8_lossy(&out.stderr));
     no_password(&out);
     let g = count_gate(&out);
-    assert_eq!((g["passed"].as_bool(), g["measured"].as_f64()), (Some(false), Some(300.0)));
+    assert_eq!(
+        (g["passed"].as_bool(), g["measured"].as_f64(), g["retry"].as_bool()),
+        (Some(false), Some(300.0), Some(true))
+    );
     assert!(g["error"].as_str().unwrap().contains("could not connect to"), "{g}");
+    assert_eq!(
+        g["threshold_from"],
+        format!(
+            "`{query}` on {scheme}://127.0.0.1:{}/shop",
+            gone.rsplit_once(':').unwrap().1.split('/').next().unwrap()
+        )
+    );
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
     assert_eq!(written["passed"], false, "the termination message says failed too");
 }
@@ -320,25 +339,40 @@ fn only_one_count_is_an_answer(db: &Database) {
     assert!(
         quiver("", &["import", "--data-dir", &d, "--name", "v", "--source", &base, "--quality", "10"]).status.success()
     );
+    let verify = |sql: &str| {
+        let args = ["verify", "--data-dir", &d, "--collection", "v", "--sample", "5", "--expected-count-query", sql];
+        quiver(&db.url, &args)
+    };
+    // Refused before anything connects: not a SELECT, or a clause that locks or writes.
+    for sql in
+        ["TRUNCATE TABLE items", "DROP TABLE items", "DELETE FROM items", "SELECT count(*) FROM items FOR UPDATE"]
+    {
+        let out = verify(sql);
+        assert_eq!(out.status.code(), Some(2), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--expected-count-query"), "{sql}");
+    }
+    // Run, and answered with something else than one count: the gate fails with what it was
+    // (exit 1: asking again gives the same answer).
     let cases = [
         ("SELECT id FROM items", "more than one row"),
-        ("SELECT count(*), count(*) FROM items", "2 columns"),
+        ("SELECT count(*), count(*) FROM items", "answers 2 columns"),
         ("SELECT 'many'", "not an integer"),
         ("SELECT NULL", "NULL"),
         ("SELECT -5", "negative"),
         ("SELECT id FROM items WHERE id < 0", "no row"),
-        ("DELETE FROM items", "transaction"), // read-only (PostgreSQL), READ ONLY (MariaDB)
-        ("SELECT 1; DROP TABLE items", ""),
+        // One statement only: the second never runs.
+        ("SELECT 1; COMMIT; DROP TABLE items", ""),
+        // A data-modifying CTE (PostgreSQL; a syntax error for MariaDB) meets the read-only
+        // transaction.
+        ("WITH gone AS (DELETE FROM items RETURNING id) SELECT count(*) FROM gone", ""),
     ];
     for (sql, says) in cases {
-        let out = quiver(
-            &db.url,
-            &["verify", "--data-dir", &d, "--collection", "v", "--sample", "5", "--expected-count-query", sql],
-        );
+        let out = verify(sql);
         assert_eq!(out.status.code(), Some(1), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
         let g = count_gate(&out);
         let error = g["error"].as_str().unwrap_or_else(|| panic!("{sql}: {g}"));
-        assert!(error.contains(says) && error.contains(sql), "{sql}: {error}");
+        assert!(error.contains(says) && g["threshold_from"].as_str().unwrap().contains(sql), "{sql}: {g}");
+        assert_eq!(g["retry"], serde_json::Value::Null, "{sql}: not worth trying again");
     }
     assert_eq!(db.sql("SELECT count(*) FROM items"), "301", "the queries wrote nothing");
 }

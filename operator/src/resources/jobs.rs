@@ -21,8 +21,12 @@ fn generation(vc: &VectorCollection) -> i64 {
     vc.metadata.generation.unwrap_or(0)
 }
 
-/// The vector count the source promised (push sources say it in source.push).
+/// The vector count the source promised (push sources say it in source.push), unless the
+/// count comes from the source database (verify.expectedCountFrom), which then decides.
 pub fn expected_count(vc: &VectorCollection) -> Option<u64> {
+    if vc.spec.verify.expected_count_from.is_some() {
+        return None;
+    }
     vc.spec.verify.expected_count.or(vc.spec.source.push.as_ref().and_then(|p| p.expected_count))
 }
 
@@ -42,7 +46,10 @@ pub fn verify_args(vc: &VectorCollection) -> Vec<String> {
     flag(&mut args, "target", labels::replicas_url(&name));
     flag(&mut args, "collection", &name);
     optional_flag(&mut args, "expected-count", expected_count(vc));
-    optional_flag(&mut args, "expected-count-query", v.expected_count_from.as_ref().map(|from| &from.sql));
+    if let Some(from) = &v.expected_count_from {
+        // One argument with `=`: SQL that starts with a `-- comment` is not read as a flag.
+        args.push(format!("--expected-count-query={}", from.sql));
+    }
     flag(&mut args, "min-recall", v.min_recall);
     optional_flag(&mut args, "max-p99-ms", v.max_p99_ms);
     flag(&mut args, "k", v.k);

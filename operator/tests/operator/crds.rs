@@ -90,6 +90,7 @@ fn invalid_fixtures_are_refused_with_their_message() {
         ("invalid-source.yaml", "set exactly one of source.push or source.url"),
         ("invalid-source-scheme.yaml", "source.url must be an object-store URL"),
         ("invalid-expected-count.yaml", "set at most one of verify.expectedCount or verify.expectedCountFrom"),
+        ("invalid-count-query.yaml", "verify.expectedCountFrom.sql must not be blank"),
         ("invalid-name.yaml", "at most 40 characters"),
     ] {
         let vc: VectorCollection = load(&fixtures.join(file));
