@@ -6,13 +6,24 @@
 use super::{ReadOptions, Record, RecordIter, Records, SourceFile, object, read_one, source};
 use crate::error::{Error, Result, redact};
 
+/// One file of a source of several: its address, and the object as the listing found it (its
+/// size and ETag: read without another request to find them, and pinned to what was listed).
+pub(super) struct Part {
+    uri: String,
+    object: Option<object::ObjectFile>,
+}
+
 /// The files `uri` names when it is a pattern or a prefix; None for a single file.
-pub(super) fn files(uri: &str, options: &ReadOptions) -> Result<Option<Vec<String>>> {
+pub(super) fn files(uri: &str, options: &ReadOptions) -> Result<Option<Vec<Part>>> {
     // An http(s) server cannot be listed, and `?` starts a URL's query (a presigned URL).
     if uri.starts_with("http://") || uri.starts_with("https://") || !is_pattern(uri) {
         return Ok(None);
     }
-    let found = if object::is_object_uri(uri) { objects(uri, options.credentials)? } else { local(uri, options)? };
+    let found = if object::is_object_uri(uri) {
+        objects(uri, options.credentials)?
+    } else {
+        local(uri, options)?.into_iter().map(|uri| Part { uri, object: None }).collect()
+    };
     if found.is_empty() {
         return Err(refused(uri, "no file matches"));
     }
@@ -50,7 +61,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
     go(&pattern.chars().collect::<Vec<_>>(), &name.chars().collect::<Vec<_>>())
 }
 
-fn objects(uri: &str, credentials: object::Credentials) -> Result<Vec<String>> {
+fn objects(uri: &str, credentials: object::Credentials) -> Result<Vec<Part>> {
     let (scheme_bucket, key) = {
         let after = uri.find("://").expect("an object URI") + 3;
         let slash = uri[after..].find('/').map_or(uri.len(), |i| after + i);
@@ -77,7 +88,11 @@ fn objects(uri: &str, credentials: object::Credentials) -> Result<Vec<String>> {
             }
             !folder
         })
-        .map(|m| format!("{scheme_bucket}/{}", m.location))
+        .map(|m| {
+            let uri = format!("{scheme_bucket}/{}", m.location);
+            let object = object::ObjectFile::from_meta(redact(&uri), location.store.clone(), m);
+            Part { uri, object: Some(object) }
+        })
         .collect())
 }
 
@@ -112,7 +127,7 @@ fn local(uri: &str, options: &ReadOptions) -> Result<Vec<String>> {
 
 /// The files read one after another as one source: opened when the one before ends. The
 /// fingerprint covers every file's name and fingerprint, in order.
-pub(super) fn chain(uri: &str, files: Vec<String>, options: ReadOptions) -> Records {
+pub(super) fn chain(uri: &str, files: Vec<Part>, options: ReadOptions) -> Records {
     let fingerprint = source::Fingerprint::default();
     let read = Records {
         source_name: redact(uri),
@@ -135,7 +150,7 @@ pub(super) fn chain(uri: &str, files: Vec<String>, options: ReadOptions) -> Reco
 
 struct Chain {
     /// Still to read, the next last.
-    pending: Vec<String>,
+    pending: Vec<Part>,
     /// The file being read, its fingerprint and rows so far.
     current: Option<(String, source::Fingerprint, u64, RecordIter)>,
     options: ReadOptions,
@@ -170,7 +185,7 @@ impl Iterator for Chain {
                 }
             }
             let next = self.pending.pop()?;
-            match read_one(&next, &self.options) {
+            match read_one(&next.uri, next.object, &self.options) {
                 Ok(r) => self.current = Some((r.source_name, r.fingerprint, 0, r.iter)),
                 Err(e) => {
                     self.failed = true;

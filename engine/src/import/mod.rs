@@ -139,13 +139,17 @@ pub struct SourceFile {
 pub fn read(uri: &str, options: &ReadOptions) -> Result<Records> {
     source::check_source_uri(uri)?;
     match expand::files(uri, options)? {
-        None => read_one(uri, options),
+        None => read_one(uri, None, options),
         Some(files) => Ok(expand::chain(uri, files, options.clone())),
     }
 }
 
-/// [`read`] of one file.
-fn read_one(uri: &str, options: &ReadOptions) -> Result<Records> {
+/// [`read`] of one file; `object` is `uri` already opened (from a listing), if it is an object.
+fn read_one(uri: &str, object: Option<object::ObjectFile>, options: &ReadOptions) -> Result<Records> {
+    let open_object = || match object.clone() {
+        Some(file) => Ok(file),
+        None => object::ObjectFile::open(uri, options.credentials),
+    };
     let format = match options.format.or_else(|| Format::from_uri(uri)) {
         Some(f) => f,
         None => {
@@ -164,7 +168,7 @@ fn read_one(uri: &str, options: &ReadOptions) -> Result<Records> {
     if format == Format::Parquet {
         let (rows, fingerprint) = if object::is_object_uri(uri) {
             // Read in ranges where the footer points: the fingerprint is the object's version.
-            let file = object::ObjectFile::open(uri, options.credentials)?;
+            let file = open_object()?;
             let fingerprint = source::Fingerprint::default();
             fingerprint.update(file.identity().as_bytes());
             (parquet::ParquetRows::open(file, name.clone(), options.columns.clone())?, fingerprint)
@@ -177,7 +181,8 @@ fn read_one(uri: &str, options: &ReadOptions) -> Result<Records> {
         let iter = with_partition(Box::new(rows), options.partition.clone());
         return Ok(Records { source_name: name, fingerprint, expected_rows, row_groups, files: Arc::default(), iter });
     }
-    let (reader, fingerprint) = source::open_with(uri, options)?;
+    let (reader, fingerprint) =
+        if object::is_object_uri(uri) { source::open_object(open_object()?) } else { source::open_with(uri, options)? };
     let (expected_rows, iter): (Option<u64>, Box<dyn Iterator<Item = Result<Record>> + Send>) = match format {
         Format::Npy => {
             let r = npy::NpyRows::new(reader, name.clone(), options.id_offset)?;

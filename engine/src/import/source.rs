@@ -137,10 +137,15 @@ pub fn open(uri: &str) -> Result<(SourceReader, Fingerprint)> {
 pub fn open_with(uri: &str, options: &ReadOptions) -> Result<(SourceReader, Fingerprint)> {
     let raw: Box<dyn Read + Send> = match kind(uri)? {
         Kind::Http => Box::new(HttpSource::open(uri, options.allow_link_local)?),
-        Kind::Object => Box::new(super::object::ObjectFile::open(uri, options.credentials)?.reader(0)),
+        Kind::Object => return Ok(open_object(super::object::ObjectFile::open(uri, options.credentials)?)),
         Kind::Local(path) => Box::new(open_local(path, options)?),
     };
     Ok(hashed(raw))
+}
+
+/// Streams an opened object from its start, hashing it.
+pub fn open_object(file: super::object::ObjectFile) -> (SourceReader, Fingerprint) {
+    hashed(Box::new(file.reader(0)))
 }
 
 /// Opens `uri` as a file that can be read at any offset (a Parquet footer comes last), with
