@@ -6,7 +6,7 @@ fn main() {
     let cli = Cli::parse();
     // RUST_LOG, as for the operator: one variable for both binaries.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,quiver_engine::roles=info,quiver_engine::serve=info"));
+        .unwrap_or_else(|_| EnvFilter::new("warn,quiver_engine::roles=info,quiver_engine::serve=info,quiver_engine::snapshot=info,quiver_engine::publish=info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

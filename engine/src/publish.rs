@@ -1,5 +1,6 @@
-//! The writer's pipeline for one collection: import, build, seal, write the snapshot, with the
-//! stage it is in readable at any time (Ingest.Progress, the operator).
+//! The writer's pipeline for one collection: import, build, seal, write the snapshot (and
+//! publish it to the snapshot store, when there is one), with the stage it is in readable at
+//! any time (Ingest.Progress, the operator).
 
 use crate::Collection;
 use crate::build::import_and_build;
@@ -8,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::import::Records;
 use crate::metrics::Metrics;
 use crate::search::searcher::Searcher;
+use crate::snapshot::store::SnapshotStore;
 use crate::snapshot::{SnapshotDir, SnapshotInfo};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -53,13 +55,20 @@ pub struct Publisher {
     build: Arc<BuildProgress>,
     stage: Mutex<Stage>,
     metrics: Arc<Metrics>,
+    /// Where the sealed snapshot is published, before the writer reports it sealed.
+    store: Option<SnapshotStore>,
 }
 
 impl Publisher {
     pub fn new(root: &Path, mut options: BuildOptions, metrics: Arc<Metrics>) -> Publisher {
         let build = Arc::new(BuildProgress::default());
         options.observer = Some(build.clone());
-        Publisher { root: root.to_path_buf(), options, build, stage: Mutex::new(Stage::Waiting), metrics }
+        Publisher { root: root.to_path_buf(), options, build, stage: Mutex::new(Stage::Waiting), metrics, store: None }
+    }
+
+    /// Publishes every sealed snapshot to `store` too.
+    pub fn with_store(self, store: Option<SnapshotStore>) -> Publisher {
+        Publisher { store, ..self }
     }
 
     pub fn name(&self) -> &str {
@@ -132,8 +141,14 @@ impl Publisher {
     fn finish(&self, collection: Collection) -> Result<(Arc<Searcher>, SnapshotInfo)> {
         self.set_stage(Stage::Snapshotting);
         let collection = Searcher::new(collection);
-        let info = SnapshotDir::new(&self.root)
+        let snapshots = SnapshotDir::new(&self.root);
+        let info = snapshots
             .write(&collection)
+            .and_then(|info| match &self.store {
+                // Replicas may start from the store alone: published before "sealed" is said.
+                Some(store) => store.push(&snapshots, &info).map(|_| info),
+                None => Ok(info),
+            })
             .inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
         // Preloaded (sign codes built, pages faulted in) before anyone is told it is sealed, so
         // the writer's first query is not a cold one.

@@ -156,6 +156,11 @@ pub struct WriterArgs {
     /// --write-idle-secs, or it is dropped with none of its rows kept (0: no floor).
     #[arg(long, env = "QUIVER_WRITE_MIN_BYTES_PER_SEC", default_value_t = crate::serve::ingest::MIN_WRITE_BYTES_PER_SEC)]
     pub write_min_bytes_per_sec: u64,
+    /// Also publish the sealed snapshot to this object-store prefix (`s3://bucket/prefix`, gs://,
+    /// az://), under `<prefix>/<collection>/`, before reporting SERVING; replicas can then
+    /// restore from it without this writer.
+    #[arg(long, env = "QUIVER_SNAPSHOT_STORE")]
+    pub snapshot_store: Option<String>,
     #[command(flatten)]
     pub build: BuildArgs,
 }
@@ -169,9 +174,14 @@ pub struct ReplicaArgs {
     /// Name of the collection to fetch and serve.
     #[arg(long, env = "QUIVER_COLLECTION")]
     pub collection: String,
-    /// gRPC addresses holding the snapshot (the writer, ready peers), tried in turn.
+    /// Where the snapshot is, tried in turn: gRPC addresses (the writer, ready peers) and
+    /// snapshot stores (`s3://bucket/prefix` as the writer's --snapshot-store).
     #[arg(long, env = "QUIVER_SNAPSHOT_FROM", value_delimiter = ',', required = true)]
     pub snapshot_from: Vec<String>,
+    /// Read a snapshot store with the machine's own identity from its metadata service when
+    /// the environment names no credentials (see `quiver import --help`).
+    #[arg(long, env = "QUIVER_AMBIENT_CREDENTIALS")]
+    pub ambient_credentials: bool,
     /// Cap on the snapshot download rate, in bytes per second (protects the writer's network).
     #[arg(long, env = "QUIVER_FETCH_BYTES_PER_SEC")]
     pub fetch_bytes_per_sec: Option<u64>,

@@ -146,6 +146,7 @@ impl WriterArgs {
                 min_bytes_per_sec: self.write_min_bytes_per_sec,
             },
             serve: self.serve.role()?,
+            snapshot_store: self.snapshot_store.clone(),
         })
     }
 }
@@ -168,6 +169,7 @@ impl ReplicaArgs {
                 stall_timeout: Duration::from_secs(self.fetch_stall_timeout_secs),
             },
             warmup_max_queries: self.warmup_max_queries,
+            store_credentials: if self.ambient_credentials { Credentials::Ambient } else { Credentials::Named },
             serve,
         })
     }

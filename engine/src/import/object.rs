@@ -212,6 +212,11 @@ impl ObjectFile {
         self.meta.size
     }
 
+    /// The version of the object this file reads (None where the store gives no ETags).
+    pub fn e_tag(&self) -> Option<&str> {
+        self.meta.e_tag.as_deref()
+    }
+
     /// What identifies this version of the object: its location, size and ETag.
     pub fn identity(&self) -> String {
         format!("{} size={} etag={}", self.meta.location, self.meta.size, self.meta.e_tag.as_deref().unwrap_or("-"))
@@ -253,6 +258,94 @@ impl ObjectFile {
             current: Bytes::new(),
         }
     }
+}
+
+/// A small object read whole (a snapshot's description); None when there is none.
+pub fn read_whole(uri: &str, credentials: Credentials) -> Result<Option<Bytes>> {
+    let location = locate(uri, credentials)?;
+    let (store, path) = (location.store, location.path);
+    match wait(async move { store.get(&path).await?.bytes().await }) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(failed(uri, "reading", e)),
+    }
+}
+
+/// Writes `bytes` as the object `uri` in one PUT (replacing what is there): a small object,
+/// such as a snapshot's description, becomes visible whole or not at all.
+pub fn write_whole(uri: &str, credentials: Credentials, bytes: Vec<u8>) -> Result<()> {
+    let location = locate(uri, credentials)?;
+    let (store, path) = (location.store, location.path);
+    wait(async move { store.put(&path, bytes.into()).await }).map(|_| ()).map_err(|e| failed(uri, "writing", e))
+}
+
+/// Bytes of each part of a multipart upload (S3 wants at least 5 MiB but for the last).
+pub const PART_BYTES: usize = 16 << 20;
+/// Parts of one upload in flight.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// What an upload wrote: the sha256 of each part, and the new object's ETag.
+pub struct Uploaded {
+    pub part_sha256: Vec<String>,
+    pub e_tag: Option<String>,
+}
+
+/// Uploads the file at `path` as the object `uri` in parts of [`PART_BYTES`], [`PARTS_IN_FLIGHT`]
+/// at a time (memory: their bytes); the object appears only when every part is in, and a failed
+/// upload is aborted (its parts discarded).
+pub fn upload_file(uri: &str, credentials: Credentials, path: &std::path::Path) -> Result<Uploaded> {
+    use sha2::Digest;
+    let location = locate(uri, credentials)?;
+    let (store, key) = (location.store, location.path);
+    let mut upload =
+        wait(async move { store.put_multipart(&key).await }).map_err(|e| failed(uri, "starting the upload", e))?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut part_sha256 = Vec::new();
+    let mut in_flight = Vec::new();
+    let result = loop {
+        let mut part = vec![0u8; PART_BYTES];
+        let n = match read_full(&mut file, &mut part) {
+            Ok(n) => n,
+            Err(e) => break Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        if n > 0 || part_sha256.is_empty() {
+            part.truncate(n);
+            part_sha256.push(sha2::Sha256::digest(&part).iter().map(|b| format!("{b:02x}")).collect());
+            in_flight.push(upload.put_part(part.into()));
+        }
+        if in_flight.len() == PARTS_IN_FLIGHT || n < PART_BYTES {
+            let parts = std::mem::take(&mut in_flight);
+            if let Err(e) = wait(async move { futures::future::try_join_all(parts).await }) {
+                break Err(failed(uri, "uploading a part", e));
+            }
+        }
+        if n < PART_BYTES {
+            break Ok(());
+        }
+    };
+    match result {
+        Ok(()) => {
+            let done =
+                wait(async move { upload.complete().await }).map_err(|e| failed(uri, "completing the upload", e))?;
+            Ok(Uploaded { part_sha256, e_tag: done.e_tag })
+        }
+        Err(e) => {
+            let _ = wait(async move { upload.abort().await });
+            Err(e)
+        }
+    }
+}
+
+/// Fills `buf` from `r` unless it ends first; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// Reads an object in order, [`PREFETCH`] ranges ahead.

@@ -5,10 +5,12 @@
 
 use super::{Listeners, ServeRole, serving_process};
 use crate::error::{Error, Result};
+use crate::import::object::Credentials;
 use crate::metrics::Metrics;
 use crate::search::searcher::Searcher;
 use crate::serve::{ServingProcess, termination};
 use crate::snapshot::download::Partial;
+use crate::snapshot::store::SnapshotStore;
 use crate::snapshot::{SnapshotDir, SnapshotInfo};
 use crate::warmup::{WarmupOptions, warm};
 use quiver_api::client::{Client, ClientOptions};
@@ -22,8 +24,11 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     /// The collection to fetch and serve.
     pub collection: String,
-    /// gRPC addresses holding the snapshot (the writer, ready peers), tried in turn.
+    /// Where the snapshot is, tried in turn: gRPC addresses (the writer, ready peers) and
+    /// snapshot stores (object-store prefixes).
     pub snapshot_from: Vec<String>,
+    /// How snapshot stores may be read.
+    pub store_credentials: Credentials,
     pub fetch: FetchOptions,
     /// Simulated queries run before reporting SERVING.
     pub warmup_max_queries: usize,
@@ -40,7 +45,11 @@ pub fn run(a: ReplicaConfig) -> Result<i32> {
 pub fn run_until(a: ReplicaConfig, stop: impl Future<Output = ()> + Send + 'static) -> Result<i32> {
     let root = a.data_dir.clone();
     for source in &a.snapshot_from {
-        quiver_api::client::check_target(source)?;
+        if SnapshotStore::is_store(source) {
+            SnapshotStore::new(source, a.store_credentials)?;
+        } else {
+            quiver_api::client::check_target(source)?;
+        }
     }
     super::serve_role(&a.serve, async {
         let config = a.serve.config.clone();
@@ -93,7 +102,11 @@ async fn prepare(a: &ReplicaConfig, root: &std::path::Path, process: Arc<Serving
             tracing::info!("snapshot of {} already here and checked (sha256 {})", a.collection, info.sha256);
             info
         }
-        None => fetch_snapshot(&a.snapshot_from, &a.collection, &snapshots, &process.metrics, &a.fetch).await?,
+        None => {
+            let sources =
+                a.snapshot_from.iter().map(|s| Source::of(s, a.store_credentials)).collect::<Result<Vec<_>>>()?;
+            fetch_snapshot(&sources, &a.collection, &snapshots, &process.metrics, &a.fetch).await?
+        }
     };
     let fetched_s = started.elapsed().as_secs_f64();
     let (root, max_queries) = (PathBuf::from(root), a.warmup_max_queries);
@@ -132,13 +145,40 @@ pub struct FetchOptions {
     pub stall_timeout: Duration,
 }
 
+/// Where a replica may find its snapshot.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A writer or a ready peer, over gRPC.
+    Peer(String),
+    Store(SnapshotStore),
+}
+
+impl Source {
+    pub fn of(address: &str, credentials: Credentials) -> Result<Source> {
+        Ok(if SnapshotStore::is_store(address) {
+            Source::Store(SnapshotStore::new(address, credentials)?)
+        } else {
+            Source::Peer(address.to_string())
+        })
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Peer(address) => f.write_str(address),
+            Source::Store(store) => f.write_str(&store.uri()),
+        }
+    }
+}
+
 /// Tries every source in turn until one delivers a snapshot that passes its checks; transient
 /// failures back off and retry until the timeout, a checksum failure from every source ends it.
 pub async fn fetch_snapshot(
-    sources: &[String],
+    sources: &[Source],
     collection: &str,
     snapshots: &SnapshotDir,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     options: &FetchOptions,
 ) -> Result<SnapshotInfo> {
     let deadline = Instant::now() + options.timeout;
@@ -146,8 +186,14 @@ pub async fn fetch_snapshot(
     loop {
         let mut corrupt = Vec::new();
         for source in sources {
-            let client = Client::new(source, options.client.clone())?;
-            match fetch_from(&client, collection, snapshots, metrics, options).await {
+            let fetched = match source {
+                Source::Peer(address) => {
+                    let client = Client::new(address, options.client.clone())?;
+                    fetch_from(&client, collection, snapshots, metrics, options).await
+                }
+                Source::Store(store) => restore_from(store, collection, snapshots, metrics, options).await,
+            };
+            match fetched {
                 Ok(info) => return Ok(info),
                 Err(e @ Error::Snapshot { .. }) => {
                     tracing::error!("{source}: {e}");
@@ -170,6 +216,33 @@ pub async fn fetch_snapshot(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One attempt at a snapshot store, on a blocking thread (the object reads wait on their own
+/// runtime), bounded by the attempt timeout; the partial file stays for the next attempt.
+async fn restore_from(
+    store: &SnapshotStore,
+    collection: &str,
+    snapshots: &SnapshotDir,
+    metrics: &Arc<Metrics>,
+    options: &FetchOptions,
+) -> Result<SnapshotInfo> {
+    let (store, name, snapshots, metrics) = (store.clone(), collection.to_string(), snapshots.clone(), metrics.clone());
+    let target = store.uri();
+    let restore = tokio::task::spawn_blocking(move || {
+        store.pull(&name, &snapshots, &|n| {
+            metrics.snapshot_fetched_bytes.inc_by(n);
+        })
+    });
+    match tokio::time::timeout(options.attempt_timeout, restore).await {
+        Ok(joined) => joined.map_err(|e| Error::io("restoring the snapshot", std::io::Error::other(e)))?,
+        // The blocking thread keeps the partial file locked until it ends; the next attempt
+        // waits for that lock (a transient error) rather than writing beside it.
+        Err(_) => Err(Error::Remote {
+            target,
+            reason: format!("the attempt took longer than {} s", options.attempt_timeout.as_secs()),
+        }),
     }
 }
 

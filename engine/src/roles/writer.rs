@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::serve::ingest::{IngestService, WritePace};
 use crate::serve::termination;
+use crate::snapshot::store::SnapshotStore;
 use crate::spool::{RecordRules, Spool, SpoolLimits};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct WriterConfig {
     pub spool: SpoolLimits,
     pub pace: WritePace,
     pub serve: ServeRole,
+    /// Publishes the sealed snapshot there too (`s3://bucket/prefix`), read with `read`'s
+    /// credentials policy.
+    pub snapshot_store: Option<String>,
 }
 
 /// Runs until SIGTERM or SIGINT (see [`run_until`]).
@@ -42,6 +46,7 @@ pub fn run_until(a: WriterConfig, stop: impl Future<Output = ()> + Send + 'stati
     let root = a.data_dir.clone();
     let name = a.build.name.clone();
     // A source the writer could never read is refused now (exit 2), not after start-up.
+    let store = a.snapshot_store.as_deref().map(|uri| SnapshotStore::new(uri, a.read.credentials)).transpose()?;
     if let Some(source) = &a.source {
         import::source::check_source(source, &a.read)?;
     }
@@ -62,7 +67,7 @@ pub fn run_until(a: WriterConfig, stop: impl Future<Output = ()> + Send + 'stati
             None => Some(Spool::open(&root, &name, rules, a.spool)?),
             Some(_) => None,
         };
-        let publisher = Arc::new(Publisher::new(&root, a.build.clone(), metrics));
+        let publisher = Arc::new(Publisher::new(&root, a.build.clone(), metrics).with_store(store.clone()));
 
         let recovered = {
             let publisher = publisher.clone();

@@ -214,3 +214,150 @@ open("_SUCCESS", "w").close()
     );
     assert_eq!(manifest(&anonymous("unsigned", true))["count"], 300);
 }
+
+/// `quiver args` started with the S3 environment of [`quiver`] (and `faults` in FAILPOINTS),
+/// its stderr in `log`.
+fn spawn_quiver(s3: u16, args: &[&str], faults: Option<&str>, log: &Path) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    command
+        .args(args)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{s3}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "quiver-test")
+        .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+        .env_remove("FAILPOINTS")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    if let Some(faults) = faults {
+        command.env("FAILPOINTS", faults);
+    }
+    command.spawn().unwrap()
+}
+
+/// A process killed when dropped (when its test fails too).
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `/readyz` on `http` answers 200; panics with the log if the process ends first.
+fn wait_ready(process: &mut Stopped, http: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if ureq::get(&format!("http://127.0.0.1:{http}/readyz")).call().is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = process.0.try_wait() {
+            panic!("ended ({status}) before ready:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        assert!(Instant::now() < deadline, "not ready:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn get(s3: u16, path: &str) -> Vec<u8> {
+    let mut response = ureq::get(&format!("http://127.0.0.1:{s3}{path}")).call().unwrap();
+    response.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The writer publishes its sealed snapshot to the store (data, then the description); with
+/// the writer gone, a replica restores from the store alone, a replica killed mid-restore
+/// resumes from the bytes on disk, and a stored file that was replaced or has a flipped byte is
+/// refused and never installed.
+#[test]
+fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
+    let Some(weed) = weed() else { return };
+    put(weed.s3, "/snapshots", Vec::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let at = |p: &str| dir.path().join(p).display().to_string();
+    let generated = quiver(weed.s3, &["generate", "--out", &at("base.npy"), "--vectors", "20000", "--dims", "64"]);
+    assert!(generated.status.success());
+    let store = "s3://snapshots/prod";
+
+    let http = free_port();
+    let http_listen = format!("127.0.0.1:{http}");
+    let (base, source_root) = (at("base.npy"), at(""));
+    let args =
+        ["writer", "--data-dir", &at("w"), "--collection", "v1", "--source", &base, "--source-root", &source_root];
+    let args =
+        [&args[..], &["--snapshot-store", store, "--listen", "127.0.0.1:0", "--http-listen", &http_listen]].concat();
+    // Killed after the data is up, before its description: the store has no snapshot of v1.
+    let log = dir.path().join("writer-killed.log");
+    let mut killed = Stopped(spawn_quiver(weed.s3, &args, Some("store::before_description=return"), &log));
+    assert!(!killed.0.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+    let described = ureq::get(&format!("http://127.0.0.1:{}/snapshots/prod/v1/snapshot.json", weed.s3)).call();
+    assert!(described.is_err(), "a half-published snapshot is not visible");
+    // Restarted, the writer finds its sealed collection and publishes it.
+    let log = dir.path().join("writer.log");
+    let mut writer = Stopped(spawn_quiver(weed.s3, &args, None, &log));
+    wait_ready(&mut writer, http, &log);
+    drop(writer);
+
+    // What the store holds: the data, and its description naming the sha256 of the whole and
+    // of each 16 MiB part.
+    let stored: serde_json::Value = serde_json::from_slice(&get(weed.s3, "/snapshots/prod/v1/snapshot.json")).unwrap();
+    let data = get(weed.s3, "/snapshots/prod/v1/data.mdb");
+    assert_eq!((stored["size"].as_u64(), stored["sha256"].as_str()), (Some(data.len() as u64), Some(&*sha256(&data))));
+    let parts: Vec<String> = data.chunks(16 << 20).map(sha256).collect();
+    assert_eq!(stored["part_sha256"], serde_json::json!(parts));
+    assert!(data.len() > 4 << 20, "several appends to kill in between: {} bytes", data.len());
+
+    // A replica killed after three appends, then started again without the fault: it resumes.
+    let replica = |name: &str, faults: Option<&str>| {
+        let http = free_port();
+        let args = ["replica", "--data-dir", &at(name), "--collection", "v1", "--snapshot-from", store];
+        let more =
+            ["--listen", "127.0.0.1:0", "--http-listen", &format!("127.0.0.1:{http}"), "--fetch-timeout-secs", "10"];
+        let args = [&args[..], &more[..]].concat();
+        let log = dir.path().join(format!("{name}-{}.log", faults.is_some()));
+        (Stopped(spawn_quiver(weed.s3, &args, faults, &log)), http, log)
+    };
+    let (mut killed, _, log) = replica("r1", Some("snapshot::append=3*off->return"));
+    let status = killed.0.wait().unwrap();
+    assert!(!status.success(), "killed at the fault point: {}", std::fs::read_to_string(&log).unwrap());
+    let partial = std::fs::metadata(dir.path().join("r1/.snapshots/v1.mdb.partial")).unwrap().len();
+    assert!(partial > 0 && partial < data.len() as u64, "{partial} of {} bytes", data.len());
+    let (mut resumed, http, log) = replica("r1", None);
+    wait_ready(&mut resumed, http, &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains(&format!("resuming the snapshot restore at byte {partial} of {}", data.len())), "{said}");
+    assert_eq!(sha256(&std::fs::read(dir.path().join("r1/v1/data.mdb")).unwrap()), sha256(&data));
+    drop(resumed);
+
+    // The data replaced after its description: refused for its ETag. Then a description that
+    // names the replaced object, which has one byte flipped: refused for its sha256.
+    let mut flipped = data.clone();
+    flipped[data.len() / 2] ^= 0x01;
+    put(weed.s3, "/snapshots/prod/v1/data.mdb", flipped).unwrap();
+    let refused = |name: &str, says: &str| {
+        let (mut r, _, log) = replica(name, None);
+        let status = r.0.wait().unwrap();
+        let said = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{said}");
+        assert!(said.contains(says), "{said}");
+        assert!(!dir.path().join(name).join("v1").exists(), "nothing installed");
+    };
+    refused("r2", "is not the object its description names");
+    let head = ureq::head("http://127.0.0.1:".to_string() + &weed.s3.to_string() + "/snapshots/prod/v1/data.mdb")
+        .call()
+        .unwrap();
+    let e_tag = head.headers().get("etag").unwrap().to_str().unwrap().to_string();
+    let mut lying = stored.clone();
+    lying["data_etag"] = serde_json::json!(e_tag);
+    put(weed.s3, "/snapshots/prod/v1/snapshot.json", serde_json::to_vec(&lying).unwrap()).unwrap();
+    refused("r3", "checksum mismatch");
+}

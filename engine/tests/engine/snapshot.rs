@@ -174,7 +174,9 @@ async fn a_failed_attempt_is_joined_before_the_next_source_resumes() {
     fail::cfg("snapshot::append", "12*sleep(100)").unwrap();
     let replica = tempfile::tempdir().unwrap();
     let local = SnapshotDir::new(replica.path());
-    let fetched = fetch_snapshot(&[failing, whole], "v1", &local, &Metrics::new(), &fetch_options()).await.unwrap();
+    use quiver_engine::roles::replica::Source::Peer;
+    let sources = [Peer(failing), Peer(whole)];
+    let fetched = fetch_snapshot(&sources, "v1", &local, &Arc::new(Metrics::new()), &fetch_options()).await.unwrap();
     fail::remove("snapshot::append");
     scenario.teardown();
 

@@ -1,0 +1,174 @@
+//! Snapshots published to object storage, so replicas start without a writer: under a store
+//! `s3://bucket/prefix` (or `gs://`, `az://`), collection `name` is
+//!
+//! - `<prefix>/<name>/data.mdb`: the snapshot file, uploaded in parts ([`object::upload_file`]);
+//! - `<prefix>/<name>/snapshot.json`: its [`StoredSnapshot`] (size, sha256 of the whole and of
+//!   each part, the data object's ETag, the manifest), written last, in one PUT.
+//!
+//! A snapshot whose description is not there is not in the store: a writer killed mid-upload
+//! leaves nothing a replica would take. A replica reads the data object in ranged GETs pinned to
+//! the ETag the description names (an object replaced since is refused), appends to its
+//! [`Partial`] (so a killed restore resumes from the bytes on disk), and checks the sha256 of the
+//! file on disk before it installs it.
+
+use super::download::Partial;
+use super::{SnapshotDir, SnapshotInfo};
+use crate::error::{Error, Result, redact};
+use crate::import::object::{self, Credentials};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+
+const DATA: &str = "data.mdb";
+const DESCRIPTION: &str = "snapshot.json";
+/// Bytes appended to the partial file at a time while restoring.
+const RESTORE_CHUNK: usize = 1 << 20;
+
+/// A snapshot as the store describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    #[serde(flatten)]
+    pub info: SnapshotInfo,
+    /// Bytes of each part but the last.
+    pub part_bytes: u64,
+    /// Hex sha256 of each part, in order.
+    pub part_sha256: Vec<String>,
+    /// The data object's ETag when it was uploaded: a replica reads only that version.
+    pub data_etag: Option<String>,
+}
+
+/// A store of snapshots: an object-store prefix.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    /// `scheme://bucket/prefix`, without a trailing `/`.
+    uri: String,
+    credentials: Credentials,
+}
+
+impl SnapshotStore {
+    pub fn new(uri: &str, credentials: Credentials) -> Result<SnapshotStore> {
+        if !object::is_object_uri(uri) {
+            return Err(Error::Usage {
+                flag: "--snapshot-store".into(),
+                value: redact(uri),
+                reason: "must be an object-store prefix: s3://bucket/prefix, gs://..., az://...".into(),
+            });
+        }
+        Ok(SnapshotStore { uri: uri.trim_end_matches('/').to_string(), credentials })
+    }
+
+    /// Whether `source` (a `--snapshot-from` entry) names a store rather than a peer.
+    pub fn is_store(source: &str) -> bool {
+        object::is_object_uri(source)
+    }
+
+    pub fn uri(&self) -> String {
+        redact(&self.uri)
+    }
+
+    fn object(&self, collection: &str, file: &str) -> Result<String> {
+        crate::collection::builder::check_name(collection)?;
+        Ok(format!("{}/{collection}/{file}", self.uri))
+    }
+
+    /// The snapshot of `collection` in the store, if one was published completely.
+    pub fn described(&self, collection: &str) -> Result<Option<StoredSnapshot>> {
+        let uri = self.object(collection, DESCRIPTION)?;
+        let Some(bytes) = object::read_whole(&uri, self.credentials)? else { return Ok(None) };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Snapshot {
+            collection: collection.to_string(),
+            reason: format!("{} is not a snapshot description: {e}", redact(&uri)),
+        })
+    }
+
+    /// Publishes the finished local snapshot `info`: the data first, the description last.
+    /// A snapshot already published with the same sha256 is left as it is.
+    pub fn push(&self, snapshots: &SnapshotDir, info: &SnapshotInfo) -> Result<StoredSnapshot> {
+        if let Some(stored) = self.described(&info.collection)?.filter(|s| s.info.sha256 == info.sha256) {
+            tracing::info!(collection = %info.collection, store = %self.uri(), "snapshot already in the store");
+            return Ok(stored);
+        }
+        let started = std::time::Instant::now();
+        let data = self.object(&info.collection, DATA)?;
+        let uploaded = object::upload_file(&data, self.credentials, &snapshots.file(&info.collection)?)?;
+        crate::fault::point("store::before_description");
+        let stored = StoredSnapshot {
+            info: info.clone(),
+            part_bytes: object::PART_BYTES as u64,
+            part_sha256: uploaded.part_sha256,
+            data_etag: uploaded.e_tag,
+        };
+        let json = serde_json::to_vec_pretty(&stored).expect("a snapshot description serializes");
+        object::write_whole(&self.object(&info.collection, DESCRIPTION)?, self.credentials, json)?;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            collection = %info.collection,
+            store = %self.uri(),
+            mib = info.size as f64 / (1 << 20) as f64,
+            mib_per_s = info.size as f64 / (1 << 20) as f64 / secs.max(1e-9),
+            "snapshot published to the store"
+        );
+        Ok(stored)
+    }
+
+    /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
+    /// on disk; `fetched` is told each chunk's size. Not there yet is a transient error; a file
+    /// that fails its checks is [`Error::Snapshot`].
+    pub fn pull(&self, collection: &str, snapshots: &SnapshotDir, fetched: &dyn Fn(u64)) -> Result<SnapshotInfo> {
+        let stored = self.described(collection)?.ok_or_else(|| Error::Remote {
+            target: self.uri(),
+            reason: format!("no snapshot of {collection} in the store (yet)"),
+        })?;
+        let corrupt = |reason: String| Error::Snapshot { collection: collection.to_string(), reason };
+        if stored.info.collection != collection {
+            return Err(corrupt(format!("the store's description is of {:?}", stored.info.collection)));
+        }
+        let data = self.object(collection, DATA)?;
+        let file = object::ObjectFile::open(&data, self.credentials)?;
+        if file.size() != stored.info.size
+            || (stored.data_etag.is_some() && file.e_tag() != stored.data_etag.as_deref())
+        {
+            return Err(corrupt(format!(
+                "{} is not the object its description names ({} bytes, ETag {:?}; described: {} bytes, ETag {:?})",
+                redact(&data),
+                file.size(),
+                file.e_tag(),
+                stored.info.size,
+                stored.data_etag
+            )));
+        }
+        let mut partial = Partial::open(snapshots, &stored.info)?;
+        let first = partial.offset();
+        if first > 0 {
+            tracing::info!("resuming the snapshot restore at byte {first} of {}", stored.info.size);
+        }
+        let started = std::time::Instant::now();
+        let mut reader = file.reader(first);
+        let mut chunk = vec![0u8; RESTORE_CHUNK];
+        while !partial.is_complete() {
+            let n = reader.read(&mut chunk).map_err(|e| Error::io(format!("reading {}", redact(&data)), e))?;
+            if n == 0 {
+                return Err(Error::Remote {
+                    target: self.uri(),
+                    reason: format!("{} ended at byte {} of {}", redact(&data), partial.offset(), stored.info.size),
+                });
+            }
+            partial.append(partial.offset(), &chunk[..n])?;
+            fetched(n as u64);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let mib = (stored.info.size - first) as f64 / (1 << 20) as f64;
+        tracing::info!(
+            "restored {mib:.1} MiB from {} in {secs:.2}s ({:.0} MiB/s); checking sha256 on disk",
+            self.uri(),
+            mib / secs.max(1e-9)
+        );
+        match partial.finish() {
+            // A resumed file holds bytes of an earlier attempt (perhaps torn by a crash): the
+            // mismatch may not be the store's. The file was discarded; start over.
+            Err(e @ Error::Snapshot { .. }) if first > 0 => {
+                Err(Error::Remote { target: self.uri(), reason: format!("{e}; restoring from byte 0") })
+            }
+            finished => finished,
+        }
+    }
+}
