@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!has(self.replicas.min) || !has(self.replicas.max) || self.replicas.min <= self.replicas.max").message("replicas.min must not exceed replicas.max"))]
+#[x_kube(validation = Rule::new("!has(self.snapshots) || !has(self.snapshots.credentialsSecret) || !has(self.source.credentialsSecret) || self.snapshots.credentialsSecret.name == self.source.credentialsSecret.name").message("the writer has one set of object-store credentials: source.credentialsSecret and snapshots.credentialsSecret must name the same Secret"))]
 // What defines the data is fixed for the collection's life: a change would need a rebuild, and
 // applying it in place would leave the pods, the index and the verification disagreeing. The
 // rules sit on the spec because a field-level transition rule is skipped when the field is
@@ -77,6 +78,10 @@ pub struct VectorCollectionSpec {
     /// The gates the collection must pass before an alias may flip to it.
     #[serde(default)]
     pub verify: VerifySpec,
+    /// Where the sealed snapshot is also published, so replicas start from the store rather
+    /// than from the writer (scale-up, node loss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotsSpec>,
     /// The quiver image (default: the operator's own version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -122,6 +127,26 @@ pub struct Source {
     /// instance profile, Azure managed identity, the GCE/GKE metadata server, which is also how
     /// GKE Workload Identity is served), when no credentials are named. Off by default: every
     /// collection's author would get the node's access.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ambient_credentials: bool,
+}
+
+/// A snapshot store: an object-store prefix; collection `c` is kept under `<store>/c/`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotsSpec {
+    /// `s3://bucket/prefix`, `gs://...` or `az://...`: the writer publishes there
+    /// (`--snapshot-store`) before it reports ready; replicas restore from there first, then from
+    /// the writer and ready peers.
+    #[x_kube(validation = Rule::new("['s3://', 's3a://', 'gs://', 'az://', 'abfs://', 'abfss://'].exists(p, self.startsWith(p))").message("snapshots.store must be an object-store URL (s3://, gs://, az://, abfs(s)://)"))]
+    pub store: String,
+    /// A Secret with the store's credentials, under the names source.credentialsSecret lists
+    /// (the writer and the replicas get only those keys, each optional). The writer has one
+    /// set: with source.credentialsSecret too, both must name the same Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<k8s_openapi::api::core::v1::LocalObjectReference>,
+    /// Let the writer and the replicas reach the store with the node's identity (see
+    /// source.ambientCredentials).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ambient_credentials: bool,
 }

@@ -32,6 +32,8 @@ pub enum Command {
     Warmup(WarmupArgs),
     /// Flip an alias to a collection, only if it passes its gates.
     Alias(AliasArgs),
+    /// Snapshots in a snapshot store (backup, restore, promotion to another cluster).
+    Snapshot(SnapshotArgs),
     /// Build from .npy files and measure exact search and each strategy's quality sweep.
     Bench(BenchArgs),
     /// Run the whole blue/green rebuild cycle on generated data, in one process.
@@ -43,7 +45,7 @@ pub enum Command {
     Standalone(StandaloneArgs),
     /// Import from --source (or accept Ingest streams), build, seal, write the snapshot, and
     /// serve it to replicas.
-    Writer(WriterArgs),
+    Writer(Box<WriterArgs>),
     /// Fetch a collection's snapshot from the writer or a peer, check it, preload and warm it,
     /// then serve Search.
     Replica(ReplicaArgs),
@@ -396,6 +398,38 @@ pub struct WarmupArgs {
     pub remote: RemoteArgs,
     #[arg(long, env = "QUIVER_WARMUP_MAX_QUERIES", default_value_t = 2000)]
     pub max_queries: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub action: SnapshotAction,
+    /// The store: an object-store prefix, as a writer's --snapshot-store.
+    #[arg(long, env = "QUIVER_SNAPSHOT_STORE", global = true)]
+    pub store: Option<String>,
+    /// Reach the store with the machine's own identity (see `quiver import --help`).
+    #[arg(long, env = "QUIVER_AMBIENT_CREDENTIALS", global = true)]
+    pub ambient_credentials: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// The snapshots the store holds (completely published ones), as JSON.
+    List,
+    /// Publish a sealed collection of --data-dir (its snapshot is written first if missing).
+    Push {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        collection: String,
+    },
+    /// Restore a collection from the store into --data-dir, checked, ready to serve.
+    Pull {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        collection: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -125,6 +125,40 @@ pub fn alias(action: AliasAction) -> Result<i32> {
     }
 }
 
+pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
+    use crate::import::object::Credentials;
+    use crate::snapshot::SnapshotDir;
+    use crate::snapshot::store::SnapshotStore;
+    let uri = a.store.as_deref().ok_or_else(|| Error::Usage {
+        flag: "--store".into(),
+        value: "(none)".into(),
+        reason: "name the snapshot store, e.g. --store s3://bucket/prefix (or QUIVER_SNAPSHOT_STORE)".into(),
+    })?;
+    let store = SnapshotStore::new(uri, if a.ambient_credentials { Credentials::Ambient } else { Credentials::Named })?;
+    match a.action {
+        SnapshotAction::List => print_json(&store.list()?),
+        SnapshotAction::Push { dir, collection } => {
+            crate::collection::builder::check_name(&collection)?;
+            let snapshots = SnapshotDir::new(&dir.data_dir);
+            let sealed = crate::Collection::open(&dir.data_dir.join(&collection))?;
+            let info = snapshots.write(&sealed)?;
+            print_json(&store.push(&snapshots, &info)?);
+        }
+        SnapshotAction::Pull { dir, collection } => {
+            std::fs::create_dir_all(&dir.data_dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.data_dir.display()), e))?;
+            let snapshots = SnapshotDir::new(&dir.data_dir);
+            let info = match snapshots.checked_info(&collection)? {
+                Some(info) => info,
+                None => store.pull(&collection, &snapshots, &|_| {})?,
+            };
+            snapshots.install(&dir.data_dir, &info)?;
+            print_json(&info);
+        }
+    }
+    Ok(0)
+}
+
 pub fn bench(a: BenchArgs) -> Result<i32> {
     let indexes = a
         .index

@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             None => local::warmup(a),
         },
         Command::Alias(a) => local::alias(a.action),
+        Command::Snapshot(a) => local::snapshot(a),
         Command::Bench(a) => local::bench(a),
         Command::Demo(a) => local::demo(a),
         Command::Generate(a) => local::generate(a),

@@ -80,6 +80,22 @@ impl SnapshotStore {
         })
     }
 
+    /// Every snapshot published completely (with its description), in name order.
+    pub fn list(&self) -> Result<Vec<StoredSnapshot>> {
+        let location = object::locate(&format!("{}/", self.uri), self.credentials)?;
+        let listed = object::list(&self.uri, &location, &location.path)?;
+        let prefix = location.path.as_ref().to_string();
+        let mut found = Vec::new();
+        for meta in listed {
+            let key = meta.location.as_ref();
+            let below = key.strip_prefix(&prefix).unwrap_or(key).trim_start_matches('/');
+            if let Some(collection) = below.strip_suffix(&format!("/{DESCRIPTION}")).filter(|c| !c.contains('/')) {
+                found.extend(self.described(collection)?);
+            }
+        }
+        Ok(found)
+    }
+
     /// Publishes the finished local snapshot `info`: the data first, the description last.
     /// A snapshot already published with the same sha256 is left as it is.
     pub fn push(&self, snapshots: &SnapshotDir, info: &SnapshotInfo) -> Result<StoredSnapshot> {

@@ -338,6 +338,32 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     assert_eq!(sha256(&std::fs::read(dir.path().join("r1/v1/data.mdb")).unwrap()), sha256(&data));
     drop(resumed);
 
+    // Backup and restore with `quiver snapshot`: list the store, pull into a new data
+    // directory (checked, installed), push from there to another store.
+    let snapshot = |args: &[&str]| manifest(&quiver(weed.s3, &[&["snapshot"], args].concat()));
+    let listed = snapshot(&["list", "--store", store]);
+    assert_eq!((listed[0]["collection"].as_str(), listed.as_array().unwrap().len()), (Some("v1"), 1));
+    let pulled = snapshot(&["pull", "--store", store, "--data-dir", &at("p"), "--collection", "v1"]);
+    assert_eq!(pulled["sha256"], stored["sha256"]);
+    let search = quiver(
+        weed.s3,
+        &[
+            "search",
+            "--data-dir",
+            &at("p"),
+            "--collection",
+            "v1",
+            "--vector",
+            &format!("[{}]", vec!["0.1"; 64].join(",")),
+            "-k",
+            "3",
+        ],
+    );
+    assert!(search.status.success(), "{}", String::from_utf8_lossy(&search.stderr));
+    let pushed = snapshot(&["push", "--store", "s3://snapshots/dr", "--data-dir", &at("p"), "--collection", "v1"]);
+    assert_eq!(pushed["sha256"], stored["sha256"]);
+    assert_eq!(snapshot(&["list", "--store", "s3://snapshots/dr"])[0]["sha256"], stored["sha256"]);
+
     // The data replaced after its description: refused for its ETag. Then a description that
     // names the replaced object, which has one byte flipped: refused for its sha256.
     let mut flipped = data.clone();

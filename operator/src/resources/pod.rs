@@ -4,8 +4,9 @@
 use super::{Defaults, GRPC_PORT, HTTP_PORT};
 use crate::crd::VectorCollection;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -173,4 +174,20 @@ pub fn optional_flag(args: &mut Vec<String>, name: &str, value: Option<impl ToSt
     if let Some(value) = value {
         flag(args, name, value);
     }
+}
+
+/// The object store's credentials from `secret`: only the variables its client reads (not
+/// `envFrom`, which would let any key of the Secret set any flag), each optional, so a Secret
+/// with some of them works and a sealed writer restarts after the Secret is gone.
+pub fn object_store_env(secret: &str) -> Vec<EnvVar> {
+    quiver_api::environment::object_store_credentials()
+        .map(|key| EnvVar {
+            name: key.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(true) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
 }

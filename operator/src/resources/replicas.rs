@@ -33,8 +33,14 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     let mut args = vec!["replica".to_string()];
     flag(&mut args, "data-dir", pod::DATA_DIR);
     flag(&mut args, "collection", &name);
-    // The writer first; ready peers (behind the replicas Service) take over when it is busy or gone.
-    flag(&mut args, "snapshot-from", format!("{},{}", labels::writer_url(&name), labels::replicas_url(&name)));
+    // The store first (it needs no writer); then the writer; ready peers (behind the replicas
+    // Service) take over when it is busy or gone.
+    let peers = format!("{},{}", labels::writer_url(&name), labels::replicas_url(&name));
+    let snapshots = vc.spec.snapshots.as_ref();
+    flag(&mut args, "snapshot-from", snapshots.map_or(peers.clone(), |s| format!("{},{peers}", s.store)));
+    if snapshots.is_some_and(|s| s.ambient_credentials) {
+        args.push("--ambient-credentials".into());
+    }
     pod::listen_flags(vc, &mut args);
     flag(&mut args, "warmup-max-queries", vc.spec.warmup.max_queries);
     // On SIGTERM stay NOT_SERVING this long before closing, while endpoints drop the pod.
@@ -55,7 +61,9 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
         .get_or_insert_with(Default::default)
         .entry("ephemeral-storage".into())
         .or_insert_with(|| Quantity(snapshot_limit.clone()));
-    let container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
+    let mut container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
+    let store_secret = vc.spec.snapshots.as_ref().and_then(|s| s.credentials_secret.as_ref());
+    container.env = store_secret.map(|secret| pod::object_store_env(&secret.name));
     Deployment {
         metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),
         spec: Some(DeploymentSpec {

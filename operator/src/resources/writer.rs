@@ -7,14 +7,13 @@ use super::{Defaults, GRPC_PORT};
 use crate::crd::VectorCollection;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    EnvVar, EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use quiver_api::environment;
 use std::collections::BTreeMap;
 
 pub const DEFAULT_STORAGE: &str = "10Gi";
@@ -29,9 +28,11 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     // Without a URL the writer waits for an ETL on its Ingest API.
     optional_flag(&mut args, "source", spec.source.url.as_ref());
     optional_flag(&mut args, "format", spec.source.format.as_ref());
-    if spec.source.ambient_credentials {
+    let snapshots = spec.snapshots.as_ref();
+    if spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials) {
         args.push("--ambient-credentials".into());
     }
+    optional_flag(&mut args, "snapshot-store", snapshots.map(|s| &s.store));
     if let Some(columns) = &spec.source.columns {
         optional_flag(&mut args, "id-column", columns.id.as_ref());
         optional_flag(&mut args, "vector-column", columns.vector.as_ref());
@@ -47,28 +48,14 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     args
 }
 
-/// The object store's credentials from `secret`: only the variables its client reads (not
-/// `envFrom`, which would let any key of the Secret set any flag), each optional, so a Secret
-/// with some of them works and a sealed writer restarts after the Secret is gone.
-fn credentials_env(secret: &str) -> Vec<EnvVar> {
-    environment::object_store_credentials()
-        .map(|key| EnvVar {
-            name: key.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(true) }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .collect()
-}
-
 pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {
     let name = vc.name_any();
     let writer = &vc.spec.writer;
     let resources = writer.resources.clone().unwrap_or_else(|| pod::default_resources("1", "2Gi"));
     let mut container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
-    container.env = vc.spec.source.credentials_secret.as_ref().map(|secret| credentials_env(&secret.name));
+    let snapshots = vc.spec.snapshots.as_ref();
+    let secret = vc.spec.source.credentials_secret.as_ref().or(snapshots.and_then(|s| s.credentials_secret.as_ref()));
+    container.env = secret.map(|secret| pod::object_store_env(&secret.name));
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(pod::DATA_VOLUME.into()),

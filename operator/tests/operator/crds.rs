@@ -91,6 +91,10 @@ fn invalid_fixtures_are_refused_with_their_message() {
         ("invalid-source-scheme.yaml", "source.url must be an object-store URL"),
         ("invalid-expected-count.yaml", "set at most one of verify.expectedCount or verify.expectedCountFrom"),
         ("invalid-count-query.yaml", "verify.expectedCountFrom.sql must not be blank"),
+        (
+            "invalid-two-credentials.yaml",
+            "source.credentialsSecret and snapshots.credentialsSecret must name the same Secret",
+        ),
         ("invalid-name.yaml", "at most 40 characters"),
     ] {
         let vc: VectorCollection = load(&fixtures.join(file));

@@ -140,10 +140,9 @@ fn every_container_command_parses_with_the_engine_cli() {
                             (key.name, e.name.clone(), key.optional)
                         })
                         .collect();
-                    let expected: Vec<(String, String, Option<bool>)> = vc
-                        .spec
-                        .source
-                        .credentials_secret
+                    let secret = vc.spec.source.credentials_secret.as_ref();
+                    let expected: Vec<(String, String, Option<bool>)> = secret
+                        .or(vc.spec.snapshots.as_ref().and_then(|s| s.credentials_secret.as_ref()))
                         .iter()
                         .flat_map(|s| {
                             quiver_api::environment::object_store_credentials()
@@ -151,7 +150,12 @@ fn every_container_command_parses_with_the_engine_cli() {
                         })
                         .collect();
                     assert_eq!(keys, expected);
-                    assert_eq!(w.build.ambient_credentials, vc.spec.source.ambient_credentials);
+                    let snapshots = vc.spec.snapshots.as_ref();
+                    assert_eq!(
+                        w.build.ambient_credentials,
+                        vc.spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials)
+                    );
+                    assert_eq!(w.snapshot_store.as_ref(), snapshots.map(|s| &s.store));
                     assert_eq!(w.dir.data_dir, Path::new("/data"));
                     assert_eq!(w.serve.token.token_file.as_deref(), token_file);
                     // Search needs no token only where the operator generated it.
@@ -165,13 +169,24 @@ fn every_container_command_parses_with_the_engine_cli() {
                 }
                 ("replica", Command::Replica(r)) => {
                     assert_eq!(r.collection, name);
-                    assert_eq!(
-                        r.snapshot_from,
-                        [
-                            format!("http://{}-writer:7700", r.collection),
-                            format!("http://{}-replicas:7700", r.collection)
-                        ]
-                    );
+                    // The store first, when there is one, then the writer and the ready peers.
+                    let snapshots = vc.spec.snapshots.as_ref();
+                    let peers = [
+                        format!("http://{}-writer:7700", r.collection),
+                        format!("http://{}-replicas:7700", r.collection),
+                    ];
+                    let from: Vec<String> = snapshots.map(|s| s.store.clone()).into_iter().chain(peers).collect();
+                    assert_eq!(r.snapshot_from, from);
+                    assert_eq!(r.ambient_credentials, snapshots.is_some_and(|s| s.ambient_credentials));
+                    let secrets: Vec<String> = container
+                        .env
+                        .iter()
+                        .flatten()
+                        .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref().map(|k| k.name.clone()))
+                        .collect();
+                    let store_secret = snapshots.and_then(|s| s.credentials_secret.as_ref()).map(|s| s.name.clone());
+                    let n = quiver_api::environment::object_store_credentials().count();
+                    assert_eq!(secrets, store_secret.map(|s| vec![s; n]).unwrap_or_default());
                     assert_eq!(r.warmup_max_queries, vc.spec.warmup.max_queries as usize);
                     assert_eq!(r.serve.max_connection_age_secs, vc.spec.replicas.max_connection_age_seconds);
                     assert_eq!(r.serve.drain_delay_secs, 5);
