@@ -376,6 +376,33 @@ async fn passing_verification_makes_the_collection_ready_and_verified() {
     assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(300)));
 }
 
+/// A verify Job whose pod cannot start (its database Secret is missing) says so in status,
+/// rather than showing Verifying until the Job's deadline.
+#[tokio::test]
+async fn a_verify_job_that_cannot_start_says_why() {
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let vc = collection(false, stored_status("Verifying"));
+    h.cache([running_pod("10.1.2.3")]);
+    h.cache(jobs("Suspended"));
+    // As the kubelet reports a secretKeyRef to a missing Secret (pkg/kubelet/kuberuntime:
+    // CreateContainerConfigError with the lookup's error as the message).
+    h.cache([json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "products-v2-verify-g1-x",
+        "labels": {"batch.kubernetes.io/job-name": "products-v2-verify-g1"}}, "status": {"containerStatuses": [{
+        "name": "quiver", "image": "quiver:test", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"product-db\" not found"}}}]}})]);
+    run(reconcile(vc, h.ctx.clone()), async {
+        let status = verify_finished(&mut h).await;
+        assert_eq!(status["phase"], "Verifying");
+        assert_eq!(
+            status["message"],
+            "products-v2-verify-g1: CreateContainerConfigError: secret \"product-db\" not found"
+        );
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn failed_verification_fails_the_collection_naming_the_gate() {
     let mut h = harness();

@@ -220,6 +220,19 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
             decision.message = Some(format!("{count}; {problem}"));
         }
     }
+    // A Job whose pod cannot start (a missing Secret: CreateContainerConfigError; no image)
+    // would wait out its deadline silently: say why.
+    let running_job = match decision.phase {
+        Phase::WarmingUp if observed.warmup == JobState::Running => Some(Role::Warmup),
+        Phase::Verifying if observed.verify == JobState::Running => Some(Role::Verify),
+        _ => None,
+    };
+    if let Some(role) = running_job {
+        let job = labels::job_name(&name, role, observed.generation);
+        if let Some(problem) = job_problem(ctx, &ns, &job) {
+            decision.message = Some(format!("{job}: {problem}"));
+        }
+    }
     // Start the Job the pipeline is waiting for.
     match decision.phase {
         Phase::WarmingUp if observed.warmup == JobState::Absent => {

@@ -150,6 +150,12 @@ pub(super) fn job_state(job: Option<&Job>) -> JobState {
 }
 
 /// The termination message of a finished Job's last pod (the engine's JSON report).
+/// Why the pod of a running `job` does not run, if it is stuck.
+pub(super) fn job_problem(ctx: &Context, ns: &str, job: &str) -> Option<String> {
+    let list = ctx.caches.pods.labelled(ns, &[("batch.kubernetes.io/job-name", job)]);
+    list.iter().find_map(|p| pod_problem(p))
+}
+
 pub(super) fn job_report(ctx: &Context, ns: &str, job: &str) -> Option<String> {
     let list = ctx.caches.pods.labelled(ns, &[("batch.kubernetes.io/job-name", job)]);
     let mut messages: Vec<(Option<String>, String)> = list
