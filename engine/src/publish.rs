@@ -55,7 +55,7 @@ pub struct Publisher {
     build: Arc<BuildProgress>,
     stage: Mutex<Stage>,
     metrics: Arc<Metrics>,
-    /// Where the sealed snapshot is published, before the writer reports it sealed.
+    /// Where the sealed snapshot is published (in the background, once sealed).
     store: Option<SnapshotStore>,
 }
 
@@ -142,14 +142,17 @@ impl Publisher {
         self.set_stage(Stage::Snapshotting);
         let collection = Searcher::new(collection);
         let snapshots = SnapshotDir::new(&self.root);
-        let info = snapshots
-            .write(&collection)
-            .and_then(|info| match &self.store {
-                // Replicas may start from the store alone: published before "sealed" is said.
-                Some(store) => store.push(&snapshots, &info).map(|_| info),
-                None => Ok(info),
-            })
-            .inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
+        let info = snapshots.write(&collection).inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
+        if let Some(store) = &self.store {
+            // In the background, tried until it lands: a store that is down or slow is not a
+            // failed build, the writer's probes answer meanwhile, and replicas fall back to the
+            // writer until the store has the snapshot.
+            let (store, snapshots, info) = (store.clone(), snapshots.clone(), info.clone());
+            std::thread::Builder::new()
+                .name("quiver-snapshot-push".into())
+                .spawn(move || push_until_done(&store, &snapshots, &info))
+                .map_err(|e| Error::io("starting the snapshot upload", e))?;
+        }
         // Preloaded (sign codes built, pages faulted in) before anyone is told it is sealed, so
         // the writer's first query is not a cold one.
         collection.preload().inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
@@ -167,5 +170,15 @@ impl Publisher {
                 Err(Error::Sealed { name: self.name().to_string(), operation: "ingest while building".into() })
             }
         }
+    }
+}
+
+/// Publishes `info` to `store`, trying again after 1, 2, 4 ... 60 s until it lands.
+fn push_until_done(store: &SnapshotStore, snapshots: &SnapshotDir, info: &SnapshotInfo) {
+    let mut delay = std::time::Duration::from_secs(1);
+    while let Err(e) = store.push(snapshots, info) {
+        tracing::warn!(collection = %info.collection, store = %store.uri(), "publishing the snapshot: {e}; trying again in {}s", delay.as_secs());
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(std::time::Duration::from_secs(60));
     }
 }

@@ -135,14 +135,15 @@ pub struct Source {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotsSpec {
-    /// `s3://bucket/prefix`, `gs://...` or `az://...`: the writer publishes there
-    /// (`--snapshot-store`) before it reports ready; replicas restore from there first, then from
-    /// the writer and ready peers.
+    /// `s3://bucket/prefix`, `gs://...` or `az://...`: the writer publishes collection `c` of
+    /// namespace `ns` under `<store>/<ns>/c/` once sealed (in the background, retried until it
+    /// lands); replicas restore from there first, then from the writer and ready peers.
     #[x_kube(validation = Rule::new("['s3://', 's3a://', 'gs://', 'az://', 'abfs://', 'abfss://'].exists(p, self.startsWith(p))").message("snapshots.store must be an object-store URL (s3://, gs://, az://, abfs(s)://)"))]
     pub store: String,
     /// A Secret with the store's credentials, under the names source.credentialsSecret lists
-    /// (the writer and the replicas get only those keys, each optional). The writer has one
-    /// set: with source.credentialsSecret too, both must name the same Secret.
+    /// (the writer and the replicas get only those keys, each optional); default: the
+    /// source's. The writer has one set: with source.credentialsSecret too, both must name the
+    /// same Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<k8s_openapi::api::core::v1::LocalObjectReference>,
     /// Let the writer and the replicas reach the store with the node's identity (see

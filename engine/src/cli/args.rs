@@ -159,8 +159,8 @@ pub struct WriterArgs {
     #[arg(long, env = "QUIVER_WRITE_MIN_BYTES_PER_SEC", default_value_t = crate::serve::ingest::MIN_WRITE_BYTES_PER_SEC)]
     pub write_min_bytes_per_sec: u64,
     /// Also publish the sealed snapshot to this object-store prefix (`s3://bucket/prefix`, gs://,
-    /// az://), under `<prefix>/<collection>/`, before reporting SERVING; replicas can then
-    /// restore from it without this writer.
+    /// az://), under `<prefix>/<collection>/`, in the background and retried until it lands;
+    /// replicas can then restore from it without this writer.
     #[arg(long, env = "QUIVER_SNAPSHOT_STORE")]
     pub snapshot_store: Option<String>,
     #[command(flatten)]

@@ -147,10 +147,22 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
         SnapshotAction::Pull { dir, collection } => {
             std::fs::create_dir_all(&dir.data_dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.data_dir.display()), e))?;
+            crate::collection::builder::check_name(&collection)?;
+            // Never over a collection already there (a pull is a restore, not a replacement).
+            let target = dir.data_dir.join(&collection);
+            if target.exists() {
+                return Err(Error::Usage {
+                    flag: "--collection".into(),
+                    value: collection,
+                    reason: format!("{} already holds this collection; pull into another --data-dir", target.display()),
+                });
+            }
             let snapshots = SnapshotDir::new(&dir.data_dir);
+            let stored = store.described(&collection)?.map(|s| s.info.sha256);
             let info = match snapshots.checked_info(&collection)? {
-                Some(info) => info,
-                None => store.pull(&collection, &snapshots, &|_| {})?,
+                // A download finished earlier of the snapshot the store still holds.
+                Some(info) if Some(&info.sha256) == stored.as_ref() => info,
+                _ => store.pull(&collection, &snapshots, &|_| {})?,
             };
             snapshots.install(&dir.data_dir, &info)?;
             print_json(&info);

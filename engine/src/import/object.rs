@@ -284,8 +284,13 @@ pub const PART_BYTES: usize = 16 << 20;
 /// Parts of one upload in flight.
 const PARTS_IN_FLIGHT: usize = 4;
 
-/// What an upload wrote: the sha256 of each part, and the new object's ETag.
+/// Parts one multipart upload may have (S3, GCS).
+const MAX_PARTS: u64 = 10_000;
+
+/// What an upload wrote: the sha256 of each part (of `part_bytes` but the last), and the new
+/// object's ETag.
 pub struct Uploaded {
+    pub part_bytes: u64,
     pub part_sha256: Vec<String>,
     pub e_tag: Option<String>,
 }
@@ -300,10 +305,13 @@ pub fn upload_file(uri: &str, credentials: Credentials, path: &std::path::Path) 
     let mut upload =
         wait(async move { store.put_multipart(&key).await }).map_err(|e| failed(uri, "starting the upload", e))?;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    // S3 and GCS take at most 10,000 parts: larger files get larger parts (whole MiB).
+    let size = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
+    let part_bytes = PART_BYTES.max((size.div_ceil(MAX_PARTS) as usize).next_multiple_of(1 << 20));
     let mut part_sha256 = Vec::new();
     let mut in_flight = Vec::new();
     let result = loop {
-        let mut part = vec![0u8; PART_BYTES];
+        let mut part = vec![0u8; part_bytes];
         let n = match read_full(&mut file, &mut part) {
             Ok(n) => n,
             Err(e) => break Err(Error::io(format!("reading {}", path.display()), e)),
@@ -313,21 +321,27 @@ pub fn upload_file(uri: &str, credentials: Credentials, path: &std::path::Path) 
             part_sha256.push(sha2::Sha256::digest(&part).iter().map(|b| format!("{b:02x}")).collect());
             in_flight.push(upload.put_part(part.into()));
         }
-        if in_flight.len() == PARTS_IN_FLIGHT || n < PART_BYTES {
+        if in_flight.len() == PARTS_IN_FLIGHT || n < part_bytes {
             let parts = std::mem::take(&mut in_flight);
             if let Err(e) = wait(async move { futures::future::try_join_all(parts).await }) {
                 break Err(failed(uri, "uploading a part", e));
             }
         }
-        if n < PART_BYTES {
+        if n < part_bytes {
             break Ok(());
         }
     };
     match result {
         Ok(()) => {
-            let done =
-                wait(async move { upload.complete().await }).map_err(|e| failed(uri, "completing the upload", e))?;
-            Ok(Uploaded { part_sha256, e_tag: done.e_tag })
+            let done = wait(async move {
+                let done = upload.complete().await;
+                if done.is_err() {
+                    let _ = upload.abort().await;
+                }
+                done
+            })
+            .map_err(|e| failed(uri, "completing the upload", e))?;
+            Ok(Uploaded { part_bytes: part_bytes as u64, part_sha256, e_tag: done.e_tag })
         }
         Err(e) => {
             let _ = wait(async move { upload.abort().await });

@@ -30,8 +30,8 @@ pub struct WriterConfig {
     pub spool: SpoolLimits,
     pub pace: WritePace,
     pub serve: ServeRole,
-    /// Publishes the sealed snapshot there too (`s3://bucket/prefix`), read with `read`'s
-    /// credentials policy.
+    /// Publishes the sealed snapshot there too (`s3://bucket/prefix`, in the background), with
+    /// `read`'s credentials policy.
     pub snapshot_store: Option<String>,
 }
 

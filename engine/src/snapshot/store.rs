@@ -109,7 +109,7 @@ impl SnapshotStore {
         crate::fault::point("store::before_description");
         let stored = StoredSnapshot {
             info: info.clone(),
-            part_bytes: object::PART_BYTES as u64,
+            part_bytes: uploaded.part_bytes,
             part_sha256: uploaded.part_sha256,
             data_etag: uploaded.e_tag,
         };

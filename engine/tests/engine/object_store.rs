@@ -305,6 +305,12 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     let log = dir.path().join("writer.log");
     let mut writer = Stopped(spawn_quiver(weed.s3, &args, None, &log));
     wait_ready(&mut writer, http, &log);
+    // The upload runs beside serving: wait for the description.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(&format!("http://127.0.0.1:{}/snapshots/prod/v1/snapshot.json", weed.s3)).call().is_err() {
+        assert!(Instant::now() < deadline, "not published:\n{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(writer);
 
     // What the store holds: the data, and its description naming the sha256 of the whole and
@@ -360,6 +366,10 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
         ],
     );
     assert!(search.status.success(), "{}", String::from_utf8_lossy(&search.stderr));
+    // Never over a collection that is there.
+    let again = quiver(weed.s3, &["snapshot", "pull", "--store", store, "--data-dir", &at("p"), "--collection", "v1"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds this collection"));
     let pushed = snapshot(&["push", "--store", "s3://snapshots/dr", "--data-dir", &at("p"), "--collection", "v1"]);
     assert_eq!(pushed["sha256"], stored["sha256"]);
     assert_eq!(snapshot(&["list", "--store", "s3://snapshots/dr"])[0]["sha256"], stored["sha256"]);

@@ -191,3 +191,11 @@ pub fn object_store_env(secret: &str) -> Vec<EnvVar> {
         })
         .collect()
 }
+
+/// Where this collection's snapshots go in its store: under the namespace, so collections of
+/// the same name in two namespaces (or clusters sharing a store by namespace) never meet.
+pub fn snapshot_store(vc: &VectorCollection) -> Option<String> {
+    let store = &vc.spec.snapshots.as_ref()?.store;
+    let namespace = vc.metadata.namespace.as_deref().unwrap_or("default");
+    Some(format!("{}/{namespace}", store.trim_end_matches('/')))
+}

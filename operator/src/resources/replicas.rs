@@ -37,7 +37,11 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     // Service) take over when it is busy or gone.
     let peers = format!("{},{}", labels::writer_url(&name), labels::replicas_url(&name));
     let snapshots = vc.spec.snapshots.as_ref();
-    flag(&mut args, "snapshot-from", snapshots.map_or(peers.clone(), |s| format!("{},{peers}", s.store)));
+    flag(
+        &mut args,
+        "snapshot-from",
+        snapshots.map_or(peers.clone(), |_| format!("{},{peers}", pod::snapshot_store(vc).expect("a store"))),
+    );
     if snapshots.is_some_and(|s| s.ambient_credentials) {
         args.push("--ambient-credentials".into());
     }
@@ -62,7 +66,12 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
         .entry("ephemeral-storage".into())
         .or_insert_with(|| Quantity(snapshot_limit.clone()));
     let mut container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
-    let store_secret = vc.spec.snapshots.as_ref().and_then(|s| s.credentials_secret.as_ref());
+    // The store's credentials are the writer's (one set, see the CRD's rule).
+    let store_secret = vc
+        .spec
+        .snapshots
+        .as_ref()
+        .and_then(|s| s.credentials_secret.as_ref().or(vc.spec.source.credentials_secret.as_ref()));
     container.env = store_secret.map(|secret| pod::object_store_env(&secret.name));
     Deployment {
         metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),

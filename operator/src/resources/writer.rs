@@ -32,7 +32,7 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     if spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials) {
         args.push("--ambient-credentials".into());
     }
-    optional_flag(&mut args, "snapshot-store", snapshots.map(|s| &s.store));
+    optional_flag(&mut args, "snapshot-store", pod::snapshot_store(vc));
     if let Some(columns) = &spec.source.columns {
         optional_flag(&mut args, "id-column", columns.id.as_ref());
         optional_flag(&mut args, "vector-column", columns.vector.as_ref());

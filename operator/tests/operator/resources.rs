@@ -155,7 +155,8 @@ fn every_container_command_parses_with_the_engine_cli() {
                         w.build.ambient_credentials,
                         vc.spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials)
                     );
-                    assert_eq!(w.snapshot_store.as_ref(), snapshots.map(|s| &s.store));
+                    let ns = vc.metadata.namespace.clone().unwrap_or("default".into());
+                    assert_eq!(w.snapshot_store, snapshots.map(|s| format!("{}/{ns}", s.store)));
                     assert_eq!(w.dir.data_dir, Path::new("/data"));
                     assert_eq!(w.serve.token.token_file.as_deref(), token_file);
                     // Search needs no token only where the operator generated it.
@@ -175,7 +176,9 @@ fn every_container_command_parses_with_the_engine_cli() {
                         format!("http://{}-writer:7700", r.collection),
                         format!("http://{}-replicas:7700", r.collection),
                     ];
-                    let from: Vec<String> = snapshots.map(|s| s.store.clone()).into_iter().chain(peers).collect();
+                    let ns = vc.metadata.namespace.clone().unwrap_or("default".into());
+                    let from: Vec<String> =
+                        snapshots.map(|s| format!("{}/{ns}", s.store)).into_iter().chain(peers).collect();
                     assert_eq!(r.snapshot_from, from);
                     assert_eq!(r.ambient_credentials, snapshots.is_some_and(|s| s.ambient_credentials));
                     let secrets: Vec<String> = container
@@ -184,7 +187,9 @@ fn every_container_command_parses_with_the_engine_cli() {
                         .flatten()
                         .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref().map(|k| k.name.clone()))
                         .collect();
-                    let store_secret = snapshots.and_then(|s| s.credentials_secret.as_ref()).map(|s| s.name.clone());
+                    let store_secret = snapshots
+                        .and_then(|s| s.credentials_secret.as_ref().or(vc.spec.source.credentials_secret.as_ref()))
+                        .map(|s| s.name.clone());
                     let n = quiver_api::environment::object_store_credentials().count();
                     assert_eq!(secrets, store_secret.map(|s| vec![s; n]).unwrap_or_default());
                     assert_eq!(r.warmup_max_queries, vc.spec.warmup.max_queries as usize);
