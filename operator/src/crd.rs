@@ -131,7 +131,8 @@ pub struct Source {
     pub ambient_credentials: bool,
 }
 
-/// A snapshot store: an object-store prefix; collection `c` is kept under `<store>/c/`.
+/// A snapshot store: an object-store prefix; collection `c` of namespace `ns` is kept under
+/// `<store>/<ns>/c/`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotsSpec {

@@ -146,7 +146,7 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sealed() -> WriterState {
@@ -171,7 +171,8 @@ mod tests {
         VectorCollectionStatus { phase, observed_generation: Some(generation), ..Default::default() }
     }
 
-    fn gate(passed: bool) -> GateResult {
+    /// A count gate (999 measured, 1000 wanted) that `passed` or not; the status tests use it too.
+    pub(crate) fn gate(passed: bool) -> GateResult {
         GateResult {
             name: "count".into(),
             measured: 999.0,

@@ -134,7 +134,7 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
         value: "(none)".into(),
         reason: "name the snapshot store, e.g. --store s3://bucket/prefix (or QUIVER_SNAPSHOT_STORE)".into(),
     })?;
-    let store = SnapshotStore::new(uri, if a.ambient_credentials { Credentials::Ambient } else { Credentials::Named })?;
+    let store = SnapshotStore::new(uri, Credentials::allowing_ambient(a.ambient_credentials))?;
     match a.action {
         SnapshotAction::List => print_json(&store.list()?),
         SnapshotAction::Push { dir, collection } => {

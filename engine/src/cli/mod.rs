@@ -170,7 +170,7 @@ impl ReplicaArgs {
                 stall_timeout: Duration::from_secs(self.fetch_stall_timeout_secs),
             },
             warmup_max_queries: self.warmup_max_queries,
-            store_credentials: if self.ambient_credentials { Credentials::Ambient } else { Credentials::Named },
+            store_credentials: Credentials::allowing_ambient(self.ambient_credentials),
             serve,
         })
     }
@@ -224,7 +224,7 @@ impl BuildArgs {
             partition: self.partition.clone(),
             source_roots,
             allow_link_local: false,
-            credentials: if self.ambient_credentials { Credentials::Ambient } else { Credentials::Named },
+            credentials: Credentials::allowing_ambient(self.ambient_credentials),
             columns: ParquetColumns {
                 id: self.id_column.clone(),
                 vector: self.vector_column.clone(),

@@ -85,6 +85,13 @@ pub enum Credentials {
     Ambient,
 }
 
+impl Credentials {
+    /// What `--ambient-credentials` (given or not) allows.
+    pub fn allowing_ambient(ambient: bool) -> Credentials {
+        if ambient { Credentials::Ambient } else { Credentials::Named }
+    }
+}
+
 /// Refuses a store whose builder would fall back to the metadata service, unless allowed.
 fn check_named(uri: &str, credentials: Credentials, named: bool, how: &str) -> Result<()> {
     if named || credentials == Credentials::Ambient {
@@ -318,7 +325,7 @@ pub fn upload_file(uri: &str, credentials: Credentials, path: &std::path::Path) 
         };
         if n > 0 || part_sha256.is_empty() {
             part.truncate(n);
-            part_sha256.push(sha2::Sha256::digest(&part).iter().map(|b| format!("{b:02x}")).collect());
+            part_sha256.push(super::source::hex(&sha2::Sha256::digest(&part)));
             in_flight.push(upload.put_part(part.into()));
         }
         if in_flight.len() == PARTS_IN_FLIGHT || n < part_bytes {

@@ -341,15 +341,8 @@ async fn fetch_from(
         client.target(),
         mib / secs.max(1e-9)
     );
-    let finished = tokio::task::spawn_blocking(move || partial.finish())
+    let target = client.target().to_string();
+    tokio::task::spawn_blocking(move || partial.finish_from(&target))
         .await
-        .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))?;
-    match finished {
-        // A resumed file holds bytes of an earlier attempt (perhaps torn by a crash): the
-        // mismatch may not be this source's fault. The file was discarded; start over.
-        Err(e @ Error::Snapshot { .. }) if first > 0 => {
-            Err(Error::Remote { target: client.target().to_string(), reason: format!("{e}; fetching from byte 0") })
-        }
-        finished => finished,
-    }
+        .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))?
 }

@@ -23,6 +23,8 @@ pub struct Partial {
     /// Opened for appending and exclusively locked for the life of this value.
     file: File,
     offset: u64,
+    /// Bytes an earlier attempt left, kept when this one opened it.
+    resumed_from: u64,
 }
 
 impl Partial {
@@ -53,7 +55,7 @@ impl Partial {
             file.set_len(0).map_err(|e| io("truncating", e))?;
             offset = 0;
         }
-        Ok(Partial { snapshots: snapshots.clone(), info: info.clone(), path, file, offset })
+        Ok(Partial { snapshots: snapshots.clone(), info: info.clone(), path, file, offset, resumed_from: offset })
     }
 
     /// Bytes held so far: where the next fetch starts.
@@ -101,6 +103,20 @@ impl Partial {
         let _ = std::fs::remove_file(&marker);
         self.snapshots.publish(&self.info)?;
         Ok(self.info)
+    }
+
+    /// [`Partial::finish`] for a download from `source`: when the file held bytes of an earlier
+    /// attempt (perhaps torn by a crash), a mismatch may not be the source's fault, so it is a
+    /// transient error of `source` (the file was discarded; the next attempt starts over), not
+    /// a verdict on it.
+    pub fn finish_from(self, source: &str) -> Result<SnapshotInfo> {
+        let resumed = self.resumed_from > 0;
+        match self.finish() {
+            Err(e @ Error::Snapshot { .. }) if resumed => {
+                Err(Error::Remote { target: source.to_string(), reason: format!("{e}; starting over from byte 0") })
+            }
+            finished => finished,
+        }
     }
 
     fn error(&self, reason: String) -> Error {

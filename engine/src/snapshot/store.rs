@@ -178,13 +178,6 @@ impl SnapshotStore {
             self.uri(),
             mib / secs.max(1e-9)
         );
-        match partial.finish() {
-            // A resumed file holds bytes of an earlier attempt (perhaps torn by a crash): the
-            // mismatch may not be the store's. The file was discarded; start over.
-            Err(e @ Error::Snapshot { .. }) if first > 0 => {
-                Err(Error::Remote { target: self.uri(), reason: format!("{e}; restoring from byte 0") })
-            }
-            finished => finished,
-        }
+        partial.finish_from(&self.uri())
     }
 }

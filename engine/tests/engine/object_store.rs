@@ -74,16 +74,20 @@ fn put(s3: u16, path: &str, body: Vec<u8>) -> Result<(), String> {
 
 /// `quiver args` with the S3 endpoint and (any) credentials in its environment, as a pod gets
 /// them from a Secret.
-fn quiver(s3: u16, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quiver"))
+fn s3_command(s3: u16, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    command
         .args(args)
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{s3}"))
         .env("AWS_ALLOW_HTTP", "true")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "quiver-test")
-        .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
-        .output()
-        .unwrap()
+        .env("AWS_SECRET_ACCESS_KEY", "not-a-secret");
+    command
+}
+
+fn quiver(s3: u16, args: &[&str]) -> Output {
+    s3_command(s3, args).output().unwrap()
 }
 
 fn manifest(out: &Output) -> serde_json::Value {
@@ -153,11 +157,9 @@ open("_SUCCESS", "w").close()
 
     // One object streamed in ranges: its fingerprint is the sha256 of its bytes.
     let one = manifest(&import("npy", "s3://vectors/base.npy"));
-    use sha2::Digest;
-    let digest: String = sha2::Sha256::digest(&npy).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
         (one["count"].as_u64(), one["source"]["fingerprint"].as_str()),
-        (Some(300), Some(&*format!("sha256:{digest}")))
+        (Some(300), Some(&*format!("sha256:{}", sha256(&npy))))
     );
 
     let search = quiver(
@@ -215,20 +217,10 @@ open("_SUCCESS", "w").close()
     assert_eq!(manifest(&anonymous("unsigned", true))["count"], 300);
 }
 
-/// `quiver args` started with the S3 environment of [`quiver`] (and `faults` in FAILPOINTS),
-/// its stderr in `log`.
+/// [`s3_command`] started (with `faults` in FAILPOINTS), its stderr in `log`.
 fn spawn_quiver(s3: u16, args: &[&str], faults: Option<&str>, log: &Path) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
-    command
-        .args(args)
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{s3}"))
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "quiver-test")
-        .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
-        .env_remove("FAILPOINTS")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
+    let mut command = s3_command(s3, args);
+    command.env_remove("FAILPOINTS").stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap());
     if let Some(faults) = faults {
         command.env("FAILPOINTS", faults);
     }

@@ -197,3 +197,16 @@ fn condition_lists_are_maps_keyed_by_type() {
         assert_eq!(conditions["x-kubernetes-list-map-keys"][0], "type", "{name}");
     }
 }
+
+/// source.credentialsSecret's description lists the variables the writer gets from the Secret
+/// (by hand, for `kubectl explain`): every one the operator passes is named there.
+#[test]
+fn the_credentials_secret_names_every_variable_it_passes() {
+    let crds = quiver_operator::crdgen::render();
+    let (_, yaml) = crds.iter().find(|(name, _)| name.contains("vectorcollections")).expect("the VectorCollection CRD");
+    let words: std::collections::HashSet<&str> =
+        yaml.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
+    for name in quiver_api::environment::object_store_credentials() {
+        assert!(words.contains(name), "{name} is not in source.credentialsSecret's description");
+    }
+}

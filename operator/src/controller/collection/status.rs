@@ -115,6 +115,7 @@ mod tests {
     use super::*;
     use crate::crd::GateResult;
     use crate::phase::JobState;
+    use crate::phase::tests::gate;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn collection(status: Option<VectorCollectionStatus>) -> VectorCollection {
@@ -154,18 +155,6 @@ mod tests {
 
     fn find<'a>(s: &'a VectorCollectionStatus, type_: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == type_).unwrap()
-    }
-
-    fn gate(passed: bool) -> GateResult {
-        GateResult {
-            name: "count".into(),
-            measured: 999.0,
-            comparison: "==".into(),
-            threshold: 1000.0,
-            passed,
-            threshold_from: None,
-            error: None,
-        }
     }
 
     #[test]
