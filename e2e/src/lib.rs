@@ -60,10 +60,16 @@ impl Proc {
     /// Starts `quiver args...` with its stderr in `<dir>/<name>.log`, and waits for its
     /// "quiver listening" line to learn the bound ports.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        Proc::start_with_env(dir, name, args, &[])
+    }
+
+    /// [`Proc::start`] with `env` (a pod's environment) added.
+    pub fn start_with_env(dir: &Path, name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("creating the log file");
         let child = Command::new(quiver_bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             // The test's directory is where its "ETL" writes source files.
             .env("QUIVER_SOURCE_ROOT", dir)
@@ -289,7 +295,7 @@ pub fn operator_gate_passes(exit_code: Option<i32>, report: &str) -> bool {
     };
     let observed = Observed {
         generation: 1,
-        writer: WriterState::Sealed { count: 1, setting: "signscan quality=200".into() },
+        writer: WriterState::Sealed { count: 1, setting: "signscan quality=200".into(), stored: None },
         writer_problem: None,
         idle: false,
         ready_replicas: 1,

@@ -1,6 +1,6 @@
 //! The writer's pipeline for one collection: import, build, seal, write the snapshot (and
-//! publish it to the snapshot store, when there is one), with the stage it is in readable at
-//! any time (Ingest.Progress, the operator).
+//! publish it to the snapshot store, when there is one), or restore it sealed from a store,
+//! with the stage it is in readable at any time (Ingest.Progress, the operator).
 
 use crate::Collection;
 use crate::build::import_and_build;
@@ -22,6 +22,11 @@ pub enum Stage {
     Receiving,
     /// import_and_build is running (its own phase is in the build progress).
     Building,
+    /// The sealed collection is being restored from the snapshot store `from` (`bytes` long).
+    Restoring {
+        from: String,
+        bytes: u64,
+    },
     Snapshotting,
     Sealed,
     Failed(String),
@@ -35,9 +40,19 @@ pub enum Phase {
     Importing,
     Building,
     Calibrating,
+    Restoring,
     Snapshotting,
     Sealed,
     Failed,
+}
+
+/// The sealed snapshot as it landed in the snapshot store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// `<store>/<collection>`, redacted.
+    pub location: String,
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +60,10 @@ pub struct Progress {
     pub phase: Phase,
     /// Rows imported so far.
     pub rows: u64,
-    /// Why it failed, when it did.
+    /// Why it failed, or how far a restore is.
     pub message: String,
+    /// Set once the snapshot is completely in the snapshot store.
+    pub stored: Option<Stored>,
 }
 
 pub struct Publisher {
@@ -57,13 +74,23 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     /// Where the sealed snapshot is published (in the background, once sealed).
     store: Option<SnapshotStore>,
+    /// Set by the background upload once the snapshot landed in `store`.
+    stored: Arc<Mutex<Option<Stored>>>,
 }
 
 impl Publisher {
     pub fn new(root: &Path, mut options: BuildOptions, metrics: Arc<Metrics>) -> Publisher {
         let build = Arc::new(BuildProgress::default());
         options.observer = Some(build.clone());
-        Publisher { root: root.to_path_buf(), options, build, stage: Mutex::new(Stage::Waiting), metrics, store: None }
+        Publisher {
+            root: root.to_path_buf(),
+            options,
+            build,
+            stage: Mutex::new(Stage::Waiting),
+            metrics,
+            store: None,
+            stored: Arc::default(),
+        }
     }
 
     /// Publishes every sealed snapshot to `store` too.
@@ -102,11 +129,16 @@ impl Publisher {
                 },
                 String::new(),
             ),
+            Stage::Restoring { from, bytes } => {
+                let fetched = self.metrics.snapshot_fetched_bytes.get().min(*bytes);
+                (Phase::Restoring, format!("restoring from {from}: {fetched} of {bytes} bytes"))
+            }
             Stage::Snapshotting => (Phase::Snapshotting, String::new()),
             Stage::Sealed => (Phase::Sealed, String::new()),
             Stage::Failed(reason) => (Phase::Failed, reason.clone()),
         };
-        Progress { phase, rows: self.build.rows(), message }
+        let stored = self.stored.lock().expect("stored lock").clone();
+        Progress { phase, rows: self.build.rows(), message, stored }
     }
 
     /// A collection sealed by an earlier run of this writer: opened, its snapshot written if
@@ -138,6 +170,13 @@ impl Publisher {
         result
     }
 
+    /// Takes a collection restored sealed from a snapshot store (installed under the data root)
+    /// as this writer's: its snapshot is written (the restored file, already checked) and
+    /// published to this writer's own store, when it has one.
+    pub fn adopt_restored(&self, collection: Collection) -> Result<(Arc<Searcher>, SnapshotInfo)> {
+        self.finish(collection)
+    }
+
     fn finish(&self, collection: Collection) -> Result<(Arc<Searcher>, SnapshotInfo)> {
         self.set_stage(Stage::Snapshotting);
         let collection = Searcher::new(collection);
@@ -147,10 +186,14 @@ impl Publisher {
             // In the background, tried until it lands: a store that is down or slow is not a
             // failed build, the writer's probes answer meanwhile, and replicas fall back to the
             // writer until the store has the snapshot.
-            let (store, snapshots, info) = (store.clone(), snapshots.clone(), info.clone());
+            let (store, snapshots, info, stored) =
+                (store.clone(), snapshots.clone(), info.clone(), self.stored.clone());
             std::thread::Builder::new()
                 .name("quiver-snapshot-push".into())
-                .spawn(move || push_until_done(&store, &snapshots, &info))
+                .spawn(move || {
+                    let landed = push_until_done(&store, &snapshots, &info);
+                    *stored.lock().expect("stored lock") = Some(landed);
+                })
                 .map_err(|e| Error::io("starting the snapshot upload", e))?;
         }
         // Preloaded (sign codes built, pages faulted in) before anyone is told it is sealed, so
@@ -166,7 +209,7 @@ impl Publisher {
         match self.stage() {
             Stage::Waiting | Stage::Receiving | Stage::Failed(_) => Ok(()),
             Stage::Sealed => Err(Error::Sealed { name: self.name().to_string(), operation: "ingest".into() }),
-            Stage::Building | Stage::Snapshotting => {
+            Stage::Building | Stage::Restoring { .. } | Stage::Snapshotting => {
                 Err(Error::Sealed { name: self.name().to_string(), operation: "ingest while building".into() })
             }
         }
@@ -174,11 +217,22 @@ impl Publisher {
 }
 
 /// Publishes `info` to `store`, trying again after 1, 2, 4 ... 60 s until it lands.
-fn push_until_done(store: &SnapshotStore, snapshots: &SnapshotDir, info: &SnapshotInfo) {
+fn push_until_done(store: &SnapshotStore, snapshots: &SnapshotDir, info: &SnapshotInfo) -> Stored {
     let mut delay = std::time::Duration::from_secs(1);
-    while let Err(e) = store.push(snapshots, info) {
-        tracing::warn!(collection = %info.collection, store = %store.uri(), "publishing the snapshot: {e}; trying again in {}s", delay.as_secs());
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(std::time::Duration::from_secs(60));
+    loop {
+        match store.push(snapshots, info) {
+            Ok(stored) => {
+                return Stored {
+                    location: format!("{}/{}", store.uri(), stored.info.collection),
+                    sha256: stored.info.sha256,
+                    bytes: stored.info.size,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(collection = %info.collection, store = %store.uri(), "publishing the snapshot: {e}; trying again in {}s", delay.as_secs());
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(60));
+            }
+        }
     }
 }

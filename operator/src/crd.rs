@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
     // Names become Service, StatefulSet and Job names with suffixes (`-replicas`,
     // `-verify-g<generation>`) that must stay DNS labels of at most 63 characters.
     validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("a collection name must be a DNS label (starting with a letter) of at most 40 characters"),
+    // The collection's name is in the snapshot's manifest: it is restored under that name.
+    validation = Rule::new("!has(self.spec.source.snapshot) || self.spec.source.snapshot.endsWith('/' + self.metadata.name)").message("source.snapshot must be a snapshot of this collection: <store>/<namespace>/<this collection's name>"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.vectorCount"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
@@ -39,6 +41,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!has(self.replicas.min) || !has(self.replicas.max) || self.replicas.min <= self.replicas.max").message("replicas.min must not exceed replicas.max"))]
+#[x_kube(validation = Rule::new("!has(self.snapshots) || (has(self.source.ambientCredentials) && self.source.ambientCredentials) == (has(self.snapshots.ambientCredentials) && self.snapshots.ambientCredentials)").message("the writer has one credentials policy: source.ambientCredentials and snapshots.ambientCredentials must be equal"))]
+#[x_kube(validation = Rule::new("!has(self.writer) || !has(self.writer.afterPublish) || self.writer.afterPublish == 'Keep' || has(self.snapshots)").message("writer.afterPublish: Delete needs spec.snapshots: without a store, replicas start from the writer"))]
 #[x_kube(validation = Rule::new("!has(self.snapshots) || !has(self.snapshots.credentialsSecret) || !has(self.source.credentialsSecret) || self.snapshots.credentialsSecret.name == self.source.credentialsSecret.name").message("the writer has one set of object-store credentials: source.credentialsSecret and snapshots.credentialsSecret must name the same Secret"))]
 // What defines the data is fixed for the collection's life: a change would need a rebuild, and
 // applying it in place would leave the pods, the index and the verification disagreeing. The
@@ -49,6 +53,9 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("has(self.search) == has(oldSelf.search) && (!has(self.search) || self.search == oldSelf.search)").message("search.targetRecall is immutable: the build calibrated for it; create a new collection (or let the alias rebuild)"))]
 #[x_kube(validation = Rule::new("(has(self.writer) && has(self.writer.storage)) == (has(oldSelf.writer) && has(oldSelf.writer.storage)) && (!has(self.writer) || !has(self.writer.storage) || self.writer.storage == oldSelf.writer.storage)").message("writer.storage is immutable (a StatefulSet's volume claim cannot change): create a new collection"))]
 #[x_kube(validation = Rule::new("(has(self.writer) && has(self.writer.storageClassName)) == (has(oldSelf.writer) && has(oldSelf.writer.storageClassName)) && (!has(self.writer) || !has(self.writer.storageClassName) || self.writer.storageClassName == oldSelf.writer.storageClassName)").message("writer.storageClassName is immutable (a StatefulSet's volume claim cannot change): create a new collection"))]
+// Once Delete, the writer's volume may be gone: a writer made again would import anew and
+// might publish other data over the snapshot replicas serve.
+#[x_kube(validation = Rule::new("!has(oldSelf.writer) || !has(oldSelf.writer.afterPublish) || oldSelf.writer.afterPublish != 'Delete' || (has(self.writer) && has(self.writer.afterPublish) && self.writer.afterPublish == 'Delete')").message("writer.afterPublish: Delete cannot be undone (the writer and its volume may be gone): create a new collection, or one restored with source.snapshot"))]
 #[serde(rename_all = "camelCase")]
 pub struct VectorCollectionSpec {
     /// Dimensions of every vector (1..=4096). Immutable: a different dimension is a new collection.
@@ -92,9 +99,9 @@ pub struct VectorCollectionSpec {
     pub token_secret: Option<k8s_openapi::api::core::v1::SecretKeySelector>,
 }
 
-/// Exactly one of `push` or `url`.
+/// Exactly one of `push`, `url` or `snapshot`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("has(self.push) != has(self.url)").message("set exactly one of source.push or source.url"))]
+#[x_kube(validation = Rule::new("[has(self.push), has(self.url), has(self.snapshot)].filter(x, x).size() == 1").message("set exactly one of source.push, source.url or source.snapshot"))]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
     /// An ETL pushes batches to the writer's Ingest gRPC API, then calls Seal.
@@ -107,6 +114,14 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("['http://', 'https://', 's3://', 's3a://', 'gs://', 'az://', 'abfs://', 'abfss://', '/'].exists(p, self.startsWith(p))").message("source.url must be an object-store URL (s3://, gs://, az://, abfs(s)://), an http(s) URL or an absolute path"))]
     pub url: Option<String>,
+    /// A snapshot in a store, `<store>/<namespace>/<name>` as a collection's `spec.snapshots`
+    /// published it (e.g. `s3://snapshots/prod/search/products`): the collection is restored
+    /// from it, sealed, with no import and no build; its name, dimensions and distance must be
+    /// this collection's. Read with `credentialsSecret` / `ambientCredentials`. Disaster
+    /// recovery, or promoting a collection from one cluster to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("['s3://', 's3a://', 'gs://', 'az://', 'abfs://', 'abfss://'].exists(p, self.startsWith(p))").message("source.snapshot must be an object-store URL (s3://, gs://, az://, abfs(s)://) ending in the collection's name"))]
+    pub snapshot: Option<String>,
     /// File format when the URL's extension does not tell: npy, fvecs, jsonl or parquet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
@@ -120,7 +135,10 @@ pub struct Source {
     /// GOOGLE_SKIP_SIGNATURE; AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY,
     /// AZURE_STORAGE_SAS_KEY, AZURE_STORAGE_TOKEN, AZURE_STORAGE_ENDPOINT, AZURE_CLIENT_ID,
     /// AZURE_CLIENT_SECRET, AZURE_TENANT_ID, AZURE_SKIP_SIGNATURE. Without it, a pod identity
-    /// the environment names (IRSA, EKS Pod Identity, Azure workload identity) is used.
+    /// the environment names is used: the pods run as the namespace's `default` ServiceAccount
+    /// (quiver names none), so IRSA and EKS Pod Identity come from that ServiceAccount; Azure
+    /// workload identity needs a pod label quiver does not set, so give Azure a Secret.
+    /// Whoever may create a collection here may name any Secret of the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<k8s_openapi::api::core::v1::LocalObjectReference>,
     /// Let the writer use the identity of the node it runs on, from the metadata service (EC2
@@ -206,6 +224,22 @@ pub struct WriterSpec {
     /// The StorageClass of the writer's volume (default: the cluster's default class). Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// What becomes of the writer once its sealed snapshot is in `spec.snapshots`' store:
+    /// Keep (the default) keeps it serving the snapshot to replicas beside the store; Delete
+    /// deletes its StatefulSet and Service (and so its pod and, through the StatefulSet's
+    /// retention policy, its volume), and new replicas start from the store alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_publish: Option<AfterPublish>,
+}
+
+/// What becomes of the writer once its snapshot is in the store.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum AfterPublish {
+    /// The writer keeps running (and serving the snapshot to replicas as a second source).
+    #[default]
+    Keep,
+    /// The writer's StatefulSet, pod, Service and volume are deleted; replicas restore from the store.
+    Delete,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -321,6 +355,8 @@ pub struct ExpectedCountFrom {
 pub enum Phase {
     #[default]
     Pending,
+    /// The writer restores the sealed collection from `source.snapshot`.
+    Restoring,
     Importing,
     Building,
     Publishing,
@@ -370,6 +406,10 @@ pub struct VectorCollectionStatus {
     /// The default search setting the build calibrated, e.g. `signscan quality=100`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_setting: Option<String>,
+    /// The sealed snapshot as the writer published it to `spec.snapshots`' store, once it
+    /// landed there (for this generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<StoredSnapshot>,
     /// Each gate of the last verification: measured value, threshold, result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verification: Vec<GateResult>,
@@ -380,6 +420,18 @@ pub struct VectorCollectionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A snapshot completely published to a store.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredSnapshot {
+    /// `<store>/<namespace>/<collection>` (what a `source.snapshot` names to restore it).
+    pub location: String,
+    /// Hex sha256 of the snapshot file.
+    pub sha256: String,
+    /// Size of the snapshot file.
+    pub bytes: u64,
 }
 
 /// A stable name for clients, pointing at one Ready and verified collection. Rollback = set

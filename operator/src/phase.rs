@@ -2,23 +2,31 @@
 //! controller observed (writer progress, replicas, the warm-up and verify Jobs). The reconciler
 //! only gathers observations, calls [`next`], and writes the result.
 
-use crate::crd::{GateResult, Phase, VectorCollectionStatus};
+use crate::crd::{GateResult, Phase, StoredSnapshot, VectorCollectionStatus};
 
 /// What the writer reports over its Admin API.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriterState {
     /// Not reachable yet (pod starting) or not created.
     Unavailable,
+    /// Deleted once its snapshot was in the store (`writer.afterPublish: Delete`).
+    Released,
+    /// Restoring the sealed collection from `source.snapshot`; `progress` says how far.
+    Restoring {
+        progress: String,
+    },
     Importing {
         rows: u64,
     },
     Building,
     /// Writing the compacted snapshot file.
     Publishing,
-    /// Sealed, snapshot published; `count` vectors, calibrated `setting`.
+    /// Sealed, snapshot published; `count` vectors, calibrated `setting`; `stored` once the
+    /// snapshot is in the snapshot store too.
     Sealed {
         count: u64,
         setting: String,
+        stored: Option<StoredSnapshot>,
     },
     Failed {
         reason: String,
@@ -63,6 +71,8 @@ pub struct Decision {
     pub search_setting: Option<String>,
     /// Whether the verification gate passed for this generation.
     pub verified: bool,
+    /// The snapshot as published to the store, once it is there.
+    pub stored: Option<StoredSnapshot>,
 }
 
 /// The next phase. `previous` is the status as stored (None for a new object).
@@ -73,15 +83,27 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
     // after a restart (gone, recovering, publishing again, even failed) does not undo the
     // pipeline; the sealed facts are already in the status, and the writer's own state is the
     // WriterAvailable condition.
-    let past_sealing =
-        matches!(previous_phase, Phase::Replicating | Phase::WarmingUp | Phase::Verifying | Phase::Ready);
+    // A snapshot recorded in the store is a seal too (the writer may have been released after
+    // it), in any generation: what defines the data is immutable.
+    let recorded = previous.and_then(|s| s.snapshot.clone());
+    let past_sealing = recorded.is_some()
+        || matches!(previous_phase, Phase::Replicating | Phase::WarmingUp | Phase::Verifying | Phase::Ready);
     let remembered = previous.and_then(|s| {
-        Some(WriterState::Sealed { count: s.vector_count?, setting: s.search_setting.clone().unwrap_or_default() })
+        Some(WriterState::Sealed {
+            count: s.vector_count?,
+            setting: s.search_setting.clone().unwrap_or_default(),
+            stored: recorded.clone(),
+        })
     });
     let writer = match (&observed.writer, remembered) {
         (WriterState::Sealed { .. }, _) => observed.writer.clone(),
         (_, Some(sealed)) if past_sealing => sealed,
         (writer, _) => writer.clone(),
+    };
+    // A restarted writer reports its upload again only once it re-checked the store.
+    let stored = match &writer {
+        WriterState::Sealed { stored, .. } => stored.clone().or(recorded),
+        _ => None,
     };
     let decide = |phase: Phase, message: Option<String>| Decision {
         phase,
@@ -95,13 +117,17 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
             _ => None,
         },
         verified: phase == Phase::Ready,
+        stored: stored.clone(),
     };
     // A failure is final for its generation: a new spec generation starts over.
     if previous_phase == Phase::Failed {
         return decide(Phase::Failed, previous.and_then(|s| s.message.clone()));
     }
     match &writer {
-        WriterState::Unavailable => return decide(Phase::Pending, Some("waiting for the writer".into())),
+        WriterState::Unavailable | WriterState::Released => {
+            return decide(Phase::Pending, Some("waiting for the writer".into()));
+        }
+        WriterState::Restoring { progress } => return decide(Phase::Restoring, Some(progress.clone())),
         WriterState::Importing { rows } => return decide(Phase::Importing, Some(format!("{rows} vectors imported"))),
         WriterState::Building => return decide(Phase::Building, None),
         WriterState::Publishing => return decide(Phase::Publishing, None),
@@ -150,7 +176,7 @@ pub(crate) mod tests {
     use super::*;
 
     fn sealed() -> WriterState {
-        WriterState::Sealed { count: 1000, setting: "signscan quality=100".into() }
+        WriterState::Sealed { count: 1000, setting: "signscan quality=100".into(), stored: None }
     }
 
     fn observed(writer: WriterState, ready: i32, warmup: JobState, verify: JobState) -> Observed {
@@ -283,6 +309,38 @@ pub(crate) mod tests {
         assert_eq!(next(Some(&importing), &obs).phase, Phase::Pending);
         // Nor does a remembered seal carry over to a new generation.
         assert_eq!(next(Some(&ready), &Observed { generation: 3, ..obs }).phase, Phase::Pending);
+    }
+
+    /// A writer deleted once its snapshot is in the store (`afterPublish: Delete`) is
+    /// remembered by the recorded snapshot, in this generation and the next (what a snapshot
+    /// holds cannot change with the spec); a restore reports its progress.
+    #[test]
+    fn a_released_writer_is_remembered_by_its_stored_snapshot() {
+        use JobState::*;
+        let stored = StoredSnapshot { location: "s3://snapshots/search/v1".into(), sha256: "ab".into(), bytes: 9 };
+        let mut replicating = status(Phase::Replicating, 2);
+        replicating.vector_count = Some(1000);
+        replicating.search_setting = Some("signscan quality=100".into());
+        replicating.snapshot = Some(stored.clone());
+        let released = observed(WriterState::Released, 1, Absent, Absent);
+        let d = next(Some(&replicating), &released);
+        assert_eq!((d.phase, d.vector_count, d.stored.as_ref()), (Phase::Replicating, Some(1000), Some(&stored)));
+        // A spec change (more replicas, say) verifies again without the writer.
+        let d = next(
+            Some(&replicating),
+            &Observed { generation: 3, ..observed(WriterState::Released, 2, Running, Absent) },
+        );
+        assert_eq!((d.phase, d.stored.as_ref()), (Phase::WarmingUp, Some(&stored)));
+        // Without the record a gone writer is waited for, as before.
+        replicating.snapshot = None;
+        let d = next(Some(&replicating), &Observed { generation: 3, ..released.clone() });
+        assert_eq!((d.phase, d.stored), (Phase::Pending, None));
+        // A sealed writer's upload is recorded once it landed.
+        let sealed = WriterState::Sealed { count: 1000, setting: "s".into(), stored: Some(stored.clone()) };
+        assert_eq!(next(None, &observed(sealed, 0, Absent, Absent)).stored, Some(stored));
+        let restoring = WriterState::Restoring { progress: "restoring from s3://x/v1: 5 of 9 bytes".into() };
+        let d = next(None, &observed(restoring, 0, Absent, Absent));
+        assert_eq!((d.phase, d.message.as_deref()), (Phase::Restoring, Some("restoring from s3://x/v1: 5 of 9 bytes")));
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub fn writer_state(phase: WriterPhase, rows: u64, message: String) -> Option<Wr
         WriterPhase::Waiting | WriterPhase::Receiving | WriterPhase::Importing => WriterState::Importing { rows },
         WriterPhase::Building | WriterPhase::Calibrating => WriterState::Building,
         WriterPhase::Snapshotting => WriterState::Publishing,
+        WriterPhase::Restoring => WriterState::Restoring { progress: message },
         WriterPhase::Failed => WriterState::Failed { reason: message },
         // Sealed needs the count and setting from Admin.Status.
         WriterPhase::Sealed => return None,
@@ -107,7 +108,12 @@ impl WriterProbe for Grpc {
                 return Ok(state);
             }
             let status = client.status(collection).await.map_err(|s| failed("Admin.Status", endpoint, s))?;
-            Ok(WriterState::Sealed { count: status.count, setting: status.search_setting })
+            let stored = progress.stored.map(|s| crate::crd::StoredSnapshot {
+                location: s.location,
+                sha256: s.sha256,
+                bytes: s.bytes,
+            });
+            Ok(WriterState::Sealed { count: status.count, setting: status.search_setting, stored })
         })
     }
 }
@@ -136,8 +142,12 @@ mod tests {
             Some(WriterState::Failed { reason: "NaN".into() })
         );
         assert_eq!(writer_state(WriterPhase::Sealed, 7, String::new()), None);
+        assert_eq!(
+            writer_state(WriterPhase::Restoring, 0, "5 of 9 bytes".into()),
+            Some(WriterState::Restoring { progress: "5 of 9 bytes".into() })
+        );
         // A phase from a newer engine decodes as Unspecified: the operator waits.
-        let newer = ProgressResponse { phase: 99, rows: 7, message: String::new() };
+        let newer = ProgressResponse { phase: 99, rows: 7, message: String::new(), stored: None };
         assert_eq!(writer_state(newer.phase(), 7, String::new()), Some(WriterState::Unavailable));
     }
 

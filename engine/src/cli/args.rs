@@ -144,6 +144,11 @@ pub struct WriterArgs {
     /// Path or http(s) URL to import from at start; without it the writer waits for Ingest.
     #[arg(long, env = "QUIVER_SOURCE")]
     pub source: Option<String>,
+    /// Restore the collection sealed from this snapshot (`s3://bucket/prefix/<collection>`,
+    /// as `--snapshot-store` published it under its prefix) instead of importing: no import and
+    /// no build; its dimensions and distance must be the writer's, its name --collection.
+    #[arg(long, env = "QUIVER_RESTORE_FROM", conflicts_with = "source")]
+    pub restore_from: Option<String>,
     /// Bytes one Ingest Write stream may spool (end it and start another beyond).
     #[arg(long, env = "QUIVER_MAX_STREAM_BYTES", default_value_t = 8 << 30)]
     pub max_stream_bytes: u64,

@@ -148,6 +148,7 @@ impl WriterArgs {
             },
             serve: self.serve.role()?,
             snapshot_store: self.snapshot_store.clone(),
+            restore_from: self.restore_from.clone(),
         })
     }
 }

@@ -157,7 +157,7 @@ fn read_one(uri: &str, object: Option<object::ObjectFile>, options: &ReadOptions
                 uri,
                 "source",
                 "format",
-                uri,
+                crate::error::redact(uri),
                 "cannot tell the format from the name; pass --format npy|fvecs|jsonl|parquet",
             )
             .into());
@@ -224,7 +224,8 @@ pub(crate) fn input_error(
     reason: impl Into<String>,
 ) -> InputError {
     InputError {
-        source_name: source.to_string(),
+        // A source URL may carry credentials (a presigned query, userinfo): never in an error.
+        source_name: crate::error::redact(source),
         at: at.to_string(),
         field: field.to_string(),
         value: value.to_string(),

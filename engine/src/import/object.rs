@@ -107,6 +107,53 @@ fn check_named(uri: &str, credentials: Credentials, named: bool, how: &str) -> R
     })
 }
 
+/// Refuses a configured endpoint on a link-local or metadata address unless the machine's own
+/// identity is allowed anyway (then such an address gives nothing more).
+fn check_endpoint(uri: &str, credentials: Credentials, endpoint: Option<String>) -> Result<()> {
+    let Some(endpoint) = endpoint.filter(|_| credentials == Credentials::Named) else { return Ok(()) };
+    super::source::check_endpoint(&endpoint).map_err(|reason| Error::Http {
+        url: redact(uri),
+        reason: format!("the object store's endpoint {}: {reason}", redact(&endpoint)),
+    })
+}
+
+/// Where the metadata service is looked for when the machine's identity is not allowed: a port
+/// nothing listens on, so a credential chain that gets that far fails instead of asking it.
+const CLOSED_METADATA_ENDPOINT: &str = "http://127.0.0.1:1";
+
+/// Whether S3 is given credentials of its own: the steps of object_store's chain
+/// (aws/builder.rs `build`) before the instance profile, with their conditions.
+fn s3_named(b: &object_store::aws::AmazonS3Builder) -> bool {
+    use object_store::aws::AmazonS3ConfigKey as K;
+    let has = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+    // A key id without its secret (or the reverse) is refused by the builder, not passed on.
+    has(K::AccessKeyId)
+        || has(K::SecretAccessKey)
+        || (has(K::WebIdentityTokenFile) && has(K::RoleArn))
+        || has(K::ContainerCredentialsRelativeUri)
+        || (has(K::ContainerCredentialsFullUri) && has(K::ContainerAuthorizationTokenFile))
+        || b.get_config_value(&K::SkipSignature).as_deref() == Some("true")
+}
+
+/// Whether Azure is given credentials of its own: the steps of object_store's chain
+/// (azure/builder.rs `build`) before the managed identity, with their conditions (a client
+/// secret or a federated token counts only with its client id and tenant, or the chain goes on
+/// to the managed identity).
+fn azure_named(b: &object_store::azure::MicrosoftAzureBuilder) -> bool {
+    use object_store::azure::AzureConfigKey as K;
+    let has = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+    let is = |k: K| b.get_config_value(&k).as_deref() == Some("true");
+    let application = has(K::ClientId) && has(K::AuthorityId);
+    has(K::AccessKey)
+        || has(K::SasKey)
+        || has(K::Token)
+        || (application && has(K::ClientSecret))
+        || (application && has(K::FederatedTokenFile))
+        || is(K::UseAzureCli)
+        || is(K::UseEmulator)
+        || is(K::SkipSignature)
+}
+
 /// Opens the store `uri` lives in, with credentials from the environment.
 pub fn locate(uri: &str, credentials: Credentials) -> Result<ObjectLocation> {
     // rustls needs one process-wide crypto provider; tonic's TLS uses ring too.
@@ -130,16 +177,13 @@ pub fn locate(uri: &str, credentials: Credentials) -> Result<ObjectLocation> {
             for (key, value) in &timeouts {
                 b = b.with_config(K::Client(*key), value);
             }
-            // The order of object_store's chain (aws/builder.rs `build`) before the instance profile.
-            let has = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
-            let named = has(K::AccessKeyId)
-                || has(K::SecretAccessKey)
-                || (has(K::WebIdentityTokenFile) && has(K::RoleArn))
-                || has(K::ContainerCredentialsRelativeUri)
-                || (has(K::ContainerCredentialsFullUri) && has(K::ContainerAuthorizationTokenFile))
-                || b.get_config_value(&K::SkipSignature).as_deref() == Some("true");
             let how = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, IRSA's AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, or EKS Pod Identity";
-            check_named(uri, credentials, named, how)?;
+            check_named(uri, credentials, s3_named(&b), how)?;
+            check_endpoint(uri, credentials, b.get_config_value(&K::Endpoint))?;
+            if credentials == Credentials::Named {
+                // Fail closed should the chain reach the instance profile after all.
+                b = b.with_config(K::MetadataEndpoint, CLOSED_METADATA_ENDPOINT);
+            }
             b.build().map(|s| Arc::new(s) as _)
         }
         "gs" => {
@@ -164,18 +208,13 @@ pub fn locate(uri: &str, credentials: Credentials) -> Result<ObjectLocation> {
             for (key, value) in &timeouts {
                 b = b.with_config(K::Client(*key), value);
             }
-            let has = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
-            let is = |k: K| b.get_config_value(&k).as_deref() == Some("true");
-            let named = has(K::AccessKey)
-                || has(K::SasKey)
-                || has(K::Token)
-                || has(K::ClientSecret)
-                || has(K::FederatedTokenFile)
-                || is(K::UseAzureCli)
-                || is(K::UseEmulator)
-                || is(K::SkipSignature);
-            let how = "AZURE_STORAGE_ACCOUNT_KEY, a SAS, AZURE_CLIENT_SECRET, or workload identity's AZURE_FEDERATED_TOKEN_FILE";
-            check_named(uri, credentials, named, how)?;
+            let how = "AZURE_STORAGE_ACCOUNT_KEY, a SAS, AZURE_CLIENT_ID with AZURE_TENANT_ID and AZURE_CLIENT_SECRET, or workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE)";
+            check_named(uri, credentials, azure_named(&b), how)?;
+            check_endpoint(uri, credentials, b.get_config_value(&K::Endpoint))?;
+            if credentials == Credentials::Named {
+                // Fail closed should the chain reach the managed identity after all.
+                b = b.with_config(K::MsiEndpoint, CLOSED_METADATA_ENDPOINT);
+            }
             b.build().map(|s| Arc::new(s) as _)
         }
     };
@@ -454,5 +493,45 @@ mod tests {
         for name in environment::AZURE {
             assert!(object_store::azure::AzureConfigKey::from_str(&name.to_ascii_lowercase()).is_ok(), "{name}");
         }
+    }
+
+    /// A client secret or a federated token counts as credentials only with both the client
+    /// id and the tenant: with either missing, object_store's chain goes on to the managed
+    /// identity of the node (azure/builder.rs `resolve_credential_auto`).
+    #[test]
+    fn azure_credentials_count_only_when_the_chain_would_use_them() {
+        use object_store::azure::{AzureConfigKey as K, MicrosoftAzureBuilder};
+        let with = |keys: &[K]| keys.iter().fold(MicrosoftAzureBuilder::new(), |b, k| b.with_config(*k, "x"));
+        for partial in [
+            &[K::ClientSecret][..],
+            &[K::ClientSecret, K::ClientId],
+            &[K::ClientSecret, K::AuthorityId],
+            &[K::FederatedTokenFile],
+            &[K::FederatedTokenFile, K::ClientId],
+            &[K::FederatedTokenFile, K::AuthorityId],
+            &[K::ClientId, K::AuthorityId],
+            &[],
+        ] {
+            assert!(!super::azure_named(&with(partial)), "{partial:?}");
+        }
+        for complete in [
+            &[K::ClientSecret, K::ClientId, K::AuthorityId][..],
+            &[K::FederatedTokenFile, K::ClientId, K::AuthorityId],
+            &[K::AccessKey],
+            &[K::SasKey],
+            &[K::Token],
+        ] {
+            assert!(super::azure_named(&with(complete)), "{complete:?}");
+        }
+    }
+
+    #[test]
+    fn s3_web_identity_counts_only_with_its_role() {
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as K};
+        let with = |keys: &[K]| keys.iter().fold(AmazonS3Builder::new(), |b, k| b.with_config(*k, "x"));
+        assert!(!super::s3_named(&with(&[K::WebIdentityTokenFile])));
+        assert!(!super::s3_named(&with(&[K::ContainerCredentialsFullUri])));
+        assert!(super::s3_named(&with(&[K::WebIdentityTokenFile, K::RoleArn])));
+        assert!(super::s3_named(&with(&[K::AccessKeyId, K::SecretAccessKey])));
     }
 }

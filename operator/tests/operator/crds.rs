@@ -47,7 +47,12 @@ fn crds_carry_names_columns_and_rules() {
 
 #[test]
 fn examples_pass_the_cel_rules() {
-    for example in ["examples/vectorcollection.yaml", "examples/vectorcollection-push.yaml"] {
+    for example in [
+        "examples/vectorcollection.yaml",
+        "examples/vectorcollection-push.yaml",
+        "examples/vectorcollection-parquet.yaml",
+        "examples/vectorcollection-restore.yaml",
+    ] {
         let vc: VectorCollection = load(&root().join(example));
         vc.validate_cel().unwrap_or_else(|e| panic!("{example}: {e:?}"));
     }
@@ -87,7 +92,10 @@ fn invalid_fixtures_are_refused_with_their_message() {
     for (file, message) in [
         ("invalid-replicas.yaml", "replicas.min must not exceed replicas.max"),
         ("invalid-recall.yaml", "minRecall must be in (0, 1]"),
-        ("invalid-source.yaml", "set exactly one of source.push or source.url"),
+        ("invalid-source.yaml", "set exactly one of source.push, source.url or source.snapshot"),
+        ("invalid-restore-name.yaml", "source.snapshot must be a snapshot of this collection"),
+        ("invalid-after-publish.yaml", "writer.afterPublish: Delete needs spec.snapshots"),
+        ("invalid-ambient.yaml", "source.ambientCredentials and snapshots.ambientCredentials must be equal"),
         ("invalid-source-scheme.yaml", "source.url must be an object-store URL"),
         ("invalid-expected-count.yaml", "set at most one of verify.expectedCount or verify.expectedCountFrom"),
         ("invalid-count-query.yaml", "verify.expectedCountFrom.sql must not be blank"),
@@ -134,6 +142,26 @@ fn what_defines_the_data_is_immutable() {
     refused(&|vc| vc.spec.writer.storage = Some("40Gi".into()), "writer.storage is immutable");
     refused(&|vc| vc.spec.writer.storage = None, "writer.storage is immutable");
     refused(&|vc| vc.spec.writer.storage_class_name = Some("fast".into()), "writer.storageClassName is immutable");
+    refused(&|vc| vc.spec.source.snapshot = Some("s3://snapshots/search/products-v2".into()), "source is immutable");
+}
+
+/// Keep may become Delete (release a writer later), never the reverse: the writer made again
+/// would import anew over a volume that is gone.
+#[test]
+fn a_released_writer_is_not_made_again() {
+    use quiver_operator::crd::AfterPublish;
+    let keep: VectorCollection = load(&root().join("examples/vectorcollection-parquet.yaml"));
+    let mut keep = keep;
+    keep.spec.writer.after_publish = None;
+    let mut delete = keep.clone();
+    delete.spec.writer.after_publish = Some(AfterPublish::Delete);
+    delete.validate_cel_update(&keep).unwrap();
+    for undone in [None, Some(AfterPublish::Keep)] {
+        let mut back = delete.clone();
+        back.spec.writer.after_publish = undone;
+        let err = back.validate_cel_update(&delete).expect_err("Delete undone");
+        assert!(format!("{err:?}").contains("writer.afterPublish: Delete cannot be undone"), "{err:?}");
+    }
 }
 
 #[test]

@@ -57,6 +57,17 @@ fn parquet() -> VectorCollection {
     )
 }
 
+/// Restored from a snapshot in a store.
+fn restored() -> VectorCollection {
+    stored(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/vectorcollection-restore.yaml"),
+        )
+        .unwrap(),
+        "5e1d7a2b-8c3f-4d6e-b9a0-1f2e3d4c5b6a",
+    )
+}
+
 fn defaults() -> Defaults {
     Defaults { image: "quiver:test".into(), ..Default::default() }
 }
@@ -94,7 +105,7 @@ fn golden_alias_service() {
 /// The engine's clap CLI accepts every rendered command, and reads back what the spec says.
 #[test]
 fn every_container_command_parses_with_the_engine_cli() {
-    for vc in [example(), pushed(), parquet()] {
+    for vc in [example(), pushed(), parquet(), restored()] {
         let objects = CollectionObjects::render(&vc, &defaults());
         for (role, template) in objects.pod_templates() {
             let container = &template.spec.as_ref().unwrap().containers[0];
@@ -122,6 +133,7 @@ fn every_container_command_parses_with_the_engine_cli() {
                     assert_eq!(w.build.index, vc.spec.index.backend);
                     assert_eq!(w.build.target_recall, vc.spec.search.target_recall);
                     assert_eq!(w.source, vc.spec.source.url);
+                    assert_eq!(w.restore_from, vc.spec.source.snapshot);
                     let columns = vc.spec.source.columns.clone().unwrap_or_default();
                     assert_eq!(w.build.id_column, columns.id.unwrap_or("id".into()));
                     assert_eq!(w.build.vector_column, columns.vector.unwrap_or("vector".into()));

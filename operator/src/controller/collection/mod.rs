@@ -152,10 +152,15 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         apply(ctx, &ns, &network::writer(vc, &ctx.defaults)).await?;
         apply(ctx, &ns, &network::replicas(vc, &ctx.defaults)).await?;
     }
-    apply(ctx, &ns, &writer::service(vc)).await?;
-    let sts = apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
+    let (writer_state, writer_problem) = if writer::released(vc) {
+        release_writer(vc, ctx, &ns).await?;
+        (WriterState::Released, None)
+    } else {
+        apply(ctx, &ns, &writer::service(vc)).await?;
+        let sts = apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
+        observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await?
+    };
     let wanted = replicas::wanted(&vc.spec.replicas);
-    let (writer_state, writer_problem) = observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await?;
     let mut observed = Observed {
         generation,
         writer: writer_state,
@@ -254,7 +259,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let status = status(vc, &decision, &observed, (ctx.now)());
     // Import progress alone (the row count in status.message) is written at most every
     // PROGRESS_WRITE_INTERVAL, however often something wakes the reconcile.
-    let only_progress = decision.phase == Phase::Importing
+    let only_progress = matches!(decision.phase, Phase::Importing | Phase::Restoring)
         && previous.is_some_and(|p| VectorCollectionStatus { message: status.message.clone(), ..p.clone() } == status);
     if previous != Some(&status) && !(only_progress && ctx.progress_written_within(&key(vc), PROGRESS_WRITE_INTERVAL)) {
         patch_status(vc, ctx, &status).await?;
@@ -303,9 +308,45 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
     let mut pending = stored.clone();
     pending.phase = Phase::Pending;
     pending.verification.clear();
+    // A released writer is made again: it runs its import again rather than take the old seal.
+    pending.snapshot = None;
     pending.message = Some("retrying: the writer starts again".into());
     patch_status(vc, ctx, &pending).await?;
     Ok(true)
+}
+
+/// `writer.afterPublish: Delete` with the snapshot in the store: the writer's StatefulSet
+/// (with it its pod, and its volume by the StatefulSet's `whenDeleted: Delete` retention
+/// policy) and Service are deleted, once (what the caches no longer hold is gone already).
+async fn release_writer(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<()> {
+    let name = labels::writer_name(&vc.name_any());
+    let params = DeleteParams::background();
+    let gone = |result: kube::Result<_>| match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::from(e)),
+    };
+    let mut deleted = false;
+    if ctx.caches.stateful_sets.get(ns, &name).is_some() {
+        gone(Api::<StatefulSet>::namespaced(ctx.client.clone(), ns).delete(&name, &params).await.map(|_| ()))?;
+        deleted = true;
+    }
+    if ctx.caches.services.get(ns, &name).is_some() {
+        gone(
+            Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), ns)
+                .delete(&name, &params)
+                .await
+                .map(|_| ()),
+        )?;
+        deleted = true;
+    }
+    if deleted {
+        let location =
+            vc.status.as_ref().and_then(|s| s.snapshot.as_ref()).map(|s| s.location.clone()).unwrap_or_default();
+        let note = format!("deleted the writer: its snapshot is in {location} (writer.afterPublish: Delete)");
+        ctx.event(vc, EventType::Normal, "WriterReleased", "Delete", note).await;
+    }
+    Ok(())
 }
 
 /// Whether a Ready collection a rebuild made sits unused: no alias serves it (no served-by

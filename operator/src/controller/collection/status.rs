@@ -66,6 +66,8 @@ pub fn status(vc: &VectorCollection, d: &Decision, observed: &Observed, now: Tim
     let (writer_available, writer_reason) = match &observed.writer {
         WriterState::Sealed { .. } => (true, "Sealed"),
         WriterState::Unavailable => (false, "Unavailable"),
+        WriterState::Released => (false, "Released"),
+        WriterState::Restoring { .. } => (false, "Restoring"),
         WriterState::Importing { .. } => (false, "Importing"),
         WriterState::Building => (false, "Building"),
         WriterState::Publishing => (false, "Publishing"),
@@ -73,6 +75,12 @@ pub fn status(vc: &VectorCollection, d: &Decision, observed: &Observed, now: Tim
     };
     let writer_message = match &observed.writer {
         WriterState::Failed { reason } => reason.clone(),
+        WriterState::Released => match &d.stored {
+            Some(stored) => {
+                format!("deleted after publishing its snapshot to {} (writer.afterPublish: Delete)", stored.location)
+            }
+            None => "deleted (writer.afterPublish: Delete)".into(),
+        },
         _ => observed.writer_problem.clone().unwrap_or_default(),
     };
     let mut conditions = conditions;
@@ -91,6 +99,7 @@ pub fn status(vc: &VectorCollection, d: &Decision, observed: &Observed, now: Tim
         vector_count: d.vector_count,
         ready_replicas: observed.ready_replicas,
         search_setting: d.search_setting.clone(),
+        snapshot: d.stored.clone(),
         verification: observed.gates.clone(),
         message: d.message.clone(),
         conditions,
@@ -150,6 +159,7 @@ mod tests {
             vector_count: Some(1000),
             search_setting: Some("signscan quality=200".into()),
             verified,
+            stored: None,
         }
     }
 
@@ -160,7 +170,7 @@ mod tests {
     #[test]
     fn a_ready_verified_collection_short_of_replicas_is_degraded() {
         let t0 = Timestamp::from_second(1_000).unwrap();
-        let sealed = WriterState::Sealed { count: 1000, setting: "signscan quality=200".into() };
+        let sealed = WriterState::Sealed { count: 1000, setting: "signscan quality=200".into(), stored: None };
         let s =
             status(&collection(None), &decision(Phase::Ready, true, None), &observed(sealed, 1, vec![gate(true)]), t0);
         assert_eq!(
@@ -204,7 +214,7 @@ mod tests {
     fn failed_gates_are_named_in_verified_and_degraded() {
         let now = Timestamp::from_second(1_000).unwrap();
         let why = "count: measured 999 == 1000 failed (off by 1)";
-        let sealed = WriterState::Sealed { count: 999, setting: "s".into() };
+        let sealed = WriterState::Sealed { count: 999, setting: "s".into(), stored: None };
         let s = status(
             &collection(None),
             &decision(Phase::Failed, false, Some(why)),
