@@ -92,9 +92,14 @@ impl Cluster {
     /// The container's own command line, with the cluster's names and ports made local, in a
     /// new pod's data directory.
     fn command(&mut self, container: &Container) -> (Vec<String>, Vec<(String, String)>) {
-        self.pods += 1;
-        let data = self.dir.join(format!("pod-{}", self.pods));
+        let data = self.new_pod_dir();
         self.command_in(container, &data)
+    }
+
+    /// The data directory of a new pod.
+    fn new_pod_dir(&mut self) -> PathBuf {
+        self.pods += 1;
+        self.dir.join(format!("pod-{}", self.pods))
     }
 
     /// The container's command line with its data directory at `data`, and its environment:
@@ -130,8 +135,7 @@ impl Cluster {
     }
 
     fn start(&mut self, name: &str, template: &PodTemplateSpec) -> Proc {
-        self.pods += 1;
-        let data = self.dir.join(format!("pod-{}", self.pods));
+        let data = self.new_pod_dir();
         self.start_in(name, template, &data)
     }
 

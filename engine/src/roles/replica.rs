@@ -91,13 +91,7 @@ pub fn run_until(a: ReplicaConfig, stop: impl Future<Output = ()> + Send + 'stat
 async fn prepare(a: &ReplicaConfig, root: &std::path::Path, process: Arc<ServingProcess>) -> Result<()> {
     let started = Instant::now();
     let snapshots = SnapshotDir::new(root);
-    let present = {
-        let (snapshots, name) = (snapshots.clone(), a.collection.clone());
-        tokio::task::spawn_blocking(move || snapshots.checked_info(&name))
-            .await
-            .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))??
-    };
-    let info = match present {
+    let info = match present_snapshot(&snapshots, &a.collection).await? {
         Some(info) => {
             tracing::info!("snapshot of {} already here and checked (sha256 {})", a.collection, info.sha256);
             info
@@ -128,6 +122,15 @@ async fn prepare(a: &ReplicaConfig, root: &std::path::Path, process: Arc<Serving
         report.warm_p99_ms
     );
     Ok(())
+}
+
+/// The finished snapshot of `collection` already on disk, checked (on a blocking thread: it
+/// hashes the file).
+pub(crate) async fn present_snapshot(snapshots: &SnapshotDir, collection: &str) -> Result<Option<SnapshotInfo>> {
+    let (snapshots, name) = (snapshots.clone(), collection.to_string());
+    tokio::task::spawn_blocking(move || snapshots.checked_info(&name))
+        .await
+        .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))?
 }
 
 /// How a replica fetches its snapshot.

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::import::{self, ReadOptions};
 use crate::metrics::Metrics;
 use crate::publish::{Publisher, Stage};
-use crate::roles::replica::{FetchOptions, Source, fetch_snapshot};
+use crate::roles::replica::{FetchOptions, Source, fetch_snapshot, present_snapshot};
 use crate::search::searcher::Searcher;
 use crate::serve::ingest::{IngestService, WritePace};
 use crate::serve::termination;
@@ -200,13 +200,7 @@ async fn restore_sealed(
     fits(publisher.options(), &described, &location)?;
     publisher.set_stage(Stage::Restoring { from: location.clone(), bytes: described.size });
     let snapshots = SnapshotDir::new(root);
-    let present = {
-        let (snapshots, name) = (snapshots.clone(), name.clone());
-        tokio::task::spawn_blocking(move || snapshots.checked_info(&name))
-            .await
-            .map_err(|e| Error::io("checking the snapshot", std::io::Error::other(e)))??
-    };
-    let info = match present.filter(|info| info.sha256 == described.sha256) {
+    let info = match present_snapshot(&snapshots, &name).await?.filter(|info| info.sha256 == described.sha256) {
         Some(info) => info,
         None => {
             let options = FetchOptions {

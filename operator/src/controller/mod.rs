@@ -241,6 +241,19 @@ pub fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Vec<Arc<Pod>> 
     ctx.caches.pods.labelled(ns, &selector)
 }
 
+/// Deletes `name` in `ns`; one gone already (404 NotFound) is as good as deleted.
+pub async fn delete_if_present<K>(ctx: &Context, ns: &str, name: &str, params: &kube::api::DeleteParams) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.delete(name, params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Server-side apply of an object the operator owns, with the one field manager. The object
 /// carries the hash of its desired state (annotation `quiver.dev/applied-hash`); when the cached
 /// object is exactly what this process last applied with the same hash (same uid, nothing but

@@ -46,26 +46,20 @@ spec:
     )
 }
 
+/// `examples/<file>` as stored with `uid`.
+fn stored_example(file: &str, uid: &str) -> VectorCollection {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
+    stored(&std::fs::read_to_string(path).unwrap(), uid)
+}
+
 /// An ETL's Parquet parts in S3, with named columns and a credentials Secret.
 fn parquet() -> VectorCollection {
-    stored(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/vectorcollection-parquet.yaml"),
-        )
-        .unwrap(),
-        "3d0c8e4a-5b7f-4c2e-9a61-0f2b7d9e8c11",
-    )
+    stored_example("vectorcollection-parquet.yaml", "3d0c8e4a-5b7f-4c2e-9a61-0f2b7d9e8c11")
 }
 
 /// Restored from a snapshot in a store.
 fn restored() -> VectorCollection {
-    stored(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/vectorcollection-restore.yaml"),
-        )
-        .unwrap(),
-        "5e1d7a2b-8c3f-4d6e-b9a0-1f2e3d4c5b6a",
-    )
+    stored_example("vectorcollection-restore.yaml", "5e1d7a2b-8c3f-4d6e-b9a0-1f2e3d4c5b6a")
 }
 
 fn defaults() -> Defaults {

@@ -6,12 +6,8 @@ use super::*;
 /// its cache holds one (it is looked at every few minutes); a spec change asks once, whatever
 /// the cache says (an HPA made a moment ago may not be in it yet).
 pub(super) async fn delete_autoscaler(ctx: &Context, ns: &str, name: &str) -> Result<()> {
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
-    match hpas.delete(&labels::replicas_name(name), &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    delete_if_present::<HorizontalPodAutoscaler>(ctx, ns, &labels::replicas_name(name), &DeleteParams::background())
+        .await
 }
 
 /// The field manager that keeps the replica count while it passes from the operator to the HPA.

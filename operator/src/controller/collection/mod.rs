@@ -4,7 +4,7 @@
 //! alias points at the collection. This file drives the steps; each has a file of its own:
 //! [`observe`], [`generation_jobs`], [`autoscaler`], [`status`], [`deletion`].
 
-use super::{Context, Error, Result, apply, condition, key, namespace};
+use super::{Context, Error, Result, apply, condition, delete_if_present, key, namespace};
 use crate::crd::{GateResult, Phase, VectorCollection, VectorCollectionStatus};
 use crate::phase::{self, Decision, JobState, Observed, WriterState};
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
@@ -296,12 +296,8 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
         "metadata": {"annotations": {RETRIED: request}, "resourceVersion": vc.resource_version()},
     });
     api(vc, ctx)?.patch(&vc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    match pods.delete(&format!("{}-0", labels::writer_name(&vc.name_any())), &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
+    let pod = format!("{}-0", labels::writer_name(&vc.name_any()));
+    delete_if_present::<Pod>(ctx, ns, &pod, &DeleteParams::default()).await?;
     delete_jobs(ctx, ns, &vc.name_any(), &format!("={generation}")).await?;
     let why = stored.message.clone().unwrap_or_default();
     ctx.event(vc, EventType::Normal, "Retry", "Retry", format!("retrying ({RETRY}={request}) after: {why}")).await;
@@ -320,24 +316,13 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
 /// policy) and Service are deleted, once (what the caches no longer hold is gone already).
 async fn release_writer(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<()> {
     let name = labels::writer_name(&vc.name_any());
-    let params = DeleteParams::background();
-    let gone = |result: kube::Result<_>| match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(Error::from(e)),
-    };
     let mut deleted = false;
     if ctx.caches.stateful_sets.get(ns, &name).is_some() {
-        gone(Api::<StatefulSet>::namespaced(ctx.client.clone(), ns).delete(&name, &params).await.map(|_| ()))?;
+        delete_if_present::<StatefulSet>(ctx, ns, &name, &DeleteParams::background()).await?;
         deleted = true;
     }
     if ctx.caches.services.get(ns, &name).is_some() {
-        gone(
-            Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), ns)
-                .delete(&name, &params)
-                .await
-                .map(|_| ()),
-        )?;
+        delete_if_present::<k8s_openapi::api::core::v1::Service>(ctx, ns, &name, &DeleteParams::background()).await?;
         deleted = true;
     }
     if deleted {
