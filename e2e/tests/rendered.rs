@@ -312,7 +312,6 @@ const S3_N: usize = 20_000;
 /// count gate passes against the database, and fails by exactly one when an item is added,
 /// so the operator's gate refuses the flip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "unfinished: SeaweedFS answers the writer's snapshot upload with 500 in this test (likely -volume.max=4 used up by a third bucket); the steps before the upload pass"]
 async fn rendered_pods_from_s3_parquet_publish_to_the_store_and_gate_on_the_database() {
     use quiver_testkit::{database, parquet, s3};
     let Some(python) = parquet::python() else { return };

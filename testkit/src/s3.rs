@@ -83,7 +83,10 @@ pub fn weed() -> Option<Weed> {
     let child = Command::new(&bin)
         .args(["server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", &format!("-dir={}", dir.path().display())])
         .args([port("master.port", master), port("volume.port", volume), "-filer".into(), port("filer.port", filer)])
-        .args(["-s3".to_string(), port("s3.port", s3), "-volume.max=4".into()])
+        .args(["-s3".to_string(), port("s3.port", s3)])
+        // Every bucket is a collection that grows its own volumes: room for a test's few
+        // buckets, each volume small (the default 30 GiB limit would count against free disk).
+        .args(["-volume.max=32", "-master.volumeSizeLimitMB=256"])
         // Its Iceberg and Lance listeners have fixed ports that two servers would share.
         .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
         .stdout(Stdio::null())
