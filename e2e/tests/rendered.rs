@@ -362,8 +362,11 @@ for part, (lo, hi) in enumerate([(0, n // 2), (n // 2, n)]):
     assert_eq!(vc.spec.source.url.as_deref(), Some("s3://etl-output/products/2026-12-01/*.parquet"));
     let name = vc.metadata.name.clone().unwrap();
     let mut cluster = Cluster { dir: dir.to_path_buf(), ..Default::default() };
-    for (key, value) in weed.environment() {
-        cluster.secrets.insert(("etl-s3".into(), key), value);
+    // The replicas' read-only key (SeaweedFS here takes any key).
+    for secret in ["etl-s3", "etl-s3-read"] {
+        for (key, value) in weed.environment() {
+            cluster.secrets.insert((secret.into(), key), value);
+        }
     }
     cluster.secrets.insert(("product-db".into(), "url".into()), db.url.clone());
     let (objects, templates, token) = render(&mut cluster, &vc);

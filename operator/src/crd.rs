@@ -144,7 +144,8 @@ pub struct Source {
     /// Let the writer use the identity of the node it runs on, from the metadata service (EC2
     /// instance profile, Azure managed identity, the GCE/GKE metadata server, which is also how
     /// GKE Workload Identity is served), when no credentials are named. Off by default: every
-    /// collection's author would get the node's access.
+    /// collection's author would get the node's access, so the operator also refuses it unless
+    /// installed with `objectStore.allowAmbientCredentials=true`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ambient_credentials: bool,
 }
@@ -165,6 +166,11 @@ pub struct SnapshotsSpec {
     /// same Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<k8s_openapi::api::core::v1::LocalObjectReference>,
+    /// A Secret for the replicas, under the same names: they only read the store, so give
+    /// them a key that can neither write nor delete there, and a serving pod never holds the
+    /// writer's; default: the store's (credentialsSecret, then the source's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_credentials_secret: Option<k8s_openapi::api::core::v1::LocalObjectReference>,
     /// Let the writer and the replicas reach the store with the node's identity (see
     /// source.ambientCredentials).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

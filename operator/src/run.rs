@@ -67,6 +67,11 @@ pub struct Config {
     /// or previous) or targets it; its replicas come back when an alias points at it again.
     #[arg(long, env = "QUIVER_OPERATOR_SCALE_DOWN_UNSERVED", default_value_t = true, action = clap::ArgAction::Set)]
     pub scale_down_unserved: bool,
+    /// Let collections ask for the node's identity on object storage (`source.ambientCredentials`,
+    /// `snapshots.ambientCredentials`: instance profile, managed identity, metadata server). Off:
+    /// such a collection gets no pods and says why, since its author would get the node's access.
+    #[arg(long, env = "QUIVER_OPERATOR_ALLOW_AMBIENT_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_ambient_credentials: bool,
     /// Log as JSON lines.
     #[arg(long, env = "QUIVER_OPERATOR_LOG_JSON")]
     pub log_json: bool,
@@ -360,6 +365,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             network_policies: config.network_policies,
             operator_namespace: config.lease_namespace.clone(),
             scale_down_unserved: config.scale_down_unserved,
+            allow_ambient_credentials: config.allow_ambient_credentials,
         },
         metrics,
         k8s_openapi::jiff::Timestamp::now,

@@ -40,6 +40,10 @@ pub enum Error {
     MissingSecret(String),
     #[error("generating a token: {0}")]
     Random(std::io::Error),
+    #[error(
+        "{0} is true, but this operator does not let collections use the node's identity: name a credentialsSecret, or install the operator with objectStore.allowAmbientCredentials=true (--allow-ambient-credentials)"
+    )]
+    AmbientCredentialsNotAllowed(&'static str),
 }
 
 impl Error {
@@ -48,7 +52,10 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Engine(_) => "engine",
-            Error::NoNamespace(_) | Error::MissingToken(..) | Error::MissingSecret(_) => "invalid",
+            Error::NoNamespace(_)
+            | Error::MissingToken(..)
+            | Error::MissingSecret(_)
+            | Error::AmbientCredentialsNotAllowed(_) => "invalid",
             Error::Random(_) => "random",
         }
     }

@@ -35,6 +35,10 @@ pub struct Defaults {
     pub operator_namespace: String,
     /// Whether Ready rebuilt collections that no alias serves or targets go to zero replicas.
     pub scale_down_unserved: bool,
+    /// Whether a collection may ask for the node's identity (`ambientCredentials`): off unless
+    /// the cluster's admin turns it on, since every collection's author would get the node's
+    /// access to object storage.
+    pub allow_ambient_credentials: bool,
 }
 
 impl Default for Defaults {
@@ -44,6 +48,7 @@ impl Default for Defaults {
             network_policies: true,
             operator_namespace: "quiver-system".into(),
             scale_down_unserved: true,
+            allow_ambient_credentials: false,
         }
     }
 }

@@ -66,12 +66,14 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
         .entry("ephemeral-storage".into())
         .or_insert_with(|| Quantity(snapshot_limit.clone()));
     let mut container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
-    // The store's credentials are the writer's (one set, see the CRD's rule).
-    let store_secret = vc
-        .spec
-        .snapshots
-        .as_ref()
-        .and_then(|s| s.credentials_secret.as_ref().or(vc.spec.source.credentials_secret.as_ref()));
+    // Their own read-only key when given, else the writer's (one set, see the CRD's rule).
+    let store_secret = vc.spec.snapshots.as_ref().and_then(|s| {
+        (s.replica_credentials_secret.as_ref()).or(s.credentials_secret.as_ref()).or(vc
+            .spec
+            .source
+            .credentials_secret
+            .as_ref())
+    });
     container.env = store_secret.map(|secret| pod::object_store_env(&secret.name));
     Deployment {
         metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),

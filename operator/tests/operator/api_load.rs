@@ -697,6 +697,7 @@ impl Operator {
             network_policies: true,
             operator_namespace: "quiver-system".into(),
             scale_down_unserved: true,
+            allow_ambient_credentials: false,
         };
         let mut ctx = Context::new(
             client,

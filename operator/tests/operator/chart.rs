@@ -110,30 +110,49 @@ fn cluster_role_grants_exactly_what_the_controllers_use() {
     assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
 }
 
-/// The chart rendered by helm (`QUIVER_HELM`, set by .ci/run; skipped loudly without it): by
-/// default the rights are a ClusterRole; with `watchNamespace` a Role and RoleBinding in that
-/// namespace with the same rules, and no cluster-wide grant at all.
-#[test]
-fn namespaced_mode_grants_the_same_rules_in_the_watched_namespace_only() {
+/// `helm template` of the chart with `--set`s, when .ci/run gave the helm it installs.
+fn helm_template() -> Option<impl Fn(&[&str]) -> Vec<serde_yaml::Value>> {
     let Some(helm) = std::env::var_os("QUIVER_HELM") else {
         println!(
             "SKIPPED: QUIVER_HELM is not set (.ci/run sets it to the helm it installs); the chart was not rendered"
         );
-        return;
+        return None;
     };
-    let dir = chart();
-    let render = |set: &[&str]| -> Vec<serde_yaml::Value> {
-        let mut args = vec!["template", "quiver", dir.to_str().unwrap(), "--namespace", "quiver-system"];
-        for s in set {
-            args.extend(["--set", s]);
-        }
-        let out = std::process::Command::new(&helm).args(&args).output().unwrap();
+    Some(move |set: &[&str]| -> Vec<serde_yaml::Value> {
+        let out = std::process::Command::new(&helm)
+            .args(["template".as_ref(), "quiver".as_ref(), chart().as_os_str()])
+            .args(["--namespace", "quiver-system"])
+            .args(set.iter().flat_map(|s| ["--set", s]))
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .filter(|v: &serde_yaml::Value| !v.is_null())
             .collect()
+    })
+}
+
+/// Secure by default: no collection gets the node's identity unless the admin says so.
+#[test]
+fn the_nodes_identity_is_off_unless_the_chart_turns_it_on() {
+    let Some(render) = helm_template() else { return };
+    let ambient = |docs: &[serde_yaml::Value]| {
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_sequence().unwrap();
+        let values = args.iter().filter_map(|a| a.as_str()?.strip_prefix("--allow-ambient-credentials="));
+        values.map(String::from).collect::<Vec<_>>()
     };
+    assert_eq!(ambient(&render(&[])), ["false"]);
+    assert_eq!(ambient(&render(&["objectStore.allowAmbientCredentials=true"])), ["true"]);
+}
+
+/// The chart rendered by helm (`QUIVER_HELM`, set by .ci/run; skipped loudly without it): by
+/// default the rights are a ClusterRole; with `watchNamespace` a Role and RoleBinding in that
+/// namespace with the same rules, and no cluster-wide grant at all.
+#[test]
+fn namespaced_mode_grants_the_same_rules_in_the_watched_namespace_only() {
+    let Some(render) = helm_template() else { return };
     let kinds = |docs: &[serde_yaml::Value]| -> Vec<String> {
         docs.iter().map(|d| d["kind"].as_str().unwrap_or_default().to_string()).collect()
     };

@@ -716,6 +716,50 @@ async fn a_refused_apply_reaches_the_user_as_an_event_and_ready_false() {
     .unwrap_err();
 }
 
+/// A collection that asks for the node's identity on object storage, under an operator not
+/// installed to allow it: no pod is made (not even the writer's Service), and the user reads
+/// which field in a Warning Event and `Ready=False`.
+#[tokio::test]
+async fn the_nodes_identity_is_refused_unless_the_operator_allows_it() {
+    for (field, ambient) in [
+        ("spec.source.ambientCredentials", json!({"source": {"url": "s3://etl/a.npy", "ambientCredentials": true}})),
+        (
+            "spec.snapshots.ambientCredentials",
+            json!({"snapshots": {"store": "s3://snapshots", "ambientCredentials": true}}),
+        ),
+    ] {
+        let mut vc = serde_json::to_value(collection(false, Value::Null).as_ref()).unwrap();
+        for (key, value) in ambient.as_object().unwrap() {
+            vc["spec"][key] = value.clone();
+        }
+        let vc: Arc<VectorCollection> = Arc::new(serde_json::from_value(vc).unwrap());
+        let mut h = harness();
+        let error = run(reconcile(vc.clone(), h.ctx.clone()), async {
+            let (reason, note) = h.server.event(NS).await;
+            assert_eq!(reason, "ReconcileError");
+            assert!(note.starts_with(&format!("{field} is true")), "{note}");
+            let status = status_patch(&mut h.server).await.body["status"].clone();
+            assert_eq!(condition(&status, "Ready"), ("False".into(), "ReconcileError".into()));
+        })
+        .await
+        .unwrap_err();
+        assert!(error.to_string().contains("objectStore.allowAmbientCredentials=true"), "{error}");
+
+        // Allowed by the operator's admin: the pipeline starts as for any collection.
+        let allowing = Defaults { image: "quiver:test".into(), allow_ambient_credentials: true, ..Default::default() };
+        let mut h = common::harness_with(allowing);
+        run(reconcile(vc.clone(), h.ctx.clone()), async {
+            // Its first step: reading its token (a failure here ends the pass).
+            let token = "/api/v1/namespaces/search/secrets/products-v2-token";
+            h.server.expect("GET", token, 500, common::status(500, "InternalError", "stop here")).await;
+            h.server.event(NS).await;
+            status_patch(&mut h.server).await;
+        })
+        .await
+        .unwrap_err();
+    }
+}
+
 #[tokio::test]
 async fn a_token_secret_deleted_under_a_writer_that_stopped_answering_is_made_again() {
     let mut h = harness();

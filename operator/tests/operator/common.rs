@@ -274,6 +274,11 @@ impl Harness {
 }
 
 pub fn harness() -> Harness {
+    harness_with(Defaults { image: "quiver:test".into(), ..Default::default() })
+}
+
+/// A harness whose operator was installed with `defaults`.
+pub fn harness_with(defaults: Defaults) -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (caches, mut writers) = quiver_operator::controller::cache::caches();
@@ -290,7 +295,7 @@ pub fn harness() -> Harness {
         recorder,
         writer.clone(),
         drainer.clone(),
-        Defaults { image: "quiver:test".into(), ..Default::default() },
+        defaults,
         Arc::new(Metrics::default()),
         now,
     ));

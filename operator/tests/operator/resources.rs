@@ -193,8 +193,15 @@ fn every_container_command_parses_with_the_engine_cli() {
                         .flatten()
                         .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref().map(|k| k.name.clone()))
                         .collect();
+                    // Their read-only key when the collection names one, else the writer's.
                     let store_secret = snapshots
-                        .and_then(|s| s.credentials_secret.as_ref().or(vc.spec.source.credentials_secret.as_ref()))
+                        .and_then(|s| {
+                            (s.replica_credentials_secret.as_ref()).or(s.credentials_secret.as_ref()).or(vc
+                                .spec
+                                .source
+                                .credentials_secret
+                                .as_ref())
+                        })
                         .map(|s| s.name.clone());
                     let n = quiver_api::environment::object_store_credentials().count();
                     assert_eq!(secrets, store_secret.map(|s| vec![s; n]).unwrap_or_default());

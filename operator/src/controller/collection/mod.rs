@@ -83,7 +83,21 @@ async fn prepare_and_progress(vc: &VectorCollection, ctx: &Context) -> Result<Ac
         add_finalizer(vc, ctx).await?;
     }
     unmark_gone_aliases(vc, ctx).await?;
+    if let Some(field) = ambient_credentials_asked(vc).filter(|_| !ctx.defaults.allow_ambient_credentials) {
+        return Err(Error::AmbientCredentialsNotAllowed(field));
+    }
     progress(vc, ctx).await
+}
+
+/// The field through which a collection asks for the node's identity on object storage.
+fn ambient_credentials_asked(vc: &VectorCollection) -> Option<&'static str> {
+    if vc.spec.source.ambient_credentials {
+        Some("spec.source.ambientCredentials")
+    } else if vc.spec.snapshots.as_ref().is_some_and(|s| s.ambient_credentials) {
+        Some("spec.snapshots.ambientCredentials")
+    } else {
+        None
+    }
 }
 
 /// A reconcile that failed (an apply refused by the API server, a quota, a missing token
