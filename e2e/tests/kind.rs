@@ -4,10 +4,16 @@
 //! what the operator promises on a real cluster: deleting a served collection is refused at
 //! admission, a spec change that needs a rebuild is refused, the writer restarts without the
 //! collection leaving Ready, a rollback to the drained previous collection answers at once, and
-//! an operator restarted mid-import carries on.
+//! an operator restarted mid-import carries on. Then an ETL's day as users run it: Parquet
+//! parts in S3 (SeaweedFS in the cluster), the count in PostgreSQL (in the cluster), a snapshot
+//! store and `writer.afterPublish: Delete`: the collection is imported, published, its writer
+//! and volume deleted, a replica added afterwards starts from the store, and the next day's
+//! collection, one item short of the database, is refused by the count gate while the alias
+//! stays.
 //!
-//! Needs Docker, kind, kubectl and helm on PATH, none of which exist on quiver's build machines,
-//! so it is ignored by default. `.github/workflows/kind-e2e.yml` runs it on GitHub's runners;
+//! Needs Docker, kind, kubectl and helm on PATH, and a python3 with pyarrow (or
+//! `QUIVER_PYTHON`), which quiver's build machines do not all have (no Docker), so it is
+//! ignored by default. `.github/workflows/kind-e2e.yml` runs it on GitHub's runners;
 //! users' CI runs it with:
 //!
 //! ```sh
@@ -130,7 +136,12 @@ struct PortForward {
 }
 
 impl PortForward {
+    /// To quiver's gRPC port 7700 of `target`.
     fn start(target: &str, local_port: u16) -> PortForward {
+        PortForward::to(target, local_port, 7700)
+    }
+
+    fn to(target: &str, local_port: u16, remote_port: u16) -> PortForward {
         let child = Command::new("kubectl")
             .args([
                 "--context",
@@ -139,7 +150,7 @@ impl PortForward {
                 NAMESPACE,
                 "port-forward",
                 target,
-                &format!("{local_port}:7700"),
+                &format!("{local_port}:{remote_port}"),
             ])
             .stdout(Stdio::null())
             .spawn()
@@ -274,6 +285,7 @@ fn answered_by(runtime: &tokio::runtime::Runtime, port: u16) -> String {
 #[test]
 #[ignore = "needs Docker, kind, kubectl and helm (absent on the build machines): cargo test -p quiver-e2e --test kind -- --ignored"]
 fn operator_on_kind_flips_the_alias_after_verification() {
+    let python = std::env::var("QUIVER_PYTHON").unwrap_or_else(|_| "python3".into());
     // `docker version` also fails when there is a client but no engine.
     let works = |tool: &str, args: &[&str]| Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
     let missing: Vec<_> = [
@@ -281,6 +293,7 @@ fn operator_on_kind_flips_the_alias_after_verification() {
         ("kind", &["version"]),
         ("kubectl", &["version", "--client"]),
         ("helm", &["version"]),
+        (python.as_str(), &["-c", "import pyarrow"]),
     ]
     .into_iter()
     .filter(|(tool, args)| !works(tool, args))
@@ -418,6 +431,179 @@ fn operator_on_kind_flips_the_alias_after_verification() {
     ]);
     wait_alias("products-v3");
     assert_eq!(answered_by(&runtime, 17806), "products-v3");
+
+    etl_from_s3_parquet(&runtime, &python);
+}
+
+/// An S3 server and a product database in the cluster.
+const ETL_SERVERS: &str = include_str!("kind/etl-servers.yaml");
+
+/// The product database's password, as etl-servers.yaml sets it.
+const DB_PASSWORD: &str = "kind-e2e-db-password";
+
+/// A statement in the product database.
+fn sql(statement: &str) -> String {
+    kubectl(&["-n", NAMESPACE, "exec", "deploy/product-db", "--", "psql", "-U", "postgres", "-tAc", statement])
+}
+
+/// A day's collection from the Parquet example, pointed at the cluster's servers.
+fn parquet_collection(day: &str) -> String {
+    let example = std::fs::read_to_string(root().join("examples/vectorcollection-parquet.yaml")).unwrap();
+    let mut vc: serde_yaml::Value = serde_yaml::from_str(&example).unwrap();
+    vc["metadata"]["name"] = format!("products-{day}").into();
+    let spec = &mut vc["spec"];
+    spec["dimensions"] = (DIMS as u64).into();
+    // The ETL's parts of 2026-12-01 on both days: the database decides.
+    spec["source"]["url"] = "s3://etl-output/products/2026-12-01/*.parquet".into();
+    spec["snapshots"]["store"] = "s3://snapshots".into();
+    spec["writer"]["storage"] = "1Gi".into();
+    spec["verify"]["minRecall"] = 0.9.into();
+    spec["verify"]["sample"] = 100.into();
+    spec["verify"]["expectedCountFrom"]["sql"] = "SELECT count(*) FROM items WHERE active".into();
+    serde_yaml::to_string(&vc).unwrap()
+}
+
+/// The ETL's day: see the module's documentation.
+fn etl_from_s3_parquet(runtime: &tokio::runtime::Runtime, python: &str) {
+    apply(ETL_SERVERS);
+    for server in ["seaweedfs", "product-db"] {
+        kubectl(&["-n", NAMESPACE, "rollout", "status", &format!("deployment/{server}"), "--timeout=300s"]);
+    }
+    // The ETL's output: two Parquet parts as pyarrow writes them, and Spark's marker.
+    let s3 = PortForward::to("svc/seaweedfs", 18333, 8333);
+    let port = s3.url.rsplit(':').next().unwrap().parse().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let vectors = quiver_e2e::generate(&tmp.path().join("etl.npy"), N, DIMS, 4, 0);
+    let bytes: Vec<u8> = vectors.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(tmp.path().join("vectors.f32"), bytes).unwrap();
+    quiver_testkit::parquet::pyarrow(
+        python,
+        tmp.path(),
+        &format!(
+            r#"
+import array
+values = array.array('f'); values.frombytes(open('vectors.f32', 'rb').read())
+n, dims = {N}, {DIMS}
+for part, (lo, hi) in enumerate([(0, n // 2), (n // 2, n)]):
+    flat = pa.array(values[lo * dims:hi * dims], type=pa.float32())
+    pq.write_table(pa.table({{
+        'item_id': pa.array(range(lo, hi), type=pa.int64()),
+        'embedding': pa.FixedSizeListArray.from_arrays(flat, dims),
+        'category': pa.array(['shoes' if i % 2 else 'hats' for i in range(lo, hi)]),
+        'labels': pa.array([['sale'] if i % 3 == 0 else [] for i in range(lo, hi)], type=pa.list_(pa.string())),
+    }}), f'part-{{part}}.parquet')
+"#
+        ),
+    );
+    eventually("the S3 server to take a bucket", Duration::from_secs(120), || {
+        quiver_testkit::s3::put(port, "/etl-output", Vec::new()).is_ok()
+    });
+    quiver_testkit::s3::put(port, "/snapshots", Vec::new()).unwrap();
+    for part in ["part-0.parquet", "part-1.parquet"] {
+        let body = std::fs::read(tmp.path().join(part)).unwrap();
+        quiver_testkit::s3::put(port, &format!("/etl-output/products/2026-12-01/{part}"), body).unwrap();
+    }
+    quiver_testkit::s3::put(port, "/etl-output/products/2026-12-01/_SUCCESS", Vec::new()).unwrap();
+    drop(s3);
+    sql("CREATE TABLE items (id BIGINT PRIMARY KEY, active BOOLEAN NOT NULL)");
+    sql(&format!("INSERT INTO items SELECT g, TRUE FROM generate_series(1, {N}) g"));
+
+    // The Secrets the example names: the S3 keys (SeaweedFS here takes any), a read-only copy
+    // for the replicas, the database's URL with its password.
+    let mut secrets = String::new();
+    for name in ["etl-s3", "etl-s3-read"] {
+        let data: Vec<String> = quiver_testkit::s3::environment(8333)
+            .into_iter()
+            .map(|(key, value)| match key.as_str() {
+                "AWS_ENDPOINT_URL" => format!("{key}: http://seaweedfs.{NAMESPACE}:8333"),
+                _ => format!("{key}: {value:?}"),
+            })
+            .collect();
+        secrets += &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nstringData: {{{}}}\n---\n",
+            data.join(", ")
+        );
+    }
+    secrets += &format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: product-db, namespace: {NAMESPACE}}}\nstringData: {{url: \"postgres://postgres:{DB_PASSWORD}@product-db.{NAMESPACE}:5432/postgres\"}}\n"
+    );
+    apply(&secrets);
+
+    // Imported, published, verified against the database; then the writer is released.
+    let day1 = "products-2026-12-01";
+    apply(&parquet_collection("2026-12-01"));
+    wait_ready(day1);
+    assert_eq!(field(&format!("vc/{day1}"), "{.status.vectorCount}"), N.to_string());
+    assert_eq!(
+        field(&format!("vc/{day1}"), "{.status.snapshot.location}"),
+        format!("s3://snapshots/{NAMESPACE}/{day1}")
+    );
+    eventually("the released writer's StatefulSet, pod and volume to be gone", Duration::from_secs(180), || {
+        let selector = format!("quiver.dev/collection={day1},quiver.dev/role=writer");
+        field(&format!("statefulset/{day1}-writer"), "{.metadata.name}").is_empty()
+            && get(&["pods", "-l", &selector], "{.items[*].metadata.name}").is_empty()
+            && get(&["pvc"], "{.items[*].metadata.name}").split_whitespace().all(|pvc| !pvc.contains(day1))
+    });
+    assert_eq!(
+        field(&format!("vc/{day1}"), r#"{.status.conditions[?(@.type=="WriterAvailable")].reason}"#),
+        "Released"
+    );
+
+    // Scaled up with no writer: the new replica starts from the store.
+    kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        &format!("vc/{day1}"),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":{"count":3}}}"#,
+    ]);
+    eventually("three ready replicas", Duration::from_secs(300), || {
+        field(&format!("deployment/{day1}-replicas"), "{.status.readyReplicas}") == "3"
+    });
+    let selector = format!("quiver.dev/collection={day1},quiver.dev/role=replica");
+    for pod in get(&["pods", "-l", &selector], "{.items[*].metadata.name}").split_whitespace() {
+        let log = kubectl(&["-n", NAMESPACE, "logs", pod]);
+        assert!(
+            log.contains(&format!("from s3://snapshots/{NAMESPACE}")),
+            "{pod} did not restore from the store:\n{log}"
+        );
+    }
+    kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "ca/products",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"spec":{{"collection":"{day1}"}}}}"#),
+    ]);
+    wait_alias(day1);
+    assert_eq!(answered_by(runtime, 17807), day1);
+
+    // The next day the database has one item more than the export: the count gate refuses the
+    // collection by exactly one, and the alias stays.
+    sql(&format!("INSERT INTO items VALUES ({}, TRUE)", N + 1));
+    let day2 = "products-2026-12-02";
+    apply(&parquet_collection("2026-12-02"));
+    kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "ca/products",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"spec":{{"collection":"{day2}"}}}}"#),
+    ]);
+    eventually(&format!("vc/{day2} to fail its verification"), Duration::from_secs(600), || {
+        field(&format!("vc/{day2}"), "{.status.phase}") == "Failed"
+    });
+    let message = field(&format!("vc/{day2}"), "{.status.message}");
+    assert!(message.contains(&format!("count measured {N} (needs == {})", N + 1)), "{message}");
+    assert!(!message.contains(DB_PASSWORD), "the database password is never shown: {message}");
+    assert_eq!(field("ca/products", "{.status.current}"), day1, "the alias stays on what passed");
+    assert_eq!(answered_by(runtime, 17808), day1);
 }
 
 /// The GitHub workflow runs exactly this test, so users' CI and the doc above agree.
@@ -431,7 +617,8 @@ fn the_workflow_runs_the_kind_e2e() {
         runs.iter().any(|r| r.contains("cargo test -p quiver-e2e --test kind -- --ignored --nocapture")),
         "{runs:?}"
     );
-    for tool in ["kind", "helm", "kubectl"] {
+    for tool in ["kind", "helm", "kubectl", "pip install pyarrow"] {
         assert!(workflow.contains(tool), "the workflow installs {tool}");
     }
+    assert!(workflow.contains("QUIVER_PYTHON:"), "the test is told which python has pyarrow");
 }
