@@ -1,12 +1,15 @@
 //! Snapshots published to object storage, so replicas start without a writer: under a store
 //! `s3://bucket/prefix` (or `gs://`, `az://`), collection `name` is
 //!
-//! - `<prefix>/<name>/data.mdb`: the snapshot file, uploaded in parts ([`object::upload_file`]);
-//! - `<prefix>/<name>/snapshot.json`: its [`StoredSnapshot`] (size, sha256 of the whole and of
-//!   each part, the data object's ETag, the manifest), written last, in one PUT.
+//! - `<prefix>/<name>/data-<sha256>.mdb`: the snapshot file, uploaded in parts
+//!   ([`object::upload_file`]), named by its content;
+//! - `<prefix>/<name>/snapshot.json`: its [`StoredSnapshot`] (the data object's name, size,
+//!   sha256 of the whole and of each part, its ETag, the manifest), written last, in one PUT.
 //!
 //! A snapshot whose description is not there is not in the store: a writer killed mid-upload
-//! leaves nothing a replica would take. A replica reads the data object in ranged GETs pinned to
+//! leaves nothing a replica would take. A snapshot published again with other bytes (a retried
+//! import) goes to another data object, so the one the old description names stays whole until
+//! the new description is in; only then is the old one deleted. A replica reads the data object in ranged GETs pinned to
 //! the ETag the description names (an object replaced since is refused), appends to its
 //! [`Partial`] (so a killed restore resumes from the bytes on disk), and checks the sha256 of the
 //! file on disk before it installs it.
@@ -18,7 +21,6 @@ use crate::import::object::{self, Credentials};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 
-const DATA: &str = "data.mdb";
 const DESCRIPTION: &str = "snapshot.json";
 /// Bytes appended to the partial file at a time while restoring.
 const RESTORE_CHUNK: usize = 1 << 20;
@@ -28,6 +30,8 @@ const RESTORE_CHUNK: usize = 1 << 20;
 pub struct StoredSnapshot {
     #[serde(flatten)]
     pub info: SnapshotInfo,
+    /// The data object, beside the description: `data-<sha256>.mdb`.
+    pub data: String,
     /// Bytes of each part but the last.
     pub part_bytes: u64,
     /// Hex sha256 of each part, in order.
@@ -96,7 +100,7 @@ impl SnapshotStore {
         })
     }
 
-    /// Every snapshot published completely (with its description), in name order.
+    /// Every snapshot published completely (with a readable description), in name order.
     pub fn list(&self) -> Result<Vec<StoredSnapshot>> {
         let location = object::locate(&format!("{}/", self.uri), self.credentials)?;
         let listed = object::list(&self.uri, &location, &location.path)?;
@@ -105,8 +109,14 @@ impl SnapshotStore {
         for meta in listed {
             let key = meta.location.as_ref();
             let below = key.strip_prefix(&prefix).unwrap_or(key).trim_start_matches('/');
-            if let Some(collection) = below.strip_suffix(&format!("/{DESCRIPTION}")).filter(|c| !c.contains('/')) {
-                found.extend(self.described(collection)?);
+            let Some(collection) = below.strip_suffix(&format!("/{DESCRIPTION}")).filter(|c| !c.contains('/')) else {
+                continue;
+            };
+            // One unreadable description (another tool's key, a damaged object) hides only
+            // itself: the list is how an operator finds what else the store holds.
+            match self.described(collection) {
+                Ok(stored) => found.extend(stored),
+                Err(e) => tracing::warn!(store = %self.uri(), error = %e, "left out of the list"),
             }
         }
         Ok(found)
@@ -115,22 +125,35 @@ impl SnapshotStore {
     /// Publishes the finished local snapshot `info`: the data first, the description last.
     /// A snapshot already published with the same sha256 is left as it is.
     pub fn push(&self, snapshots: &SnapshotDir, info: &SnapshotInfo) -> Result<StoredSnapshot> {
-        if let Some(stored) = self.described(&info.collection)?.filter(|s| s.info.sha256 == info.sha256) {
+        let previous = self.described(&info.collection)?;
+        if let Some(stored) = previous.as_ref().filter(|s| s.info.sha256 == info.sha256) {
             tracing::info!(collection = %info.collection, store = %self.uri(), "snapshot already in the store");
-            return Ok(stored);
+            return Ok(stored.clone());
         }
         let started = std::time::Instant::now();
-        let data = self.object(&info.collection, DATA)?;
+        let name = data_object(info)?;
+        let data = self.object(&info.collection, &name)?;
         let uploaded = object::upload_file(&data, self.credentials, &snapshots.file(&info.collection)?)?;
         crate::fault::point("store::before_description");
         let stored = StoredSnapshot {
             info: info.clone(),
+            data: name,
             part_bytes: uploaded.part_bytes,
             part_sha256: uploaded.part_sha256,
             data_etag: uploaded.e_tag,
         };
         let json = serde_json::to_vec_pretty(&stored).expect("a snapshot description serializes");
         object::write_whole(&self.object(&info.collection, DESCRIPTION)?, self.credentials, json)?;
+        // What the replaced description named: no longer reachable. Best effort: left behind,
+        // it costs space, not correctness.
+        if let Some(old) = previous.filter(|old| old.data != stored.data) {
+            let deleted = data_object(&old.info)
+                .and_then(|name| self.object(&info.collection, &name))
+                .and_then(|uri| object::delete(&uri, self.credentials));
+            if let Err(e) = deleted {
+                tracing::warn!(collection = %info.collection, error = %e, "the replaced snapshot's data stays in the store");
+            }
+        }
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
             collection = %info.collection,
@@ -154,7 +177,13 @@ impl SnapshotStore {
         if stored.info.collection != collection {
             return Err(corrupt(format!("the store's description is of {:?}", stored.info.collection)));
         }
-        let data = self.object(collection, DATA)?;
+        if data_object(&stored.info)? != stored.data {
+            return Err(corrupt(format!(
+                "the store's description names the data object {:?}, not the one its sha256 names",
+                stored.data
+            )));
+        }
+        let data = self.object(collection, &stored.data)?;
         let file = object::ObjectFile::open(&data, self.credentials)?;
         if file.size() != stored.info.size
             || (stored.data_etag.is_some() && file.e_tag() != stored.data_etag.as_deref())
@@ -196,4 +225,17 @@ impl SnapshotStore {
         );
         partial.finish_from(&self.uri())
     }
+}
+
+/// The data object of the snapshot `info`: its sha256 names it, and nothing
+/// but lowercase hex reaches an object key.
+fn data_object(info: &SnapshotInfo) -> Result<String> {
+    let sha256 = &info.sha256;
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(Error::Snapshot {
+            collection: info.collection.clone(),
+            reason: format!("the sha256 {sha256:?} is not 64 lowercase hex digits"),
+        });
+    }
+    Ok(format!("data-{sha256}.mdb"))
 }

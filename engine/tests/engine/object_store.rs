@@ -230,7 +230,10 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     // What the store holds: the data, and its description naming the sha256 of the whole and
     // of each 16 MiB part.
     let stored: serde_json::Value = serde_json::from_slice(&weed.get("/snapshots/prod/v1/snapshot.json")).unwrap();
-    let data = weed.get("/snapshots/prod/v1/data.mdb");
+    // The data object is named by its content.
+    let data_object = format!("/snapshots/prod/v1/{}", stored["data"].as_str().unwrap());
+    assert_eq!(data_object, format!("/snapshots/prod/v1/data-{}.mdb", stored["sha256"].as_str().unwrap()));
+    let data = weed.get(&data_object);
     assert_eq!((stored["size"].as_u64(), stored["sha256"].as_str()), (Some(data.len() as u64), Some(&*sha256(&data))));
     let parts: Vec<String> = data.chunks(16 << 20).map(sha256).collect();
     assert_eq!(stored["part_sha256"], serde_json::json!(parts));
@@ -292,7 +295,7 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     // names the replaced object, which has one byte flipped: refused for its sha256.
     let mut flipped = data.clone();
     flipped[data.len() / 2] ^= 0x01;
-    put(weed.s3, "/snapshots/prod/v1/data.mdb", flipped).unwrap();
+    put(weed.s3, &data_object, flipped).unwrap();
     let refused = |name: &str, says: &str| {
         let (mut r, _, log) = replica(name, None);
         let status = r.0.wait().unwrap();
@@ -302,14 +305,40 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
         assert!(!dir.path().join(name).join("v1").exists(), "nothing installed");
     };
     refused("r2", "is not the object its description names");
-    let head = ureq::head("http://127.0.0.1:".to_string() + &weed.s3.to_string() + "/snapshots/prod/v1/data.mdb")
-        .call()
-        .unwrap();
+    let object_url = |path: &str| format!("http://127.0.0.1:{}{path}", weed.s3);
+    let head = ureq::head(&object_url(&data_object)).call().unwrap();
     let e_tag = head.headers().get("etag").unwrap().to_str().unwrap().to_string();
     let mut lying = stored.clone();
     lying["data_etag"] = serde_json::json!(e_tag);
     put(weed.s3, "/snapshots/prod/v1/snapshot.json", serde_json::to_vec(&lying).unwrap()).unwrap();
     refused("r3", "checksum mismatch");
+
+    // Published again with other bytes (a retried import): to a new data object, and the one
+    // the replaced description named is deleted once the new description is in.
+    let generated = quiver(weed.s3, &["generate", "--out", &at("again.npy"), "--vectors", "2000", "--dims", "64"]);
+    assert!(generated.status.success());
+    let import = ["import", "--data-dir", &at("q"), "--collection", "v1", "--source", &at("again.npy")];
+    let imported = quiver(weed.s3, &[&import[..], &["--source-root", &source_root]].concat());
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let replaced = snapshot(&["push", "--store", store, "--data-dir", &at("q"), "--collection", "v1"]);
+    assert_ne!(replaced["sha256"], stored["sha256"]);
+    let now: serde_json::Value = serde_json::from_slice(&weed.get("/snapshots/prod/v1/snapshot.json")).unwrap();
+    assert_eq!(now["data"].as_str(), Some(&*format!("data-{}.mdb", replaced["sha256"].as_str().unwrap())));
+    assert_eq!(
+        ureq::head(&object_url(&format!("/snapshots/prod/v1/{}", now["data"].as_str().unwrap())))
+            .call()
+            .map(|_| ())
+            .ok(),
+        Some(())
+    );
+    assert!(ureq::head(&object_url(&data_object)).call().is_err(), "the replaced data object is deleted");
+    // A description that is not one hides only itself from the list.
+    put(weed.s3, "/snapshots/prod/broken/snapshot.json", b"{not json".to_vec()).unwrap();
+    let listed = snapshot(&["list", "--store", store]);
+    assert_eq!(
+        listed.as_array().map(|l| l.iter().map(|s| s["collection"].clone()).collect::<Vec<_>>()),
+        Some(vec![serde_json::json!("v1")])
+    );
 }
 
 /// Ingest.Progress of `collection` on the writer at `grpc`, with a client that does not retry.
