@@ -56,6 +56,8 @@ use serde::{Deserialize, Serialize};
 // Once Delete, the writer's volume may be gone: a writer made again would import anew and
 // might publish other data over the snapshot replicas serve.
 #[x_kube(validation = Rule::new("!has(oldSelf.writer) || !has(oldSelf.writer.afterPublish) || oldSelf.writer.afterPublish != 'Delete' || (has(self.writer) && has(self.writer.afterPublish) && self.writer.afterPublish == 'Delete')").message("writer.afterPublish: Delete cannot be undone (the writer and its volume may be gone): create a new collection, or one restored with source.snapshot"))]
+// Released against one store: another store would not hold the snapshot replicas start from.
+#[x_kube(validation = Rule::new("!has(self.writer) || !has(self.writer.afterPublish) || self.writer.afterPublish != 'Delete' || !has(oldSelf.snapshots) || (has(self.snapshots) && self.snapshots.store == oldSelf.snapshots.store)").message("snapshots.store cannot change with writer.afterPublish: Delete (the writer may be gone, and the new store would not hold the snapshot replicas start from): create a new collection"))]
 #[serde(rename_all = "camelCase")]
 pub struct VectorCollectionSpec {
     /// Dimensions of every vector (1..=4096). Immutable: a different dimension is a new collection.
@@ -231,9 +233,10 @@ pub struct WriterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// What becomes of the writer once its sealed snapshot is in `spec.snapshots`' store:
-    /// Keep (the default) keeps it serving the snapshot to replicas beside the store; Delete
-    /// deletes its StatefulSet and Service (and so its pod and, through the StatefulSet's
-    /// retention policy, its volume), and new replicas start from the store alone.
+    /// Keep (the default) keeps it serving the snapshot to replicas beside the store; Delete,
+    /// once the collection is Ready (verified) and the writer reports the snapshot in this
+    /// store, deletes its StatefulSet and Service (and so its pod and, through the
+    /// StatefulSet's retention policy, its volume), and new replicas start from the store alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_publish: Option<AfterPublish>,
 }
@@ -517,8 +520,10 @@ pub struct RebuildSpec {
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
     /// The spec of each rebuilt collection. Unlike a collection's own spec, its dimensions and
-    /// distance may change: each rebuild is a new collection.
+    /// distance may change: each rebuild is a new collection. Not from a `source.snapshot`:
+    /// a snapshot is of one named collection, and each rebuild has a new name.
     #[schemars(schema_with = "rebuild_template_schema")]
+    #[x_kube(validation = Rule::new("!has(self.source.snapshot)").message("rebuild.template.source.snapshot cannot be rebuilt: a snapshot is of one collection, and each rebuild is a new one (<alias>-<time>); use source.url or source.push"))]
     pub template: VectorCollectionSpec,
     /// Rebuilt collections kept besides those any alias serves as current or previous (which
     /// are never deleted). Older ones are deleted.

@@ -4,7 +4,7 @@
 use super::labels::{self, Role};
 use super::pod::{self, flag, optional_flag};
 use super::{Defaults, GRPC_PORT};
-use crate::crd::{AfterPublish, VectorCollection};
+use crate::crd::{AfterPublish, Phase, StoredSnapshot, VectorCollection};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
@@ -49,12 +49,30 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     args
 }
 
-/// Whether the writer is to be gone: `writer.afterPublish: Delete`, and its sealed snapshot
-/// recorded in the store. The data a snapshot holds is fixed for the collection's life (source,
-/// index and search are immutable), so the record stands for every later generation too.
+/// Whether the writer is released (to be gone, never made again): `writer.afterPublish:
+/// Delete`, its snapshot recorded in status, and the release recorded there too (the
+/// WriterAvailable condition's reason Released), written by the pass that found the writer
+/// releasable before any pass deletes it. The data a snapshot holds is fixed for the
+/// collection's life (source, index and search are immutable), so the release stands for every
+/// later generation too.
 pub fn released(vc: &VectorCollection) -> bool {
+    let Some(status) = vc.status.as_ref() else { return false };
     vc.spec.writer.after_publish == Some(AfterPublish::Delete)
-        && vc.status.as_ref().is_some_and(|s| s.snapshot.is_some())
+        && status.snapshot.is_some()
+        && status.conditions.iter().any(|c| c.type_ == "WriterAvailable" && c.reason == "Released")
+}
+
+/// Whether the writer may be released now: `writer.afterPublish: Delete`, the collection
+/// Ready (verified) for this generation, and the writer itself reporting, in this pass, the
+/// snapshot status recorded, at the place this spec's store names (not an old record: the
+/// store may have changed, or lost the object since).
+pub fn releasable(vc: &VectorCollection, reported: Option<&StoredSnapshot>) -> bool {
+    let Some(status) = vc.status.as_ref() else { return false };
+    let expected = super::pod::snapshot_store(vc).map(|store| format!("{store}/{}", vc.name_any()));
+    vc.spec.writer.after_publish == Some(AfterPublish::Delete)
+        && status.phase == Phase::Ready
+        && status.observed_generation == vc.metadata.generation
+        && reported.is_some_and(|r| Some(&r.location) == expected.as_ref() && status.snapshot.as_ref() == Some(r))
 }
 
 pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {

@@ -321,9 +321,42 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
     .await
     .unwrap();
 
+    // Replicating, then warming up: the writer stays while the collection is not verified (a
+    // failed verification keeps the writer's data to look at, and replicas may still need it).
     let vc = releasing(recorded);
-    let expected = rendered(&vc);
     h.restatus("Deployment", "products-v2-replicas", json!({"readyReplicas": 2}));
+    run(reconcile(vc.clone(), h.ctx.clone()), async {
+        h.server.apply(&format!("{JOBS}/products-v2-warmup-g1"), Value::Null).await;
+        let status = status_patch(&mut h.server).await;
+        let status = &status.body["status"];
+        assert_eq!(status["phase"], "WarmingUp");
+        assert_eq!(condition(status, "WriterAvailable"), ("True".into(), "Sealed".into()));
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+
+    // Ready (verified) for this generation, and the writer reports now the snapshot status
+    // recorded: the release is recorded first, nothing deleted yet.
+    let mut ready = serde_json::to_value(vc.as_ref()).unwrap()["status"].clone();
+    ready["phase"] = "Ready".into();
+    ready["verification"] =
+        json!([{"name": "recall", "measured": 0.97, "comparison": ">=", "threshold": 0.95, "passed": true}]);
+    h.cache(jobs("Complete"));
+    let mut released = Value::Null;
+    run(reconcile(releasing(ready), h.ctx.clone()), async {
+        let status = status_patch(&mut h.server).await;
+        released = status.body["status"].clone();
+        assert_eq!(released["phase"], "Ready");
+        assert_eq!(condition(&released, "WriterAvailable"), ("False".into(), "Released".into()));
+        assert_eq!(released["snapshot"], serde_json::to_value(&stored).unwrap());
+    })
+    .await
+    .unwrap();
+
+    // The next pass deletes the StatefulSet and Service the cache holds, by their uid.
+    let vc = releasing(released);
+    let expected = rendered(&vc);
     run(reconcile(vc.clone(), h.ctx.clone()), async {
         // The API server answers a DELETE of an object with no finalizers left with the object
         // as it was, 200 (https://kubernetes.io/docs/reference/using-api/api-concepts/#deletion;
@@ -331,6 +364,7 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
         let sts = serde_json::to_value(&expected.writer).unwrap();
         let deleted = h.server.expect("DELETE", WRITER_STS, 200, sts.clone()).await;
         assert_eq!(deleted.body["propagationPolicy"], "Background");
+        assert_eq!(deleted.body["preconditions"]["uid"], "00000000-0000-0000-0000-00000000beef");
         h.uncache(sts);
         let svc = serde_json::to_value(&expected.writer_service).unwrap();
         h.server.expect("DELETE", WRITER_SVC, 200, svc.clone()).await;
@@ -338,22 +372,19 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(reason, "WriterReleased");
         assert!(note.contains("its snapshot is in s3://snapshots/search/products-v2"), "{note}");
-        h.server.apply(&format!("{JOBS}/products-v2-warmup-g1"), Value::Null).await;
-        let status = status_patch(&mut h.server).await;
-        let status = &status.body["status"];
-        assert_eq!((status["phase"].as_str(), status["vectorCount"].as_u64()), (Some("WarmingUp"), Some(50000)));
-        assert_eq!(condition(status, "WriterAvailable"), ("False".into(), "Released".into()));
-        h.server.event(NS).await;
     })
     .await
     .unwrap();
-    // Gone from the caches: nothing is deleted or applied again.
+    // Gone from the caches: nothing is deleted or applied again, also after a spec change.
     let mut again = (*vc).clone();
-    again.status.as_mut().unwrap().phase = quiver_operator::crd::Phase::WarmingUp;
-    h.cache([job("products-v2-warmup-g1", "")]);
+    again.metadata.generation = Some(2);
     run(reconcile(Arc::new(again), h.ctx.clone()), async {
+        h.server.apply(&format!("{JOBS}/products-v2-warmup-g2"), Value::Null).await;
+        h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
         let status = status_patch(&mut h.server).await;
         assert_eq!(status.body["status"]["phase"], "WarmingUp");
+        assert_eq!(condition(&status.body["status"], "WriterAvailable"), ("False".into(), "Released".into()));
+        h.server.event_repeated(NS).await;
     })
     .await
     .unwrap();
@@ -1018,6 +1049,45 @@ async fn a_failed_collection_is_retried_once_per_annotation_value() {
         h.server.expect("GET", EVENTS, 200, list("Event", vec![])).await;
         let status = status_patch(&mut h.server).await.body["status"].clone();
         assert_eq!(status["phase"], "Failed");
+    })
+    .await
+    .unwrap();
+}
+
+/// A retry of a collection whose writer was released keeps the release: its verified import
+/// is in the store, so only the Jobs run again (an ETL's push or files may be gone, and a new
+/// import would publish other data over what replicas serve). A retry patch refused for a
+/// stale resourceVersion is left to the pass on the newer object, unreported.
+#[tokio::test]
+async fn a_retry_after_the_release_runs_the_jobs_again_without_a_writer() {
+    use quiver_operator::crd::{AfterPublish, SnapshotsSpec};
+    let mut h = harness();
+    let snapshot = json!({"location": "s3://snapshots/search/products-v2", "sha256": "ab12", "bytes": 4096});
+    let failed = json!({"phase": "Failed", "observedGeneration": 1, "vectorCount": 50000, "snapshot": snapshot,
+        "message": "verification failed: recall measured 0.8 (needs >= 0.95)",
+        "conditions": [{"type": "WriterAvailable", "status": "False", "reason": "Released", "message": "",
+            "observedGeneration": 1, "lastTransitionTime": "2025-11-25T12:00:00Z"}]});
+    let mut vc = (*collection(false, failed)).clone();
+    vc.spec.snapshots = Some(SnapshotsSpec { store: "s3://snapshots".into(), ..Default::default() });
+    vc.spec.writer.after_publish = Some(AfterPublish::Delete);
+    vc.metadata.annotations = Some([("quiver.dev/retry".to_string(), "1".to_string())].into());
+    // Stale: the API server holds a newer resourceVersion (409 Conflict, reason Conflict, as
+    // apimachinery's NewConflict words it).
+    let stale = "Operation cannot be fulfilled on vectorcollections.quiver.dev \"products-v2\": the object has been modified; please apply your changes to the latest version and try again";
+    run(reconcile(Arc::new(vc.clone()), h.ctx.clone()), async {
+        h.server.expect("PATCH", VC, 409, common::status(409, "Conflict", stale)).await;
+    })
+    .await
+    .unwrap();
+    run(reconcile(Arc::new(vc.clone()), h.ctx.clone()), async {
+        h.server.expect("PATCH", VC, 200, stored_object()).await;
+        h.server.expect("DELETE", WRITER_POD, 404, not_found()).await;
+        h.server.expect("DELETE", JOBS, 200, list("Job", vec![])).await;
+        assert_eq!(h.server.event(NS).await.0, "Retry");
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Pending");
+        assert_eq!(status["snapshot"], snapshot, "the release stands");
+        assert_eq!(status["message"], "retrying: warm-up and verification run again");
     })
     .await
     .unwrap();

@@ -123,6 +123,21 @@ impl ApiServer {
         let note = sent.body["note"].as_str().unwrap_or_default().to_string();
         (reason, note)
     }
+
+    /// The same Event again: kube's recorder (as client-go's) PATCHes the Event it made, its
+    /// series counting the repeat; returns the patch.
+    pub async fn event_repeated(&mut self, ns: &str) -> Value {
+        let prefix = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events/");
+        let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request()).await;
+        let (request, send) = next.expect("no request came; expected an Event patch").expect("client gone");
+        let uri = request.uri().to_string();
+        assert_eq!(request.method().as_str(), "PATCH", "{uri}");
+        assert!(uri.starts_with(&prefix), "{uri}");
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+        body
+    }
 }
 
 /// The API server's error body: a failed `Status` with its HTTP code and reason.

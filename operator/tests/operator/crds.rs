@@ -113,6 +113,7 @@ fn invalid_fixtures_are_refused_with_their_message() {
         ("invalid-alias.yaml", "valid object name"),
         ("invalid-alias-name.yaml", "must not end in -replicas or -writer"),
         ("invalid-alias-empty.yaml", "set spec.collection, spec.rebuild, or both"),
+        ("invalid-rebuild-snapshot.yaml", "rebuild.template.source.snapshot cannot be rebuilt"),
     ] {
         let ca: CollectionAlias = load(&fixtures.join(file));
         let err = ca.validate_cel().expect_err(file);
@@ -162,6 +163,20 @@ fn a_released_writer_is_not_made_again() {
         let err = back.validate_cel_update(&delete).expect_err("Delete undone");
         assert!(format!("{err:?}").contains("writer.afterPublish: Delete cannot be undone"), "{err:?}");
     }
+    // Nor moved to another store, alone or with the switch to Delete: the released writer's
+    // snapshot is in the old one.
+    let mut moved = delete.clone();
+    moved.spec.snapshots.as_mut().unwrap().store = "s3://other-snapshots".into();
+    for old in [&delete, &keep] {
+        let err = moved.validate_cel_update(old).expect_err("store moved");
+        assert!(
+            format!("{err:?}").contains("snapshots.store cannot change with writer.afterPublish: Delete"),
+            "{err:?}"
+        );
+    }
+    let mut kept_moved = keep.clone();
+    kept_moved.spec.snapshots.as_mut().unwrap().store = "s3://other-snapshots".into();
+    kept_moved.validate_cel_update(&keep).unwrap();
 }
 
 #[test]

@@ -347,3 +347,42 @@ fn rendered_pods_schedule_roll_out_and_stay_ready() {
         assert_eq!(writer.pod_management_policy.as_deref(), Some("Parallel"));
     }
 }
+
+/// The writer is released on what it reports now, never on an old record alone: Ready (verified)
+/// for this generation, and its report equal to the record, at the place this spec's store names.
+#[test]
+fn a_writer_is_releasable_only_verified_and_on_its_own_report_at_this_store() {
+    use quiver_operator::crd::{Phase, StoredSnapshot, VectorCollectionStatus};
+    use quiver_operator::resources::writer::releasable;
+    let report = StoredSnapshot {
+        location: "s3://quiver-snapshots/search/products-2026-12-01".into(),
+        sha256: "ab".repeat(32),
+        bytes: 4096,
+    };
+    let with = |phase: Phase, observed: i64, recorded: Option<&StoredSnapshot>| {
+        let mut vc = parquet();
+        vc.metadata.generation = Some(2);
+        vc.status = Some(VectorCollectionStatus {
+            phase,
+            observed_generation: Some(observed),
+            snapshot: recorded.cloned(),
+            ..Default::default()
+        });
+        vc
+    };
+    assert!(releasable(&with(Phase::Ready, 2, Some(&report)), Some(&report)));
+    // Not verified yet, or verified for another generation.
+    assert!(!releasable(&with(Phase::Verifying, 2, Some(&report)), Some(&report)));
+    assert!(!releasable(&with(Phase::Ready, 1, Some(&report)), Some(&report)));
+    // A record the writer does not report now (restarted, not yet re-checked the store).
+    assert!(!releasable(&with(Phase::Ready, 2, Some(&report)), None));
+    // A report that is not the record, or of another store than this spec's.
+    let other = StoredSnapshot { sha256: "cd".repeat(32), ..report.clone() };
+    assert!(!releasable(&with(Phase::Ready, 2, Some(&report)), Some(&other)));
+    let elsewhere = StoredSnapshot { location: "s3://old-store/search/products-2026-12-01".into(), ..report.clone() };
+    assert!(!releasable(&with(Phase::Ready, 2, Some(&elsewhere)), Some(&elsewhere)));
+    // Keep never releases.
+    let mut keep = with(Phase::Ready, 2, Some(&report));
+    keep.spec.writer.after_publish = None;
+    assert!(!releasable(&keep, Some(&report)));
+}

@@ -172,7 +172,14 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     } else {
         apply(ctx, &ns, &writer::service(vc)).await?;
         let sts = apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
-        observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await?
+        match observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await? {
+            // Recorded now (status says Released), deleted from the next pass on: a pass whose
+            // status write fails leaves the writer as it was.
+            (WriterState::Sealed { stored, .. }, _) if writer::releasable(vc, stored.as_ref()) => {
+                (WriterState::Released, None)
+            }
+            observed => observed,
+        }
     };
     let wanted = replicas::wanted(&vc.spec.replicas);
     let mut observed = Observed {
@@ -294,7 +301,8 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
 /// resourceVersion, so a retry happens once even if what follows fails, and metadata is never
 /// pruned by an older CRD schema), then the writer pod is deleted (its StatefulSet starts it
 /// again: a failed import runs again, a sealed collection is recovered; the PVC stays), this
-/// generation's Jobs are deleted, and the phase goes back to Pending. Returns whether it did.
+/// generation's Jobs are deleted, and the phase goes back to Pending. A released writer stays
+/// released. Returns whether it did (or found the object stale: a newer pass decides).
 async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
     let generation = vc.metadata.generation.unwrap_or(0);
     let Some(stored) =
@@ -309,7 +317,13 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
     let patch = serde_json::json!({
         "metadata": {"annotations": {RETRIED: request}, "resourceVersion": vc.resource_version()},
     });
-    api(vc, ctx)?.patch(&vc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    match api(vc, ctx)?.patch(&vc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => {}
+        // This pass ran on an older object than the API server's (a stale cache): not an
+        // error to report over the newer status; the pass on the newer object decides.
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(true),
+        Err(e) => return Err(e.into()),
+    }
     let pod = format!("{}-0", labels::writer_name(&vc.name_any()));
     delete_if_present::<Pod>(ctx, ns, &pod, &DeleteParams::default()).await?;
     delete_jobs(ctx, ns, &vc.name_any(), &format!("={generation}")).await?;
@@ -318,9 +332,17 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
     let mut pending = stored.clone();
     pending.phase = Phase::Pending;
     pending.verification.clear();
-    // A released writer is made again: it runs its import again rather than take the old seal.
-    pending.snapshot = None;
-    pending.message = Some("retrying: the writer starts again".into());
+    if writer::released(vc) {
+        // The verified import is in the store: the Jobs run again on the replicas, and no
+        // writer imports anew (an ETL's push or files may be gone, and other data would be
+        // published over what replicas serve).
+        pending.message = Some("retrying: warm-up and verification run again".into());
+    } else {
+        // A writer that was not released imports again, or recovers its seal from its volume,
+        // and reports its upload again.
+        pending.snapshot = None;
+        pending.message = Some("retrying: the writer starts again".into());
+    }
     patch_status(vc, ctx, &pending).await?;
     Ok(true)
 }
@@ -330,13 +352,19 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
 /// policy) and Service are deleted, once (what the caches no longer hold is gone already).
 async fn release_writer(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<()> {
     let name = labels::writer_name(&vc.name_any());
+    // Only the object the cache saw: one made since under the same name is not this writer.
+    let of = |uid: Option<String>| DeleteParams {
+        preconditions: uid.map(|uid| kube::api::Preconditions { uid: Some(uid), resource_version: None }),
+        ..DeleteParams::background()
+    };
     let mut deleted = false;
-    if ctx.caches.stateful_sets.get(ns, &name).is_some() {
-        delete_if_present::<StatefulSet>(ctx, ns, &name, &DeleteParams::background()).await?;
+    if let Some(sts) = ctx.caches.stateful_sets.get(ns, &name) {
+        delete_if_present::<StatefulSet>(ctx, ns, &name, &of(sts.metadata.uid.clone())).await?;
         deleted = true;
     }
-    if ctx.caches.services.get(ns, &name).is_some() {
-        delete_if_present::<k8s_openapi::api::core::v1::Service>(ctx, ns, &name, &DeleteParams::background()).await?;
+    if let Some(service) = ctx.caches.services.get(ns, &name) {
+        let params = of(service.metadata.uid.clone());
+        delete_if_present::<k8s_openapi::api::core::v1::Service>(ctx, ns, &name, &params).await?;
         deleted = true;
     }
     if deleted {

@@ -26,6 +26,7 @@ pub fn status(vc: &VectorCollection, d: &Decision, observed: &Observed, now: Tim
     // status.message only): a condition changes when the state does.
     let message = match d.phase {
         Phase::Importing => "importing vectors".to_string(),
+        Phase::Restoring => "restoring the snapshot".to_string(),
         _ => d.message.clone().unwrap_or_default(),
     };
     let short = observed.ready_replicas < observed.wanted_replicas.max(1) && !observed.idle;
