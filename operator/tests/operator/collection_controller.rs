@@ -288,6 +288,36 @@ async fn a_published_snapshot_brings_up_the_replicas() {
     .unwrap();
 }
 
+/// A Ready collection short of a replica says why the replica is not ready (Degraded), as
+/// while replicating: a replica that cannot restore (its store object gone, its key refused)
+/// must not show only as a count.
+#[tokio::test]
+async fn a_ready_collection_short_of_a_replica_says_why() {
+    let mut h = harness();
+    let mut ready = stored_status("Ready");
+    ready["verification"] =
+        json!([{"name": "recall", "measured": 0.97, "comparison": ">=", "threshold": 0.95, "passed": true}]);
+    let stuck = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "products-v2-replicas-abc",
+            "labels": {"quiver.dev/collection": "products-v2", "quiver.dev/role": "replica"}},
+        "status": {"containerStatuses": [{"name": "quiver", "image": "quiver:test", "imageID": "", "ready": false,
+            "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": "no snapshot of products-v2 in the store (yet)"}}}]}});
+    h.cache([running_pod("10.1.2.3"), stuck]);
+    h.cache(jobs("Complete"));
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    run(reconcile(collection(false, ready), h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        replicas_applied(&mut h.server, 1).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Ready");
+        let why = "replica products-v2-replicas-abc: CrashLoopBackOff: no snapshot of products-v2 in the store (yet)";
+        assert!(status["message"].as_str().unwrap().ends_with(why), "{status}");
+        assert_eq!(condition(&status, "Degraded"), ("True".into(), "ReplicasUnavailable".into()));
+    })
+    .await
+    .unwrap();
+}
+
 /// `writer.afterPublish: Delete`: the writer's report that its snapshot landed in the store is
 /// recorded in status; on the next pass the writer's StatefulSet (its pod, and its volume by
 /// the retention policy) and Service are deleted, once, with an Event, and never applied

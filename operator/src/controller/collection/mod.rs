@@ -235,11 +235,12 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     }
     let short_of_replicas = observed.ready_replicas < wanted.max(1) && !observed.idle;
     if matches!(decision.phase, Phase::Replicating | Phase::Ready) && short_of_replicas {
-        // Pods never created (a quota) say so; pods created but stuck say why.
+        // Pods never created (a quota) say so; pods created but stuck say why, also under a
+        // Ready collection (Degraded), where a replica that cannot restore (its store object
+        // gone, its key refused) would otherwise show only as a count.
         let problem = match replicas_refused {
             Some(refused) => Some(format!("replicas: {refused}")),
-            None if decision.phase == Phase::Replicating => replica_problem(ctx, &ns, &name),
-            None => None,
+            None => replica_problem(ctx, &ns, &name),
         };
         if let Some(problem) = problem {
             let count = decision.message.take().unwrap_or_default();
