@@ -3,7 +3,9 @@
 //! tests share them. Each says SKIPPED when its server is not installed, and fails instead
 //! when `QUIVER_REQUIRE_TOOLS` is set (CI, which installs them).
 
+pub mod azurite;
 pub mod database;
+pub mod gcs;
 pub mod parquet;
 pub mod s3;
 

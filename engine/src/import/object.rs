@@ -62,8 +62,9 @@ fn wait<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
     futures::executor::block_on(runtime().spawn(f)).expect("an object-store task panicked")
 }
 
+/// A request to the store that failed, named by what it was doing (an upload is not a fetch).
 fn failed(uri: &str, what: &str, e: object_store::Error) -> Error {
-    Error::Http { url: redact(uri), reason: format!("{what}: {e}") }
+    Error::Remote { target: redact(uri), reason: format!("{what}: {e}") }
 }
 
 /// A bucket (or container) and a key or prefix in it.
@@ -154,6 +155,18 @@ fn azure_named(b: &object_store::azure::MicrosoftAzureBuilder) -> bool {
         || is(K::SkipSignature)
 }
 
+/// The endpoint a GCS service account's JSON names (`gcs_base_url`, which object_store takes
+/// from the key given inline or in a file), so it is checked as S3's and Azure's endpoints are.
+fn gcs_base_url(b: &object_store::gcp::GoogleCloudStorageBuilder) -> Option<String> {
+    use object_store::gcp::GoogleConfigKey as K;
+    let json = b.get_config_value(&K::ServiceAccountKey).or_else(|| {
+        let path = b.get_config_value(&K::ServiceAccount)?;
+        std::fs::read_to_string(path).ok()
+    })?;
+    let key: serde_json::Value = serde_json::from_str(&json).ok()?;
+    key["gcs_base_url"].as_str().map(String::from)
+}
+
 /// Opens the store `uri` lives in, with credentials from the environment.
 pub fn locate(uri: &str, credentials: Credentials) -> Result<ObjectLocation> {
     // rustls needs one process-wide crypto provider; tonic's TLS uses ring too.
@@ -200,6 +213,7 @@ pub fn locate(uri: &str, credentials: Credentials) -> Result<ObjectLocation> {
                 || b.get_config_value(&K::SkipSignature).as_deref() == Some("true");
             let how = "GOOGLE_SERVICE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS; GKE Workload Identity is the metadata server";
             check_named(uri, credentials, named, how)?;
+            check_endpoint(uri, credentials, gcs_base_url(&b))?;
             b.build().map(|s| Arc::new(s) as _)
         }
         _ => {
