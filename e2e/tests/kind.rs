@@ -549,7 +549,11 @@ for part, (lo, hi) in enumerate([(0, n // 2), (n // 2, n)]):
         "Released"
     );
 
-    // Scaled up with no writer: the new replica starts from the store.
+    // Scaled up with no writer: the new replica starts from the store. Only the pod added now
+    // is asked: the first replicas may have restored from the writer while it was there.
+    let selector = format!("quiver.dev/collection={day1},quiver.dev/role=replica");
+    let before: Vec<String> =
+        get(&["pods", "-l", &selector], "{.items[*].metadata.name}").split_whitespace().map(String::from).collect();
     kubectl(&[
         "-n",
         NAMESPACE,
@@ -562,8 +566,13 @@ for part, (lo, hi) in enumerate([(0, n // 2), (n // 2, n)]):
     eventually("three ready replicas", Duration::from_secs(300), || {
         field(&format!("deployment/{day1}-replicas"), "{.status.readyReplicas}") == "3"
     });
-    let selector = format!("quiver.dev/collection={day1},quiver.dev/role=replica");
-    for pod in get(&["pods", "-l", &selector], "{.items[*].metadata.name}").split_whitespace() {
+    let added: Vec<String> = get(&["pods", "-l", &selector], "{.items[*].metadata.name}")
+        .split_whitespace()
+        .filter(|pod| !before.iter().any(|b| b == pod))
+        .map(String::from)
+        .collect();
+    assert!(!added.is_empty(), "no replica was added by the scale-up (before: {before:?})");
+    for pod in &added {
         let log = kubectl(&["-n", NAMESPACE, "logs", pod]);
         assert!(
             log.contains(&format!("from s3://snapshots/{NAMESPACE}")),

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use std::io::Read;
 
 const DESCRIPTION: &str = "snapshot.json";
+/// The data object of descriptions written before data objects were named by their content.
+const LEGACY_DATA: &str = "data.mdb";
 /// Bytes appended to the partial file at a time while restoring.
 const RESTORE_CHUNK: usize = 1 << 20;
 
@@ -30,7 +32,9 @@ const RESTORE_CHUNK: usize = 1 << 20;
 pub struct StoredSnapshot {
     #[serde(flatten)]
     pub info: SnapshotInfo,
-    /// The data object, beside the description: `data-<sha256>.mdb`.
+    /// The data object, beside the description: `data-<sha256>.mdb`; [`LEGACY_DATA`] in a
+    /// description written before it was named (and so without this field).
+    #[serde(default = "legacy_data")]
     pub data: String,
     /// Bytes of each part but the last.
     pub part_bytes: u64,
@@ -125,10 +129,24 @@ impl SnapshotStore {
     /// Publishes the finished local snapshot `info`: the data first, the description last.
     /// A snapshot already published with the same sha256 is left as it is.
     pub fn push(&self, snapshots: &SnapshotDir, info: &SnapshotInfo) -> Result<StoredSnapshot> {
-        let previous = self.described(&info.collection)?;
+        // A description that cannot be read (damaged, another tool's) is replaced: left in
+        // place it would keep every replica from starting, and the writer from publishing.
+        let previous = match self.described(&info.collection) {
+            Ok(previous) => previous,
+            Err(e @ Error::Snapshot { .. }) => {
+                tracing::warn!(collection = %info.collection, error = %e, "replacing the store's description");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(stored) = previous.as_ref().filter(|s| s.info.sha256 == info.sha256) {
-            tracing::info!(collection = %info.collection, store = %self.uri(), "snapshot already in the store");
-            return Ok(stored.clone());
+            // The same snapshot described: published already if its data object is whole (a
+            // deleted or replaced one is uploaded again).
+            if self.holds_data_of(stored) {
+                tracing::info!(collection = %info.collection, store = %self.uri(), "snapshot already in the store");
+                return Ok(stored.clone());
+            }
+            tracing::warn!(collection = %info.collection, store = %self.uri(), "the described data object is not whole: uploading it again");
         }
         let started = std::time::Instant::now();
         let name = data_object(info)?;
@@ -147,8 +165,8 @@ impl SnapshotStore {
         // What the replaced description named: no longer reachable. Best effort: left behind,
         // it costs space, not correctness.
         if let Some(old) = previous.filter(|old| old.data != stored.data) {
-            let deleted = data_object(&old.info)
-                .and_then(|name| self.object(&info.collection, &name))
+            let deleted = data_name(&old)
+                .and_then(|name| self.object(&info.collection, name))
                 .and_then(|uri| object::delete(&uri, self.credentials));
             if let Err(e) = deleted {
                 tracing::warn!(collection = %info.collection, error = %e, "the replaced snapshot's data stays in the store");
@@ -165,6 +183,17 @@ impl SnapshotStore {
         Ok(stored)
     }
 
+    /// Whether the data object `stored` names is there with the size and ETag it describes.
+    fn holds_data_of(&self, stored: &StoredSnapshot) -> bool {
+        let Ok(uri) = data_name(stored).and_then(|name| self.object(&stored.info.collection, name)) else {
+            return false;
+        };
+        object::ObjectFile::open(&uri, self.credentials).is_ok_and(|file| {
+            file.size() == stored.info.size
+                && (stored.data_etag.is_none() || file.e_tag() == stored.data_etag.as_deref())
+        })
+    }
+
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
     /// on disk; `fetched` is told each chunk's size. Not there yet is a transient error; a file
     /// that fails its checks is [`Error::Snapshot`].
@@ -177,13 +206,7 @@ impl SnapshotStore {
         if stored.info.collection != collection {
             return Err(corrupt(format!("the store's description is of {:?}", stored.info.collection)));
         }
-        if data_object(&stored.info)? != stored.data {
-            return Err(corrupt(format!(
-                "the store's description names the data object {:?}, not the one its sha256 names",
-                stored.data
-            )));
-        }
-        let data = self.object(collection, &stored.data)?;
+        let data = self.object(collection, data_name(&stored)?)?;
         let file = object::ObjectFile::open(&data, self.credentials)?;
         if file.size() != stored.info.size
             || (stored.data_etag.is_some() && file.e_tag() != stored.data_etag.as_deref())
@@ -229,6 +252,26 @@ impl SnapshotStore {
 
 /// The data object of the snapshot `info`: its sha256 names it, and nothing
 /// but lowercase hex reaches an object key.
+fn legacy_data() -> String {
+    LEGACY_DATA.into()
+}
+
+/// The data object a description names, if it is one its snapshot may have: the one its sha256
+/// names, or [`LEGACY_DATA`]. Never another key: a description read from the store does not get
+/// to point a restore, or a delete, anywhere else.
+fn data_name(stored: &StoredSnapshot) -> Result<&str> {
+    if stored.data == LEGACY_DATA || data_object(&stored.info)? == stored.data {
+        return Ok(&stored.data);
+    }
+    Err(Error::Snapshot {
+        collection: stored.info.collection.clone(),
+        reason: format!(
+            "the store's description names the data object {:?}, not the one its sha256 names",
+            stored.data
+        ),
+    })
+}
+
 fn data_object(info: &SnapshotInfo) -> Result<String> {
     let sha256 = &info.sha256;
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {

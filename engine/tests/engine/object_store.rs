@@ -339,6 +339,32 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
         listed.as_array().map(|l| l.iter().map(|s| s["collection"].clone()).collect::<Vec<_>>()),
         Some(vec![serde_json::json!("v1")])
     );
+
+    // A store an older quiver wrote: its description names no data object, whose data is
+    // `data.mdb`. Replicas restore it; a push over it deletes `data.mdb` once replaced.
+    let legacy = "s3://snapshots/legacy";
+    let bytes = weed.get(&format!("/snapshots/prod/v1/{}", now["data"].as_str().unwrap()));
+    put(weed.s3, "/snapshots/legacy/v1/data.mdb", bytes).unwrap();
+    let mut old = now.clone();
+    old.as_object_mut().unwrap().remove("data");
+    old["data_etag"] = serde_json::Value::Null;
+    put(weed.s3, "/snapshots/legacy/v1/snapshot.json", serde_json::to_vec(&old).unwrap()).unwrap();
+    let pulled = snapshot(&["pull", "--store", legacy, "--data-dir", &at("legacy"), "--collection", "v1"]);
+    assert_eq!(pulled["sha256"], replaced["sha256"]);
+    let push_p = || snapshot(&["push", "--store", legacy, "--data-dir", &at("p"), "--collection", "v1"]);
+    assert_eq!(push_p()["sha256"], stored["sha256"]);
+    let content_named = format!("/snapshots/legacy/v1/data-{}.mdb", stored["sha256"].as_str().unwrap());
+    assert!(ureq::head(&object_url(&content_named)).call().is_ok());
+    assert!(ureq::head(&object_url("/snapshots/legacy/v1/data.mdb")).call().is_err(), "the legacy data is deleted");
+    // The description matches but its data object is gone: uploaded again, not taken as there.
+    ureq::delete(&object_url(&content_named)).call().unwrap();
+    assert_eq!(push_p()["sha256"], stored["sha256"]);
+    assert!(ureq::head(&object_url(&content_named)).call().is_ok(), "the data object is uploaded again");
+    // A damaged description is replaced, not a push that fails forever.
+    put(weed.s3, "/snapshots/legacy/v1/snapshot.json", b"{not json".to_vec()).unwrap();
+    assert_eq!(push_p()["sha256"], stored["sha256"]);
+    let listed = snapshot(&["list", "--store", legacy]);
+    assert_eq!(listed[0]["sha256"], stored["sha256"]);
 }
 
 /// Ingest.Progress of `collection` on the writer at `grpc`, with a client that does not retry.

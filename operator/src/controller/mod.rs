@@ -248,7 +248,9 @@ pub fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Vec<Arc<Pod>> 
     ctx.caches.pods.labelled(ns, &selector)
 }
 
-/// Deletes `name` in `ns`; one gone already (404 NotFound) is as good as deleted.
+/// Deletes `name` in `ns`; one gone already (404 NotFound) is as good as deleted, and so is,
+/// under preconditions, one whose uid is not the one asked for (409 Conflict): the object meant
+/// is gone, and the one made since under its name is not this delete's to make.
 pub async fn delete_if_present<K>(ctx: &Context, ns: &str, name: &str, params: &kube::api::DeleteParams) -> Result<()>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
@@ -257,6 +259,10 @@ where
     match api.delete(name, params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 && params.preconditions.is_some() => {
+            tracing::info!(%ns, %name, message = %e.message, "not deleted: another object has its name now");
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -28,7 +28,7 @@ pub fn wanted(spec: &ReplicasSpec) -> i32 {
 }
 
 /// `quiver replica ...` for this collection.
-pub fn args(vc: &VectorCollection) -> Vec<String> {
+pub fn args(vc: &VectorCollection, defaults: &Defaults) -> Vec<String> {
     let name = vc.name_any();
     let mut args = vec!["replica".to_string()];
     flag(&mut args, "data-dir", pod::DATA_DIR);
@@ -42,7 +42,8 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
         "snapshot-from",
         snapshots.map_or(peers.clone(), |_| format!("{},{peers}", pod::snapshot_store(vc).expect("a store"))),
     );
-    if snapshots.is_some_and(|s| s.ambient_credentials) {
+    // Only while this operator allows it: a pod it renders never keeps a grant withdrawn since.
+    if snapshots.is_some_and(|s| s.ambient_credentials) && defaults.allow_ambient_credentials {
         args.push("--ambient-credentials".into());
     }
     pod::listen_flags(vc, &mut args);
@@ -65,7 +66,7 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
         .get_or_insert_with(Default::default)
         .entry("ephemeral-storage".into())
         .or_insert_with(|| Quantity(snapshot_limit.clone()));
-    let mut container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
+    let mut container = pod::serving(pod::container(vc, defaults, args(vc, defaults), Some(resources), true));
     // Their own read-only key when given, else the writer's (one set, see the CRD's rule).
     let store_secret = vc.spec.snapshots.as_ref().and_then(|s| {
         (s.replica_credentials_secret.as_ref()).or(s.credentials_secret.as_ref()).or(vc

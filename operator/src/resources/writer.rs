@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 pub const DEFAULT_STORAGE: &str = "10Gi";
 
 /// `quiver writer ...` for this collection.
-pub fn args(vc: &VectorCollection) -> Vec<String> {
+pub fn args(vc: &VectorCollection, defaults: &Defaults) -> Vec<String> {
     let spec = &vc.spec;
     let mut args = vec!["writer".to_string()];
     flag(&mut args, "data-dir", pod::DATA_DIR);
@@ -30,7 +30,9 @@ pub fn args(vc: &VectorCollection) -> Vec<String> {
     optional_flag(&mut args, "restore-from", spec.source.snapshot.as_ref());
     optional_flag(&mut args, "format", spec.source.format.as_ref());
     let snapshots = spec.snapshots.as_ref();
-    if spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials) {
+    // Only while this operator allows it: a pod it renders never keeps a grant withdrawn since.
+    let asked = spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials);
+    if asked && defaults.allow_ambient_credentials {
         args.push("--ambient-credentials".into());
     }
     optional_flag(&mut args, "snapshot-store", pod::snapshot_store(vc));
@@ -79,7 +81,7 @@ pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {
     let name = vc.name_any();
     let writer = &vc.spec.writer;
     let resources = writer.resources.clone().unwrap_or_else(|| pod::default_resources("1", "2Gi"));
-    let mut container = pod::serving(pod::container(vc, defaults, args(vc), Some(resources), true));
+    let mut container = pod::serving(pod::container(vc, defaults, args(vc, defaults), Some(resources), true));
     let snapshots = vc.spec.snapshots.as_ref();
     let secret = vc.spec.source.credentials_secret.as_ref().or(snapshots.and_then(|s| s.credentials_secret.as_ref()));
     container.env = secret.map(|secret| pod::object_store_env(&secret.name));

@@ -374,7 +374,7 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
         json!([{"name": "recall", "measured": 0.97, "comparison": ">=", "threshold": 0.95, "passed": true}]);
     h.cache(jobs("Complete"));
     let mut released = Value::Null;
-    run(reconcile(releasing(ready), h.ctx.clone()), async {
+    let action = run(reconcile(releasing(ready), h.ctx.clone()), async {
         let status = status_patch(&mut h.server).await;
         released = status.body["status"].clone();
         assert_eq!(released["phase"], "Ready");
@@ -383,11 +383,14 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
     })
     .await
     .unwrap();
+    // Its own status write wakes no reconcile: the delete is asked for at the progress pace,
+    // not a resync (300 s) later.
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(10)));
 
     // The next pass deletes the StatefulSet and Service the cache holds, by their uid.
     let vc = releasing(released);
     let expected = rendered(&vc);
-    run(reconcile(vc.clone(), h.ctx.clone()), async {
+    let action = run(reconcile(vc.clone(), h.ctx.clone()), async {
         // The API server answers a DELETE of an object with no finalizers left with the object
         // as it was, 200 (https://kubernetes.io/docs/reference/using-api/api-concepts/#deletion;
         // Background propagation adds none: the garbage collector deletes the pod afterwards).
@@ -405,6 +408,8 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
     })
     .await
     .unwrap();
+    // Nothing left to delete: back to the resync pace.
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(300)));
     // Gone from the caches: nothing is deleted or applied again, also after a spec change.
     let mut again = (*vc).clone();
     again.metadata.generation = Some(2);
@@ -418,6 +423,51 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
     })
     .await
     .unwrap();
+}
+
+/// A released writer's StatefulSet whose uid no longer matches (deleted and made again under its
+/// name since the cache saw it) is not deleted, and that is no reconcile error: the release
+/// goes on with the Service.
+#[tokio::test]
+async fn a_release_that_finds_another_object_under_the_writers_name_goes_on() {
+    use quiver_operator::crd::{AfterPublish, SnapshotsSpec};
+    let mut h = harness();
+    let stored = json!({"location": "s3://snapshots/search/products-v2", "sha256": "ab12", "bytes": 4096});
+    let released = json!({"phase": "Ready", "observedGeneration": 1, "vectorCount": 50000, "snapshot": stored,
+        "conditions": [{"type": "WriterAvailable", "status": "False", "reason": "Released", "message": "",
+            "lastTransitionTime": "2025-11-25T12:00:00Z", "observedGeneration": 1}]});
+    let mut vc = (*collection(false, released)).clone();
+    vc.spec.snapshots = Some(SnapshotsSpec { store: "s3://snapshots".into(), ..Default::default() });
+    vc.spec.writer.after_publish = Some(AfterPublish::Delete);
+    let vc = Arc::new(vc);
+    let expected = rendered(&vc);
+    let mut sts = serde_json::to_value(&expected.writer).unwrap();
+    sts["metadata"]["uid"] = json!("00000000-0000-0000-0000-0000000000aa");
+    let mut svc = serde_json::to_value(&expected.writer_service).unwrap();
+    svc["metadata"]["uid"] = json!("00000000-0000-0000-0000-0000000000bb");
+    let mut deployment = serde_json::to_value(&expected.replicas).unwrap();
+    deployment["status"] = json!({"readyReplicas": 2});
+    h.cache([sts, svc.clone(), deployment, running_pod("10.1.2.3")]);
+    h.cache(jobs("Complete"));
+    let result = run(reconcile(vc.clone(), h.ctx.clone()), async {
+        // A failed uid precondition is a 409 Conflict (the storage layer's InvalidObjError
+        // "Precondition failed: UID in precondition: ..., UID in object meta: ...", turned
+        // into a Conflict by k8s.io/apiserver/pkg/storage/errors InterpretDeleteError).
+        let message = "Operation cannot be fulfilled on statefulsets.apps \"products-v2-writer\": Precondition \
+            failed: UID in precondition: 00000000-0000-0000-0000-0000000000aa, UID in object meta: \
+            00000000-0000-0000-0000-0000000000cc";
+        h.server.apply(WRITER_NP, Value::Null).await;
+        h.server.apply(REPLICAS_NP, Value::Null).await;
+        h.server.expect("DELETE", WRITER_STS, 409, common::status(409, "Conflict", message)).await;
+        h.server.expect("DELETE", WRITER_SVC, 200, svc.clone()).await;
+        let (reason, _) = h.server.event(NS).await;
+        assert_eq!(reason, "WriterReleased");
+        replicas_applied(&mut h.server, 2).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Ready");
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
 }
 
 #[tokio::test]
@@ -808,13 +858,41 @@ async fn the_nodes_identity_is_refused_unless_the_operator_allows_it() {
 
         // Allowed by the operator's admin: the pipeline starts as for any collection.
         let allowing = Defaults { image: "quiver:test".into(), allow_ambient_credentials: true, ..Default::default() };
-        let mut h = common::harness_with(allowing);
+        let mut h = common::harness_with(allowing.clone());
         run(reconcile(vc.clone(), h.ctx.clone()), async {
             // Its first step: reading its token (a failure here ends the pass).
             let token = "/api/v1/namespaces/search/secrets/products-v2-token";
             h.server.expect("GET", token, 500, common::status(500, "InternalError", "stop here")).await;
             h.server.event(NS).await;
             status_patch(&mut h.server).await;
+        })
+        .await
+        .unwrap_err();
+
+        // Allowed once, withdrawn since (the operator reinstalled without it): the writer and
+        // replicas made under the grant lose it, and the Ready collection says Ready=False, not
+        // merely Degraded: its spec is not run as asked.
+        let granted = CollectionObjects::render(&vc, &allowing);
+        let args = |template: &Value| template["spec"]["containers"][0]["args"].as_array().unwrap().clone();
+        let has_flag = |args: &[Value]| args.iter().any(|a| a == "--ambient-credentials");
+        let writer = serde_json::to_value(&granted.writer).unwrap();
+        let deployment = serde_json::to_value(&granted.replicas).unwrap();
+        assert!(has_flag(&args(&writer["spec"]["template"])) || field.starts_with("spec.snapshots"));
+        let mut ready = serde_json::to_value(vc.as_ref()).unwrap();
+        ready["status"] = json!({"phase": "Ready", "observedGeneration": 1});
+        let ready: Arc<VectorCollection> = Arc::new(serde_json::from_value(ready).unwrap());
+        let mut h = harness();
+        h.cache([writer.clone(), deployment.clone()]);
+        run(reconcile(ready, h.ctx.clone()), async {
+            let applied = h.server.apply(WRITER_STS, Value::Null).await;
+            assert!(!has_flag(&args(&applied.body["spec"]["template"])), "{}", applied.body);
+            if has_flag(&args(&deployment["spec"]["template"])) {
+                let applied = h.server.apply(DEPLOYMENT, Value::Null).await;
+                assert!(!has_flag(&args(&applied.body["spec"]["template"])), "{}", applied.body);
+            }
+            h.server.event(NS).await;
+            let status = status_patch(&mut h.server).await.body["status"].clone();
+            assert_eq!(condition(&status, "Ready"), ("False".into(), "ReconcileError".into()));
         })
         .await
         .unwrap_err();

@@ -159,7 +159,8 @@ fn every_container_command_parses_with_the_engine_cli() {
                     let snapshots = vc.spec.snapshots.as_ref();
                     assert_eq!(
                         w.build.ambient_credentials,
-                        vc.spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials)
+                        (vc.spec.source.ambient_credentials || snapshots.is_some_and(|s| s.ambient_credentials))
+                            && defaults().allow_ambient_credentials
                     );
                     let ns = vc.metadata.namespace.clone().unwrap_or("default".into());
                     assert_eq!(w.snapshot_store, snapshots.map(|s| format!("{}/{ns}", s.store)));

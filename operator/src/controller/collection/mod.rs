@@ -5,7 +5,7 @@
 //! [`observe`], [`generation_jobs`], [`autoscaler`], [`status`], [`deletion`].
 
 use super::{Context, Error, Result, apply, condition, delete_if_present, key, namespace};
-use crate::crd::{GateResult, Phase, VectorCollection, VectorCollectionStatus};
+use crate::crd::{AfterPublish, GateResult, Phase, VectorCollection, VectorCollectionStatus};
 use crate::phase::{self, Decision, JobState, Observed, WriterState};
 use crate::resources::labels::{self, FIELD_MANAGER, Role};
 use crate::resources::{autoscaling, jobs, network, replicas, token, writer};
@@ -84,9 +84,41 @@ async fn prepare_and_progress(vc: &VectorCollection, ctx: &Context) -> Result<Ac
     }
     unmark_gone_aliases(vc, ctx).await?;
     if let Some(field) = ambient_credentials_asked(vc).filter(|_| !ctx.defaults.allow_ambient_credentials) {
+        withdraw_ambient_credentials(vc, ctx).await?;
         return Err(Error::AmbientCredentialsNotAllowed(field));
     }
     progress(vc, ctx).await
+}
+
+/// A collection refused the node's identity (the operator no longer allows it) keeps no pod
+/// that has it: the writer and replicas the caches hold with `--ambient-credentials` are
+/// applied again as rendered now, without it. A Deployment rolls: its old pods serve until new
+/// ones are ready (maxUnavailable 0), so what was verified keeps serving while it can.
+async fn withdraw_ambient_credentials(vc: &VectorCollection, ctx: &Context) -> Result<()> {
+    let ns = namespace(vc)?;
+    let name = vc.name_any();
+    let granted = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| {
+        spec.into_iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.args.iter().flatten())
+            .any(|a| a == "--ambient-credentials")
+    };
+    let writer_sts = ctx.caches.stateful_sets.get(&ns, &labels::writer_name(&name));
+    if writer_sts.as_ref().is_some_and(|s| granted(s.spec.as_ref().and_then(|s| s.template.spec.as_ref()))) {
+        apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
+    }
+    if let Some(deployment) = ctx.caches.deployments.get(&ns, &labels::replicas_name(&name)) {
+        let spec = deployment.spec.as_ref();
+        if granted(spec.and_then(|s| s.template.spec.as_ref())) {
+            let mut rendered = replicas::deployment(vc, &ctx.defaults);
+            // Scaled down (unserved) stays scaled down.
+            if spec.and_then(|s| s.replicas) == Some(0) {
+                rendered = replicas::scaled_down(rendered);
+            }
+            apply(ctx, &ns, &rendered).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The field through which a collection asks for the node's identity on object storage.
@@ -109,7 +141,9 @@ fn ambient_credentials_asked(vc: &VectorCollection) -> Option<&'static str> {
 async fn report_error(vc: &VectorCollection, ctx: &Context, error: &Error) {
     let message = error.to_string();
     let mut status = vc.status.clone().unwrap_or_default();
-    let serving = status.phase == Phase::Ready && status.observed_generation == vc.metadata.generation;
+    // A refused spec is not served as asked, whatever its replicas still serve.
+    let refused = matches!(error, Error::AmbientCredentialsNotAllowed(_));
+    let serving = status.phase == Phase::Ready && status.observed_generation == vc.metadata.generation && !refused;
     let (type_, value) = if serving { ("Degraded", true) } else { ("Ready", false) };
     let reported =
         condition(&status.conditions, type_, value, "ReconcileError", &message, vc.metadata.generation, (ctx.now)());
@@ -292,9 +326,20 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         announce(vc, ctx, &decision).await;
     }
     Ok(match decision.phase {
+        // The release goes on at once (status writes do not wake a reconcile): the pass that
+        // verified records it, the next deletes, the one after sees the writer gone.
+        Phase::Ready if releasing(vc, ctx, &ns) => Action::requeue(PROGRESS_INTERVAL),
         Phase::Ready | Phase::Failed => Action::requeue(ctx.resync),
         _ => Action::requeue(PROGRESS_INTERVAL),
     })
+}
+
+/// Whether `writer.afterPublish: Delete` still has a writer to delete: its StatefulSet or
+/// Service is in the caches.
+fn releasing(vc: &VectorCollection, ctx: &Context, ns: &str) -> bool {
+    let name = labels::writer_name(&vc.name_any());
+    vc.spec.writer.after_publish == Some(AfterPublish::Delete)
+        && (ctx.caches.stateful_sets.get(ns, &name).is_some() || ctx.caches.services.get(ns, &name).is_some())
 }
 
 /// A Failed collection annotated `quiver.dev/retry` with a value it has not acted on is retried:
