@@ -7,6 +7,7 @@ use crate::collection::builder::BuildOptions;
 use crate::error::{Error, Result};
 use crate::import::{self, ReadOptions};
 use crate::latency::{Latencies, Summary};
+use crate::search::calibrate::max_lists;
 use crate::search::recall::recall;
 use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search};
@@ -29,6 +30,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Quality settings to sweep per strategy.
     pub signscan_sweep: Vec<usize>,
+    /// Coarse lists probed, each with every signscan quality; empty: the calibration's ladder.
+    pub probes_sweep: Vec<usize>,
     pub arroy_sweep: Vec<usize>,
     pub hannoy_sweep: Vec<usize>,
     /// Where to build (a temporary directory when `None`).
@@ -144,10 +147,10 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         None => ground_truth(first, &queries, k)?,
     };
     first.preload()?;
-    let mut settings = sweep_settings(options, first.manifest().index.backend);
+    let mut settings = sweep_settings(options, first.manifest().index.backend, max_lists(first));
     for (on, (_, collection)) in collections.iter().enumerate().skip(1) {
         collection.preload()?;
-        let extra = sweep_settings(options, collection.manifest().index.backend);
+        let extra = sweep_settings(options, collection.manifest().index.backend, 0);
         settings.extend(extra.into_iter().filter(|s| s.strategy == Strategy::Index).map(|s| Setting { on, ..s }));
     }
     let targets: Vec<&dyn Target> = collections.iter().map(|(_, c)| c as &dyn Target).collect();
@@ -197,24 +200,28 @@ pub struct Setting {
     pub label: String,
     pub strategy: Strategy,
     pub quality: usize,
+    pub probes: usize,
     pub on: usize,
 }
 
-/// The sweep the options ask for: signscan qualities, then the index's own knob.
-fn sweep_settings(options: &BenchOptions, backend: Backend) -> Vec<Setting> {
-    let setting = |label: String, strategy, quality| Setting { label, strategy, quality, on: 0 };
-    let mut settings: Vec<Setting> = options
-        .signscan_sweep
-        .iter()
-        .map(|&q| setting(format!("signscan rerank={q}"), Strategy::SignScan, q))
-        .collect();
+/// The sweep the options ask for: signscan qualities at each probe count (of a collection
+/// with up to `lists` coarse lists per partition), then the index's own knob.
+fn sweep_settings(options: &BenchOptions, backend: Backend, lists: usize) -> Vec<Setting> {
+    let setting = |label: String, strategy, quality, probes| Setting { label, strategy, quality, probes, on: 0 };
+    let probes =
+        if options.probes_sweep.is_empty() { crate::search::calibrate::probe_ladder(lists) } else { options.probes_sweep.clone() };
+    let mut settings: Vec<Setting> = Vec::new();
+    for &p in &probes {
+        let label = |q: usize| if p == 0 { format!("signscan rerank={q}") } else { format!("signscan probes={p} rerank={q}") };
+        settings.extend(options.signscan_sweep.iter().map(|&q| setting(label(q), Strategy::SignScan, q, p)));
+    }
     let (sweep, knob) = match backend {
         Backend::Arroy => (&options.arroy_sweep, "search_k"),
         Backend::Hannoy => (&options.hannoy_sweep, "ef"),
     };
     for &q in sweep {
         let label = if q == 0 { "default".to_string() } else { q.to_string() };
-        settings.push(setting(format!("{} {knob}={label}", backend.as_str()), Strategy::Index, q));
+        settings.push(setting(format!("{} {knob}={label}", backend.as_str()), Strategy::Index, q, 0));
     }
     settings
 }
@@ -229,10 +236,11 @@ fn measure_all(
     k: usize,
     warmup: usize,
 ) -> Result<(Summary, Vec<Run>)> {
-    let measure = |target: &dyn Target, strategy: Strategy, quality: usize| -> Result<(Summary, f64)> {
+    let measure = |target: &dyn Target, strategy: Strategy, quality: usize, probes: usize| -> Result<(Summary, f64)> {
         let request = |q: &Vec<f32>| SearchRequest {
             strategy: Some(strategy),
             quality: Some(quality),
+            probes: Some(probes),
             ..SearchRequest::new(q.clone(), k)
         };
         for q in queries.iter().cycle().take(warmup) {
@@ -249,10 +257,10 @@ fn measure_all(
         }
         Ok((latencies.summary(), recall_sum / queries.len() as f64))
     };
-    let (exact, exact_recall) = measure(targets[0], Strategy::Exact, 0)?;
+    let (exact, exact_recall) = measure(targets[0], Strategy::Exact, 0, 0)?;
     let mut runs = vec![run_row("exact".into(), exact, exact_recall)];
     for s in settings {
-        let (summary, r) = measure(targets[s.on], s.strategy, s.quality)?;
+        let (summary, r) = measure(targets[s.on], s.strategy, s.quality, s.probes)?;
         runs.push(run_row(s.label.clone(), summary, r));
     }
     Ok((exact, runs))
@@ -302,7 +310,7 @@ fn throughputs<'a>(
         .map(|&threads| {
             Ok(Throughput {
                 threads,
-                setting: format!("{} quality={}", default.strategy, default.quality),
+                setting: default.to_string(),
                 qps: throughput(connect, queries, k, threads)?,
             })
         })
@@ -406,6 +414,7 @@ impl Target for Endpoint {
             tags: r.tags.clone(),
             strategy: r.strategy.map(|s| s.as_str().to_string()).unwrap_or_default(),
             quality: r.quality.unwrap_or(0) as u32,
+            probes: r.probes.map(|p| p as u32),
         };
         let response = self.runtime.block_on(self.client.search(request)).map_err(|s| remote_error(&self.client, s))?;
         Ok(response.hits.iter().map(|h| h.id).collect())
@@ -446,7 +455,13 @@ pub fn remote(
         Some(path) => truth_file(path, queries.len(), k)?,
         None => ground_truth(&first, &queries, k)?,
     };
-    let settings = sweep_settings(options, manifest.index.backend);
+    // The remote collection's lists are not in its manifest: sweep its calibrated probe count
+    // and the whole partition unless told otherwise.
+    let mut options = options.clone();
+    if options.probes_sweep.is_empty() && manifest.search.probes > 0 {
+        options.probes_sweep = vec![manifest.search.probes, 0];
+    }
+    let settings = sweep_settings(&options, manifest.index.backend, 0);
     let (exact, runs) = measure_all(&[&first], &settings, &queries, &truth, k, options.warmup)?;
     let clients = || Ok(Box::new(connect()?) as Box<dyn Target>);
     let throughput = throughputs(&options.threads, manifest.search, &clients, &queries, k)?;

@@ -29,8 +29,10 @@ pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -
         manifest.timings.build_s = build_start.elapsed().as_secs_f64();
         tracing::info!(collection = %options.name, build_s = manifest.timings.build_s, "index built");
 
-        // Calibration searches the committed index through read transactions.
-        let searcher = Searcher::new(collection);
+        // Calibration searches the committed index through read transactions, and the
+        // collection opened again sees the coarse lists the build wrote.
+        drop(collection);
+        let searcher = Searcher::new(staged.open()?);
         if let Some(target) = options.target_recall {
             options.enter(BuildPhase::Calibrating);
             let calibrate_start = Instant::now();

@@ -13,6 +13,9 @@ pub struct Calibration {
     pub k: usize,
     pub strategy: Strategy,
     pub quality: usize,
+    /// Coarse lists probed (0: all).
+    #[serde(default)]
+    pub probes: usize,
     pub recall: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -25,12 +28,14 @@ pub struct Calibration {
 pub struct Candidate {
     pub strategy: Strategy,
     pub quality: usize,
+    #[serde(default)]
+    pub probes: usize,
     pub recall: f64,
     pub p50_ms: f64,
 }
 
 impl Calibration {
     pub fn defaults(&self) -> SearchDefaults {
-        SearchDefaults { strategy: self.strategy, quality: self.quality }
+        SearchDefaults { strategy: self.strategy, quality: self.quality, probes: self.probes }
     }
 }

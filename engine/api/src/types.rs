@@ -98,15 +98,21 @@ pub struct IndexParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 8, max = 2000))]
     pub ef_construction: Option<usize>,
+    /// Coarse lists (k-means centroids) per partition that the sign-code scan probes instead
+    /// of scanning every code; absent: about sqrt(items) for partitions of 20,000 items or
+    /// more, none below; 0: none (every query scans the whole partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000000))]
+    pub lists: Option<usize>,
 }
 
 impl IndexParams {
     pub fn arroy(n_trees: Option<usize>) -> Self {
-        IndexParams { backend: Backend::Arroy, n_trees, ef_construction: None }
+        IndexParams { backend: Backend::Arroy, n_trees, ..Default::default() }
     }
 
     pub fn hannoy(ef_construction: usize) -> Self {
-        IndexParams { backend: Backend::Hannoy, n_trees: None, ef_construction: Some(ef_construction) }
+        IndexParams { backend: Backend::Hannoy, ef_construction: Some(ef_construction), ..Default::default() }
     }
 }
 
@@ -158,11 +164,29 @@ pub struct SearchDefaults {
     /// The quality knob: re-ranked candidates for `signscan`; `search_k` for arroy (candidates
     /// re-ranked for its binary-quantized distance); `ef` for hannoy; ignored by `exact`.
     pub quality: usize,
+    /// Coarse lists the sign-code scan probes per partition; 0 (and absent) scans them all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub probes: usize,
+}
+
+/// As reports and `quiver inspect` show it: `signscan quality=100 probes=32`.
+impl fmt::Display for SearchDefaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} quality={}", self.strategy, self.quality)?;
+        if self.probes > 0 {
+            write!(f, " probes={}", self.probes)?;
+        }
+        Ok(())
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for SearchDefaults {
     fn default() -> Self {
-        SearchDefaults { strategy: Strategy::SignScan, quality: 200 }
+        SearchDefaults { strategy: Strategy::SignScan, quality: 200, probes: 0 }
     }
 }
 

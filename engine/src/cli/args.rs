@@ -297,6 +297,13 @@ pub struct BuildArgs {
     /// Default quality knob; when absent it is calibrated to --target-recall after the build.
     #[arg(long, env = "QUIVER_QUALITY")]
     pub quality: Option<usize>,
+    /// Default coarse lists probed, used with --quality (0: all).
+    #[arg(long, env = "QUIVER_PROBES", default_value_t = 0)]
+    pub probes: usize,
+    /// Coarse lists per partition the sign-code scan probes (0: none, scan every code);
+    /// default: about sqrt(items) for partitions of 20,000 items or more.
+    #[arg(long, env = "QUIVER_LISTS")]
+    pub lists: Option<usize>,
     /// Recall@10 the calibrated default setting must reach.
     #[arg(long, env = "QUIVER_TARGET_RECALL", default_value_t = 0.95)]
     pub target_recall: f64,
@@ -343,6 +350,9 @@ pub struct SearchArgs {
     pub strategy: Option<Strategy>,
     #[arg(long)]
     pub quality: Option<usize>,
+    /// Coarse lists probed (0: all); default: the collection's calibrated setting.
+    #[arg(long)]
+    pub probes: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -498,6 +508,13 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, value_delimiter = ',', default_value = "10,50,100,150,200,300,500,1000")]
     pub signscan: Vec<usize>,
+    /// Coarse lists probed, each with every --signscan value (0: all lists); default: the
+    /// calibration's ladder (1/64 .. 1/4 of the lists, then all).
+    #[arg(long, value_delimiter = ',')]
+    pub probes: Vec<usize>,
+    /// Coarse lists per partition (0: none); default: about sqrt(items) from 20,000 items.
+    #[arg(long)]
+    pub lists: Option<usize>,
     /// arroy search_k values (0 = arroy's default).
     #[arg(long, value_delimiter = ',', default_value = "0,4000,16000,32000")]
     pub search_k: Vec<usize>,

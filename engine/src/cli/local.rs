@@ -62,6 +62,7 @@ pub fn search(a: SearchArgs) -> Result<i32> {
             tags: a.tags.clone(),
             strategy: a.strategy,
             quality: a.quality,
+            probes: a.probes,
         };
         println!("{}", serde_json::to_string(&query::search(&c, &request)?).expect("hits serialize"));
     }
@@ -179,6 +180,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
             Backend::Arroy => IndexParams::arroy(a.n_trees),
             Backend::Hannoy => IndexParams::hannoy(a.ef_construction),
         })
+        .map(|index| IndexParams { lists: a.lists, ..index })
         .collect();
     let options = BenchOptions {
         base: a.base.unwrap_or_default(),
@@ -190,6 +192,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         indexes,
         warmup: a.warmup,
         signscan_sweep: a.signscan,
+        probes_sweep: a.probes,
         arroy_sweep: a.search_k,
         hannoy_sweep: a.ef,
         data_dir: a.data_dir,

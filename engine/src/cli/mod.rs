@@ -186,8 +186,9 @@ impl BuildArgs {
             Backend::Arroy => IndexParams::arroy(self.n_trees),
             Backend::Hannoy => IndexParams::hannoy(self.ef_construction),
         };
+        options.index.lists = self.lists;
         if let Some(quality) = self.quality {
-            options.search = SearchDefaults { strategy: self.strategy, quality };
+            options.search = SearchDefaults { strategy: self.strategy, quality, probes: self.probes };
             options.target_recall = None;
         } else {
             options.target_recall = Some(self.target_recall);

@@ -3,7 +3,7 @@
 use super::manifest::Manifest;
 use crate::error::{Error, Result};
 use heed::byteorder::BigEndian;
-use heed::types::{Bytes, SerdeJson, Str, U32, U64};
+use heed::types::{Bytes, SerdeJson, Str, U16, U32, U64};
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
@@ -50,7 +50,13 @@ pub struct Databases {
     pub partitions: Database<'static, Str, BitmapCodec>,
     /// The ANN index database; typed by the backend when used.
     pub ann: AnyDatabase,
+    /// Partition index -> its coarse lists ([`crate::index::coarse`]). Absent in collections
+    /// sealed before the lists existed, which are searched without them.
+    pub coarse: Option<CoarseDatabase>,
 }
+
+/// Partition index -> one encoded [`crate::index::coarse::CoarseLists`].
+pub type CoarseDatabase = Database<'static, U16<BigEndian>, Bytes>;
 
 type DbTuple = (
     Database<'static, Str, SerdeJson<Manifest>>,
@@ -60,14 +66,15 @@ type DbTuple = (
     Database<'static, Str, BitmapCodec>,
     Database<'static, Str, BitmapCodec>,
     AnyDatabase,
+    Option<CoarseDatabase>,
 );
 
-const NAMES: [&str; 7] = ["manifest", "vectors", "item-ids", "ids", "tags", "partitions", "ann"];
+const NAMES: [&str; 8] = ["manifest", "vectors", "item-ids", "ids", "tags", "partitions", "ann", "coarse"];
 
 impl Databases {
     fn from_tuple(t: DbTuple) -> Self {
-        let (manifest, vectors, item_ids, ids, tags, partitions, ann) = t;
-        Databases { manifest, vectors, item_ids, ids, tags, partitions, ann }
+        let (manifest, vectors, item_ids, ids, tags, partitions, ann, coarse) = t;
+        Databases { manifest, vectors, item_ids, ids, tags, partitions, ann, coarse }
     }
 }
 
@@ -101,6 +108,7 @@ pub fn create(dir: &Path) -> Result<(Env<WithoutTls>, Databases)> {
                 dbo.create_database(wtxn, Some(NAMES[4]))?,
                 dbo.create_database(wtxn, Some(NAMES[5]))?,
                 dbo.create_database(wtxn, Some(NAMES[6]))?,
+                Some(dbo.create_database(wtxn, Some(NAMES[7]))?),
             )))
         })?
         .unwrap_commit();
@@ -125,6 +133,7 @@ pub fn open(dir: &Path) -> Result<(Env<WithoutTls>, Databases)> {
                 dbo.open_database(rtxn, Some(NAMES[4]))?,
                 dbo.open_database(rtxn, Some(NAMES[5]))?,
                 dbo.open_database(rtxn, Some(NAMES[6]))?,
+                dbo.open_database(rtxn, Some(NAMES[7]))?,
             );
             Ok(CommitOrAbort::<_, ()>::Commit(all))
         })?
@@ -139,6 +148,7 @@ pub fn open(dir: &Path) -> Result<(Env<WithoutTls>, Databases)> {
         opened.4.ok_or_else(|| missing(NAMES[4]))?,
         opened.5.ok_or_else(|| missing(NAMES[5]))?,
         opened.6.ok_or_else(|| missing(NAMES[6]))?,
+        opened.7,
     );
     Ok((env, Databases::from_tuple(dbs)))
 }

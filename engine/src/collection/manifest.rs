@@ -94,7 +94,7 @@ mod tests {
                 count: count as u64,
                 chunk_rows: 1024,
                 index: IndexParams::arroy(n_trees),
-                search: SearchDefaults { strategy: SearchStrategy::SignScan, quality },
+                search: SearchDefaults { strategy: SearchStrategy::SignScan, quality, probes: quality % 7 },
                 source: SourceInfo { uri: "file:///x.npy".into(), fingerprint: "sha256:00".into(), rows_read: 3, row_groups: Vec::new(), files: Vec::new() },
                 created_at: 1_700_000_000,
                 timings: BuildTimings { import_s: 1.5, build_s: 2.0, calibrate_s: 0.5 },

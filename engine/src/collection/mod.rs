@@ -9,6 +9,7 @@ pub mod validate;
 use crate::error::{Error, Result};
 use heed::{Env, RoTxn, WithoutTls};
 use lmdb::{AnyDatabase, Databases, MANIFEST_KEY};
+use crate::index::coarse::CoarseLists;
 use manifest::{FORMAT_VERSION, Manifest};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
@@ -33,6 +34,8 @@ pub struct Collection {
     chunk_shift: u32,
     partitions: Vec<RoaringBitmap>,
     tags: BTreeMap<String, RoaringBitmap>,
+    /// Each partition's coarse lists, read and checked once at open.
+    coarse: Vec<Option<CoarseLists>>,
     path: PathBuf,
 }
 
@@ -93,6 +96,18 @@ impl Collection {
             partitions.push(members);
         }
         let tags = dbs.tags.iter(&rtxn)?.map(|r| r.map(|(k, v)| (k.to_string(), v))).collect::<heed::Result<_>>()?;
+        let mut coarse = Vec::with_capacity(partitions.len());
+        for (partition, members) in partitions.iter().enumerate() {
+            let stored = match dbs.coarse {
+                Some(db) => db.get(&rtxn, &(partition as u16))?,
+                None => None,
+            };
+            let lists = stored
+                .map(|bytes| CoarseLists::decode(bytes, dims, members))
+                .transpose()
+                .map_err(|reason| incomplete(format!("partition {:?}: {reason}", manifest.partitions[partition])))?;
+            coarse.push(lists);
+        }
         Ok(Collection {
             vector_chunks,
             id_chunks,
@@ -103,6 +118,7 @@ impl Collection {
             manifest,
             partitions,
             tags,
+            coarse,
             path: path.to_path_buf(),
         })
     }
@@ -180,6 +196,16 @@ impl Collection {
     /// The database holding the durable ANN index (typed by its backend, [`crate::index`]).
     pub fn ann_database(&self) -> AnyDatabase {
         self.dbs.ann
+    }
+
+    /// The database of coarse lists, absent in collections sealed before it existed.
+    pub fn coarse_database(&self) -> Option<crate::collection::lmdb::CoarseDatabase> {
+        self.dbs.coarse
+    }
+
+    /// The coarse lists of a partition, if it has them ([`crate::index::coarse`]).
+    pub fn coarse_lists(&self, partition: u16) -> Option<&CoarseLists> {
+        self.coarse.get(partition as usize)?.as_ref()
     }
 
     /// Faults every page of the memory map into this process (the page cache holds the file

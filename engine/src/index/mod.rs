@@ -4,6 +4,7 @@
 //! answers are re-ranked is [`crate::search`]'s business.
 
 pub mod arroy;
+pub mod coarse;
 pub mod hannoy;
 
 use crate::collection::Collection;
@@ -55,14 +56,17 @@ pub fn check_metric(params: &IndexParams, metric: crate::types::Metric) -> Resul
     }
 }
 
-/// Builds every partition's index of a staged collection into `wtxn` (all cores).
+/// Builds every partition's index and coarse lists of a staged collection into `wtxn` (all
+/// cores).
 pub fn build(wtxn: &mut RwTxn, collection: &Collection, params: &IndexParams, seed: u64) -> Result<()> {
     let db = collection.ann_database();
     match params.backend {
-        Backend::Arroy => arroy::build(wtxn, db, collection, params.n_trees, seed),
+        Backend::Arroy => arroy::build(wtxn, db, collection, params.n_trees, seed)?,
         Backend::Hannoy => {
             let ef = params.ef_construction.unwrap_or(hannoy::DEFAULT_EF_CONSTRUCTION);
-            hannoy::build(wtxn, db, collection, ef, seed)
+            hannoy::build(wtxn, db, collection, ef, seed)?
         }
     }
+    let coarse = collection.coarse_database().expect("a staged collection has the coarse database");
+    coarse::build(wtxn, coarse, collection, params.lists, seed)
 }

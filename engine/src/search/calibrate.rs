@@ -22,6 +22,30 @@ const ARROY_LADDER: [usize; 5] = [0, 100, 400, 1600, 6400];
 /// hannoy `ef` values.
 const HANNOY_LADDER: [usize; 7] = [16, 32, 48, 64, 128, 256, 512];
 
+/// Probe counts tried, as fractions of the lists: 1/64 .. 1/4, then every list (0).
+const PROBE_FRACTIONS: [usize; 5] = [64, 32, 16, 8, 4];
+
+#[derive(Clone, Copy)]
+struct Setting {
+    strategy: Strategy,
+    quality: usize,
+    probes: usize,
+}
+
+/// The probe counts a collection with up to `lists` lists per partition is calibrated over.
+pub fn probe_ladder(lists: usize) -> Vec<usize> {
+    let mut ladder: Vec<usize> = PROBE_FRACTIONS.iter().map(|f| lists / f).filter(|&p| p > 0).collect();
+    ladder.dedup();
+    ladder.push(0);
+    ladder
+}
+
+/// The most coarse lists any partition has (0: none).
+pub fn max_lists(collection: &Searcher) -> usize {
+    let partitions = collection.partition_members().len() as u16;
+    (0..partitions).filter_map(|p| collection.coarse_lists(p)).map(|l| l.len()).max().unwrap_or(0)
+}
+
 pub fn calibrate(
     collection: &Searcher,
     target_recall: f64,
@@ -30,32 +54,32 @@ pub fn calibrate(
     seed: u64,
 ) -> Result<Calibration> {
     let queries = sample_queries(collection, queries.max(1), seed);
-    let request = |q: &Vec<f32>, strategy: Strategy, quality: usize| SearchRequest {
-        strategy: Some(strategy),
-        quality: Some(quality),
+    let request = |q: &Vec<f32>, s: Setting| SearchRequest {
+        strategy: Some(s.strategy),
+        quality: Some(s.quality),
+        probes: Some(s.probes),
         ..SearchRequest::new(q.clone(), k)
     };
     let ids = |hits: Vec<crate::search::Hit>| hits.into_iter().map(|h| h.id).collect::<Vec<u64>>();
-    let truth: Vec<Vec<u64>> = queries
-        .par_iter()
-        .map(|q| search(collection, &request(q, Strategy::Exact, 0)).map(ids))
-        .collect::<Result<_>>()?;
-    let mean_recall = |strategy: Strategy, quality: usize| -> Result<f64> {
+    let exact = Setting { strategy: Strategy::Exact, quality: 0, probes: 0 };
+    let truth: Vec<Vec<u64>> =
+        queries.par_iter().map(|q| search(collection, &request(q, exact)).map(ids)).collect::<Result<_>>()?;
+    let mean_recall = |s: Setting| -> Result<f64> {
         let total: f64 = queries
             .par_iter()
             .zip(&truth)
-            .map(|(q, t)| search(collection, &request(q, strategy, quality)).map(|h| recall(&ids(h), t)))
+            .map(|(q, t)| search(collection, &request(q, s)).map(|h| recall(&ids(h), t)))
             .collect::<Result<Vec<f64>>>()?
             .iter()
             .sum();
         Ok(total / queries.len() as f64)
     };
     // Single-threaded, one query at a time, like online serving.
-    let latency = |strategy: Strategy, quality: usize| -> Result<Latencies> {
+    let latency = |s: Setting| -> Result<Latencies> {
         let mut latencies = Latencies::default();
         for q in &queries {
             let start = Instant::now();
-            search(collection, &request(q, strategy, quality))?;
+            search(collection, &request(q, s))?;
             latencies.record(start.elapsed());
         }
         Ok(latencies)
@@ -65,16 +89,19 @@ pub fn calibrate(
         Backend::Arroy => ARROY_LADDER.iter().map(|m| m * k).collect(),
         Backend::Hannoy => HANNOY_LADDER.to_vec(),
     };
-    let ladders = [
-        (Strategy::SignScan, SIGNSCAN_LADDER.iter().map(|m| m * k).take_while(|&q| q < n).collect::<Vec<_>>()),
-        (Strategy::Index, index_ladder),
-    ];
-    let mut considered = vec![Candidate { strategy: Strategy::Exact, quality: 0, recall: 1.0, p50_ms: 0.0 }];
-    for (strategy, ladder) in ladders {
-        for quality in ladder {
-            let r = mean_recall(strategy, quality)?;
+    let rerank_ladder: Vec<usize> = SIGNSCAN_LADDER.iter().map(|m| m * k).take_while(|&q| q < n).collect();
+    // Each probe count (and the whole partition, 0) is its own ladder of re-rank budgets.
+    let mut ladders: Vec<Vec<Setting>> = probe_ladder(max_lists(collection))
+        .into_iter()
+        .map(|probes| rerank_ladder.iter().map(|&quality| Setting { strategy: Strategy::SignScan, quality, probes }).collect())
+        .collect();
+    ladders.push(index_ladder.into_iter().map(|quality| Setting { strategy: Strategy::Index, quality, probes: 0 }).collect());
+    let mut considered = vec![Candidate { strategy: Strategy::Exact, quality: 0, probes: 0, recall: 1.0, p50_ms: 0.0 }];
+    for ladder in ladders {
+        for s in ladder {
+            let r = mean_recall(s)?;
             if r >= target_recall + MARGIN {
-                considered.push(Candidate { strategy, quality, recall: r, p50_ms: 0.0 });
+                considered.push(Candidate { strategy: s.strategy, quality: s.quality, probes: s.probes, recall: r, p50_ms: 0.0 });
                 break;
             }
         }
@@ -82,7 +109,7 @@ pub fn calibrate(
     // Each candidate is timed once; the winner's p99 comes from the same measurement.
     let mut p99 = Vec::with_capacity(considered.len());
     for c in &mut considered {
-        let latencies = latency(c.strategy, c.quality)?;
+        let latencies = latency(Setting { strategy: c.strategy, quality: c.quality, probes: c.probes })?;
         c.p50_ms = latencies.percentile(50.0);
         p99.push(latencies.percentile(99.0));
     }
@@ -97,6 +124,7 @@ pub fn calibrate(
         k,
         strategy: best.strategy,
         quality: best.quality,
+        probes: best.probes,
         recall: best.recall,
         p50_ms: best.p50_ms,
         p99_ms: p99[best_at],

@@ -37,6 +37,9 @@ pub struct SearchRequest {
     /// Overrides the collection's default quality knob.
     #[serde(default)]
     pub quality: Option<usize>,
+    /// Overrides the collection's default number of coarse lists probed (0: all).
+    #[serde(default)]
+    pub probes: Option<usize>,
 }
 
 impl SearchRequest {
@@ -85,8 +88,9 @@ pub fn search_cancellable(collection: &Searcher, request: &SearchRequest, cancel
     let strategy = request.strategy.unwrap_or(manifest.search.strategy);
     // The calibrated quality belongs to the calibrated strategy; another strategy asked for
     // without a quality gets its own default (0: arroy's search_k, ef = k, rerank = k).
-    let quality =
-        request.quality.unwrap_or(if strategy == manifest.search.strategy { manifest.search.quality } else { 0 });
+    let calibrated = strategy == manifest.search.strategy;
+    let quality = request.quality.unwrap_or(if calibrated { manifest.search.quality } else { 0 });
+    let probes = request.probes.unwrap_or(if calibrated { manifest.search.probes } else { 0 });
     let index = collection.strategy(strategy);
 
     let one = |partition: u16| -> Result<Vec<(u32, f32)>> {
@@ -104,7 +108,8 @@ pub fn search_cancellable(collection: &Searcher, request: &SearchRequest, cancel
         }
         let quality = crate::limits::clamp_quality(quality, request.k, members.len());
         let filtered = filter.is_some();
-        let query = PartitionQuery { partition, members, filtered, vector: &vector, k: request.k, quality, cancel };
+        let query =
+            PartitionQuery { partition, members, filtered, vector: &vector, k: request.k, quality, probes, cancel };
         index.search(collection, &query)
     };
     let merged = if partitions.len() == 1 {

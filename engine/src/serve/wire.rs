@@ -28,6 +28,7 @@ pub fn search_request(r: proto::SearchRequest) -> Result<SearchRequest, Status> 
         tags: r.tags,
         strategy,
         quality: (r.quality > 0).then_some(r.quality as usize),
+        probes: r.probes.map(|p| p as usize),
     })
 }
 
@@ -75,7 +76,7 @@ pub fn status_response(m: &Manifest) -> proto::StatusResponse {
         count: m.count,
         dimensions: m.dimensions as u32,
         distance: m.metric.to_string(),
-        search_setting: format!("{} quality={}", m.search.strategy, m.search.quality),
+        search_setting: m.search.to_string(),
         manifest_json: json(m),
     }
 }

@@ -9,7 +9,7 @@ use crate::latency::Latencies;
 use crate::search::recall::{recall, sample_queries};
 use crate::search::searcher::Searcher;
 use crate::search::{SearchRequest, search_cancellable};
-use crate::types::{Gate, Strategy, VerifyReport};
+use crate::types::{Gate, SearchDefaults, Strategy, VerifyReport};
 use count_query::{CountQuery, Unanswered};
 use std::time::Instant;
 
@@ -88,6 +88,8 @@ pub fn verify(collection: &Searcher, options: &VerifyOptions) -> Result<VerifyRe
     };
     let strategy = options.strategy.unwrap_or(manifest.search.strategy);
     let quality = options.quality.unwrap_or(manifest.search.quality);
+    // The calibrated probes go with the calibrated strategy (as `search` resolves them).
+    let probes = if strategy == manifest.search.strategy { manifest.search.probes } else { 0 };
     let mut latencies = Latencies::default();
     let mut recall_sum = 0.0;
     for query in &queries {
@@ -98,6 +100,7 @@ pub fn verify(collection: &Searcher, options: &VerifyOptions) -> Result<VerifyRe
         options.cancel.check("verification")?;
         request.strategy = Some(strategy);
         request.quality = Some(quality);
+        request.probes = Some(probes);
         let start = Instant::now();
         let found = search_cancellable(collection, &request, &options.cancel)?;
         latencies.record(start.elapsed());
@@ -115,7 +118,7 @@ pub fn verify(collection: &Searcher, options: &VerifyOptions) -> Result<VerifyRe
         collection: collection.name().to_string(),
         passed: gates.iter().all(|c| c.passed),
         gates,
-        setting: format!("{strategy} quality={quality}"),
+        setting: SearchDefaults { strategy, quality, probes }.to_string(),
         queries: queries.len(),
         k: options.k,
     })

@@ -425,3 +425,48 @@ fn a_published_collection_is_preloaded() {
         .expect("sealed");
     assert!(again.is_preloaded());
 }
+
+/// The coarse lists are stored, a query with few probes scans only the lists nearest to it,
+/// and a filter whose members all sit in far lists still fills k by probing further.
+#[test]
+fn coarse_lists_narrow_the_scan_and_a_selective_filter_probes_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 6000;
+    let data = Clustered::new(DIMS, 5).generate(n, 1);
+    let lines: Vec<String> = data
+        .chunks(DIMS)
+        .enumerate()
+        .map(|(i, v)| serde_json::json!({"id": i, "vector": v, "tags": if i % 500 == 7 { vec!["rare"] } else { vec![] }}).to_string())
+        .collect();
+    let source = write_jsonl(dir.path(), "tagged.jsonl", &lines);
+    let c = build(dir.path(), "ivf", &source, |o| o.index.lists = Some(16)).unwrap();
+    let lists = c.coarse_lists(0).expect("the build stored coarse lists");
+    assert_eq!((lists.len(), lists.items().len()), (16, n));
+    let list_of = |item: u32| (0..lists.len()).find(|&l| lists.items()[lists.list(l)].contains(&item)).unwrap();
+    let kernel = |a: &[f32], b: &[f32]| 1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+
+    let query = c.vector(42).to_vec();
+    let nearest = (0..lists.len()).min_by(|&a, &b| kernel(&query, lists.centroid(a)).total_cmp(&kernel(&query, lists.centroid(b)))).unwrap();
+    let request = SearchRequest {
+        strategy: Some(Strategy::SignScan),
+        quality: Some(50),
+        probes: Some(1),
+        ..SearchRequest::new(query.clone(), 10)
+    };
+    let hits = search(&c, &request).unwrap();
+    assert_eq!(hits.len(), 10);
+    for hit in &hits {
+        let item = c.item_of(hit.id).unwrap().unwrap();
+        assert_eq!(list_of(item), nearest, "hit {} lies outside the one probed list", hit.id);
+    }
+
+    // Twelve items carry "rare"; one probe holds at most a few of them, yet all k come back.
+    // Re-ranking 10 of them keeps the query on the lists path (12 members > budget).
+    let rare = SearchRequest { tags: vec!["rare".into()], quality: Some(10), ..request };
+    let hits = search(&c, &rare).unwrap();
+    assert_eq!(hits.len(), 10, "{hits:?}");
+    assert!(hits.iter().all(|h| h.id % 500 == 7));
+    let spread: std::collections::BTreeSet<usize> =
+        hits.iter().map(|h| list_of(c.item_of(h.id).unwrap().unwrap())).collect();
+    assert!(spread.len() > 1, "the filtered query probed only {spread:?}");
+}

@@ -351,6 +351,8 @@ mod hostile {
                 tags,
                 strategy,
                 quality,
+                // Probes ride along on a third of the requests, derived so the tuple stays small.
+                probes: (quality % 3 == 0).then_some(quality % 50),
             })
     }
 

@@ -24,6 +24,8 @@ pub struct PartitionQuery<'a> {
     pub vector: &'a [f32],
     pub k: usize,
     pub quality: usize,
+    /// Coarse lists the sign-code scan probes; 0: all of them.
+    pub probes: usize,
     /// Checked by work that may scan the whole partition (the exact scan), so a call that is
     /// gone stops it within one chunk instead of one query.
     pub cancel: &'a Cancel,

@@ -2,18 +2,26 @@
 //! mean), scanned with popcount, then the best candidates re-ranked with float32 vectors read
 //! straight from the LMDB map. 384 dimensions become 48 bytes per vector.
 //!
-//! Codes are laid out per partition, contiguously, so an unfiltered partition query is one
-//! linear scan; a filtered query scans the same block and skips non-members.
+//! Codes are laid out per partition, contiguously. A partition with coarse lists
+//! ([`crate::index::coarse`]) keeps its codes in list order, so a query scans the few lists
+//! whose centroids are nearest to it (`probes`), each one contiguous run; without lists (or
+//! with probes = 0) it scans the whole partition. A filtered query skips non-members and
+//! probes further lists until it has seen enough members to fill its re-rank budget.
 
 use super::{PartitionQuery, PartitionSearch, Scored, rerank};
 use crate::collection::Collection;
+use crate::distance::Ranking;
 use crate::error::Result;
+use crate::index::coarse::CoarseLists;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use std::cell::RefCell;
+use std::ops::Range;
 
-/// One partition's codes: `codes[i * words..]` is the code of `items[i]`.
+/// One partition's codes: `codes[i * words..]` is the code of the partition's `i`-th item, in
+/// the order of its coarse lists' items when it has lists, else of `items`.
 struct Block {
+    /// The partition's members in order; empty when the collection's coarse lists give it.
     items: Vec<u32>,
     codes: Vec<u64>,
 }
@@ -30,7 +38,7 @@ thread_local! {
 }
 
 impl SignScan {
-    /// Encodes every vector of the collection (all cores).
+    /// Encodes every vector of the collection (all cores), in each partition's list order.
     pub fn build(collection: &Collection) -> SignScan {
         let dims = collection.manifest().dimensions;
         let n = collection.len() as u32;
@@ -46,18 +54,19 @@ impl SignScan {
             .reduce(|| vec![0.0f64; dims], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
         let center: Vec<f32> = sums.iter().map(|s| (s / n.max(1) as f64) as f32).collect();
         let words = dims.div_ceil(64);
-        let blocks = collection
-            .partition_members()
-            .iter()
-            .map(|members| {
-                let items: Vec<u32> = members.iter().collect();
-                let mut codes = vec![0u64; items.len() * words];
-                codes.par_chunks_mut(words).zip(&items).for_each(|(code, &item)| {
-                    encode_into(collection.vector(item), &center, code);
-                });
-                Block { items, codes }
-            })
-            .collect();
+        let mut blocks = Vec::with_capacity(collection.partition_members().len());
+        for (partition, members) in collection.partition_members().iter().enumerate() {
+            let items: Vec<u32> = match collection.coarse_lists(partition as u16) {
+                Some(_) => Vec::new(),
+                None => members.iter().collect(),
+            };
+            let order = collection.coarse_lists(partition as u16).map_or(&items[..], CoarseLists::items);
+            let mut codes = vec![0u64; order.len() * words];
+            codes.par_chunks_mut(words).zip(order).for_each(|(code, &item)| {
+                encode_into(collection.vector(item), &center, code);
+            });
+            blocks.push(Block { items, codes });
+        }
         SignScan { words, center, blocks }
     }
 
@@ -67,36 +76,78 @@ impl SignScan {
         code
     }
 
-    /// Bytes held in memory.
+    /// Bytes held in memory (the coarse lists are the collection's, counted in its map).
     pub fn memory_bytes(&self) -> usize {
         self.blocks.iter().map(|b| b.codes.len() * 8 + b.items.len() * 4).sum::<usize>() + self.center.len() * 4
     }
 
-    /// Ids of the `budget` members whose codes are nearest (in Hamming distance) to `code`;
-    /// ties at the cut are taken in block order.
-    fn candidates(&self, partition: u16, code: &[u64], filter: Option<&RoaringBitmap>, budget: usize) -> Vec<u32> {
+    /// The runs of a partition's codes a query scans: the `probes` lists nearest to `vector`
+    /// (nearest first; with a filter, every list, nearest first), or the whole partition.
+    fn runs(collection: &Collection, partition: u16, vector: &[f32], probes: usize, filtered: bool) -> Vec<Range<usize>> {
+        let lists = collection.coarse_lists(partition);
+        let Some(lists) = lists.filter(|l| probes > 0 && probes < l.len()) else {
+            return vec![0..collection.partition_members()[partition as usize].len() as usize];
+        };
+        let kernel = collection.manifest().metric.kernel();
+        let mut ranked: Vec<(f32, u32)> = (0..lists.len()).map(|l| (kernel(vector, lists.centroid(l)), l as u32)).collect();
+        if filtered {
+            // A filtered query may need lists beyond `probes`: all of them, nearest first.
+            ranked.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        } else {
+            ranked.select_nth_unstable_by(probes - 1, |a, b| a.0.total_cmp(&b.0));
+            ranked.truncate(probes);
+        }
+        ranked.into_iter().map(|(_, l)| lists.list(l as usize)).collect()
+    }
+
+    /// Ids of the `budget` members whose codes are nearest (in Hamming distance) to `code`
+    /// among the runs scanned: the first `probes` runs, then (with a filter) further runs until
+    /// `budget` members were seen. Ties at the cut are taken in scan order.
+    #[allow(clippy::too_many_arguments)]
+    fn candidates(
+        &self,
+        partition: u16,
+        items: &[u32],
+        runs: &[Range<usize>],
+        probes: usize,
+        code: &[u64],
+        filter: Option<&RoaringBitmap>,
+        budget: usize,
+    ) -> Vec<u32> {
         let block = &self.blocks[partition as usize];
         let max = self.words * 64;
+        let w = self.words;
         DISTANCES.with_borrow_mut(|distances| {
             distances.clear();
-            distances.resize(block.items.len(), 0);
             // Four interleaved histograms, filled during the scan, so consecutive equal
-            // distances do not serialize on one counter.
+            // distances do not serialize on one counter. Lanes wrap (a filtered-out code is
+            // taken back out of lane 0); only their sum is read.
             let mut histograms = vec![[0u32; 4]; max + 1];
-            hamming_scan(&block.codes, self.words, code, distances, &mut histograms);
-            if let Some(filter) = filter {
-                for (i, (d, item)) in distances.iter_mut().zip(&block.items).enumerate() {
-                    if !filter.contains(*item) {
-                        // Take it back out of the lane the scan counted it in.
-                        histograms[*d as usize][i & 3] -= 1;
-                        *d = u16::MAX;
+            let mut scanned = Vec::with_capacity(runs.len());
+            let mut members = 0usize;
+            for (i, run) in runs.iter().enumerate() {
+                if i >= probes.max(1) && (filter.is_none() || members >= budget) {
+                    break;
+                }
+                let from = distances.len();
+                distances.resize(from + run.len(), 0);
+                hamming_scan(&block.codes[run.start * w..run.end * w], w, code, &mut distances[from..], &mut histograms);
+                if let Some(filter) = filter {
+                    for (d, item) in distances[from..].iter_mut().zip(&items[run.clone()]) {
+                        if filter.contains(*item) {
+                            members += 1;
+                        } else {
+                            histograms[*d as usize][0] = histograms[*d as usize][0].wrapping_sub(1);
+                            *d = u16::MAX;
+                        }
                     }
                 }
+                scanned.push(run.clone());
             }
             // The smallest distance that admits `budget` candidates, and how many lie below it.
             let (mut threshold, mut below) = (max as u16, 0usize);
             for (d, h) in histograms.iter().enumerate() {
-                let here = h.iter().sum::<u32>() as usize;
+                let here = h.iter().fold(0u32, |a, b| a.wrapping_add(*b)) as usize;
                 if below + here >= budget {
                     threshold = d as u16;
                     break;
@@ -105,7 +156,8 @@ impl SignScan {
             }
             let mut at_threshold = budget.saturating_sub(below);
             let mut out = Vec::with_capacity(budget);
-            for (&d, &item) in distances.iter().zip(&block.items) {
+            let items = scanned.into_iter().flat_map(|run| &items[run]);
+            for (&d, &item) in distances.iter().zip(items) {
                 if d < threshold {
                     out.push(item);
                 } else if d == threshold && at_threshold > 0 {
@@ -187,7 +239,13 @@ impl PartitionSearch for SignScan {
         }
         let code = self.encode(q.vector);
         let filter = q.filtered.then_some(q.members);
-        let candidates = self.candidates(q.partition, &code, filter, budget);
+        let runs = SignScan::runs(collection, q.partition, q.vector, q.probes, q.filtered);
+        let probes = if q.probes == 0 { runs.len() } else { q.probes };
+        let items = match collection.coarse_lists(q.partition) {
+            Some(lists) => lists.items(),
+            None => &self.blocks[q.partition as usize].items,
+        };
+        let candidates = self.candidates(q.partition, items, &runs, probes, &code, filter, budget);
         rerank(collection, q, candidates)
     }
 }
@@ -215,9 +273,10 @@ mod tests {
         // Item i has i low bits set: Hamming distance i from the zero code.
         let codes: Vec<u64> = (0..64u32).map(|i| if i == 0 { 0 } else { u64::MAX >> (64 - i) }).collect();
         let s = scan((0..64).collect(), codes, 1);
-        assert_eq!(s.candidates(0, &[0], None, 5), vec![0, 1, 2, 3, 4]);
+        let items = s.blocks[0].items.clone();
+        assert_eq!(s.candidates(0, &items, &[0..64], 1, &[0], None, 5), vec![0, 1, 2, 3, 4]);
         let odd: RoaringBitmap = (0..64).filter(|i| i % 2 == 1).collect();
-        assert_eq!(s.candidates(0, &[0], Some(&odd), 3), vec![1, 3, 5]);
+        assert_eq!(s.candidates(0, &items, &[0..64], 1, &[0], Some(&odd), 3), vec![1, 3, 5]);
     }
 
     proptest! {
@@ -232,7 +291,8 @@ mod tests {
             let codes = codes[..n * words].to_vec();
             let query = &query[..words];
             let s = scan((0..n as u32).map(|i| i * 3).collect(), codes.clone(), words);
-            let got = s.candidates(0, query, None, budget);
+            let items = s.blocks[0].items.clone();
+            let got = s.candidates(0, &items, &[0..n], 1, query, None, budget);
             prop_assert_eq!(got.len(), budget.min(n));
             let dist = |item: u32| -> u32 {
                 let i = (item / 3) as usize;
