@@ -208,11 +208,15 @@ pub struct Setting {
 /// with up to `lists` coarse lists per partition), then the index's own knob.
 fn sweep_settings(options: &BenchOptions, backend: Backend, lists: usize) -> Vec<Setting> {
     let setting = |label: String, strategy, quality, probes| Setting { label, strategy, quality, probes, on: 0 };
-    let probes =
-        if options.probes_sweep.is_empty() { crate::search::calibrate::probe_ladder(lists) } else { options.probes_sweep.clone() };
+    let probes = if options.probes_sweep.is_empty() {
+        crate::search::calibrate::probe_ladder(lists)
+    } else {
+        options.probes_sweep.clone()
+    };
     let mut settings: Vec<Setting> = Vec::new();
     for &p in &probes {
-        let label = |q: usize| if p == 0 { format!("signscan rerank={q}") } else { format!("signscan probes={p} rerank={q}") };
+        let label =
+            |q: usize| if p == 0 { format!("signscan rerank={q}") } else { format!("signscan probes={p} rerank={q}") };
         settings.extend(options.signscan_sweep.iter().map(|&q| setting(label(q), Strategy::SignScan, q, p)));
     }
     let (sweep, knob) = match backend {
@@ -308,11 +312,7 @@ fn throughputs<'a>(
     threads
         .iter()
         .map(|&threads| {
-            Ok(Throughput {
-                threads,
-                setting: default.to_string(),
-                qps: throughput(connect, queries, k, threads)?,
-            })
+            Ok(Throughput { threads, setting: default.to_string(), qps: throughput(connect, queries, k, threads)? })
         })
         .collect()
 }

@@ -50,12 +50,12 @@ pub struct Databases {
     pub partitions: Database<'static, Str, BitmapCodec>,
     /// The ANN index database; typed by the backend when used.
     pub ann: AnyDatabase,
-    /// Partition index -> its coarse lists ([`crate::index::coarse`]). Absent in collections
+    /// Partition index -> its coarse lists ([`super::coarse`]). Absent in collections
     /// sealed before the lists existed, which are searched without them.
     pub coarse: Option<CoarseDatabase>,
 }
 
-/// Partition index -> one encoded [`crate::index::coarse::CoarseLists`].
+/// Partition index -> one encoded [`super::coarse::CoarseLists`].
 pub type CoarseDatabase = Database<'static, U16<BigEndian>, Bytes>;
 
 type DbTuple = (

@@ -2,14 +2,15 @@
 //! index and the manifest. Opened read-only; vectors are read in place from the memory map.
 
 pub mod builder;
+pub mod coarse;
 pub mod lmdb;
 pub mod manifest;
 pub mod validate;
 
 use crate::error::{Error, Result};
+use coarse::CoarseLists;
 use heed::{Env, RoTxn, WithoutTls};
 use lmdb::{AnyDatabase, Databases, MANIFEST_KEY};
-use crate::index::coarse::CoarseLists;
 use manifest::{FORMAT_VERSION, Manifest};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
@@ -203,7 +204,7 @@ impl Collection {
         self.dbs.coarse
     }
 
-    /// The coarse lists of a partition, if it has them ([`crate::index::coarse`]).
+    /// The coarse lists of a partition, if it has them ([`coarse`]).
     pub fn coarse_lists(&self, partition: u16) -> Option<&CoarseLists> {
         self.coarse.get(partition as usize)?.as_ref()
     }

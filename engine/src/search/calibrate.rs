@@ -93,15 +93,25 @@ pub fn calibrate(
     // Each probe count (and the whole partition, 0) is its own ladder of re-rank budgets.
     let mut ladders: Vec<Vec<Setting>> = probe_ladder(max_lists(collection))
         .into_iter()
-        .map(|probes| rerank_ladder.iter().map(|&quality| Setting { strategy: Strategy::SignScan, quality, probes }).collect())
+        .map(|probes| {
+            rerank_ladder.iter().map(|&quality| Setting { strategy: Strategy::SignScan, quality, probes }).collect()
+        })
         .collect();
-    ladders.push(index_ladder.into_iter().map(|quality| Setting { strategy: Strategy::Index, quality, probes: 0 }).collect());
+    ladders.push(
+        index_ladder.into_iter().map(|quality| Setting { strategy: Strategy::Index, quality, probes: 0 }).collect(),
+    );
     let mut considered = vec![Candidate { strategy: Strategy::Exact, quality: 0, probes: 0, recall: 1.0, p50_ms: 0.0 }];
     for ladder in ladders {
         for s in ladder {
             let r = mean_recall(s)?;
             if r >= target_recall + MARGIN {
-                considered.push(Candidate { strategy: s.strategy, quality: s.quality, probes: s.probes, recall: r, p50_ms: 0.0 });
+                considered.push(Candidate {
+                    strategy: s.strategy,
+                    quality: s.quality,
+                    probes: s.probes,
+                    recall: r,
+                    p50_ms: 0.0,
+                });
                 break;
             }
         }

@@ -436,7 +436,10 @@ fn coarse_lists_narrow_the_scan_and_a_selective_filter_probes_further() {
     let lines: Vec<String> = data
         .chunks(DIMS)
         .enumerate()
-        .map(|(i, v)| serde_json::json!({"id": i, "vector": v, "tags": if i % 500 == 7 { vec!["rare"] } else { vec![] }}).to_string())
+        .map(|(i, v)| {
+            serde_json::json!({"id": i, "vector": v, "tags": if i % 500 == 7 { vec!["rare"] } else { vec![] }})
+                .to_string()
+        })
         .collect();
     let source = write_jsonl(dir.path(), "tagged.jsonl", &lines);
     let c = build(dir.path(), "ivf", &source, |o| o.index.lists = Some(16)).unwrap();
@@ -446,7 +449,9 @@ fn coarse_lists_narrow_the_scan_and_a_selective_filter_probes_further() {
     let kernel = |a: &[f32], b: &[f32]| 1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
 
     let query = c.vector(42).to_vec();
-    let nearest = (0..lists.len()).min_by(|&a, &b| kernel(&query, lists.centroid(a)).total_cmp(&kernel(&query, lists.centroid(b)))).unwrap();
+    let nearest = (0..lists.len())
+        .min_by(|&a, &b| kernel(&query, lists.centroid(a)).total_cmp(&kernel(&query, lists.centroid(b))))
+        .unwrap();
     let request = SearchRequest {
         strategy: Some(Strategy::SignScan),
         quality: Some(50),

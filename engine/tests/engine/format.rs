@@ -63,7 +63,8 @@ fn write_fixture(out: &Path) {
     std::fs::write(out.join("fixture.jsonl"), lines.join("\n") + "\n").unwrap();
     let source = format!("tests/fixtures/format-{FORMAT_VERSION}/fixture.jsonl");
     let mut options = BuildOptions::new(NAME, Metric::Cosine);
-    (options.search, options.target_recall) = (SearchDefaults { strategy: Strategy::SignScan, quality: 40, probes: 0 }, None);
+    (options.search, options.target_recall) =
+        (SearchDefaults { strategy: Strategy::SignScan, quality: 40, probes: 0 }, None);
     let records = import::read(&source, &ReadOptions::default()).unwrap();
     import_and_build(work.path(), &options, records).unwrap();
     let collection = Searcher::open(&work.path().join(NAME)).unwrap();

@@ -10,9 +10,9 @@
 
 use super::{PartitionQuery, PartitionSearch, Scored, rerank};
 use crate::collection::Collection;
+use crate::collection::coarse::CoarseLists;
 use crate::distance::Ranking;
 use crate::error::Result;
-use crate::index::coarse::CoarseLists;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use std::cell::RefCell;
@@ -83,13 +83,21 @@ impl SignScan {
 
     /// The runs of a partition's codes a query scans: the `probes` lists nearest to `vector`
     /// (nearest first; with a filter, every list, nearest first), or the whole partition.
-    fn runs(collection: &Collection, partition: u16, vector: &[f32], probes: usize, filtered: bool) -> Vec<Range<usize>> {
+    fn runs(
+        collection: &Collection,
+        partition: u16,
+        vector: &[f32],
+        probes: usize,
+        filtered: bool,
+    ) -> Vec<Range<usize>> {
         let lists = collection.coarse_lists(partition);
         let Some(lists) = lists.filter(|l| probes > 0 && probes < l.len()) else {
-            return vec![0..collection.partition_members()[partition as usize].len() as usize];
+            let whole = 0..collection.partition_members()[partition as usize].len() as usize;
+            return std::iter::once(whole).collect();
         };
         let kernel = collection.manifest().metric.kernel();
-        let mut ranked: Vec<(f32, u32)> = (0..lists.len()).map(|l| (kernel(vector, lists.centroid(l)), l as u32)).collect();
+        let mut ranked: Vec<(f32, u32)> =
+            (0..lists.len()).map(|l| (kernel(vector, lists.centroid(l)), l as u32)).collect();
         if filtered {
             // A filtered query may need lists beyond `probes`: all of them, nearest first.
             ranked.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
@@ -131,7 +139,13 @@ impl SignScan {
                 }
                 let from = distances.len();
                 distances.resize(from + run.len(), 0);
-                hamming_scan(&block.codes[run.start * w..run.end * w], w, code, &mut distances[from..], &mut histograms);
+                hamming_scan(
+                    &block.codes[run.start * w..run.end * w],
+                    w,
+                    code,
+                    &mut distances[from..],
+                    &mut histograms,
+                );
                 if let Some(filter) = filter {
                     for (d, item) in distances[from..].iter_mut().zip(&items[run.clone()]) {
                         if filter.contains(*item) {
@@ -191,7 +205,8 @@ fn scan_fixed<const W: usize>(codes: &[u64], query: &[u64], out: &mut [u16], his
             sum += (code[w] ^ q[w]).count_ones();
         }
         *d = sum as u16;
-        histograms[sum as usize][i & 3] += 1;
+        // Wrapping: a filtered-out item is taken back from lane 0 (the lanes' sum is right).
+        histograms[sum as usize][i & 3] = histograms[sum as usize][i & 3].wrapping_add(1);
     }
 }
 
@@ -209,7 +224,7 @@ fn scan_any(codes: &[u64], words: usize, query: &[u64], out: &mut [u16], histogr
             for (i, (code, d)) in codes.chunks_exact(words).zip(out.iter_mut()).enumerate() {
                 let sum: u32 = code.iter().zip(query).map(|(a, b)| (a ^ b).count_ones()).sum();
                 *d = sum as u16;
-                histograms[sum as usize][i & 3] += 1;
+                histograms[sum as usize][i & 3] = histograms[sum as usize][i & 3].wrapping_add(1);
             }
         }
     }
@@ -274,9 +289,9 @@ mod tests {
         let codes: Vec<u64> = (0..64u32).map(|i| if i == 0 { 0 } else { u64::MAX >> (64 - i) }).collect();
         let s = scan((0..64).collect(), codes, 1);
         let items = s.blocks[0].items.clone();
-        assert_eq!(s.candidates(0, &items, &[0..64], 1, &[0], None, 5), vec![0, 1, 2, 3, 4]);
+        assert_eq!(s.candidates(0, &items, std::slice::from_ref(&(0..64)), 1, &[0], None, 5), vec![0, 1, 2, 3, 4]);
         let odd: RoaringBitmap = (0..64).filter(|i| i % 2 == 1).collect();
-        assert_eq!(s.candidates(0, &items, &[0..64], 1, &[0], Some(&odd), 3), vec![1, 3, 5]);
+        assert_eq!(s.candidates(0, &items, std::slice::from_ref(&(0..64)), 1, &[0], Some(&odd), 3), vec![1, 3, 5]);
     }
 
     proptest! {
@@ -292,7 +307,7 @@ mod tests {
             let query = &query[..words];
             let s = scan((0..n as u32).map(|i| i * 3).collect(), codes.clone(), words);
             let items = s.blocks[0].items.clone();
-            let got = s.candidates(0, &items, &[0..n], 1, query, None, budget);
+            let got = s.candidates(0, &items, std::slice::from_ref(&(0..n)), 1, query, None, budget);
             prop_assert_eq!(got.len(), budget.min(n));
             let dist = |item: u32| -> u32 {
                 let i = (item / 3) as usize;
