@@ -188,10 +188,7 @@ impl SnapshotStore {
         let Ok(uri) = data_name(stored).and_then(|name| self.object(&stored.info.collection, name)) else {
             return false;
         };
-        object::ObjectFile::open(&uri, self.credentials).is_ok_and(|file| {
-            file.size() == stored.info.size
-                && (stored.data_etag.is_none() || file.e_tag() == stored.data_etag.as_deref())
-        })
+        object::ObjectFile::open(&uri, self.credentials).is_ok_and(|file| is_described(&file, stored))
     }
 
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
@@ -208,9 +205,7 @@ impl SnapshotStore {
         }
         let data = self.object(collection, data_name(&stored)?)?;
         let file = object::ObjectFile::open(&data, self.credentials)?;
-        if file.size() != stored.info.size
-            || (stored.data_etag.is_some() && file.e_tag() != stored.data_etag.as_deref())
-        {
+        if !is_described(&file, &stored) {
             return Err(corrupt(format!(
                 "{} is not the object its description names ({} bytes, ETag {:?}; described: {} bytes, ETag {:?})",
                 redact(&data),
@@ -250,8 +245,6 @@ impl SnapshotStore {
     }
 }
 
-/// The data object of the snapshot `info`: its sha256 names it, and nothing
-/// but lowercase hex reaches an object key.
 fn legacy_data() -> String {
     LEGACY_DATA.into()
 }
@@ -272,6 +265,14 @@ fn data_name(stored: &StoredSnapshot) -> Result<&str> {
     })
 }
 
+/// Whether `file` is the data object `stored` describes: its size, and its ETag where the
+/// description has one.
+fn is_described(file: &object::ObjectFile, stored: &StoredSnapshot) -> bool {
+    file.size() == stored.info.size && (stored.data_etag.is_none() || file.e_tag() == stored.data_etag.as_deref())
+}
+
+/// The data object of the snapshot `info`: its sha256 names it, and nothing
+/// but lowercase hex reaches an object key.
 fn data_object(info: &SnapshotInfo) -> Result<String> {
     let sha256 = &info.sha256;
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {

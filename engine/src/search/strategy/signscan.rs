@@ -56,11 +56,9 @@ impl SignScan {
         let words = dims.div_ceil(64);
         let mut blocks = Vec::with_capacity(collection.partition_members().len());
         for (partition, members) in collection.partition_members().iter().enumerate() {
-            let items: Vec<u32> = match collection.coarse_lists(partition as u16) {
-                Some(_) => Vec::new(),
-                None => members.iter().collect(),
-            };
-            let order = collection.coarse_lists(partition as u16).map_or(&items[..], CoarseLists::items);
+            let lists = collection.coarse_lists(partition as u16);
+            let items: Vec<u32> = if lists.is_some() { Vec::new() } else { members.iter().collect() };
+            let order = lists.map_or(&items[..], CoarseLists::items);
             let mut codes = vec![0u64; order.len() * words];
             codes.par_chunks_mut(words).zip(order).for_each(|(code, &item)| {
                 encode_into(collection.vector(item), &center, code);
@@ -76,7 +74,7 @@ impl SignScan {
         code
     }
 
-    /// Bytes held in memory (the coarse lists are the collection's, counted in its map).
+    /// Bytes held in memory (the coarse lists' items are the collection's, decoded at its open).
     pub fn memory_bytes(&self) -> usize {
         self.blocks.iter().map(|b| b.codes.len() * 8 + b.items.len() * 4).sum::<usize>() + self.center.len() * 4
     }
