@@ -264,6 +264,17 @@ impl ObjectFile {
         Ok(ObjectFile { uri: redact(uri), store: location.store, meta })
     }
 
+    /// [`ObjectFile::open`], but an object that is not there is `None`, not an error.
+    pub fn open_if_present(uri: &str, credentials: Credentials) -> Result<Option<ObjectFile>> {
+        let location = locate(uri, credentials)?;
+        let (store, path) = (location.store.clone(), location.path.clone());
+        match wait(async move { store.head(&path).await }) {
+            Ok(meta) => Ok(Some(ObjectFile { uri: redact(uri), store: location.store, meta })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(failed(uri, "opening", e)),
+        }
+    }
+
     pub fn from_meta(uri: String, store: Arc<dyn ObjectStore>, meta: ObjectMeta) -> ObjectFile {
         ObjectFile { uri, store, meta }
     }

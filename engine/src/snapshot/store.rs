@@ -24,6 +24,8 @@ use std::io::Read;
 const DESCRIPTION: &str = "snapshot.json";
 /// The data object of descriptions written before data objects were named by their content.
 const LEGACY_DATA: &str = "data.mdb";
+/// Appended to the description's key for the copy of an unreadable one a push replaced.
+const UNREADABLE: &str = ".unreadable";
 /// Bytes appended to the partial file at a time while restoring.
 const RESTORE_CHUNK: usize = 1 << 20;
 
@@ -134,7 +136,8 @@ impl SnapshotStore {
         let previous = match self.described(&info.collection) {
             Ok(previous) => previous,
             Err(e @ Error::Snapshot { .. }) => {
-                tracing::warn!(collection = %info.collection, error = %e, "replacing the store's description");
+                self.keep_unreadable(&info.collection)?;
+                tracing::warn!(collection = %info.collection, error = %e, "replacing the store's description (the unreadable one is kept as {DESCRIPTION}{UNREADABLE})");
                 None
             }
             Err(e) => return Err(e),
@@ -142,7 +145,7 @@ impl SnapshotStore {
         if let Some(stored) = previous.as_ref().filter(|s| s.info.sha256 == info.sha256) {
             // The same snapshot described: published already if its data object is whole (a
             // deleted or replaced one is uploaded again).
-            if self.holds_data_of(stored) {
+            if self.holds_data_of(stored)? {
                 tracing::info!(collection = %info.collection, store = %self.uri(), "snapshot already in the store");
                 return Ok(stored.clone());
             }
@@ -162,9 +165,15 @@ impl SnapshotStore {
         };
         let json = serde_json::to_vec_pretty(&stored).expect("a snapshot description serializes");
         object::write_whole(&self.object(&info.collection, DESCRIPTION)?, self.credentials, json)?;
-        // What the replaced description named: no longer reachable. Best effort: left behind,
-        // it costs space, not correctness.
-        if let Some(old) = previous.filter(|old| old.data != stored.data) {
+        // What the replaced description named: no longer reachable, unless another pusher of
+        // this collection described it again meantime (so the description is read again first;
+        // two writers publishing one collection at once is a misconfiguration this narrows, not
+        // closes). Best effort: left behind, it costs space, not correctness.
+        let still_named = |old: &StoredSnapshot| match self.described(&info.collection) {
+            Ok(now) => now.is_some_and(|now| now.data == old.data),
+            Err(_) => true,
+        };
+        if let Some(old) = previous.filter(|old| old.data != stored.data && !still_named(old)) {
             let deleted = data_name(&old)
                 .and_then(|name| self.object(&info.collection, name))
                 .and_then(|uri| object::delete(&uri, self.credentials));
@@ -183,12 +192,24 @@ impl SnapshotStore {
         Ok(stored)
     }
 
-    /// Whether the data object `stored` names is there with the size and ETag it describes.
-    fn holds_data_of(&self, stored: &StoredSnapshot) -> bool {
+    /// Whether the data object `stored` names is there with the size and ETag it describes;
+    /// a store that cannot be asked is an error, not an answer (a push would upload again what
+    /// may be there, and delete what replicas read).
+    fn holds_data_of(&self, stored: &StoredSnapshot) -> Result<bool> {
         let Ok(uri) = data_name(stored).and_then(|name| self.object(&stored.info.collection, name)) else {
-            return false;
+            return Ok(false);
         };
-        object::ObjectFile::open(&uri, self.credentials).is_ok_and(|file| is_described(&file, stored))
+        Ok(object::ObjectFile::open_if_present(&uri, self.credentials)?.is_some_and(|file| is_described(&file, stored)))
+    }
+
+    /// Copies the collection's unreadable description aside (`snapshot.json.unreadable`)
+    /// before a push replaces it: what wrote it, and why, is then still there to look at.
+    fn keep_unreadable(&self, collection: &str) -> Result<()> {
+        let uri = self.object(collection, DESCRIPTION)?;
+        if let Some(bytes) = object::read_whole(&uri, self.credentials)? {
+            object::write_whole(&format!("{uri}{UNREADABLE}"), self.credentials, bytes.to_vec())?;
+        }
+        Ok(())
     }
 
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
@@ -268,7 +289,21 @@ fn data_name(stored: &StoredSnapshot) -> Result<&str> {
 /// Whether `file` is the data object `stored` describes: its size, and its ETag where the
 /// description has one.
 fn is_described(file: &object::ObjectFile, stored: &StoredSnapshot) -> bool {
-    file.size() == stored.info.size && (stored.data_etag.is_none() || file.e_tag() == stored.data_etag.as_deref())
+    let etag_matches = match (&stored.data_etag, file.e_tag()) {
+        (None, _) => true,
+        (Some(described), Some(seen)) => same_etag(described, seen),
+        (Some(_), None) => false,
+    };
+    file.size() == stored.info.size && etag_matches
+}
+
+/// ETags compared as entity tags, not strings: RFC 9110 section 8.8.3 puts them in quotes with an
+/// optional weak prefix `W/`, and stores differ in what they send (S3 quotes them, some
+/// gateways drop the quotes or mark them weak after a proxy), so `"abc"`, `abc` and
+/// `W/"abc"` are one version.
+fn same_etag(a: &str, b: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").trim_matches('"').to_string();
+    opaque(a) == opaque(b)
 }
 
 /// The data object of the snapshot `info`: its sha256 names it, and nothing
@@ -282,4 +317,17 @@ fn data_object(info: &SnapshotInfo) -> Result<String> {
         });
     }
     Ok(format!("data-{sha256}.mdb"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_etag;
+
+    #[test]
+    fn etags_are_compared_as_entity_tags() {
+        assert!(same_etag("\"9b2cf535f27731c974343645a3985328\"", "9b2cf535f27731c974343645a3985328"));
+        assert!(same_etag("W/\"abc\"", "\"abc\""));
+        assert!(!same_etag("\"abc\"", "\"abd\""));
+        assert!(!same_etag("\"abc-2\"", "\"abc\""));
+    }
 }

@@ -248,20 +248,30 @@ pub fn replica_pods(ctx: &Context, ns: &str, collection: &str) -> Vec<Arc<Pod>> 
     ctx.caches.pods.labelled(ns, &selector)
 }
 
-/// Deletes `name` in `ns`; one gone already (404 NotFound) is as good as deleted, and so is,
-/// under preconditions, one whose uid is not the one asked for (409 Conflict): the object meant
-/// is gone, and the one made since under its name is not this delete's to make.
-pub async fn delete_if_present<K>(ctx: &Context, ns: &str, name: &str, params: &kube::api::DeleteParams) -> Result<()>
+/// Deletes `name` in `ns`; returns whether this call deleted it. One gone already (404
+/// NotFound) is as good as deleted, and so is, under a uid precondition, another object made
+/// since under its name: the object meant is gone, and the namesake is not this delete's to
+/// take. A failed precondition answers 409 Conflict (the storage layer's InvalidObjError,
+/// turned into a Conflict by k8s.io/apiserver/pkg/storage/errors InterpretDeleteError), but so
+/// may other conflicts, so the object is read again: only one gone or with another uid counts.
+pub async fn delete_if_present<K>(ctx: &Context, ns: &str, name: &str, params: &kube::api::DeleteParams) -> Result<bool>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     match api.delete(name, params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 && params.preconditions.is_some() => {
-            tracing::info!(%ns, %name, message = %e.message, "not deleted: another object has its name now");
-            Ok(())
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let uid = params.preconditions.as_ref().and_then(|p| p.uid.as_deref());
+            let Some(uid) = uid else { return Err(kube::Error::Api(e).into()) };
+            match api.get_opt(name).await? {
+                Some(live) if live.meta().uid.as_deref() == Some(uid) => Err(kube::Error::Api(e).into()),
+                _ => {
+                    tracing::info!(%ns, %name, message = %e.message, "not deleted: another object has its name now");
+                    Ok(false)
+                }
+            }
         }
         Err(e) => Err(e.into()),
     }

@@ -64,17 +64,43 @@ pub fn released(vc: &VectorCollection) -> bool {
         && status.conditions.iter().any(|c| c.type_ == "WriterAvailable" && c.reason == "Released")
 }
 
-/// Whether the writer may be released now: `writer.afterPublish: Delete`, the collection
-/// Ready (verified) for this generation, and the writer itself reporting, in this pass, the
-/// snapshot status recorded, at the place this spec's store names (not an old record: the
-/// store may have changed, or lost the object since).
-pub fn releasable(vc: &VectorCollection, reported: Option<&StoredSnapshot>) -> bool {
-    let Some(status) = vc.status.as_ref() else { return false };
-    let expected = super::pod::snapshot_store(vc).map(|store| format!("{store}/{}", vc.name_any()));
-    vc.spec.writer.after_publish == Some(AfterPublish::Delete)
-        && status.phase == Phase::Ready
-        && status.observed_generation == vc.metadata.generation
-        && reported.is_some_and(|r| Some(&r.location) == expected.as_ref() && status.snapshot.as_ref() == Some(r))
+/// Where a writer stands toward its release, in a pass that reads its report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// No release asked for now: `writer.afterPublish: Keep`, or the collection not Ready
+    /// (verified) for this generation.
+    NotAsked,
+    /// Released now: the writer itself reports, in this pass, the snapshot status recorded, at
+    /// the place this spec's store names (not an old record: the store may have changed, or
+    /// lost the object since).
+    Now,
+    /// Asked for, and why not yet.
+    Waiting(String),
+}
+
+pub fn release(vc: &VectorCollection, reported: Option<&StoredSnapshot>) -> Release {
+    let Some(status) = vc.status.as_ref() else { return Release::NotAsked };
+    if vc.spec.writer.after_publish != Some(AfterPublish::Delete)
+        || status.phase != Phase::Ready
+        || status.observed_generation != vc.metadata.generation
+    {
+        return Release::NotAsked;
+    }
+    let Some(expected) = super::pod::snapshot_store(vc).map(|store| format!("{store}/{}", vc.name_any())) else {
+        return Release::Waiting("spec.snapshots.store is not set: the snapshot is only on the writer's volume".into());
+    };
+    match reported {
+        None => Release::Waiting(format!("the writer does not report its snapshot in {expected} (yet)")),
+        Some(r) if r.location != expected => {
+            Release::Waiting(format!("the writer reports its snapshot in {}, not in {expected}", r.location))
+        }
+        Some(r) if status.snapshot.as_ref() != Some(r) => Release::Waiting(format!(
+            "the writer's stored snapshot (sha256 {}) is not the one recorded (sha256 {})",
+            r.sha256,
+            status.snapshot.as_ref().map(|s| s.sha256.as_str()).unwrap_or("none")
+        )),
+        Some(_) => Release::Now,
+    }
 }
 
 pub fn stateful_set(vc: &VectorCollection, defaults: &Defaults) -> StatefulSet {

@@ -447,7 +447,7 @@ async fn a_release_that_finds_another_object_under_the_writers_name_goes_on() {
     svc["metadata"]["uid"] = json!("00000000-0000-0000-0000-0000000000bb");
     let mut deployment = serde_json::to_value(&expected.replicas).unwrap();
     deployment["status"] = json!({"readyReplicas": 2});
-    h.cache([sts, svc.clone(), deployment, running_pod("10.1.2.3")]);
+    h.cache([sts.clone(), svc.clone(), deployment, running_pod("10.1.2.3")]);
     h.cache(jobs("Complete"));
     let result = run(reconcile(vc.clone(), h.ctx.clone()), async {
         // A failed uid precondition is a 409 Conflict (the storage layer's InvalidObjError
@@ -459,6 +459,10 @@ async fn a_release_that_finds_another_object_under_the_writers_name_goes_on() {
         h.server.apply(WRITER_NP, Value::Null).await;
         h.server.apply(REPLICAS_NP, Value::Null).await;
         h.server.expect("DELETE", WRITER_STS, 409, common::status(409, "Conflict", message)).await;
+        // Read again: another uid under the name, so the writer meant is gone.
+        let mut namesake = sts.clone();
+        namesake["metadata"]["uid"] = json!("00000000-0000-0000-0000-0000000000cc");
+        h.server.expect("GET", WRITER_STS, 200, namesake).await;
         h.server.expect("DELETE", WRITER_SVC, 200, svc.clone()).await;
         let (reason, _) = h.server.event(NS).await;
         assert_eq!(reason, "WriterReleased");
@@ -468,6 +472,65 @@ async fn a_release_that_finds_another_object_under_the_writers_name_goes_on() {
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+
+    // Both gone already (404): nothing deleted by this pass, so no WriterReleased Event; and a
+    // 409 under which the object read again is still the one meant is a conflict to retry.
+    let mut h = harness();
+    h.cache([serde_json::to_value(&expected.writer).unwrap(), svc.clone(), running_pod("10.1.2.3")]);
+    let gone = |kind: &str| common::status(404, "NotFound", &format!("{kind} \"products-v2-writer\" not found"));
+    let result = run(reconcile(vc.clone(), h.ctx.clone()), async {
+        h.server.apply(WRITER_NP, Value::Null).await;
+        h.server.apply(REPLICAS_NP, Value::Null).await;
+        h.server.expect("DELETE", WRITER_STS, 404, gone("statefulsets.apps")).await;
+        h.server
+            .expect("DELETE", WRITER_SVC, 409, common::status(409, "Conflict", "the object has been modified"))
+            .await;
+        h.server.expect("GET", WRITER_SVC, 200, svc.clone()).await;
+        let (reason, _) = h.server.event(NS).await;
+        assert_eq!(reason, "ReconcileError");
+        status_patch(&mut h.server).await;
+    })
+    .await;
+    assert!(result.unwrap_err().to_string().contains("the object has been modified"));
+}
+
+/// A release the writer keeps the collection waiting for (it does not report its snapshot in
+/// the store: an upload that keeps failing) says why in WriterAvailable and is looked at again
+/// at the resync, not every few seconds for as long as it waits; the pass that turns the
+/// collection Ready looks again soon, as the next one may release.
+#[tokio::test]
+async fn a_release_that_waits_on_the_writer_says_why_at_the_resync_pace() {
+    use quiver_operator::crd::{AfterPublish, SnapshotsSpec};
+    let mut h = harness();
+    *h.writer.state.lock().unwrap() = Some(sealed());
+    let waiting = |status: Value| {
+        let mut vc = (*collection(false, status)).clone();
+        vc.spec.snapshots = Some(SnapshotsSpec { store: "s3://snapshots".into(), ..Default::default() });
+        vc.spec.writer.after_publish = Some(AfterPublish::Delete);
+        Arc::new(vc)
+    };
+    verify_finished_cached(&h, "Complete", &report(0.97));
+    let mut written = Value::Null;
+    let action = run(reconcile(waiting(stored_status("Verifying")), h.ctx.clone()), async {
+        written = verify_finished(&mut h).await;
+        assert_eq!(written["phase"], "Ready");
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(10)));
+    let action = run(reconcile(waiting(written), h.ctx.clone()), async {
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        let writer = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "WriterAvailable").unwrap();
+        assert_eq!(writer["reason"], "Sealed");
+        assert_eq!(
+            writer["message"],
+            "release waiting: the writer does not report its snapshot in s3://snapshots/search/products-v2 (yet)"
+        );
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(300)));
 }
 
 #[tokio::test]
@@ -897,6 +960,50 @@ async fn the_nodes_identity_is_refused_unless_the_operator_allows_it() {
         .await
         .unwrap_err();
     }
+}
+
+/// The grant withdrawn from a collection whose writer is released: the writer is not applied
+/// again (an apply makes what is missing, so a cache still holding the deleted writer would
+/// make a new one, which imports anew), and its release goes on in the refused pass.
+#[tokio::test]
+async fn a_withdrawn_grant_does_not_bring_back_a_released_writer() {
+    let stored = json!({"location": "s3://snapshots/search/products-v2", "sha256": "ab12", "bytes": 4096});
+    let released = json!({"phase": "Ready", "observedGeneration": 1, "vectorCount": 50000, "snapshot": stored,
+        "conditions": [{"type": "WriterAvailable", "status": "False", "reason": "Released", "message": "",
+            "lastTransitionTime": "2025-11-25T12:00:00Z", "observedGeneration": 1}]});
+    let mut vc = serde_json::to_value(collection(false, released).as_ref()).unwrap();
+    vc["spec"]["snapshots"] = json!({"store": "s3://snapshots", "ambientCredentials": true});
+    vc["spec"]["writer"]["afterPublish"] = json!("Delete");
+    let vc: Arc<VectorCollection> = Arc::new(serde_json::from_value(vc).unwrap());
+    let allowing = Defaults { image: "quiver:test".into(), allow_ambient_credentials: true, ..Default::default() };
+    let granted = CollectionObjects::render(&vc, &allowing);
+    let mut writer = serde_json::to_value(&granted.writer).unwrap();
+    writer["metadata"]["uid"] = json!("00000000-0000-0000-0000-0000000000aa");
+    let deployment = serde_json::to_value(&granted.replicas).unwrap();
+    let has_flag = |object: &Value| {
+        object["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--ambient-credentials")
+    };
+    let mut h = harness();
+    h.cache([writer.clone(), deployment.clone()]);
+    let error = run(reconcile(vc, h.ctx.clone()), async {
+        let deleted = h.server.expect("DELETE", WRITER_STS, 200, writer.clone()).await;
+        assert_eq!(deleted.body["preconditions"]["uid"], "00000000-0000-0000-0000-0000000000aa");
+        assert_eq!(h.server.event(NS).await.0, "WriterReleased");
+        if has_flag(&deployment) {
+            let applied = h.server.apply(DEPLOYMENT, Value::Null).await;
+            assert!(!has_flag(&applied.body), "{}", applied.body);
+        }
+        assert_eq!(h.server.event(NS).await.0, "ReconcileError");
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(condition(&status, "Ready"), ("False".into(), "ReconcileError".into()));
+    })
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("spec.snapshots.ambientCredentials"), "{error}");
 }
 
 #[tokio::test]

@@ -351,10 +351,11 @@ fn rendered_pods_schedule_roll_out_and_stay_ready() {
 
 /// The writer is released on what it reports now, never on an old record alone: Ready (verified)
 /// for this generation, and its report equal to the record, at the place this spec's store names.
+/// Otherwise a Ready collection says why it waits.
 #[test]
 fn a_writer_is_releasable_only_verified_and_on_its_own_report_at_this_store() {
     use quiver_operator::crd::{Phase, StoredSnapshot, VectorCollectionStatus};
-    use quiver_operator::resources::writer::releasable;
+    use quiver_operator::resources::writer::{Release, release};
     let report = StoredSnapshot {
         location: "s3://quiver-snapshots/search/products-2026-12-01".into(),
         sha256: "ab".repeat(32),
@@ -371,19 +372,29 @@ fn a_writer_is_releasable_only_verified_and_on_its_own_report_at_this_store() {
         });
         vc
     };
-    assert!(releasable(&with(Phase::Ready, 2, Some(&report)), Some(&report)));
+    let waiting = |release: Release| match release {
+        Release::Waiting(why) => why,
+        other => panic!("not waiting: {other:?}"),
+    };
+    assert_eq!(release(&with(Phase::Ready, 2, Some(&report)), Some(&report)), Release::Now);
     // Not verified yet, or verified for another generation.
-    assert!(!releasable(&with(Phase::Verifying, 2, Some(&report)), Some(&report)));
-    assert!(!releasable(&with(Phase::Ready, 1, Some(&report)), Some(&report)));
+    assert_eq!(release(&with(Phase::Verifying, 2, Some(&report)), Some(&report)), Release::NotAsked);
+    assert_eq!(release(&with(Phase::Ready, 1, Some(&report)), Some(&report)), Release::NotAsked);
     // A record the writer does not report now (restarted, not yet re-checked the store).
-    assert!(!releasable(&with(Phase::Ready, 2, Some(&report)), None));
+    let why = waiting(release(&with(Phase::Ready, 2, Some(&report)), None));
+    assert_eq!(
+        why,
+        "the writer does not report its snapshot in s3://quiver-snapshots/search/products-2026-12-01 (yet)"
+    );
     // A report that is not the record, or of another store than this spec's.
     let other = StoredSnapshot { sha256: "cd".repeat(32), ..report.clone() };
-    assert!(!releasable(&with(Phase::Ready, 2, Some(&report)), Some(&other)));
+    let why = waiting(release(&with(Phase::Ready, 2, Some(&report)), Some(&other)));
+    assert!(why.contains(&format!("sha256 {}) is not the one recorded", "cd".repeat(32))), "{why}");
     let elsewhere = StoredSnapshot { location: "s3://old-store/search/products-2026-12-01".into(), ..report.clone() };
-    assert!(!releasable(&with(Phase::Ready, 2, Some(&elsewhere)), Some(&elsewhere)));
+    let why = waiting(release(&with(Phase::Ready, 2, Some(&elsewhere)), Some(&elsewhere)));
+    assert!(why.starts_with("the writer reports its snapshot in s3://old-store/"), "{why}");
     // Keep never releases.
     let mut keep = with(Phase::Ready, 2, Some(&report));
     keep.spec.writer.after_publish = None;
-    assert!(!releasable(&keep, Some(&report)));
+    assert_eq!(release(&keep, Some(&report)), Release::NotAsked);
 }

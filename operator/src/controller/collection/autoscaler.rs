@@ -7,7 +7,8 @@ use super::*;
 /// the cache says (an HPA made a moment ago may not be in it yet).
 pub(super) async fn delete_autoscaler(ctx: &Context, ns: &str, name: &str) -> Result<()> {
     delete_if_present::<HorizontalPodAutoscaler>(ctx, ns, &labels::replicas_name(name), &DeleteParams::background())
-        .await
+        .await?;
+    Ok(())
 }
 
 /// The field manager that keeps the replica count while it passes from the operator to the HPA.

@@ -104,7 +104,11 @@ async fn withdraw_ambient_credentials(vc: &VectorCollection, ctx: &Context) -> R
             .any(|a| a == "--ambient-credentials")
     };
     let writer_sts = ctx.caches.stateful_sets.get(&ns, &labels::writer_name(&name));
-    if writer_sts.as_ref().is_some_and(|s| granted(s.spec.as_ref().and_then(|s| s.template.spec.as_ref()))) {
+    if writer::released(vc) {
+        // Never applied again (an apply makes what is missing, and a cache that still holds
+        // the deleted writer would make a new one, importing anew): the release goes on.
+        release_writer(vc, ctx, &ns).await?;
+    } else if writer_sts.as_ref().is_some_and(|s| granted(s.spec.as_ref().and_then(|s| s.template.spec.as_ref()))) {
         apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
     }
     if let Some(deployment) = ctx.caches.deployments.get(&ns, &labels::replicas_name(&name)) {
@@ -207,11 +211,15 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         apply(ctx, &ns, &writer::service(vc)).await?;
         let sts = apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
         match observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await? {
-            // Recorded now (status says Released), deleted from the next pass on: a pass whose
-            // status write fails leaves the writer as it was.
-            (WriterState::Sealed { stored, .. }, _) if writer::releasable(vc, stored.as_ref()) => {
-                (WriterState::Released, None)
-            }
+            (WriterState::Sealed { count, setting, stored }, problem) => match writer::release(vc, stored.as_ref()) {
+                // Recorded now (status says Released), deleted from the next pass on: a pass
+                // whose status write fails leaves the writer as it was.
+                writer::Release::Now => (WriterState::Released, None),
+                writer::Release::Waiting(why) => {
+                    (WriterState::Sealed { count, setting, stored }, Some(format!("release waiting: {why}")))
+                }
+                writer::Release::NotAsked => (WriterState::Sealed { count, setting, stored }, problem),
+            },
             observed => observed,
         }
     };
@@ -327,19 +335,34 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     }
     Ok(match decision.phase {
         // The release goes on at once (status writes do not wake a reconcile): the pass that
-        // verified records it, the next deletes, the one after sees the writer gone.
-        Phase::Ready if releasing(vc, ctx, &ns) => Action::requeue(PROGRESS_INTERVAL),
+        // turned Ready lets the next read the writer's report, the one that recorded the
+        // release lets the next delete, the one that deleted waits to see the writer gone.
+        Phase::Ready if releasing(vc, ctx, &ns, previous, &observed.writer) => Action::requeue(PROGRESS_INTERVAL),
         Phase::Ready | Phase::Failed => Action::requeue(ctx.resync),
         _ => Action::requeue(PROGRESS_INTERVAL),
     })
 }
 
-/// Whether `writer.afterPublish: Delete` still has a writer to delete: its StatefulSet or
-/// Service is in the caches.
-fn releasing(vc: &VectorCollection, ctx: &Context, ns: &str) -> bool {
+/// Whether a Ready collection under `writer.afterPublish: Delete` has a step of its release
+/// due on the next pass: it just turned Ready, or recorded the release in this pass, or has it
+/// recorded with the writer's StatefulSet or Service still in the caches. A writer that waits
+/// (it does not report its snapshot in the store) is looked at again at the resync, not every
+/// few seconds for as long as it waits.
+fn releasing(
+    vc: &VectorCollection,
+    ctx: &Context,
+    ns: &str,
+    previous: Option<&VectorCollectionStatus>,
+    observed: &WriterState,
+) -> bool {
+    if vc.spec.writer.after_publish != Some(AfterPublish::Delete) {
+        return false;
+    }
     let name = labels::writer_name(&vc.name_any());
-    vc.spec.writer.after_publish == Some(AfterPublish::Delete)
-        && (ctx.caches.stateful_sets.get(ns, &name).is_some() || ctx.caches.services.get(ns, &name).is_some())
+    let cached = ctx.caches.stateful_sets.get(ns, &name).is_some() || ctx.caches.services.get(ns, &name).is_some();
+    let turned_ready =
+        previous.is_none_or(|p| p.phase != Phase::Ready || p.observed_generation != vc.metadata.generation);
+    if writer::released(vc) { cached } else { *observed == WriterState::Released || (turned_ready && cached) }
 }
 
 /// A Failed collection annotated `quiver.dev/retry` with a value it has not acted on is retried:
@@ -403,15 +426,15 @@ async fn release_writer(vc: &VectorCollection, ctx: &Context, ns: &str) -> Resul
         preconditions: uid.map(|uid| kube::api::Preconditions { uid: Some(uid), resource_version: None }),
         ..DeleteParams::background()
     };
+    // Announced only when this pass deleted something (a cache that still holds what is gone
+    // answers 404 or, for a namesake, 409: no Event for those).
     let mut deleted = false;
     if let Some(sts) = ctx.caches.stateful_sets.get(ns, &name) {
-        delete_if_present::<StatefulSet>(ctx, ns, &name, &of(sts.metadata.uid.clone())).await?;
-        deleted = true;
+        deleted |= delete_if_present::<StatefulSet>(ctx, ns, &name, &of(sts.metadata.uid.clone())).await?;
     }
     if let Some(service) = ctx.caches.services.get(ns, &name) {
         let params = of(service.metadata.uid.clone());
-        delete_if_present::<k8s_openapi::api::core::v1::Service>(ctx, ns, &name, &params).await?;
-        deleted = true;
+        deleted |= delete_if_present::<k8s_openapi::api::core::v1::Service>(ctx, ns, &name, &params).await?;
     }
     if deleted {
         let location =
