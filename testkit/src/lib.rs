@@ -6,6 +6,7 @@
 pub mod azurite;
 pub mod database;
 pub mod gcs;
+pub mod grpcurl;
 pub mod parquet;
 pub mod s3;
 

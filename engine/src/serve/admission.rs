@@ -68,6 +68,10 @@ const METHODS: &[(&str, Method)] = &[
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         probe("grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
     ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        probe("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+    ),
 ];
 
 const UNKNOWN: Method = Method { label: "unknown", deadline: SHORT, admitted: true, heavy: false };

@@ -236,6 +236,20 @@ impl ServingProcess {
     }
 }
 
+/// Every service this process can serve, described for server reflection. Both reflection
+/// versions are served from the same descriptors: `grpc.reflection.v1` for current tools, and
+/// `grpc.reflection.v1alpha` for the many that still ask only for it (grpcurl before 1.8.8,
+/// Python's grpcio-reflection, evans, Postman), which would otherwise get UNIMPLEMENTED.
+/// `grpc.health.v1` is included so a listing shows the health service it can call.
+fn reflection_descriptors() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
 /// Serves gRPC on `listener` until `shutdown` resolves: Search, Admin and health always,
 /// Snapshot when the process has snapshots, Ingest when given.
 ///
@@ -255,9 +269,11 @@ pub async fn serve(
         shutdown.await;
         let _ = terminate.send(true);
     });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+    let reflection = reflection_descriptors()
         .build_v1()
+        .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
+    let reflection_v1alpha = reflection_descriptors()
+        .build_v1alpha()
         .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
     let bulk_limit = if config.max_message_bytes == 0 { 64 << 20 } else { config.max_message_bytes };
     let request_limit = crate::limits::MAX_REQUEST_BYTES;
@@ -291,6 +307,7 @@ pub async fn serve(
             .layer(admission.clone())
             .add_service(process.health_service.clone())
             .add_service(reflection.clone())
+            .add_service(reflection_v1alpha.clone())
             .add_service(tonic::service::interceptor::InterceptedService::new(search, search_auth.clone()))
             .add_service(tonic::service::interceptor::InterceptedService::new(admin, guarded.clone()));
         if process.snapshots.is_some() {

@@ -642,3 +642,111 @@ async fn abandoned_exact_batches_stop_and_free_the_search_slots() {
     let next = started.elapsed();
     assert!(next * 4 < whole, "the Search waited behind the abandoned batches: {next:?} (one batch: {whole:?})");
 }
+
+/// The services every reflection version lists: quiver's, health, and both reflections.
+const LISTED_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "quiver.v1.Admin",
+    "quiver.v1.Ingest",
+    "quiver.v1.Search",
+    "quiver.v1.Snapshot",
+];
+
+/// Server reflection answers through `grpc.reflection.v1` and `grpc.reflection.v1alpha` alike
+/// (older grpcurl, grpcio-reflection, evans and Postman ask only v1alpha), and lists health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service_through_both_versions() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let (url, _process, _dir, _data) = serving(100, ServeConfig::default()).await;
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+
+    let list = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let mut answers = client.server_reflection_info(tokio_stream::iter([list])).await.unwrap().into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(listed)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1 answered a listing with something else")
+    };
+    let mut names: Vec<_> = listed.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, LISTED_SERVICES, "through grpc.reflection.v1");
+
+    let list = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let symbol = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "quiver.v1.Search".into(),
+        )),
+    };
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut answers = client.server_reflection_info(tokio_stream::iter([list, symbol])).await.unwrap().into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(listed)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha answered a listing with something else")
+    };
+    let mut names: Vec<_> = listed.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, LISTED_SERVICES, "through grpc.reflection.v1alpha");
+    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha answered a symbol lookup with something else")
+    };
+    assert!(!files.file_descriptor_proto.is_empty(), "the file that defines quiver.v1.Search");
+}
+
+/// The README's grpcurl calls, run with a grpcurl (1.8.6) that speaks only v1alpha reflection:
+/// it lists the services, describes Search, searches, reads a collection's status and checks
+/// health, all without .proto files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_describes_and_calls_without_proto_files() {
+    let Some(grpcurl) = quiver_testkit::grpcurl::grpcurl() else { return };
+    let (url, _process, _dir, data) = serving(100, ServeConfig::default()).await;
+    let address = url.trim_start_matches("http://").to_string();
+    let run = |args: Vec<String>| {
+        let grpcurl = grpcurl.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                quiver_testkit::grpcurl::run(&grpcurl, &args)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let plaintext = |rest: &[&str]| {
+        let mut args = vec!["-plaintext".to_string(), "-emit-defaults".into(), "-max-time".into(), "20".into()];
+        args.extend(rest.iter().map(|s| s.to_string()));
+        args
+    };
+    let listed = run(plaintext(&[&address, "list"])).await;
+    let mut names: Vec<_> = listed.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    names.sort();
+    assert_eq!(names, LISTED_SERVICES, "grpcurl list");
+    let described = run(plaintext(&[&address, "describe", "quiver.v1.Search"])).await;
+    assert!(described.contains("rpc Search ( .quiver.v1.SearchRequest )"), "{described}");
+
+    let vector: Vec<String> = data[..DIMS].iter().map(|x| x.to_string()).collect();
+    let request = format!(r#"{{"collection": "v1", "vector": [{}], "k": 3}}"#, vector.join(", "));
+    let found = run(plaintext(&["-d", &request, &address, "quiver.v1.Search/Search"])).await;
+    let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+    let hits = found["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 3, "{found}");
+    assert_eq!(hits[0]["id"], "0", "a stored vector finds itself first (uint64 is a JSON string): {found}");
+
+    let status = run(plaintext(&["-d", r#"{"collection": "v1"}"#, &address, "quiver.v1.Admin/Status"])).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!((status["count"].as_str(), status["dimensions"].as_u64()), (Some("100"), Some(DIMS as u64)), "{status}");
+    let health = run(plaintext(&[&address, "grpc.health.v1.Health/Check"])).await;
+    assert!(health.contains(r#""status": "SERVING""#), "{health}");
+}
