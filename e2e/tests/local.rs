@@ -191,19 +191,28 @@ async fn alias_flip_under_load_loses_no_query() {
 }
 
 /// 3. A replica killed in the middle of its snapshot download resumes from the bytes it has
-/// after a restart, and ends verified.
+/// after a restart, and ends verified. While it downloads it logs bytes, rate and time left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_replica_resumes_the_download() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (w, _) = built(dir, "v1", 1).await;
     let partial = dir.join("r1/.snapshots/v1.mdb.partial");
-    let mut r1 = replica(dir, "r1", "v1", &[w.url()], &["--fetch-bytes-per-sec", "262144"]);
+    let mut r1 = replica(
+        dir,
+        "r1",
+        "v1",
+        &[w.url()],
+        &["--fetch-bytes-per-sec", "262144", "--fetch-progress-interval-secs", "1"],
+    );
     let deadline = std::time::Instant::now() + READY;
     while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 300_000 {
         assert!(std::time::Instant::now() < deadline, "no partial download:\n{}", r1.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let progress = r1.wait_for_log(&format!("fetching the snapshot of v1 from {}", w.url()), READY);
+    // The whole 1.6 MiB is one chunk (the cap sleeps after it): the line is by the clock.
+    assert!(progress.contains(" MiB (") && progress.contains(" MiB/s, about "), "{progress}");
     r1.kill();
     let held = std::fs::metadata(&partial).unwrap().len();
     assert!(!dir.join("r1/v1").exists(), "nothing installed from a partial file");

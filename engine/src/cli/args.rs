@@ -201,6 +201,9 @@ pub struct ReplicaArgs {
     /// An attempt ends when no chunk came for this many seconds (a live but stalled source).
     #[arg(long, env = "QUIVER_FETCH_STALL_TIMEOUT_SECS", default_value_t = 30)]
     pub fetch_stall_timeout_secs: u64,
+    /// Log the download's bytes held, rate and time left this often, in seconds.
+    #[arg(long, env = "QUIVER_FETCH_PROGRESS_INTERVAL_SECS", default_value_t = 10)]
+    pub fetch_progress_interval_secs: u64,
     /// Simulated queries run before reporting SERVING.
     #[arg(long, env = "QUIVER_WARMUP_MAX_QUERIES", default_value_t = 2000)]
     pub warmup_max_queries: usize,

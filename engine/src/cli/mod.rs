@@ -169,6 +169,7 @@ impl ReplicaArgs {
                 timeout: Duration::from_secs(self.fetch_timeout_secs),
                 attempt_timeout: Duration::from_secs(self.fetch_attempt_timeout_secs),
                 stall_timeout: Duration::from_secs(self.fetch_stall_timeout_secs),
+                progress_every: Duration::from_secs(self.fetch_progress_interval_secs.max(1)),
             },
             warmup_max_queries: self.warmup_max_queries,
             store_credentials: Credentials::allowing_ambient(self.ambient_credentials),

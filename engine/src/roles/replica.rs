@@ -146,6 +146,8 @@ pub struct FetchOptions {
     pub attempt_timeout: Duration,
     /// The longest wait for the next chunk: a source that stalls is left at once.
     pub stall_timeout: Duration,
+    /// How often an attempt logs bytes held, rate and time left.
+    pub progress_every: Duration,
 }
 
 /// Where a replica may find its snapshot.
@@ -233,10 +235,16 @@ async fn restore_from(
 ) -> Result<SnapshotInfo> {
     let (store, name, snapshots, metrics) = (store.clone(), collection.to_string(), snapshots.clone(), metrics.clone());
     let target = store.uri();
+    let every = options.progress_every;
     let restore = tokio::task::spawn_blocking(move || {
-        store.pull(&name, &snapshots, &|n| {
-            metrics.snapshot_fetched_bytes.inc_by(n);
-        })
+        store.pull(
+            &name,
+            &snapshots,
+            &|n| {
+                metrics.snapshot_fetched_bytes.inc_by(n);
+            },
+            every,
+        )
     });
     match tokio::time::timeout(options.attempt_timeout, restore).await {
         Ok(joined) => joined.map_err(|e| Error::io("restoring the snapshot", std::io::Error::other(e)))?,
@@ -282,6 +290,7 @@ async fn fetch_from(
     if partial.offset() > 0 {
         tracing::info!("resuming the snapshot download at byte {} of {}", partial.offset(), info.size);
     }
+    partial.log_progress(client.target(), options.progress_every);
     let started = Instant::now();
     let first = partial.offset();
     if !partial.is_complete() {
@@ -340,7 +349,7 @@ async fn fetch_from(
     let secs = started.elapsed().as_secs_f64();
     let mib = (info.size - first) as f64 / (1 << 20) as f64;
     tracing::info!(
-        "quiver replica: fetched {mib:.1} MiB from {} in {secs:.2}s ({:.0} MiB/s); checking sha256 on disk",
+        "quiver replica: fetched {mib:.1} MiB from {} in {secs:.2}s ({:.1} MiB/s); checking sha256 on disk",
         client.target(),
         mib / secs.max(1e-9)
     );

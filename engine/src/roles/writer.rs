@@ -209,6 +209,7 @@ async fn restore_sealed(
                 timeout: deadline.saturating_duration_since(Instant::now()),
                 attempt_timeout: Duration::from_secs(900),
                 stall_timeout: Duration::from_secs(30),
+                progress_every: crate::snapshot::progress::EVERY,
             };
             fetch_snapshot(&[Source::Store(from.clone())], &name, &snapshots, metrics, &options).await?
         }

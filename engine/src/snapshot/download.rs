@@ -8,11 +8,13 @@
 //! bytes read back from disk, not from what was received, so a shifted or torn file never
 //! passes.
 
+use super::progress::Progress;
 use super::{SnapshotDir, SnapshotInfo, sync_dir};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A download in progress of the snapshot `info` describes.
 #[derive(Debug)]
@@ -25,6 +27,7 @@ pub struct Partial {
     offset: u64,
     /// Bytes an earlier attempt left, kept when this one opened it.
     resumed_from: u64,
+    progress: Option<Progress>,
 }
 
 impl Partial {
@@ -55,7 +58,21 @@ impl Partial {
             file.set_len(0).map_err(|e| io("truncating", e))?;
             offset = 0;
         }
-        Ok(Partial { snapshots: snapshots.clone(), info: info.clone(), path, file, offset, resumed_from: offset })
+        Ok(Partial {
+            snapshots: snapshots.clone(),
+            info: info.clone(),
+            path,
+            file,
+            offset,
+            resumed_from: offset,
+            progress: None,
+        })
+    }
+
+    /// Logs this attempt's progress every `every` while bytes arrive from `source`.
+    pub fn log_progress(&mut self, source: &str, every: Duration) {
+        let what = format!("the snapshot of {} from {source}", self.info.collection);
+        self.progress = Some(Progress::start(what, self.offset, self.info.size, every));
     }
 
     /// Bytes held so far: where the next fetch starts.
@@ -78,6 +95,9 @@ impl Partial {
         crate::fault::point("snapshot::append");
         self.file.write_all(data).map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
         self.offset += data.len() as u64;
+        if let Some(progress) = &self.progress {
+            progress.set(self.offset);
+        }
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 
 mod check;
 pub mod download;
+pub mod progress;
 pub mod store;
 
 use check::check_manifest;

@@ -20,6 +20,7 @@ use crate::error::{Error, Result, redact};
 use crate::import::object::{self, Credentials};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
+use std::time::Duration;
 
 const DESCRIPTION: &str = "snapshot.json";
 /// The data object of descriptions written before data objects were named by their content.
@@ -213,9 +214,15 @@ impl SnapshotStore {
     }
 
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
-    /// on disk; `fetched` is told each chunk's size. Not there yet is a transient error; a file
-    /// that fails its checks is [`Error::Snapshot`].
-    pub fn pull(&self, collection: &str, snapshots: &SnapshotDir, fetched: &dyn Fn(u64)) -> Result<SnapshotInfo> {
+    /// on disk, logging its progress every `progress_every`; `fetched` is told each chunk's size.
+    /// Not there yet is a transient error; a file that fails its checks is [`Error::Snapshot`].
+    pub fn pull(
+        &self,
+        collection: &str,
+        snapshots: &SnapshotDir,
+        fetched: &dyn Fn(u64),
+        progress_every: Duration,
+    ) -> Result<SnapshotInfo> {
         let stored = self.described(collection)?.ok_or_else(|| Error::Remote {
             target: self.uri(),
             reason: format!("no snapshot of {collection} in the store (yet)"),
@@ -237,6 +244,7 @@ impl SnapshotStore {
             )));
         }
         let mut partial = Partial::open(snapshots, &stored.info)?;
+        partial.log_progress(&self.uri(), progress_every);
         let first = partial.offset();
         if first > 0 {
             tracing::info!("resuming the snapshot restore at byte {first} of {}", stored.info.size);
@@ -258,7 +266,7 @@ impl SnapshotStore {
         let secs = started.elapsed().as_secs_f64();
         let mib = (stored.info.size - first) as f64 / (1 << 20) as f64;
         tracing::info!(
-            "restored {mib:.1} MiB from {} in {secs:.2}s ({:.0} MiB/s); checking sha256 on disk",
+            "restored {mib:.1} MiB from {} in {secs:.2}s ({:.1} MiB/s); checking sha256 on disk",
             self.uri(),
             mib / secs.max(1e-9)
         );

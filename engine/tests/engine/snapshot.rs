@@ -153,6 +153,7 @@ fn fetch_options() -> FetchOptions {
         timeout: Duration::from_secs(60),
         attempt_timeout: Duration::from_secs(30),
         stall_timeout: Duration::from_secs(10),
+        progress_every: quiver_engine::snapshot::progress::EVERY,
     }
 }
 
