@@ -600,3 +600,62 @@ async fn writer_killed_mid_source_import_leaves_nothing_half_built() {
     let left: Vec<_> = std::fs::read_dir(&staging).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "the abandoned staging directory was removed: {left:?}");
 }
+
+/// 9. The console of `quiver standalone`, in headless Chromium: the collection table shows the
+/// count, a search returns k hits, a flip to a collection that fails its count gate shows the
+/// refusal and the alias stays, a passing flip moves it (checked again through the CLI), and
+/// the live latency shows the gRPC searches. A screenshot lands in the artifacts directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_browser_searches_and_flips_only_through_the_gate() {
+    let Some(browser) = quiver_testkit::browser::browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("standalone").display().to_string();
+    let (v1, _) = dataset(dir, "v1.npy", 2000, DIMS, 1);
+    let (v2, _) = dataset(dir, "v2.npy", 1500, DIMS, 2);
+    for (name, source) in [("v1", &v1), ("v2", &v2)] {
+        let root = dir.display().to_string();
+        let (status, _, err) =
+            run(&["import", "--data-dir", &data, "--collection", name, "--source", source, "--source-root", &root]);
+        assert!(status.success(), "{err}");
+    }
+    let (status, _, err) = run(&["alias", "flip", "--data-dir", &data, "products", "v1", "--expected-count", "2000"]);
+    assert!(status.success(), "{err}");
+    let mut standalone = Proc::start(
+        dir,
+        "standalone",
+        &["standalone", "--data-dir", &data, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+    );
+    standalone.wait_serving(READY).await;
+    // Searches over gRPC for the latency chart.
+    let client = standalone.client();
+    let queries = quiver_e2e::queries(dir, 50, DIMS, 9);
+    for q in queries.chunks(DIMS) {
+        let request = SearchRequest { collection: "products".into(), ..query(q, 10) };
+        client.search(request).await.unwrap();
+    }
+
+    let screenshot = quiver_testkit::browser::artifacts().join("engine-console.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/engine-console.js");
+    let url = format!("http://{}/", standalone.http.unwrap());
+    let browser_run = {
+        let env = [
+            ("CONSOLE_URL", url),
+            ("V1_COUNT", "2000".to_string()),
+            ("V2_COUNT", "1500".to_string()),
+            ("SCREENSHOT", screenshot.display().to_string()),
+        ];
+        tokio::task::spawn_blocking(move || browser.run(&script, &env))
+    };
+    let seen = browser_run.await.unwrap();
+    assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000), "a screenshot: {seen}");
+
+    // What the page showed is what the catalog holds: moved once, by the passing flip only.
+    let (status, shown, err) = run(&["alias", "show", "--data-dir", &data, "products"]);
+    assert!(status.success(), "{err}");
+    let record: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(record["collection"], "v2", "{shown}");
+    let history: Vec<_> = record["history"].as_array().unwrap().iter().map(|f| f["collection"].clone()).collect();
+    assert_eq!(history, ["v2", "v1"], "the refused flip left no trace: {shown}");
+}

@@ -25,6 +25,7 @@ pub mod demo;
 pub mod latency;
 pub mod metrics;
 pub mod publish;
+pub mod recent;
 pub mod roles;
 pub mod serve;
 pub mod snapshot;

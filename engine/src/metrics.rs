@@ -32,6 +32,8 @@ pub struct Metrics {
     pub snapshot_fetched_bytes: Counter,
     pub snapshot_served_bytes: Counter,
     pub collections: Gauge,
+    /// Search calls of the last minutes, for the console's chart.
+    pub recent_search: crate::recent::RecentLatency,
 }
 
 impl Default for Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
             snapshot_fetched_bytes,
             snapshot_served_bytes,
             collections,
+            recent_search: Default::default(),
         }
     }
 
@@ -80,6 +83,9 @@ impl Metrics {
     pub fn call(&self, method: &str, code: tonic::Code, elapsed: Duration) {
         self.requests.get_or_create(&CallLabels { method: method.into(), code: format!("{code:?}") }).inc();
         self.latency.get_or_create(&MethodLabels { method: method.into() }).observe(elapsed.as_secs_f64());
+        if method.starts_with("quiver.v1.Search/") {
+            self.recent_search.record(elapsed);
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -4,6 +4,7 @@
 //! when `QUIVER_REQUIRE_TOOLS` is set (CI, which installs them).
 
 pub mod azurite;
+pub mod browser;
 pub mod database;
 pub mod gcs;
 pub mod grpcurl;

@@ -144,6 +144,23 @@ impl Catalog {
         self.open.lock().expect("catalog lock").by_name.values().filter(|e| e.alive.strong_count() > 0).count()
     }
 
+    /// The sealed collections under the root, by name: each directory with a data file whose
+    /// name is a valid collection name (the root's own `.catalog`, `.snapshots`, `.staging`
+    /// never are).
+    pub fn collection_names(&self) -> Result<Vec<String>> {
+        let listing = |e| Error::io(format!("listing {}", self.root.display()), e);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(listing)? {
+            let entry = entry.map_err(listing)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if crate::collection::builder::check_name(&name).is_ok() && entry.path().join("data.mdb").is_file() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Every alias and what it serves.
     pub fn aliases(&self) -> Result<Vec<(String, AliasRecord)>> {
         let rtxn = self.env.read_txn()?;

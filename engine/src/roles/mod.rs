@@ -23,7 +23,7 @@ use std::time::Duration;
 pub struct ServeRole {
     /// gRPC.
     pub listen: SocketAddr,
-    /// /metrics, /livez and /readyz (none when absent).
+    /// /metrics, /livez, /readyz and the console (none when absent).
     pub http_listen: Option<SocketAddr>,
     pub config: ServeConfig,
     /// Serve a non-loopback address without a token (refused otherwise).
@@ -84,8 +84,11 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The standalone role keeps the aliases; a writer's or replica's are the operator's.
+    let flips = ingest.is_none() && process.default_collection.is_none();
+    let console = crate::serve::console::Console::new(&config, flips, ingest.clone());
     let http = listeners.http.map(|listener| {
-        tokio::spawn(crate::serve::http::serve(process.clone(), listener, async {
+        tokio::spawn(crate::serve::http::serve(process.clone(), listener, console, async {
             let _ = http_stopped.await;
         }))
     });

@@ -1,4 +1,5 @@
-//! Bearer-token checks: a tonic interceptor in front of the services that need it.
+//! Bearer-token checks: a tonic interceptor in front of the services that need it, and the same
+//! check for the console's HTTP calls.
 
 use std::sync::Arc;
 use tonic::service::Interceptor;
@@ -15,19 +16,29 @@ impl Auth {
     pub fn new(token: Option<String>) -> Auth {
         Auth { expected: token.map(|t| format!("Bearer {}", t.trim()).into()) }
     }
+
+    /// Whether a token is required at all.
+    pub fn is_required(&self) -> bool {
+        self.expected.is_some()
+    }
+
+    /// Checks the value of an `authorization` header or metadata entry (empty when absent).
+    pub fn check(&self, given: &[u8]) -> Result<(), Status> {
+        let Some(expected) = &self.expected else { return Ok(()) };
+        if constant_time_eq(given, expected.as_bytes()) {
+            Ok(())
+        } else if given.is_empty() {
+            Err(Status::unauthenticated("missing bearer token: send `authorization: Bearer <token>`"))
+        } else {
+            Err(Status::unauthenticated("wrong bearer token in `authorization`"))
+        }
+    }
 }
 
 impl Interceptor for Auth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else { return Ok(request) };
         let given = request.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
-        if constant_time_eq(given, expected.as_bytes()) {
-            Ok(request)
-        } else if given.is_empty() {
-            Err(Status::unauthenticated("missing bearer token: send metadata `authorization: Bearer <token>`"))
-        } else {
-            Err(Status::unauthenticated("wrong bearer token in metadata `authorization`"))
-        }
+        self.check(given).map(|()| request)
     }
 }
 

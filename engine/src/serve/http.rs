@@ -1,6 +1,8 @@
-//! The HTTP side of a serving process: `/metrics` (Prometheus), `/livez`, `/readyz`.
+//! The HTTP side of a serving process: `/metrics` (Prometheus), `/livez`, `/readyz`, and the
+//! console at `/` ([`super::console`]).
 
 use super::ServingProcess;
+use super::console::Console;
 use crate::error::{Error, Result};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -9,12 +11,13 @@ use axum::routing::get;
 use std::future::Future;
 use std::sync::Arc;
 
-pub fn router(process: Arc<ServingProcess>) -> axum::Router {
+pub fn router(process: Arc<ServingProcess>, console: Console) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(process)
+        .with_state(process.clone())
+        .merge(super::console::router(process, console))
 }
 
 async fn metrics(State(process): State<Arc<ServingProcess>>) -> impl IntoResponse {
@@ -30,9 +33,10 @@ async fn readyz(State(process): State<Arc<ServingProcess>>) -> impl IntoResponse
 pub async fn serve(
     process: Arc<ServingProcess>,
     listener: tokio::net::TcpListener,
+    console: Console,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(process))
+    axum::serve(listener, router(process, console))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::io("serving HTTP", e))

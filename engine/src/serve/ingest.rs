@@ -58,6 +58,11 @@ impl IngestService {
         IngestService { process, publisher, spool, source, sealing: Arc::default(), pace }
     }
 
+    /// The collection this writer builds.
+    pub fn collection(&self) -> &str {
+        self.publisher.name()
+    }
+
     /// The spool, once [`IngestService::check_writable`] passed.
     fn spool(&self) -> Result<&Arc<Spool>, Status> {
         self.spool.as_ref().ok_or_else(|| Status::failed_precondition("this writer takes no pushes"))

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod console;
 pub mod http;
 pub mod ingest;
 pub mod search;
@@ -91,6 +92,18 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Calls served at once by this process; more get RESOURCE_EXHAUSTED at once.
     pub max_in_flight: usize,
+}
+
+impl ServeConfig {
+    /// The token check of every service but health, reflection and (maybe) Search.
+    pub fn admin_auth(&self) -> auth::Auth {
+        auth::Auth::new(self.token.clone())
+    }
+
+    /// The token check of Search: the same, unless searches are open.
+    pub fn search_auth(&self) -> auth::Auth {
+        if self.search_without_token { auth::Auth::new(None) } else { self.admin_auth() }
+    }
 }
 
 impl Default for ServeConfig {
@@ -277,8 +290,7 @@ pub async fn serve(
         .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
     let bulk_limit = if config.max_message_bytes == 0 { 64 << 20 } else { config.max_message_bytes };
     let request_limit = crate::limits::MAX_REQUEST_BYTES;
-    let guarded = auth::Auth::new(config.token.clone());
-    let search_auth = if config.search_without_token { auth::Auth::new(None) } else { guarded.clone() };
+    let (guarded, search_auth) = (config.admin_auth(), config.search_auth());
     let admission = admission::AdmissionLayer::new(config.max_in_flight, process.metrics.clone());
     let (acceptor, mut incoming) = Acceptor::start(listener);
     loop {

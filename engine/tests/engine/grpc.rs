@@ -499,7 +499,8 @@ async fn health_answers_while_exact_scans_run() {
     let (url, process, _dir, data) = serving(20_000, ServeConfig::default()).await;
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = http.local_addr().unwrap();
-    tokio::spawn(quiver_engine::serve::http::serve(process, http, std::future::pending()));
+    let console = quiver_engine::serve::console::Console::new(&ServeConfig::default(), false, None);
+    tokio::spawn(quiver_engine::serve::http::serve(process, http, console, std::future::pending()));
     let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
