@@ -3,6 +3,7 @@
 
 mod cli;
 mod collection;
+mod console;
 mod crash;
 mod format;
 mod grpc;
