@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
-        &["types", "error", "limits", "cancel", "durable", "fault", "latency", "metrics", "datagen", "distance"],
+        &[
+            "types", "error", "limits", "cancel", "durable", "fault", "latency", "metrics", "recent", "datagen",
+            "distance",
+        ],
     ),
     ("reading sources", &["import"]),
     ("storage", &["collection"]),
