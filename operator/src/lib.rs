@@ -10,3 +10,4 @@ pub mod probes;
 pub mod rebuild;
 pub mod resources;
 pub mod run;
+pub mod state_metrics;

@@ -54,6 +54,17 @@ impl Metrics {
         self.applies.get_or_create(&vec![("kind", kind), ("result", result)]).inc();
     }
 
+    /// The Prometheus text exposition, with the gauges of `state` ([`crate::state_metrics`])
+    /// after the process's own.
+    pub fn render_with(&self, state: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| prometheus_client::encoding::text::encode_registry(&mut out, state))
+            .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out))
+            .expect("writing to a String cannot fail");
+        out
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -93,17 +93,21 @@ impl Health {
     }
 }
 
+/// The gauges of what the caches hold, made at each scrape (empty before the caches exist).
+pub type StateSource = Arc<dyn Fn() -> prometheus_client::registry::Registry + Send + Sync>;
+
 /// The HTTP endpoints.
-pub fn router(metrics: Arc<Metrics>, health: Health) -> axum::Router {
+pub fn router(metrics: Arc<Metrics>, health: Health, state: StateSource) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
     axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let metrics = metrics.clone();
+                let (metrics, state) = (metrics.clone(), state.clone());
                 async move {
-                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
+                    let body = metrics.render_with(&state());
+                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
                 }
             }),
         )
@@ -344,7 +348,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let health = Health::default();
     let listener = tokio::net::TcpListener::bind(config.metrics_addr).await?;
-    let app = router(metrics.clone(), health.clone());
+    // Set once the controllers' context (and its caches) exists.
+    let context = Arc::new(std::sync::OnceLock::<Arc<Context>>::new());
+    let state: StateSource = {
+        let context = context.clone();
+        Arc::new(move || match context.get() {
+            Some(ctx) => crate::state_metrics::registry(
+                ctx.caches.collections.all().iter().map(|c| c.as_ref()),
+                ctx.caches.aliases.all().iter().map(|a| a.as_ref()),
+            ),
+            None => Default::default(),
+        })
+    };
+    let app = router(metrics.clone(), health.clone(), state);
     let http_shutdown = shutdown.clone();
     let http =
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(http_shutdown.wait()).await });
@@ -373,6 +389,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ctx.drain_delay = std::time::Duration::from_secs(config.drain_delay_secs);
     ctx.resync = std::time::Duration::from_secs(config.resync_secs.max(1));
     let ctx = Arc::new(ctx);
+    let _ = context.set(ctx.clone());
     // A standby is healthy and ready: it serves nothing until it leads.
     health.set_ready(true);
     if !config.leader_election {

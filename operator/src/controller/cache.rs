@@ -150,6 +150,11 @@ where
         found
     }
 
+    /// Every object the cache holds, in every namespace.
+    pub fn all(&self) -> Vec<Arc<K>> {
+        self.store.state()
+    }
+
     /// Every object in `ns`, by name.
     pub fn in_namespace(&self, ns: &str) -> Vec<Arc<K>> {
         self.labelled(ns, &[])

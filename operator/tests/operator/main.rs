@@ -8,6 +8,7 @@ mod chart;
 mod collection_controller;
 mod common;
 mod crds;
+mod dashboards;
 mod leader;
 mod process;
 mod resources;

@@ -45,7 +45,7 @@ async fn metrics_livez_and_readyz_are_served() {
     let health = Health::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router(metrics, health.clone());
+    let app = router(metrics, health.clone(), Arc::new(Default::default));
     tokio::spawn(async move { axum::serve(listener, app).await });
     assert_eq!(get(addr, "/livez").await.0, 200);
     assert_eq!(get(addr, "/readyz").await.0, 503);
