@@ -1,6 +1,7 @@
 //! quiver-operator: the `VectorCollection` and `CollectionAlias` custom resources, the
 //! collection phase machine, the builders of the objects the operator owns, and the controllers.
 
+pub mod console;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;

@@ -29,6 +29,10 @@ pub struct Config {
     /// Address of the HTTP endpoints /metrics, /livez and /readyz.
     #[arg(long, env = "QUIVER_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    /// Serve the read-only console here (none when absent). A loopback address is reached with
+    /// `kubectl port-forward` only, by whoever may port-forward to the operator's pod.
+    #[arg(long, env = "QUIVER_OPERATOR_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "QUIVER_OPERATOR_NAMESPACE")]
     pub namespace: Option<String>,
@@ -364,6 +368,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_shutdown = shutdown.clone();
     let http =
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(http_shutdown.wait()).await });
+    if let Some(addr) = config.console_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        // One parseable line, for scripts and tests that bind port 0.
+        tracing::info!("console listening on {}", listener.local_addr()?);
+        let app = crate::console::router(context.clone());
+        let console_shutdown = shutdown.clone();
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(console_shutdown.wait()).await });
+    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) },

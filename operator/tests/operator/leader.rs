@@ -5,7 +5,8 @@
 //!
 //! The fake keeps one Lease with the semantics the election relies on: server-side apply of
 //! `holderIdentity` conflicts (409) while another identity holds it, strategic merge patches
-//! with `null` remove fields. Every other GET is an empty list, or a watch that stays open.
+//! with `null` remove fields. Every other GET is a list (empty unless a test gave it objects,
+//! see [`FakeApi::serve_list`]), or a watch that stays open.
 
 use crate::common;
 use axum::body::{Body, Bytes};
@@ -35,10 +36,13 @@ struct ApiState {
     lease: Option<Value>,
     resource_version: u64,
     log: Vec<Logged>,
+    /// What a list of a path answers: its kind, apiVersion and items; for Events, items whose
+    /// `involvedObject.kind` the field selector names.
+    lists: std::collections::HashMap<String, (String, String, Vec<Value>)>,
 }
 
 #[derive(Clone, Default)]
-struct FakeApi(Arc<Mutex<ApiState>>);
+pub(crate) struct FakeApi(Arc<Mutex<ApiState>>);
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     json_response(code, &common::status(code.as_u16(), reason, message))
@@ -65,8 +69,14 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 impl FakeApi {
+    /// Lists of `path` answer `items` as a `kind` of `api_version`, as the API server does
+    /// (a resourceVersion the watch then starts from).
+    pub(crate) fn serve_list(&self, path: &str, api_version: &str, kind: &str, items: Vec<Value>) {
+        self.0.lock().unwrap().lists.insert(path.to_string(), (api_version.to_string(), kind.to_string(), items));
+    }
+
     /// Serves this fake on a new port; requests through it are logged as `via`.
-    async fn listen(&self, via: &'static str) -> u16 {
+    pub(crate) async fn listen(&self, via: &'static str) -> u16 {
         let api = self.clone();
         let app = axum::Router::new().fallback(move |request: Request<Body>| {
             let api = api.clone();
@@ -146,6 +156,23 @@ impl FakeApi {
                 let never = futures::stream::pending::<Result<Bytes, std::convert::Infallible>>();
                 Response::builder().header("content-type", "application/json").body(Body::from_stream(never)).unwrap()
             }
+            (&Method::GET, p) if state.lists.contains_key(p) => {
+                let (api_version, kind, items) = state.lists[p].clone();
+                // A field selector on involvedObject.kind (Events), as the API server filters.
+                let selected = query
+                    .split('&')
+                    .find_map(|q| q.strip_prefix("fieldSelector="))
+                    .map(|s| s.replace("%3D", "=").replace("%3d", "="))
+                    .and_then(|s| s.strip_prefix("involvedObject.kind=").map(str::to_string));
+                let items: Vec<Value> = items
+                    .into_iter()
+                    .filter(|i| selected.as_ref().is_none_or(|k| i["involvedObject"]["kind"] == k.as_str()))
+                    .collect();
+                json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
             (&Method::GET, _) => json_response(
                 StatusCode::OK,
                 &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
@@ -184,6 +211,16 @@ impl FakeApi {
 
 /// The operator binary against the fake at `port`, electing with `identity`.
 fn operator(dir: &Path, port: u16, identity: &str) -> Child {
+    // Renew every 4 s, 4 s before expiry: whole election cycles within the test, with room
+    // for a slow renewal on a busy CI machine.
+    let args =
+        ["--lease-namespace=quiver-system", "--identity", identity, "--lease-duration-secs=8", "--lease-grace-secs=4"];
+    operator_with(dir, port, identity, &args, Stdio::null())
+}
+
+/// The operator binary against the fake at `port` with `args` (its metrics on a free port),
+/// its log lines (stdout) to `logs`, stderr piped.
+pub(crate) fn operator_with(dir: &Path, port: u16, identity: &str, args: &[&str], logs: Stdio) -> Child {
     let kubeconfig = dir.join(format!("{identity}.kubeconfig"));
     std::fs::write(
         &kubeconfig,
@@ -196,13 +233,11 @@ fn operator(dir: &Path, port: u16, identity: &str) -> Child {
     )
     .unwrap();
     Command::new(env!("CARGO_BIN_EXE_quiver-operator"))
-        .args(["--metrics-addr=127.0.0.1:0", "--lease-namespace=quiver-system", "--identity", identity])
-        // Renew every 4 s, 4 s before expiry: whole election cycles within the test, with room
-        // for a slow renewal on a busy CI machine.
-        .args(["--lease-duration-secs=8", "--lease-grace-secs=4"])
+        .arg("--metrics-addr=127.0.0.1:0")
+        .args(args)
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
+        .stdout(logs)
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting quiver-operator")

@@ -7,6 +7,7 @@ mod argocd;
 mod chart;
 mod collection_controller;
 mod common;
+mod console;
 mod crds;
 mod dashboards;
 mod leader;

@@ -24,7 +24,7 @@ use std::time::Duration;
 mod autoscaler;
 mod deletion;
 mod generation_jobs;
-mod observe;
+pub(crate) mod observe;
 mod status;
 
 use autoscaler::*;

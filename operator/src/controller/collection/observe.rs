@@ -78,7 +78,7 @@ pub(super) async fn writer_not_created(ctx: &Context, ns: &str, sts: &StatefulSe
 }
 
 /// When an Event last happened: its series, its eventTime, or its lastTimestamp.
-pub(super) fn event_time(e: &CoreEvent) -> Option<k8s_openapi::jiff::Timestamp> {
+pub(crate) fn event_time(e: &CoreEvent) -> Option<k8s_openapi::jiff::Timestamp> {
     e.series
         .as_ref()
         .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))

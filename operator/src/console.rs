@@ -1,0 +1,331 @@
+//! The operator's console: one read-only page (`--console-listen`, reached with `kubectl
+//! port-forward`), rendered on the server from what the caches hold and from the Events of
+//! quiver's objects, refreshed by the browser every 10 s. No script runs on it and it writes
+//! nothing: every VectorCollection with its phase, replicas ready of wanted, the writer's
+//! progress, each gate measured against its threshold, and its timeline (its Events and the
+//! last transition of each condition); every CollectionAlias with its current and previous
+//! target, its history, and its next scheduled rebuild.
+
+use crate::controller::Context;
+use crate::controller::collection::observe::event_time;
+use crate::crd::{CollectionAlias, GateResult, VectorCollection};
+use crate::rebuild::Schedule;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use k8s_openapi::api::core::v1::Event as CoreEvent;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::sync::{Arc, OnceLock};
+
+const STYLE: &str = include_str!("console.css");
+/// No script, nothing from elsewhere, no framing.
+const POLICY: &str =
+    "default-src 'none'; style-src 'self'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+/// Events listed per namespace and kind: the newest of them are shown.
+const EVENTS_LISTED: u32 = 500;
+/// Timeline entries shown per collection.
+const TIMELINE: usize = 30;
+
+/// The controllers' context once it exists (empty before: the page says so).
+pub type Source = Arc<OnceLock<Arc<Context>>>;
+
+pub fn router(source: Source) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/",
+            get(move || {
+                let source = source.clone();
+                async move { page(&source).await }
+            }),
+        )
+        .route("/console.css", get(|| async { with_policy("text/css; charset=utf-8", STYLE.to_string()) }))
+}
+
+fn with_policy(content_type: &'static str, body: String) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn page(source: &Source) -> Response {
+    let Some(ctx) = source.get() else {
+        return with_policy("text/html; charset=utf-8", render(&[], &[], &BTreeMap::new(), None, Timestamp::now()));
+    };
+    let mut collections: Vec<_> = ctx.caches.collections.all();
+    collections.sort_by_key(|c| (c.namespace(), c.name_any()));
+    let mut aliases: Vec<_> = ctx.caches.aliases.all();
+    aliases.sort_by_key(|a| (a.namespace(), a.name_any()));
+    let namespaces: BTreeSet<String> =
+        collections.iter().filter_map(|c| c.namespace()).chain(aliases.iter().filter_map(|a| a.namespace())).collect();
+    let (events, trouble) = events(ctx, &namespaces).await;
+    let collections: Vec<&VectorCollection> = collections.iter().map(|c| c.as_ref()).collect();
+    let aliases: Vec<&CollectionAlias> = aliases.iter().map(|a| a.as_ref()).collect();
+    with_policy("text/html; charset=utf-8", render(&collections, &aliases, &events, trouble, (ctx.now)()))
+}
+
+/// Events about quiver's objects, by (namespace, kind, name); the first error listing them.
+async fn events(
+    ctx: &Context,
+    namespaces: &BTreeSet<String>,
+) -> (BTreeMap<(String, String, String), Vec<CoreEvent>>, Option<String>) {
+    let mut by_object: BTreeMap<(String, String, String), Vec<CoreEvent>> = BTreeMap::new();
+    let mut trouble = None;
+    for ns in namespaces {
+        let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
+        for kind in ["VectorCollection", "CollectionAlias"] {
+            let params =
+                ListParams::default().fields(&format!("involvedObject.kind={kind}")).limit(EVENTS_LISTED).match_any();
+            match api.list(&params).await {
+                Ok(list) => {
+                    for event in list.items {
+                        let name = event.involved_object.name.clone().unwrap_or_default();
+                        by_object.entry((ns.clone(), kind.to_string(), name)).or_default().push(event);
+                    }
+                }
+                Err(e) => {
+                    trouble.get_or_insert_with(|| format!("listing the Events of {ns}: {e}"));
+                }
+            }
+        }
+    }
+    (by_object, trouble)
+}
+
+/// HTML-escapes text for an element or a quoted attribute.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How far a gate is from its threshold, in its unit (negative: short of it), as the engine
+/// reports it.
+fn margin(g: &GateResult) -> f64 {
+    match g.comparison.as_str() {
+        ">=" => g.measured - g.threshold,
+        "<=" => g.threshold - g.measured,
+        // Equal is a margin of 0, not -0.
+        _ if g.measured == g.threshold => 0.0,
+        _ => -(g.measured - g.threshold).abs(),
+    }
+}
+
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { format!("{v:.4}") }
+}
+
+/// One line of a collection's or alias's timeline: when, what, and the words.
+struct Moment {
+    at: Option<Timestamp>,
+    what: String,
+    note: String,
+    warning: bool,
+}
+
+fn timeline(
+    events: Option<&Vec<CoreEvent>>,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Vec<Moment> {
+    let mut moments: Vec<Moment> = events
+        .into_iter()
+        .flatten()
+        .map(|e| Moment {
+            at: event_time(e),
+            what: e.reason.clone().unwrap_or_default(),
+            note: e.message.clone().unwrap_or_default(),
+            warning: e.type_.as_deref() == Some("Warning"),
+        })
+        .collect();
+    moments.extend(conditions.iter().map(|c| Moment {
+        at: Some(c.last_transition_time.0),
+        what: format!("{} {}", c.type_, c.status),
+        note: format!("{}: {}", c.reason, c.message),
+        warning: false,
+    }));
+    moments.sort_by_key(|m| std::cmp::Reverse(m.at));
+    moments.truncate(TIMELINE);
+    moments
+}
+
+fn render_timeline(out: &mut String, moments: &[Moment]) {
+    out.push_str("<table class=\"timeline\"><thead><tr><th>when</th><th>what</th><th></th></tr></thead><tbody>");
+    for m in moments {
+        let when = m.at.map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string()).unwrap_or_default();
+        let class = if m.warning { " class=\"warning\"" } else { "" };
+        let _ = write!(
+            out,
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&when),
+            escape(&m.what),
+            escape(&m.note)
+        );
+    }
+    out.push_str("</tbody></table>");
+}
+
+/// The whole page. Pure: the tests render it from objects.
+pub fn render(
+    collections: &[&VectorCollection],
+    aliases: &[&CollectionAlias],
+    events: &BTreeMap<(String, String, String), Vec<CoreEvent>>,
+    trouble: Option<String>,
+    now: Timestamp,
+) -> String {
+    let mut out = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"10\">\
+         <title>quiver operator</title><link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"console.css\"></head><body>",
+    );
+    let _ = write!(
+        out,
+        "<header><h1>quiver operator</h1><span>{} collections, {} aliases, as of {}</span></header><main>",
+        collections.len(),
+        aliases.len(),
+        escape(&now.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
+    );
+    if let Some(trouble) = trouble {
+        let _ = write!(out, "<p class=\"warning\" id=\"trouble\">{}</p>", escape(&trouble));
+    }
+    out.push_str("<section><h2>Collections</h2>");
+    if collections.is_empty() {
+        out.push_str(
+            "<p id=\"no-collections\">No VectorCollection in the caches (a standby leads nothing; or none exists).</p>",
+        );
+    }
+    for vc in collections {
+        let ns = vc.namespace().unwrap_or_default();
+        let name = vc.name_any();
+        let status = vc.status.clone().unwrap_or_default();
+        let wanted = crate::resources::replicas::wanted(&vc.spec.replicas);
+        let phase = format!("{:?}", status.phase);
+        let _ = write!(
+            out,
+            "<article class=\"collection\" id=\"vc-{id}\"><h3>{ns}/{name} <span class=\"phase {phase_class}\">{phase}</span></h3>\
+             <table class=\"facts\"><tr><th>replicas ready</th><td class=\"replicas\">{ready} of {wanted}</td>\
+             <th>vectors</th><td class=\"vectors\">{count}</td><th>search</th><td>{setting}</td>\
+             <th>generation</th><td>{observed} of {generation}</td></tr></table>",
+            id = escape(&format!("{ns}-{name}")),
+            ns = escape(&ns),
+            name = escape(&name),
+            phase_class = escape(&phase.to_lowercase()),
+            phase = escape(&phase),
+            ready = status.ready_replicas,
+            count = status.vector_count.map(|c| c.to_string()).unwrap_or_else(|| "–".into()),
+            setting = escape(status.search_setting.as_deref().unwrap_or("–")),
+            observed = status.observed_generation.map(|g| g.to_string()).unwrap_or_else(|| "–".into()),
+            generation = vc.metadata.generation.map(|g| g.to_string()).unwrap_or_default(),
+        );
+        let writer = status.conditions.iter().find(|c| c.type_ == "WriterAvailable");
+        if let Some(w) = writer {
+            let _ = write!(out, "<p class=\"writer\">writer: {} ({})</p>", escape(&w.message), escape(&w.reason));
+        }
+        if let Some(message) = &status.message {
+            let _ = write!(out, "<p class=\"message\">{}</p>", escape(message));
+        }
+        if let Some(snapshot) = &status.snapshot {
+            let _ = write!(
+                out,
+                "<p class=\"snapshot\">snapshot in the store: {} ({} bytes)</p>",
+                escape(&snapshot.location),
+                snapshot.bytes
+            );
+        }
+        if !status.verification.is_empty() {
+            out.push_str(
+                "<table class=\"gates\"><thead><tr><th>gate</th><th>measured</th><th>threshold</th><th>margin</th><th>passed</th></tr></thead><tbody>",
+            );
+            for g in &status.verification {
+                let measured = match &g.error {
+                    Some(e) => format!("not measured: {e}"),
+                    None => number(g.measured),
+                };
+                let threshold = match &g.threshold_from {
+                    Some(from) => format!("{} {} ({from})", g.comparison, number(g.threshold)),
+                    None => format!("{} {}", g.comparison, number(g.threshold)),
+                };
+                let _ = write!(
+                    out,
+                    "<tr data-gate=\"{gate}\"><td>{gate}</td><td>{measured}</td><td>{threshold}</td><td>{margin}</td><td class=\"{class}\">{passed}</td></tr>",
+                    gate = escape(&g.name),
+                    measured = escape(&measured),
+                    threshold = escape(&threshold),
+                    margin = number(margin(g)),
+                    class = if g.passed { "pass" } else { "fail" },
+                    passed = if g.passed { "yes" } else { "no" },
+                );
+            }
+            out.push_str("</tbody></table>");
+        }
+        let moments = timeline(events.get(&(ns.clone(), "VectorCollection".into(), name.clone())), &status.conditions);
+        render_timeline(&mut out, &moments);
+        out.push_str("</article>");
+    }
+    out.push_str("</section><section><h2>Aliases</h2>");
+    if aliases.is_empty() {
+        out.push_str("<p>No CollectionAlias in the caches.</p>");
+    }
+    for ca in aliases {
+        let ns = ca.namespace().unwrap_or_default();
+        let name = ca.name_any();
+        let status = ca.status.clone().unwrap_or_default();
+        let next = ca.spec.rebuild.as_ref().map(|r| {
+            if r.suspend {
+                return "suspended".to_string();
+            }
+            let since = status
+                .last_rebuild
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .or_else(|| ca.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            match Schedule::new(&r.schedule, r.time_zone.as_deref()) {
+                Ok(schedule) => since
+                    .and_then(|s| schedule.after(s))
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "–".into()),
+                Err(e) => e,
+            }
+        });
+        let _ = write!(
+            out,
+            "<article class=\"alias\" id=\"ca-{id}\"><h3>{ns}/{name}</h3><table class=\"facts\"><tr>\
+             <th>serves</th><td class=\"current\">{current}</td><th>previous</th><td class=\"previous\">{previous}</td>\
+             <th>flipped</th><td>{flipped}</td><th>next rebuild</th><td class=\"next-rebuild\">{next}</td></tr></table>",
+            id = escape(&format!("{ns}-{name}")),
+            ns = escape(&ns),
+            name = escape(&name),
+            current = escape(status.current.as_deref().unwrap_or("–")),
+            previous = escape(status.previous.as_deref().unwrap_or("–")),
+            flipped = escape(status.flipped_at.as_deref().unwrap_or("–")),
+            next = escape(next.as_deref().unwrap_or("not scheduled")),
+        );
+        if let Some(message) = &status.message {
+            let _ = write!(out, "<p class=\"message\">{}</p>", escape(message));
+        }
+        out.push_str("<ol class=\"history\">");
+        for flip in &status.history {
+            let _ = write!(out, "<li>{} at {}</li>", escape(&flip.collection), escape(&flip.at));
+        }
+        out.push_str("</ol>");
+        let moments = timeline(events.get(&(ns.clone(), "CollectionAlias".into(), name.clone())), &status.conditions);
+        render_timeline(&mut out, &moments);
+        out.push_str("</article>");
+    }
+    out.push_str("</section></main></body></html>\n");
+    out
+}
