@@ -45,6 +45,11 @@ function check(condition, what) {
   check((await page.locator(recall).nth(3).textContent()) === "0.0120", "recall margin");
   check((await page.locator(recall).nth(4).textContent()) === "yes", "recall passed");
 
+  // The phase timeline, newest first, from the phase Events.
+  const phases = await page.locator(`${ready} table.timeline tbody tr td:nth-child(2)`).allTextContents();
+  const order = ["Ready", "Verifying", "Importing"].map((p) => phases.indexOf(p));
+  check(order.every((i) => i >= 0) && order[0] < order[1] && order[1] < order[2], "the phase timeline: " + phases.join(", "));
+
   const failed = "#vc-search-products-2026-11-26";
   check((await text(`${failed} .phase`)) === "Failed", "the failed collection's phase");
   check((await page.locator(`${failed} tr[data-gate="count"] td.fail`).count()) === 1, "the failed count gate");

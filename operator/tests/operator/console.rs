@@ -73,6 +73,16 @@ fn fixture(api: &FakeApi) {
         "v1",
         "EventList",
         vec![
+            // A phase change is an Event named after the new phase (controller/collection/status.rs `announce`).
+            event(
+                "VectorCollection",
+                "products-2026-11-25",
+                "Importing",
+                "Importing: 0 vectors imported",
+                "2026-12-01T02:00:00Z",
+            ),
+            event("VectorCollection", "products-2026-11-25", "Verifying", "Verifying", "2026-12-01T02:15:00Z"),
+            event("VectorCollection", "products-2026-11-25", "Ready", "Ready", "2026-12-01T02:20:00Z"),
             event(
                 "VectorCollection",
                 "products-2026-11-26",
