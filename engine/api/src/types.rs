@@ -104,9 +104,56 @@ pub struct IndexParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 1000000))]
     pub lists: Option<usize>,
+    /// How arroy keeps each vector it splits its trees on. `binary` (the default for cosine and
+    /// euclidean): one bit per dimension, since arroy only shortlists candidates that are
+    /// re-ranked with the float32 vectors the collection stores anyway; `full`: a float32 copy
+    /// (the vectors twice on disk). Dot products always keep `full` (arroy has no binary form
+    /// of them). A build records what it did in the manifest; a manifest without the field
+    /// (built before it existed) holds `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arroy_vectors: Option<ArroyVectors>,
+}
+
+/// How arroy keeps the vectors of its trees (see [`IndexParams::arroy_vectors`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum ArroyVectors {
+    /// One bit per dimension.
+    Binary,
+    /// A float32 copy.
+    Full,
+}
+
+impl ArroyVectors {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArroyVectors::Binary => "binary",
+            ArroyVectors::Full => "full",
+        }
+    }
 }
 
 impl IndexParams {
+    /// What a build of `metric` with these parameters stores in arroy: the asked form (binary
+    /// when not asked), full for dot products, which arroy cannot binarize; binary for the
+    /// binary-quantized metric, whose vectors are binary already.
+    pub fn arroy_vectors_built(&self, metric: Metric) -> ArroyVectors {
+        match metric {
+            Metric::Dot => ArroyVectors::Full,
+            Metric::BinaryQuantizedCosine => ArroyVectors::Binary,
+            Metric::Cosine | Metric::Euclidean => self.arroy_vectors.unwrap_or(ArroyVectors::Binary),
+        }
+    }
+
+    /// What a sealed collection's arroy holds, from its manifest.
+    pub fn arroy_vectors_stored(&self, metric: Metric) -> ArroyVectors {
+        match metric {
+            Metric::BinaryQuantizedCosine => ArroyVectors::Binary,
+            _ => self.arroy_vectors.unwrap_or(ArroyVectors::Full),
+        }
+    }
+
     pub fn arroy(n_trees: Option<usize>) -> Self {
         IndexParams { backend: Backend::Arroy, n_trees, ..Default::default() }
     }

@@ -3,7 +3,7 @@
 //! environment variable.
 
 use crate::import::Format;
-use crate::types::{Backend, Metric, Strategy};
+use crate::types::{ArroyVectors, Backend, Metric, Strategy};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -254,6 +254,10 @@ pub struct BuildArgs {
     /// arroy trees per partition (default: arroy's choice).
     #[arg(long, env = "QUIVER_N_TREES")]
     pub n_trees: Option<usize>,
+    /// How arroy keeps the vectors of its trees: binary (1 bit per dimension; the default for
+    /// cosine and euclidean) or full (a float32 copy; dot products always).
+    #[arg(long, env = "QUIVER_ARROY_VECTORS", value_enum)]
+    pub arroy_vectors: Option<ArroyVectors>,
     /// hannoy build quality.
     #[arg(long, env = "QUIVER_EF_CONSTRUCTION", default_value_t = 100)]
     pub ef_construction: usize,
@@ -505,6 +509,9 @@ pub struct BenchArgs {
     pub index: Vec<Backend>,
     #[arg(long)]
     pub n_trees: Option<usize>,
+    /// How arroy keeps its vectors (binary, or full float32 copies).
+    #[arg(long, value_enum)]
+    pub arroy_vectors: Option<ArroyVectors>,
     #[arg(long, default_value_t = 100)]
     pub ef_construction: usize,
     #[arg(long, default_value_t = 100)]

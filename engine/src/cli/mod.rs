@@ -188,6 +188,7 @@ impl BuildArgs {
             Backend::Hannoy => IndexParams::hannoy(self.ef_construction),
         };
         options.index.lists = self.lists;
+        options.index.arroy_vectors = self.arroy_vectors;
         if let Some(quality) = self.quality {
             options.search = SearchDefaults { strategy: self.strategy, quality, probes: self.probes };
             options.target_recall = None;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::import::{Record, Records, input_error};
 use crate::limits::{MAX_DIMENSIONS, MAX_PARTITIONS};
 use crate::types::Metric;
-use crate::types::{IndexParams, SearchDefaults};
+use crate::types::{Backend, IndexParams, SearchDefaults};
 use heed::{Env, WithoutTls};
 use indicatif::{ProgressBar, ProgressStyle};
 use roaring::RoaringBitmap;
@@ -237,7 +237,12 @@ pub fn import(staging: &Path, options: &BuildOptions, records: Records) -> Resul
         partitions: import.partitions.iter().map(|(name, _)| name.clone()).collect(),
         count,
         chunk_rows: import.chunk_rows as u32,
-        index: options.index.clone(),
+        // What arroy will hold, resolved now: the manifest says what was built.
+        index: IndexParams {
+            arroy_vectors: (options.index.backend == Backend::Arroy)
+                .then(|| options.index.arroy_vectors_built(options.metric)),
+            ..options.index.clone()
+        },
         search: options.search,
         source: SourceInfo {
             uri: records.source_name.clone(),

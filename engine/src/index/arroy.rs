@@ -5,31 +5,36 @@ use super::IndexQuery;
 use crate::collection::Collection;
 use crate::collection::lmdb::AnyDatabase;
 use crate::error::Result;
-use crate::types::Metric;
-use ::arroy::distances::{BinaryQuantizedCosine, Cosine, DotProduct, Euclidean};
+use crate::types::{ArroyVectors, Metric};
+use ::arroy::distances::{BinaryQuantizedCosine, BinaryQuantizedEuclidean, Cosine, DotProduct, Euclidean};
 use ::arroy::{Database, Distance, Reader, Writer};
 use heed::RwTxn;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::num::NonZeroUsize;
 
-/// Runs `$body` with `$D` bound to the arroy distance type of `$metric` (dispatched once).
+/// Runs `$body` with `$D` bound to the arroy distance type of `$metric` with its vectors kept
+/// as `$vectors` (dispatched once).
 macro_rules! with_distance {
-    ($metric:expr, $D:ident => $body:expr) => {
-        match $metric {
-            Metric::Cosine => {
+    ($metric:expr, $vectors:expr, $D:ident => $body:expr) => {
+        match ($metric, $vectors) {
+            (Metric::Cosine, ArroyVectors::Full) => {
                 type $D = Cosine;
                 $body
             }
-            Metric::Euclidean => {
+            (Metric::Euclidean, ArroyVectors::Full) => {
                 type $D = Euclidean;
                 $body
             }
-            Metric::Dot => {
+            (Metric::Euclidean, ArroyVectors::Binary) => {
+                type $D = BinaryQuantizedEuclidean;
+                $body
+            }
+            (Metric::Dot, _) => {
                 type $D = DotProduct;
                 $body
             }
-            Metric::BinaryQuantizedCosine => {
+            (Metric::Cosine | Metric::BinaryQuantizedCosine, _) => {
                 type $D = BinaryQuantizedCosine;
                 $body
             }
@@ -46,7 +51,7 @@ pub fn build(
     seed: u64,
 ) -> Result<()> {
     let manifest = collection.manifest();
-    with_distance!(manifest.metric, D => {
+    with_distance!(manifest.metric, manifest.index.arroy_vectors_stored(manifest.metric), D => {
         let db: Database<'static, D> = db.remap_types();
         for (index, members) in collection.partition_members().iter().enumerate() {
             let writer = Writer::<D>::new(db, index as u16, manifest.dimensions);
@@ -66,7 +71,8 @@ pub fn build(
 
 /// The items arroy finds nearest to `q.vector` in its partition.
 pub fn nearest(db: AnyDatabase, collection: &Collection, q: &IndexQuery<'_>) -> Result<Vec<u32>> {
-    with_distance!(collection.manifest().metric, D => nearest_typed::<D>(db, collection, q))
+    let manifest = collection.manifest();
+    with_distance!(manifest.metric, manifest.index.arroy_vectors_stored(manifest.metric), D => nearest_typed::<D>(db, collection, q))
 }
 
 fn nearest_typed<D: Distance>(db: AnyDatabase, collection: &Collection, q: &IndexQuery<'_>) -> Result<Vec<u32>> {

@@ -475,3 +475,31 @@ fn coarse_lists_narrow_the_scan_and_a_selective_filter_probes_further() {
         hits.iter().map(|h| list_of(c.item_of(h.id).unwrap().unwrap())).collect();
     assert!(spread.len() > 1, "the filtered query probed only {spread:?}");
 }
+
+/// arroy keeps one bit per dimension by default (cosine, euclidean): the manifest records it,
+/// the collection is smaller on disk than with float32 copies, and the index strategy still
+/// finds a stored vector first (its shortlist is re-ranked exactly). Dot products keep full
+/// copies; a manifest written before the choice existed reads as full.
+#[test]
+fn arroy_keeps_binary_vectors_unless_told_otherwise() {
+    use quiver_engine::types::ArroyVectors;
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 4000, 1);
+    let binary = build(dir.path(), "binary", &source, |_| {}).unwrap();
+    let full = build(dir.path(), "full", &source, |o| o.index.arroy_vectors = Some(ArroyVectors::Full)).unwrap();
+    let dot = build(dir.path(), "dot", &source, |o| o.metric = Metric::Dot).unwrap();
+    assert_eq!(binary.manifest().index.arroy_vectors, Some(ArroyVectors::Binary));
+    assert_eq!(full.manifest().index.arroy_vectors, Some(ArroyVectors::Full));
+    assert_eq!(dot.manifest().index.arroy_vectors, Some(ArroyVectors::Full), "arroy cannot binarize dot products");
+    // 4000 x 32 float32 is 512 KB of vectors that only the full build stores twice.
+    assert!(binary.disk_bytes() + 300_000 < full.disk_bytes(), "{} vs {}", binary.disk_bytes(), full.disk_bytes());
+    for c in [&binary, &full] {
+        let v = c.vector(c.item_of(1234).unwrap().unwrap()).to_vec();
+        let mut r = SearchRequest::new(v, 5);
+        r.strategy = Some(Strategy::Index);
+        assert_eq!(search(c, &r).unwrap()[0].id, 1234, "{}", c.name());
+        assert!(mean_recall(c, Strategy::Index, 0) >= 0.6, "{}", c.name());
+    }
+    let old: IndexParams = serde_json::from_str(r#"{"backend": "arroy", "nTrees": 4}"#).unwrap();
+    assert_eq!(old.arroy_vectors_stored(Metric::Cosine), ArroyVectors::Full, "built before the field");
+}

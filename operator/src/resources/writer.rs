@@ -47,6 +47,8 @@ pub fn args(vc: &VectorCollection, defaults: &Defaults) -> Vec<String> {
     flag(&mut args, "index", spec.index.backend.as_str());
     optional_flag(&mut args, "n-trees", spec.index.n_trees);
     optional_flag(&mut args, "ef-construction", spec.index.ef_construction);
+    optional_flag(&mut args, "lists", spec.index.lists);
+    optional_flag(&mut args, "arroy-vectors", spec.index.arroy_vectors.map(|v| v.as_str()));
     flag(&mut args, "target-recall", spec.search.target_recall);
     args
 }

@@ -5,7 +5,10 @@ use super::{PartitionQuery, PartitionSearch, Scored, rerank};
 use crate::collection::Collection;
 use crate::error::Result;
 use crate::index::{DurableIndex, IndexQuery};
-use crate::types::{Backend, Metric};
+use crate::types::{ArroyVectors, Backend};
+
+/// Candidates per hit arroy shortlists from binary vectors when no quality is asked.
+const BINARY_SHORTLIST: usize = 20;
 
 pub struct IndexSearch {
     index: DurableIndex,
@@ -21,9 +24,12 @@ impl PartitionSearch for IndexSearch {
     fn search(&self, collection: &Collection, q: &PartitionQuery<'_>) -> Result<Vec<Scored>> {
         let manifest = collection.manifest();
         // The quality knob means search_k for arroy, ef for hannoy; arroy's binary-quantized
-        // distances only shortlist, so it is asked for `quality` candidates instead.
+        // vectors only shortlist, so it is asked for `quality` candidates instead (by default
+        // BINARY_SHORTLIST x k: a 1-bit code ties too often for k alone to hold the nearest).
+        let binary = manifest.index.arroy_vectors_stored(manifest.metric) == ArroyVectors::Binary;
         let (count, effort) = match manifest.index.backend {
-            Backend::Arroy if manifest.metric == Metric::BinaryQuantizedCosine => (q.quality.max(q.k), 0),
+            Backend::Arroy if binary && q.quality == 0 => (q.k * BINARY_SHORTLIST, 0),
+            Backend::Arroy if binary => (q.quality.max(q.k), 0),
             Backend::Arroy => (q.k, q.quality),
             Backend::Hannoy => (q.k, q.quality.max(q.k)),
         };
