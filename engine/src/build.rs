@@ -25,7 +25,8 @@ pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -
         options.enter(BuildPhase::Building);
         let build_start = Instant::now();
         let collection = staged.open()?;
-        staged.write(|wtxn| crate::index::build(wtxn, &collection, &options.index, options.seed))?;
+        staged
+            .write(|wtxn| crate::index::build(wtxn, &collection, &options.index, options.seed, options.index_memory))?;
         manifest.timings.build_s = build_start.elapsed().as_secs_f64();
         tracing::info!(collection = %options.name, build_s = manifest.timings.build_s, "index built");
 

@@ -258,6 +258,9 @@ pub struct BuildArgs {
     /// cosine and euclidean) or full (a float32 copy; dot products always).
     #[arg(long, env = "QUIVER_ARROY_VECTORS", value_enum)]
     pub arroy_vectors: Option<ArroyVectors>,
+    /// Memory arroy's build may use, in MiB (default: half the memory available at start).
+    #[arg(long, env = "QUIVER_INDEX_MEMORY_MIB")]
+    pub index_memory_mib: Option<usize>,
     /// hannoy build quality.
     #[arg(long, env = "QUIVER_EF_CONSTRUCTION", default_value_t = 100)]
     pub ef_construction: usize,

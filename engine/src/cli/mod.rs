@@ -189,6 +189,9 @@ impl BuildArgs {
         };
         options.index.lists = self.lists;
         options.index.arroy_vectors = self.arroy_vectors;
+        if let Some(mib) = self.index_memory_mib {
+            options.index_memory = Some(mib << 20);
+        }
         if let Some(quality) = self.quality {
             options.search = SearchDefaults { strategy: self.strategy, quality, probes: self.probes };
             options.target_recall = None;

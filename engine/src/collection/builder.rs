@@ -56,6 +56,28 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Where the build reports its phase and rows as it goes (for Progress calls, metrics).
     pub observer: Option<Arc<BuildProgress>>,
+    /// The memory arroy's build may use for the vectors it splits on (arroy's
+    /// `available_memory`); beyond it arroy works through the vectors in parts instead of
+    /// paging against the rest of the machine. Default: half the memory available at start
+    /// (in a container, of its cgroup's limit when that is lower).
+    pub index_memory: Option<usize>,
+}
+
+/// Half the memory this process may use: of `MemAvailable` in /proc/meminfo, or of the
+/// cgroup v2 limit (`/sys/fs/cgroup/memory.max`) when lower: a pod's /proc/meminfo shows
+/// the node's memory, not its limit.
+pub fn half_available_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
+    half_of(&meminfo, limit.as_deref())
+}
+
+fn half_of(meminfo: &str, cgroup_max: Option<&str>) -> Option<usize> {
+    let available = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let available: usize = available.trim().trim_end_matches("kB").trim().parse::<usize>().ok()? * 1024;
+    // "max" (no limit) does not parse, and leaves MemAvailable.
+    let limit = cgroup_max.and_then(|m| m.trim().parse::<usize>().ok()).unwrap_or(usize::MAX);
+    Some(available.min(limit) / 2)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +129,7 @@ impl BuildOptions {
             seed: 42,
             progress: false,
             observer: None,
+            index_memory: half_available_memory(),
         }
     }
 }
@@ -539,6 +562,15 @@ impl<'a> Import<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arroy_gets_half_the_memory_of_the_machine_or_of_its_cgroup() {
+        let meminfo = "MemTotal:       24000000 kB\nMemAvailable:   16000000 kB\n";
+        assert_eq!(half_of(meminfo, None), Some(8_192_000_000));
+        assert_eq!(half_of(meminfo, Some("max\n")), Some(8_192_000_000), "no limit");
+        assert_eq!(half_of(meminfo, Some("4294967296\n")), Some(2 << 30), "a pod's 4 GiB limit");
+        assert_eq!(half_of("MemTotal: 1 kB\n", None), None);
+    }
 
     #[test]
     fn dotted_names_get_locks_of_their_own() {

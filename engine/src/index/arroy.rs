@@ -49,6 +49,7 @@ pub fn build(
     collection: &Collection,
     n_trees: Option<usize>,
     seed: u64,
+    memory: Option<usize>,
 ) -> Result<()> {
     let manifest = collection.manifest();
     with_distance!(manifest.metric, manifest.index.arroy_vectors_stored(manifest.metric), D => {
@@ -62,6 +63,9 @@ pub fn build(
             let mut builder = writer.builder(&mut rng);
             if let Some(n) = n_trees {
                 builder.n_trees(n);
+            }
+            if let Some(bytes) = memory {
+                builder.available_memory(bytes);
             }
             builder.build(wtxn)?;
         }

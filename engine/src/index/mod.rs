@@ -57,11 +57,17 @@ pub fn check_metric(params: &IndexParams, metric: crate::types::Metric) -> Resul
 }
 
 /// Builds every partition's index and coarse lists of a staged collection into `wtxn` (all
-/// cores).
-pub fn build(wtxn: &mut RwTxn, collection: &Collection, params: &IndexParams, seed: u64) -> Result<()> {
+/// cores), arroy within `memory` bytes when given.
+pub fn build(
+    wtxn: &mut RwTxn,
+    collection: &Collection,
+    params: &IndexParams,
+    seed: u64,
+    memory: Option<usize>,
+) -> Result<()> {
     let db = collection.ann_database();
     match params.backend {
-        Backend::Arroy => arroy::build(wtxn, db, collection, params.n_trees, seed)?,
+        Backend::Arroy => arroy::build(wtxn, db, collection, params.n_trees, seed, memory)?,
         Backend::Hannoy => {
             let ef = params.ef_construction.unwrap_or(hannoy::DEFAULT_EF_CONSTRUCTION);
             hannoy::build(wtxn, db, collection, ef, seed)?
