@@ -75,8 +75,9 @@ fn needed() -> BTreeSet<Grant> {
         expand("quiver.dev", &["collectionaliases"], &watch),
         expand("quiver.dev", &["vectorcollections/status", "collectionaliases/status"], &["get", "patch"]),
         expand("quiver.dev", &["vectorcollections/finalizers", "collectionaliases/finalizers"], &["update"]),
-        // delete: a writer released after publishing (writer.afterPublish: Delete).
-        expand("apps", &["statefulsets"], &[&apply[..], &["delete"]].concat()),
+        // delete: a writer released after publishing (writer.afterPublish: Delete); get: the
+        // re-read after a 409 on that delete's uid precondition (controller::delete_if_present).
+        expand("apps", &["statefulsets"], &[&apply[..], &["delete", "get"]].concat()),
         expand("apps", &["deployments"], &apply),
         expand("", &["services"], &[&apply[..], &["get", "delete"]].concat()),
         expand("batch", &["jobs"], &[&apply[..], &["deletecollection"]].concat()),
