@@ -9,7 +9,6 @@
 use crate::controller::Context;
 use crate::controller::collection::observe::event_time;
 use crate::crd::{CollectionAlias, GateResult, VectorCollection};
-use crate::rebuild::Schedule;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -118,13 +117,7 @@ fn escape(text: &str) -> String {
 /// How far a gate is from its threshold, in its unit (negative: short of it), as the engine
 /// reports it.
 fn margin(g: &GateResult) -> f64 {
-    match g.comparison.as_str() {
-        ">=" => g.measured - g.threshold,
-        "<=" => g.threshold - g.measured,
-        // Equal is a margin of 0, not -0.
-        _ if g.measured == g.threshold => 0.0,
-        _ => -(g.measured - g.threshold).abs(),
-    }
+    quiver_api::types::judge(g.measured, &g.comparison, g.threshold).1
 }
 
 fn number(v: f64) -> String {
@@ -288,16 +281,8 @@ pub fn render(
             if r.suspend {
                 return "suspended".to_string();
             }
-            let since = status
-                .last_rebuild
-                .as_deref()
-                .and_then(|t| t.parse::<Timestamp>().ok())
-                .or_else(|| ca.metadata.creation_timestamp.as_ref().map(|t| t.0));
-            match Schedule::new(&r.schedule, r.time_zone.as_deref()) {
-                Ok(schedule) => since
-                    .and_then(|s| schedule.after(s))
-                    .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
-                    .unwrap_or_else(|| "–".into()),
+            match crate::rebuild::next_tick(ca, r) {
+                Ok(next) => next.map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string()).unwrap_or_else(|| "–".into()),
                 Err(e) => e,
             }
         });

@@ -1,6 +1,7 @@
 //! Scheduled rebuilds as pure functions: which schedule tick is due, the name of the
 //! collection it creates, and which older rebuilt collections go.
 
+use crate::crd::{CollectionAlias, CollectionAliasStatus, RebuildSpec};
 use croner::Cron;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::tz::TimeZone;
@@ -78,6 +79,24 @@ pub fn missed(tick: Timestamp, now: Timestamp, deadline: Option<i64>) -> bool {
 /// so a retried reconcile cannot start a second rebuild.
 pub fn collection_name(alias: &str, tick: Timestamp) -> String {
     format!("{alias}-{}", tick.strftime("%Y%m%d-%H%M"))
+}
+
+/// The time an alias's schedule counts from: the tick last handled (`status.lastRebuild`), or
+/// the alias's creation before any. The controller, the console and the metrics all read it
+/// here, so the next rebuild they show is the one the controller starts.
+pub fn counted_from(ca: &CollectionAlias, status: &CollectionAliasStatus) -> Option<Timestamp> {
+    status
+        .last_rebuild
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .or_else(|| ca.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// The next tick of `rebuild` after the one last handled (a controller that stops handling
+/// ticks leaves it in the past), or what is wrong with the schedule.
+pub fn next_tick(ca: &CollectionAlias, rebuild: &RebuildSpec) -> Result<Option<Timestamp>, String> {
+    let schedule = Schedule::new(&rebuild.schedule, rebuild.time_zone.as_deref())?;
+    Ok(counted_from(ca, &ca.status.clone().unwrap_or_default()).and_then(|since| schedule.after(since)))
 }
 
 /// Rebuilt collections to delete: all but the newest `keep` of those not protected (what any

@@ -6,7 +6,6 @@
 //! they use exists here or in the engine.
 
 use crate::crd::{CollectionAlias, Phase, VectorCollection};
-use crate::rebuild::Schedule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -73,17 +72,7 @@ pub fn registry<'a>(
             flipped_at.get_or_create(&labels).set(at.as_second() as f64);
         }
         if let Some(rebuild) = ca.spec.rebuild.as_ref().filter(|r| !r.suspend) {
-            // From the tick last handled, as the alias controller counts (rebuilds.rs): a
-            // controller that stops handling ticks leaves this in the past.
-            let since = status
-                .last_rebuild
-                .as_deref()
-                .and_then(|t| t.parse::<Timestamp>().ok())
-                .or_else(|| ca.metadata.creation_timestamp.as_ref().map(|t| t.0));
-            let next = Schedule::new(&rebuild.schedule, rebuild.time_zone.as_deref())
-                .ok()
-                .zip(since)
-                .and_then(|(schedule, since)| schedule.after(since));
+            let next = crate::rebuild::next_tick(ca, rebuild).ok().flatten();
             if let Some(next) = next {
                 next_rebuild.get_or_create(&labels).set(next.as_second() as f64);
             }

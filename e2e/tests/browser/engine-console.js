@@ -3,24 +3,11 @@
 // Run by e2e/tests/local.rs (console_in_a_browser_...), which checks the alias afterwards
 // through the CLI too. CommonJS, so NODE_PATH finds playwright-core.
 "use strict";
-const { chromium } = require("playwright-core");
-
-const env = (name) => {
-  const value = process.env[name];
-  if (value === undefined) throw new Error(`${name} is not set`);
-  return value;
-};
-
-function check(condition, what) {
-  if (!condition) throw new Error(`console check failed: ${what}`);
-}
+const { env, check, launch } = require("./common");
 
 (async () => {
   const url = env("CONSOLE_URL");
-  const browser = await chromium.launch({
-    executablePath: env("QUIVER_CHROMIUM"),
-    args: env("QUIVER_CHROMIUM_FLAGS").split(" "),
-  });
+  const browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
   // A script error or a blocked resource (the Content-Security-Policy) fails the test.
   const problems = [];

@@ -1,23 +1,10 @@
 // The operator's read-only console in headless Chromium, against the fake API server of
 // operator/tests/operator/console.rs: what a person checks before and after a switch.
 "use strict";
-const { chromium } = require("playwright-core");
-
-const env = (name) => {
-  const value = process.env[name];
-  if (value === undefined) throw new Error(`${name} is not set`);
-  return value;
-};
-
-function check(condition, what) {
-  if (!condition) throw new Error(`console check failed: ${what}`);
-}
+const { env, check, launch } = require("./common");
 
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: env("QUIVER_CHROMIUM"),
-    args: env("QUIVER_CHROMIUM_FLAGS").split(" "),
-  });
+  const browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1300, height: 1000 } });
   const problems = [];
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));

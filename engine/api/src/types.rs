@@ -262,15 +262,22 @@ pub struct Gate {
     pub retry: bool,
 }
 
+/// Whether `measured` passes `comparison` (`>=`, `<=`, or anything else for `==`) against
+/// `threshold`, and by what margin (negative when it fails). Every gate shown anywhere, by the
+/// engine or the operator's console, is judged here.
+pub fn judge(measured: f64, comparison: &str, threshold: f64) -> (bool, f64) {
+    match comparison {
+        ">=" => (measured >= threshold, measured - threshold),
+        "<=" => (measured <= threshold, threshold - measured),
+        // Equal is a margin of 0, not -0 (which JSON would show).
+        _ if measured == threshold => (true, 0.0),
+        _ => (false, -(measured - threshold).abs()),
+    }
+}
+
 impl Gate {
     pub fn new(name: &str, measured: f64, comparison: &str, threshold: f64) -> Gate {
-        let (passed, margin) = match comparison {
-            ">=" => (measured >= threshold, measured - threshold),
-            "<=" => (measured <= threshold, threshold - measured),
-            // Equal is a margin of 0, not -0 (which JSON would show).
-            _ if measured == threshold => (true, 0.0),
-            _ => (false, -(measured - threshold).abs()),
-        };
+        let (passed, margin) = judge(measured, comparison, threshold);
         Gate {
             name: name.into(),
             measured,

@@ -25,12 +25,7 @@ pub(super) async fn start_rebuild(
             return Ok((ctx.resync, Some(message)));
         }
     };
-    let since = status
-        .last_rebuild
-        .as_deref()
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .or_else(|| ca.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        .unwrap_or(now);
+    let since = rebuild::counted_from(ca, status).unwrap_or(now);
     let requested =
         ca.annotations().get(REBUILD_REQUESTED).filter(|r| status.last_rebuild_request.as_ref() != Some(*r));
     let tick = if rebuild.suspend { None } else { schedule.due(since, now) };
