@@ -61,9 +61,10 @@ impl RecentLatency {
         }
     }
 
-    /// The last `span` seconds in points of `step` seconds each, oldest first, ending now.
+    /// The last `span` seconds in points of `step` seconds each, oldest first, ending with
+    /// the last whole second (the current one is still filling: it would read as a drop in QPS).
     pub fn points(&self, span: u64, step: u64) -> Vec<Point> {
-        self.points_at(now(), span, step)
+        self.points_at(now().saturating_sub(1), span, step)
     }
 
     fn points_at(&self, end: u64, span: u64, step: u64) -> Vec<Point> {

@@ -100,6 +100,24 @@ impl Catalog {
         Ok(c)
     }
 
+    /// A sealed collection to look at (the console's overview): the open one when it is open,
+    /// else opened for the caller alone. Unlike [`Catalog::collection`], a look neither keeps
+    /// it open nor counts as a use, so an overview polled every few seconds cannot close (and
+    /// cool) the collections that searches use.
+    pub fn glance(&self, name: &str) -> Result<Arc<Searcher>> {
+        crate::collection::builder::check_name(name)?;
+        let mut open = self.open.lock().expect("catalog lock");
+        if let Some(c) = open.by_name.get(name).and_then(|e| e.kept.clone().or_else(|| e.alive.upgrade())) {
+            return Ok(c);
+        }
+        let c = Arc::new(Searcher::open(&self.root.join(name))?);
+        // Registered, not kept: a search meanwhile shares this one (LMDB opens an environment
+        // once per process), and it closes when the look ends.
+        let entry = Opened { kept: None, alive: Arc::downgrade(&c), at: 0, adopted: false };
+        open.by_name.insert(name.to_string(), entry);
+        Ok(c)
+    }
+
     /// Closes the oldest opened collections that no alias serves and no role adopted, beyond
     /// [`MAX_UNSERVED_OPEN`], so memory and address space stay bounded after many flips.
     fn close_unserved(&self) {

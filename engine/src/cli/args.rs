@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// Calls served at once; more are refused with RESOURCE_EXHAUSTED (health is exempt).
     #[arg(long, env = "QUIVER_MAX_IN_FLIGHT", default_value_t = crate::limits::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// A host name the console at `/` answers to besides localhost and IP addresses (repeat
+    /// for several, or separate with commas). Requests naming any other `Host` are refused, so
+    /// a page that rebinds its own DNS name to this address cannot use the console.
+    #[arg(long = "console-host", env = "QUIVER_CONSOLE_HOSTS", value_delimiter = ',')]
+    pub console_hosts: Vec<String>,
     #[command(flatten)]
     pub token: TokenArgs,
     /// Leave Search open when a token is configured (by default every service but health and

@@ -117,6 +117,7 @@ impl ServeArgs {
             drain_delay: Duration::from_secs(self.drain_delay_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             max_in_flight: self.max_in_flight,
+            console_hosts: self.console_hosts.clone(),
         };
         Ok(ServeRole { listen: self.listen, http_listen: self.http_listen, config, insecure: self.insecure })
     }

@@ -26,9 +26,12 @@ pub struct Method {
     pub heavy: bool,
 }
 
-const SHORT: Option<Duration> = Some(Duration::from_secs(30));
+/// The server's deadline of a call (a search); the console's calls keep it too.
+pub(super) const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Verification and warm-up of a large collection run thousands of exact queries.
-const LONG: Option<Duration> = Some(Duration::from_secs(30 * 60));
+pub(super) const WORK_DEADLINE: Duration = Duration::from_secs(30 * 60);
+const SHORT: Option<Duration> = Some(CALL_DEADLINE);
+const LONG: Option<Duration> = Some(WORK_DEADLINE);
 /// Seal imports and builds the whole collection; a pushing stream may last as long.
 const BUILD: Option<Duration> = Some(Duration::from_secs(6 * 3600));
 

@@ -36,7 +36,8 @@ pub async fn serve(
     console: Console,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(process, console))
+    // The peer's address: the console serves its calls to other hosts only with the token.
+    axum::serve(listener, router(process, console).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::io("serving HTTP", e))

@@ -92,6 +92,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Calls served at once by this process; more get RESOURCE_EXHAUSTED at once.
     pub max_in_flight: usize,
+    /// Host names the console answers to besides `localhost` and IP addresses (a name it is
+    /// reached by through an Ingress or a DNS name of one's own); any other `Host` is refused,
+    /// so a DNS-rebinding page cannot use it.
+    pub console_hosts: Vec<String>,
 }
 
 impl ServeConfig {
@@ -117,6 +121,7 @@ impl Default for ServeConfig {
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
             max_in_flight: crate::limits::DEFAULT_MAX_IN_FLIGHT,
+            console_hosts: Vec::new(),
         }
     }
 }
@@ -253,14 +258,25 @@ impl ServingProcess {
 /// versions are served from the same descriptors: `grpc.reflection.v1` for current tools, and
 /// `grpc.reflection.v1alpha` for the many that still ask only for it (grpcurl before 1.8.8,
 /// Python's grpcio-reflection, evans, Postman), which would otherwise get UNIMPLEMENTED.
-/// `grpc.health.v1` is included so a listing shows the health service it can call.
-fn reflection_descriptors() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .include_reflection_service(false)
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+/// `grpc.health.v1` is included so a listing shows the health service it can call. Only the
+/// services this process serves are listed (`served`, with health and reflection): the
+/// contract's file also describes Ingest and Snapshot, which a replica or standalone process
+/// would answer with UNIMPLEMENTED.
+fn reflection_descriptors(served: &[&str]) -> tonic_reflection::server::Builder<'static> {
+    let listed = [
+        <tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService> as NamedService>::NAME,
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    served.iter().chain(&listed).fold(
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET),
+        |builder, name| builder.with_service_name(*name),
+    )
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves: Search, Admin and health always,
@@ -282,10 +298,19 @@ pub async fn serve(
         shutdown.await;
         let _ = terminate.send(true);
     });
-    let reflection = reflection_descriptors()
+    let served: Vec<&str> = SERVICES[1..]
+        .iter()
+        .copied()
+        .filter(|name| match *name {
+            n if n == <SnapshotServer<snapshot::SnapshotService> as NamedService>::NAME => process.snapshots.is_some(),
+            n if n == <IngestServer<ingest::IngestService> as NamedService>::NAME => ingest.is_some(),
+            _ => true,
+        })
+        .collect();
+    let reflection = reflection_descriptors(&served)
         .build_v1()
         .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
-    let reflection_v1alpha = reflection_descriptors()
+    let reflection_v1alpha = reflection_descriptors(&served)
         .build_v1alpha()
         .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
     let bulk_limit = if config.max_message_bytes == 0 { 64 << 20 } else { config.max_message_bytes };

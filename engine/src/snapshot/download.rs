@@ -103,7 +103,10 @@ impl Partial {
 
     /// Checks size and sha256 of the file as it lies on disk; a good file becomes the finished
     /// snapshot, a bad one is deleted (the next attempt starts from zero) and reported.
-    pub fn finish(self) -> Result<SnapshotInfo> {
+    pub fn finish(mut self) -> Result<SnapshotInfo> {
+        // The transfer is over: the sha256 of a large file takes a while, and its lines would
+        // read as "100%, 0 s left" again and again.
+        self.progress = None;
         self.file.sync_all().map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
         let marker = self.path.with_extension("partial.sha256");
         if let Some(found) = super::check::mismatch(&self.path, &self.info)? {

@@ -405,6 +405,29 @@ fn unserved_collections_are_closed_and_a_held_one_is_reused() {
     assert_eq!(catalog.collection("v0").unwrap().len(), 300, "reopened once closed");
 }
 
+/// The console's look at every collection (each poll of its overview) neither keeps one open nor
+/// closes one that searches use.
+#[test]
+fn a_look_neither_keeps_nor_closes_a_collection() {
+    use quiver_engine::catalog::Catalog;
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 300, 1);
+    let names: Vec<String> = (0..7).map(|i| format!("v{i}")).collect();
+    for name in &names {
+        build(dir.path(), name, &source, |o| o.target_recall = None).unwrap();
+    }
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let used = std::sync::Arc::downgrade(&catalog.collection("v0").unwrap());
+    for name in &names[1..4] {
+        catalog.collection(name).unwrap();
+    }
+    for name in &names {
+        assert_eq!(catalog.glance(name).unwrap().len(), 300);
+    }
+    assert!(used.upgrade().is_some(), "a look closed a collection searches used");
+    assert_eq!(catalog.open_count(), 4, "a look kept a collection open");
+}
+
 /// The writer's pipeline hands out its sealed collection preloaded (sign codes built), so the
 /// writer reports SERVING only when its first query is not a cold one.
 #[test]

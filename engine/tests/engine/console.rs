@@ -1,7 +1,8 @@
 //! The console's JSON calls over HTTP on 127.0.0.1, as a browser or a script sends them: the
-//! token rules (reads open, search under the Search rule, verify and flip under the Admin
-//! token), cross-origin and non-JSON requests refused, a read-only role that never flips, and
-//! bad input named by field. The page itself is tested in a browser by the e2e suite.
+//! token rules (reads and search under the Search rule, verify and flip under the Admin
+//! token), cross-origin, DNS-rebinding and non-JSON requests refused, a read-only role that
+//! never flips, and bad input named by field. (Calls from other hosts are the unit tests' in
+//! `serve/console`: these tests reach only 127.0.0.1.) The page itself is tested in a browser by the e2e suite.
 
 use quiver_engine::build::import_and_build;
 use quiver_engine::catalog::Catalog;
@@ -71,7 +72,12 @@ async fn post(url: &str, path: &str, body: Value, token: Option<&str>) -> (u16, 
 }
 
 async fn alias_target(url: &str) -> Value {
-    let (status, overview) = call("GET", format!("{url}/api/overview"), vec![], None).await;
+    alias_target_with(url, None).await
+}
+
+async fn alias_target_with(url: &str, token: Option<&str>) -> Value {
+    let headers = token.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
+    let (status, overview) = call("GET", format!("{url}/api/overview"), headers, None).await;
     assert_eq!(status, 200, "{overview}");
     overview["aliases"][0]["collection"].clone()
 }
@@ -93,16 +99,34 @@ async fn the_console_shows_collections_and_aliases_and_serves_its_page_under_a_s
     assert!(v1["disk_bytes"].as_u64().unwrap() > 0);
     assert_eq!(overview["aliases"][0]["name"], "products");
 
-    let page = tokio::task::spawn_blocking(move || ureq::get(&format!("{url}/")).call().unwrap()).await.unwrap();
+    let (page, api) = tokio::task::spawn_blocking(move || {
+        (ureq::get(&format!("{url}/")).call().unwrap(), ureq::get(&format!("{url}/api/overview")).call().unwrap())
+    })
+    .await
+    .unwrap();
     let policy = page.headers().get("content-security-policy").unwrap().to_str().unwrap();
     assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    // The users' data is never kept by a cache, nor sniffed as another type.
+    assert_eq!(api.headers().get("cache-control").unwrap(), "no-store");
+    assert_eq!(api.headers().get("x-content-type-options").unwrap(), "nosniff");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_token_only_reads_are_open() {
+async fn with_a_token_every_call_needs_it() {
     let config = ServeConfig { token: Some("t0ken".into()), ..Default::default() };
     let (url, _dir) = console(config, true).await;
-    assert_eq!(call("GET", format!("{url}/api/overview"), vec![], None).await.0, 200);
+    // Reads too: tag and partition names are the users' data. A 401 names its scheme.
+    let asked = url.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        agent.get(&format!("{asked}/api/overview")).call().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(refused.headers().get("www-authenticate").unwrap(), "Bearer realm=\"quiver\"");
+    assert_eq!(call("GET", format!("{url}/api/latency"), vec![], None).await.0, 401);
+    assert_eq!(alias_target_with(&url, Some("t0ken")).await, "v1");
     let search = json!({ "collection": "products", "item": 3, "k": 3 });
     let (status, body) = post(&url, "/api/search", search.clone(), None).await;
     assert_eq!(status, 401, "{body}");
@@ -117,10 +141,10 @@ async fn with_a_token_only_reads_are_open() {
     let flip = json!({ "alias": "products", "collection": "v2" });
     assert_eq!(post(&url, "/api/flip", flip.clone(), None).await.0, 401);
     assert_eq!(post(&url, "/api/verify", json!({ "collection": "v2" }), None).await.0, 401);
-    assert_eq!(alias_target(&url).await, "v1", "an unauthenticated flip moves nothing");
+    assert_eq!(alias_target_with(&url, Some("t0ken")).await, "v1", "an unauthenticated flip moves nothing");
     let (status, body) = post(&url, "/api/flip", flip, Some("t0ken")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(alias_target(&url).await, "v2");
+    assert_eq!(alias_target_with(&url, Some("t0ken")).await, "v2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,6 +154,20 @@ async fn a_page_elsewhere_cannot_make_the_console_act() {
     // From another origin (a drive-by page posting to localhost): refused.
     let headers = vec![("content-type", "application/json".to_string()), ("origin", "http://evil.example".to_string())];
     let (status, body) = call("POST", format!("{url}/api/flip"), headers, Some(flip.clone())).await;
+    assert_eq!(status, 403, "{body}");
+    // DNS rebinding: a page whose own name now resolves to 127.0.0.1 is same-origin, but the
+    // Host it sends is its name. Refused, for reads as for acts.
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let rebound = format!("evil.example:{port}");
+    let headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("host", rebound.clone()),
+        ("origin", format!("http://{rebound}")),
+    ];
+    let (status, body) = call("POST", format!("{url}/api/flip"), headers, Some(flip.clone())).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Host \"evil.example:"), "{body}");
+    let (status, body) = call("GET", format!("{url}/api/overview"), vec![("host", rebound)], None).await;
     assert_eq!(status, 403, "{body}");
     // A "simple" cross-site form post (text/plain, no preflight): not JSON, refused.
     let headers = vec![("content-type", "text/plain".to_string())];
@@ -198,4 +236,17 @@ async fn bad_input_is_named_by_field_and_value() {
     assert_eq!(status, 422, "{answer}");
     assert!(answer.to_string().contains("kk"), "{answer}");
     assert_eq!(alias_target(&url).await, "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_host_name_is_answered() {
+    let config = ServeConfig { console_hosts: vec!["Quiver.Internal".into()], ..Default::default() };
+    let (url, _dir) = console(config, true).await;
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let (status, body) =
+        call("GET", format!("{url}/api/overview"), vec![("host", format!("quiver.internal:{port}"))], None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) =
+        call("GET", format!("{url}/api/overview"), vec![("host", format!("other.internal:{port}"))], None).await;
+    assert_eq!(status, 403);
 }

@@ -644,13 +644,14 @@ async fn abandoned_exact_batches_stop_and_free_the_search_slots() {
     assert!(next * 4 < whole, "the Search waited behind the abandoned batches: {next:?} (one batch: {whole:?})");
 }
 
-/// The services every reflection version lists: quiver's, health, and both reflections.
+/// The services every reflection version lists for a process with snapshots and no Ingest:
+/// those it serves (never Ingest, which it would answer UNIMPLEMENTED), health, and both
+/// reflections.
 const LISTED_SERVICES: &[&str] = &[
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
     "quiver.v1.Admin",
-    "quiver.v1.Ingest",
     "quiver.v1.Search",
     "quiver.v1.Snapshot",
 ];

@@ -1,21 +1,26 @@
-// The quiver console: reads /api/overview and /api/latency, and acts through /api/search,
-// /api/verify and /api/flip. Everything shown is set as text (never as HTML), so a collection,
+// The quiver console: reads api/overview and api/latency, and acts through api/search,
+// api/verify and api/flip, relative to the page (so it works behind kubectl proxy or an ingress
+// under a path prefix). With a token configured, reads need it too. Everything shown is set as text (never as HTML), so a collection,
 // tag or error message cannot inject markup.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const tokenKey = "quiver-console-token";
 
-function headers() {
-  const h = { "content-type": "application/json" };
+function headers(json) {
+  const h = json ? { "content-type": "application/json" } : {};
   const token = $("token").value.trim();
   if (token) h.authorization = "Bearer " + token;
   return h;
 }
 
 async function call(path, body) {
-  const init = body === undefined ? {} : { method: "POST", headers: headers(), body: JSON.stringify(body) };
+  const init = body === undefined
+    ? { headers: headers(false) }
+    : { method: "POST", headers: headers(true), body: JSON.stringify(body) };
   const response = await fetch(path, init);
+  // A token is configured and this page has none (or a wrong one): ask for it.
+  if (response.status === 401) $("token-box").hidden = false;
   let json = null;
   try { json = await response.json(); } catch (_) { /* not JSON: the status says it */ }
   return { ok: response.ok, status: response.status, json };
@@ -57,7 +62,7 @@ function showError(text) { $("error").textContent = text || ""; }
 let overview = null;
 
 async function refresh() {
-  const r = await call("/api/overview");
+  const r = await call("api/overview");
   if (!r.ok) { showError((r.json && r.json.error) || "overview: HTTP " + r.status); return; }
   showError("");
   overview = r.json;
@@ -121,7 +126,7 @@ async function verify(collection) {
   $("verify-collection").textContent = collection;
   $("verify-verdict").textContent = "running…";
   $("gates").tBodies[0].replaceChildren();
-  const r = await call("/api/verify", { collection });
+  const r = await call("api/verify", { collection });
   if (!r.ok) { $("verify-verdict").textContent = (r.json && r.json.error) || "HTTP " + r.status; return; }
   showGates(r.json, $("verify-verdict"), $("gates"));
 }
@@ -153,7 +158,7 @@ async function flip(event) {
   result.className = "";
   result.textContent = "verifying…";
   const gates = { expected_count: number("flip-count"), min_recall: number("flip-recall"), max_p99_ms: number("flip-p99") };
-  const r = await call("/api/flip", { alias: $("flip-alias").value.trim(), collection: $("flip-collection").value, gates });
+  const r = await call("api/flip", { alias: $("flip-alias").value.trim(), collection: $("flip-collection").value, gates });
   if (r.ok) {
     result.textContent = "flipped: " + r.json.flipped.collection + " now serves " + $("flip-alias").value.trim();
     result.className = "moved";
@@ -186,7 +191,7 @@ async function search(event) {
   } else {
     try { body.vector = JSON.parse($("search-vector").value); } catch (e) { summary.textContent = "the vector is not a JSON array: " + e.message; return; }
   }
-  const r = await call("/api/search", body);
+  const r = await call("api/search", body);
   const hits = $("hits").tBodies[0];
   hits.replaceChildren();
   if (!r.ok) { summary.textContent = (r.json && r.json.error) || "HTTP " + r.status; summary.className = "refused"; return; }
@@ -201,7 +206,7 @@ async function search(event) {
 }
 
 async function latency() {
-  const r = await call("/api/latency");
+  const r = await call("api/latency");
   if (!r.ok) return;
   const points = r.json.points;
   const last = points[points.length - 1] || {};

@@ -94,7 +94,7 @@ pub fn overview(process: &ServingProcess, console: &Console) -> Result<Overview>
     };
     let collections = names
         .into_iter()
-        .map(|name| match catalog.collection(&name) {
+        .map(|name| match catalog.glance(&name) {
             Ok(c) => collection(&c),
             Err(e) => CollectionView { error: Some(e.to_string()), ..empty(name) },
         })
