@@ -293,12 +293,15 @@ impl ObjectFile {
         format!("{} size={} etag={}", self.meta.location, self.meta.size, self.meta.e_tag.as_deref().unwrap_or("-"))
     }
 
-    /// Starts a ranged GET of `range`, pinned to the ETag seen at open.
+    /// Starts a ranged GET of `range`, pinned to the ETag seen at open when it is a strong one:
+    /// `If-Match` compares strongly (RFC 9110 section 13.1.1), so a weak ETag (`W/"..."`, as
+    /// some gateways send) would fail every read with 412. Unpinned, a replaced object is still
+    /// caught: by the size of each answer and by the sha256 of the whole.
     fn fetch(&self, range: std::ops::Range<u64>) -> tokio::task::JoinHandle<object_store::Result<Bytes>> {
         let (store, path) = (self.store.clone(), self.meta.location.clone());
         let options = GetOptions {
             range: Some(GetRange::Bounded(range)),
-            if_match: self.meta.e_tag.clone(),
+            if_match: self.meta.e_tag.clone().filter(|tag| !tag.starts_with("W/")),
             ..Default::default()
         };
         runtime().spawn(async move { store.get_opts(&path, options).await?.bytes().await })
@@ -331,15 +334,36 @@ impl ObjectFile {
     }
 }
 
-/// A small object read whole (a snapshot's description); None when there is none.
-pub fn read_whole(uri: &str, credentials: Credentials) -> Result<Option<Bytes>> {
+/// A small object read whole (a snapshot's description); None when there is none. One larger
+/// than `max_bytes` is [`Error::Exhausted`], not read: a damaged or hostile object cannot make
+/// the reader hold gigabytes.
+pub fn read_whole(uri: &str, credentials: Credentials, max_bytes: u64) -> Result<Option<Bytes>> {
     let location = locate(uri, credentials)?;
     let (store, path) = (location.store, location.path);
-    match wait(async move { store.get(&path).await?.bytes().await }) {
-        Ok(bytes) => Ok(Some(bytes)),
+    let got = wait(async move {
+        let got = store.get(&path).await?;
+        match got.meta.size > max_bytes {
+            true => Ok(Err(got.meta.size)),
+            false => got.bytes().await.map(Ok),
+        }
+    });
+    match got {
+        Ok(Ok(bytes)) => Ok(Some(bytes)),
+        Ok(Err(size)) => Err(Error::Exhausted {
+            what: redact(uri),
+            reason: format!("{size} bytes, more than the {max_bytes} this object may have"),
+        }),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(failed(uri, "reading", e)),
     }
+}
+
+/// Copies the object `from` to `to` in the same bucket, on the server (no bytes through here).
+pub fn copy(from: &str, to: &str, credentials: Credentials) -> Result<()> {
+    let location = locate(from, credentials)?;
+    let target = locate(to, credentials)?.path;
+    let (store, path) = (location.store, location.path);
+    wait(async move { store.copy(&path, &target).await }).map_err(|e| failed(from, "copying", e))
 }
 
 /// Writes `bytes` as the object `uri` in one PUT (replacing what is there): a small object,

@@ -27,6 +27,9 @@ const DESCRIPTION: &str = "snapshot.json";
 const LEGACY_DATA: &str = "data.mdb";
 /// Appended to the description's key for the copy of an unreadable one a push replaced.
 const UNREADABLE: &str = ".unreadable";
+/// A description is a few KiB (one sha256 per 16 MiB part, the manifest); anything much larger
+/// is not one, and is not read into memory.
+const MAX_DESCRIPTION_BYTES: u64 = 16 << 20;
 /// Bytes appended to the partial file at a time while restoring.
 const RESTORE_CHUNK: usize = 1 << 20;
 
@@ -100,7 +103,15 @@ impl SnapshotStore {
     /// The snapshot of `collection` in the store, if one was published completely.
     pub fn described(&self, collection: &str) -> Result<Option<StoredSnapshot>> {
         let uri = self.object(collection, DESCRIPTION)?;
-        let Some(bytes) = object::read_whole(&uri, self.credentials)? else { return Ok(None) };
+        let unreadable = |reason: String| Error::Snapshot { collection: collection.to_string(), reason };
+        let bytes = match object::read_whole(&uri, self.credentials, MAX_DESCRIPTION_BYTES) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(Error::Exhausted { what, reason }) => {
+                return Err(unreadable(format!("{what} is not a snapshot description: {reason}")));
+            }
+            Err(e) => return Err(e),
+        };
         serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Snapshot {
             collection: collection.to_string(),
             reason: format!("{} is not a snapshot description: {e}", redact(&uri)),
@@ -137,8 +148,8 @@ impl SnapshotStore {
         let previous = match self.described(&info.collection) {
             Ok(previous) => previous,
             Err(e @ Error::Snapshot { .. }) => {
-                self.keep_unreadable(&info.collection)?;
-                tracing::warn!(collection = %info.collection, error = %e, "replacing the store's description (the unreadable one is kept as {DESCRIPTION}{UNREADABLE})");
+                tracing::warn!(collection = %info.collection, error = %e, "replacing the store's unreadable description");
+                self.keep_unreadable(&info.collection);
                 None
             }
             Err(e) => return Err(e),
@@ -166,15 +177,31 @@ impl SnapshotStore {
         };
         let json = serde_json::to_vec_pretty(&stored).expect("a snapshot description serializes");
         object::write_whole(&self.object(&info.collection, DESCRIPTION)?, self.credentials, json)?;
-        // What the replaced description named: no longer reachable, unless another pusher of
-        // this collection described it again meantime (so the description is read again first;
-        // two writers publishing one collection at once is a misconfiguration this narrows, not
-        // closes). Best effort: left behind, it costs space, not correctness.
-        let still_named = |old: &StoredSnapshot| match self.described(&info.collection) {
-            Ok(now) => now.is_some_and(|now| now.data == old.data),
-            Err(_) => true,
+        crate::fault::point("store::after_description");
+        // Read again: another pusher of this collection may have written its description just
+        // after this one (two writers publishing one collection is a misconfiguration; object
+        // stores differ in conditional writes, so it is detected, not prevented). Then this
+        // push did not publish, and says so rather than report a snapshot replicas will not get.
+        let ours = match self.described(&info.collection) {
+            Ok(Some(now)) if now.data != stored.data => {
+                return Err(Error::Snapshot {
+                    collection: info.collection.clone(),
+                    reason: format!(
+                        "another publisher replaced this snapshot's description in {} meanwhile (it names {}, \
+                         this push uploaded {}): is a second writer publishing this collection?",
+                        self.uri(),
+                        now.data,
+                        stored.data
+                    ),
+                });
+            }
+            Ok(now) => now.is_some(),
+            // Unsure what the store holds now: what the old description named is kept.
+            Err(_) => false,
         };
-        if let Some(old) = previous.filter(|old| old.data != stored.data && !still_named(old)) {
+        // What the replaced description named is no longer reachable. Best effort: left
+        // behind, it costs space, not correctness.
+        if let Some(old) = previous.filter(|old| ours && old.data != stored.data) {
             let deleted = data_name(&old)
                 .and_then(|name| self.object(&info.collection, name))
                 .and_then(|uri| object::delete(&uri, self.credentials));
@@ -203,14 +230,20 @@ impl SnapshotStore {
         Ok(object::ObjectFile::open_if_present(&uri, self.credentials)?.is_some_and(|file| is_described(&file, stored)))
     }
 
-    /// Copies the collection's unreadable description aside (`snapshot.json.unreadable`)
-    /// before a push replaces it: what wrote it, and why, is then still there to look at.
-    fn keep_unreadable(&self, collection: &str) -> Result<()> {
-        let uri = self.object(collection, DESCRIPTION)?;
-        if let Some(bytes) = object::read_whole(&uri, self.credentials)? {
-            object::write_whole(&format!("{uri}{UNREADABLE}"), self.credentials, bytes.to_vec())?;
+    /// Copies the collection's unreadable description aside, on the server, before a push
+    /// replaces it (`snapshot.json.unreadable-<unix seconds>`, so an earlier copy stays): what
+    /// wrote it, and why, is then still there to look at. Best effort: a copy that fails does
+    /// not keep the writer from publishing.
+    fn keep_unreadable(&self, collection: &str) {
+        let copied = self.object(collection, DESCRIPTION).and_then(|uri| {
+            let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let aside = format!("{uri}{UNREADABLE}-{}", at.as_secs());
+            object::copy(&uri, &aside, self.credentials).map(|()| aside)
+        });
+        match copied {
+            Ok(aside) => tracing::warn!(collection, kept = %redact(&aside), "the unreadable description is kept"),
+            Err(e) => tracing::warn!(collection, error = %e, "the unreadable description could not be kept"),
         }
-        Ok(())
     }
 
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked

@@ -369,9 +369,36 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     let listed = snapshot(&["list", "--store", legacy]);
     assert_eq!(listed[0]["sha256"], stored["sha256"]);
     // The damaged one is kept aside to look at, and replicas restore from the new one.
-    assert_eq!(weed.get("/snapshots/legacy/v1/snapshot.json.unreadable"), b"{not json".to_vec());
+    // (copied on the server, under a name of its own so an earlier copy stays).
+    let listing = ureq::get(&object_url("/snapshots?list-type=2&prefix=legacy/v1/snapshot.json.unreadable-"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let kept = listing.split("<Key>").nth(1).and_then(|k| k.split("</Key>").next()).expect(&listing).to_string();
+    assert_eq!(weed.get(&format!("/snapshots/{kept}")), b"{not json".to_vec());
     let pulled = snapshot(&["pull", "--store", legacy, "--data-dir", &at("after-damage"), "--collection", "v1"]);
     assert_eq!(pulled["sha256"], stored["sha256"]);
+
+    // Another publisher writes its description just after this push wrote its own: the push
+    // fails naming it (it did not publish), and deletes nothing that description names.
+    ureq::delete(&object_url(&content_named)).call().unwrap();
+    let args = ["snapshot", "push", "--store", legacy, "--data-dir", &at("p"), "--collection", "v1"];
+    let log = dir.path().join("push-raced.log");
+    let mut push = Stopped(spawn_quiver(weed.s3, &args, Some("store::after_description=sleep(4000)"), &log));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::head(&object_url(&content_named)).call().is_err() {
+        assert!(Instant::now() < deadline, "not uploaded:\n{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    put(weed.s3, "/snapshots/legacy/v1/data.mdb", weed.get(&content_named)).unwrap();
+    put(weed.s3, "/snapshots/legacy/v1/snapshot.json", serde_json::to_vec(&old).unwrap()).unwrap();
+    let status = push.0.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success() && said.contains("another publisher replaced"), "{said}");
+    assert!(ureq::head(&object_url("/snapshots/legacy/v1/data.mdb")).call().is_ok(), "what the other names stays");
 }
 
 /// Ingest.Progress of `collection` on the writer at `grpc`, with a client that does not retry.
