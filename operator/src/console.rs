@@ -4,12 +4,15 @@
 //! nothing: every VectorCollection with its phase, replicas ready of wanted, the writer's
 //! progress, each gate measured against its threshold, and its timeline (its Events and the
 //! last transition of each condition); every CollectionAlias with its current and previous
-//! target, its history, and its next scheduled rebuild.
+//! target, its history, and its next scheduled rebuild. It answers only requests addressed to
+//! localhost or an IP address (`host_is_local`).
 
 use crate::controller::Context;
 use crate::controller::collection::observe::event_time;
 use crate::crd::{CollectionAlias, GateResult, VectorCollection};
-use axum::http::{HeaderValue, header};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
@@ -18,30 +21,103 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 const STYLE: &str = include_str!("console.css");
 /// No script, nothing from elsewhere, no framing.
 const POLICY: &str =
     "default-src 'none'; style-src 'self'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
-/// Events listed per namespace and kind: the newest of them are shown.
+/// Events listed per namespace and kind: the first this many in key (name) order, not the
+/// newest (see [`list_events`]).
 const EVENTS_LISTED: u32 = 500;
+/// How long one list of Events may take before the page goes without it (and says so).
+const EVENTS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a listing of Events serves every page: tabs open side by side, each refreshed
+/// every 10 s, then cost one listing per this interval instead of one each.
+const EVENTS_FRESH: Duration = Duration::from_secs(10);
+/// The kinds whose Events the timelines show.
+const KINDS: [&str; 2] = ["VectorCollection", "CollectionAlias"];
 /// Timeline entries shown per collection.
 const TIMELINE: usize = 30;
 
 /// The controllers' context once it exists (empty before: the page says so).
 pub type Source = Arc<OnceLock<Arc<Context>>>;
 
+/// Events about quiver's objects, by (namespace, kind, name).
+type Events = BTreeMap<(String, String, String), Vec<CoreEvent>>;
+
+/// One listing of Events: when it was made, of which namespaces, what it found, and the first
+/// list that failed or timed out.
+struct Listing {
+    at: Instant,
+    namespaces: BTreeSet<String>,
+    events: Events,
+    trouble: Option<String>,
+}
+
+/// What every page of the console shares.
+struct Console {
+    source: Source,
+    /// The last listing of Events. Held while a new one is made, so pages asked for meanwhile
+    /// wait for it instead of listing again.
+    events: tokio::sync::Mutex<Option<Arc<Listing>>>,
+}
+
 pub fn router(source: Source) -> axum::Router {
+    let console = Arc::new(Console { source, events: tokio::sync::Mutex::new(None) });
     axum::Router::new()
         .route(
             "/",
             get(move || {
-                let source = source.clone();
-                async move { page(&source).await }
+                let console = console.clone();
+                async move { page(&console).await }
             }),
         )
         .route("/console.css", get(|| async { with_policy("text/css; charset=utf-8", STYLE.to_string()) }))
+        .layer(middleware::from_fn(local_only))
+}
+
+/// Refuses a request not addressed to a local Host: a page of another site, whose name its
+/// owner makes resolve to 127.0.0.1 (DNS rebinding), would otherwise read the console through
+/// the user's port-forward as if it were its own.
+async fn local_only(request: Request, next: Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+    if host_is_local(&host) {
+        return next.run(request).await;
+    }
+    // At most 64 characters of what the caller sent come back.
+    let shown: String = host.chars().take(64).collect();
+    let refusal = format!(
+        "Host {shown:?} refused: the console answers only requests addressed to localhost or an IP address (DNS rebinding)\n"
+    );
+    (StatusCode::FORBIDDEN, refusal).into_response()
+}
+
+/// Whether `host` (a Host header: a name or an IP address, then maybe `:port`) is one no DNS
+/// answer can point elsewhere: an IP address (IPv6 in brackets), `localhost`, or a name under
+/// `.localhost` (browsers resolve those to loopback themselves, RFC 6761).
+fn host_is_local(host: &str) -> bool {
+    let (name, port) = split_port(host);
+    let port_valid = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    let local = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => {
+            let name = name.to_ascii_lowercase();
+            name.parse::<Ipv4Addr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+        }
+    };
+    port_valid && local
+}
+
+/// `host` without its `:port`, and the port: the colons inside an IPv6 address's brackets are
+/// not the port's.
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    match host.rfind(':') {
+        Some(at) if !host[at..].contains(']') => (&host[..at], Some(&host[at + 1..])),
+        _ => (host, None),
+    }
 }
 
 fn with_policy(content_type: &'static str, body: String) -> Response {
@@ -54,8 +130,8 @@ fn with_policy(content_type: &'static str, body: String) -> Response {
     response
 }
 
-async fn page(source: &Source) -> Response {
-    let Some(ctx) = source.get() else {
+async fn page(console: &Console) -> Response {
+    let Some(ctx) = console.source.get() else {
         return with_policy("text/html; charset=utf-8", render(&[], &[], &BTreeMap::new(), None, Timestamp::now()));
     };
     let mut collections: Vec<_> = ctx.caches.collections.all();
@@ -64,38 +140,63 @@ async fn page(source: &Source) -> Response {
     aliases.sort_by_key(|a| (a.namespace(), a.name_any()));
     let namespaces: BTreeSet<String> =
         collections.iter().filter_map(|c| c.namespace()).chain(aliases.iter().filter_map(|a| a.namespace())).collect();
-    let (events, trouble) = events(ctx, &namespaces).await;
+    let listing = events(console, ctx, &namespaces).await;
     let collections: Vec<&VectorCollection> = collections.iter().map(|c| c.as_ref()).collect();
     let aliases: Vec<&CollectionAlias> = aliases.iter().map(|a| a.as_ref()).collect();
-    with_policy("text/html; charset=utf-8", render(&collections, &aliases, &events, trouble, (ctx.now)()))
+    let trouble = listing.trouble.clone();
+    with_policy("text/html; charset=utf-8", render(&collections, &aliases, &listing.events, trouble, (ctx.now)()))
 }
 
-/// Events about quiver's objects, by (namespace, kind, name); the first error listing them.
-async fn events(
-    ctx: &Context,
-    namespaces: &BTreeSet<String>,
-) -> (BTreeMap<(String, String, String), Vec<CoreEvent>>, Option<String>) {
-    let mut by_object: BTreeMap<(String, String, String), Vec<CoreEvent>> = BTreeMap::new();
-    let mut trouble = None;
-    for ns in namespaces {
-        let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
-        for kind in ["VectorCollection", "CollectionAlias"] {
-            let params =
-                ListParams::default().fields(&format!("involvedObject.kind={kind}")).limit(EVENTS_LISTED).match_any();
-            match api.list(&params).await {
-                Ok(list) => {
-                    for event in list.items {
-                        let name = event.involved_object.name.clone().unwrap_or_default();
-                        by_object.entry((ns.clone(), kind.to_string(), name)).or_default().push(event);
-                    }
+/// The Events of `namespaces`, listed at most EVENTS_FRESH ago. Listed again when the
+/// namespaces changed: a collection in a new namespace shows its Events at once.
+async fn events(console: &Console, ctx: &Context, namespaces: &BTreeSet<String>) -> Arc<Listing> {
+    let mut last = console.events.lock().await;
+    let fresh = |l: &&Arc<Listing>| l.at.elapsed() < EVENTS_FRESH && l.namespaces == *namespaces;
+    if let Some(listing) = last.as_ref().filter(fresh) {
+        return listing.clone();
+    }
+    let listing = Arc::new(list_events(ctx, namespaces).await);
+    *last = Some(listing.clone());
+    listing
+}
+
+/// Lists the Events of every kind in every namespace at once. Not from the API server's watch
+/// cache (`resourceVersion=0`, kube's `match_any`), which ignores the limit and sends every
+/// Event (kubernetes/kubernetes#70735): read from etcd, a list honours the limit and holds the
+/// first EVENTS_LISTED Events in key (name) order, not the newest.
+async fn list_events(ctx: &Context, namespaces: &BTreeSet<String>) -> Listing {
+    let lists: Vec<(&String, &str)> = namespaces.iter().flat_map(|ns| KINDS.map(|kind| (ns, kind))).collect();
+    let listed = futures::future::join_all(lists.iter().map(|&(ns, kind)| list(ctx, ns, kind))).await;
+    let mut listing =
+        Listing { at: Instant::now(), namespaces: namespaces.clone(), events: Events::new(), trouble: None };
+    for (&(ns, kind), result) in lists.iter().zip(listed) {
+        match result {
+            Ok(events) => {
+                for event in events {
+                    let name = event.involved_object.name.clone().unwrap_or_default();
+                    listing.events.entry((ns.clone(), kind.to_string(), name)).or_default().push(event);
                 }
-                Err(e) => {
-                    trouble.get_or_insert_with(|| format!("listing the Events of {ns}: {e}"));
-                }
+            }
+            Err(why) => {
+                listing.trouble.get_or_insert(why);
             }
         }
     }
-    (by_object, trouble)
+    listing
+}
+
+/// The Events of `kind` in `ns` (at most EVENTS_LISTED), or why not within EVENTS_TIMEOUT.
+async fn list(ctx: &Context, ns: &str, kind: &str) -> Result<Vec<CoreEvent>, String> {
+    let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
+    let params = ListParams::default().fields(&format!("involvedObject.kind={kind}")).limit(EVENTS_LISTED);
+    match tokio::time::timeout(EVENTS_TIMEOUT, api.list(&params)).await {
+        Ok(Ok(list)) => Ok(list.items),
+        Ok(Err(e)) => Err(format!("listing the {kind} Events of {ns}: {e}")),
+        Err(_) => Err(format!(
+            "listing the {kind} Events of {ns} took longer than EVENTS_TIMEOUT ({} s): their timelines show conditions only",
+            EVENTS_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// HTML-escapes text for an element or a quoted attribute.
@@ -313,4 +414,41 @@ pub fn render(
     }
     out.push_str("</section></main></body></html>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hosts_no_dns_answer_can_move_are_local() {
+        for local in [
+            "127.0.0.1:8090",
+            "127.0.0.1",
+            "10.1.2.3:80",
+            "[::1]:8090",
+            "[::1]",
+            "localhost:8090",
+            "LOCALHOST",
+            "console.localhost:8090",
+        ] {
+            assert!(host_is_local(local), "{local}");
+        }
+        for remote in [
+            "",
+            "evil.example:8090",
+            "evil.example",
+            "localhost.evil.example",
+            "evil-localhost",
+            "127.0.0.1.nip.io:8090",
+            "::1",
+            "[evil.example]:8090",
+            "[::1]x",
+            "localhost:",
+            "localhost:99999",
+            "127.0.0.1:80:80",
+        ] {
+            assert!(!host_is_local(remote), "{remote}");
+        }
+    }
 }

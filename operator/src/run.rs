@@ -360,6 +360,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(ctx) => crate::state_metrics::registry(
                 ctx.caches.collections.all().iter().map(|c| c.as_ref()),
                 ctx.caches.aliases.all().iter().map(|a| a.as_ref()),
+                &ctx.defaults,
             ),
             None => Default::default(),
         })

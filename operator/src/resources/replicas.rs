@@ -4,7 +4,7 @@
 use super::Defaults;
 use super::labels::{self, Role};
 use super::pod::{self, flag, optional_flag};
-use crate::crd::{ReplicasSpec, VectorCollection};
+use crate::crd::{CollectionAlias, Phase, ReplicasSpec, VectorCollection};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Service, ServiceSpec, Volume};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -25,6 +25,32 @@ pub fn autoscaled(spec: &ReplicasSpec) -> bool {
 /// Replicas that must be ready before the collection is warmed up and verified.
 pub fn wanted(spec: &ReplicasSpec) -> i32 {
     if autoscaled(spec) { spec.min.unwrap_or(1) } else { spec.count.unwrap_or(DEFAULT_COUNT) }
+}
+
+/// Whether a Ready collection a rebuild made sits unused: no alias serves it (no served-by
+/// mark: neither current nor previous) and none of `aliases` points at it. Its replicas are
+/// then scaled to zero (`--scale-down-unserved`), and come back when an alias points at it
+/// again; the writer keeps its snapshot. Pure, so the state metrics export the replicas the
+/// controller wants from the same answer.
+pub fn idle<'a>(
+    vc: &VectorCollection,
+    aliases: impl IntoIterator<Item = &'a CollectionAlias>,
+    defaults: &Defaults,
+) -> bool {
+    let rebuilt = vc.labels().contains_key(labels::ALIAS);
+    let marked = vc.labels().keys().any(|k| k.starts_with(labels::SERVED_BY_PREFIX));
+    let status = vc.status.as_ref();
+    let ready = status.is_some_and(|s| s.phase == Phase::Ready && s.observed_generation == vc.metadata.generation);
+    defaults.scale_down_unserved && rebuilt && !marked && ready && !aliases.into_iter().any(|ca| points_at(ca, vc))
+}
+
+/// Whether `ca` points at `vc` (an alias of another namespace never does): it targets it (a
+/// pin, or the newest rebuild about to be flipped to), serves it, or keeps it for a rollback.
+pub fn points_at(ca: &CollectionAlias, vc: &VectorCollection) -> bool {
+    let status = ca.status.clone().unwrap_or_default();
+    let name = Some(vc.name_any());
+    ca.namespace() == vc.namespace()
+        && (crate::controller::alias::target(ca, &status) == name || status.current == name || status.previous == name)
 }
 
 /// `quiver replica ...` for this collection.

@@ -7,7 +7,7 @@
 
 use crate::leader::{FakeApi, operator_with};
 use serde_json::{Value, json};
-use std::io::BufRead;
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,6 +134,13 @@ async fn the_console_shows_collections_gates_timelines_and_aliases_in_a_browser(
         assert!(child.try_wait().unwrap().is_none(), "the operator exited:\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+
+    // DNS rebinding: a page whose own name now resolves here sends that name as Host. Refused.
+    let mut raw = std::net::TcpStream::connect(&address).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: evil.example:8090\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("DNS rebinding"), "{answer}");
 
     let screenshot = quiver_testkit::browser::artifacts().join("operator-console.png");
     let _ = std::fs::remove_file(&screenshot);

@@ -65,7 +65,8 @@ fn collection() -> VectorCollection {
     )
 }
 
-/// products, rebuilt daily at 03:00 Berlin (02:00 UTC in winter), its last flip refused.
+/// products, rebuilt daily at 03:00 Berlin (02:00 UTC in winter), its last flip refused (its
+/// target failed).
 fn alias() -> CollectionAlias {
     example(
         "collectionalias-rebuild.yaml",
@@ -73,7 +74,7 @@ fn alias() -> CollectionAlias {
             "metadata": {"creationTimestamp": "2026-11-01T00:00:00Z"},
             "status": {"current": "products-20261130-0200", "flippedAt": "2026-11-30T02:30:00Z",
                        "lastRebuild": "2026-12-01T02:00:00Z",
-                       "conditions": [{"type": "Flipped", "status": "False", "reason": "GateRefused", "message": "",
+                       "conditions": [{"type": "Flipped", "status": "False", "reason": "TargetFailed", "message": "",
                                        "lastTransitionTime": "2026-12-01T02:40:00Z"}]}}),
     )
 }
@@ -85,7 +86,8 @@ fn operator_exposition() -> String {
     metrics.error("collection", "kube");
     metrics.apply("Service", "sent");
     let (vc, ca) = (collection(), alias());
-    metrics.render_with(&quiver_operator::state_metrics::registry([&vc], [&ca]))
+    let defaults = quiver_operator::resources::Defaults::default();
+    metrics.render_with(&quiver_operator::state_metrics::registry([&vc], [&ca], &defaults))
 }
 
 #[test]
@@ -111,6 +113,7 @@ fn the_caches_gauges_say_what_the_objects_say() {
     assert!(line(&format!(r#"quiver_operator_collection_phase{{{of},phase="Ready"}}"#)).ends_with(" 0"));
     assert!(line(&format!("quiver_operator_collection_replicas_ready{{{of}}}")).ends_with(" 1"));
     assert!(line(&format!("quiver_operator_collection_replicas_wanted{{{of}}}")).ends_with(" 2"), "replicas.min");
+    assert!(line(&format!("quiver_operator_collection_superseded{{{of}}}")).ends_with(" 0"), "no rebuild made it");
     assert!(line(&format!("quiver_operator_collection_p99_budget_seconds{{{of}}}")).ends_with(" 0.005"));
     let at = |t: &str| t.parse::<k8s_openapi::jiff::Timestamp>().unwrap().as_second() as f64;
     let value = |l: &str| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
@@ -120,6 +123,7 @@ fn the_caches_gauges_say_what_the_objects_say() {
     );
     let of = r#"namespace="search",alias="products""#;
     assert!(line(&format!("quiver_operator_alias_serving_target{{{of}}}")).ends_with(" 0"), "a refused flip");
+    assert!(line(&format!("quiver_operator_alias_flip_refused{{{of}}}")).ends_with(" 1"), "its target failed");
     assert_eq!(value(line("quiver_operator_alias_flipped_timestamp_seconds{")), at("2026-11-30T02:30:00Z"));
     // The tick after the one last handled: 03:00 Berlin the next day.
     assert_eq!(value(line("quiver_operator_alias_next_rebuild_timestamp_seconds{")), at("2026-12-02T02:00:00Z"));

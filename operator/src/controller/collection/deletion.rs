@@ -45,19 +45,12 @@ pub(super) async fn unmark_gone_aliases(vc: &VectorCollection, ctx: &Context) ->
 
 /// Aliases in the collection's namespace that serve it or are about to.
 pub fn aliases_pointing_at(vc: &VectorCollection, ctx: &Context) -> Result<Vec<String>> {
-    let name = vc.name_any();
     Ok(ctx
         .caches
         .aliases
         .in_namespace(&namespace(vc)?)
         .into_iter()
-        .filter(|a| {
-            // What it targets, serves, or keeps for a rollback.
-            let status = a.status.clone().unwrap_or_default();
-            crate::controller::alias::target(a, &status).as_ref() == Some(&name)
-                || status.current.as_ref() == Some(&name)
-                || status.previous.as_ref() == Some(&name)
-        })
+        .filter(|a| crate::resources::replicas::points_at(a, vc))
         .map(|a| a.name_any())
         .collect())
 }

@@ -243,7 +243,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let sealed = phase::next(previous, &observed);
     let mut replicas_refused = None;
     if sealed.vector_count.is_some() && sealed.phase != Phase::Failed {
-        observed.idle = idle(vc, ctx, previous).await?;
+        observed.idle = idle(vc, ctx)?;
         apply(ctx, &ns, &replicas::service(vc)).await?;
         if replicas::autoscaled(&vc.spec.replicas) && !observed.idle {
             hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
@@ -445,18 +445,11 @@ async fn release_writer(vc: &VectorCollection, ctx: &Context, ns: &str) -> Resul
     Ok(())
 }
 
-/// Whether a Ready collection a rebuild made sits unused: no alias serves it (no served-by
-/// mark: neither current nor previous) and none targets it (a pin, or the newest rebuild about
-/// to be flipped to). Its replicas are then scaled to zero (`--scale-down-unserved`), and
-/// come back when an alias points at it again; the writer keeps its snapshot.
-async fn idle(vc: &VectorCollection, ctx: &Context, previous: Option<&VectorCollectionStatus>) -> Result<bool> {
-    let rebuilt = vc.labels().contains_key(labels::ALIAS);
-    let marked = vc.labels().keys().any(|k| k.starts_with(labels::SERVED_BY_PREFIX));
-    let ready = previous.is_some_and(|s| s.phase == Phase::Ready && s.observed_generation == vc.metadata.generation);
-    if !ctx.defaults.scale_down_unserved || !rebuilt || marked || !ready {
-        return Ok(false);
-    }
-    Ok(aliases_pointing_at(vc, ctx)?.is_empty())
+/// Whether the collection sits unused ([`replicas::idle`], one answer for the controller and
+/// the state metrics).
+fn idle(vc: &VectorCollection, ctx: &Context) -> Result<bool> {
+    let aliases = ctx.caches.aliases.in_namespace(&namespace(vc)?);
+    Ok(replicas::idle(vc, aliases.iter().map(|a| a.as_ref()), &ctx.defaults))
 }
 
 #[cfg(test)]
