@@ -161,6 +161,10 @@ pub struct SnapshotsSpec {
     /// namespace `ns` under `<store>/<ns>/c/` once sealed (in the background, retried until it
     /// lands); replicas restore from there first, then from the writer and ready peers.
     #[x_kube(validation = Rule::new("['s3://', 's3a://', 'gs://', 'az://', 'abfs://', 'abfss://'].exists(p, self.startsWith(p))").message("snapshots.store must be an object-store URL (s3://, gs://, az://, abfs(s)://)"))]
+    // The writer reports where it published without credentials or a query (redacted), and
+    // the release compares that with this URL: one carrying them would never match (and would
+    // be echoed into status), so it is refused here; the Secret carries credentials.
+    #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#') && !self.matches('^[a-z0-9]+://[^/]*@')").message("snapshots.store must not carry credentials or a query (user:key@, ?...): name them in snapshots.credentialsSecret"))]
     pub store: String,
     /// A Secret with the store's credentials, under the names source.credentialsSecret lists
     /// (the writer and the replicas get only those keys, each optional); default: the

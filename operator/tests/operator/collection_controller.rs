@@ -492,6 +492,28 @@ async fn a_release_that_finds_another_object_under_the_writers_name_goes_on() {
     })
     .await;
     assert!(result.unwrap_err().to_string().contains("the object has been modified"));
+
+    // Both being deleted already (a deletionTimestamp: the DELETE went out, and a finalizer or
+    // the garbage collector holds them; a DELETE again would answer 200): nothing is sent
+    // again, and no second WriterReleased.
+    let mut h = harness();
+    let deleting = |mut object: Value| {
+        object["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+        object
+    };
+    let mut deployment = serde_json::to_value(&expected.replicas).unwrap();
+    deployment["status"] = json!({"readyReplicas": 2});
+    h.cache([deleting(sts.clone()), deleting(svc.clone()), deployment, running_pod("10.1.2.3")]);
+    h.cache(jobs("Complete"));
+    let result = run(reconcile(vc.clone(), h.ctx.clone()), async {
+        h.server.apply(WRITER_NP, Value::Null).await;
+        h.server.apply(REPLICAS_NP, Value::Null).await;
+        replicas_applied(&mut h.server, 2).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["phase"], "Ready");
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
 }
 
 /// A release the writer keeps the collection waiting for (it does not report its snapshot in
@@ -519,7 +541,7 @@ async fn a_release_that_waits_on_the_writer_says_why_at_the_resync_pace() {
     .await
     .unwrap();
     assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(10)));
-    let action = run(reconcile(waiting(written), h.ctx.clone()), async {
+    let action = run(reconcile(waiting(written.clone()), h.ctx.clone()), async {
         let status = status_patch(&mut h.server).await.body["status"].clone();
         let writer = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "WriterAvailable").unwrap();
         assert_eq!(writer["reason"], "Sealed");
@@ -531,6 +553,23 @@ async fn a_release_that_waits_on_the_writer_says_why_at_the_resync_pace() {
     .await
     .unwrap();
     assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(300)));
+    // The upload lands: the pass that records it looks again soon (that pass may release),
+    // not a resync later.
+    let stored = quiver_operator::crd::StoredSnapshot {
+        location: "s3://snapshots/search/products-v2".into(),
+        sha256: "ab12".into(),
+        bytes: 4096,
+    };
+    *h.writer.state.lock().unwrap() =
+        Some(WriterState::Sealed { count: 50000, setting: "signscan quality=100".into(), stored: Some(stored) });
+    let mut recorded = Value::Null;
+    let action = run(reconcile(waiting(written.clone()), h.ctx.clone()), async {
+        recorded = status_patch(&mut h.server).await.body["status"].clone();
+    })
+    .await
+    .unwrap();
+    assert_eq!(recorded["snapshot"]["sha256"], "ab12", "{recorded}");
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(10)));
 }
 
 #[tokio::test]

@@ -104,6 +104,7 @@ fn invalid_fixtures_are_refused_with_their_message() {
             "source.credentialsSecret and snapshots.credentialsSecret must name the same Secret",
         ),
         ("invalid-name.yaml", "at most 40 characters"),
+        ("invalid-store-credentials.yaml", "snapshots.store must not carry credentials or a query"),
     ] {
         let vc: VectorCollection = load(&fixtures.join(file));
         let err = vc.validate_cel().expect_err(file);

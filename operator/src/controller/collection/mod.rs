@@ -337,15 +337,18 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         // The release goes on at once (status writes do not wake a reconcile): the pass that
         // turned Ready lets the next read the writer's report, the one that recorded the
         // release lets the next delete, the one that deleted waits to see the writer gone.
-        Phase::Ready if releasing(vc, ctx, &ns, previous, &observed.writer) => Action::requeue(PROGRESS_INTERVAL),
+        Phase::Ready if releasing(vc, ctx, &ns, previous, &status, &observed.writer) => {
+            Action::requeue(PROGRESS_INTERVAL)
+        }
         Phase::Ready | Phase::Failed => Action::requeue(ctx.resync),
         _ => Action::requeue(PROGRESS_INTERVAL),
     })
 }
 
 /// Whether a Ready collection under `writer.afterPublish: Delete` has a step of its release
-/// due on the next pass: it just turned Ready, or recorded the release in this pass, or has it
-/// recorded with the writer's StatefulSet or Service still in the caches. A writer that waits
+/// due on the next pass: it just turned Ready, or recorded the writer's stored snapshot or the
+/// release in this pass, or has the release recorded with the writer's StatefulSet or Service
+/// still in the caches. A writer that waits
 /// (it does not report its snapshot in the store) is looked at again at the resync, not every
 /// few seconds for as long as it waits.
 fn releasing(
@@ -353,6 +356,7 @@ fn releasing(
     ctx: &Context,
     ns: &str,
     previous: Option<&VectorCollectionStatus>,
+    status: &VectorCollectionStatus,
     observed: &WriterState,
 ) -> bool {
     if vc.spec.writer.after_publish != Some(AfterPublish::Delete) {
@@ -362,7 +366,14 @@ fn releasing(
     let cached = ctx.caches.stateful_sets.get(ns, &name).is_some() || ctx.caches.services.get(ns, &name).is_some();
     let turned_ready =
         previous.is_none_or(|p| p.phase != Phase::Ready || p.observed_generation != vc.metadata.generation);
-    if writer::released(vc) { cached } else { *observed == WriterState::Released || (turned_ready && cached) }
+    // A snapshot the writer reported in the store for the first time (an upload that ended
+    // after the collection turned Ready): the next pass may release.
+    let stored_now = previous.and_then(|p| p.snapshot.as_ref()) != status.snapshot.as_ref();
+    if writer::released(vc) {
+        cached
+    } else {
+        *observed == WriterState::Released || (turned_ready && cached) || stored_now
+    }
 }
 
 /// A Failed collection annotated `quiver.dev/retry` with a value it has not acted on is retried:
@@ -428,11 +439,14 @@ async fn release_writer(vc: &VectorCollection, ctx: &Context, ns: &str) -> Resul
     };
     // Announced only when this pass deleted something (a cache that still holds what is gone
     // answers 404 or, for a namesake, 409: no Event for those).
+    // One being deleted already is not deleted again: the API server answers a DELETE of it
+    // 200 while a finalizer or the garbage collector holds it, which would announce again.
     let mut deleted = false;
-    if let Some(sts) = ctx.caches.stateful_sets.get(ns, &name) {
+    let live = |meta: &kube::api::ObjectMeta| meta.deletion_timestamp.is_none();
+    if let Some(sts) = ctx.caches.stateful_sets.get(ns, &name).filter(|s| live(&s.metadata)) {
         deleted |= delete_if_present::<StatefulSet>(ctx, ns, &name, &of(sts.metadata.uid.clone())).await?;
     }
-    if let Some(service) = ctx.caches.services.get(ns, &name) {
+    if let Some(service) = ctx.caches.services.get(ns, &name).filter(|s| live(&s.metadata)) {
         let params = of(service.metadata.uid.clone());
         deleted |= delete_if_present::<k8s_openapi::api::core::v1::Service>(ctx, ns, &name, &params).await?;
     }
