@@ -52,6 +52,23 @@ pub struct Catalog {
     live: RwLock<HashMap<String, Arc<Searcher>>>,
 }
 
+/// Opens a collection, waiting a little for its last holder to finish closing it: the last
+/// `Arc` of a searcher can be dropped outside the catalog's lock (a look by the console, a
+/// query that outlived a flip), and LMDB answers `EnvAlreadyOpened` until that drop has
+/// released the environment.
+fn open_searcher(path: &Path) -> Result<Searcher> {
+    let mut waited = 0;
+    loop {
+        match Searcher::open(path) {
+            Err(Error::Lmdb(heed::Error::EnvAlreadyOpened)) if waited < 100 => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                waited += 1;
+            }
+            opened => return opened,
+        }
+    }
+}
+
 impl Catalog {
     /// Opens (or creates) the catalog of the collections under `root`.
     pub fn open(root: &Path) -> Result<Catalog> {
@@ -92,7 +109,7 @@ impl Catalog {
                 return Ok(c);
             }
         }
-        let c = Arc::new(Searcher::open(&self.root.join(name))?);
+        let c = Arc::new(open_searcher(&self.root.join(name))?);
         let entry = Opened { kept: Some(c.clone()), alive: Arc::downgrade(&c), at, adopted: false };
         open.by_name.insert(name.to_string(), entry);
         drop(open);
@@ -110,7 +127,7 @@ impl Catalog {
         if let Some(c) = open.by_name.get(name).and_then(|e| e.kept.clone().or_else(|| e.alive.upgrade())) {
             return Ok(c);
         }
-        let c = Arc::new(Searcher::open(&self.root.join(name))?);
+        let c = Arc::new(open_searcher(&self.root.join(name))?);
         // Registered, not kept: a search meanwhile shares this one (LMDB opens an environment
         // once per process), and it closes when the look ends.
         let entry = Opened { kept: None, alive: Arc::downgrade(&c), at: 0, adopted: false };

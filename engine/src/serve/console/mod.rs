@@ -115,7 +115,14 @@ impl Console {
             }
         }
         let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
-        if !peer.to_canonical().is_loopback() {
+        // A proxy in the pod (a service mesh's sidecar) connects from loopback for every
+        // caller; the headers it adds say so. (Not every mesh adds one: with a mesh, configure
+        // a token.)
+        let proxied = headers.keys().any(|k| {
+            let k = k.as_str();
+            k == "forwarded" || k == "x-forwarded-for" || k.starts_with("x-envoy-") || k.starts_with("l5d-")
+        });
+        if proxied || !peer.to_canonical().is_loopback() {
             if !self.admin.is_required() {
                 return Err(Refusal(
                     StatusCode::FORBIDDEN,
@@ -269,7 +276,8 @@ async fn overview(
         None => None,
     };
     let Served { process, console } = served;
-    let overview = super::blocking(move || view::overview(&process, &console).map_err(super::status)).await?;
+    let work = super::blocking(move || view::overview(&process, &console).map_err(super::status));
+    let overview = within(super::admission::CALL_DEADLINE, "the overview", async { Ok(work.await?) }).await?;
     Ok(Json(view::Overview { writer: ingest, ..overview }))
 }
 
@@ -446,6 +454,8 @@ async fn flip(
     let alias = asked.alias;
     let work = served.process.admin_work(move || {
         let report = verify(&collection, &options).map_err(super::status)?;
+        // Past the deadline the caller is told it failed: it must not have happened.
+        options.cancel.check("the flip").map_err(super::status)?;
         let flipped = catalog.flip(&alias, collection, &report);
         Ok((report, flipped))
     });
@@ -506,6 +516,10 @@ mod tests {
         let open = console(None);
         // No token configured: this host (kubectl port-forward) only.
         assert!(open.admit(here, &asked("127.0.0.1:9090", None), &open.search).is_ok());
+        // A sidecar proxy connects from loopback for callers elsewhere: its headers say so.
+        let mut proxied = asked("10.244.0.9:9090", None);
+        proxied.insert("x-forwarded-for", "10.244.3.3".parse().unwrap());
+        assert_eq!(open.admit(here, &proxied, &open.search).unwrap_err().0, StatusCode::FORBIDDEN);
         assert!(open.admit(mapped, &asked("127.0.0.1:9090", None), &open.search).is_ok());
         let Refusal(status, message) = open.admit(pod, &asked("10.244.0.9:9090", None), &open.search).unwrap_err();
         assert_eq!(status, StatusCode::FORBIDDEN);
