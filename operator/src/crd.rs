@@ -617,3 +617,11 @@ pub struct CollectionAliasStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
+
+impl CollectionAlias {
+    /// What the alias should serve (given its `status`, which a reconcile may be changing):
+    /// the pinned `spec.collection`, else the newest rebuild.
+    pub fn target(&self, status: &CollectionAliasStatus) -> Option<String> {
+        self.spec.collection.clone().or_else(|| status.last_rebuild_collection.clone())
+    }
+}

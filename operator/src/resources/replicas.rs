@@ -50,7 +50,7 @@ pub fn points_at(ca: &CollectionAlias, vc: &VectorCollection) -> bool {
     let status = ca.status.clone().unwrap_or_default();
     let name = Some(vc.name_any());
     ca.namespace() == vc.namespace()
-        && (crate::controller::alias::target(ca, &status) == name || status.current == name || status.previous == name)
+        && (ca.target(&status) == name || status.current == name || status.previous == name)
 }
 
 /// `quiver replica ...` for this collection.

@@ -29,7 +29,7 @@ pub(super) async fn flip(
     // What the stored status says, so far: written again only when it changes.
     let mut written = previous_status.clone();
 
-    let target = self::target(ca, &status);
+    let target = ca.target(&status);
     let target_vc = match &target {
         // From the cache: the mark below carries the resourceVersion it was judged at.
         Some(t) if status.current.as_ref() != Some(t) => ctx.caches.collections.get(&ns, t).map(|vc| (*vc).clone()),

@@ -84,11 +84,6 @@ async fn steps(ca: &CollectionAlias, ctx: &Context) -> Result<Duration> {
     Ok(wait)
 }
 
-/// What the alias should serve: the pinned `spec.collection`, else the newest rebuild.
-pub fn target(ca: &CollectionAlias, status: &CollectionAliasStatus) -> Option<String> {
-    ca.spec.collection.clone().or_else(|| status.last_rebuild_collection.clone())
-}
-
 pub fn error_policy(ca: Arc<CollectionAlias>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(alias = %key(ca.as_ref()), %error, "reconcile failed");
     ctx.metrics.error(CONTROLLER, error.kind());
