@@ -22,7 +22,10 @@ use std::time::Duration;
 
 const DIMS: usize = 32;
 const N: usize = 3000;
-const READY: Duration = Duration::from_secs(120);
+/// A bound, not a speed check: the S3 scenario's writer imports 20 000 x 384 and builds arroy's
+/// default forest over binary vectors (75 s in one CI run on 2 shared cores, beside other tests;
+/// the default number of trees is issue 13's to choose by measurement).
+const READY: Duration = Duration::from_secs(300);
 
 fn example(file: &str) -> serde_yaml::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
