@@ -375,19 +375,25 @@ fn calibration_picks_a_setting_that_meets_the_target_on_held_out_queries() {
     assert_eq!(report.setting, format!("{} quality={}", calibration.strategy, calibration.quality));
 }
 
-/// Collections no alias serves are closed beyond a few (memory and address space stay bounded
-/// after many flips), but one still held by a running query is handed out again, never opened
-/// a second time (LMDB refuses a second environment on the same file).
-#[test]
-fn unserved_collections_are_closed_and_a_held_one_is_reused() {
-    use quiver_engine::catalog::Catalog;
+/// A catalog over seven collections of 300 rows, `v0` .. `v6`, none served by an alias (more
+/// than the catalog keeps open unserved).
+fn seven_collections() -> (tempfile::TempDir, Vec<String>, quiver_engine::catalog::Catalog) {
     let dir = tempfile::tempdir().unwrap();
     let source = write_npy(dir.path(), "base.npy", 300, 1);
     let names: Vec<String> = (0..7).map(|i| format!("v{i}")).collect();
     for name in &names {
         build(dir.path(), name, &source, |o| o.target_recall = None).unwrap();
     }
-    let catalog = Catalog::open(dir.path()).unwrap();
+    let catalog = quiver_engine::catalog::Catalog::open(dir.path()).unwrap();
+    (dir, names, catalog)
+}
+
+/// Collections no alias serves are closed beyond a few (memory and address space stay bounded
+/// after many flips), but one still held by a running query is handed out again, never opened
+/// a second time (LMDB refuses a second environment on the same file).
+#[test]
+fn unserved_collections_are_closed_and_a_held_one_is_reused() {
+    let (_dir, names, catalog) = seven_collections();
     let held = catalog.collection("v0").unwrap();
     for name in &names[1..] {
         catalog.collection(name).unwrap();
@@ -409,14 +415,7 @@ fn unserved_collections_are_closed_and_a_held_one_is_reused() {
 /// closes one that searches use.
 #[test]
 fn a_look_neither_keeps_nor_closes_a_collection() {
-    use quiver_engine::catalog::Catalog;
-    let dir = tempfile::tempdir().unwrap();
-    let source = write_npy(dir.path(), "base.npy", 300, 1);
-    let names: Vec<String> = (0..7).map(|i| format!("v{i}")).collect();
-    for name in &names {
-        build(dir.path(), name, &source, |o| o.target_recall = None).unwrap();
-    }
-    let catalog = Catalog::open(dir.path()).unwrap();
+    let (_dir, names, catalog) = seven_collections();
     let used = std::sync::Arc::downgrade(&catalog.collection("v0").unwrap());
     for name in &names[1..4] {
         catalog.collection(name).unwrap();
