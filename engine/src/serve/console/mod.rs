@@ -175,14 +175,15 @@ fn is_local_name(name: &str) -> bool {
 async fn within<T>(
     deadline: Duration,
     what: &str,
-    work: impl Future<Output = Result<T, Refusal>>,
+    work: impl Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, Refusal> {
-    tokio::time::timeout(deadline, work).await.unwrap_or_else(|_| {
-        Err(Refusal(
+    match tokio::time::timeout(deadline, work).await {
+        Ok(done) => done.map_err(Refusal::from),
+        Err(_) => Err(Refusal(
             StatusCode::GATEWAY_TIMEOUT,
             format!("the server's deadline of {} s for {what} passed", deadline.as_secs()),
-        ))
-    })
+        )),
+    }
 }
 
 #[derive(Clone)]
@@ -277,7 +278,7 @@ async fn overview(
     };
     let Served { process, console } = served;
     let work = super::blocking(move || view::overview(&process, &console).map_err(super::status));
-    let overview = within(super::admission::CALL_DEADLINE, "the overview", async { Ok(work.await?) }).await?;
+    let overview = within(super::admission::CALL_DEADLINE, "the overview", work).await?;
     Ok(Json(view::Overview { writer: ingest, ..overview }))
 }
 
@@ -357,7 +358,7 @@ async fn search(
     let _cancel = cancel.on_drop();
     let work =
         served.process.search_work(move || search_cancellable(&answered, &request, &cancel).map_err(super::status));
-    let hits = within(super::admission::CALL_DEADLINE, "a search", async { Ok(work.await?) }).await?;
+    let hits = within(super::admission::CALL_DEADLINE, "a search", work).await?;
     let took_ms = started.elapsed().as_secs_f64() * 1e3;
     let hits: Vec<_> = hits.iter().map(|h| serde_json::json!({ "id": h.id, "distance": h.distance })).collect();
     Ok(Json(serde_json::json!({ "collection": collection.name(), "hits": hits, "took_ms": took_ms })))
@@ -415,7 +416,7 @@ async fn verify_collection(
     let options = asked.gates.options()?;
     let _cancel = options.cancel.on_drop();
     let work = served.process.admin_work(move || verify(&collection, &options).map_err(super::status));
-    let report = within(super::admission::WORK_DEADLINE, "a verification", async { Ok(work.await?) }).await?;
+    let report = within(super::admission::WORK_DEADLINE, "a verification", work).await?;
     Ok(Json(report))
 }
 
@@ -459,7 +460,7 @@ async fn flip(
         let flipped = catalog.flip(&alias, collection, &report);
         Ok((report, flipped))
     });
-    let (report, flipped) = within(super::admission::WORK_DEADLINE, "a flip", async { Ok(work.await?) }).await?;
+    let (report, flipped) = within(super::admission::WORK_DEADLINE, "a flip", work).await?;
     Ok(match flipped {
         Ok(record) => Json(serde_json::json!({ "flipped": record, "report": report })).into_response(),
         Err(e @ crate::Error::Alias { .. }) => {
