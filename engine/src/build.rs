@@ -25,8 +25,9 @@ pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -
         options.enter(BuildPhase::Building);
         let build_start = Instant::now();
         let collection = staged.open()?;
-        staged
-            .write(|wtxn| crate::index::build(wtxn, &collection, &options.index, options.seed, options.index_memory))?;
+        staged.write(|wtxn| {
+            crate::index::build(wtxn, &collection, &manifest.index, options.seed, options.index_memory)
+        })?;
         manifest.timings.build_s = build_start.elapsed().as_secs_f64();
         tracing::info!(collection = %options.name, build_s = manifest.timings.build_s, "index built");
 
@@ -46,4 +47,24 @@ pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -
         drop(searcher);
         staged.seal(manifest)
     })
+}
+
+/// A small collection `<root>/<name>` of `n` clustered vectors of `dims`, built uncalibrated
+/// with the options `configure` sets: for unit tests of what a build makes.
+#[cfg(test)]
+pub(crate) fn build_small(
+    root: &Path,
+    name: &str,
+    n: usize,
+    dims: usize,
+    configure: impl FnOnce(&mut builder::BuildOptions),
+) -> Manifest {
+    use crate::import::{self, ReadOptions, npy};
+    let source = root.join(format!("{name}.npy"));
+    npy::write_f32(&source, n, dims, &crate::datagen::Clustered::new(dims, 5).generate(n, 0)).unwrap();
+    let mut options = builder::BuildOptions::new(name, crate::types::Metric::Cosine);
+    options.target_recall = None;
+    configure(&mut options);
+    let records = import::read(&source.display().to_string(), &ReadOptions::default()).unwrap();
+    import_and_build(root, &options, records).unwrap()
 }

@@ -20,7 +20,8 @@ pub struct Calibration {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub queries: usize,
-    /// For each strategy, the cheapest setting that met the target, and its cost.
+    /// For each strategy (and probe count), the cheapest setting that met the target, and its
+    /// cost; absent when its settings cost more than twice the fastest found before reaching it.
     pub considered: Vec<Candidate>,
 }
 

@@ -83,6 +83,10 @@ impl Backend {
     }
 }
 
+/// arroy trees per partition when a build does not say: chosen by measurement (BENCHMARKS.md,
+/// "How many arroy trees").
+pub const DEFAULT_ARROY_TREES: usize = 1;
+
 /// The durable index built at seal time, with its build parameters. Shared by the engine's
 /// manifest and the operator's `VectorCollection` spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -90,7 +94,11 @@ impl Backend {
 pub struct IndexParams {
     #[serde(default)]
     pub backend: Backend,
-    /// arroy trees per partition; absent lets arroy choose from the data.
+    /// arroy trees per partition; absent: 1 (`DEFAULT_ARROY_TREES`). The trees answer the
+    /// `index` strategy (calibration tries it beside the sign-code scan). More trees cost build
+    /// time the search path does not win back: at 200k items 64 trees took 14x one tree's build
+    /// and calibration chose the sign-code scan at every count; arroy's own choice (trees until
+    /// their nodes outnumber the items) did not finish within 20 minutes at 1M (BENCHMARKS.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub n_trees: Option<usize>,
@@ -152,6 +160,11 @@ impl IndexParams {
             Metric::BinaryQuantizedCosine => ArroyVectors::Binary,
             _ => self.arroy_vectors.unwrap_or(ArroyVectors::Full),
         }
+    }
+
+    /// The number of trees a build of these parameters gives each arroy index.
+    pub fn arroy_trees_built(&self) -> usize {
+        self.n_trees.unwrap_or(DEFAULT_ARROY_TREES)
     }
 
     pub fn arroy(n_trees: Option<usize>) -> Self {

@@ -4,6 +4,7 @@
 use super::args::*;
 use crate::bench::{self, BenchOptions};
 use crate::build::import_and_build;
+use crate::cancel::Cancel;
 use crate::catalog::Catalog;
 use crate::demo::{self, DemoOptions};
 use crate::error::{Error, Result};
@@ -163,7 +164,7 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
             let info = match snapshots.checked_info(&collection)? {
                 // A download finished earlier of the snapshot the store still holds.
                 Some(info) if Some(&info.sha256) == stored.as_ref() => info,
-                _ => store.pull(&collection, &snapshots, &|_| {}, crate::snapshot::progress::EVERY)?,
+                _ => store.pull(&collection, &snapshots, &|_| {}, crate::snapshot::progress::EVERY, Cancel::never())?,
             };
             snapshots.install(&dir.data_dir, &info)?;
             print_json(&info);

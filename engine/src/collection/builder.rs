@@ -260,8 +260,10 @@ pub fn import(staging: &Path, options: &BuildOptions, records: Records) -> Resul
         partitions: import.partitions.iter().map(|(name, _)| name.clone()).collect(),
         count,
         chunk_rows: import.chunk_rows as u32,
-        // What arroy will hold, resolved now: the manifest says what was built.
+        // What arroy will hold, resolved now: the manifest says what was built, and the
+        // index build reads it from there.
         index: IndexParams {
+            n_trees: (options.index.backend == Backend::Arroy).then(|| options.index.arroy_trees_built()),
             arroy_vectors: (options.index.backend == Backend::Arroy)
                 .then(|| options.index.arroy_vectors_built(options.metric)),
             ..options.index.clone()

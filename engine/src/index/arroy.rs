@@ -47,7 +47,7 @@ pub fn build(
     wtxn: &mut RwTxn,
     db: AnyDatabase,
     collection: &Collection,
-    n_trees: Option<usize>,
+    n_trees: usize,
     seed: u64,
     memory: Option<usize>,
 ) -> Result<()> {
@@ -61,9 +61,7 @@ pub fn build(
             }
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(index as u64));
             let mut builder = writer.builder(&mut rng);
-            if let Some(n) = n_trees {
-                builder.n_trees(n);
-            }
+            builder.n_trees(n_trees);
             if let Some(bytes) = memory {
                 builder.available_memory(bytes);
             }
@@ -90,4 +88,24 @@ fn nearest_typed<D: Distance>(db: AnyDatabase, collection: &Collection, q: &Inde
         builder.candidates(candidates);
     }
     Ok(builder.by_vector(&rtxn, q.vector)?.into_iter().map(|(item, _)| item).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::build_small;
+
+    /// Each partition gets the trees its manifest records: one unless the build asks for more.
+    #[test]
+    fn a_build_makes_the_trees_its_manifest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, asked, built) in [("default", None, 1), ("three", Some(3), 3)] {
+            let manifest = build_small(dir.path(), name, 3000, 32, |o| o.index.n_trees = asked);
+            assert_eq!(manifest.index.n_trees, Some(built), "{name}");
+            let collection = Collection::open(&dir.path().join(name)).unwrap();
+            let rtxn = collection.env().read_txn().unwrap();
+            let db: Database<'static, BinaryQuantizedCosine> = collection.ann_database().remap_types();
+            assert_eq!(Reader::open(&rtxn, 0, db).unwrap().n_trees(), built, "{name}");
+        }
+    }
 }

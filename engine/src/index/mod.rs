@@ -67,7 +67,7 @@ pub fn build(
 ) -> Result<()> {
     let db = collection.ann_database();
     match params.backend {
-        Backend::Arroy => arroy::build(wtxn, db, collection, params.n_trees, seed, memory)?,
+        Backend::Arroy => arroy::build(wtxn, db, collection, params.arroy_trees_built(), seed, memory)?,
         Backend::Hannoy => {
             let ef = params.ef_construction.unwrap_or(hannoy::DEFAULT_EF_CONSTRUCTION);
             hannoy::build(wtxn, db, collection, ef, seed)?

@@ -4,6 +4,7 @@
 //! same snapshot. A snapshot that fails its checks is discarded and never served.
 
 use super::{Listeners, ServeRole, serving_process};
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::import::object::Credentials;
 use crate::metrics::Metrics;
@@ -236,7 +237,11 @@ async fn restore_from(
     let (store, name, snapshots, metrics) = (store.clone(), collection.to_string(), snapshots.clone(), metrics.clone());
     let target = store.uri();
     let every = options.progress_every;
-    let restore = tokio::task::spawn_blocking(move || {
+    let cancel = Cancel::default();
+    // Fires when this attempt ends early: its timeout below, or its future dropped (the
+    // replica stopping), so the blocking thread stops writing instead of running on.
+    let stop = cancel.on_drop();
+    let mut restore = tokio::task::spawn_blocking(move || {
         store.pull(
             &name,
             &snapshots,
@@ -244,16 +249,26 @@ async fn restore_from(
                 metrics.snapshot_fetched_bytes.inc_by(n);
             },
             every,
+            &cancel,
         )
     });
-    match tokio::time::timeout(options.attempt_timeout, restore).await {
+    match tokio::time::timeout(options.attempt_timeout, &mut restore).await {
         Ok(joined) => joined.map_err(|e| Error::io("restoring the snapshot", std::io::Error::other(e)))?,
-        // The blocking thread keeps the partial file locked until it ends; the next attempt
-        // waits for that lock (a transient error) rather than writing beside it.
-        Err(_) => Err(Error::Remote {
-            target,
-            reason: format!("the attempt took longer than {} s", options.attempt_timeout.as_secs()),
-        }),
+        Err(_) => {
+            // Stopped and joined before the next attempt, which then resumes from bytes that
+            // are all on disk and no longer changing (as fetch_from does). What the thread
+            // ended with stands unless it is the stop itself: a restore that finished while
+            // its sha256 was checked is installed, a checksum mismatch is a verdict.
+            drop(stop);
+            match restore.await {
+                Ok(Ok(info)) => Ok(info),
+                Ok(Err(e)) if !matches!(e, Error::Cancelled { .. }) => Err(e),
+                _ => Err(Error::Remote {
+                    target,
+                    reason: format!("the attempt took longer than {} s", options.attempt_timeout.as_secs()),
+                }),
+            }
+        }
     }
 }
 

@@ -22,6 +22,14 @@ const ARROY_LADDER: [usize; 5] = [0, 100, 400, 1600, 6400];
 /// hannoy `ef` values.
 const HANNOY_LADDER: [usize; 7] = [16, 32, 48, 64, 128, 256, 512];
 
+/// A ladder is left once a rung costs this many times the fastest setting found so far that
+/// met the target: rungs above cost more still, so none of them could be chosen. (Costs here
+/// are estimates from the parallel recall runs; the factor leaves room for their noise.)
+const HOPELESS: f64 = 2.0;
+/// ... but never below this cost (ms of one core per query): a run over a tiny collection
+/// takes too little time for its wall clock to rank settings.
+const HOPELESS_FLOOR_MS: f64 = 0.1;
+
 /// Probe counts tried, as fractions of the lists: 1/64 .. 1/4, then every list (0).
 const PROBE_FRACTIONS: [usize; 5] = [64, 32, 16, 8, 4];
 
@@ -61,10 +69,20 @@ pub fn calibrate(
         ..SearchRequest::new(q.clone(), k)
     };
     let ids = |hits: Vec<crate::search::Hit>| hits.into_iter().map(|h| h.id).collect::<Vec<u64>>();
+    // Milliseconds of one core per query, from the wall time of a run over every query on all
+    // cores.
+    let cost_ms = |start: Instant| {
+        start.elapsed().as_secs_f64() * 1e3 * rayon::current_num_threads() as f64 / queries.len() as f64
+    };
     let exact = Setting { strategy: Strategy::Exact, quality: 0, probes: 0 };
+    // Built now, so the first sign-code rung's cost is its scan, not the codes' build.
+    collection.signscan();
+    let start = Instant::now();
     let truth: Vec<Vec<u64>> =
         queries.par_iter().map(|q| search(collection, &request(q, exact)).map(ids)).collect::<Result<_>>()?;
-    let mean_recall = |s: Setting| -> Result<f64> {
+    let exact_cost = cost_ms(start);
+    let recall_and_cost = |s: Setting| -> Result<(f64, f64)> {
+        let start = Instant::now();
         let total: f64 = queries
             .par_iter()
             .zip(&truth)
@@ -72,7 +90,7 @@ pub fn calibrate(
             .collect::<Result<Vec<f64>>>()?
             .iter()
             .sum();
-        Ok(total / queries.len() as f64)
+        Ok((total / queries.len() as f64, cost_ms(start)))
     };
     // Single-threaded, one query at a time, like online serving.
     let latency = |s: Setting| -> Result<Latencies> {
@@ -101,19 +119,11 @@ pub fn calibrate(
         index_ladder.into_iter().map(|quality| Setting { strategy: Strategy::Index, quality, probes: 0 }).collect(),
     );
     let mut considered = vec![Candidate { strategy: Strategy::Exact, quality: 0, probes: 0, recall: 1.0, p50_ms: 0.0 }];
+    let mut fastest = exact_cost;
     for ladder in ladders {
-        for s in ladder {
-            let r = mean_recall(s)?;
-            if r >= target_recall + MARGIN {
-                considered.push(Candidate {
-                    strategy: s.strategy,
-                    quality: s.quality,
-                    probes: s.probes,
-                    recall: r,
-                    p50_ms: 0.0,
-                });
-                break;
-            }
+        if let Some((candidate, cost)) = climb(&ladder, target_recall + MARGIN, fastest, recall_and_cost)? {
+            considered.push(candidate);
+            fastest = fastest.min(cost);
         }
     }
     // Each candidate is timed once; the winner's p99 comes from the same measurement.
@@ -141,4 +151,78 @@ pub fn calibrate(
         queries: queries.len(),
         considered,
     })
+}
+
+/// The first rung of `ladder` (ordered by rising cost) whose recall reaches `needed`, with its
+/// cost; none once a rung costs more than [`HOPELESS`] x `fastest` (the cheapest cost of a
+/// setting known to reach it, at least [`HOPELESS_FLOOR_MS`]) twice: a rung is measured again
+/// before its ladder is left, so one preempted run does not drop the setting that would win.
+fn climb(
+    ladder: &[Setting],
+    needed: f64,
+    fastest: f64,
+    mut recall_and_cost: impl FnMut(Setting) -> Result<(f64, f64)>,
+) -> Result<Option<(Candidate, f64)>> {
+    for &s in ladder {
+        let (recall, cost) = recall_and_cost(s)?;
+        if recall >= needed {
+            let candidate =
+                Candidate { strategy: s.strategy, quality: s.quality, probes: s.probes, recall, p50_ms: 0.0 };
+            return Ok(Some((candidate, cost)));
+        }
+        let hopeless = |cost: f64| cost > HOPELESS * fastest.max(HOPELESS_FLOOR_MS);
+        if hopeless(cost) && hopeless(recall_and_cost(s)?.1) {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rungs(n: usize) -> Vec<Setting> {
+        (1..=n).map(|q| Setting { strategy: Strategy::Index, quality: q, probes: 0 }).collect()
+    }
+
+    #[test]
+    fn a_ladder_stops_at_the_first_rung_that_reaches_the_target() {
+        let mut tried = Vec::new();
+        let found = climb(&rungs(5), 0.75, 100.0, |s| {
+            tried.push(s.quality);
+            Ok((s.quality as f64 * 0.25, 1.0))
+        })
+        .unwrap()
+        .map(|(c, _)| (c.quality, c.recall));
+        assert_eq!(found, Some((3, 0.75)));
+        assert_eq!(tried, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_ladder_is_left_once_a_rung_costs_more_than_twice_the_fastest_setting() {
+        let mut tried = Vec::new();
+        // Cost 1, 2, 4, 8 ms per rung; the fastest setting known costs 1.5 ms.
+        let found = climb(&rungs(4), 0.99, 1.5, |s| {
+            tried.push(s.quality);
+            Ok((0.5, (1 << (s.quality - 1)) as f64))
+        })
+        .unwrap();
+        assert!(found.is_none());
+        assert_eq!(tried, [1, 2, 3, 3], "rung 3 (4 ms > 2 x 1.5 ms), measured twice, is the last tried");
+    }
+
+    #[test]
+    fn a_rung_that_was_slow_once_is_measured_again_before_its_ladder_is_left() {
+        let mut tried = Vec::new();
+        // Rung 2 costs 10 ms on its first run (preempted), 1 ms on its second; rung 3 reaches.
+        let found = climb(&rungs(4), 0.9, 1.0, |s| {
+            tried.push(s.quality);
+            let slow_once = s.quality == 2 && tried.iter().filter(|&&q| q == 2).count() == 1;
+            Ok((if s.quality >= 3 { 0.95 } else { 0.5 }, if slow_once { 10.0 } else { 1.0 }))
+        })
+        .unwrap();
+        assert_eq!(found.map(|(c, _)| c.quality), Some(3));
+        assert_eq!(tried, [1, 2, 2, 3]);
+    }
 }

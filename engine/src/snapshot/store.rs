@@ -16,6 +16,7 @@
 
 use super::download::Partial;
 use super::{SnapshotDir, SnapshotInfo};
+use crate::cancel::Cancel;
 use crate::error::{Error, Result, redact};
 use crate::import::object::{self, Credentials};
 use serde::{Deserialize, Serialize};
@@ -248,13 +249,16 @@ impl SnapshotStore {
 
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
     /// on disk, logging its progress every `progress_every`; `fetched` is told each chunk's size.
-    /// Not there yet is a transient error; a file that fails its checks is [`Error::Snapshot`].
+    /// Not there yet is a transient error; a file that fails its checks is [`Error::Snapshot`];
+    /// once `cancel` fires, the restore stops at the next chunk (the partial file stays, to be
+    /// resumed).
     pub fn pull(
         &self,
         collection: &str,
         snapshots: &SnapshotDir,
         fetched: &dyn Fn(u64),
         progress_every: Duration,
+        cancel: &Cancel,
     ) -> Result<SnapshotInfo> {
         let stored = self.described(collection)?.ok_or_else(|| Error::Remote {
             target: self.uri(),
@@ -286,6 +290,7 @@ impl SnapshotStore {
         let mut reader = file.reader(first);
         let mut chunk = vec![0u8; RESTORE_CHUNK];
         while !partial.is_complete() {
+            cancel.check("the snapshot restore")?;
             let n = reader.read(&mut chunk).map_err(|e| Error::io(format!("reading {}", redact(&data)), e))?;
             if n == 0 {
                 return Err(Error::Remote {
@@ -303,6 +308,7 @@ impl SnapshotStore {
             self.uri(),
             mib / secs.max(1e-9)
         );
+        cancel.check("the snapshot restore")?;
         partial.finish_from(&self.uri())
     }
 }

@@ -509,8 +509,15 @@ fn arroy_keeps_binary_vectors_unless_told_otherwise() {
     use quiver_engine::types::ArroyVectors;
     let dir = tempfile::tempdir().unwrap();
     let source = write_npy(dir.path(), "base.npy", 4000, 1);
-    let binary = build(dir.path(), "binary", &source, |_| {}).unwrap();
-    let full = build(dir.path(), "full", &source, |o| o.index.arroy_vectors = Some(ArroyVectors::Full)).unwrap();
+    // Ten trees, not the default one: 32 bits tie so often that a single tree's walk can miss
+    // the query's own item, and this test is about how the vectors are kept.
+    let trees = |o: &mut BuildOptions| o.index.n_trees = Some(10);
+    let binary = build(dir.path(), "binary", &source, trees).unwrap();
+    let full = build(dir.path(), "full", &source, |o| {
+        trees(o);
+        o.index.arroy_vectors = Some(ArroyVectors::Full)
+    })
+    .unwrap();
     let dot = build(dir.path(), "dot", &source, |o| o.metric = Metric::Dot).unwrap();
     assert_eq!(binary.manifest().index.arroy_vectors, Some(ArroyVectors::Binary));
     assert_eq!(full.manifest().index.arroy_vectors, Some(ArroyVectors::Full));

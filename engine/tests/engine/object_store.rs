@@ -240,15 +240,17 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     assert!(data.len() > 4 << 20, "several appends to kill in between: {} bytes", data.len());
 
     // A replica killed after three appends, then started again without the fault: it resumes.
-    let replica = |name: &str, faults: Option<&str>| {
+    let replica_timed = |name: &str, faults: Option<&str>, timeouts: &[&str]| {
         let http = free_port();
         let args = ["replica", "--data-dir", &at(name), "--collection", "v1", "--snapshot-from", store];
-        let more =
-            ["--listen", "127.0.0.1:0", "--http-listen", &format!("127.0.0.1:{http}"), "--fetch-timeout-secs", "10"];
-        let args = [&args[..], &more[..]].concat();
+        let more = ["--listen", "127.0.0.1:0", "--http-listen", &format!("127.0.0.1:{http}")];
+        let args = [&args[..], &more[..], timeouts].concat();
         let log = dir.path().join(format!("{name}-{}.log", faults.is_some()));
         (Stopped(spawn_quiver(weed.s3, &args, faults, &log)), http, log)
     };
+    let replica = |name: &str, faults: Option<&str>| replica_timed(name, faults, &["--fetch-timeout-secs", "10"]);
+    // Attempts of at most 1 s, for the faults that stall one.
+    let short_attempts = ["--fetch-attempt-timeout-secs", "1", "--fetch-timeout-secs", "60"];
     let (mut killed, _, log) = replica("r1", Some("snapshot::append=3*off->return"));
     let status = killed.0.wait().unwrap();
     assert!(!status.success(), "killed at the fault point: {}", std::fs::read_to_string(&log).unwrap());
@@ -260,6 +262,35 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     assert!(said.contains(&format!("resuming the snapshot restore at byte {partial} of {}", data.len())), "{said}");
     assert_eq!(sha256(&std::fs::read(dir.path().join("r1/v1/data.mdb")).unwrap()), sha256(&data));
     drop(resumed);
+
+    // An attempt that outlives its timeout (its third append stalls 3 s, the attempt may take
+    // 1 s) is stopped and joined, not left writing: the next attempt resumes early in the file,
+    // where the stopped one left it (left running, it would have written the rest and the next
+    // attempt would find no partial file to resume).
+    let (mut slow, http, log) = replica_timed("r4", Some("snapshot::append=2*off->1*sleep(3000)"), &short_attempts);
+    wait_ready(&mut slow, http, &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("the attempt took longer than 1 s"), "{said}");
+    // Joined, not raced: no later attempt found the stopped one still holding the file.
+    assert!(!said.contains("another fetch attempt is writing"), "{said}");
+    let resumed_at: u64 = said
+        .split("resuming the snapshot restore at byte ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resumed restore:\n{said}"));
+    assert!(resumed_at > 0 && resumed_at < data.len() as u64 / 2, "resumed at {resumed_at}:\n{said}");
+    assert_eq!(sha256(&std::fs::read(dir.path().join("r4/v1/data.mdb")).unwrap()), sha256(&data));
+    drop(slow);
+    // A restore that finishes while its attempt times out (stalled after the sha256 check,
+    // before the rename) stands: installed once, not reported as a timeout and fetched again.
+    let faults = Some("snapshot::finish_before_rename=1*sleep(2500)");
+    let (mut late, http, log) = replica_timed("r5", faults, &short_attempts);
+    wait_ready(&mut late, http, &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(said.matches("restored ").count(), 1, "{said}");
+    assert!(!said.contains("the attempt took longer"), "{said}");
+    drop(late);
 
     // Backup and restore with `quiver snapshot`: list the store, pull into a new data
     // directory (checked, installed), push from there to another store.

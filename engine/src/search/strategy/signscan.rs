@@ -26,6 +26,14 @@ struct Block {
     codes: Vec<u64>,
 }
 
+impl Block {
+    /// The partition's items in code order: its coarse lists' items when it has lists, else
+    /// `items`. The build encodes in this order and a query maps positions back through it.
+    fn order<'a>(&'a self, lists: Option<&'a CoarseLists>) -> &'a [u32] {
+        lists.map_or(&self.items, CoarseLists::items)
+    }
+}
+
 pub struct SignScan {
     words: usize,
     center: Vec<f32>,
@@ -58,12 +66,14 @@ impl SignScan {
         for (partition, members) in collection.partition_members().iter().enumerate() {
             let lists = collection.coarse_lists(partition as u16);
             let items: Vec<u32> = if lists.is_some() { Vec::new() } else { members.iter().collect() };
-            let order = lists.map_or(&items[..], CoarseLists::items);
+            let mut block = Block { items, codes: Vec::new() };
+            let order = block.order(lists);
             let mut codes = vec![0u64; order.len() * words];
             codes.par_chunks_mut(words).zip(order).for_each(|(code, &item)| {
                 encode_into(collection.vector(item), &center, code);
             });
-            blocks.push(Block { items, codes });
+            block.codes = codes;
+            blocks.push(block);
         }
         SignScan { words, center, blocks }
     }
@@ -254,10 +264,7 @@ impl PartitionSearch for SignScan {
         let filter = q.filtered.then_some(q.members);
         let runs = SignScan::runs(collection, q.partition, q.vector, q.probes, q.filtered);
         let probes = if q.probes == 0 { runs.len() } else { q.probes };
-        let items = match collection.coarse_lists(q.partition) {
-            Some(lists) => lists.items(),
-            None => &self.blocks[q.partition as usize].items,
-        };
+        let items = self.blocks[q.partition as usize].order(collection.coarse_lists(q.partition));
         let candidates = self.candidates(q.partition, items, &runs, probes, &code, filter, budget);
         rerank(collection, q, candidates)
     }
