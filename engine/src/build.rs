@@ -68,3 +68,25 @@ pub(crate) fn build_small(
     let records = import::read(&source.display().to_string(), &ReadOptions::default()).unwrap();
     import_and_build(root, &options, records).unwrap()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::build_small;
+    use crate::collection::Collection;
+    use ::arroy::distances::BinaryQuantizedCosine;
+    use ::arroy::{Database, Reader};
+
+    /// Each partition gets the trees its manifest records: one unless the build asks for more.
+    #[test]
+    fn a_build_makes_the_trees_its_manifest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, asked, built) in [("default", None, 1), ("three", Some(3), 3)] {
+            let manifest = build_small(dir.path(), name, 3000, 32, |o| o.index.n_trees = asked);
+            assert_eq!(manifest.index.n_trees, Some(built), "{name}");
+            let collection = Collection::open(&dir.path().join(name)).unwrap();
+            let rtxn = collection.env().read_txn().unwrap();
+            let db: Database<'static, BinaryQuantizedCosine> = collection.ann_database().remap_types();
+            assert_eq!(Reader::open(&rtxn, 0, db).unwrap().n_trees(), built, "{name}");
+        }
+    }
+}

@@ -528,7 +528,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "10,50,100,150,200,300,500,1000")]
     pub signscan: Vec<usize>,
     /// Coarse lists probed, each with every --signscan value (0: all lists); default: the
-    /// calibration's ladder (1/64 .. 1/4 of the lists, then all).
+    /// calibration's ladder (1/256 .. 1/4 of the lists, then all).
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<usize>,
     /// Coarse lists per partition (0: none); default: about sqrt(items) from 20,000 items.

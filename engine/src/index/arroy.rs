@@ -89,23 +89,3 @@ fn nearest_typed<D: Distance>(db: AnyDatabase, collection: &Collection, q: &Inde
     }
     Ok(builder.by_vector(&rtxn, q.vector)?.into_iter().map(|(item, _)| item).collect())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::build::build_small;
-
-    /// Each partition gets the trees its manifest records: one unless the build asks for more.
-    #[test]
-    fn a_build_makes_the_trees_its_manifest_records() {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, asked, built) in [("default", None, 1), ("three", Some(3), 3)] {
-            let manifest = build_small(dir.path(), name, 3000, 32, |o| o.index.n_trees = asked);
-            assert_eq!(manifest.index.n_trees, Some(built), "{name}");
-            let collection = Collection::open(&dir.path().join(name)).unwrap();
-            let rtxn = collection.env().read_txn().unwrap();
-            let db: Database<'static, BinaryQuantizedCosine> = collection.ann_database().remap_types();
-            assert_eq!(Reader::open(&rtxn, 0, db).unwrap().n_trees(), built, "{name}");
-        }
-    }
-}

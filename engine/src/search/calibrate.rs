@@ -30,8 +30,10 @@ const HOPELESS: f64 = 2.0;
 /// takes too little time for its wall clock to rank settings.
 const HOPELESS_FLOOR_MS: f64 = 0.1;
 
-/// Probe counts tried, as fractions of the lists: 1/64 .. 1/4, then every list (0).
-const PROBE_FRACTIONS: [usize; 5] = [64, 32, 16, 8, 4];
+/// Probe counts tried, as fractions of the lists: 1/256 .. 1/4, then every list (0). The
+/// small fractions are for millions of items: with sqrt(n) lists a fixed fraction scans a
+/// fixed share of n, and at 4M the recall of 1/64 was already what 1/4 gave.
+const PROBE_FRACTIONS: [usize; 7] = [256, 128, 64, 32, 16, 8, 4];
 
 #[derive(Clone, Copy)]
 struct Setting {
@@ -184,6 +186,15 @@ mod tests {
 
     fn rungs(n: usize) -> Vec<Setting> {
         (1..=n).map(|q| Setting { strategy: Strategy::Index, quality: q, probes: 0 }).collect()
+    }
+
+    #[test]
+    fn the_probe_ladder_reaches_down_to_a_256th_of_the_lists() {
+        assert_eq!(probe_ladder(2000), [7, 15, 31, 62, 125, 250, 500, 0]);
+        assert_eq!(probe_ladder(300), [1, 2, 4, 9, 18, 37, 75, 0]);
+        // Fractions that round to no list are left out; every list is always a rung.
+        assert_eq!(probe_ladder(100), [1, 3, 6, 12, 25, 0]);
+        assert_eq!(probe_ladder(0), [0]);
     }
 
     #[test]

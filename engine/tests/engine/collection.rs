@@ -80,7 +80,9 @@ fn import_build_and_search_meet_recall_floors() {
     }
     // Loose floors: these catch a broken index, not a slow one.
     assert!(mean_recall(&c, Strategy::SignScan, 200) >= 0.9);
-    assert!(mean_recall(&c, Strategy::Index, 0) >= 0.6);
+    // One tree (the default) with arroy's default search_k (n_trees x k) shortlists only k
+    // items; 100 x k is the calibration ladder's second rung.
+    assert!(mean_recall(&c, Strategy::Index, 1000) >= 0.6);
     assert_eq!(mean_recall(&c, Strategy::Exact, 0), 1.0);
 }
 
