@@ -2,7 +2,9 @@
 //! (from `quiver-api`) and its own records (a calibration). Nothing here depends on any other
 //! module of the engine.
 
-pub use quiver_api::types::{ArroyVectors, Backend, Gate, IndexParams, Metric, SearchDefaults, Strategy, VerifyReport};
+pub use quiver_api::types::{
+    ArroyVectors, Backend, Gate, IndexParams, Metric, SearchDefaults, Shortlist, Strategy, VerifyReport,
+};
 use serde::{Deserialize, Serialize};
 
 /// The search setting chosen at seal time for the collection's target recall, and what was

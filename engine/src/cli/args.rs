@@ -3,7 +3,7 @@
 //! environment variable.
 
 use crate::import::Format;
-use crate::types::{ArroyVectors, Backend, Metric, Strategy};
+use crate::types::{ArroyVectors, Backend, Metric, Shortlist, Strategy};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -263,6 +263,10 @@ pub struct BuildArgs {
     /// cosine and euclidean) or full (a float32 copy; dot products always).
     #[arg(long, env = "QUIVER_ARROY_VECTORS", value_enum)]
     pub arroy_vectors: Option<ArroyVectors>,
+    /// How the sign-code scan re-ranks its shortlist: rabitq (estimates first, float32 only
+    /// where their error bound cannot rule an item out) or hamming (every item).
+    #[arg(long, env = "QUIVER_SHORTLIST", value_enum)]
+    pub shortlist: Option<Shortlist>,
     /// Memory arroy's build may use, in MiB (default: half the memory available at start).
     #[arg(long, env = "QUIVER_INDEX_MEMORY_MIB")]
     pub index_memory_mib: Option<usize>,
@@ -521,6 +525,9 @@ pub struct BenchArgs {
     /// How arroy keeps its vectors (binary, or full float32 copies).
     #[arg(long, value_enum)]
     pub arroy_vectors: Option<ArroyVectors>,
+    /// How the sign-code scan re-ranks its shortlist (rabitq or hamming).
+    #[arg(long, value_enum)]
+    pub shortlist: Option<Shortlist>,
     #[arg(long, default_value_t = 100)]
     pub ef_construction: usize,
     #[arg(long, default_value_t = 100)]

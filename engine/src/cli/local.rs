@@ -181,7 +181,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
             Backend::Arroy => IndexParams::arroy(a.n_trees),
             Backend::Hannoy => IndexParams::hannoy(a.ef_construction),
         })
-        .map(|index| IndexParams { lists: a.lists, arroy_vectors: a.arroy_vectors, ..index })
+        .map(|index| IndexParams { lists: a.lists, arroy_vectors: a.arroy_vectors, shortlist: a.shortlist, ..index })
         .collect();
     let options = BenchOptions {
         base: a.base.unwrap_or_default(),

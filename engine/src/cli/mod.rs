@@ -190,6 +190,7 @@ impl BuildArgs {
         };
         options.index.lists = self.lists;
         options.index.arroy_vectors = self.arroy_vectors;
+        options.index.shortlist = self.shortlist;
         if let Some(mib) = self.index_memory_mib {
             options.index_memory = Some(mib << 20);
         }

@@ -266,6 +266,7 @@ pub fn import(staging: &Path, options: &BuildOptions, records: Records) -> Resul
             n_trees: (options.index.backend == Backend::Arroy).then(|| options.index.arroy_trees_built()),
             arroy_vectors: (options.index.backend == Backend::Arroy)
                 .then(|| options.index.arroy_vectors_built(options.metric)),
+            shortlist: Some(options.index.shortlist_built()),
             ..options.index.clone()
         },
         search: options.search,

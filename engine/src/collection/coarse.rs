@@ -39,6 +39,11 @@ impl CoarseLists {
         self.offsets[list] as usize..self.offsets[list + 1] as usize
     }
 
+    /// The list holding position `position` of [`CoarseLists::items`].
+    pub fn list_of(&self, position: usize) -> usize {
+        self.offsets.partition_point(|&o| o as usize <= position) - 1
+    }
+
     pub fn items(&self) -> &[u32] {
         &self.items
     }
@@ -116,6 +121,13 @@ mod tests {
 
     fn lists() -> CoarseLists {
         CoarseLists { dims: 2, centroids: vec![0.0, 1.0, 1.0, 0.0], offsets: vec![0, 2, 3], items: vec![4, 0, 7] }
+    }
+
+    #[test]
+    fn a_position_belongs_to_the_list_whose_range_holds_it() {
+        // Lists 0..2, 2..2 (empty), 2..3.
+        let lists = CoarseLists::new(1, vec![0.0; 3], vec![0, 2, 2, 3], vec![5, 6, 7]);
+        assert_eq!([0, 1, 2].map(|p| lists.list_of(p)), [0, 0, 2]);
     }
 
     #[test]

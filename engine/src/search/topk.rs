@@ -42,6 +42,11 @@ impl TopK {
         }
     }
 
+    /// The k-th lowest score seen, once k scores were.
+    pub fn worst(&self) -> Option<f32> {
+        if self.heap.len() < self.k { None } else { self.heap.peek().map(|e| e.0) }
+    }
+
     /// Results ascending by score.
     pub fn into_sorted(self) -> Vec<(u32, f32)> {
         self.heap.into_sorted_vec().into_iter().map(|Entry(s, i)| (i, s)).collect()

@@ -539,3 +539,46 @@ fn arroy_keeps_binary_vectors_unless_told_otherwise() {
     let old: IndexParams = serde_json::from_str(r#"{"backend": "arroy", "nTrees": 4}"#).unwrap();
     assert_eq!(old.arroy_vectors_stored(Metric::Cosine), ArroyVectors::Full, "built before the field");
 }
+
+/// A RaBitQ shortlist re-ranks only what its estimates cannot rule out, and finds what
+/// re-ranking the whole shortlist finds: with lists (residuals to several centroids), probing
+/// a few of them or all, for each metric.
+#[test]
+fn a_rabitq_shortlist_finds_what_the_whole_shortlist_finds() {
+    use quiver_engine::types::Shortlist;
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 4000, 1);
+    let queries = Clustered::new(DIMS, 5).generate(50, 99);
+    let mean_recall = |c: &Searcher, probes: usize| -> f64 {
+        let mut total = 0.0;
+        for q in queries.chunks(DIMS) {
+            let mut r = SearchRequest::new(q.to_vec(), 10);
+            r.strategy = Some(Strategy::Exact);
+            let truth = ids(&search(c, &r).unwrap());
+            (r.strategy, r.quality, r.probes) = (Some(Strategy::SignScan), Some(100), Some(probes));
+            total += recall(&ids(&search(c, &r).unwrap()), &truth);
+        }
+        total / 50.0
+    };
+    for (i, metric) in [Metric::Cosine, Metric::Euclidean, Metric::Dot].into_iter().enumerate() {
+        let with = |shortlist| {
+            move |o: &mut BuildOptions| {
+                o.metric = metric;
+                o.index.lists = Some(16);
+                o.index.shortlist = Some(shortlist);
+                o.target_recall = None;
+            }
+        };
+        let hamming = build(dir.path(), &format!("hamming-{i}"), &source, with(Shortlist::Hamming)).unwrap();
+        let rabitq = build(dir.path(), &format!("rabitq-{i}"), &source, with(Shortlist::Rabitq)).unwrap();
+        assert_eq!(rabitq.manifest().index.shortlist, Some(Shortlist::Rabitq));
+        assert!(rabitq.signscan().memory_bytes() > hamming.signscan().memory_bytes(), "{metric:?}: no RaBitQ codes");
+        for probes in [3, 0] {
+            let (h, r) = (mean_recall(&hamming, probes), mean_recall(&rabitq, probes));
+            assert!(h > 0.8, "{metric:?} probes {probes}: hamming {h}");
+            assert!(r >= h - 0.01, "{metric:?} probes {probes}: rabitq {r} against hamming {h}");
+        }
+    }
+    let old: IndexParams = serde_json::from_str(r#"{"backend": "arroy"}"#).unwrap();
+    assert_eq!(old.shortlist_stored(), Shortlist::Hamming, "built before the field");
+}

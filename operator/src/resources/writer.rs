@@ -49,6 +49,7 @@ pub fn args(vc: &VectorCollection, defaults: &Defaults) -> Vec<String> {
     optional_flag(&mut args, "ef-construction", spec.index.ef_construction);
     optional_flag(&mut args, "lists", spec.index.lists);
     optional_flag(&mut args, "arroy-vectors", spec.index.arroy_vectors.map(|v| v.as_str()));
+    optional_flag(&mut args, "shortlist", spec.index.shortlist.map(|v| v.as_str()));
     flag(&mut args, "target-recall", spec.search.target_recall);
     args
 }

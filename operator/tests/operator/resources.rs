@@ -35,7 +35,7 @@ spec:
   dimensions: 768
   distance: binary_quantized_cosine
   source: {push: {expectedCount: 1000000}}
-  index: {backend: hannoy, efConstruction: 200}
+  index: {backend: hannoy, efConstruction: 200, shortlist: rabitq}
   writer: {storage: 200Gi, storageClassName: fast-ssd}
   replicas: {count: 3, maxConnectionAgeSeconds: 300}
   verify: {minRecall: 0.9, k: 20, sample: 500}
@@ -125,6 +125,7 @@ fn every_container_command_parses_with_the_engine_cli() {
                     assert_eq!(w.build.dimensions, Some(vc.spec.dimensions as usize));
                     assert_eq!(w.build.distance, vc.spec.distance);
                     assert_eq!(w.build.index, vc.spec.index.backend);
+                    assert_eq!(w.build.shortlist, vc.spec.index.shortlist);
                     assert_eq!(w.build.target_recall, vc.spec.search.target_recall);
                     assert_eq!(w.source, vc.spec.source.url);
                     assert_eq!(w.restore_from, vc.spec.source.snapshot);

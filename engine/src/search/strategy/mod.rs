@@ -5,6 +5,7 @@
 
 pub mod durable;
 pub mod exact;
+pub mod rabitq;
 pub mod signscan;
 
 use crate::cancel::Cancel;

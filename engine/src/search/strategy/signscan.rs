@@ -8,11 +8,13 @@
 //! with probes = 0) it scans the whole partition. A filtered query skips non-members and
 //! probes further lists until it has seen enough members to fill its re-rank budget.
 
+use super::rabitq::Rabitq;
 use super::{PartitionQuery, PartitionSearch, Scored, rerank};
 use crate::collection::Collection;
 use crate::collection::coarse::CoarseLists;
 use crate::distance::Ranking;
 use crate::error::Result;
+use crate::types::Shortlist;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use std::cell::RefCell;
@@ -38,6 +40,8 @@ pub struct SignScan {
     words: usize,
     center: Vec<f32>,
     blocks: Vec<Block>,
+    /// The shortlist's filter before exact re-ranking (`shortlist: rabitq`).
+    rabitq: Option<Rabitq>,
 }
 
 thread_local! {
@@ -75,7 +79,12 @@ impl SignScan {
             block.codes = codes;
             blocks.push(block);
         }
-        SignScan { words, center, blocks }
+        let rabitq = (collection.manifest().index.shortlist_stored() == Shortlist::Rabitq).then(|| {
+            let orders: Vec<&[u32]> =
+                blocks.iter().enumerate().map(|(p, b)| b.order(collection.coarse_lists(p as u16))).collect();
+            Rabitq::build(collection, &center, &orders)
+        });
+        SignScan { words, center, blocks, rabitq }
     }
 
     pub fn encode(&self, vector: &[f32]) -> Vec<u64> {
@@ -86,7 +95,9 @@ impl SignScan {
 
     /// Bytes held in memory (the coarse lists' items are the collection's, decoded at its open).
     pub fn memory_bytes(&self) -> usize {
-        self.blocks.iter().map(|b| b.codes.len() * 8 + b.items.len() * 4).sum::<usize>() + self.center.len() * 4
+        self.blocks.iter().map(|b| b.codes.len() * 8 + b.items.len() * 4).sum::<usize>()
+            + self.center.len() * 4
+            + self.rabitq.as_ref().map_or(0, Rabitq::memory_bytes)
     }
 
     /// The runs of a partition's codes a query scans: the `probes` lists nearest to `vector`
@@ -116,9 +127,10 @@ impl SignScan {
         ranked.into_iter().map(|(_, l)| lists.list(l as usize)).collect()
     }
 
-    /// Ids of the `budget` members whose codes are nearest (in Hamming distance) to `code`
-    /// among the runs scanned: the first `probes` runs, then (with a filter) further runs until
-    /// `budget` members were seen. Ties at the cut are taken in scan order.
+    /// Positions (into the partition's code order, whose items are `items`) of the `budget`
+    /// members whose codes are nearest (in Hamming distance) to `code` among the runs
+    /// scanned: the first `probes` runs, then (with a filter) further runs until `budget`
+    /// members were seen. Ties at the cut are taken in scan order.
     #[allow(clippy::too_many_arguments)]
     fn candidates(
         &self,
@@ -178,13 +190,13 @@ impl SignScan {
             }
             let mut at_threshold = budget.saturating_sub(below);
             let mut out = Vec::with_capacity(budget);
-            let items = scanned.into_iter().flat_map(|run| &items[run]);
-            for (&d, &item) in distances.iter().zip(items) {
+            let positions = scanned.into_iter().flatten();
+            for (&d, position) in distances.iter().zip(positions) {
                 if d < threshold {
-                    out.push(item);
+                    out.push(position as u32);
                 } else if d == threshold && at_threshold > 0 {
                     at_threshold -= 1;
-                    out.push(item);
+                    out.push(position as u32);
                 }
             }
             out
@@ -264,9 +276,13 @@ impl PartitionSearch for SignScan {
         let filter = q.filtered.then_some(q.members);
         let runs = SignScan::runs(collection, q.partition, q.vector, q.probes, q.filtered);
         let probes = if q.probes == 0 { runs.len() } else { q.probes };
-        let items = self.blocks[q.partition as usize].order(collection.coarse_lists(q.partition));
-        let candidates = self.candidates(q.partition, items, &runs, probes, &code, filter, budget);
-        rerank(collection, q, candidates)
+        let lists = collection.coarse_lists(q.partition);
+        let items = self.blocks[q.partition as usize].order(lists);
+        let shortlist = self.candidates(q.partition, items, &runs, probes, &code, filter, budget);
+        match &self.rabitq {
+            Some(rabitq) => rabitq.rerank(collection, q, lists, items, &shortlist),
+            None => rerank(collection, q, shortlist.iter().map(|&p| items[p as usize])),
+        }
     }
 }
 
@@ -285,7 +301,7 @@ mod tests {
     }
 
     fn scan(items: Vec<u32>, codes: Vec<u64>, words: usize) -> SignScan {
-        SignScan { words, center: vec![0.0; words * 64], blocks: vec![Block { items, codes }] }
+        SignScan { words, center: vec![0.0; words * 64], blocks: vec![Block { items, codes }], rabitq: None }
     }
 
     #[test]
@@ -314,11 +330,11 @@ mod tests {
             let items = s.blocks[0].items.clone();
             let got = s.candidates(0, &items, std::slice::from_ref(&(0..n)), 1, query, None, budget);
             prop_assert_eq!(got.len(), budget.min(n));
-            let dist = |item: u32| -> u32 {
-                let i = (item / 3) as usize;
+            let dist = |position: u32| -> u32 {
+                let i = position as usize;
                 codes[i * words..(i + 1) * words].iter().zip(query).map(|(a, b)| (a ^ b).count_ones()).sum()
             };
-            let mut all: Vec<u32> = (0..n as u32).map(|i| dist(i * 3)).collect();
+            let mut all: Vec<u32> = (0..n as u32).map(dist).collect();
             all.sort();
             let worst_taken = got.iter().map(|&i| dist(i)).max().unwrap();
             // Nothing left out is nearer than something taken.

@@ -1,0 +1,575 @@
+//! RaBitQ codes (Gao and Long, "RaBitQ: Quantizing High-Dimensional Vectors with a Theoretical
+//! Error Bound for Approximate Nearest Neighbor Search", SIGMOD 2024): the filter between the
+//! sign-code scan's shortlist and exact re-ranking ([`super::signscan`], `shortlist: rabitq`).
+//!
+//! An item's code is the signs of its residual to its coarse list's centroid after a random
+//! rotation, with three numbers: the residual's squared length, `scale` (the length over how
+//! well the signs point along the residual, the paper's <o_bar, o>) and the signs' inner
+//! product with the rotated centroid. A query is rotated and quantized to [`QUERY_BITS`] bits
+//! per dimension once, so the inner product of an item's signs with its residual is a handful
+//! of popcounts less that stored product. That gives the item's distance estimate and,
+//! from the paper's bound, how far the true distance can lie from it: re-ranking skips every
+//! item whose estimate, less its bound, is already worse than the k-th exact score found.
+
+use super::{CANCEL_EVERY, PartitionQuery, Scored};
+use crate::collection::Collection;
+use crate::collection::coarse::CoarseLists;
+use crate::datagen::gaussian;
+use crate::distance::{Ranking, dot};
+use crate::error::Result;
+use crate::search::topk::TopK;
+use crate::types::Metric;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Bits per dimension of a quantized query. The paper's 4 left the rounding term the larger
+/// half of the bound at 384 dimensions (the whole rotated query is quantized once, not each
+/// residual), so fewer items were ruled out; 8 cost four more popcounts per item and measured
+/// faster at 1M (BENCHMARKS.md).
+const QUERY_BITS: usize = 8;
+/// The bound's confidence constant: an estimate of <o, q> lies within
+/// `EPSILON_0 * sqrt(1 - f^2) / f / sqrt(D - 1)` of it (f = <o_bar, o>, q of unit length) for
+/// all but a small share of items. The paper's 1.9 left ~5 % of estimates outside (about 2.5 %
+/// on the side that rules an item out) and lost a neighbour in 3,000 at 1M; 2.5 lost none
+/// there at the same speed (BENCHMARKS.md).
+const EPSILON_0: f32 = 2.5;
+/// Rounding the query to [`QUERY_BITS`] moves each coordinate by at most half a step; summed
+/// over D dimensions with the signs' 1/sqrt(D) weights, Hoeffding bounds the change by this
+/// many steps for all but one item in a thousand (sqrt(ln(2 / 0.001) / 2)).
+const ROUNDING_STEPS: f32 = 1.95;
+/// The rotation is one random orthogonal matrix per block of at most this many dimensions
+/// (after a random permutation), so building and applying it grows with D x 512, not D^2.
+const ROTATION_BLOCK: usize = 512;
+/// Fixed, so every replica that opens a collection builds the same codes.
+const ROTATION_SEED: u64 = 0x5241_4249_5451;
+/// How many shortlisted records ahead a record is prefetched.
+const PREFETCH_AHEAD: usize = 8;
+/// Items encoded per matrix product at build.
+const ENCODE_CHUNK: usize = 256;
+
+/// A random orthogonal transform: a permutation of the dimensions, then a random rotation of
+/// each block of consecutive dimensions.
+struct Rotation {
+    dims: usize,
+    /// Output position -> input dimension.
+    permutation: Vec<u32>,
+    /// (first dimension, length) of each block.
+    blocks: Vec<(usize, usize)>,
+    /// One row-major `len x len` orthonormal matrix per block.
+    matrices: Vec<Vec<f32>>,
+}
+
+impl Rotation {
+    fn new(dims: usize) -> Rotation {
+        let mut rng = StdRng::seed_from_u64(ROTATION_SEED ^ dims as u64);
+        let permutation = rand::seq::index::sample(&mut rng, dims, dims).into_iter().map(|i| i as u32).collect();
+        let count = dims.div_ceil(ROTATION_BLOCK).max(1);
+        let blocks: Vec<(usize, usize)> =
+            (0..count).map(|b| (b * dims / count, (b + 1) * dims / count - b * dims / count)).collect();
+        let matrices = blocks.iter().map(|&(_, len)| orthonormal(len, &mut rng)).collect();
+        Rotation { dims, permutation, blocks, matrices }
+    }
+
+    /// `out = R x`.
+    fn apply(&self, x: &[f32], out: &mut [f32]) {
+        let permuted: Vec<f32> = self.permutation.iter().map(|&i| x[i as usize]).collect();
+        for (&(start, len), matrix) in self.blocks.iter().zip(&self.matrices) {
+            let input = &permuted[start..start + len];
+            for (row, o) in matrix.chunks_exact(len).zip(&mut out[start..start + len]) {
+                *o = dot(row, input);
+            }
+        }
+    }
+
+    /// `out = R x` for vectors laid out one after another.
+    fn apply_many(&self, xs: &[f32], out: &mut [f32]) {
+        let d = self.dims;
+        assert_eq!(xs.len(), out.len());
+        assert_eq!(xs.len() % d.max(1), 0);
+        let n = xs.len() / d.max(1);
+        let mut permuted = vec![0.0f32; xs.len()];
+        for (x, p) in xs.chunks_exact(d).zip(permuted.chunks_exact_mut(d)) {
+            p.iter_mut().zip(&self.permutation).for_each(|(p, &i)| *p = x[i as usize]);
+        }
+        for (&(start, len), matrix) in self.blocks.iter().zip(&self.matrices) {
+            // out[:, block] (n x len) = permuted[:, block] (n x len) . matrix^T (len x len).
+            // SAFETY: every pointer and stride addresses inside `permuted`, `matrix` and `out`:
+            // rows are `d` apart and each block's columns lie within a row (start + len <= d).
+            unsafe {
+                matrixmultiply::sgemm(
+                    n,
+                    len,
+                    len,
+                    1.0,
+                    permuted.as_ptr().add(start),
+                    d as isize,
+                    1,
+                    matrix.as_ptr(),
+                    1,
+                    len as isize,
+                    0.0,
+                    out.as_mut_ptr().add(start),
+                    d as isize,
+                    1,
+                );
+            }
+        }
+    }
+}
+
+/// A random `n x n` orthonormal matrix, row-major (Gram-Schmidt over Gaussian rows, in f64).
+fn orthonormal(n: usize, rng: &mut StdRng) -> Vec<f32> {
+    let mut rows: Vec<Vec<f64>> = (0..n).map(|_| (0..n).map(|_| gaussian(rng) as f64).collect()).collect();
+    for i in 0..n {
+        let (done, rest) = rows.split_at_mut(i);
+        let row = &mut rest[0];
+        for previous in done.iter() {
+            let along: f64 = row.iter().zip(previous).map(|(a, b)| a * b).sum();
+            row.iter_mut().zip(previous).for_each(|(a, b)| *a -= along * b);
+        }
+        let norm = row.iter().map(|a| a * a).sum::<f64>().sqrt();
+        row.iter_mut().for_each(|a| *a /= norm);
+    }
+    rows.into_iter().flatten().map(|x| x as f32).collect()
+}
+
+/// One partition's codes, in the sign codes' order.
+struct Block {
+    /// [`Rabitq::record_words`] per item, so a shortlisted item costs one cache line or two:
+    /// `words` of signs (bit i set when the rotated residual's coordinate i is positive), then
+    /// the residual's squared length and its scale (0: the item is its centroid), then the
+    /// signs' inner product with the rotated centroid, <o_bar, P c>, as f32 bits.
+    records: Vec<u64>,
+    /// Rotated centroids, one per list (one, the collection's mean, without lists).
+    centroids: Vec<f32>,
+    /// Each rotated centroid's squared length.
+    centroid_norms: Vec<f32>,
+}
+
+fn pack(low: f32, high: f32) -> u64 {
+    low.to_bits() as u64 | (high.to_bits() as u64) << 32
+}
+
+fn unpack(word: u64) -> (f32, f32) {
+    (f32::from_bits(word as u32), f32::from_bits((word >> 32) as u32))
+}
+
+pub struct Rabitq {
+    dims: usize,
+    words: usize,
+    metric: Metric,
+    rotation: Rotation,
+    blocks: Vec<Block>,
+}
+
+/// A rotated query, quantized once: <o_bar, P q> of any item is then a handful of popcounts.
+/// An item's residual term is that less the item's stored <o_bar, P c>, so no list needs its
+/// own quantized query.
+struct Query {
+    rotated: Vec<f32>,
+    /// [`QUERY_BITS`] planes of `words`: plane j holds bit j of each quantized coordinate.
+    planes: Vec<u64>,
+    low: f32,
+    step: f32,
+    /// Sum of the quantized coordinates.
+    sum: f32,
+    norm_sq: f32,
+}
+
+/// What turns an item's estimated inner product into a score and an error bound, for one list.
+struct ListTerms {
+    /// score = base + rho_weight * rho_sq + ip_weight * scale * <o_bar, v>.
+    base: f32,
+    /// error = shape_error * sqrt(scale^2 - rho_sq) + rounding_error * scale.
+    shape_error: f32,
+}
+
+impl Rabitq {
+    /// Encodes every item of the collection (all cores), in the order `orders[p]` gives
+    /// partition p's sign codes; `center` stands in for the centroid of a partition without
+    /// lists.
+    pub fn build(collection: &Collection, center: &[f32], orders: &[&[u32]]) -> Rabitq {
+        let manifest = collection.manifest();
+        let dims = manifest.dimensions;
+        let words = dims.div_ceil(64);
+        let rotation = Rotation::new(dims);
+        let blocks = orders
+            .iter()
+            .enumerate()
+            .map(|(partition, order)| {
+                let lists = collection.coarse_lists(partition as u16);
+                let raw: Vec<f32> = match lists {
+                    Some(l) => (0..l.len()).flat_map(|i| l.centroid(i)).copied().collect(),
+                    None => center.to_vec(),
+                };
+                let mut centroids = vec![0.0f32; raw.len()];
+                rotation.apply_many(&raw, &mut centroids);
+                let encoded: Vec<Vec<u64>> = order
+                    .par_chunks(ENCODE_CHUNK)
+                    .enumerate()
+                    .map(|(chunk, items)| {
+                        let raw: Vec<f32> = items.iter().flat_map(|&item| collection.vector(item)).copied().collect();
+                        let list_of = |i: usize| lists.map_or(0, |l| l.list_of(chunk * ENCODE_CHUNK + i));
+                        encode_chunk(&rotation, &centroids, list_of, &raw)
+                    })
+                    .collect();
+                Block::new(encoded.concat(), centroids, dims)
+            })
+            .collect();
+        Rabitq { dims, words, metric: manifest.metric, rotation, blocks }
+    }
+
+    /// u64 words per item.
+    fn record_words(&self) -> usize {
+        self.words + 2
+    }
+
+    /// Bytes held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        let matrices: usize = self.rotation.matrices.iter().map(Vec::len).sum();
+        let blocks: usize =
+            self.blocks.iter().map(|b| b.records.len() * 8 + (b.centroids.len() + b.centroid_norms.len()) * 4).sum();
+        blocks + (matrices + self.rotation.permutation.len()) * 4
+    }
+
+    /// The `q.k` nearest of the shortlisted `positions` (into the partition's code order,
+    /// whose items are `items`), re-ranking exactly only the items the estimates cannot rule
+    /// out.
+    pub fn rerank(
+        &self,
+        collection: &Collection,
+        q: &PartitionQuery<'_>,
+        lists: Option<&CoarseLists>,
+        items: &[u32],
+        positions: &[u32],
+    ) -> Result<Vec<Scored>> {
+        let block = &self.blocks[q.partition as usize];
+        let query = self.quantize(q.vector);
+        let mut estimates = self.estimates(block, &query, lists, items.len(), positions);
+        estimates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        let kernel = self.metric.kernel();
+        let mut top = TopK::new(q.k);
+        for (i, (estimate, error, position)) in estimates.into_iter().enumerate() {
+            if i % CANCEL_EVERY == 0 {
+                q.cancel.check("search")?;
+            }
+            if top.worst().is_some_and(|worst| estimate - error > worst) {
+                continue;
+            }
+            let item = items[position as usize];
+            top.push(item, kernel(q.vector, collection.vector(item)));
+        }
+        Ok(top.into_sorted())
+    }
+
+    fn quantize(&self, vector: &[f32]) -> Query {
+        let mut rotated = vec![0.0f32; self.dims];
+        self.rotation.apply(vector, &mut rotated);
+        let low = rotated.iter().copied().fold(f32::INFINITY, f32::min);
+        let high = rotated.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let levels = ((1u32 << QUERY_BITS) - 1) as f32;
+        let step = if high > low { (high - low) / levels } else { 0.0 };
+        let inverse = if step > 0.0 { 1.0 / step } else { 0.0 };
+        let mut planes = vec![0u64; QUERY_BITS * self.words];
+        let mut total = 0u32;
+        for (word, chunk) in rotated.chunks(64).enumerate() {
+            for (i, x) in chunk.iter().enumerate() {
+                // Nearest level: (x - low) / step is in 0..=levels, so +0.5 then truncation.
+                let level = (((x - low) * inverse + 0.5) as u32).min(levels as u32);
+                total += level;
+                for (bit, plane) in planes.chunks_exact_mut(self.words).enumerate() {
+                    plane[word] |= ((level >> bit & 1) as u64) << i;
+                }
+            }
+        }
+        let norm_sq = dot(&rotated, &rotated);
+        Query { rotated, planes, low, step, sum: self.dims as f32 * low + step * total as f32, norm_sq }
+    }
+
+    fn terms(&self, block: &Block, list: usize, query: &Query) -> ListTerms {
+        let d = self.dims;
+        let along = dot(&block.centroids[list * d..(list + 1) * d], &query.rotated);
+        // v: the query's residual to the centroid (for dot products, the query itself).
+        let (v_norm_sq, base) = match self.metric {
+            Metric::Dot => (query.norm_sq, -along),
+            _ => {
+                let v_norm_sq = (query.norm_sq - 2.0 * along + block.centroid_norms[list]).max(0.0);
+                match self.metric {
+                    // Unit vectors: 1 - <x, q> = |x - q|^2 / 2.
+                    Metric::Cosine | Metric::BinaryQuantizedCosine => (v_norm_sq, v_norm_sq / 2.0),
+                    _ => (v_norm_sq, v_norm_sq),
+                }
+            }
+        };
+        let (_, ip_weight) = self.weights();
+        let shape_error = ip_weight.abs() * EPSILON_0 * v_norm_sq.sqrt() / ((d.max(2) - 1) as f32).sqrt();
+        ListTerms { base, shape_error }
+    }
+
+    /// (rho_weight, ip_weight) of this metric's score.
+    fn weights(&self) -> (f32, f32) {
+        match self.metric {
+            Metric::Euclidean => (1.0, -2.0),
+            Metric::Cosine | Metric::BinaryQuantizedCosine => (0.5, -1.0),
+            Metric::Dot => (0.0, -1.0),
+        }
+    }
+
+    /// (estimate, error bound, position) of each shortlisted position (of a partition of
+    /// `members` items), with the CPU's popcount instruction where it has one.
+    fn estimates(
+        &self,
+        block: &Block,
+        query: &Query,
+        lists: Option<&CoarseLists>,
+        members: usize,
+        positions: &[u32],
+    ) -> Vec<(f32, f32, u32)> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "popcnt")]
+            fn with_popcnt(
+                rabitq: &Rabitq,
+                block: &Block,
+                query: &Query,
+                lists: Option<&CoarseLists>,
+                members: usize,
+                positions: &[u32],
+            ) -> Vec<(f32, f32, u32)> {
+                rabitq.estimates_portable(block, query, lists, members, positions)
+            }
+            if std::is_x86_feature_detected!("popcnt") {
+                // SAFETY: the CPU supports popcnt (checked just above).
+                return unsafe { with_popcnt(self, block, query, lists, members, positions) };
+            }
+        }
+        self.estimates_portable(block, query, lists, members, positions)
+    }
+
+    #[inline(always)]
+    fn estimates_portable(
+        &self,
+        block: &Block,
+        query: &Query,
+        lists: Option<&CoarseLists>,
+        members: usize,
+        positions: &[u32],
+    ) -> Vec<(f32, f32, u32)> {
+        let mut estimates = Vec::with_capacity(positions.len());
+        let r = self.record_words();
+        // The shortlist comes run by run, each run a list (or the whole partition), so the
+        // terms are worked out once per list it reaches.
+        let mut current: Option<(Range<usize>, ListTerms)> = None;
+        for (i, &position) in positions.iter().enumerate() {
+            // The shortlist is scattered over the partition's records: ask for the record a
+            // few items ahead while this one is worked out.
+            if let Some(&ahead) = positions.get(i + PREFETCH_AHEAD) {
+                // A record need not start a cache line: its first and last word.
+                prefetch(&block.records[ahead as usize * r]);
+                prefetch(&block.records[ahead as usize * r + r - 1]);
+            }
+            let position = position as usize;
+            let terms = match &current {
+                Some((range, terms)) if range.contains(&position) => terms,
+                _ => {
+                    let (list, range) = match lists {
+                        Some(l) => (l.list_of(position), l.list(l.list_of(position))),
+                        None => (0, 0..members),
+                    };
+                    &current.insert((range, self.terms(block, list, query))).1
+                }
+            };
+            let (estimate, error) = self.estimate(block, query, terms, position);
+            estimates.push((estimate, error, position as u32));
+        }
+        estimates
+    }
+
+    /// The estimated score of the item at `position` and the bound on its error.
+    #[inline(always)]
+    fn estimate(&self, block: &Block, query: &Query, terms: &ListTerms, position: usize) -> (f32, f32) {
+        let (w, r) = (self.words, self.record_words());
+        let record = &block.records[position * r..(position + 1) * r];
+        let (set, weighted) = popcounts(&record[..w], &query.planes, w);
+        // <o_bar, P q_hat>: o_bar is +-1/sqrt(D) by sign, so it is (2 * the sum of q_hat over
+        // the set bits - the sum of all of q_hat) / sqrt(D).
+        let over_set = query.low * set as f32 + query.step * weighted as f32;
+        let mut ip = (2.0 * over_set - query.sum) / (self.dims as f32).sqrt();
+        let (rho_sq, scale) = unpack(record[w]);
+        let (centroid_ip, _) = unpack(record[w + 1]);
+        if self.metric != Metric::Dot {
+            ip -= centroid_ip;
+        }
+        let (rho_weight, ip_weight) = self.weights();
+        let estimate = terms.base + rho_weight * rho_sq + ip_weight * scale * ip;
+        let rounding_error = ip_weight.abs() * ROUNDING_STEPS * query.step;
+        let error = terms.shape_error * (scale * scale - rho_sq).max(0.0).sqrt() + rounding_error * scale;
+        (estimate, error)
+    }
+}
+
+impl Block {
+    fn new(records: Vec<u64>, centroids: Vec<f32>, dims: usize) -> Block {
+        let centroid_norms = centroids.chunks_exact(dims.max(1)).map(|c| dot(c, c)).collect();
+        Block { records, centroids, centroid_norms }
+    }
+}
+
+/// Asks the CPU to bring the cache line holding `value` in (a hint; nothing else happens).
+#[inline(always)]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache; the pointer comes from a reference.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(value as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
+/// The set bits of `bits`, and the sum over planes j of 2^j x the bits set in both `bits` and
+/// plane j.
+#[inline(always)]
+fn popcounts(bits: &[u64], planes: &[u64], words: usize) -> (u32, u32) {
+    let set: u32 = bits.iter().map(|b| b.count_ones()).sum();
+    let mut weighted = 0u32;
+    for (j, plane) in planes.chunks_exact(words).enumerate() {
+        let both: u32 = bits.iter().zip(plane).map(|(b, p)| (b & p).count_ones()).sum();
+        weighted += both << j;
+    }
+    (set, weighted)
+}
+
+/// Records of the vectors `raw` (one after another); the i-th belongs to list `list_of(i)`,
+/// whose rotated centroid is in `centroids`.
+fn encode_chunk(rotation: &Rotation, centroids: &[f32], list_of: impl Fn(usize) -> usize, raw: &[f32]) -> Vec<u64> {
+    let d = rotation.dims;
+    let words = d.div_ceil(64);
+    let n = raw.len() / d.max(1);
+    let mut rotated = vec![0.0f32; raw.len()];
+    rotation.apply_many(raw, &mut rotated);
+    let mut records = vec![0u64; n * (words + 2)];
+    for (i, (x, record)) in rotated.chunks_exact_mut(d).zip(records.chunks_exact_mut(words + 2)).enumerate() {
+        let list = list_of(i);
+        let centroid = &centroids[list * d..(list + 1) * d];
+        x.iter_mut().zip(centroid).for_each(|(x, c)| *x -= c);
+        let (rho_sq, scale) = encode(x, &mut record[..words]);
+        let signed: f32 = centroid.iter().enumerate().map(|(j, c)| if x[j] > 0.0 { *c } else { -*c }).sum();
+        record[words] = pack(rho_sq, scale);
+        record[words + 1] = pack(signed / (d as f32).sqrt(), 0.0);
+    }
+    records
+}
+
+/// Sets `code`'s bits from the signs of the rotated residual `r`; returns |r|^2 and the scale
+/// |r| / <o_bar, o> (o = r / |r|, o_bar = sign(r) / sqrt(D)), which is |r|^2 sqrt(D) / sum |r_i|.
+fn encode(r: &[f32], code: &mut [u64]) -> (f32, f32) {
+    code.fill(0);
+    let (mut norm_sq, mut abs_sum) = (0.0f32, 0.0f32);
+    for (i, &x) in r.iter().enumerate() {
+        if x > 0.0 {
+            code[i / 64] |= 1 << (i % 64);
+        }
+        norm_sq += x * x;
+        abs_sum += x.abs();
+    }
+    if abs_sum == 0.0 {
+        return (0.0, 0.0);
+    }
+    (norm_sq, norm_sq * (r.len() as f32).sqrt() / abs_sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rotation_keeps_lengths_and_angles() {
+        for dims in [3, 64, 384, 1100] {
+            let rotation = Rotation::new(dims);
+            let mut rng = StdRng::seed_from_u64(1);
+            let xs: Vec<f32> = (0..2 * dims).map(|_| gaussian(&mut rng)).collect();
+            let mut one = vec![0.0; 2 * dims];
+            rotation.apply_many(&xs, &mut one);
+            let (a, b) = xs.split_at(dims);
+            let (ra, rb) = one.split_at(dims);
+            let close = |x: f32, y: f32| (x - y).abs() <= 1e-3 * x.abs().max(1.0);
+            assert!(close(dot(a, b), dot(ra, rb)), "{dims}: {} vs {}", dot(a, b), dot(ra, rb));
+            assert!(close(dot(a, a), dot(ra, ra)), "{dims}");
+            // One vector at a time gives what the matrix product gives.
+            let mut single = vec![0.0; dims];
+            rotation.apply(a, &mut single);
+            assert!(single.iter().zip(ra).all(|(x, y)| close(*x, *y)), "{dims}");
+            // It is not the identity.
+            assert!(!close(a[0], ra[0]) || !close(a[1], ra[1]), "{dims}");
+        }
+    }
+
+    /// A one-partition, one-list index over `vectors` (centred on their mean), as the build
+    /// makes it.
+    fn index(metric: Metric, dims: usize, vectors: &[f32]) -> Rabitq {
+        let rotation = Rotation::new(dims);
+        let n = vectors.len() / dims;
+        let mut mean = vec![0.0f32; dims];
+        vectors.chunks_exact(dims).for_each(|v| mean.iter_mut().zip(v).for_each(|(m, x)| *m += x / n as f32));
+        let mut centroids = vec![0.0; dims];
+        rotation.apply_many(&mean, &mut centroids);
+        let block = Block::new(encode_chunk(&rotation, &centroids, |_| 0, vectors), centroids, dims);
+        Rabitq { dims, words: dims.div_ceil(64), metric, rotation, blocks: vec![block] }
+    }
+
+    /// Exact scores are not better than their estimates less the bound (all but a few pairs),
+    /// and the estimates order items well enough that the exact top 10 is near their top.
+    #[test]
+    fn estimates_hold_their_error_bound_and_find_the_nearest() {
+        for (metric, dims) in [(Metric::Cosine, 128), (Metric::Euclidean, 100), (Metric::Dot, 64)] {
+            let generator = crate::datagen::Clustered::new(dims, 11);
+            let mut vectors = generator.generate(3000, 0);
+            let mut queries = generator.generate(20, 1);
+            if metric == Metric::Cosine {
+                vectors.chunks_exact_mut(dims).chain(queries.chunks_exact_mut(dims)).for_each(|v| {
+                    crate::distance::normalize(v);
+                });
+            }
+            let index = index(metric, dims, &vectors);
+            let kernel = metric.kernel();
+            let (mut outside, mut pairs, mut found) = (0usize, 0usize, 0usize);
+            for q in queries.chunks_exact(dims) {
+                let query = index.quantize(q);
+                let terms = index.terms(&index.blocks[0], 0, &query);
+                let mut scored: Vec<(f32, f32, usize)> = vectors
+                    .chunks_exact(dims)
+                    .enumerate()
+                    .map(|(i, v)| (index.estimate(&index.blocks[0], &query, &terms, i).0, kernel(q, v), i))
+                    .collect();
+                for (i, (estimate, exact, _)) in scored.iter().enumerate() {
+                    let (_, error) = index.estimate(&index.blocks[0], &query, &terms, i);
+                    pairs += 1;
+                    // The side that matters: an item whose exact score is better than its
+                    // estimate less the bound could be ruled out while it belongs in the top k.
+                    outside += usize::from(*exact < estimate - error);
+                }
+                scored.sort_by(|a, b| a.1.total_cmp(&b.1));
+                let truth: Vec<usize> = scored[..10].iter().map(|s| s.2).collect();
+                scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+                found += scored[..100].iter().filter(|s| truth.contains(&s.2)).count();
+            }
+            let outside = outside as f64 / pairs as f64;
+            let recall = found as f64 / 200.0;
+            assert!(outside < 0.01, "{metric:?}: {outside} of the exact scores lie below their bound");
+            assert!(recall > 0.9, "{metric:?}: the estimates' top 100 hold {recall} of the exact top 10");
+        }
+    }
+
+    #[test]
+    fn an_item_at_its_centroid_has_no_scale() {
+        let mut code = [0u64; 1];
+        assert_eq!(encode(&[0.0; 8], &mut code), (0.0, 0.0));
+        // A residual along the signs: <o_bar, o> = 1, so the scale is its length.
+        let (rho_sq, scale) = encode(&[0.5, -0.5, 0.5, -0.5], &mut code);
+        assert_eq!(code[0], 0b0101);
+        assert!((rho_sq - 1.0).abs() < 1e-6 && (scale - 1.0).abs() < 1e-6);
+    }
+}
