@@ -61,7 +61,21 @@ impl Searcher {
     }
 
     pub fn signscan(&self) -> &SignScan {
-        self.signscan.get_or_init(|| SignScan::build(&self.collection))
+        self.signscan.get_or_init(|| {
+            // Built by a thread of its own on a pool of its own, while the caller blocks: a
+            // rayon worker building them in place would, while it waits for the build's
+            // parallel parts, run other queued work, and a query there that needs the codes
+            // would re-enter this initialisation on the same thread and hang. Workers that
+            // block here instead wait for a build that does not need them.
+            let collection = &self.collection;
+            std::thread::scope(|scope| {
+                let build = scope.spawn(|| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(rayon::current_num_threads()).build();
+                    pool.expect("threads for the sign-code build").install(|| SignScan::build(collection))
+                });
+                build.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        })
     }
 
     /// Faults every page of the collection into this process and builds the in-memory

@@ -53,7 +53,10 @@ fn inline(collection: &Searcher, request: &SearchRequest, max_items: u64) -> boo
         }
         Strategy::Index | Strategy::Exact => collection.len(),
     };
+    // Codes not built yet are built by this query: seconds of work, not for the async worker.
+    let built = strategy != Strategy::SignScan || collection.is_preloaded();
     strategy != Strategy::Exact
+        && built
         && partitions == 1
         && request.tags.is_empty()
         && request.quality.unwrap_or(0) <= INLINE_MAX_QUALITY
@@ -116,7 +119,8 @@ mod tests {
     use crate::build::build_small;
 
     /// A query of a collection with coarse lists counts the codes of the lists it probes, not
-    /// the whole collection; every list (probes 0), the exact scan or a filter is not inline.
+    /// the whole collection; every list (probes 0), the exact scan, a filter or codes still to
+    /// build is not inline.
     #[test]
     fn a_query_is_answered_inline_when_the_codes_it_scans_are_few() {
         let dir = tempfile::tempdir().unwrap();
@@ -127,6 +131,8 @@ mod tests {
             probes: Some(probes),
             ..SearchRequest::new(vec![0.5; 16], 10)
         };
+        assert!(!inline(&collection, &query(Strategy::SignScan, 2), 500), "the codes are not built yet");
+        collection.preload().unwrap();
         // 2 of 20 lists: about 200 codes.
         assert!(inline(&collection, &query(Strategy::SignScan, 2), 500));
         assert!(!inline(&collection, &query(Strategy::SignScan, 0), 500), "every list: 2000 codes");

@@ -26,8 +26,8 @@ use std::ops::Range;
 
 /// Bits per dimension of a quantized query. The paper's 4 left the rounding term the larger
 /// half of the bound at 384 dimensions (the whole rotated query is quantized once, not each
-/// residual), so fewer items were ruled out; 8 cost four more popcounts per item and measured
-/// faster at 1M (BENCHMARKS.md).
+/// residual), so fewer items were ruled out; 8 cost four more bit planes (24 more popcounts
+/// per item at 384 dimensions) and measured faster at 1M (BENCHMARKS.md).
 const QUERY_BITS: usize = 8;
 /// The bound's confidence constant: an estimate of <o, q> lies within
 /// `EPSILON_0 * sqrt(1 - f^2) / f / sqrt(D - 1)` of it (f = <o_bar, o>, q of unit length) for
@@ -39,9 +39,17 @@ const EPSILON_0: f32 = 2.5;
 /// over D dimensions with the signs' 1/sqrt(D) weights, Hoeffding bounds the change by this
 /// many steps for all but one item in a thousand (sqrt(ln(2 / 0.001) / 2)).
 const ROUNDING_STEPS: f32 = 1.95;
-/// The rotation is one random orthogonal matrix per block of at most this many dimensions
-/// (after a random permutation), so building and applying it grows with D x 512, not D^2.
+/// The rotation: up to this many dimensions, one random orthogonal matrix (uniform, as the
+/// paper's bound assumes); beyond, [`ROTATION_ROUNDS`] rounds of a random permutation then one
+/// random orthogonal matrix per block of at most this many dimensions, so building and applying
+/// it grows with D x 512, not D^2 (a dense 4096 x 4096 matrix would take a minute to make at
+/// every open).
 const ROTATION_BLOCK: usize = 512;
+/// Rounds of (permutation, block rotations) above [`ROTATION_BLOCK`] dimensions. One round
+/// keeps each block's share of a vector's energy, so a residual and a query that lean into
+/// different blocks get a biased estimate; after a second round every output block mixes
+/// every input block, and a third evens out what the second left.
+const ROTATION_ROUNDS: usize = 3;
 /// Fixed, so every replica that opens a collection builds the same codes.
 const ROTATION_SEED: u64 = 0x5241_4249_5451;
 /// How many shortlisted records ahead a record is prefetched.
@@ -49,38 +57,57 @@ const PREFETCH_AHEAD: usize = 8;
 /// Items encoded per matrix product at build.
 const ENCODE_CHUNK: usize = 256;
 
-/// A random orthogonal transform: a permutation of the dimensions, then a random rotation of
-/// each block of consecutive dimensions.
+/// A random orthogonal transform: rounds of a permutation of the dimensions, then a random
+/// rotation of each block of consecutive dimensions.
 struct Rotation {
     dims: usize,
-    /// Output position -> input dimension.
-    permutation: Vec<u32>,
     /// (first dimension, length) of each block.
     blocks: Vec<(usize, usize)>,
+    rounds: Vec<Round>,
+}
+
+struct Round {
+    /// Output position -> input dimension.
+    permutation: Vec<u32>,
     /// One row-major `len x len` orthonormal matrix per block.
     matrices: Vec<Vec<f32>>,
 }
 
 impl Rotation {
     fn new(dims: usize) -> Rotation {
+        Rotation::with_blocks_of(dims, ROTATION_BLOCK)
+    }
+
+    /// Blocks of at most `block` dimensions (tests use small ones: making a 512-dimension
+    /// block is slow in a debug build).
+    fn with_blocks_of(dims: usize, block: usize) -> Rotation {
         let mut rng = StdRng::seed_from_u64(ROTATION_SEED ^ dims as u64);
-        let permutation = rand::seq::index::sample(&mut rng, dims, dims).into_iter().map(|i| i as u32).collect();
-        let count = dims.div_ceil(ROTATION_BLOCK).max(1);
+        let count = dims.div_ceil(block).max(1);
         let blocks: Vec<(usize, usize)> =
             (0..count).map(|b| (b * dims / count, (b + 1) * dims / count - b * dims / count)).collect();
-        let matrices = blocks.iter().map(|&(_, len)| orthonormal(len, &mut rng)).collect();
-        Rotation { dims, permutation, blocks, matrices }
+        let rounds = if count == 1 { 1 } else { ROTATION_ROUNDS };
+        let rounds = (0..rounds)
+            .map(|_| Round {
+                permutation: rand::seq::index::sample(&mut rng, dims, dims).into_iter().map(|i| i as u32).collect(),
+                matrices: blocks.iter().map(|&(_, len)| orthonormal(len, &mut rng)).collect(),
+            })
+            .collect();
+        Rotation { dims, blocks, rounds }
     }
 
     /// `out = R x`.
     fn apply(&self, x: &[f32], out: &mut [f32]) {
-        let permuted: Vec<f32> = self.permutation.iter().map(|&i| x[i as usize]).collect();
-        for (&(start, len), matrix) in self.blocks.iter().zip(&self.matrices) {
-            let input = &permuted[start..start + len];
-            for (row, o) in matrix.chunks_exact(len).zip(&mut out[start..start + len]) {
-                *o = dot(row, input);
+        let mut current = x.to_vec();
+        for round in &self.rounds {
+            let permuted: Vec<f32> = round.permutation.iter().map(|&i| current[i as usize]).collect();
+            for (&(start, len), matrix) in self.blocks.iter().zip(&round.matrices) {
+                let input = &permuted[start..start + len];
+                for (row, o) in matrix.chunks_exact(len).zip(&mut current[start..start + len]) {
+                    *o = dot(row, input);
+                }
             }
         }
+        out.copy_from_slice(&current);
     }
 
     /// `out = R x` for vectors laid out one after another.
@@ -88,32 +115,39 @@ impl Rotation {
         let d = self.dims;
         assert_eq!(xs.len(), out.len());
         assert_eq!(xs.len() % d.max(1), 0);
-        let n = xs.len() / d.max(1);
-        let mut permuted = vec![0.0f32; xs.len()];
-        for (x, p) in xs.chunks_exact(d).zip(permuted.chunks_exact_mut(d)) {
-            p.iter_mut().zip(&self.permutation).for_each(|(p, &i)| *p = x[i as usize]);
+        if xs.is_empty() {
+            return;
         }
-        for (&(start, len), matrix) in self.blocks.iter().zip(&self.matrices) {
-            // out[:, block] (n x len) = permuted[:, block] (n x len) . matrix^T (len x len).
-            // SAFETY: every pointer and stride addresses inside `permuted`, `matrix` and `out`:
-            // rows are `d` apart and each block's columns lie within a row (start + len <= d).
-            unsafe {
-                matrixmultiply::sgemm(
-                    n,
-                    len,
-                    len,
-                    1.0,
-                    permuted.as_ptr().add(start),
-                    d as isize,
-                    1,
-                    matrix.as_ptr(),
-                    1,
-                    len as isize,
-                    0.0,
-                    out.as_mut_ptr().add(start),
-                    d as isize,
-                    1,
-                );
+        let n = xs.len() / d;
+        out.copy_from_slice(xs);
+        let mut permuted = vec![0.0f32; xs.len()];
+        for round in &self.rounds {
+            for (x, p) in out.chunks_exact(d).zip(permuted.chunks_exact_mut(d)) {
+                p.iter_mut().zip(&round.permutation).for_each(|(p, &i)| *p = x[i as usize]);
+            }
+            for (&(start, len), matrix) in self.blocks.iter().zip(&round.matrices) {
+                // out[:, block] (n x len) = permuted[:, block] (n x len) . matrix^T (len x len).
+                // SAFETY: every pointer and stride addresses inside `permuted`, `matrix` and
+                // `out` (both n x d, not empty): rows are `d` apart and each block's columns lie
+                // within a row (start + len <= d).
+                unsafe {
+                    matrixmultiply::sgemm(
+                        n,
+                        len,
+                        len,
+                        1.0,
+                        permuted.as_ptr().add(start),
+                        d as isize,
+                        1,
+                        matrix.as_ptr(),
+                        1,
+                        len as isize,
+                        0.0,
+                        out.as_mut_ptr().add(start),
+                        d as isize,
+                        1,
+                    );
+                }
             }
         }
     }
@@ -144,8 +178,6 @@ struct Block {
     records: Vec<u64>,
     /// Rotated centroids, one per list (one, the collection's mean, without lists).
     centroids: Vec<f32>,
-    /// Each rotated centroid's squared length.
-    centroid_norms: Vec<f32>,
 }
 
 fn pack(low: f32, high: f32) -> u64 {
@@ -195,8 +227,9 @@ impl Rabitq {
         let dims = manifest.dimensions;
         let words = dims.div_ceil(64);
         let rotation = Rotation::new(dims);
+        let record_words = words + 2;
         let blocks = orders
-            .iter()
+            .par_iter()
             .enumerate()
             .map(|(partition, order)| {
                 let lists = collection.coarse_lists(partition as u16);
@@ -206,16 +239,17 @@ impl Rabitq {
                 };
                 let mut centroids = vec![0.0f32; raw.len()];
                 rotation.apply_many(&raw, &mut centroids);
-                let encoded: Vec<Vec<u64>> = order
-                    .par_chunks(ENCODE_CHUNK)
+                let mut records = vec![0u64; order.len() * record_words];
+                records
+                    .par_chunks_mut(ENCODE_CHUNK * record_words)
+                    .zip(order.par_chunks(ENCODE_CHUNK))
                     .enumerate()
-                    .map(|(chunk, items)| {
+                    .for_each(|(chunk, (records, items))| {
                         let raw: Vec<f32> = items.iter().flat_map(|&item| collection.vector(item)).copied().collect();
                         let list_of = |i: usize| lists.map_or(0, |l| l.list_of(chunk * ENCODE_CHUNK + i));
-                        encode_chunk(&rotation, &centroids, list_of, &raw)
-                    })
-                    .collect();
-                Block::new(encoded.concat(), centroids, dims)
+                        encode_chunk(&rotation, &centroids, list_of, &raw, records);
+                    });
+                Block { records, centroids }
             })
             .collect();
         Rabitq { dims, words, metric: manifest.metric, rotation, blocks }
@@ -228,10 +262,14 @@ impl Rabitq {
 
     /// Bytes held in memory.
     pub fn memory_bytes(&self) -> usize {
-        let matrices: usize = self.rotation.matrices.iter().map(Vec::len).sum();
-        let blocks: usize =
-            self.blocks.iter().map(|b| b.records.len() * 8 + (b.centroids.len() + b.centroid_norms.len()) * 4).sum();
-        blocks + (matrices + self.rotation.permutation.len()) * 4
+        let rotation: usize = self
+            .rotation
+            .rounds
+            .iter()
+            .map(|r| r.permutation.len() + r.matrices.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        let blocks: usize = self.blocks.iter().map(|b| b.records.len() * 8 + b.centroids.len() * 4).sum();
+        blocks + rotation * 4
     }
 
     /// The `q.k` nearest of the shortlisted `positions` (into the partition's code order,
@@ -247,21 +285,17 @@ impl Rabitq {
     ) -> Result<Vec<Scored>> {
         let block = &self.blocks[q.partition as usize];
         let query = self.quantize(q.vector);
-        let mut estimates = self.estimates(block, &query, lists, items.len(), positions);
-        estimates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        let estimates = self.estimates(block, &query, lists, items.len(), positions);
         let kernel = self.metric.kernel();
-        let mut top = TopK::new(q.k);
-        for (i, (estimate, error, position)) in estimates.into_iter().enumerate() {
-            if i % CANCEL_EVERY == 0 {
-                q.cancel.check("search")?;
-            }
-            if top.worst().is_some_and(|worst| estimate - error > worst) {
-                continue;
-            }
-            let item = items[position as usize];
-            top.push(item, kernel(q.vector, collection.vector(item)));
-        }
-        Ok(top.into_sorted())
+        keep_nearest(
+            estimates,
+            q.k,
+            |position| {
+                let item = items[position as usize];
+                Ok((item, kernel(q.vector, collection.vector(item))))
+            },
+            || q.cancel.check("search"),
+        )
     }
 
     fn quantize(&self, vector: &[f32]) -> Query {
@@ -270,7 +304,8 @@ impl Rabitq {
         let low = rotated.iter().copied().fold(f32::INFINITY, f32::min);
         let high = rotated.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let levels = ((1u32 << QUERY_BITS) - 1) as f32;
-        let step = if high > low { (high - low) / levels } else { 0.0 };
+        // A step too small to invert (a query of ~1e-36) quantizes every coordinate to `low`.
+        let step = if (high - low) / levels >= f32::MIN_POSITIVE { (high - low) / levels } else { 0.0 };
         let inverse = if step > 0.0 { 1.0 / step } else { 0.0 };
         let mut planes = vec![0u64; QUERY_BITS * self.words];
         let mut total = 0u32;
@@ -290,12 +325,13 @@ impl Rabitq {
 
     fn terms(&self, block: &Block, list: usize, query: &Query) -> ListTerms {
         let d = self.dims;
-        let along = dot(&block.centroids[list * d..(list + 1) * d], &query.rotated);
+        let centroid = &block.centroids[list * d..(list + 1) * d];
         // v: the query's residual to the centroid (for dot products, the query itself).
         let (v_norm_sq, base) = match self.metric {
-            Metric::Dot => (query.norm_sq, -along),
+            Metric::Dot => (query.norm_sq, -dot(centroid, &query.rotated)),
             _ => {
-                let v_norm_sq = (query.norm_sq - 2.0 * along + block.centroid_norms[list]).max(0.0);
+                // Directly, not |q|^2 - 2 <q, c> + |c|^2, which cancels when q is near c.
+                let v_norm_sq = (crate::distance::kernels().l2_squared)(centroid, &query.rotated);
                 match self.metric {
                     // Unit vectors: 1 - <x, q> = |x - q|^2 / 2.
                     Metric::Cosine | Metric::BinaryQuantizedCosine => (v_norm_sq, v_norm_sq / 2.0),
@@ -366,9 +402,10 @@ impl Rabitq {
             // The shortlist is scattered over the partition's records: ask for the record a
             // few items ahead while this one is worked out.
             if let Some(&ahead) = positions.get(i + PREFETCH_AHEAD) {
-                // A record need not start a cache line: its first and last word.
-                prefetch(&block.records[ahead as usize * r]);
-                prefetch(&block.records[ahead as usize * r + r - 1]);
+                // Every cache line the record touches (it need not start one).
+                let record = &block.records[ahead as usize * r..(ahead as usize + 1) * r];
+                record.iter().step_by(8).for_each(prefetch);
+                prefetch(&record[r - 1]);
             }
             let position = position as usize;
             let terms = match &current {
@@ -410,11 +447,32 @@ impl Rabitq {
     }
 }
 
-impl Block {
-    fn new(records: Vec<u64>, centroids: Vec<f32>, dims: usize) -> Block {
-        let centroid_norms = centroids.chunks_exact(dims.max(1)).map(|c| dot(c, c)).collect();
-        Block { records, centroids, centroid_norms }
+/// The `k` best exact scores among `estimates` ((estimate, error bound, position)), scoring
+/// with `exact` (position -> (item, score)) only the positions whose estimate less its bound
+/// is not worse than the k-th exact score found so far; `check` runs every
+/// [`CANCEL_EVERY`] positions.
+fn keep_nearest(
+    mut estimates: Vec<(f32, f32, u32)>,
+    k: usize,
+    mut exact: impl FnMut(u32) -> Result<(u32, f32)>,
+    check: impl Fn() -> Result<()>,
+) -> Result<Vec<Scored>> {
+    estimates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let mut top = TopK::new(k);
+    for (i, (estimate, error, position)) in estimates.into_iter().enumerate() {
+        if i % CANCEL_EVERY == 0 {
+            check()?;
+        }
+        // A relative slack of a few ulps: an item at its centroid has no error bound, and its
+        // f32 estimate may exceed an exact score it ties.
+        let slack = 1e-5 * (estimate.abs() + error);
+        if top.worst().is_some_and(|worst| estimate - error - slack > worst) {
+            continue;
+        }
+        let (item, score) = exact(position)?;
+        top.push(item, score);
     }
+    Ok(top.into_sorted())
 }
 
 /// Asks the CPU to bring the cache line holding `value` in (a hint; nothing else happens).
@@ -442,15 +500,19 @@ fn popcounts(bits: &[u64], planes: &[u64], words: usize) -> (u32, u32) {
     (set, weighted)
 }
 
-/// Records of the vectors `raw` (one after another); the i-th belongs to list `list_of(i)`,
-/// whose rotated centroid is in `centroids`.
-fn encode_chunk(rotation: &Rotation, centroids: &[f32], list_of: impl Fn(usize) -> usize, raw: &[f32]) -> Vec<u64> {
+/// Writes into `records` the records of the vectors `raw` (one after another); the i-th
+/// belongs to list `list_of(i)`, whose rotated centroid is in `centroids`.
+fn encode_chunk(
+    rotation: &Rotation,
+    centroids: &[f32],
+    list_of: impl Fn(usize) -> usize,
+    raw: &[f32],
+    records: &mut [u64],
+) {
     let d = rotation.dims;
     let words = d.div_ceil(64);
-    let n = raw.len() / d.max(1);
     let mut rotated = vec![0.0f32; raw.len()];
     rotation.apply_many(raw, &mut rotated);
-    let mut records = vec![0u64; n * (words + 2)];
     for (i, (x, record)) in rotated.chunks_exact_mut(d).zip(records.chunks_exact_mut(words + 2)).enumerate() {
         let list = list_of(i);
         let centroid = &centroids[list * d..(list + 1) * d];
@@ -460,7 +522,6 @@ fn encode_chunk(rotation: &Rotation, centroids: &[f32], list_of: impl Fn(usize) 
         record[words] = pack(rho_sq, scale);
         record[words + 1] = pack(signed / (d as f32).sqrt(), 0.0);
     }
-    records
 }
 
 /// Sets `code`'s bits from the signs of the rotated residual `r`; returns |r|^2 and the scale
@@ -487,8 +548,8 @@ mod tests {
 
     #[test]
     fn the_rotation_keeps_lengths_and_angles() {
-        for dims in [3, 64, 384, 1100] {
-            let rotation = Rotation::new(dims);
+        for (dims, block) in [(3, 512), (64, 512), (384, 512), (300, 64)] {
+            let rotation = Rotation::with_blocks_of(dims, block);
             let mut rng = StdRng::seed_from_u64(1);
             let xs: Vec<f32> = (0..2 * dims).map(|_| gaussian(&mut rng)).collect();
             let mut one = vec![0.0; 2 * dims];
@@ -509,58 +570,115 @@ mod tests {
 
     /// A one-partition, one-list index over `vectors` (centred on their mean), as the build
     /// makes it.
-    fn index(metric: Metric, dims: usize, vectors: &[f32]) -> Rabitq {
-        let rotation = Rotation::new(dims);
+    fn index(metric: Metric, dims: usize, block: usize, vectors: &[f32]) -> Rabitq {
+        let rotation = Rotation::with_blocks_of(dims, block);
         let n = vectors.len() / dims;
         let mut mean = vec![0.0f32; dims];
         vectors.chunks_exact(dims).for_each(|v| mean.iter_mut().zip(v).for_each(|(m, x)| *m += x / n as f32));
         let mut centroids = vec![0.0; dims];
         rotation.apply_many(&mean, &mut centroids);
-        let block = Block::new(encode_chunk(&rotation, &centroids, |_| 0, vectors), centroids, dims);
-        Rabitq { dims, words: dims.div_ceil(64), metric, rotation, blocks: vec![block] }
+        let words = dims.div_ceil(64);
+        let mut records = vec![0u64; n * (words + 2)];
+        encode_chunk(&rotation, &centroids, |_| 0, vectors, &mut records);
+        Rabitq { dims, words, metric, rotation, blocks: vec![Block { records, centroids }] }
     }
 
-    /// Exact scores are not better than their estimates less the bound (all but a few pairs),
-    /// and the estimates order items well enough that the exact top 10 is near their top.
+    /// Clustered vectors; `lopsided` shrinks all but each vector's first 50 coordinates
+    /// tenfold, so residuals and queries lean into some rotation blocks.
+    fn clustered(dims: usize, n: usize, stream: u64, lopsided: bool, metric: Metric) -> Vec<f32> {
+        let mut v = crate::datagen::Clustered::new(dims, 11).generate(n, stream);
+        if lopsided {
+            v.chunks_exact_mut(dims).for_each(|x| x[50..].iter_mut().for_each(|c| *c *= 0.1));
+        }
+        if metric == Metric::Cosine {
+            v.chunks_exact_mut(dims).for_each(|x| {
+                crate::distance::normalize(x);
+            });
+        }
+        v
+    }
+
+    /// Among each query's 100 nearest items (the ones re-ranking decides about), few exact
+    /// scores are better than their estimate less the bound; and the estimates order items well
+    /// enough that the exact top 10 is in their top 100. Also with more than one rotation block
+    /// (blocks of 64 here, as of 512 for more than 512 dimensions), vectors leaning into some.
     #[test]
     fn estimates_hold_their_error_bound_and_find_the_nearest() {
-        for (metric, dims) in [(Metric::Cosine, 128), (Metric::Euclidean, 100), (Metric::Dot, 64)] {
-            let generator = crate::datagen::Clustered::new(dims, 11);
-            let mut vectors = generator.generate(3000, 0);
-            let mut queries = generator.generate(20, 1);
-            if metric == Metric::Cosine {
-                vectors.chunks_exact_mut(dims).chain(queries.chunks_exact_mut(dims)).for_each(|v| {
-                    crate::distance::normalize(v);
-                });
-            }
-            let index = index(metric, dims, &vectors);
+        let cases = [
+            (Metric::Cosine, 128, 512, false),
+            (Metric::Euclidean, 100, 512, false),
+            (Metric::Dot, 64, 512, false),
+            (Metric::Cosine, 384, 64, true),
+            (Metric::Euclidean, 256, 64, true),
+        ];
+        for (metric, dims, block, lopsided) in cases {
+            let vectors = clustered(dims, 2000, 0, lopsided, metric);
+            let queries = clustered(dims, 20, 1, lopsided, metric);
+            let index = index(metric, dims, block, &vectors);
             let kernel = metric.kernel();
             let (mut outside, mut pairs, mut found) = (0usize, 0usize, 0usize);
             for q in queries.chunks_exact(dims) {
                 let query = index.quantize(q);
                 let terms = index.terms(&index.blocks[0], 0, &query);
-                let mut scored: Vec<(f32, f32, usize)> = vectors
+                // (estimate, error, exact, item)
+                let mut scored: Vec<(f32, f32, f32, usize)> = vectors
                     .chunks_exact(dims)
                     .enumerate()
-                    .map(|(i, v)| (index.estimate(&index.blocks[0], &query, &terms, i).0, kernel(q, v), i))
+                    .map(|(i, v)| {
+                        let (estimate, error) = index.estimate(&index.blocks[0], &query, &terms, i);
+                        (estimate, error, kernel(q, v), i)
+                    })
                     .collect();
-                for (i, (estimate, exact, _)) in scored.iter().enumerate() {
-                    let (_, error) = index.estimate(&index.blocks[0], &query, &terms, i);
+                scored.sort_by(|a, b| a.2.total_cmp(&b.2));
+                for (estimate, error, exact, _) in &scored[..100] {
                     pairs += 1;
-                    // The side that matters: an item whose exact score is better than its
-                    // estimate less the bound could be ruled out while it belongs in the top k.
                     outside += usize::from(*exact < estimate - error);
                 }
-                scored.sort_by(|a, b| a.1.total_cmp(&b.1));
-                let truth: Vec<usize> = scored[..10].iter().map(|s| s.2).collect();
+                let truth: Vec<usize> = scored[..10].iter().map(|s| s.3).collect();
                 scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-                found += scored[..100].iter().filter(|s| truth.contains(&s.2)).count();
+                found += scored[..100].iter().filter(|s| truth.contains(&s.3)).count();
             }
             let outside = outside as f64 / pairs as f64;
             let recall = found as f64 / 200.0;
-            assert!(outside < 0.01, "{metric:?}: {outside} of the exact scores lie below their bound");
-            assert!(recall > 0.9, "{metric:?}: the estimates' top 100 hold {recall} of the exact top 10");
+            assert!(outside < 0.01, "{metric:?} {dims}: {outside} of the exact scores lie below their bound");
+            assert!(recall > 0.9, "{metric:?} {dims}: the estimates' top 100 hold {recall} of the exact top 10");
         }
+    }
+
+    /// Skipping what the bound rules out keeps the exact top k of the whole shortlist and
+    /// scores fewer items exactly.
+    #[test]
+    fn the_bound_cuts_exact_scoring_and_keeps_the_top_k() {
+        let dims = 128;
+        let vectors = clustered(dims, 2000, 0, false, Metric::Cosine);
+        let queries = clustered(dims, 20, 1, false, Metric::Cosine);
+        let index = index(Metric::Cosine, dims, 512, &vectors);
+        let kernel = Metric::Cosine.kernel();
+        let positions: Vec<u32> = (0..500).collect();
+        let (mut scored, mut kept) = (0usize, 0usize);
+        for q in queries.chunks_exact(dims) {
+            let query = index.quantize(q);
+            let estimates = index.estimates(&index.blocks[0], &query, None, 2000, &positions);
+            let exact = |p: u32| kernel(q, &vectors[p as usize * dims..(p as usize + 1) * dims]);
+            let mut calls = 0;
+            let top = keep_nearest(
+                estimates,
+                10,
+                |p| {
+                    calls += 1;
+                    Ok((p, exact(p)))
+                },
+                || Ok(()),
+            )
+            .unwrap();
+            let mut all = TopK::new(10);
+            positions.iter().for_each(|&p| all.push(p, exact(p)));
+            let all = all.into_sorted();
+            kept += top.iter().filter(|t| all.contains(t)).count();
+            scored += calls;
+        }
+        assert!(kept >= 199, "{kept} of 200 of the shortlist's exact top 10 kept");
+        assert!(scored < 20 * 500 / 2, "{scored} of {} shortlisted items scored exactly", 20 * 500);
     }
 
     #[test]

@@ -308,10 +308,12 @@ mod tests {
     fn candidates_respect_budget_order_and_filter() {
         // Item i has i low bits set: Hamming distance i from the zero code.
         let codes: Vec<u64> = (0..64u32).map(|i| if i == 0 { 0 } else { u64::MAX >> (64 - i) }).collect();
-        let s = scan((0..64).collect(), codes, 1);
+        // Item ids differ from positions (item 3p at position p): the filter reads items, the
+        // answer is positions.
+        let s = scan((0..64).map(|p| 3 * p).collect(), codes, 1);
         let items = s.blocks[0].items.clone();
         assert_eq!(s.candidates(0, &items, std::slice::from_ref(&(0..64)), 1, &[0], None, 5), vec![0, 1, 2, 3, 4]);
-        let odd: RoaringBitmap = (0..64).filter(|i| i % 2 == 1).collect();
+        let odd: RoaringBitmap = (0..64).map(|p| 3 * p).filter(|i| i % 2 == 1).collect();
         assert_eq!(s.candidates(0, &items, std::slice::from_ref(&(0..64)), 1, &[0], Some(&odd), 3), vec![1, 3, 5]);
     }
 
