@@ -52,6 +52,9 @@ const ROTATION_BLOCK: usize = 512;
 const ROTATION_ROUNDS: usize = 3;
 /// Fixed, so every replica that opens a collection builds the same codes.
 const ROTATION_SEED: u64 = 0x5241_4249_5451;
+/// Relative slack added to every error bound, for f32 rounding in the estimate's terms (the
+/// rotation, the centroid's residual) that the bound itself does not count.
+const F32_SLACK: f32 = 1e-5;
 /// How many shortlisted records ahead a record is prefetched.
 const PREFETCH_AHEAD: usize = 8;
 /// Items encoded per matrix product at build.
@@ -442,7 +445,12 @@ impl Rabitq {
         let (rho_weight, ip_weight) = self.weights();
         let estimate = terms.base + rho_weight * rho_sq + ip_weight * scale * ip;
         let rounding_error = ip_weight.abs() * ROUNDING_STEPS * query.step;
-        let error = terms.shape_error * (scale * scale - rho_sq).max(0.0).sqrt() + rounding_error * scale;
+        // Plus a slack of a few ulps of the terms summed: an item at its centroid has no shape or
+        // rounding error, and its f32 estimate may still miss an exact score it ties.
+        let terms_sum = terms.base.abs() + (rho_weight * rho_sq).abs() + (ip_weight * scale * ip).abs();
+        let error = terms.shape_error * (scale * scale - rho_sq).max(0.0).sqrt()
+            + rounding_error * scale
+            + F32_SLACK * terms_sum;
         (estimate, error)
     }
 }
@@ -463,10 +471,7 @@ fn keep_nearest(
         if i % CANCEL_EVERY == 0 {
             check()?;
         }
-        // A relative slack of a few ulps: an item at its centroid has no error bound, and its
-        // f32 estimate may exceed an exact score it ties.
-        let slack = 1e-5 * (estimate.abs() + error);
-        if top.worst().is_some_and(|worst| estimate - error - slack > worst) {
+        if top.worst().is_some_and(|worst| estimate - error > worst) {
             continue;
         }
         let (item, score) = exact(position)?;
