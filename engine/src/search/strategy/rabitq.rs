@@ -174,13 +174,18 @@ fn orthonormal(n: usize, rng: &mut StdRng) -> Vec<f32> {
 
 /// One partition's codes, in the sign codes' order.
 struct Block {
-    /// [`Rabitq::record_words`] per item, so a shortlisted item costs one cache line or two:
+    /// [`record_words`] per item, so a shortlisted item costs one cache line or two:
     /// `words` of signs (bit i set when the rotated residual's coordinate i is positive), then
     /// the residual's squared length and its scale (0: the item is its centroid), then the
     /// signs' inner product with the rotated centroid, <o_bar, P c>, as f32 bits.
     records: Vec<u64>,
     /// Rotated centroids, one per list (one, the collection's mean, without lists).
     centroids: Vec<f32>,
+}
+
+/// u64 words per item: the sign words, then two of numbers (see [`Block::records`]).
+fn record_words(words: usize) -> usize {
+    words + 2
 }
 
 fn pack(low: f32, high: f32) -> u64 {
@@ -213,6 +218,17 @@ struct Query {
     norm_sq: f32,
 }
 
+/// A partition's shortlist as [`Rabitq::estimates`] reads it: positions into the code order of
+/// a partition of `members` items, with the partition's records and lists and the query.
+#[derive(Clone, Copy)]
+struct Shortlisted<'a> {
+    block: &'a Block,
+    query: &'a Query,
+    lists: Option<&'a CoarseLists>,
+    members: usize,
+    positions: &'a [u32],
+}
+
 /// What turns an item's estimated inner product into a score and an error bound, for one list.
 struct ListTerms {
     /// score = base + rho_weight * rho_sq + ip_weight * scale * <o_bar, v>.
@@ -230,7 +246,6 @@ impl Rabitq {
         let dims = manifest.dimensions;
         let words = dims.div_ceil(64);
         let rotation = Rotation::new(dims);
-        let record_words = words + 2;
         let blocks = orders
             .par_iter()
             .enumerate()
@@ -242,9 +257,9 @@ impl Rabitq {
                 };
                 let mut centroids = vec![0.0f32; raw.len()];
                 rotation.apply_many(&raw, &mut centroids);
-                let mut records = vec![0u64; order.len() * record_words];
+                let mut records = vec![0u64; order.len() * record_words(words)];
                 records
-                    .par_chunks_mut(ENCODE_CHUNK * record_words)
+                    .par_chunks_mut(ENCODE_CHUNK * record_words(words))
                     .zip(order.par_chunks(ENCODE_CHUNK))
                     .enumerate()
                     .for_each(|(chunk, (records, items))| {
@@ -256,11 +271,6 @@ impl Rabitq {
             })
             .collect();
         Rabitq { dims, words, metric: manifest.metric, rotation, blocks }
-    }
-
-    /// u64 words per item.
-    fn record_words(&self) -> usize {
-        self.words + 2
     }
 
     /// Bytes held in memory.
@@ -288,7 +298,7 @@ impl Rabitq {
     ) -> Result<Vec<Scored>> {
         let block = &self.blocks[q.partition as usize];
         let query = self.quantize(q.vector);
-        let estimates = self.estimates(block, &query, lists, items.len(), positions);
+        let estimates = self.estimates(Shortlisted { block, query: &query, lists, members: items.len(), positions });
         let kernel = self.metric.kernel();
         keep_nearest(
             estimates,
@@ -356,48 +366,28 @@ impl Rabitq {
         }
     }
 
-    /// (estimate, error bound, position) of each shortlisted position (of a partition of
-    /// `members` items), with the CPU's popcount instruction where it has one.
-    fn estimates(
-        &self,
-        block: &Block,
-        query: &Query,
-        lists: Option<&CoarseLists>,
-        members: usize,
-        positions: &[u32],
-    ) -> Vec<(f32, f32, u32)> {
+    /// (estimate, error bound, position) of each shortlisted position, with the CPU's
+    /// popcount instruction where it has one.
+    fn estimates(&self, shortlist: Shortlisted<'_>) -> Vec<(f32, f32, u32)> {
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "popcnt")]
-            fn with_popcnt(
-                rabitq: &Rabitq,
-                block: &Block,
-                query: &Query,
-                lists: Option<&CoarseLists>,
-                members: usize,
-                positions: &[u32],
-            ) -> Vec<(f32, f32, u32)> {
-                rabitq.estimates_portable(block, query, lists, members, positions)
+            fn with_popcnt(rabitq: &Rabitq, shortlist: Shortlisted<'_>) -> Vec<(f32, f32, u32)> {
+                rabitq.estimates_portable(shortlist)
             }
             if std::is_x86_feature_detected!("popcnt") {
                 // SAFETY: the CPU supports popcnt (checked just above).
-                return unsafe { with_popcnt(self, block, query, lists, members, positions) };
+                return unsafe { with_popcnt(self, shortlist) };
             }
         }
-        self.estimates_portable(block, query, lists, members, positions)
+        self.estimates_portable(shortlist)
     }
 
     #[inline(always)]
-    fn estimates_portable(
-        &self,
-        block: &Block,
-        query: &Query,
-        lists: Option<&CoarseLists>,
-        members: usize,
-        positions: &[u32],
-    ) -> Vec<(f32, f32, u32)> {
+    fn estimates_portable(&self, shortlist: Shortlisted<'_>) -> Vec<(f32, f32, u32)> {
+        let Shortlisted { block, query, lists, members, positions } = shortlist;
         let mut estimates = Vec::with_capacity(positions.len());
-        let r = self.record_words();
+        let r = record_words(self.words);
         // The shortlist comes run by run, each run a list (or the whole partition), so the
         // terms are worked out once per list it reaches.
         let mut current: Option<(Range<usize>, ListTerms)> = None;
@@ -430,7 +420,7 @@ impl Rabitq {
     /// The estimated score of the item at `position` and the bound on its error.
     #[inline(always)]
     fn estimate(&self, block: &Block, query: &Query, terms: &ListTerms, position: usize) -> (f32, f32) {
-        let (w, r) = (self.words, self.record_words());
+        let (w, r) = (self.words, record_words(self.words));
         let record = &block.records[position * r..(position + 1) * r];
         let (set, weighted) = popcounts(&record[..w], &query.planes, w);
         // <o_bar, P q_hat>: o_bar is +-1/sqrt(D) by sign, so it is (2 * the sum of q_hat over
@@ -518,7 +508,7 @@ fn encode_chunk(
     let words = d.div_ceil(64);
     let mut rotated = vec![0.0f32; raw.len()];
     rotation.apply_many(raw, &mut rotated);
-    for (i, (x, record)) in rotated.chunks_exact_mut(d).zip(records.chunks_exact_mut(words + 2)).enumerate() {
+    for (i, (x, record)) in rotated.chunks_exact_mut(d).zip(records.chunks_exact_mut(record_words(words))).enumerate() {
         let list = list_of(i);
         let centroid = &centroids[list * d..(list + 1) * d];
         x.iter_mut().zip(centroid).for_each(|(x, c)| *x -= c);
@@ -583,7 +573,7 @@ mod tests {
         let mut centroids = vec![0.0; dims];
         rotation.apply_many(&mean, &mut centroids);
         let words = dims.div_ceil(64);
-        let mut records = vec![0u64; n * (words + 2)];
+        let mut records = vec![0u64; n * record_words(words)];
         encode_chunk(&rotation, &centroids, |_| 0, vectors, &mut records);
         Rabitq { dims, words, metric, rotation, blocks: vec![Block { records, centroids }] }
     }
@@ -663,7 +653,14 @@ mod tests {
         let (mut scored, mut kept) = (0usize, 0usize);
         for q in queries.chunks_exact(dims) {
             let query = index.quantize(q);
-            let estimates = index.estimates(&index.blocks[0], &query, None, 2000, &positions);
+            let shortlist = Shortlisted {
+                block: &index.blocks[0],
+                query: &query,
+                lists: None,
+                members: 2000,
+                positions: &positions,
+            };
+            let estimates = index.estimates(shortlist);
             let exact = |p: u32| kernel(q, &vectors[p as usize * dims..(p as usize + 1) * dims]);
             let mut calls = 0;
             let top = keep_nearest(
