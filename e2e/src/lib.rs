@@ -295,7 +295,7 @@ pub fn operator_gate_passes(exit_code: Option<i32>, report: &str) -> bool {
     };
     let observed = Observed {
         generation: 1,
-        writer: WriterState::Sealed { count: 1, setting: "signscan quality=200".into(), stored: None },
+        writer: WriterState::Sealed { count: 1, setting: "signscan quality=200".into(), stored: None, sha256: None },
         writer_problem: None,
         idle: false,
         ready_replicas: 1,

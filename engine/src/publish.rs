@@ -28,7 +28,10 @@ pub enum Stage {
         bytes: u64,
     },
     Snapshotting,
-    Sealed,
+    /// Sealed, its snapshot written with this hex sha256.
+    Sealed {
+        sha256: String,
+    },
     Failed(String),
 }
 
@@ -64,6 +67,8 @@ pub struct Progress {
     pub message: String,
     /// Set once the snapshot is completely in the snapshot store.
     pub stored: Option<Stored>,
+    /// The sealed snapshot's hex sha256, once sealed.
+    pub snapshot_sha256: Option<String>,
 }
 
 pub struct Publisher {
@@ -134,11 +139,15 @@ impl Publisher {
                 (Phase::Restoring, format!("restoring from {from}: {fetched} of {bytes} bytes"))
             }
             Stage::Snapshotting => (Phase::Snapshotting, String::new()),
-            Stage::Sealed => (Phase::Sealed, String::new()),
+            Stage::Sealed { .. } => (Phase::Sealed, String::new()),
             Stage::Failed(reason) => (Phase::Failed, reason.clone()),
         };
         let stored = self.stored.lock().expect("stored lock").clone();
-        Progress { phase, rows: self.build.rows(), message, stored }
+        let snapshot_sha256 = match stage {
+            Stage::Sealed { sha256 } => Some(sha256),
+            _ => None,
+        };
+        Progress { phase, rows: self.build.rows(), message, stored, snapshot_sha256 }
     }
 
     /// A collection sealed by an earlier run of this writer: opened, its snapshot written if
@@ -199,7 +208,7 @@ impl Publisher {
         // Preloaded (sign codes built, pages faulted in) before anyone is told it is sealed, so
         // the writer's first query is not a cold one.
         collection.preload().inspect_err(|e| self.set_stage(Stage::Failed(e.to_string())))?;
-        self.set_stage(Stage::Sealed);
+        self.set_stage(Stage::Sealed { sha256: info.sha256.clone() });
         tracing::info!(collection = %info.collection, size = info.size, sha256 = %info.sha256, "snapshot written");
         Ok((Arc::new(collection), info))
     }
@@ -208,7 +217,7 @@ impl Publisher {
     pub fn check_open_for_writes(&self) -> Result<()> {
         match self.stage() {
             Stage::Waiting | Stage::Receiving | Stage::Failed(_) => Ok(()),
-            Stage::Sealed => Err(Error::Sealed { name: self.name().to_string(), operation: "ingest".into() }),
+            Stage::Sealed { .. } => Err(Error::Sealed { name: self.name().to_string(), operation: "ingest".into() }),
             Stage::Building | Stage::Restoring { .. } | Stage::Snapshotting => {
                 Err(Error::Sealed { name: self.name().to_string(), operation: "ingest while building".into() })
             }

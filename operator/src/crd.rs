@@ -423,6 +423,10 @@ pub struct VectorCollectionStatus {
     /// landed there (for this generation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<StoredSnapshot>,
+    /// Hex sha256 of the snapshot the writer sealed, recorded the first time it reported it and
+    /// kept: replicas serve only this snapshot (`--snapshot-sha256`), the one verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_sha256: Option<String>,
     /// Each gate of the last verification: measured value, threshold, result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verification: Vec<GateResult>,

@@ -22,11 +22,13 @@ pub enum WriterState {
     /// Writing the compacted snapshot file.
     Publishing,
     /// Sealed, snapshot published; `count` vectors, calibrated `setting`; `stored` once the
-    /// snapshot is in the snapshot store too.
+    /// snapshot is in the snapshot store too; `sha256` of the sealed snapshot (None from an
+    /// engine too old to say).
     Sealed {
         count: u64,
         setting: String,
         stored: Option<StoredSnapshot>,
+        sha256: Option<String>,
     },
     Failed {
         reason: String,
@@ -73,6 +75,9 @@ pub struct Decision {
     pub verified: bool,
     /// The snapshot as published to the store, once it is there.
     pub stored: Option<StoredSnapshot>,
+    /// The sha256 of the snapshot replicas serve: the first one the writer reported sealed,
+    /// kept from then on (see [`next`]).
+    pub sealed_sha256: Option<String>,
 }
 
 /// The next phase. `previous` is the status as stored (None for a new object).
@@ -93,6 +98,7 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
             count: s.vector_count?,
             setting: s.search_setting.clone().unwrap_or_default(),
             stored: recorded.clone(),
+            sha256: s.sealed_sha256.clone(),
         })
     });
     let writer = match (&observed.writer, remembered) {
@@ -105,6 +111,15 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
         WriterState::Sealed { stored, .. } => stored.clone().or(recorded),
         _ => None,
     };
+    // Pinned once: a writer that reports another snapshot later (its volume lost, the source
+    // imported again with other data) does not move what replicas serve away from what was
+    // verified. The data is immutable in every generation, as above.
+    // Only from the writer's own report, which comes with its first Sealed: the store's record
+    // may come later (an upload after Ready), and pinning then would roll every replica.
+    let sealed_sha256 = previous.and_then(|s| s.sealed_sha256.clone()).or_else(|| match &writer {
+        WriterState::Sealed { sha256, .. } => sha256.clone(),
+        _ => None,
+    });
     let decide = |phase: Phase, message: Option<String>| Decision {
         phase,
         message,
@@ -118,6 +133,7 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
         },
         verified: phase == Phase::Ready,
         stored: stored.clone(),
+        sealed_sha256: sealed_sha256.clone(),
     };
     // A failure is final for its generation: a new spec generation starts over.
     if previous_phase == Phase::Failed {
@@ -176,7 +192,7 @@ pub(crate) mod tests {
     use super::*;
 
     fn sealed() -> WriterState {
-        WriterState::Sealed { count: 1000, setting: "signscan quality=100".into(), stored: None }
+        WriterState::Sealed { count: 1000, setting: "signscan quality=100".into(), stored: None, sha256: None }
     }
 
     fn observed(writer: WriterState, ready: i32, warmup: JobState, verify: JobState) -> Observed {
@@ -336,11 +352,42 @@ pub(crate) mod tests {
         let d = next(Some(&replicating), &Observed { generation: 3, ..released.clone() });
         assert_eq!((d.phase, d.stored), (Phase::Pending, None));
         // A sealed writer's upload is recorded once it landed.
-        let sealed = WriterState::Sealed { count: 1000, setting: "s".into(), stored: Some(stored.clone()) };
+        let sealed =
+            WriterState::Sealed { count: 1000, setting: "s".into(), stored: Some(stored.clone()), sha256: None };
         assert_eq!(next(None, &observed(sealed, 0, Absent, Absent)).stored, Some(stored));
         let restoring = WriterState::Restoring { progress: "restoring from s3://x/v1: 5 of 9 bytes".into() };
         let d = next(None, &observed(restoring, 0, Absent, Absent));
         assert_eq!((d.phase, d.message.as_deref()), (Phase::Restoring, Some("restoring from s3://x/v1: 5 of 9 bytes")));
+    }
+
+    /// Replicas serve what was verified: the writer's first sealed sha256 is kept, and a
+    /// writer that later seals other data (its volume lost, the source imported again) does
+    /// not move it, in this generation or a later one; the store's record alone pins nothing
+    /// (it may land after Ready, and pinning then would roll every replica).
+    #[test]
+    fn the_first_sealed_snapshot_pins_what_replicas_serve() {
+        use JobState::*;
+        let with_sha = |sha: &str| WriterState::Sealed {
+            count: 1000,
+            setting: "s".into(),
+            stored: None,
+            sha256: Some(sha.into()),
+        };
+        let d = next(None, &observed(with_sha("aa"), 0, Absent, Absent));
+        assert_eq!((d.phase, d.sealed_sha256.as_deref()), (Phase::Replicating, Some("aa")));
+        let mut ready = status(Phase::Ready, 2);
+        ready.vector_count = Some(1000);
+        ready.sealed_sha256 = d.sealed_sha256;
+        let d = next(Some(&ready), &observed(with_sha("bb"), 2, Succeeded, Succeeded));
+        assert_eq!(d.sealed_sha256.as_deref(), Some("aa"));
+        let d = next(Some(&ready), &Observed { generation: 3, ..observed(with_sha("bb"), 2, Absent, Absent) });
+        assert_eq!(d.sealed_sha256.as_deref(), Some("aa"));
+        // Gone (released, restarting): still pinned.
+        let d = next(Some(&ready), &observed(WriterState::Released, 2, Succeeded, Succeeded));
+        assert_eq!(d.sealed_sha256.as_deref(), Some("aa"));
+        let stored = StoredSnapshot { location: "s3://snapshots/search/v1".into(), sha256: "cc".into(), bytes: 9 };
+        let old_engine = WriterState::Sealed { count: 1000, setting: "s".into(), stored: Some(stored), sha256: None };
+        assert_eq!(next(None, &observed(old_engine, 0, Absent, Absent)).sealed_sha256, None);
     }
 
     #[test]

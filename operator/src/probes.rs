@@ -113,7 +113,9 @@ impl WriterProbe for Grpc {
                 sha256: s.sha256,
                 bytes: s.bytes,
             });
-            Ok(WriterState::Sealed { count: status.count, setting: status.search_setting, stored })
+            // Empty from an engine too old to report it.
+            let sha256 = Some(progress.snapshot_sha256).filter(|s| !s.is_empty());
+            Ok(WriterState::Sealed { count: status.count, setting: status.search_setting, stored, sha256 })
         })
     }
 }
@@ -147,7 +149,7 @@ mod tests {
             Some(WriterState::Restoring { progress: "5 of 9 bytes".into() })
         );
         // A phase from a newer engine decodes as Unspecified: the operator waits.
-        let newer = ProgressResponse { phase: 99, rows: 7, message: String::new(), stored: None };
+        let newer = ProgressResponse { phase: 99, ..Default::default() };
         assert_eq!(writer_state(newer.phase(), 7, String::new()), Some(WriterState::Unavailable));
     }
 

@@ -215,6 +215,11 @@ pub struct ReplicaArgs {
     /// PEM CA certificate to trust for https:// snapshot sources.
     #[arg(long, env = "QUIVER_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Serve only the snapshot with this hex sha256 (the operator passes the one the writer
+    /// sealed, so every replica serves what was verified): a source that announces another is
+    /// refused, and one on disk with another is fetched again.
+    #[arg(long, env = "QUIVER_SNAPSHOT_SHA256")]
+    pub snapshot_sha256: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -164,7 +164,15 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
             let info = match snapshots.checked_info(&collection)? {
                 // A download finished earlier of the snapshot the store still holds.
                 Some(info) if Some(&info.sha256) == stored.as_ref() => info,
-                _ => store.pull(&collection, &snapshots, &|_| {}, crate::snapshot::progress::EVERY, Cancel::never())?,
+                // The one just described: a description replaced meanwhile is refused, not mixed in.
+                _ => store.pull(
+                    &collection,
+                    &snapshots,
+                    stored.as_deref(),
+                    &|_| {},
+                    crate::snapshot::progress::EVERY,
+                    Cancel::never(),
+                )?,
             };
             snapshots.install(&dir.data_dir, &info)?;
             print_json(&info);

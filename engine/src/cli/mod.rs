@@ -160,6 +160,13 @@ impl ReplicaArgs {
         // The sources want the token this replica serves with (read once: a rotated Secret
         // must not give the two different values).
         let client = client_options(serve.config.token.clone(), self.tls_ca.as_deref())?;
+        if let Some(sha256) = self.snapshot_sha256.as_ref().filter(|s| !crate::snapshot::is_sha256_hex(s)) {
+            return Err(Error::Usage {
+                flag: "--snapshot-sha256".into(),
+                value: sha256.clone(),
+                reason: "must be a sha256: 64 lowercase hex digits".into(),
+            });
+        }
         Ok(ReplicaConfig {
             data_dir: self.dir.data_dir.clone(),
             collection: self.collection.clone(),
@@ -171,6 +178,7 @@ impl ReplicaArgs {
                 attempt_timeout: Duration::from_secs(self.fetch_attempt_timeout_secs),
                 stall_timeout: Duration::from_secs(self.fetch_stall_timeout_secs),
                 progress_every: Duration::from_secs(self.fetch_progress_interval_secs.max(1)),
+                pinned: self.snapshot_sha256.clone(),
             },
             warmup_max_queries: self.warmup_max_queries,
             store_credentials: Credentials::allowing_ambient(self.ambient_credentials),

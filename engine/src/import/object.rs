@@ -384,8 +384,9 @@ pub fn delete(uri: &str, credentials: Credentials) -> Result<()> {
     }
 }
 
-/// Bytes of each part of a multipart upload (S3 wants at least 5 MiB but for the last).
-pub const PART_BYTES: usize = 16 << 20;
+/// Bytes of each part of a multipart upload (S3 wants at least 5 MiB but for the last): the
+/// AWS CLI's 8 MiB, so a restore checks, and a damaged part costs, 8 MiB at a time.
+pub const PART_BYTES: usize = 8 << 20;
 /// Parts of one upload in flight.
 const PARTS_IN_FLIGHT: usize = 4;
 

@@ -92,7 +92,16 @@ pub fn run_until(a: ReplicaConfig, stop: impl Future<Output = ()> + Send + 'stat
 async fn prepare(a: &ReplicaConfig, root: &std::path::Path, process: Arc<ServingProcess>) -> Result<()> {
     let started = Instant::now();
     let snapshots = SnapshotDir::new(root);
-    let info = match present_snapshot(&snapshots, &a.collection).await? {
+    let present = present_snapshot(&snapshots, &a.collection).await?;
+    let pinned = a.fetch.pinned.as_deref();
+    if let Some((info, pinned)) = present.as_ref().zip(pinned).filter(|(info, pinned)| info.sha256 != *pinned) {
+        tracing::warn!(
+            "the snapshot of {} here has sha256 {}, not the pinned {pinned}: fetching the pinned one",
+            a.collection,
+            info.sha256
+        );
+    }
+    let info = match present.filter(|info| pinned.is_none_or(|pinned| info.sha256 == pinned)) {
         Some(info) => {
             tracing::info!("snapshot of {} already here and checked (sha256 {})", a.collection, info.sha256);
             info
@@ -149,6 +158,9 @@ pub struct FetchOptions {
     pub stall_timeout: Duration,
     /// How often an attempt logs bytes held, rate and time left.
     pub progress_every: Duration,
+    /// The hex sha256 the snapshot must have (`--snapshot-sha256`): a source that announces
+    /// another is refused, and a snapshot on disk with another is fetched again.
+    pub pinned: Option<String>,
 }
 
 /// Where a replica may find its snapshot.
@@ -235,6 +247,7 @@ async fn restore_from(
     options: &FetchOptions,
 ) -> Result<SnapshotInfo> {
     let (store, name, snapshots, metrics) = (store.clone(), collection.to_string(), snapshots.clone(), metrics.clone());
+    let pinned = options.pinned.clone();
     let target = store.uri();
     let every = options.progress_every;
     let cancel = Cancel::default();
@@ -245,6 +258,7 @@ async fn restore_from(
         store.pull(
             &name,
             &snapshots,
+            pinned.as_deref(),
             &|n| {
                 metrics.snapshot_fetched_bytes.inc_by(n);
             },
@@ -294,6 +308,18 @@ async fn fetch_from(
         return Err(Error::Snapshot {
             collection: collection.to_string(),
             reason: format!("{} announced collection {:?}", client.target(), info.collection),
+        });
+    }
+    // Checked before the partial file is opened: opening it for another snapshot would drop
+    // the bytes of the pinned one it holds.
+    if let Some(pinned) = options.pinned.as_deref().filter(|pinned| *pinned != info.sha256) {
+        return Err(Error::Snapshot {
+            collection: collection.to_string(),
+            reason: format!(
+                "{} announces the snapshot with sha256 {}; only {pinned} is to be served (--snapshot-sha256)",
+                client.target(),
+                info.sha256
+            ),
         });
     }
     let mut partial = {

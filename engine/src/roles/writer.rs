@@ -210,6 +210,9 @@ async fn restore_sealed(
                 attempt_timeout: Duration::from_secs(900),
                 stall_timeout: Duration::from_secs(30),
                 progress_every: crate::snapshot::progress::EVERY,
+                // What the store describes now is what is restored: the description was
+                // checked against this collection above, and is checked again after the fetch.
+                pinned: None,
             };
             fetch_snapshot(&[Source::Store(from.clone())], &name, &snapshots, metrics, &options).await?
         }

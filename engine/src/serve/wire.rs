@@ -67,7 +67,13 @@ pub fn progress(p: Progress) -> proto::ProgressResponse {
         Phase::Failed => proto::WriterPhase::Failed,
     };
     let stored = p.stored.map(|s| proto::StoredSnapshot { location: s.location, sha256: s.sha256, bytes: s.bytes });
-    proto::ProgressResponse { phase: phase.into(), rows: p.rows, message: p.message, stored }
+    proto::ProgressResponse {
+        phase: phase.into(),
+        rows: p.rows,
+        message: p.message,
+        stored,
+        snapshot_sha256: p.snapshot_sha256.unwrap_or_default(),
+    }
 }
 
 pub fn status_response(m: &Manifest) -> proto::StatusResponse {

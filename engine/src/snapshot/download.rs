@@ -80,6 +80,24 @@ impl Partial {
         self.offset
     }
 
+    /// The partial file, to read back what it holds.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Drops every byte from `offset` on (a part that failed its check): the next append, and
+    /// the next attempt, start there.
+    pub fn truncate(&mut self, offset: u64) -> Result<()> {
+        if offset < self.offset {
+            self.file.set_len(offset).map_err(|e| Error::io(format!("truncating {}", self.path.display()), e))?;
+            self.offset = offset;
+            if let Some(progress) = &self.progress {
+                progress.set(offset);
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_complete(&self) -> bool {
         self.offset == self.info.size
     }

@@ -19,7 +19,9 @@ use super::{SnapshotDir, SnapshotInfo};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result, redact};
 use crate::import::object::{self, Credentials};
+use crate::import::source::hex;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ const DESCRIPTION: &str = "snapshot.json";
 const LEGACY_DATA: &str = "data.mdb";
 /// Appended to the description's key for the copy of an unreadable one a push replaced.
 const UNREADABLE: &str = ".unreadable";
-/// A description is a few KiB (one sha256 per 16 MiB part, the manifest); anything much larger
+/// A description is a few KiB (one sha256 per 8 MiB part, the manifest); anything much larger
 /// is not one, and is not read into memory.
 const MAX_DESCRIPTION_BYTES: u64 = 16 << 20;
 /// Bytes appended to the partial file at a time while restoring.
@@ -249,13 +251,23 @@ impl SnapshotStore {
 
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
     /// on disk, logging its progress every `progress_every`; `fetched` is told each chunk's size.
-    /// Not there yet is a transient error; a file that fails its checks is [`Error::Snapshot`];
-    /// once `cancel` fires, the restore stops at the next chunk (the partial file stays, to be
-    /// resumed).
+    /// With `pinned`, only the snapshot of that sha256 is taken: another one described is
+    /// [`Error::Snapshot`] before a byte is fetched (and the partial file of the pinned one stays).
+    ///
+    /// Each part is checked against the description's sha256 as it lands, so a damaged part is
+    /// found where it is, not only once the whole file is in: the whole parts a resumed file
+    /// holds are checked on disk first (a file torn by a crash resumes at its first bad part),
+    /// and a part that fails is cut off the file. Its failure is the store's
+    /// ([`Error::Snapshot`]) when this attempt fetched all of it, transient when it held bytes
+    /// of an earlier attempt. The sha256 of the whole file on disk is checked last, as ever.
+    ///
+    /// Not there yet is a transient error; once `cancel` fires, the restore stops at the next
+    /// chunk (the partial file stays, to be resumed).
     pub fn pull(
         &self,
         collection: &str,
         snapshots: &SnapshotDir,
+        pinned: Option<&str>,
         fetched: &dyn Fn(u64),
         progress_every: Duration,
         cancel: &Cancel,
@@ -268,6 +280,14 @@ impl SnapshotStore {
         if stored.info.collection != collection {
             return Err(corrupt(format!("the store's description is of {:?}", stored.info.collection)));
         }
+        if let Some(pinned) = pinned.filter(|pinned| *pinned != stored.info.sha256) {
+            return Err(corrupt(format!(
+                "{} describes the snapshot with sha256 {}; only {pinned} is to be restored (--snapshot-sha256)",
+                self.uri(),
+                stored.info.sha256
+            )));
+        }
+        let parts = Parts::of(&stored).map_err(corrupt)?;
         let data = self.object(collection, data_name(&stored)?)?;
         let file = object::ObjectFile::open(&data, self.credentials)?;
         if !is_described(&file, &stored) {
@@ -282,6 +302,7 @@ impl SnapshotStore {
         }
         let mut partial = Partial::open(snapshots, &stored.info)?;
         partial.log_progress(&self.uri(), progress_every);
+        let mut part = parts.resume(&mut partial)?;
         let first = partial.offset();
         if first > 0 {
             tracing::info!("resuming the snapshot restore at byte {first} of {}", stored.info.size);
@@ -298,7 +319,23 @@ impl SnapshotStore {
                     reason: format!("{} ended at byte {} of {}", redact(&data), partial.offset(), stored.info.size),
                 });
             }
-            partial.append(partial.offset(), &chunk[..n])?;
+            let mut received = &chunk[..n];
+            while !received.is_empty() {
+                let (this_part, rest) = received.split_at(part.room(partial.offset()).min(received.len()));
+                if this_part.is_empty() {
+                    return Err(corrupt(format!(
+                        "{} sent more than its described {} bytes",
+                        redact(&data),
+                        stored.info.size
+                    )));
+                }
+                partial.append(partial.offset(), this_part)?;
+                part.hash(this_part);
+                received = rest;
+                if part.ends_at(partial.offset()) {
+                    part = parts.check(part, &mut partial, &redact(&data), &self.uri())?;
+                }
+            }
             fetched(n as u64);
         }
         let secs = started.elapsed().as_secs_f64();
@@ -310,6 +347,157 @@ impl SnapshotStore {
         );
         cancel.check("the snapshot restore")?;
         partial.finish_from(&self.uri())
+    }
+}
+
+/// The parts a description lists: each but the last `part_bytes` long, each with its sha256.
+struct Parts<'a> {
+    collection: &'a str,
+    part_bytes: u64,
+    size: u64,
+    sha256: &'a [String],
+}
+
+/// The part being received: its bytes' running sha256, and whether bytes of an earlier
+/// attempt are among them.
+struct PartHash {
+    index: usize,
+    start: u64,
+    end: u64,
+    hasher: Sha256,
+    resumed: bool,
+}
+
+impl PartHash {
+    /// Bytes from `offset` to the end of this part.
+    fn room(&self, offset: u64) -> usize {
+        usize::try_from(self.end.saturating_sub(offset)).unwrap_or(usize::MAX)
+    }
+
+    fn hash(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    fn ends_at(&self, offset: u64) -> bool {
+        offset == self.end && self.start < self.end
+    }
+}
+
+impl<'a> Parts<'a> {
+    /// The parts `stored` lists, if they cover its size: a description that lies about its
+    /// parts (one sha256 too few, a part size of 0) is refused before a byte is fetched.
+    fn of(stored: &'a StoredSnapshot) -> std::result::Result<Parts<'a>, String> {
+        Parts::new(&stored.info.collection, stored.info.size, stored.part_bytes, &stored.part_sha256)
+    }
+
+    fn new(
+        collection: &'a str,
+        size: u64,
+        part_bytes: u64,
+        sha256: &'a [String],
+    ) -> std::result::Result<Parts<'a>, String> {
+        let wanted = if part_bytes == 0 { None } else { Some(size.div_ceil(part_bytes).max(1)) };
+        if wanted != Some(sha256.len() as u64) {
+            return Err(format!(
+                "the store's description lists {} part sha256s of {part_bytes} bytes for {size} bytes",
+                sha256.len()
+            ));
+        }
+        if let Some(bad) = sha256.iter().position(|h| !super::is_sha256_hex(h)) {
+            return Err(format!("the store's description has {:?} as the sha256 of part {bad}", sha256[bad]));
+        }
+        Ok(Parts { collection, part_bytes, size, sha256 })
+    }
+
+    fn range(&self, index: usize) -> std::ops::Range<u64> {
+        let start = index as u64 * self.part_bytes;
+        start..(start + self.part_bytes).min(self.size)
+    }
+
+    /// The part that byte `offset` is in (the last one for the end of the file).
+    fn index_of(&self, offset: u64) -> usize {
+        ((offset / self.part_bytes) as usize).min(self.sha256.len() - 1)
+    }
+
+    /// Checks the whole parts `partial` holds on disk, cutting the file at the first that
+    /// fails (a crash tore it, the disk damaged it), and starts the part the file ends in,
+    /// with the bytes of it already on disk.
+    fn resume(&self, partial: &mut Partial) -> Result<PartHash> {
+        let held = partial.offset();
+        let path = partial.path().to_path_buf();
+        let read = |range: std::ops::Range<u64>| -> Result<Sha256> {
+            use std::io::{Seek, SeekFrom};
+            let io = |e| Error::io(format!("reading back {}", path.display()), e);
+            let mut file = std::fs::File::open(&path).map_err(io)?;
+            file.seek(SeekFrom::Start(range.start)).map_err(io)?;
+            let mut hasher = Sha256::new();
+            let copied = std::io::copy(&mut file.take(range.end - range.start), &mut hasher).map_err(io)?;
+            if copied != range.end - range.start {
+                return Err(io(std::io::Error::other(format!("ended {copied} bytes into {range:?}"))));
+            }
+            Ok(hasher)
+        };
+        let mut index = 0;
+        while index < self.sha256.len() && self.range(index).end <= held && self.range(index).start < held {
+            let range = self.range(index);
+            let found = hex(&read(range.clone())?.finalize());
+            if found != self.sha256[index] {
+                tracing::warn!(
+                    "part {index} (bytes {range:?}) of the partial file {} has sha256 {found}, not {}: resuming at byte {}",
+                    path.display(),
+                    self.sha256[index],
+                    range.start
+                );
+                partial.truncate(range.start)?;
+                break;
+            }
+            index += 1;
+        }
+        let offset = partial.offset();
+        if offset == self.size {
+            return Ok(PartHash {
+                index: self.sha256.len(),
+                start: offset,
+                end: offset,
+                hasher: Sha256::new(),
+                resumed: false,
+            });
+        }
+        let index = self.index_of(offset);
+        let range = self.range(index);
+        Ok(PartHash {
+            index,
+            start: range.start,
+            end: range.end,
+            hasher: read(range.start..offset)?,
+            resumed: offset > range.start,
+        })
+    }
+
+    /// The verdict on the part just received whole, and the next part. One that fails is cut
+    /// off `partial`: the store's fault ([`Error::Snapshot`]) when this attempt fetched all of
+    /// it, a transient error of `source` when it held bytes of an earlier attempt.
+    fn check(&self, part: PartHash, partial: &mut Partial, object: &str, source: &str) -> Result<PartHash> {
+        let found = hex(&part.hasher.finalize());
+        let described = &self.sha256[part.index];
+        if found != *described {
+            partial.truncate(part.start)?;
+            let reason = format!(
+                "part {} (bytes {}..{}) of {object} has sha256 {found}, its description says {described}; \
+                 the part was cut off the partial file",
+                part.index, part.start, part.end
+            );
+            return Err(match part.resumed {
+                true => Error::Remote {
+                    target: source.to_string(),
+                    reason: format!("{reason} (it held bytes of an earlier attempt: fetching it again)"),
+                },
+                false => Error::Snapshot { collection: self.collection.to_string(), reason },
+            });
+        }
+        let next = part.index + 1;
+        let range = if next < self.sha256.len() { self.range(next) } else { self.size..self.size };
+        Ok(PartHash { index: next, start: range.start, end: range.end, hasher: Sha256::new(), resumed: false })
     }
 }
 
@@ -357,7 +545,7 @@ fn same_etag(a: &str, b: &str) -> bool {
 /// but lowercase hex reaches an object key.
 fn data_object(info: &SnapshotInfo) -> Result<String> {
     let sha256 = &info.sha256;
-    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !super::is_sha256_hex(sha256) {
         return Err(Error::Snapshot {
             collection: info.collection.clone(),
             reason: format!("the sha256 {sha256:?} is not 64 lowercase hex digits"),
@@ -368,7 +556,33 @@ fn data_object(info: &SnapshotInfo) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::same_etag;
+    use super::{Parts, same_etag};
+
+    /// A description that lies about its parts is refused before a byte is fetched; one that
+    /// tells the truth has its parts where the upload cut them (the last one short, an empty
+    /// file one empty part).
+    #[test]
+    fn a_description_whose_parts_do_not_cover_its_size_is_refused() {
+        let hashes = |n: usize| vec!["ab".repeat(32); n];
+        let parts = |size: u64, part_bytes: u64, n: usize| {
+            let sha256 = hashes(n);
+            Parts::new("v1", size, part_bytes, &sha256).map(|p| (0..n).map(|i| p.range(i)).collect::<Vec<_>>())
+        };
+        assert_eq!(parts(20, 8, 3), Ok(vec![0..8, 8..16, 16..20]));
+        assert_eq!(parts(16, 8, 2), Ok(vec![0..8, 8..16]));
+        assert_eq!(parts(0, 8, 1), Ok(std::iter::once(0..0).collect()));
+        for (size, part_bytes, n) in [(20, 8, 2), (20, 8, 4), (16, 8, 3), (0, 8, 0), (20, 0, 1), (20, 0, 0)] {
+            let refused = parts(size, part_bytes, n).unwrap_err();
+            assert!(
+                refused.contains(&format!("lists {n} part sha256s of {part_bytes} bytes for {size} bytes")),
+                "{refused}"
+            );
+        }
+        let mut sha256 = hashes(3);
+        sha256[1] = "../../etc".into();
+        let refused = Parts::new("v1", 20, 8, &sha256).map(|_| ()).unwrap_err();
+        assert!(refused.contains("\"../../etc\" as the sha256 of part 1"), "{refused}");
+    }
 
     #[test]
     fn etags_are_compared_as_entity_tags() {

@@ -198,7 +198,8 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     put(weed.s3, "/snapshots", Vec::new()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let at = |p: &str| dir.path().join(p).display().to_string();
-    let generated = quiver(weed.s3, &["generate", "--out", &at("base.npy"), "--vectors", "20000", "--dims", "64"]);
+    // Large enough for two parts of 8 MiB.
+    let generated = quiver(weed.s3, &["generate", "--out", &at("base.npy"), "--vectors", "40000", "--dims", "64"]);
     assert!(generated.status.success());
     let store = "s3://snapshots/prod";
 
@@ -228,16 +229,18 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     drop(writer);
 
     // What the store holds: the data, and its description naming the sha256 of the whole and
-    // of each 16 MiB part.
+    // of each 8 MiB part.
     let stored: serde_json::Value = serde_json::from_slice(&weed.get("/snapshots/prod/v1/snapshot.json")).unwrap();
     // The data object is named by its content.
     let data_object = format!("/snapshots/prod/v1/{}", stored["data"].as_str().unwrap());
     assert_eq!(data_object, format!("/snapshots/prod/v1/data-{}.mdb", stored["sha256"].as_str().unwrap()));
     let data = weed.get(&data_object);
     assert_eq!((stored["size"].as_u64(), stored["sha256"].as_str()), (Some(data.len() as u64), Some(&*sha256(&data))));
-    let parts: Vec<String> = data.chunks(16 << 20).map(sha256).collect();
+    const PART: usize = 8 << 20;
+    let parts: Vec<String> = data.chunks(PART).map(sha256).collect();
     assert_eq!(stored["part_sha256"], serde_json::json!(parts));
-    assert!(data.len() > 4 << 20, "several appends to kill in between: {} bytes", data.len());
+    assert!(parts.len() >= 2, "two parts at least: {} bytes", data.len());
+    let pinned = stored["sha256"].as_str().unwrap().to_string();
 
     // A replica killed after three appends, then started again without the fault: it resumes.
     let replica_timed = |name: &str, faults: Option<&str>, timeouts: &[&str]| {
@@ -251,17 +254,61 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     let replica = |name: &str, faults: Option<&str>| replica_timed(name, faults, &["--fetch-timeout-secs", "10"]);
     // Attempts of at most 1 s, for the faults that stall one.
     let short_attempts = ["--fetch-attempt-timeout-secs", "1", "--fetch-timeout-secs", "60"];
-    let (mut killed, _, log) = replica("r1", Some("snapshot::append=3*off->return"));
-    let status = killed.0.wait().unwrap();
-    assert!(!status.success(), "killed at the fault point: {}", std::fs::read_to_string(&log).unwrap());
-    let partial = std::fs::metadata(dir.path().join("r1/.snapshots/v1.mdb.partial")).unwrap().len();
-    assert!(partial > 0 && partial < data.len() as u64, "{partial} of {} bytes", data.len());
-    let (mut resumed, http, log) = replica("r1", None);
+    // Killed past the first part (the reads grow from 64 KiB to 1 MiB chunks: 15 appends hold
+    // about 10.9 of the 12.8 MiB), and a byte of the partial file's second part flipped, as a crash tears one: the
+    // resumed restore keeps the first part (checked on disk), finds the second one bad where
+    // it ends, cuts it off, and fetches it again.
+    let flip = |path: &Path, at: u64| {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at as usize] ^= 0x01;
+        std::fs::write(path, bytes).unwrap();
+    };
+    let kill_past_the_first_part = |name: &str| {
+        let (mut killed, _, log) = replica(name, Some("snapshot::append=15*off->return"));
+        let status = killed.0.wait().unwrap();
+        assert!(!status.success(), "killed at the fault point: {}", std::fs::read_to_string(&log).unwrap());
+        let path = dir.path().join(format!("{name}/.snapshots/v1.mdb.partial"));
+        let partial = std::fs::metadata(&path).unwrap().len();
+        assert!(partial > PART as u64 && partial < data.len() as u64, "{partial} of {} bytes", data.len());
+        (path, partial)
+    };
+    let (path, partial) = kill_past_the_first_part("r1");
+    flip(&path, PART as u64 + 1);
+    // Pinned to the snapshot the store holds: taken.
+    let (mut resumed, http, log) =
+        replica_timed("r1", None, &["--fetch-timeout-secs", "10", "--snapshot-sha256", &pinned]);
     wait_ready(&mut resumed, http, &log);
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(said.contains(&format!("resuming the snapshot restore at byte {partial} of {}", data.len())), "{said}");
+    assert!(said.contains("part 1 (bytes 8388608..") && said.contains("it held bytes of an earlier attempt"), "{said}");
+    assert!(said.contains(&format!("resuming the snapshot restore at byte {PART} of {}", data.len())), "{said}");
     assert_eq!(sha256(&std::fs::read(dir.path().join("r1/v1/data.mdb")).unwrap()), sha256(&data));
     drop(resumed);
+    // A whole part on disk that fails its sha256 is found before a byte is fetched: the
+    // restore resumes at its start.
+    let (path, _) = kill_past_the_first_part("r6");
+    flip(&path, 1);
+    let (mut resumed, http, log) = replica("r6", None);
+    wait_ready(&mut resumed, http, &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("part 0 (bytes 0..8388608) of the partial file"), "{said}");
+    assert_eq!(sha256(&std::fs::read(dir.path().join("r6/v1/data.mdb")).unwrap()), sha256(&data));
+    drop(resumed);
+    // Pinned to another snapshot: refused before a byte is fetched, nothing installed; a pin
+    // that is not a sha256 is a usage error.
+    let other = "0".repeat(64);
+    let (mut refused, _, log) = replica_timed("r7", None, &["--fetch-timeout-secs", "10", "--snapshot-sha256", &other]);
+    let status = refused.0.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("describes the snapshot with sha256 {pinned}; only {other} is to be restored")),
+        "{said}"
+    );
+    assert!(!dir.path().join("r7/v1").exists() && !dir.path().join("r7/.snapshots/v1.mdb.partial").exists());
+    let bad = quiver(weed.s3, &["replica", "--collection", "v1", "--snapshot-from", store, "--snapshot-sha256", "XYZ"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--snapshot-sha256"));
 
     // An attempt that outlives its timeout (its third append stalls 3 s, the attempt may take
     // 1 s) is stopped and joined, not left writing: the next attempt resumes early in the file,
@@ -342,7 +389,11 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     let mut lying = stored.clone();
     lying["data_etag"] = serde_json::json!(e_tag);
     put(weed.s3, "/snapshots/prod/v1/snapshot.json", serde_json::to_vec(&lying).unwrap()).unwrap();
-    refused("r3", "checksum mismatch");
+    // Found at the end of the part that holds the flipped byte, which is cut off the file.
+    let bad_part = data.len() / 2 / PART;
+    refused("r3", &format!("part {bad_part} (bytes {}..", bad_part * PART));
+    let kept = std::fs::metadata(dir.path().join("r3/.snapshots/v1.mdb.partial")).map(|m| m.len()).ok();
+    assert_eq!(kept, Some((bad_part * PART) as u64), "the parts before it stay");
 
     // Published again with other bytes (a retried import): to a new data object, and the one
     // the replaced description named is deleted once the new description is in.
@@ -499,6 +550,8 @@ fn a_writer_restores_a_sealed_collection_from_a_store() {
     wait_ready(&mut restored, http, &log);
     let sealed = wait_phase(grpc, "v1", WriterPhase::Sealed, &log);
     assert_eq!(sealed.rows, 0, "nothing imported: {sealed:?}");
+    // What the operator pins replicas to.
+    assert_eq!(Some(sealed.snapshot_sha256.as_str()), pushed["sha256"].as_str(), "{sealed:?}");
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(said.contains("v1 restored sealed") && !said.contains("importing"), "{said}");
     let info: serde_json::Value =

@@ -154,6 +154,7 @@ fn fetch_options() -> FetchOptions {
         attempt_timeout: Duration::from_secs(30),
         stall_timeout: Duration::from_secs(10),
         progress_every: quiver_engine::snapshot::progress::EVERY,
+        pinned: None,
     }
 }
 

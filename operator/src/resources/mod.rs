@@ -79,7 +79,7 @@ impl CollectionObjects {
                 true => vec![network::writer(vc, defaults), network::replicas(vc, defaults)],
                 false => Vec::new(),
             },
-            replicas: replicas::deployment(vc, defaults),
+            replicas: replicas::deployment(vc, defaults, vc.status.as_ref().and_then(|s| s.sealed_sha256.as_deref())),
             replicas_service: replicas::service(vc),
             autoscaler: autoscaling::autoscaler(vc),
             disruption_budget: replicas::disruption_budget(vc),

@@ -53,8 +53,9 @@ pub fn points_at(ca: &CollectionAlias, vc: &VectorCollection) -> bool {
         && (ca.target(&status) == name || status.current == name || status.previous == name)
 }
 
-/// `quiver replica ...` for this collection.
-pub fn args(vc: &VectorCollection, defaults: &Defaults) -> Vec<String> {
+/// `quiver replica ...` for this collection, serving only the snapshot `pinned` (the sha256
+/// the writer sealed) once it is known.
+pub fn args(vc: &VectorCollection, defaults: &Defaults, pinned: Option<&str>) -> Vec<String> {
     let name = vc.name_any();
     let mut args = vec!["replica".to_string()];
     flag(&mut args, "data-dir", pod::DATA_DIR);
@@ -72,6 +73,7 @@ pub fn args(vc: &VectorCollection, defaults: &Defaults) -> Vec<String> {
     if snapshots.is_some_and(|s| s.ambient_credentials) && defaults.allow_ambient_credentials {
         args.push("--ambient-credentials".into());
     }
+    optional_flag(&mut args, "snapshot-sha256", pinned);
     pod::listen_flags(vc, &mut args);
     flag(&mut args, "warmup-max-queries", vc.spec.warmup.max_queries);
     // On SIGTERM stay NOT_SERVING this long before closing, while endpoints drop the pod.
@@ -80,7 +82,7 @@ pub fn args(vc: &VectorCollection, defaults: &Defaults) -> Vec<String> {
     args
 }
 
-pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
+pub fn deployment(vc: &VectorCollection, defaults: &Defaults, pinned: Option<&str>) -> Deployment {
     let name = vc.name_any();
     let spec = &vc.spec.replicas;
     // The snapshot volume holds one compacted copy of the collection, at most what the writer's
@@ -92,7 +94,7 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults) -> Deployment {
         .get_or_insert_with(Default::default)
         .entry("ephemeral-storage".into())
         .or_insert_with(|| Quantity(snapshot_limit.clone()));
-    let mut container = pod::serving(pod::container(vc, defaults, args(vc, defaults), Some(resources), true));
+    let mut container = pod::serving(pod::container(vc, defaults, args(vc, defaults, pinned), Some(resources), true));
     // Their own read-only key when given, else the writer's (one set, see the CRD's rule).
     let store_secret = vc.spec.snapshots.as_ref().and_then(|s| {
         (s.replica_credentials_secret.as_ref()).or(s.credentials_secret.as_ref()).or(vc

@@ -536,7 +536,12 @@ impl WriterProbe for Writers {
             Some((name, since)) if name == collection => {
                 WriterState::Importing { rows: since.elapsed().as_millis() as u64 * 100 }
             }
-            _ => WriterState::Sealed { count: 50_000, setting: "signscan quality=100".into(), stored: None },
+            _ => WriterState::Sealed {
+                count: 50_000,
+                setting: "signscan quality=100".into(),
+                stored: None,
+                sha256: None,
+            },
         };
         Box::pin(async move { Ok(state) })
     }

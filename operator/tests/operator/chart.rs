@@ -83,7 +83,8 @@ fn needed() -> BTreeSet<Grant> {
         expand("batch", &["jobs"], &[&apply[..], &["deletecollection"]].concat()),
         expand("autoscaling", &["horizontalpodautoscalers"], &[&apply[..], &["delete"]].concat()),
         expand("policy", &["poddisruptionbudgets"], &apply),
-        expand("networking.k8s.io", &["networkpolicies"], &apply),
+        // delete, get: a released writer's policy, as its StatefulSet.
+        expand("networking.k8s.io", &["networkpolicies"], &[&apply[..], &["delete", "get"]].concat()),
         expand("", &["pods"], &["list", "watch", "delete"]),
         expand("discovery.k8s.io", &["endpointslices"], &watch),
         expand("", &["secrets"], &["get", "create"]),

@@ -99,7 +99,7 @@ fn stored_status(phase: &str) -> Value {
 }
 
 fn sealed() -> WriterState {
-    WriterState::Sealed { count: 50000, setting: "signscan quality=100".into(), stored: None }
+    WriterState::Sealed { count: 50000, setting: "signscan quality=100".into(), stored: None, sha256: None }
 }
 
 /// The NetworkPolicies and the writer's Service and StatefulSet, first on every reconcile
@@ -328,8 +328,12 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
     let mut h = harness();
     let stored =
         StoredSnapshot { location: "s3://snapshots/search/products-v2".into(), sha256: "ab12".into(), bytes: 4096 };
-    let sealed =
-        WriterState::Sealed { count: 50000, setting: "signscan quality=100".into(), stored: Some(stored.clone()) };
+    let sealed = WriterState::Sealed {
+        count: 50000,
+        setting: "signscan quality=100".into(),
+        stored: Some(stored.clone()),
+        sha256: None,
+    };
     *h.writer.state.lock().unwrap() = Some(sealed);
     let releasing = |status: Value| {
         let mut vc = (*collection(false, status)).clone();
@@ -402,6 +406,11 @@ async fn a_published_writer_is_released_and_the_pipeline_goes_on_without_it() {
         let svc = serde_json::to_value(&expected.writer_service).unwrap();
         h.server.expect("DELETE", WRITER_SVC, 200, svc.clone()).await;
         h.uncache(svc);
+        // Its NetworkPolicy too: left, it would select pods that no longer exist until the
+        // collection is deleted.
+        let np = serde_json::to_value(&expected.network_policies[0]).unwrap();
+        h.server.expect("DELETE", WRITER_NP, 200, np.clone()).await;
+        h.uncache(np);
         let (reason, note) = h.server.event(NS).await;
         assert_eq!(reason, "WriterReleased");
         assert!(note.contains("its snapshot is in s3://snapshots/search/products-v2"), "{note}");
@@ -456,7 +465,6 @@ async fn a_release_that_finds_another_object_under_the_writers_name_goes_on() {
         let message = "Operation cannot be fulfilled on statefulsets.apps \"products-v2-writer\": Precondition \
             failed: UID in precondition: 00000000-0000-0000-0000-0000000000aa, UID in object meta: \
             00000000-0000-0000-0000-0000000000cc";
-        h.server.apply(WRITER_NP, Value::Null).await;
         h.server.apply(REPLICAS_NP, Value::Null).await;
         h.server.expect("DELETE", WRITER_STS, 409, common::status(409, "Conflict", message)).await;
         // Read again: another uid under the name, so the writer meant is gone.
@@ -479,7 +487,6 @@ async fn a_release_that_finds_another_object_under_the_writers_name_goes_on() {
     h.cache([serde_json::to_value(&expected.writer).unwrap(), svc.clone(), running_pod("10.1.2.3")]);
     let gone = |kind: &str| common::status(404, "NotFound", &format!("{kind} \"products-v2-writer\" not found"));
     let result = run(reconcile(vc.clone(), h.ctx.clone()), async {
-        h.server.apply(WRITER_NP, Value::Null).await;
         h.server.apply(REPLICAS_NP, Value::Null).await;
         h.server.expect("DELETE", WRITER_STS, 404, gone("statefulsets.apps")).await;
         h.server
@@ -506,7 +513,6 @@ async fn a_release_that_finds_another_object_under_the_writers_name_goes_on() {
     h.cache([deleting(sts.clone()), deleting(svc.clone()), deployment, running_pod("10.1.2.3")]);
     h.cache(jobs("Complete"));
     let result = run(reconcile(vc.clone(), h.ctx.clone()), async {
-        h.server.apply(WRITER_NP, Value::Null).await;
         h.server.apply(REPLICAS_NP, Value::Null).await;
         replicas_applied(&mut h.server, 2).await;
         let status = status_patch(&mut h.server).await.body["status"].clone();
@@ -560,8 +566,12 @@ async fn a_release_that_waits_on_the_writer_says_why_at_the_resync_pace() {
         sha256: "ab12".into(),
         bytes: 4096,
     };
-    *h.writer.state.lock().unwrap() =
-        Some(WriterState::Sealed { count: 50000, setting: "signscan quality=100".into(), stored: Some(stored) });
+    *h.writer.state.lock().unwrap() = Some(WriterState::Sealed {
+        count: 50000,
+        setting: "signscan quality=100".into(),
+        stored: Some(stored),
+        sha256: None,
+    });
     let mut recorded = Value::Null;
     let action = run(reconcile(waiting(written.clone()), h.ctx.clone()), async {
         recorded = status_patch(&mut h.server).await.body["status"].clone();
@@ -570,6 +580,45 @@ async fn a_release_that_waits_on_the_writer_says_why_at_the_resync_pace() {
     .unwrap();
     assert_eq!(recorded["snapshot"]["sha256"], "ab12", "{recorded}");
     assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(10)));
+}
+
+/// A writer that reports another sealed snapshot than the one recorded (its volume was lost and
+/// it imported again) does not move the replicas: they stay pinned to the recorded sha256, and
+/// WriterAvailable says why.
+#[tokio::test]
+async fn replicas_stay_pinned_to_the_snapshot_first_sealed() {
+    let mut h = harness();
+    let (pinned, other) = ("aa".repeat(32), "bb".repeat(32));
+    *h.writer.state.lock().unwrap() = Some(WriterState::Sealed {
+        count: 50000,
+        setting: "signscan quality=100".into(),
+        stored: None,
+        sha256: Some(other.clone()),
+    });
+    h.cache([running_pod("10.1.2.3")]);
+    let mut status = stored_status("Replicating");
+    status["sealedSha256"] = json!(pinned);
+    let vc = collection(false, status);
+    run(reconcile(vc, h.ctx.clone()), async {
+        writer_applied(&mut h.server, 1).await;
+        h.server.apply(REPLICAS_SVC, Value::Null).await;
+        let deployment = h.server.apply(DEPLOYMENT, json!({"readyReplicas": 2})).await;
+        let args = deployment.body["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+        let args: Vec<String> = serde_json::from_value(args).unwrap();
+        let at = args.iter().position(|a| a == "--snapshot-sha256").expect("pinned");
+        assert_eq!(args[at + 1], pinned);
+        h.server.apply(HPA, Value::Null).await;
+        h.server.apply(PDB, Value::Null).await;
+        h.server.apply(&format!("{JOBS}/products-v2-warmup-g1"), Value::Null).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!(status["sealedSha256"], json!(pinned));
+        let writer = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "WriterAvailable").unwrap();
+        let message = writer["message"].as_str().unwrap();
+        assert!(message.contains(&format!("sha256 {other}, not the {pinned}")), "{message}");
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

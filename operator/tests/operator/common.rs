@@ -280,6 +280,9 @@ impl Harness {
                 writers.stateful_sets.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap()))
             }
             "Service" => writers.services.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap())),
+            "NetworkPolicy" => {
+                writers.network_policies.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap()))
+            }
             "VectorCollection" => {
                 writers.collections.apply_watcher_event(&Event::Delete(serde_json::from_value(object).unwrap()))
             }

@@ -99,7 +99,13 @@ fn golden_alias_service() {
 /// The engine's clap CLI accepts every rendered command, and reads back what the spec says.
 #[test]
 fn every_container_command_parses_with_the_engine_cli() {
-    for vc in [example(), pushed(), parquet(), restored()] {
+    // Sealed: its replicas serve only the snapshot the writer sealed.
+    let mut sealed = example();
+    sealed.status = Some(quiver_operator::crd::VectorCollectionStatus {
+        sealed_sha256: Some("ab".repeat(32)),
+        ..Default::default()
+    });
+    for vc in [example(), pushed(), parquet(), restored(), sealed] {
         let objects = CollectionObjects::render(&vc, &defaults());
         for (role, template) in objects.pod_templates() {
             let container = &template.spec.as_ref().unwrap().containers[0];
@@ -178,6 +184,7 @@ fn every_container_command_parses_with_the_engine_cli() {
                 }
                 ("replica", Command::Replica(r)) => {
                     assert_eq!(r.collection, name);
+                    assert_eq!(r.snapshot_sha256, vc.status.as_ref().and_then(|s| s.sealed_sha256.clone()));
                     // The store first, when there is one, then the writer and the ready peers.
                     let snapshots = vc.spec.snapshots.as_ref();
                     let peers = [

@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -114,7 +115,8 @@ async fn withdraw_ambient_credentials(vc: &VectorCollection, ctx: &Context) -> R
     if let Some(deployment) = ctx.caches.deployments.get(&ns, &labels::replicas_name(&name)) {
         let spec = deployment.spec.as_ref();
         if granted(spec.and_then(|s| s.template.spec.as_ref())) {
-            let mut rendered = replicas::deployment(vc, &ctx.defaults);
+            let pinned = vc.status.as_ref().and_then(|s| s.sealed_sha256.as_deref());
+            let mut rendered = replicas::deployment(vc, &ctx.defaults, pinned);
             // Scaled down (unserved) stays scaled down.
             if spec.and_then(|s| s.replicas) == Some(0) {
                 rendered = replicas::scaled_down(rendered);
@@ -201,7 +203,10 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
 
     let token = token(vc, ctx, &ns).await?;
     if ctx.defaults.network_policies {
-        apply(ctx, &ns, &network::writer(vc, &ctx.defaults)).await?;
+        // A released writer has no pods left to admit traffic to (release_writer deletes its policy).
+        if !writer::released(vc) {
+            apply(ctx, &ns, &network::writer(vc, &ctx.defaults)).await?;
+        }
         apply(ctx, &ns, &network::replicas(vc, &ctx.defaults)).await?;
     }
     let (writer_state, writer_problem) = if writer::released(vc) {
@@ -211,17 +216,29 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         apply(ctx, &ns, &writer::service(vc)).await?;
         let sts = apply(ctx, &ns, &writer::stateful_set(vc, &ctx.defaults)).await?;
         match observe_writer(vc, ctx, &ns, &sts, token.as_deref()).await? {
-            (WriterState::Sealed { count, setting, stored }, problem) => match writer::release(vc, stored.as_ref()) {
-                // Recorded now (status says Released), deleted from the next pass on: a pass
-                // whose status write fails leaves the writer as it was.
-                writer::Release::Now => (WriterState::Released, None),
-                writer::Release::Waiting(why) => {
-                    (WriterState::Sealed { count, setting, stored }, Some(format!("release waiting: {why}")))
+            (WriterState::Sealed { count, setting, stored, sha256 }, problem) => {
+                match writer::release(vc, stored.as_ref()) {
+                    // Recorded now (status says Released), deleted from the next pass on: a pass
+                    // whose status write fails leaves the writer as it was.
+                    writer::Release::Now => (WriterState::Released, None),
+                    writer::Release::Waiting(why) => (
+                        WriterState::Sealed { count, setting, stored, sha256 },
+                        Some(format!("release waiting: {why}")),
+                    ),
+                    writer::Release::NotAsked => (WriterState::Sealed { count, setting, stored, sha256 }, problem),
                 }
-                writer::Release::NotAsked => (WriterState::Sealed { count, setting, stored }, problem),
-            },
+            }
             observed => observed,
         }
+    };
+    // A writer that sealed other data than replicas are pinned to (its volume was lost and it
+    // imported again): replicas keep serving the verified snapshot; the writer says why.
+    let writer_problem = match (&writer_state, previous.and_then(|s| s.sealed_sha256.as_ref())) {
+        (WriterState::Sealed { sha256: Some(now), .. }, Some(pinned)) if now != pinned => Some(format!(
+            "the writer now holds the snapshot with sha256 {now}, not the {pinned} this collection sealed and \
+             verified: replicas serve only {pinned} (a new collection takes the new data)"
+        )),
+        _ => writer_problem,
     };
     let wanted = replicas::wanted(&vc.spec.replicas);
     let mut observed = Observed {
@@ -248,7 +265,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         if replicas::autoscaled(&vc.spec.replicas) && !observed.idle {
             hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
         }
-        let mut rendered = replicas::deployment(vc, &ctx.defaults);
+        let mut rendered = replicas::deployment(vc, &ctx.defaults, sealed.sealed_sha256.as_deref());
         if observed.idle {
             rendered = replicas::scaled_down(rendered);
         }
@@ -419,8 +436,9 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
         pending.message = Some("retrying: warm-up and verification run again".into());
     } else {
         // A writer that was not released imports again, or recovers its seal from its volume,
-        // and reports its upload again.
+        // and reports its upload again; what it seals then is what replicas are pinned to.
         pending.snapshot = None;
+        pending.sealed_sha256 = None;
         pending.message = Some("retrying: the writer starts again".into());
     }
     patch_status(vc, ctx, &pending).await?;
@@ -449,6 +467,12 @@ async fn release_writer(vc: &VectorCollection, ctx: &Context, ns: &str) -> Resul
     if let Some(service) = ctx.caches.services.get(ns, &name).filter(|s| live(&s.metadata)) {
         let params = of(service.metadata.uid.clone());
         deleted |= delete_if_present::<k8s_openapi::api::core::v1::Service>(ctx, ns, &name, &params).await?;
+    }
+    // Its NetworkPolicy would otherwise stay until the collection is deleted, selecting pods
+    // that no longer exist (and admitting a writer pod someone made under its labels).
+    if let Some(policy) = ctx.caches.network_policies.get(ns, &name).filter(|p| live(&p.metadata)) {
+        let params = of(policy.metadata.uid.clone());
+        deleted |= delete_if_present::<NetworkPolicy>(ctx, ns, &name, &params).await?;
     }
     if deleted {
         let location =

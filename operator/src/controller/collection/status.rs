@@ -101,6 +101,7 @@ pub fn status(vc: &VectorCollection, d: &Decision, observed: &Observed, now: Tim
         ready_replicas: observed.ready_replicas,
         search_setting: d.search_setting.clone(),
         snapshot: d.stored.clone(),
+        sealed_sha256: d.sealed_sha256.clone(),
         verification: observed.gates.clone(),
         message: d.message.clone(),
         conditions,
@@ -161,6 +162,7 @@ mod tests {
             search_setting: Some("signscan quality=200".into()),
             verified,
             stored: None,
+            sealed_sha256: None,
         }
     }
 
@@ -171,7 +173,8 @@ mod tests {
     #[test]
     fn a_ready_verified_collection_short_of_replicas_is_degraded() {
         let t0 = Timestamp::from_second(1_000).unwrap();
-        let sealed = WriterState::Sealed { count: 1000, setting: "signscan quality=200".into(), stored: None };
+        let sealed =
+            WriterState::Sealed { count: 1000, setting: "signscan quality=200".into(), stored: None, sha256: None };
         let s =
             status(&collection(None), &decision(Phase::Ready, true, None), &observed(sealed, 1, vec![gate(true)]), t0);
         assert_eq!(
@@ -215,7 +218,7 @@ mod tests {
     fn failed_gates_are_named_in_verified_and_degraded() {
         let now = Timestamp::from_second(1_000).unwrap();
         let why = "count: measured 999 == 1000 failed (off by 1)";
-        let sealed = WriterState::Sealed { count: 999, setting: "s".into(), stored: None };
+        let sealed = WriterState::Sealed { count: 999, setting: "s".into(), stored: None, sha256: None };
         let s = status(
             &collection(None),
             &decision(Phase::Failed, false, Some(why)),
