@@ -119,7 +119,8 @@ pub struct Source {
     /// A snapshot in a store, `<store>/<namespace>/<name>` as a collection's `spec.snapshots`
     /// published it (e.g. `s3://snapshots/prod/search/products`): the collection is restored
     /// from it, sealed, with no import and no build; its name, dimensions and distance must be
-    /// this collection's. Read with `credentialsSecret` / `ambientCredentials`. Disaster
+    /// this collection's, and so must `index.backend` and each `index` setting given (leave them
+    /// out to take the snapshot's). Read with `credentialsSecret` / `ambientCredentials`. Disaster
     /// recovery, or promoting a collection from one cluster to another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("['s3://', 's3a://', 'gs://', 'az://', 'abfs://', 'abfss://'].exists(p, self.startsWith(p))").message("source.snapshot must be an object-store URL (s3://, gs://, az://, abfs(s)://) ending in the collection's name"))]

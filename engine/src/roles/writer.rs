@@ -225,20 +225,44 @@ async fn restore_sealed(
         .map_err(|e| Error::io("installing the snapshot", std::io::Error::other(e)))?
 }
 
-/// Whether snapshot `info` at `location` is of the dimensions and distance `wanted`.
+/// Whether snapshot `info` at `location` is what this writer's settings describe: its
+/// dimensions and distance, its index backend, and each index setting given explicitly (a
+/// restored collection keeps the settings it was built with, so a spec that names others would
+/// describe a collection it does not serve).
 fn fits(wanted: &BuildOptions, info: &SnapshotInfo, location: &str) -> Result<()> {
     let manifest = &info.manifest;
-    if wanted.dimensions.is_none_or(|d| d == manifest.dimensions) && wanted.metric == manifest.metric {
-        return Ok(());
-    }
-    Err(Error::Snapshot {
-        collection: info.collection.clone(),
-        reason: format!(
+    let refused = |reason: String| Error::Snapshot { collection: info.collection.clone(), reason };
+    if !(wanted.dimensions.is_none_or(|d| d == manifest.dimensions) && wanted.metric == manifest.metric) {
+        return Err(refused(format!(
             "{location} holds {} dimensions, distance {}; this collection has {}, distance {}",
             manifest.dimensions,
             manifest.metric,
             wanted.dimensions.map_or("any".to_string(), |d| d.to_string()),
             wanted.metric
+        )));
+    }
+    let (asked, built) = (&wanted.index, &manifest.index);
+    let metric = manifest.metric;
+    // (flag, asked, built): only what was asked for, against what the manifest records (a
+    // count it does not record, as built before it did, is not second-guessed).
+    let settings = [
+        ("--index", Some(asked.backend.as_str().to_string()), Some(built.backend.as_str().to_string())),
+        ("--n-trees", asked.n_trees.map(|n| n.to_string()), built.n_trees.map(|n| n.to_string())),
+        ("--lists", asked.lists.map(|n| n.to_string()), built.lists.map(|n| n.to_string())),
+        (
+            "--arroy-vectors",
+            asked.arroy_vectors.map(|_| asked.arroy_vectors_built(metric).as_str().to_string()),
+            Some(built.arroy_vectors_stored(metric).as_str().to_string()),
         ),
-    })
+        ("--shortlist", asked.shortlist.map(|s| s.as_str().to_string()), Some(built.shortlist_stored().as_str().to_string())),
+    ];
+    for (flag, asked, built) in settings {
+        if let Some((asked, built)) = asked.zip(built).filter(|(asked, built)| asked != built) {
+            return Err(refused(format!(
+                "{location} was built with {flag} {built}; this collection asks for {asked} (a restored \
+                 collection keeps its index: leave the setting out, or ask for {built})"
+            )));
+        }
+    }
+    Ok(())
 }

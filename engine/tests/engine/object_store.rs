@@ -580,6 +580,11 @@ fn a_writer_restores_a_sealed_collection_from_a_store() {
     let failed = wait_phase(grpc, "v1", WriterPhase::Failed, &log);
     assert!(failed.message.contains("s3://snapshots/east/v1 holds 32 dimensions"), "{failed:?}");
     assert!(!dir.path().join("d/v1").exists() && !dir.path().join("d/.snapshots/v1.mdb").exists());
+    // Another index setting asked for than the snapshot was built with: refused the same way.
+    let (_other_index, grpc, _, log) = writer("i", "v1", &["--dimensions", "32", "--shortlist", "hamming"]);
+    let failed = wait_phase(grpc, "v1", WriterPhase::Failed, &log);
+    assert!(failed.message.contains("was built with --shortlist rabitq; this collection asks for hamming"), "{failed:?}");
+    assert!(!dir.path().join("i/v1").exists() && !dir.path().join("i/.snapshots/v1.mdb").exists());
     // No such snapshot: failed at once, naming where it looked.
     let (_missing, grpc, _, log) = writer("m", "v9", &[]);
     let failed = wait_phase(grpc, "v9", WriterPhase::Failed, &log);
