@@ -101,7 +101,18 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
             sha256: s.sealed_sha256.clone(),
         })
     });
+    // A writer that sealed other data than replicas are pinned to (its volume lost, the source
+    // imported again): after the collection was Ready (verified), the verified facts stay and
+    // replicas keep the pinned snapshot; before, the pipeline's input changed under it, which
+    // fails this generation (a retry starts over, and clears the pin).
+    let pinned = previous.and_then(|s| s.sealed_sha256.as_deref());
+    let resealed = match &observed.writer {
+        WriterState::Sealed { sha256: Some(now), .. } => pinned.filter(|pinned| pinned != now).map(|p| (p, now)),
+        _ => None,
+    };
+    let verified_once = previous.is_some_and(|s| s.phase == Phase::Ready);
     let writer = match (&observed.writer, remembered) {
+        (WriterState::Sealed { .. }, Some(sealed)) if resealed.is_some() && verified_once => sealed,
         (WriterState::Sealed { .. }, _) => observed.writer.clone(),
         (_, Some(sealed)) if past_sealing => sealed,
         (writer, _) => writer.clone(),
@@ -138,6 +149,15 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
     // A failure is final for its generation: a new spec generation starts over.
     if previous_phase == Phase::Failed {
         return decide(Phase::Failed, previous.and_then(|s| s.message.clone()));
+    }
+    if let Some((pinned, now)) = resealed.filter(|_| !verified_once) {
+        return decide(
+            Phase::Failed,
+            Some(format!(
+                "the writer sealed other data (snapshot sha256 {now}) than replicas were given ({pinned}) before \
+                 verification: retry (annotate quiver.dev/retry) to start over with the new data"
+            )),
+        );
     }
     match &writer {
         WriterState::Unavailable | WriterState::Released => {
@@ -378,8 +398,16 @@ pub(crate) mod tests {
         let mut ready = status(Phase::Ready, 2);
         ready.vector_count = Some(1000);
         ready.sealed_sha256 = d.sealed_sha256;
-        let d = next(Some(&ready), &observed(with_sha("bb"), 2, Succeeded, Succeeded));
-        assert_eq!(d.sealed_sha256.as_deref(), Some("aa"));
+        // Other data sealed after Ready: the verified facts stay (not the new writer's count).
+        let other = WriterState::Sealed { count: 2000, setting: "t".into(), stored: None, sha256: Some("bb".into()) };
+        let d = next(Some(&ready), &observed(other.clone(), 2, Succeeded, Succeeded));
+        assert_eq!((d.phase, d.sealed_sha256.as_deref(), d.vector_count), (Phase::Ready, Some("aa"), Some(1000)));
+        // Before verification: this generation fails, saying how to start over.
+        let mut replicating = ready.clone();
+        replicating.phase = Phase::Replicating;
+        let d = next(Some(&replicating), &observed(other, 1, Absent, Absent));
+        assert_eq!(d.phase, Phase::Failed);
+        assert!(d.message.as_deref().is_some_and(|m| m.contains("sha256 bb) than replicas were given (aa)")), "{d:?}");
         let d = next(Some(&ready), &Observed { generation: 3, ..observed(with_sha("bb"), 2, Absent, Absent) });
         assert_eq!(d.sealed_sha256.as_deref(), Some("aa"));
         // Gone (released, restarting): still pinned.

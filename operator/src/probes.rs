@@ -113,8 +113,10 @@ impl WriterProbe for Grpc {
                 sha256: s.sha256,
                 bytes: s.bytes,
             });
-            // Empty from an engine too old to report it.
-            let sha256 = Some(progress.snapshot_sha256).filter(|s| !s.is_empty());
+            // Empty from an engine too old to report it; anything but a sha256 is not one (it would
+            // reach every replica's environment and fail them all).
+            let is_sha256 = |s: &String| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let sha256 = Some(progress.snapshot_sha256).filter(is_sha256);
             Ok(WriterState::Sealed { count: status.count, setting: status.search_setting, stored, sha256 })
         })
     }

@@ -254,7 +254,11 @@ fn fits(wanted: &BuildOptions, info: &SnapshotInfo, location: &str) -> Result<()
             asked.arroy_vectors.map(|_| asked.arroy_vectors_built(metric).as_str().to_string()),
             Some(built.arroy_vectors_stored(metric).as_str().to_string()),
         ),
-        ("--shortlist", asked.shortlist.map(|s| s.as_str().to_string()), Some(built.shortlist_stored().as_str().to_string())),
+        (
+            "--shortlist",
+            asked.shortlist.map(|s| s.as_str().to_string()),
+            Some(built.shortlist_stored().as_str().to_string()),
+        ),
     ];
     for (flag, asked, built) in settings {
         if let Some((asked, built)) = asked.zip(built).filter(|(asked, built)| asked != built) {

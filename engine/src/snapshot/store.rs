@@ -33,6 +33,8 @@ const UNREADABLE: &str = ".unreadable";
 /// A description is a few KiB (one sha256 per 8 MiB part, the manifest); anything much larger
 /// is not one, and is not read into memory.
 const MAX_DESCRIPTION_BYTES: u64 = 16 << 20;
+/// The smallest part a description may list (but for a snapshot of one part).
+const MIN_PART_BYTES: u64 = 1 << 20;
 /// Bytes appended to the partial file at a time while restoring.
 const RESTORE_CHUNK: usize = 1 << 20;
 
@@ -278,7 +280,7 @@ impl SnapshotStore {
         })?;
         let corrupt = |reason: String| Error::Snapshot { collection: collection.to_string(), reason };
         if stored.info.collection != collection {
-            return Err(corrupt(format!("the store's description is of {:?}", stored.info.collection)));
+            return Err(corrupt(format!("the store's description is of {}", shown(&stored.info.collection))));
         }
         if let Some(pinned) = pinned.filter(|pinned| *pinned != stored.info.sha256) {
             return Err(corrupt(format!(
@@ -302,7 +304,7 @@ impl SnapshotStore {
         }
         let mut partial = Partial::open(snapshots, &stored.info)?;
         partial.log_progress(&self.uri(), progress_every);
-        let mut part = parts.resume(&mut partial)?;
+        let mut part = parts.resume(&mut partial, cancel)?;
         let first = partial.offset();
         if first > 0 {
             tracing::info!("resuming the snapshot restore at byte {first} of {}", stored.info.size);
@@ -396,6 +398,11 @@ impl<'a> Parts<'a> {
         part_bytes: u64,
         sha256: &'a [String],
     ) -> std::result::Result<Parts<'a>, String> {
+        // Uploads cut 8 MiB parts or more; a tiny one would only make a restore slow (a write and
+        // a sha256 per few bytes).
+        if part_bytes < MIN_PART_BYTES && sha256.len() > 1 {
+            return Err(format!("the store's description has parts of {part_bytes} bytes, under {MIN_PART_BYTES}"));
+        }
         let wanted = if part_bytes == 0 { None } else { Some(size.div_ceil(part_bytes).max(1)) };
         if wanted != Some(sha256.len() as u64) {
             return Err(format!(
@@ -404,7 +411,7 @@ impl<'a> Parts<'a> {
             ));
         }
         if let Some(bad) = sha256.iter().position(|h| !super::is_sha256_hex(h)) {
-            return Err(format!("the store's description has {:?} as the sha256 of part {bad}", sha256[bad]));
+            return Err(format!("the store's description has {} as the sha256 of part {bad}", shown(&sha256[bad])));
         }
         Ok(Parts { collection, part_bytes, size, sha256 })
     }
@@ -422,7 +429,7 @@ impl<'a> Parts<'a> {
     /// Checks the whole parts `partial` holds on disk, cutting the file at the first that
     /// fails (a crash tore it, the disk damaged it), and starts the part the file ends in,
     /// with the bytes of it already on disk.
-    fn resume(&self, partial: &mut Partial) -> Result<PartHash> {
+    fn resume(&self, partial: &mut Partial, cancel: &Cancel) -> Result<PartHash> {
         let held = partial.offset();
         let path = partial.path().to_path_buf();
         let read = |range: std::ops::Range<u64>| -> Result<Sha256> {
@@ -439,6 +446,8 @@ impl<'a> Parts<'a> {
         };
         let mut index = 0;
         while index < self.sha256.len() && self.range(index).end <= held && self.range(index).start < held {
+            // A large held prefix takes a while to read back: a stopped attempt stops here too.
+            cancel.check("checking the partial snapshot")?;
             let range = self.range(index);
             let found = hex(&read(range.clone())?.finalize());
             if found != self.sha256[index] {
@@ -498,6 +507,16 @@ impl<'a> Parts<'a> {
         let next = part.index + 1;
         let range = if next < self.sha256.len() { self.range(next) } else { self.size..self.size };
         Ok(PartHash { index: next, start: range.start, end: range.end, hasher: Sha256::new(), resumed: false })
+    }
+}
+
+/// A value read from the store, quoted and cut short for a message: a hostile description must
+/// not fill a status, an Event or a gRPC answer with megabytes.
+fn shown(value: &str) -> String {
+    const MAX: usize = 80;
+    match value.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}...", &value[..cut]),
+        None => format!("{value:?}"),
     }
 }
 
@@ -563,25 +582,36 @@ mod tests {
     /// file one empty part).
     #[test]
     fn a_description_whose_parts_do_not_cover_its_size_is_refused() {
+        const M: u64 = 1 << 20;
         let hashes = |n: usize| vec!["ab".repeat(32); n];
         let parts = |size: u64, part_bytes: u64, n: usize| {
             let sha256 = hashes(n);
             Parts::new("v1", size, part_bytes, &sha256).map(|p| (0..n).map(|i| p.range(i)).collect::<Vec<_>>())
         };
-        assert_eq!(parts(20, 8, 3), Ok(vec![0..8, 8..16, 16..20]));
-        assert_eq!(parts(16, 8, 2), Ok(vec![0..8, 8..16]));
-        assert_eq!(parts(0, 8, 1), Ok(std::iter::once(0..0).collect()));
-        for (size, part_bytes, n) in [(20, 8, 2), (20, 8, 4), (16, 8, 3), (0, 8, 0), (20, 0, 1), (20, 0, 0)] {
+        assert_eq!(parts(20 * M, 8 * M, 3), Ok(vec![0..8 * M, 8 * M..16 * M, 16 * M..20 * M]));
+        assert_eq!(parts(16 * M, 8 * M, 2), Ok(vec![0..8 * M, 8 * M..16 * M]));
+        assert_eq!(parts(0, 8 * M, 1), Ok(std::iter::once(0..0).collect()));
+        // One part of any size (a small snapshot).
+        assert_eq!(parts(20, 8 * M, 1), Ok(std::iter::once(0..20).collect()));
+        for (size, part_bytes, n) in
+            [(20 * M, 8 * M, 2), (20 * M, 8 * M, 4), (16 * M, 8 * M, 3), (0, 8 * M, 0), (20, 0, 1), (20, 0, 0)]
+        {
             let refused = parts(size, part_bytes, n).unwrap_err();
             assert!(
                 refused.contains(&format!("lists {n} part sha256s of {part_bytes} bytes for {size} bytes")),
                 "{refused}"
             );
         }
+        let refused = parts(4096, 1024, 4).unwrap_err();
+        assert!(refused.contains("parts of 1024 bytes, under 1048576"), "{refused}");
         let mut sha256 = hashes(3);
         sha256[1] = "../../etc".into();
-        let refused = Parts::new("v1", 20, 8, &sha256).map(|_| ()).unwrap_err();
+        let refused = Parts::new("v1", 20 * M, 8 * M, &sha256).map(|_| ()).unwrap_err();
         assert!(refused.contains("\"../../etc\" as the sha256 of part 1"), "{refused}");
+        // A hostile value is cut short in the message.
+        sha256[1] = "x".repeat(1 << 20);
+        let refused = Parts::new("v1", 20 * M, 8 * M, &sha256).map(|_| ()).unwrap_err();
+        assert!(refused.len() < 300, "{} bytes", refused.len());
     }
 
     #[test]

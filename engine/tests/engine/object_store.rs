@@ -583,7 +583,10 @@ fn a_writer_restores_a_sealed_collection_from_a_store() {
     // Another index setting asked for than the snapshot was built with: refused the same way.
     let (_other_index, grpc, _, log) = writer("i", "v1", &["--dimensions", "32", "--shortlist", "hamming"]);
     let failed = wait_phase(grpc, "v1", WriterPhase::Failed, &log);
-    assert!(failed.message.contains("was built with --shortlist rabitq; this collection asks for hamming"), "{failed:?}");
+    assert!(
+        failed.message.contains("was built with --shortlist rabitq; this collection asks for hamming"),
+        "{failed:?}"
+    );
     assert!(!dir.path().join("i/v1").exists() && !dir.path().join("i/.snapshots/v1.mdb").exists());
     // No such snapshot: failed at once, naming where it looked.
     let (_missing, grpc, _, log) = writer("m", "v9", &[]);

@@ -6,7 +6,9 @@ use super::labels::{self, Role};
 use super::pod::{self, flag, optional_flag};
 use crate::crd::{CollectionAlias, Phase, ReplicasSpec, VectorCollection};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
-use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Service, ServiceSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    EmptyDirVolumeSource, EnvVar, PodSpec, PodTemplateSpec, Service, ServiceSpec, Volume,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -14,6 +16,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 pub const DEFAULT_COUNT: i32 = 2;
+/// The replica's `--snapshot-sha256`, as its environment variable.
+pub const SNAPSHOT_SHA256_ENV: &str = "QUIVER_SNAPSHOT_SHA256";
 /// Seconds a terminating replica keeps answering while Services stop routing to it.
 pub const DRAIN_DELAY_SECS: u64 = 5;
 
@@ -53,9 +57,8 @@ pub fn points_at(ca: &CollectionAlias, vc: &VectorCollection) -> bool {
         && (ca.target(&status) == name || status.current == name || status.previous == name)
 }
 
-/// `quiver replica ...` for this collection, serving only the snapshot `pinned` (the sha256
-/// the writer sealed) once it is known.
-pub fn args(vc: &VectorCollection, defaults: &Defaults, pinned: Option<&str>) -> Vec<String> {
+/// `quiver replica ...` for this collection.
+pub fn args(vc: &VectorCollection, defaults: &Defaults) -> Vec<String> {
     let name = vc.name_any();
     let mut args = vec!["replica".to_string()];
     flag(&mut args, "data-dir", pod::DATA_DIR);
@@ -73,7 +76,6 @@ pub fn args(vc: &VectorCollection, defaults: &Defaults, pinned: Option<&str>) ->
     if snapshots.is_some_and(|s| s.ambient_credentials) && defaults.allow_ambient_credentials {
         args.push("--ambient-credentials".into());
     }
-    optional_flag(&mut args, "snapshot-sha256", pinned);
     pod::listen_flags(vc, &mut args);
     flag(&mut args, "warmup-max-queries", vc.spec.warmup.max_queries);
     // On SIGTERM stay NOT_SERVING this long before closing, while endpoints drop the pod.
@@ -94,7 +96,7 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults, pinned: Option<&st
         .get_or_insert_with(Default::default)
         .entry("ephemeral-storage".into())
         .or_insert_with(|| Quantity(snapshot_limit.clone()));
-    let mut container = pod::serving(pod::container(vc, defaults, args(vc, defaults, pinned), Some(resources), true));
+    let mut container = pod::serving(pod::container(vc, defaults, args(vc, defaults), Some(resources), true));
     // Their own read-only key when given, else the writer's (one set, see the CRD's rule).
     let store_secret = vc.spec.snapshots.as_ref().and_then(|s| {
         (s.replica_credentials_secret.as_ref()).or(s.credentials_secret.as_ref()).or(vc
@@ -103,7 +105,14 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults, pinned: Option<&st
             .credentials_secret
             .as_ref())
     });
-    container.env = store_secret.map(|secret| pod::object_store_env(&secret.name));
+    let mut env = store_secret.map(|secret| pod::object_store_env(&secret.name)).unwrap_or_default();
+    // Serving only the snapshot the writer sealed, once it is known. An environment variable,
+    // not a flag: an engine older than the pin (an image rolled back) ignores it, where it
+    // would refuse an unknown flag and crash-loop every replica.
+    if let Some(sha256) = pinned {
+        env.push(EnvVar { name: SNAPSHOT_SHA256_ENV.into(), value: Some(sha256.into()), ..Default::default() });
+    }
+    container.env = (!env.is_empty()).then_some(env);
     Deployment {
         metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),
         spec: Some(DeploymentSpec {

@@ -3,9 +3,10 @@
 //! k8s-openapi type. `validate_k8s_schemas.py` checks the same golden files against the
 //! Kubernetes 1.33 JSON schemas.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use quiver_engine::cli::{Cli, Command};
 use quiver_operator::crd::{CollectionAlias, VectorCollection};
+use quiver_operator::resources::replicas::SNAPSHOT_SHA256_ENV;
 use quiver_operator::resources::{CollectionObjects, Defaults, alias_service};
 use std::path::Path;
 
@@ -184,7 +185,17 @@ fn every_container_command_parses_with_the_engine_cli() {
                 }
                 ("replica", Command::Replica(r)) => {
                     assert_eq!(r.collection, name);
-                    assert_eq!(r.snapshot_sha256, vc.status.as_ref().and_then(|s| s.sealed_sha256.clone()));
+                    // Pinned through the environment (an older engine ignores it), under the name
+                    // the engine's flag reads.
+                    let pin = container.env.iter().flatten().find(|e| e.name == SNAPSHOT_SHA256_ENV);
+                    assert_eq!(
+                        pin.and_then(|e| e.value.clone()),
+                        vc.status.as_ref().and_then(|s| s.sealed_sha256.clone())
+                    );
+                    assert_eq!(r.snapshot_sha256, None, "not a flag");
+                    let replica = Cli::command().find_subcommand("replica").cloned().expect("replica");
+                    let flag = replica.get_arguments().find(|a| a.get_id() == "snapshot_sha256").expect("the flag");
+                    assert_eq!(flag.get_env().and_then(|e| e.to_str()), Some(SNAPSHOT_SHA256_ENV));
                     // The store first, when there is one, then the writer and the ready peers.
                     let snapshots = vc.spec.snapshots.as_ref();
                     let peers = [

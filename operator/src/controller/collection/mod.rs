@@ -265,7 +265,16 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         if replicas::autoscaled(&vc.spec.replicas) && !observed.idle {
             hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
         }
-        let mut rendered = replicas::deployment(vc, &ctx.defaults, sealed.sealed_sha256.as_deref());
+        // The pin the live Deployment has, when the decision has none: a cluster whose CRD is
+        // older than `status.sealedSha256` prunes it from every status write, and the pin would
+        // otherwise come and go with the writer's reports, rolling every replica each time.
+        let live_pin = ctx.caches.deployments.get(&ns, &labels::replicas_name(&name)).and_then(|d| {
+            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
+            let env = spec.containers.first()?.env.as_ref()?;
+            env.iter().find(|e| e.name == replicas::SNAPSHOT_SHA256_ENV).and_then(|e| e.value.clone())
+        });
+        let pinned = sealed.sealed_sha256.clone().or(live_pin);
+        let mut rendered = replicas::deployment(vc, &ctx.defaults, pinned.as_deref());
         if observed.idle {
             rendered = replicas::scaled_down(rendered);
         }
@@ -468,11 +477,16 @@ async fn release_writer(vc: &VectorCollection, ctx: &Context, ns: &str) -> Resul
         let params = of(service.metadata.uid.clone());
         deleted |= delete_if_present::<k8s_openapi::api::core::v1::Service>(ctx, ns, &name, &params).await?;
     }
-    // Its NetworkPolicy would otherwise stay until the collection is deleted, selecting pods
-    // that no longer exist (and admitting a writer pod someone made under its labels).
+    // Its NetworkPolicy is housekeeping (it would otherwise select pods that no longer exist
+    // until the collection is deleted; the replicas keep their own): a delete that fails (an
+    // admission policy, hand-made RBAC) is logged and tried again on the next pass, and holds
+    // up nothing else.
     if let Some(policy) = ctx.caches.network_policies.get(ns, &name).filter(|p| live(&p.metadata)) {
         let params = of(policy.metadata.uid.clone());
-        deleted |= delete_if_present::<NetworkPolicy>(ctx, ns, &name, &params).await?;
+        match delete_if_present::<NetworkPolicy>(ctx, ns, &name, &params).await {
+            Ok(gone) => deleted |= gone,
+            Err(e) => tracing::warn!(policy = %name, error = %e, "the released writer's NetworkPolicy stays for now"),
+        }
     }
     if deleted {
         let location =
