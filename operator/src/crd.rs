@@ -428,6 +428,10 @@ pub struct VectorCollectionStatus {
     /// kept: replicas serve only this snapshot (`--snapshot-sha256`), the one verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_sha256: Option<String>,
+    /// Hex sha256 of the snapshot the collection was verified on (Ready), kept across spec
+    /// generations: a writer that seals other data afterwards changes nothing replicas serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_sha256: Option<String>,
     /// Each gate of the last verification: measured value, threshold, result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verification: Vec<GateResult>,

@@ -78,6 +78,8 @@ pub struct Decision {
     /// The sha256 of the snapshot replicas serve: the first one the writer reported sealed,
     /// kept from then on (see [`next`]).
     pub sealed_sha256: Option<String>,
+    /// The pinned sha256 once the collection was Ready on it, kept from then on.
+    pub verified_sha256: Option<String>,
 }
 
 /// The next phase. `previous` is the status as stored (None for a new object).
@@ -110,7 +112,11 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
         WriterState::Sealed { sha256: Some(now), .. } => pinned.filter(|pinned| pinned != now).map(|p| (p, now)),
         _ => None,
     };
-    let verified_once = previous.is_some_and(|s| s.phase == Phase::Ready);
+    // Verified on the pinned snapshot in some generation (the stored phase alone would forget
+    // it one pass after a spec change; a status from before the marker counts when Ready).
+    let previous_verified = previous.and_then(|s| s.verified_sha256.clone());
+    let verified_once = previous_verified.as_deref().is_some_and(|v| Some(v) == pinned)
+        || previous.is_some_and(|s| s.phase == Phase::Ready);
     let writer = match (&observed.writer, remembered) {
         (WriterState::Sealed { .. }, Some(sealed)) if resealed.is_some() && verified_once => sealed,
         (WriterState::Sealed { .. }, _) => observed.writer.clone(),
@@ -145,6 +151,10 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
         verified: phase == Phase::Ready,
         stored: stored.clone(),
         sealed_sha256: sealed_sha256.clone(),
+        verified_sha256: match phase {
+            Phase::Ready => sealed_sha256.clone(),
+            _ => previous_verified.clone(),
+        },
     };
     // A failure is final for its generation: a new spec generation starts over.
     if previous_phase == Phase::Failed {
@@ -405,9 +415,18 @@ pub(crate) mod tests {
         // Before verification: this generation fails, saying how to start over.
         let mut replicating = ready.clone();
         replicating.phase = Phase::Replicating;
-        let d = next(Some(&replicating), &observed(other, 1, Absent, Absent));
+        let d = next(Some(&replicating), &observed(other.clone(), 1, Absent, Absent));
         assert_eq!(d.phase, Phase::Failed);
         assert!(d.message.as_deref().is_some_and(|m| m.contains("sha256 bb) than replicas were given (aa)")), "{d:?}");
+        // Verified once, then a spec change (warming up again): the verified facts still stay.
+        let d = next(Some(&ready), &observed(with_sha("aa"), 2, Succeeded, Succeeded));
+        assert_eq!((d.phase, d.verified_sha256.as_deref()), (Phase::Ready, Some("aa")));
+        let mut warming = ready.clone();
+        (warming.phase, warming.observed_generation, warming.verified_sha256) =
+            (Phase::WarmingUp, Some(3), d.verified_sha256);
+        let again = Observed { generation: 3, ..observed(other, 2, Running, Absent) };
+        let d = next(Some(&warming), &again);
+        assert_eq!((d.phase, d.vector_count, d.sealed_sha256.as_deref()), (Phase::WarmingUp, Some(1000), Some("aa")));
         let d = next(Some(&ready), &Observed { generation: 3, ..observed(with_sha("bb"), 2, Absent, Absent) });
         assert_eq!(d.sealed_sha256.as_deref(), Some("aa"));
         // Gone (released, restarting): still pinned.

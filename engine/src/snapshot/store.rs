@@ -286,7 +286,10 @@ impl SnapshotStore {
             return Err(corrupt(format!(
                 "{} describes the snapshot with sha256 {}; only {pinned} is to be restored (--snapshot-sha256)",
                 self.uri(),
-                stored.info.sha256
+                Some(&stored.info.sha256)
+                    .filter(|s| super::is_sha256_hex(s))
+                    .cloned()
+                    .unwrap_or_else(|| shown(&stored.info.sha256))
             )));
         }
         let parts = Parts::of(&stored).map_err(corrupt)?;
@@ -294,12 +297,12 @@ impl SnapshotStore {
         let file = object::ObjectFile::open(&data, self.credentials)?;
         if !is_described(&file, &stored) {
             return Err(corrupt(format!(
-                "{} is not the object its description names ({} bytes, ETag {:?}; described: {} bytes, ETag {:?})",
+                "{} is not the object its description names ({} bytes, ETag {:?}; described: {} bytes, ETag {})",
                 redact(&data),
                 file.size(),
                 file.e_tag(),
                 stored.info.size,
-                stored.data_etag
+                stored.data_etag.as_deref().map_or("none".into(), shown)
             )));
         }
         let mut partial = Partial::open(snapshots, &stored.info)?;
@@ -534,8 +537,8 @@ fn data_name(stored: &StoredSnapshot) -> Result<&str> {
     Err(Error::Snapshot {
         collection: stored.info.collection.clone(),
         reason: format!(
-            "the store's description names the data object {:?}, not the one its sha256 names",
-            stored.data
+            "the store's description names the data object {}, not the one its sha256 names",
+            shown(&stored.data)
         ),
     })
 }
@@ -567,7 +570,7 @@ fn data_object(info: &SnapshotInfo) -> Result<String> {
     if !super::is_sha256_hex(sha256) {
         return Err(Error::Snapshot {
             collection: info.collection.clone(),
-            reason: format!("the sha256 {sha256:?} is not 64 lowercase hex digits"),
+            reason: format!("the sha256 {} is not 64 lowercase hex digits", shown(sha256)),
         });
     }
     Ok(format!("data-{sha256}.mdb"))

@@ -115,8 +115,8 @@ async fn withdraw_ambient_credentials(vc: &VectorCollection, ctx: &Context) -> R
     if let Some(deployment) = ctx.caches.deployments.get(&ns, &labels::replicas_name(&name)) {
         let spec = deployment.spec.as_ref();
         if granted(spec.and_then(|s| s.template.spec.as_ref())) {
-            let pinned = vc.status.as_ref().and_then(|s| s.sealed_sha256.as_deref());
-            let mut rendered = replicas::deployment(vc, &ctx.defaults, pinned);
+            let pinned = replica_pin(ctx, &ns, &name, vc.status.as_ref().and_then(|s| s.sealed_sha256.clone()));
+            let mut rendered = replicas::deployment(vc, &ctx.defaults, pinned.as_deref());
             // Scaled down (unserved) stays scaled down.
             if spec.and_then(|s| s.replicas) == Some(0) {
                 rendered = replicas::scaled_down(rendered);
@@ -125,6 +125,19 @@ async fn withdraw_ambient_credentials(vc: &VectorCollection, ctx: &Context) -> R
         }
     }
     Ok(())
+}
+
+/// The snapshot the replicas are pinned to: `decided` (from status and the writer), else the pin
+/// the live Deployment has. A cluster whose CRD is older than `status.sealedSha256` prunes it
+/// from every status write, and the pin would otherwise come and go with the writer's reports,
+/// rolling every replica each time.
+fn replica_pin(ctx: &Context, ns: &str, name: &str, decided: Option<String>) -> Option<String> {
+    decided.or_else(|| {
+        let deployment = ctx.caches.deployments.get(ns, &labels::replicas_name(name))?;
+        let spec = deployment.spec.as_ref()?.template.spec.as_ref()?;
+        let env = spec.containers.first()?.env.as_ref()?;
+        env.iter().find(|e| e.name == replicas::SNAPSHOT_SHA256_ENV).and_then(|e| e.value.clone())
+    })
 }
 
 /// The field through which a collection asks for the node's identity on object storage.
@@ -265,15 +278,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         if replicas::autoscaled(&vc.spec.replicas) && !observed.idle {
             hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
         }
-        // The pin the live Deployment has, when the decision has none: a cluster whose CRD is
-        // older than `status.sealedSha256` prunes it from every status write, and the pin would
-        // otherwise come and go with the writer's reports, rolling every replica each time.
-        let live_pin = ctx.caches.deployments.get(&ns, &labels::replicas_name(&name)).and_then(|d| {
-            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
-            let env = spec.containers.first()?.env.as_ref()?;
-            env.iter().find(|e| e.name == replicas::SNAPSHOT_SHA256_ENV).and_then(|e| e.value.clone())
-        });
-        let pinned = sealed.sealed_sha256.clone().or(live_pin);
+        let pinned = replica_pin(ctx, &ns, &name, sealed.sealed_sha256.clone());
         let mut rendered = replicas::deployment(vc, &ctx.defaults, pinned.as_deref());
         if observed.idle {
             rendered = replicas::scaled_down(rendered);
@@ -448,6 +453,7 @@ async fn retry(vc: &VectorCollection, ctx: &Context, ns: &str) -> Result<bool> {
         // and reports its upload again; what it seals then is what replicas are pinned to.
         pending.snapshot = None;
         pending.sealed_sha256 = None;
+        pending.verified_sha256 = None;
         pending.message = Some("retrying: the writer starts again".into());
     }
     patch_status(vc, ctx, &pending).await?;

@@ -102,6 +102,7 @@ pub fn status(vc: &VectorCollection, d: &Decision, observed: &Observed, now: Tim
         search_setting: d.search_setting.clone(),
         snapshot: d.stored.clone(),
         sealed_sha256: d.sealed_sha256.clone(),
+        verified_sha256: d.verified_sha256.clone(),
         verification: observed.gates.clone(),
         message: d.message.clone(),
         conditions,
@@ -163,6 +164,7 @@ mod tests {
             verified,
             stored: None,
             sealed_sha256: None,
+            verified_sha256: None,
         }
     }
 
