@@ -82,6 +82,19 @@ pub struct Decision {
     pub verified_sha256: Option<String>,
 }
 
+/// The pinned sha256 and the writer's, when the writer reports a sealed snapshot other than the
+/// one `previous` pinned replicas to (its volume lost, the source imported again).
+pub fn resealed<'a>(
+    previous: Option<&'a VectorCollectionStatus>,
+    writer: &'a WriterState,
+) -> Option<(&'a str, &'a str)> {
+    let pinned = previous?.sealed_sha256.as_deref()?;
+    match writer {
+        WriterState::Sealed { sha256: Some(now), .. } if now != pinned => Some((pinned, now)),
+        _ => None,
+    }
+}
+
 /// The next phase. `previous` is the status as stored (None for a new object).
 pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> Decision {
     let current_generation = previous.and_then(|s| s.observed_generation) == Some(observed.generation);
@@ -108,10 +121,7 @@ pub fn next(previous: Option<&VectorCollectionStatus>, observed: &Observed) -> D
     // replicas keep the pinned snapshot; before, the pipeline's input changed under it, which
     // fails this generation (a retry starts over, and clears the pin).
     let pinned = previous.and_then(|s| s.sealed_sha256.as_deref());
-    let resealed = match &observed.writer {
-        WriterState::Sealed { sha256: Some(now), .. } => pinned.filter(|pinned| pinned != now).map(|p| (p, now)),
-        _ => None,
-    };
+    let resealed = resealed(previous, &observed.writer);
     // Verified on the pinned snapshot in some generation (the stored phase alone would forget
     // it one pass after a spec change; a status from before the marker counts when Ready).
     let previous_verified = previous.and_then(|s| s.verified_sha256.clone());

@@ -115,8 +115,7 @@ impl WriterProbe for Grpc {
             });
             // Empty from an engine too old to report it; anything but a sha256 is not one (it would
             // reach every replica's environment and fail them all).
-            let is_sha256 = |s: &String| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-            let sha256 = Some(progress.snapshot_sha256).filter(is_sha256);
+            let sha256 = Some(progress.snapshot_sha256).filter(|s| quiver_api::types::is_sha256_hex(s));
             Ok(WriterState::Sealed { count: status.count, setting: status.search_setting, stored, sha256 })
         })
     }

@@ -320,6 +320,12 @@ pub struct Gate {
     pub retry: bool,
 }
 
+/// Whether `s` is a sha256 as snapshots name theirs: 64 lowercase hex digits. The engine keeps
+/// nothing else from a store or a flag, and the operator passes nothing else to a replica.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Whether `measured` passes `comparison` (`>=`, `<=`, or anything else for `==`) against
 /// `threshold`, and by what margin (negative when it fails). Every gate shown anywhere, by the
 /// engine or the operator's console, is judged here.

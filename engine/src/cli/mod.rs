@@ -160,7 +160,7 @@ impl ReplicaArgs {
         // The sources want the token this replica serves with (read once: a rotated Secret
         // must not give the two different values).
         let client = client_options(serve.config.token.clone(), self.tls_ca.as_deref())?;
-        if let Some(sha256) = self.snapshot_sha256.as_ref().filter(|s| !crate::snapshot::is_sha256_hex(s)) {
+        if let Some(sha256) = self.snapshot_sha256.as_ref().filter(|s| !quiver_api::types::is_sha256_hex(s)) {
             return Err(Error::Usage {
                 flag: "--snapshot-sha256".into(),
                 value: sha256.clone(),

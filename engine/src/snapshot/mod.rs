@@ -36,12 +36,6 @@ pub struct SnapshotInfo {
     pub manifest: Manifest,
 }
 
-/// Whether `s` is a sha256 as snapshots name theirs: 64 lowercase hex digits (nothing else
-/// reaches an object key or a comparison).
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// The snapshots under one data root.
 #[derive(Debug, Clone)]
 pub struct SnapshotDir {

@@ -287,7 +287,7 @@ impl SnapshotStore {
                 "{} describes the snapshot with sha256 {}; only {pinned} is to be restored (--snapshot-sha256)",
                 self.uri(),
                 Some(&stored.info.sha256)
-                    .filter(|s| super::is_sha256_hex(s))
+                    .filter(|s| quiver_api::types::is_sha256_hex(s))
                     .cloned()
                     .unwrap_or_else(|| shown(&stored.info.sha256))
             )));
@@ -413,7 +413,7 @@ impl<'a> Parts<'a> {
                 sha256.len()
             ));
         }
-        if let Some(bad) = sha256.iter().position(|h| !super::is_sha256_hex(h)) {
+        if let Some(bad) = sha256.iter().position(|h| !quiver_api::types::is_sha256_hex(h)) {
             return Err(format!("the store's description has {} as the sha256 of part {bad}", shown(&sha256[bad])));
         }
         Ok(Parts { collection, part_bytes, size, sha256 })
@@ -567,7 +567,7 @@ fn same_etag(a: &str, b: &str) -> bool {
 /// but lowercase hex reaches an object key.
 fn data_object(info: &SnapshotInfo) -> Result<String> {
     let sha256 = &info.sha256;
-    if !super::is_sha256_hex(sha256) {
+    if !quiver_api::types::is_sha256_hex(sha256) {
         return Err(Error::Snapshot {
             collection: info.collection.clone(),
             reason: format!("the sha256 {} is not 64 lowercase hex digits", shown(sha256)),

@@ -246,12 +246,12 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     };
     // A writer that sealed other data than replicas are pinned to (its volume was lost and it
     // imported again): replicas keep serving the verified snapshot; the writer says why.
-    let writer_problem = match (&writer_state, previous.and_then(|s| s.sealed_sha256.as_ref())) {
-        (WriterState::Sealed { sha256: Some(now), .. }, Some(pinned)) if now != pinned => Some(format!(
-            "the writer now holds the snapshot with sha256 {now}, not the {pinned} this collection sealed and \
-             verified: replicas serve only {pinned} (a new collection takes the new data)"
+    let writer_problem = match phase::resealed(previous, &writer_state) {
+        Some((pinned, now)) => Some(format!(
+            "the writer now holds the snapshot with sha256 {now}, not the {pinned} this collection is pinned \
+             to: replicas serve only {pinned} (a new collection takes the new data)"
         )),
-        _ => writer_problem,
+        None => writer_problem,
     };
     let wanted = replicas::wanted(&vc.spec.replicas);
     let mut observed = Observed {
