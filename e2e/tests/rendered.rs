@@ -9,7 +9,7 @@
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use quiver_api::client::{Client, ClientOptions};
 use quiver_e2e::{Forwarder, Proc, assert_none_failed, dataset, operator_gate_passes, query, quiver_bin};
-use quiver_operator::crd::{CollectionAlias, VectorCollection};
+use quiver_operator::crd::{CollectionAlias, VectorCollection, VectorCollectionStatus};
 use quiver_operator::phase::WriterState;
 use quiver_operator::probes::{Drainer, Grpc, WriterProbe};
 use quiver_operator::resources::labels::Role;
@@ -310,8 +310,10 @@ const S3_N: usize = 20_000;
 /// writes them, SeaweedFS serves them), the credentials and the product database's URL from
 /// Secrets, a snapshot store, `writer.afterPublish: Delete`, the count from PostgreSQL. The
 /// writer imports every part, publishes its snapshot to the store and says so (the operator
-/// records it and releases the writer); with the writer gone, a replica killed mid-restore
-/// resumes from its bytes on disk and another starts from the store alone; the verify Job's
+/// records it and releases the writer); with the writer gone, replicas rendered pinned to
+/// the sealed snapshot (as once status has it) take it even after the store's last
+/// description names other data: one killed mid-restore resumes from its bytes on disk and
+/// another starts from the store alone; the verify Job's
 /// count gate passes against the database, and fails by exactly one when an item is added,
 /// so the operator's gate refuses the flip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,8 +383,8 @@ for part, (lo, hi) in enumerate([(0, n // 2), (n // 2, n)]):
     let deadline = std::time::Instant::now() + READY;
     let stored = loop {
         match Grpc::default().progress(&writer.url(), &name, Some(&token)).await.unwrap() {
-            WriterState::Sealed { count, stored: Some(stored), .. } => {
-                assert_eq!(count, S3_N as u64);
+            WriterState::Sealed { count, stored: Some(stored), sha256, .. } => {
+                assert_eq!((count, sha256.as_deref()), (S3_N as u64, Some(&*stored.sha256)));
                 break stored;
             }
             WriterState::Sealed { .. } => {}
@@ -403,8 +405,22 @@ for part, (lo, hi) in enumerate([(0, n // 2), (n // 2, n)]):
     let writer_service = format!("http://{}:7700", objects.writer_service.metadata.name.clone().unwrap());
     cluster.services.insert(writer_service, format!("http://127.0.0.1:{}", quiver_testkit::free_port()));
 
+    // The replicas as the operator renders them once the writer reported its seal: pinned to
+    // it (status.sealedSha256). The store's last description then names other data (a writer
+    // that lost its volume and imported anew after verification): pinned replicas still take
+    // what was verified, by its sha256.
+    let mut sealed = vc.clone();
+    sealed.status = Some(VectorCollectionStatus { sealed_sha256: Some(stored.sha256.clone()), ..Default::default() });
+    let pinned = CollectionObjects::render(&sealed, &Defaults::default()).replicas.spec.unwrap().template;
+    let env = pinned.spec.as_ref().unwrap().containers[0].env.clone().unwrap_or_default();
+    assert!(env.iter().any(|e| e.value.as_deref() == Some(&*stored.sha256)), "pinned: {env:?}");
+    let mut resealed = described.clone();
+    let other = "cc".repeat(32);
+    (resealed["sha256"], resealed["data"]) = (other.clone().into(), format!("data-{other}.mdb").into());
+    weed.put(&format!("/snapshots/search/{name}/snapshot.json"), serde_json::to_vec(&resealed).unwrap()).unwrap();
+
     // A replica killed on its second chunk from the store, then started again on its disk.
-    let replica = &templates[&Role::Replica];
+    let replica = &pinned;
     let data = dir.join("replica-0");
     let (args, mut env) = cluster.command_in(&replica.spec.as_ref().unwrap().containers[0], &data);
     env.push(("FAILPOINTS".into(), "snapshot::append=1*off->return".into()));

@@ -1,7 +1,8 @@
-//! The environment variables a quiver process takes its object-store credentials and
-//! endpoint from: the names `object_store` reads for each cloud. The operator passes exactly
-//! these keys of a collection's credentials Secret to the writer, and no others, so a Secret
-//! cannot set any other part of the process's configuration (a `QUIVER_*` flag, a proxy).
+//! Environment variables the operator and the engine agree on. First those a quiver process
+//! takes its object-store credentials and endpoint from: the names `object_store` reads for
+//! each cloud. The operator passes exactly these keys of a collection's credentials Secret to
+//! the writer, and no others, so a Secret cannot set any other part of the process's
+//! configuration (a `QUIVER_*` flag, a proxy). Then the replica's snapshot pin.
 
 /// For `s3://` (AWS, or an S3 on premises through the endpoint).
 pub const AWS: &[&str] = &[
@@ -36,3 +37,8 @@ pub const AZURE: &[&str] = &[
 pub fn object_store_credentials() -> impl Iterator<Item = &'static str> {
     AWS.iter().chain(GOOGLE).chain(AZURE).copied()
 }
+
+/// A replica's `--snapshot-sha256`: the operator pins replicas through the environment, not a
+/// flag, so an engine older than the pin (an image rolled back) ignores it instead of refusing
+/// an unknown flag.
+pub const SNAPSHOT_SHA256: &str = "QUIVER_SNAPSHOT_SHA256";

@@ -218,7 +218,7 @@ pub struct ReplicaArgs {
     /// Serve only the snapshot with this hex sha256 (the operator passes the one the writer
     /// sealed, so every replica serves what was verified): a source that announces another is
     /// refused, and one on disk with another is fetched again.
-    #[arg(long, env = "QUIVER_SNAPSHOT_SHA256")]
+    #[arg(long, env = quiver_api::environment::SNAPSHOT_SHA256)]
     pub snapshot_sha256: Option<String>,
 }
 
@@ -453,8 +453,13 @@ pub struct SnapshotArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotAction {
-    /// The snapshots the store holds (completely published ones), as JSON.
-    List,
+    /// The snapshots the store holds (completely published ones), as JSON: the last one
+    /// published of each collection.
+    List {
+        /// Every snapshot the store keeps, those published over too (by their sha256).
+        #[arg(long)]
+        all: bool,
+    },
     /// Publish a sealed collection of --data-dir (its snapshot is written first if missing).
     Push {
         #[command(flatten)]
@@ -468,6 +473,10 @@ pub enum SnapshotAction {
         dir: DataDir,
         #[arg(long)]
         collection: String,
+        /// The snapshot of this sha256 (64 lowercase hex), also when another was published
+        /// since; by default the one published last.
+        #[arg(long)]
+        sha256: Option<String>,
     },
 }
 

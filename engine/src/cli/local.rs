@@ -138,7 +138,7 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
     })?;
     let store = SnapshotStore::new(uri, Credentials::allowing_ambient(a.ambient_credentials))?;
     match a.action {
-        SnapshotAction::List => print_json(&store.list()?),
+        SnapshotAction::List { all } => print_json(&store.list(all)?),
         SnapshotAction::Push { dir, collection } => {
             crate::collection::builder::check_name(&collection)?;
             let snapshots = SnapshotDir::new(&dir.data_dir);
@@ -146,7 +146,14 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
             let info = snapshots.write(&sealed)?;
             print_json(&store.push(&snapshots, &info)?);
         }
-        SnapshotAction::Pull { dir, collection } => {
+        SnapshotAction::Pull { dir, collection, sha256 } => {
+            if let Some(sha256) = sha256.as_ref().filter(|s| !quiver_api::types::is_sha256_hex(s)) {
+                return Err(Error::Usage {
+                    flag: "--sha256".into(),
+                    value: sha256.chars().take(80).collect(),
+                    reason: "must be 64 lowercase hex digits".into(),
+                });
+            }
             std::fs::create_dir_all(&dir.data_dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.data_dir.display()), e))?;
             crate::collection::builder::check_name(&collection)?;
@@ -160,11 +167,15 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
                 });
             }
             let snapshots = SnapshotDir::new(&dir.data_dir);
-            let stored = store.described(&collection)?.map(|s| s.info.sha256);
+            let stored = match sha256 {
+                Some(sha256) => Some(sha256),
+                None => store.described(&collection)?.map(|s| s.info.sha256),
+            };
             let info = match snapshots.checked_info(&collection)? {
                 // A download finished earlier of the snapshot the store still holds.
                 Some(info) if Some(&info.sha256) == stored.as_ref() => info,
-                // The one just described: a description replaced meanwhile is refused, not mixed in.
+                // The one just described (or asked for), by its sha256: one published over it
+                // meanwhile is not mixed in.
                 _ => store.pull(
                     &collection,
                     &snapshots,

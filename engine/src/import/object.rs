@@ -374,16 +374,6 @@ pub fn write_whole(uri: &str, credentials: Credentials, bytes: Vec<u8>) -> Resul
     wait(async move { store.put(&path, bytes.into()).await }).map(|_| ()).map_err(|e| failed(uri, "writing", e))
 }
 
-/// Deletes the object `uri`; one that is not there is no error.
-pub fn delete(uri: &str, credentials: Credentials) -> Result<()> {
-    let location = locate(uri, credentials)?;
-    let (store, path) = (location.store, location.path);
-    match wait(async move { store.delete(&path).await }) {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(failed(uri, "deleting", e)),
-    }
-}
-
 /// Bytes of each part of a multipart upload (S3 wants at least 5 MiB but for the last): the
 /// AWS CLI's 8 MiB, so a restore checks, and a damaged part costs, 8 MiB at a time.
 pub const PART_BYTES: usize = 8 << 20;

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::search::searcher::Searcher;
 use crate::serve::{ServingProcess, termination};
 use crate::snapshot::download::Partial;
-use crate::snapshot::store::SnapshotStore;
+use crate::snapshot::store::{Restored, SnapshotStore};
 use crate::snapshot::{SnapshotDir, SnapshotInfo};
 use crate::warmup::{WarmupOptions, warm};
 use quiver_api::client::{Client, ClientOptions};
@@ -209,9 +209,20 @@ pub async fn fetch_snapshot(
                     let client = Client::new(address, options.client.clone())?;
                     fetch_from(&client, collection, snapshots, metrics, options).await
                 }
-                Source::Store(store) => restore_from(store, collection, snapshots, metrics, options).await,
+                Source::Store(store) => restore_from(store, collection, snapshots, metrics, options, deadline).await,
             };
             match fetched {
+                // The pin checked on what was installed too, not only on what a source announced.
+                Ok(info) if options.pinned.as_ref().is_some_and(|pinned| *pinned != info.sha256) => {
+                    return Err(Error::Snapshot {
+                        collection: collection.to_string(),
+                        reason: format!(
+                            "{source} delivered the snapshot with sha256 {}, where only {} is to be served",
+                            info.sha256,
+                            options.pinned.as_deref().unwrap_or_default()
+                        ),
+                    });
+                }
                 Ok(info) => return Ok(info),
                 Err(e @ Error::Snapshot { .. }) => {
                     tracing::error!("{source}: {e}");
@@ -239,18 +250,26 @@ pub async fn fetch_snapshot(
 
 /// One attempt at a snapshot store, on a blocking thread (the object reads wait on their own
 /// runtime), bounded by the attempt timeout; the partial file stays for the next attempt.
+///
+/// The attempt's clock starts once the parts a resumed file holds are checked on disk: reading
+/// back a large partial file is this disk's time, not the store's, and counted against the
+/// attempt it would outlast it (about 200 GB at 250 MB/s in the default 900 s), so no attempt
+/// would ever fetch a byte. That check is bounded by the whole fetch's `deadline` instead.
 async fn restore_from(
     store: &SnapshotStore,
     collection: &str,
     snapshots: &SnapshotDir,
     metrics: &Arc<Metrics>,
     options: &FetchOptions,
+    deadline: Instant,
 ) -> Result<SnapshotInfo> {
     let (store, name, snapshots, metrics) = (store.clone(), collection.to_string(), snapshots.clone(), metrics.clone());
     let pinned = options.pinned.clone();
     let target = store.uri();
     let every = options.progress_every;
     let cancel = Cancel::default();
+    let checked = Arc::new(tokio::sync::Notify::new());
+    let told = checked.clone();
     // Fires when this attempt ends early: its timeout below, or its future dropped (the
     // replica stopping), so the blocking thread stops writing instead of running on.
     let stop = cancel.on_drop();
@@ -259,15 +278,29 @@ async fn restore_from(
             &name,
             &snapshots,
             pinned.as_deref(),
-            &|n| {
-                metrics.snapshot_fetched_bytes.inc_by(n);
+            &|restored| match restored {
+                Restored::Checked => told.notify_one(),
+                Restored::Fetched(n) => {
+                    metrics.snapshot_fetched_bytes.inc_by(n);
+                }
             },
             every,
             &cancel,
         )
     });
-    match tokio::time::timeout(options.attempt_timeout, &mut restore).await {
-        Ok(joined) => joined.map_err(|e| Error::io("restoring the snapshot", std::io::Error::other(e)))?,
+    let joined = |joined: std::result::Result<Result<SnapshotInfo>, tokio::task::JoinError>| {
+        joined.map_err(|e| Error::io("restoring the snapshot", std::io::Error::other(e)))?
+    };
+    // Which bound ended the attempt, if one did.
+    let (fetching, timed) = tokio::select! {
+        finished = &mut restore => return joined(finished),
+        checked = tokio::time::timeout_at(deadline.into(), checked.notified()) => match checked {
+            Ok(()) => (true, tokio::time::timeout(options.attempt_timeout, &mut restore).await),
+            Err(elapsed) => (false, Err(elapsed)),
+        },
+    };
+    match timed {
+        Ok(finished) => joined(finished),
         Err(_) => {
             // Stopped and joined before the next attempt, which then resumes from bytes that
             // are all on disk and no longer changing (as fetch_from does). What the thread
@@ -279,7 +312,13 @@ async fn restore_from(
                 Ok(Err(e)) if !matches!(e, Error::Cancelled { .. }) => Err(e),
                 _ => Err(Error::Remote {
                     target,
-                    reason: format!("the attempt took longer than {} s", options.attempt_timeout.as_secs()),
+                    reason: match fetching {
+                        true => format!("the attempt took longer than {} s", options.attempt_timeout.as_secs()),
+                        false => format!(
+                            "checking the partial file outlasted the fetch timeout ({} s)",
+                            options.timeout.as_secs()
+                        ),
+                    },
                 }),
             }
         }

@@ -210,14 +210,14 @@ async fn restore_sealed(
                 attempt_timeout: Duration::from_secs(900),
                 stall_timeout: Duration::from_secs(30),
                 progress_every: crate::snapshot::progress::EVERY,
-                // What the store describes now is what is restored: the description was
-                // checked against this collection above, and is checked again after the fetch.
-                pinned: None,
+                // The snapshot whose description was checked against this collection above,
+                // by its sha256, whatever is published over it meanwhile.
+                pinned: Some(described.sha256.clone()),
             };
             fetch_snapshot(&[Source::Store(from.clone())], &name, &snapshots, metrics, &options).await?
         }
     };
-    // Replaced in the store since its description was read: what was fetched is checked too.
+    // What was fetched is checked too (a description that lied about its manifest).
     fits(publisher.options(), &info, &location)?;
     let (root, publisher) = (root.to_path_buf(), publisher.clone());
     tokio::task::spawn_blocking(move || publisher.adopt_restored(snapshots.install(&root, &info)?))

@@ -3,16 +3,19 @@
 //!
 //! - `<prefix>/<name>/data-<sha256>.mdb`: the snapshot file, uploaded in parts
 //!   ([`object::upload_file`]), named by its content;
-//! - `<prefix>/<name>/snapshot.json`: its [`StoredSnapshot`] (the data object's name, size,
-//!   sha256 of the whole and of each part, its ETag, the manifest), written last, in one PUT.
+//! - `<prefix>/<name>/snapshot-<sha256>.json`: its [`StoredSnapshot`] (the data object's name,
+//!   size, sha256 of the whole and of each part, its ETag, the manifest), named by content too;
+//! - `<prefix>/<name>/snapshot.json`: the same description, of the snapshot published last,
+//!   written last, in one PUT.
 //!
 //! A snapshot whose description is not there is not in the store: a writer killed mid-upload
 //! leaves nothing a replica would take. A snapshot published again with other bytes (a retried
-//! import) goes to another data object, so the one the old description names stays whole until
-//! the new description is in; only then is the old one deleted. A replica reads the data object in ranged GETs pinned to
-//! the ETag the description names (an object replaced since is refused), appends to its
-//! [`Partial`] (so a killed restore resumes from the bytes on disk), and checks the sha256 of the
-//! file on disk before it installs it.
+//! import, a writer that lost its volume and imported anew) goes to another data object and
+//! description, and the replaced ones stay: replicas pinned to the snapshot that was verified
+//! (`--snapshot-sha256`) restore it by its sha256 whatever was published since. A replica reads
+//! the data object in ranged GETs pinned to the ETag the description names (an object replaced
+//! since is refused), appends to its [`Partial`] (so a killed restore resumes from the bytes on
+//! disk), and checks the sha256 of the file on disk before it installs it.
 
 use super::download::Partial;
 use super::{SnapshotDir, SnapshotInfo};
@@ -105,9 +108,43 @@ impl SnapshotStore {
         Ok(format!("{}/{collection}/{file}", self.uri))
     }
 
-    /// The snapshot of `collection` in the store, if one was published completely.
+    /// The snapshot of `collection` published last, if one was published completely.
     pub fn described(&self, collection: &str) -> Result<Option<StoredSnapshot>> {
-        let uri = self.object(collection, DESCRIPTION)?;
+        self.description(collection, DESCRIPTION)
+    }
+
+    /// The snapshot of `collection` with `sha256`, if one was published completely, whether or
+    /// not another was published since: its own description, or (a store written before
+    /// descriptions were named by content) the last one when it is of that sha256. The last one
+    /// is also asked when its own cannot be read: S3 answers a missing key 403, not 404, to a
+    /// key that may not list the bucket.
+    pub fn described_as(&self, collection: &str, sha256: &str) -> Result<Option<StoredSnapshot>> {
+        let key = description_of(collection, sha256)?;
+        let last = || self.described(collection).map(|last| last.filter(|last| last.info.sha256 == sha256));
+        match self.description(collection, &key) {
+            Ok(Some(stored)) if stored.info.sha256 != sha256 || stored.info.collection != collection => {
+                Err(Error::Snapshot {
+                    collection: collection.to_string(),
+                    reason: format!(
+                        "{key} in {} describes the sha256 {} of {}",
+                        self.uri(),
+                        sha256_shown(&stored.info.sha256),
+                        shown(&stored.info.collection)
+                    ),
+                })
+            }
+            Ok(Some(stored)) => Ok(Some(stored)),
+            Ok(None) => last(),
+            Err(e) => match last() {
+                Ok(Some(stored)) => Ok(Some(stored)),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The description `key` of `collection`, if it is there.
+    fn description(&self, collection: &str, key: &str) -> Result<Option<StoredSnapshot>> {
+        let uri = self.object(collection, key)?;
         let unreadable = |reason: String| Error::Snapshot { collection: collection.to_string(), reason };
         let bytes = match object::read_whole(&uri, self.credentials, MAX_DESCRIPTION_BYTES) {
             Ok(Some(bytes)) => bytes,
@@ -123,8 +160,17 @@ impl SnapshotStore {
         })
     }
 
-    /// Every snapshot published completely (with a readable description), in name order.
-    pub fn list(&self) -> Result<Vec<StoredSnapshot>> {
+    /// Writes `stored` as its own description (named by its sha256).
+    fn describe(&self, stored: &StoredSnapshot) -> Result<()> {
+        let key = description_of(&stored.info.collection, &stored.info.sha256)?;
+        let json = serde_json::to_vec_pretty(stored).expect("a snapshot description serializes");
+        object::write_whole(&self.object(&stored.info.collection, &key)?, self.credentials, json)
+    }
+
+    /// Every snapshot published completely (with a readable description), in name order: the
+    /// last one published of each collection, or with `all` every one the store keeps (those
+    /// published over too, by their own descriptions).
+    pub fn list(&self, all: bool) -> Result<Vec<StoredSnapshot>> {
         let location = object::locate(&format!("{}/", self.uri), self.credentials)?;
         let listed = object::list(&self.uri, &location, &location.path)?;
         let prefix = location.path.as_ref().to_string();
@@ -132,12 +178,21 @@ impl SnapshotStore {
         for meta in listed {
             let key = meta.location.as_ref();
             let below = key.strip_prefix(&prefix).unwrap_or(key).trim_start_matches('/');
-            let Some(collection) = below.strip_suffix(&format!("/{DESCRIPTION}")).filter(|c| !c.contains('/')) else {
+            let Some((collection, file)) = below.split_once('/').filter(|(_, file)| !file.contains('/')) else {
                 continue;
             };
+            let by_content = file
+                .strip_prefix("snapshot-")
+                .and_then(|f| f.strip_suffix(".json"))
+                .filter(|sha256| quiver_api::types::is_sha256_hex(sha256));
             // One unreadable description (another tool's key, a damaged object) hides only
             // itself: the list is how an operator finds what else the store holds.
-            match self.described(collection) {
+            let described = match by_content {
+                _ if file == DESCRIPTION && !all => self.described(collection),
+                Some(sha256) if all => self.described_as(collection, sha256),
+                _ => continue,
+            };
+            match described {
                 Ok(stored) => found.extend(stored),
                 Err(e) => tracing::warn!(store = %self.uri(), error = %e, "left out of the list"),
             }
@@ -145,33 +200,56 @@ impl SnapshotStore {
         Ok(found)
     }
 
-    /// Publishes the finished local snapshot `info`: the data first, the description last.
-    /// A snapshot already published with the same sha256 is left as it is.
+    /// Publishes the finished local snapshot `info`: the data first, then its own description,
+    /// then the collection's last description. A snapshot already published with the same
+    /// sha256 is not uploaded again. The one it replaces stays, under its own description
+    /// (written now for one a store written before those has only as the last): nothing a
+    /// replica may be pinned to is taken away.
     pub fn push(&self, snapshots: &SnapshotDir, info: &SnapshotInfo) -> Result<StoredSnapshot> {
+        let collection = &info.collection;
         // A description that cannot be read (damaged, another tool's) is replaced: left in
         // place it would keep every replica from starting, and the writer from publishing.
-        let previous = match self.described(&info.collection) {
-            Ok(previous) => previous,
+        let previous = match self.described(collection) {
+            Ok(previous) => previous.filter(|p| p.info.collection == *collection),
             Err(e @ Error::Snapshot { .. }) => {
-                tracing::warn!(collection = %info.collection, error = %e, "replacing the store's unreadable description");
-                self.keep_unreadable(&info.collection);
+                tracing::warn!(collection = %collection, error = %e, "replacing the store's unreadable description");
+                self.keep_unreadable(collection);
                 None
             }
             Err(e) => return Err(e),
         };
-        if let Some(stored) = previous.as_ref().filter(|s| s.info.sha256 == info.sha256) {
-            // The same snapshot described: published already if its data object is whole (a
-            // deleted or replaced one is uploaded again).
-            if self.holds_data_of(stored)? {
-                tracing::info!(collection = %info.collection, store = %self.uri(), "snapshot already in the store");
-                return Ok(stored.clone());
+        if let Some(old) = previous.as_ref().filter(|s| s.info.sha256 != info.sha256) {
+            // Kept reachable by its sha256 before the last description stops naming it. A
+            // description whose sha256 cannot name a key is not a snapshot anyone restores.
+            if description_of(collection, &old.info.sha256).is_ok()
+                && self.own_description(collection, &old.info.sha256)?.is_none()
+            {
+                self.describe(old)?;
             }
-            tracing::warn!(collection = %info.collection, store = %self.uri(), "the described data object is not whole: uploading it again");
+        }
+        // Published already (the last one, or one published over and pulled again to promote
+        // it) if its data object is whole: a deleted or replaced one is uploaded again.
+        let published = match previous.filter(|s| s.info.sha256 == info.sha256) {
+            Some(last) => Some(last),
+            None => self.own_description(collection, &info.sha256)?,
+        };
+        if let Some(stored) = published {
+            if self.holds_data_of(&stored)? {
+                if self.own_description(collection, &info.sha256)?.as_ref() != Some(&stored) {
+                    self.describe(&stored)?;
+                }
+                if self.described(collection).ok().flatten().as_ref() != Some(&stored) {
+                    self.describe_last(&stored)?;
+                }
+                tracing::info!(collection = %collection, store = %self.uri(), "snapshot already in the store");
+                return Ok(stored);
+            }
+            tracing::warn!(collection = %collection, store = %self.uri(), "the described data object is not whole: uploading it again");
         }
         let started = std::time::Instant::now();
         let name = data_object(info)?;
-        let data = self.object(&info.collection, &name)?;
-        let uploaded = object::upload_file(&data, self.credentials, &snapshots.file(&info.collection)?)?;
+        let data = self.object(collection, &name)?;
+        let uploaded = object::upload_file(&data, self.credentials, &snapshots.file(collection)?)?;
         crate::fault::point("store::before_description");
         let stored = StoredSnapshot {
             info: info.clone(),
@@ -180,43 +258,31 @@ impl SnapshotStore {
             part_sha256: uploaded.part_sha256,
             data_etag: uploaded.e_tag,
         };
-        let json = serde_json::to_vec_pretty(&stored).expect("a snapshot description serializes");
-        object::write_whole(&self.object(&info.collection, DESCRIPTION)?, self.credentials, json)?;
+        self.describe(&stored)?;
+        self.describe_last(&stored)?;
         crate::fault::point("store::after_description");
         // Read again: another pusher of this collection may have written its description just
         // after this one (two writers publishing one collection is a misconfiguration; object
         // stores differ in conditional writes, so it is detected, not prevented). Then this
         // push did not publish, and says so rather than report a snapshot replicas will not get.
-        let ours = match self.described(&info.collection) {
-            Ok(Some(now)) if now.data != stored.data => {
-                return Err(Error::Snapshot {
-                    collection: info.collection.clone(),
-                    reason: format!(
-                        "another publisher replaced this snapshot's description in {} meanwhile (it names {}, \
-                         this push uploaded {}): is a second writer publishing this collection?",
-                        self.uri(),
-                        now.data,
-                        stored.data
-                    ),
-                });
-            }
-            Ok(now) => now.is_some(),
-            // Unsure what the store holds now: what the old description named is kept.
-            Err(_) => false,
-        };
-        // What the replaced description named is no longer reachable. Best effort: left
-        // behind, it costs space, not correctness.
-        if let Some(old) = previous.filter(|old| ours && old.data != stored.data) {
-            let deleted = data_name(&old)
-                .and_then(|name| self.object(&info.collection, name))
-                .and_then(|uri| object::delete(&uri, self.credentials));
-            if let Err(e) = deleted {
-                tracing::warn!(collection = %info.collection, error = %e, "the replaced snapshot's data stays in the store");
-            }
+        if let Ok(Some(now)) = self.described(collection).map_err(|e| {
+            tracing::warn!(collection = %collection, error = %e, "the published description could not be read back");
+        }) && now.data != stored.data
+        {
+            return Err(Error::Snapshot {
+                collection: collection.clone(),
+                reason: format!(
+                    "another publisher replaced this snapshot's description in {} meanwhile (it names {}, \
+                     this push uploaded {}): is a second writer publishing this collection?",
+                    self.uri(),
+                    shown(&now.data),
+                    stored.data
+                ),
+            });
         }
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
-            collection = %info.collection,
+            collection = %collection,
             store = %self.uri(),
             mib = info.size as f64 / (1 << 20) as f64,
             mib_per_s = info.size as f64 / (1 << 20) as f64 / secs.max(1e-9),
@@ -225,9 +291,28 @@ impl SnapshotStore {
         Ok(stored)
     }
 
+    /// The description of `collection`'s snapshot with `sha256`, as the store holds it; one that cannot be read
+    /// (damaged, too large) is none, to be written again.
+    fn own_description(&self, collection: &str, sha256: &str) -> Result<Option<StoredSnapshot>> {
+        let key = description_of(collection, sha256)?;
+        match self.description(collection, &key) {
+            Err(e @ Error::Snapshot { .. }) => {
+                tracing::warn!(collection, error = %e, "writing the unreadable description again");
+                Ok(None)
+            }
+            read => Ok(read?.filter(|own| own.info.sha256 == sha256 && own.info.collection == collection)),
+        }
+    }
+
+    /// Writes `stored` as the collection's last published description.
+    fn describe_last(&self, stored: &StoredSnapshot) -> Result<()> {
+        let json = serde_json::to_vec_pretty(stored).expect("a snapshot description serializes");
+        object::write_whole(&self.object(&stored.info.collection, DESCRIPTION)?, self.credentials, json)
+    }
+
     /// Whether the data object `stored` names is there with the size and ETag it describes;
     /// a store that cannot be asked is an error, not an answer (a push would upload again what
-    /// may be there, and delete what replicas read).
+    /// may be there, and change the ETag replicas read it by).
     fn holds_data_of(&self, stored: &StoredSnapshot) -> Result<bool> {
         let Ok(uri) = data_name(stored).and_then(|name| self.object(&stored.info.collection, name)) else {
             return Ok(false);
@@ -252,9 +337,11 @@ impl SnapshotStore {
     }
 
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
-    /// on disk, logging its progress every `progress_every`; `fetched` is told each chunk's size.
-    /// With `pinned`, only the snapshot of that sha256 is taken: another one described is
-    /// [`Error::Snapshot`] before a byte is fetched (and the partial file of the pinned one stays).
+    /// on disk, logging its progress every `progress_every`; `told` hears when the parts a
+    /// resumed file holds are checked, then each chunk's size.
+    /// With `pinned`, only the snapshot of that sha256 is taken, by its own description (also
+    /// when another was published since); one the store does not hold (yet) is a transient
+    /// error, before a byte is fetched (and the partial file of the pinned one stays).
     ///
     /// Each part is checked against the description's sha256 as it lands, so a damaged part is
     /// found where it is, not only once the whole file is in: the whole parts a resumed file
@@ -270,26 +357,44 @@ impl SnapshotStore {
         collection: &str,
         snapshots: &SnapshotDir,
         pinned: Option<&str>,
-        fetched: &dyn Fn(u64),
+        told: &dyn Fn(Restored),
         progress_every: Duration,
         cancel: &Cancel,
     ) -> Result<SnapshotInfo> {
-        let stored = self.described(collection)?.ok_or_else(|| Error::Remote {
-            target: self.uri(),
-            reason: format!("no snapshot of {collection} in the store (yet)"),
-        })?;
+        let described = match pinned {
+            Some(sha256) => self.described_as(collection, sha256)?,
+            None => self.described(collection)?,
+        };
+        let stored = match described {
+            Some(stored) => stored,
+            None => {
+                let last = pinned.and_then(|_| self.described(collection).ok().flatten());
+                return Err(Error::Remote {
+                    target: self.uri(),
+                    reason: match (pinned, last) {
+                        (Some(pinned), Some(last)) => format!(
+                            "no snapshot of {collection} with sha256 {pinned} in the store (yet); it holds {} \
+                             (--snapshot-sha256 takes only {pinned})",
+                            sha256_shown(&last.info.sha256)
+                        ),
+                        (Some(pinned), None) => {
+                            format!("no snapshot of {collection} with sha256 {pinned} in the store (yet)")
+                        }
+                        (None, _) => format!("no snapshot of {collection} in the store (yet)"),
+                    },
+                });
+            }
+        };
         let corrupt = |reason: String| Error::Snapshot { collection: collection.to_string(), reason };
         if stored.info.collection != collection {
             return Err(corrupt(format!("the store's description is of {}", shown(&stored.info.collection))));
         }
+        // What the description chosen by the pin says, once more: the pin must not rest on one
+        // lookup alone.
         if let Some(pinned) = pinned.filter(|pinned| *pinned != stored.info.sha256) {
             return Err(corrupt(format!(
-                "{} describes the snapshot with sha256 {}; only {pinned} is to be restored (--snapshot-sha256)",
-                self.uri(),
-                Some(&stored.info.sha256)
-                    .filter(|s| quiver_api::types::is_sha256_hex(s))
-                    .cloned()
-                    .unwrap_or_else(|| shown(&stored.info.sha256))
+                "the store described the sha256 {} where only {pinned} is to be restored (--snapshot-sha256)",
+                sha256_shown(&stored.info.sha256)
             )));
         }
         let parts = Parts::of(&stored).map_err(corrupt)?;
@@ -308,6 +413,7 @@ impl SnapshotStore {
         let mut partial = Partial::open(snapshots, &stored.info)?;
         partial.log_progress(&self.uri(), progress_every);
         let mut part = parts.resume(&mut partial, cancel)?;
+        told(Restored::Checked);
         let first = partial.offset();
         if first > 0 {
             tracing::info!("resuming the snapshot restore at byte {first} of {}", stored.info.size);
@@ -341,7 +447,7 @@ impl SnapshotStore {
                     part = parts.check(part, &mut partial, &redact(&data), &self.uri())?;
                 }
             }
-            fetched(n as u64);
+            told(Restored::Fetched(n as u64));
         }
         let secs = started.elapsed().as_secs_f64();
         let mib = (stored.info.size - first) as f64 / (1 << 20) as f64;
@@ -353,6 +459,15 @@ impl SnapshotStore {
         cancel.check("the snapshot restore")?;
         partial.finish_from(&self.uri())
     }
+}
+
+/// How far a [`SnapshotStore::pull`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// The parts a resumed file held are checked on disk: what follows reads the store.
+    Checked,
+    /// Bytes of one chunk fetched.
+    Fetched(u64),
 }
 
 /// The parts a description lists: each but the last `part_bytes` long, each with its sha256.
@@ -451,6 +566,7 @@ impl<'a> Parts<'a> {
         while index < self.sha256.len() && self.range(index).end <= held && self.range(index).start < held {
             // A large held prefix takes a while to read back: a stopped attempt stops here too.
             cancel.check("checking the partial snapshot")?;
+            crate::fault::point("store::resume_part");
             let range = self.range(index);
             let found = hex(&read(range.clone())?.finalize());
             if found != self.sha256[index] {
@@ -523,13 +639,18 @@ fn shown(value: &str) -> String {
     }
 }
 
+/// A sha256 read from the store: as it is when it is one, else [`shown`].
+fn sha256_shown(value: &str) -> String {
+    if quiver_api::types::is_sha256_hex(value) { value.to_string() } else { shown(value) }
+}
+
 fn legacy_data() -> String {
     LEGACY_DATA.into()
 }
 
 /// The data object a description names, if it is one its snapshot may have: the one its sha256
 /// names, or [`LEGACY_DATA`]. Never another key: a description read from the store does not get
-/// to point a restore, or a delete, anywhere else.
+/// to point a restore anywhere else.
 fn data_name(stored: &StoredSnapshot) -> Result<&str> {
     if stored.data == LEGACY_DATA || data_object(&stored.info)? == stored.data {
         return Ok(&stored.data);
@@ -561,6 +682,17 @@ fn is_described(file: &object::ObjectFile, stored: &StoredSnapshot) -> bool {
 fn same_etag(a: &str, b: &str) -> bool {
     let opaque = |tag: &str| tag.trim().trim_start_matches("W/").trim_matches('"').to_string();
     opaque(a) == opaque(b)
+}
+
+/// The description of `collection`'s snapshot with `sha256`, named by it.
+fn description_of(collection: &str, sha256: &str) -> Result<String> {
+    if !quiver_api::types::is_sha256_hex(sha256) {
+        return Err(Error::Snapshot {
+            collection: collection.to_string(),
+            reason: format!("the sha256 {} is not 64 lowercase hex digits", shown(sha256)),
+        });
+    }
+    Ok(format!("snapshot-{sha256}.json"))
 }
 
 /// The data object of the snapshot `info`: its sha256 names it, and nothing

@@ -294,15 +294,27 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     assert!(said.contains("part 0 (bytes 0..8388608) of the partial file"), "{said}");
     assert_eq!(sha256(&std::fs::read(dir.path().join("r6/v1/data.mdb")).unwrap()), sha256(&data));
     drop(resumed);
-    // Pinned to another snapshot: refused before a byte is fetched, nothing installed; a pin
-    // that is not a sha256 is a usage error.
+    // Checking the parts on disk takes longer than an attempt may (1 s here; 900 s reads back
+    // about 200 GB): the attempt's clock starts after it, so the restore goes on.
+    let (_, partial) = kill_past_the_first_part("r9");
+    let (mut resumed, http, log) = replica_timed("r9", Some("store::resume_part=sleep(1500)"), &short_attempts);
+    wait_ready(&mut resumed, http, &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("took longer than"), "{said}");
+    assert!(said.contains(&format!("resuming the snapshot restore at byte {partial} of")), "{said}");
+    drop(resumed);
+    // Pinned to a snapshot the store does not hold: not taken (it may be published later, so
+    // retried until the fetch timeout), nothing fetched or installed; a pin that is not a
+    // sha256 is a usage error.
     let other = "0".repeat(64);
     let (mut refused, _, log) = replica_timed("r7", None, &["--fetch-timeout-secs", "10", "--snapshot-sha256", &other]);
     let status = refused.0.wait().unwrap();
     let said = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(
-        said.contains(&format!("describes the snapshot with sha256 {pinned}; only {other} is to be restored")),
+        said.contains(&format!(
+            "no snapshot of v1 with sha256 {other} in the store (yet); it holds {pinned} (--snapshot-sha256 takes only {other})"
+        )),
         "{said}"
     );
     assert!(!dir.path().join("r7/v1").exists() && !dir.path().join("r7/.snapshots/v1.mdb.partial").exists());
@@ -395,8 +407,9 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     let kept = std::fs::metadata(dir.path().join("r3/.snapshots/v1.mdb.partial")).map(|m| m.len()).ok();
     assert_eq!(kept, Some((bad_part * PART) as u64), "the parts before it stay");
 
-    // Published again with other bytes (a retried import): to a new data object, and the one
-    // the replaced description named is deleted once the new description is in.
+    // Published again with other bytes (a retried import, a writer that lost its volume): to
+    // a new data object and description; the replaced ones stay, and a restore pinned to the
+    // replaced sha256 (what replicas were verified on) still gets it.
     let generated = quiver(weed.s3, &["generate", "--out", &at("again.npy"), "--vectors", "2000", "--dims", "64"]);
     assert!(generated.status.success());
     let import = ["import", "--data-dir", &at("q"), "--collection", "v1", "--source", &at("again.npy")];
@@ -413,7 +426,32 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
             .ok(),
         Some(())
     );
-    assert!(ureq::head(&object_url(&data_object)).call().is_err(), "the replaced data object is deleted");
+    let by_content =
+        |sha256: &serde_json::Value| format!("/snapshots/prod/v1/snapshot-{}.json", sha256.as_str().unwrap());
+    let kept: serde_json::Value = serde_json::from_slice(&weed.get(&by_content(&stored["sha256"]))).unwrap();
+    assert_eq!(kept["data"], stored["data"], "the replaced description is kept under its sha256");
+    let latest: serde_json::Value = serde_json::from_slice(&weed.get(&by_content(&replaced["sha256"]))).unwrap();
+    assert_eq!(latest, now);
+    // (The flipped data object of above, put back whole.)
+    put(weed.s3, &data_object, data.clone()).unwrap();
+    let mut described = stored.clone();
+    described["data_etag"] =
+        ureq::head(&object_url(&data_object)).call().unwrap().headers()["etag"].to_str().unwrap().into();
+    put(weed.s3, &by_content(&stored["sha256"]), serde_json::to_vec(&described).unwrap()).unwrap();
+    let (mut pinned_old, http, log) =
+        replica_timed("r8", None, &["--fetch-timeout-secs", "10", "--snapshot-sha256", &pinned]);
+    wait_ready(&mut pinned_old, http, &log);
+    assert_eq!(sha256(&std::fs::read(dir.path().join("r8/v1/data.mdb")).unwrap()), sha256(&data));
+    drop(pinned_old);
+    let pull_old = ["pull", "--store", store, "--data-dir", &at("old"), "--collection", "v1", "--sha256", &pinned];
+    assert_eq!(snapshot(&pull_old)["sha256"], stored["sha256"]);
+    let every = snapshot(&["list", "--store", store, "--all"]);
+    let mut listed: Vec<_> = every.as_array().unwrap().iter().map(|s| s["sha256"].clone()).collect();
+    listed.sort_by_key(|s| s.to_string());
+    let mut both = vec![stored["sha256"].clone(), replaced["sha256"].clone()];
+    both.sort_by_key(|s| s.to_string());
+    assert_eq!(listed, both, "the last one and the one published over");
+    assert_eq!(snapshot(&["list", "--store", store])[0]["sha256"], replaced["sha256"]);
     // A description that is not one hides only itself from the list.
     put(weed.s3, "/snapshots/prod/broken/snapshot.json", b"{not json".to_vec()).unwrap();
     let listed = snapshot(&["list", "--store", store]);
@@ -423,7 +461,7 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     );
 
     // A store an older quiver wrote: its description names no data object, whose data is
-    // `data.mdb`. Replicas restore it; a push over it deletes `data.mdb` once replaced.
+    // `data.mdb`. Replicas restore it; a push over it keeps it, with a description of its own.
     let legacy = "s3://snapshots/legacy";
     let bytes = weed.get(&format!("/snapshots/prod/v1/{}", now["data"].as_str().unwrap()));
     put(weed.s3, "/snapshots/legacy/v1/data.mdb", bytes).unwrap();
@@ -440,7 +478,10 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     assert_eq!(push_p()["sha256"], stored["sha256"]);
     let content_named = format!("/snapshots/legacy/v1/data-{}.mdb", stored["sha256"].as_str().unwrap());
     assert!(ureq::head(&object_url(&content_named)).call().is_ok());
-    assert!(ureq::head(&object_url("/snapshots/legacy/v1/data.mdb")).call().is_err(), "the legacy data is deleted");
+    assert!(ureq::head(&object_url("/snapshots/legacy/v1/data.mdb")).call().is_ok(), "the legacy data is kept");
+    let legacy_kept = format!("/snapshots/legacy/v1/snapshot-{}.json", replaced["sha256"].as_str().unwrap());
+    let legacy_kept: serde_json::Value = serde_json::from_slice(&weed.get(&legacy_kept)).unwrap();
+    assert_eq!(legacy_kept["data"], "data.mdb");
     // The description matches but its data object is gone: uploaded again, not taken as there.
     ureq::delete(&object_url(&content_named)).call().unwrap();
     assert_eq!(push_p()["sha256"], stored["sha256"]);
@@ -464,7 +505,7 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     assert_eq!(pulled["sha256"], stored["sha256"]);
 
     // Another publisher writes its description just after this push wrote its own: the push
-    // fails naming it (it did not publish), and deletes nothing that description names.
+    // fails naming it (it did not publish).
     ureq::delete(&object_url(&content_named)).call().unwrap();
     let args = ["snapshot", "push", "--store", legacy, "--data-dir", &at("p"), "--collection", "v1"];
     let log = dir.path().join("push-raced.log");
@@ -480,7 +521,6 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     let status = push.0.wait().unwrap();
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success() && said.contains("another publisher replaced"), "{said}");
-    assert!(ureq::head(&object_url("/snapshots/legacy/v1/data.mdb")).call().is_ok(), "what the other names stays");
 }
 
 /// Ingest.Progress of `collection` on the writer at `grpc`, with a client that does not retry.

@@ -19,6 +19,16 @@ pub const SERVED_BY_PREFIX: &str = "served-by.quiver.dev/";
 /// The spec generation an object was rendered for (Jobs run once per generation).
 pub const GENERATION: &str = "quiver.dev/generation";
 
+/// Annotate a Failed collection with a new value of this to run its pipeline again:
+/// `kubectl annotate vc products-v2 quiver.dev/retry="$(date +%s)" --overwrite`.
+pub const RETRY: &str = "quiver.dev/retry";
+/// The `quiver.dev/retry` value the operator acted on.
+pub const RETRIED: &str = "quiver.dev/retried";
+/// On the replicas' Deployment: the collection's [`RETRIED`] value (empty before any retry)
+/// when the Deployment was pinned to a snapshot. A retry clears the pin, so a pin made before
+/// the last retry is not the collection's any more.
+pub const PINNED_AT_RETRY: &str = "quiver.dev/pinned-at-retry";
+
 /// The server-side apply field manager of every object the operator writes.
 pub const FIELD_MANAGER: &str = "quiver-operator";
 

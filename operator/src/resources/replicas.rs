@@ -14,10 +14,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use std::collections::BTreeMap;
 
 pub const DEFAULT_COUNT: i32 = 2;
-/// The replica's `--snapshot-sha256`, as its environment variable.
-pub const SNAPSHOT_SHA256_ENV: &str = "QUIVER_SNAPSHOT_SHA256";
 /// Seconds a terminating replica keeps answering while Services stop routing to it.
 pub const DRAIN_DELAY_SECS: u64 = 5;
 
@@ -108,13 +107,22 @@ pub fn deployment(vc: &VectorCollection, defaults: &Defaults, pinned: Option<&st
     let mut env = store_secret.map(|secret| pod::object_store_env(&secret.name)).unwrap_or_default();
     // Serving only the snapshot the writer sealed, once it is known. An environment variable,
     // not a flag: an engine older than the pin (an image rolled back) ignores it, where it
-    // would refuse an unknown flag and crash-loop every replica.
+    // would refuse an unknown flag and crash-loop every replica. A value that is not a sha256
+    // would make every replica exit with a usage error: no pin is rendered from it.
+    let pinned = pinned.filter(|sha256| quiver_api::types::is_sha256_hex(sha256));
+    let mut metadata = labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica);
     if let Some(sha256) = pinned {
-        env.push(EnvVar { name: SNAPSHOT_SHA256_ENV.into(), value: Some(sha256.into()), ..Default::default() });
+        env.push(EnvVar {
+            name: quiver_api::environment::SNAPSHOT_SHA256.into(),
+            value: Some(sha256.into()),
+            ..Default::default()
+        });
+        let retried = vc.annotations().get(labels::RETRIED).cloned().unwrap_or_default();
+        metadata.annotations = Some(BTreeMap::from([(labels::PINNED_AT_RETRY.to_string(), retried)]));
     }
     container.env = (!env.is_empty()).then_some(env);
     Deployment {
-        metadata: labels::owned_meta(vc, labels::replicas_name(&name), Role::Replica),
+        metadata,
         spec: Some(DeploymentSpec {
             // Left unset when autoscaled, so the HPA, not this field manager, owns the count.
             replicas: (!autoscaled(spec)).then(|| wanted(spec)),

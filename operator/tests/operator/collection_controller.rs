@@ -610,6 +610,7 @@ async fn replicas_stay_pinned_to_the_snapshot_first_sealed() {
         let env = env.as_array().cloned().unwrap_or_default();
         let pin = env.iter().find(|e| e["name"] == "QUIVER_SNAPSHOT_SHA256").expect("pinned");
         assert_eq!(pin["value"], json!(pinned));
+        assert_eq!(deployment.body["metadata"]["annotations"], json!({"quiver.dev/pinned-at-retry": ""}));
         h.server.apply(HPA, Value::Null).await;
         h.server.apply(PDB, Value::Null).await;
         let status = status_patch(&mut h.server).await.body["status"].clone();
@@ -628,9 +629,70 @@ async fn replicas_stay_pinned_to_the_snapshot_first_sealed() {
     let mut pruned = written;
     pruned.as_object_mut().unwrap().remove("sealedSha256");
     *h.writer.state.lock().unwrap() = Some(WriterState::Unavailable);
-    run(reconcile(collection(false, pruned), h.ctx.clone()), async {
+    run(reconcile(collection(false, pruned.clone()), h.ctx.clone()), async {
         let status = status_patch(&mut h.server).await.body["status"].clone();
         assert_eq!(status["phase"], "Ready");
+    })
+    .await
+    .unwrap();
+    // With that pruned status, the writer back with other data: the live pin is the one the
+    // writer is held to, as with the field in status (no apply, the message names both).
+    *h.writer.state.lock().unwrap() = Some(WriterState::Sealed {
+        count: 60000,
+        setting: "signscan quality=300".into(),
+        stored: None,
+        sha256: Some(other.clone()),
+    });
+    run(reconcile(collection(false, pruned), h.ctx.clone()), async {
+        token_read(&mut h.server).await;
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!((status["phase"].as_str(), status["vectorCount"].as_u64()), (Some("Ready"), Some(50000)));
+        let writer = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "WriterAvailable").unwrap();
+        let message = writer["message"].as_str().unwrap();
+        assert!(message.contains(&format!("sha256 {other}, not the {pinned}")), "{message}");
+    })
+    .await
+    .unwrap();
+    // Retried since the Deployment was pinned (the retry cleared the pin and the writer
+    // started over), and sealed by an engine that reports no sha256: the old pin is not the
+    // collection's any more, and goes.
+    *h.writer.state.lock().unwrap() =
+        Some(WriterState::Sealed { count: 60000, setting: "signscan quality=300".into(), stored: None, sha256: None });
+    let mut retried = (*collection(false, json!({"phase": "Pending", "observedGeneration": 1}))).clone();
+    retried.metadata.annotations =
+        Some([("quiver.dev/retry".to_string(), "2".into()), ("quiver.dev/retried".to_string(), "2".into())].into());
+    run(reconcile(Arc::new(retried), h.ctx.clone()), async {
+        let deployment = h.server.apply(DEPLOYMENT, json!({"readyReplicas": 0})).await;
+        let env = deployment.body["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+        assert!(env.as_array().into_iter().flatten().all(|e| e["name"] != "QUIVER_SNAPSHOT_SHA256"), "unpinned: {env}");
+        assert_eq!(deployment.body["metadata"].get("annotations"), None);
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!((status["phase"].as_str(), status.get("sealedSha256")), (Some("Replicating"), None));
+        h.server.event(NS).await;
+    })
+    .await
+    .unwrap();
+    // A namesake's Deployment (deleted with --cascade=orphan) pins nothing of this collection.
+    h.cache([json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "products-v2-replicas", "annotations": {"quiver.dev/pinned-at-retry": ""},
+            "ownerReferences": [{"apiVersion": "quiver.dev/v1alpha1", "kind": "VectorCollection", "name": "products-v2",
+                "uid": "c0ffee00-0000-4000-8000-0000000000ff", "controller": true}]},
+        "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "quiver",
+            "env": [{"name": "QUIVER_SNAPSHOT_SHA256", "value": pinned}]}]}}}})]);
+    *h.writer.state.lock().unwrap() = Some(WriterState::Sealed {
+        count: 60000,
+        setting: "signscan quality=300".into(),
+        stored: None,
+        sha256: Some(other.clone()),
+    });
+    run(reconcile(collection(false, json!({"phase": "Pending", "observedGeneration": 1})), h.ctx.clone()), async {
+        let deployment = h.server.apply(DEPLOYMENT, json!({"readyReplicas": 0})).await;
+        let env = deployment.body["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+        let pin = env.as_array().into_iter().flatten().find(|e| e["name"] == "QUIVER_SNAPSHOT_SHA256").cloned();
+        assert_eq!(pin.map(|p| p["value"].clone()), Some(json!(other)), "its own writer's seal: {env}");
+        let status = status_patch(&mut h.server).await.body["status"].clone();
+        assert_eq!((status["phase"].as_str(), status["sealedSha256"].as_str()), (Some("Replicating"), Some(&*other)));
+        h.server.event_repeated(NS).await;
     })
     .await
     .unwrap();

@@ -4,9 +4,9 @@
 //! Kubernetes 1.33 JSON schemas.
 
 use clap::{CommandFactory, Parser};
+use quiver_api::environment::SNAPSHOT_SHA256 as SNAPSHOT_SHA256_ENV;
 use quiver_engine::cli::{Cli, Command};
 use quiver_operator::crd::{CollectionAlias, VectorCollection};
-use quiver_operator::resources::replicas::SNAPSHOT_SHA256_ENV;
 use quiver_operator::resources::{CollectionObjects, Defaults, alias_service};
 use std::path::Path;
 

@@ -7,7 +7,7 @@
 use super::{Context, Error, Result, apply, condition, delete_if_present, key, namespace};
 use crate::crd::{AfterPublish, GateResult, Phase, VectorCollection, VectorCollectionStatus};
 use crate::phase::{self, Decision, JobState, Observed, WriterState};
-use crate::resources::labels::{self, FIELD_MANAGER, Role};
+use crate::resources::labels::{self, FIELD_MANAGER, PINNED_AT_RETRY, RETRIED, RETRY, Role};
 use crate::resources::{autoscaling, jobs, network, replicas, token, writer};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -44,11 +44,6 @@ pub const FINALIZER: &str = "quiver.dev/alias-protection";
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// Import progress alone is written to status at most this often.
 pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(5);
-/// Annotate a Failed collection with a new value of this to run its pipeline again:
-/// `kubectl annotate vc products-v2 quiver.dev/retry="$(date +%s)" --overwrite`.
-pub const RETRY: &str = "quiver.dev/retry";
-/// The `quiver.dev/retry` value the operator acted on.
-pub const RETRIED: &str = "quiver.dev/retried";
 /// After a retry, the next look (the old writer pod terminating meanwhile).
 pub const RETRY_SETTLE: Duration = Duration::from_secs(5);
 /// A deletion blocked by an alias is re-checked this often (alias changes also trigger it).
@@ -115,7 +110,7 @@ async fn withdraw_ambient_credentials(vc: &VectorCollection, ctx: &Context) -> R
     if let Some(deployment) = ctx.caches.deployments.get(&ns, &labels::replicas_name(&name)) {
         let spec = deployment.spec.as_ref();
         if granted(spec.and_then(|s| s.template.spec.as_ref())) {
-            let pinned = replica_pin(ctx, &ns, &name, vc.status.as_ref().and_then(|s| s.sealed_sha256.clone()));
+            let pinned = vc.status.as_ref().and_then(|s| s.sealed_sha256.clone()).or_else(|| live_pin(vc, ctx, &ns));
             let mut rendered = replicas::deployment(vc, &ctx.defaults, pinned.as_deref());
             // Scaled down (unserved) stays scaled down.
             if spec.and_then(|s| s.replicas) == Some(0) {
@@ -127,17 +122,30 @@ async fn withdraw_ambient_credentials(vc: &VectorCollection, ctx: &Context) -> R
     Ok(())
 }
 
-/// The snapshot the replicas are pinned to: `decided` (from status and the writer), else the pin
-/// the live Deployment has. A cluster whose CRD is older than `status.sealedSha256` prunes it
-/// from every status write, and the pin would otherwise come and go with the writer's reports,
-/// rolling every replica each time.
-fn replica_pin(ctx: &Context, ns: &str, name: &str, decided: Option<String>) -> Option<String> {
-    decided.or_else(|| {
-        let deployment = ctx.caches.deployments.get(ns, &labels::replicas_name(name))?;
-        let spec = deployment.spec.as_ref()?.template.spec.as_ref()?;
-        let env = spec.containers.first()?.env.as_ref()?;
-        env.iter().find(|e| e.name == replicas::SNAPSHOT_SHA256_ENV).and_then(|e| e.value.clone())
-    })
+/// The snapshot the live replicas' Deployment is pinned to, if that pin is this collection's:
+/// made since its last retry (a retry clears the pin, and the writer starts over), or at any
+/// time once the writer is released (a retry does not start it over). A cluster whose CRD is
+/// older than `status.sealedSha256` prunes it from every status write, and the pin would
+/// otherwise come and go with the writer's reports, rolling every replica each time.
+fn live_pin(vc: &VectorCollection, ctx: &Context, ns: &str) -> Option<String> {
+    let deployment = ctx.caches.deployments.get(ns, &labels::replicas_name(&vc.name_any()))?;
+    // Only this collection's own: one left by a namesake deleted with `--cascade=orphan` (or
+    // not yet collected) pins another collection's data.
+    let owned =
+        deployment.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == vc.uid().as_ref());
+    if !owned {
+        return None;
+    }
+    let pinned_at = deployment.annotations().get(PINNED_AT_RETRY).map_or("", String::as_str);
+    if !writer::released(vc) && pinned_at != vc.annotations().get(RETRIED).map_or("", String::as_str) {
+        return None;
+    }
+    let spec = deployment.spec.as_ref()?.template.spec.as_ref()?;
+    let env = spec.containers.first()?.env.as_ref()?;
+    env.iter()
+        .find(|e| e.name == quiver_api::environment::SNAPSHOT_SHA256)
+        .and_then(|e| e.value.clone())
+        .filter(|sha256| quiver_api::types::is_sha256_hex(sha256))
 }
 
 /// The field through which a collection asks for the node's identity on object storage.
@@ -212,7 +220,16 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         // Observed on the next pass: the old writer pod is still terminating now.
         return Ok(Action::requeue(RETRY_SETTLE));
     }
-    let previous = vc.status.as_ref();
+    // The stored status, with the live replicas' pin where it has none (a CRD too old for
+    // `status.sealedSha256` prunes it): the phase machine then meets a writer that sealed other
+    // data after Ready as it does on a current CRD (the old CRD prunes `verifiedSha256` too, so
+    // after a spec change that is no longer Ready, it fails the generation instead), rather
+    // than pinning replicas to what the writer reports now.
+    let stored = vc.status.clone().map(|mut status| {
+        status.sealed_sha256 = status.sealed_sha256.or_else(|| live_pin(vc, ctx, &ns));
+        status
+    });
+    let previous = stored.as_ref();
 
     let token = token(vc, ctx, &ns).await?;
     if ctx.defaults.network_policies {
@@ -278,8 +295,7 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
         if replicas::autoscaled(&vc.spec.replicas) && !observed.idle {
             hand_replicas_to_the_autoscaler(vc, ctx, &ns).await?;
         }
-        let pinned = replica_pin(ctx, &ns, &name, sealed.sealed_sha256.clone());
-        let mut rendered = replicas::deployment(vc, &ctx.defaults, pinned.as_deref());
+        let mut rendered = replicas::deployment(vc, &ctx.defaults, sealed.sealed_sha256.as_deref());
         if observed.idle {
             rendered = replicas::scaled_down(rendered);
         }
@@ -354,9 +370,12 @@ async fn progress(vc: &VectorCollection, ctx: &Context) -> Result<Action> {
     let status = status(vc, &decision, &observed, (ctx.now)());
     // Import progress alone (the row count in status.message) is written at most every
     // PROGRESS_WRITE_INTERVAL, however often something wakes the reconcile.
+    // Against the status as stored (not `previous`, which may carry the live pin): a pin the
+    // status lacks is written to it.
+    let written = vc.status.as_ref();
     let only_progress = matches!(decision.phase, Phase::Importing | Phase::Restoring)
-        && previous.is_some_and(|p| VectorCollectionStatus { message: status.message.clone(), ..p.clone() } == status);
-    if previous != Some(&status) && !(only_progress && ctx.progress_written_within(&key(vc), PROGRESS_WRITE_INTERVAL)) {
+        && written.is_some_and(|p| VectorCollectionStatus { message: status.message.clone(), ..p.clone() } == status);
+    if written != Some(&status) && !(only_progress && ctx.progress_written_within(&key(vc), PROGRESS_WRITE_INTERVAL)) {
         patch_status(vc, ctx, &status).await?;
         ctx.progress_written(&key(vc));
     }
