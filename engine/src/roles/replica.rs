@@ -251,7 +251,7 @@ pub async fn fetch_snapshot(
 /// One attempt at a snapshot store, on a blocking thread (the object reads wait on their own
 /// runtime), bounded by the attempt timeout; the partial file stays for the next attempt.
 ///
-/// The attempt's clock starts once the parts a resumed file holds are checked on disk: reading
+/// The attempt's clock stops while the parts a resumed file holds are checked on disk: reading
 /// back a large partial file is this disk's time, not the store's, and counted against the
 /// attempt it would outlast it (about 200 GB at 250 MB/s in the default 900 s), so no attempt
 /// would ever fetch a byte. That check is bounded by the whole fetch's `deadline` instead.
@@ -268,8 +268,8 @@ async fn restore_from(
     let target = store.uri();
     let every = options.progress_every;
     let cancel = Cancel::default();
-    let checked = Arc::new(tokio::sync::Notify::new());
-    let told = checked.clone();
+    let (checking, checked) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+    let told = (checking.clone(), checked.clone());
     // Fires when this attempt ends early: its timeout below, or its future dropped (the
     // replica stopping), so the blocking thread stops writing instead of running on.
     let stop = cancel.on_drop();
@@ -279,7 +279,8 @@ async fn restore_from(
             &snapshots,
             pinned.as_deref(),
             &|restored| match restored {
-                Restored::Checked => told.notify_one(),
+                Restored::Checking => told.0.notify_one(),
+                Restored::Checked => told.1.notify_one(),
                 Restored::Fetched(n) => {
                     metrics.snapshot_fetched_bytes.inc_by(n);
                 }
@@ -291,13 +292,27 @@ async fn restore_from(
     let joined = |joined: std::result::Result<Result<SnapshotInfo>, tokio::task::JoinError>| {
         joined.map_err(|e| Error::io("restoring the snapshot", std::io::Error::other(e)))?
     };
-    // Which bound ended the attempt, if one did.
-    let (fetching, timed) = tokio::select! {
+    // Which bound ended the attempt, if one did: the attempt's (fetching) or the deadline.
+    let started = Instant::now();
+    let reached = tokio::select! {
         finished = &mut restore => return joined(finished),
-        checked = tokio::time::timeout_at(deadline.into(), checked.notified()) => match checked {
-            Ok(()) => (true, tokio::time::timeout(options.attempt_timeout, &mut restore).await),
-            Err(elapsed) => (false, Err(elapsed)),
-        },
+        checking = tokio::time::timeout(options.attempt_timeout, checking.notified()) => checking,
+    };
+    let (fetching, timed) = match reached {
+        Err(elapsed) => (true, Err(elapsed)),
+        Ok(()) => {
+            let spent = started.elapsed();
+            tokio::select! {
+                finished = &mut restore => return joined(finished),
+                checked = tokio::time::timeout_at(deadline.into(), checked.notified()) => match checked {
+                    Ok(()) => {
+                        let left = options.attempt_timeout.saturating_sub(spent);
+                        (true, tokio::time::timeout(left, &mut restore).await)
+                    }
+                    Err(elapsed) => (false, Err(elapsed)),
+                },
+            }
+        }
     };
     match timed {
         Ok(finished) => joined(finished),

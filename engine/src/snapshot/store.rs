@@ -174,7 +174,13 @@ impl SnapshotStore {
         let location = object::locate(&format!("{}/", self.uri), self.credentials)?;
         let listed = object::list(&self.uri, &location, &location.path)?;
         let prefix = location.path.as_ref().to_string();
-        let mut found = Vec::new();
+        // One unreadable description (another tool's key, a damaged object) hides only
+        // itself: the list is how an operator finds what else the store holds.
+        let read = |described: Result<Option<StoredSnapshot>>, found: &mut Vec<StoredSnapshot>| match described {
+            Ok(stored) => found.extend(stored),
+            Err(e) => tracing::warn!(store = %self.uri(), error = %e, "left out of the list"),
+        };
+        let (mut found, mut last) = (Vec::new(), Vec::new());
         for meta in listed {
             let key = meta.location.as_ref();
             let below = key.strip_prefix(&prefix).unwrap_or(key).trim_start_matches('/');
@@ -185,18 +191,24 @@ impl SnapshotStore {
                 .strip_prefix("snapshot-")
                 .and_then(|f| f.strip_suffix(".json"))
                 .filter(|sha256| quiver_api::types::is_sha256_hex(sha256));
-            // One unreadable description (another tool's key, a damaged object) hides only
-            // itself: the list is how an operator finds what else the store holds.
-            let described = match by_content {
-                _ if file == DESCRIPTION && !all => self.described(collection),
-                Some(sha256) if all => self.described_as(collection, sha256),
-                _ => continue,
-            };
-            match described {
-                Ok(stored) => found.extend(stored),
-                Err(e) => tracing::warn!(store = %self.uri(), error = %e, "left out of the list"),
+            match by_content {
+                _ if file == DESCRIPTION => last.push(collection.to_string()),
+                Some(sha256) if all => read(self.described_as(collection, sha256), &mut found),
+                _ => {}
             }
         }
+        // The last one of each, unless listed already by its own description (a store written
+        // before those has only this one).
+        for collection in last {
+            let listed = |s: &StoredSnapshot| {
+                found.iter().any(|f| f.info.collection == s.info.collection && f.info.sha256 == s.info.sha256)
+            };
+            match self.described(&collection) {
+                Ok(Some(stored)) if listed(&stored) => {}
+                described => read(described, &mut found),
+            }
+        }
+        found.sort_by(|a, b| a.info.collection.cmp(&b.info.collection));
         Ok(found)
     }
 
@@ -291,16 +303,19 @@ impl SnapshotStore {
         Ok(stored)
     }
 
-    /// The description of `collection`'s snapshot with `sha256`, as the store holds it; one that cannot be read
-    /// (damaged, too large) is none, to be written again.
+    /// The description of `collection`'s snapshot with `sha256`, as the store holds it; one that
+    /// cannot be read is none, to be written again.
     fn own_description(&self, collection: &str, sha256: &str) -> Result<Option<StoredSnapshot>> {
         let key = description_of(collection, sha256)?;
         match self.description(collection, &key) {
-            Err(e @ Error::Snapshot { .. }) => {
+            // Written again whatever the reason it cannot be read: damaged, or refused (S3
+            // answers a missing key 403 to a key that may not list the bucket). Writing it is
+            // idempotent: it says what the push knows.
+            Err(e) => {
                 tracing::warn!(collection, error = %e, "writing the unreadable description again");
                 Ok(None)
             }
-            read => Ok(read?.filter(|own| own.info.sha256 == sha256 && own.info.collection == collection)),
+            Ok(own) => Ok(own.filter(|own| own.info.sha256 == sha256 && own.info.collection == collection)),
         }
     }
 
@@ -338,7 +353,7 @@ impl SnapshotStore {
 
     /// Restores the snapshot of `collection` into `snapshots` (resuming a partial file), checked
     /// on disk, logging its progress every `progress_every`; `told` hears when the parts a
-    /// resumed file holds are checked, then each chunk's size.
+    /// resumed file holds are being checked and when they are, then each chunk's size.
     /// With `pinned`, only the snapshot of that sha256 is taken, by its own description (also
     /// when another was published since); one the store does not hold (yet) is a transient
     /// error, before a byte is fetched (and the partial file of the pinned one stays).
@@ -412,6 +427,7 @@ impl SnapshotStore {
         }
         let mut partial = Partial::open(snapshots, &stored.info)?;
         partial.log_progress(&self.uri(), progress_every);
+        told(Restored::Checking);
         let mut part = parts.resume(&mut partial, cancel)?;
         told(Restored::Checked);
         let first = partial.offset();
@@ -464,7 +480,10 @@ impl SnapshotStore {
 /// How far a [`SnapshotStore::pull`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restored {
-    /// The parts a resumed file held are checked on disk: what follows reads the store.
+    /// The description and the data object are read: the parts a resumed file holds are
+    /// checked on disk now (this disk's time, not the store's).
+    Checking,
+    /// They are checked: what follows reads the store.
     Checked,
     /// Bytes of one chunk fetched.
     Fetched(u64),

@@ -474,6 +474,15 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     put(weed.s3, "/snapshots/legacy/v1/snapshot.json", serde_json::to_vec(&old).unwrap()).unwrap();
     let pulled = snapshot(&["pull", "--store", legacy, "--data-dir", &at("legacy"), "--collection", "v1"]);
     assert_eq!(pulled["sha256"], replaced["sha256"]);
+    // Listed with --all too, though it has no description named by its sha256.
+    let every = |store: &str| {
+        let listed = snapshot(&["list", "--store", store, "--all"]);
+        let mut shas: Vec<String> =
+            listed.as_array().unwrap().iter().map(|s| s["sha256"].as_str().unwrap().to_string()).collect();
+        shas.sort();
+        shas
+    };
+    assert_eq!(every(legacy), vec![replaced["sha256"].as_str().unwrap().to_string()]);
     let push_p = || snapshot(&["push", "--store", legacy, "--data-dir", &at("p"), "--collection", "v1"]);
     assert_eq!(push_p()["sha256"], stored["sha256"]);
     let content_named = format!("/snapshots/legacy/v1/data-{}.mdb", stored["sha256"].as_str().unwrap());
@@ -482,6 +491,10 @@ fn snapshots_are_published_to_the_store_and_replicas_restore_from_it() {
     let legacy_kept = format!("/snapshots/legacy/v1/snapshot-{}.json", replaced["sha256"].as_str().unwrap());
     let legacy_kept: serde_json::Value = serde_json::from_slice(&weed.get(&legacy_kept)).unwrap();
     assert_eq!(legacy_kept["data"], "data.mdb");
+    let mut both =
+        vec![stored["sha256"].as_str().unwrap().to_string(), replaced["sha256"].as_str().unwrap().to_string()];
+    both.sort();
+    assert_eq!(every(legacy), both, "each once");
     // The description matches but its data object is gone: uploaded again, not taken as there.
     ureq::delete(&object_url(&content_named)).call().unwrap();
     assert_eq!(push_p()["sha256"], stored["sha256"]);

@@ -628,10 +628,11 @@ async fn replicas_stay_pinned_to_the_snapshot_first_sealed() {
     // live Deployment has stays (no apply, no rollout), where it would otherwise be dropped.
     let mut pruned = written;
     pruned.as_object_mut().unwrap().remove("sealedSha256");
+    pruned.as_object_mut().unwrap().remove("verifiedSha256");
     *h.writer.state.lock().unwrap() = Some(WriterState::Unavailable);
     run(reconcile(collection(false, pruned.clone()), h.ctx.clone()), async {
         let status = status_patch(&mut h.server).await.body["status"].clone();
-        assert_eq!(status["phase"], "Ready");
+        assert_eq!((status["phase"].as_str(), status["sealedSha256"].as_str()), (Some("Ready"), Some(&*pinned)));
     })
     .await
     .unwrap();
@@ -647,6 +648,7 @@ async fn replicas_stay_pinned_to_the_snapshot_first_sealed() {
         token_read(&mut h.server).await;
         let status = status_patch(&mut h.server).await.body["status"].clone();
         assert_eq!((status["phase"].as_str(), status["vectorCount"].as_u64()), (Some("Ready"), Some(50000)));
+        assert_eq!(status["sealedSha256"].as_str(), Some(&*pinned));
         let writer = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "WriterAvailable").unwrap();
         let message = writer["message"].as_str().unwrap();
         assert!(message.contains(&format!("sha256 {other}, not the {pinned}")), "{message}");

@@ -123,7 +123,8 @@ async fn withdraw_ambient_credentials(vc: &VectorCollection, ctx: &Context) -> R
 }
 
 /// The snapshot the live replicas' Deployment is pinned to, if that pin is this collection's:
-/// made since its last retry (a retry clears the pin, and the writer starts over), or at any
+/// made since its last retry (a retry clears the pin, and the writer starts over; a pin made
+/// by an operator from before `quiver.dev/pinned-at-retry` is taken as one), or at any
 /// time once the writer is released (a retry does not start it over). A cluster whose CRD is
 /// older than `status.sealedSha256` prunes it from every status write, and the pin would
 /// otherwise come and go with the writer's reports, rolling every replica each time.
@@ -136,8 +137,9 @@ fn live_pin(vc: &VectorCollection, ctx: &Context, ns: &str) -> Option<String> {
     if !owned {
         return None;
     }
-    let pinned_at = deployment.annotations().get(PINNED_AT_RETRY).map_or("", String::as_str);
-    if !writer::released(vc) && pinned_at != vc.annotations().get(RETRIED).map_or("", String::as_str) {
+    // A Deployment pinned by an operator from before the annotation has none: its pin stands.
+    let retried = vc.annotations().get(RETRIED).map_or("", String::as_str);
+    if !writer::released(vc) && deployment.annotations().get(PINNED_AT_RETRY).is_some_and(|at| at != retried) {
         return None;
     }
     let spec = deployment.spec.as_ref()?.template.spec.as_ref()?;
