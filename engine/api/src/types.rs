@@ -125,7 +125,9 @@ pub struct IndexParams {
     /// (built in memory beside the sign codes: a second code of the same size and 16 bytes per
     /// item), and only the items whose estimate's error bound lets them into the top k are
     /// re-ranked with float32 vectors (at 200k x 384, 9-12 % of a 200-item shortlist, 3.5-5 %
-    /// of a 1000-item one); `hamming`:
+    /// of a 1000-item one); `scalar8`: the same with 8-bit scalar codes (one byte per dimension
+    /// per item in memory, six times RaBitQ's at 384 dimensions, and a bound that holds for
+    /// every item); `hamming`:
     /// every shortlisted item is re-ranked. A build records what it did in the manifest; a
     /// manifest without the field (built before it existed) holds `hamming`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +143,10 @@ pub enum Shortlist {
     Hamming,
     /// Only the items RaBitQ estimates cannot rule out.
     Rabitq,
+    /// Only the items 8-bit scalar codes cannot rule out (a bound that holds for every item;
+    /// one byte per dimension per item in memory). An engine older than it cannot open a
+    /// collection built with it.
+    Scalar8,
 }
 
 impl Shortlist {
@@ -148,6 +154,7 @@ impl Shortlist {
         match self {
             Shortlist::Hamming => "hamming",
             Shortlist::Rabitq => "rabitq",
+            Shortlist::Scalar8 => "scalar8",
         }
     }
 }

@@ -269,7 +269,8 @@ pub struct BuildArgs {
     #[arg(long, env = "QUIVER_ARROY_VECTORS", value_enum)]
     pub arroy_vectors: Option<ArroyVectors>,
     /// How the sign-code scan re-ranks its shortlist: rabitq (estimates first, float32 only
-    /// where their error bound cannot rule an item out) or hamming (every item).
+    /// where their error bound cannot rule an item out), scalar8 (the same with 8-bit scalar
+    /// codes, one byte per dimension per item) or hamming (every item).
     #[arg(long, env = "QUIVER_SHORTLIST", value_enum)]
     pub shortlist: Option<Shortlist>,
     /// Memory arroy's build may use, in MiB (default: half the memory available at start).
@@ -539,7 +540,7 @@ pub struct BenchArgs {
     /// How arroy keeps its vectors (binary, or full float32 copies).
     #[arg(long, value_enum)]
     pub arroy_vectors: Option<ArroyVectors>,
-    /// How the sign-code scan re-ranks its shortlist (rabitq or hamming).
+    /// How the sign-code scan re-ranks its shortlist (rabitq, scalar8 or hamming).
     #[arg(long, value_enum)]
     pub shortlist: Option<Shortlist>,
     #[arg(long, default_value_t = 100)]

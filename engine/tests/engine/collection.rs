@@ -540,11 +540,12 @@ fn arroy_keeps_binary_vectors_unless_told_otherwise() {
     assert_eq!(old.arroy_vectors_stored(Metric::Cosine), ArroyVectors::Full, "built before the field");
 }
 
-/// A RaBitQ shortlist re-ranks only what its estimates cannot rule out, and finds what
-/// re-ranking the whole shortlist finds: with lists (residuals to several centroids), probing
-/// a few of them or all, for each metric.
+/// A RaBitQ or 8-bit scalar shortlist re-ranks only what its estimates cannot rule out, and
+/// finds what re-ranking the whole shortlist finds (the scalar codes' bound holds for every
+/// item, so exactly that): with lists (residuals to several centroids), probing a few of them
+/// or all, for each metric.
 #[test]
-fn a_rabitq_shortlist_finds_what_the_whole_shortlist_finds() {
+fn filtered_shortlists_find_what_the_whole_shortlist_finds() {
     use quiver_engine::types::Shortlist;
     let dir = tempfile::tempdir().unwrap();
     let source = write_npy(dir.path(), "base.npy", 4000, 1);
@@ -573,10 +574,22 @@ fn a_rabitq_shortlist_finds_what_the_whole_shortlist_finds() {
         let rabitq = build(dir.path(), &format!("rabitq-{i}"), &source, with(Shortlist::Rabitq)).unwrap();
         assert_eq!(rabitq.manifest().index.shortlist, Some(Shortlist::Rabitq));
         assert!(rabitq.signscan().memory_bytes() > hamming.signscan().memory_bytes(), "{metric:?}: no RaBitQ codes");
+        let scalar = build(dir.path(), &format!("scalar8-{i}"), &source, with(Shortlist::Scalar8)).unwrap();
+        assert_eq!(scalar.manifest().index.shortlist, Some(Shortlist::Scalar8));
+        let codes = scalar.signscan().memory_bytes() - hamming.signscan().memory_bytes();
+        assert!(codes >= 4000 * DIMS, "{metric:?}: {codes} bytes of scalar codes");
         for probes in [3, 0] {
             let (h, r) = (mean_recall(&hamming, probes), mean_recall(&rabitq, probes));
             assert!(h > 0.8, "{metric:?} probes {probes}: hamming {h}");
             assert!(r >= h - 0.01, "{metric:?} probes {probes}: rabitq {r} against hamming {h}");
+            // Its bound holds for every item: what it rules out is never among the k nearest
+            // of the shortlist, so it answers what re-ranking the whole shortlist answers.
+            for q in queries.chunks(DIMS) {
+                let mut r = SearchRequest::new(q.to_vec(), 10);
+                (r.strategy, r.quality, r.probes) = (Some(Strategy::SignScan), Some(100), Some(probes));
+                let (whole, filtered) = (search(&hamming, &r).unwrap(), search(&scalar, &r).unwrap());
+                assert_eq!(ids(&filtered), ids(&whole), "{metric:?} probes {probes}");
+            }
         }
     }
     let old: IndexParams = serde_json::from_str(r#"{"backend": "arroy"}"#).unwrap();

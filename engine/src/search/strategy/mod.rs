@@ -6,6 +6,7 @@
 pub mod durable;
 pub mod exact;
 pub mod rabitq;
+pub mod scalar;
 pub mod signscan;
 
 use crate::cancel::Cancel;
@@ -59,4 +60,62 @@ pub fn rerank(
         top.push(item, kernel(q.vector, collection.vector(item)));
     }
     Ok(top.into_sorted())
+}
+
+/// The `q.k` nearest of the shortlisted positions `estimates` gives ((estimate, error bound,
+/// position) into the partition's code order, whose items are `items`), scoring exactly only
+/// those the estimates cannot rule out.
+pub(super) fn rerank_estimated(
+    collection: &Collection,
+    q: &PartitionQuery<'_>,
+    items: &[u32],
+    estimates: Vec<(f32, f32, u32)>,
+) -> Result<Vec<Scored>> {
+    let kernel = collection.manifest().metric.kernel();
+    keep_nearest(
+        estimates,
+        q.k,
+        |position| {
+            let item = items[position as usize];
+            Ok((item, kernel(q.vector, collection.vector(item))))
+        },
+        || q.cancel.check("search"),
+    )
+}
+
+/// The `k` best exact scores among `estimates` ((estimate, error bound, position)), scoring
+/// with `exact` (position -> (item, score)) only the positions whose estimate less its bound
+/// is not worse than the k-th exact score found so far; `check` runs every
+/// [`CANCEL_EVERY`] positions.
+pub(super) fn keep_nearest(
+    mut estimates: Vec<(f32, f32, u32)>,
+    k: usize,
+    mut exact: impl FnMut(u32) -> Result<(u32, f32)>,
+    check: impl Fn() -> Result<()>,
+) -> Result<Vec<Scored>> {
+    estimates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let mut top = super::topk::TopK::new(k);
+    for (i, (estimate, error, position)) in estimates.into_iter().enumerate() {
+        if i % CANCEL_EVERY == 0 {
+            check()?;
+        }
+        if top.worst().is_some_and(|worst| estimate - error > worst) {
+            continue;
+        }
+        let (item, score) = exact(position)?;
+        top.push(item, score);
+    }
+    Ok(top.into_sorted())
+}
+
+/// Asks the CPU to bring the cache line holding `value` in (a hint; nothing else happens).
+#[inline(always)]
+pub(super) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache; the pointer comes from a reference.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(value as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }

@@ -11,13 +11,12 @@
 //! from the paper's bound, how far the true distance can lie from it: re-ranking skips every
 //! item whose estimate, less its bound, is already worse than the k-th exact score found.
 
-use super::{CANCEL_EVERY, PartitionQuery, Scored};
+use super::{PartitionQuery, Scored, prefetch, rerank_estimated};
 use crate::collection::Collection;
 use crate::collection::coarse::CoarseLists;
 use crate::datagen::gaussian;
-use crate::distance::{Ranking, dot};
+use crate::distance::dot;
 use crate::error::Result;
-use crate::search::topk::TopK;
 use crate::types::Metric;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -299,16 +298,7 @@ impl Rabitq {
         let block = &self.blocks[q.partition as usize];
         let query = self.quantize(q.vector);
         let estimates = self.estimates(Shortlisted { block, query: &query, lists, members: items.len(), positions });
-        let kernel = self.metric.kernel();
-        keep_nearest(
-            estimates,
-            q.k,
-            |position| {
-                let item = items[position as usize];
-                Ok((item, kernel(q.vector, collection.vector(item))))
-            },
-            || q.cancel.check("search"),
-        )
+        rerank_estimated(collection, q, items, estimates)
     }
 
     fn quantize(&self, vector: &[f32]) -> Query {
@@ -445,43 +435,6 @@ impl Rabitq {
     }
 }
 
-/// The `k` best exact scores among `estimates` ((estimate, error bound, position)), scoring
-/// with `exact` (position -> (item, score)) only the positions whose estimate less its bound
-/// is not worse than the k-th exact score found so far; `check` runs every
-/// [`CANCEL_EVERY`] positions.
-fn keep_nearest(
-    mut estimates: Vec<(f32, f32, u32)>,
-    k: usize,
-    mut exact: impl FnMut(u32) -> Result<(u32, f32)>,
-    check: impl Fn() -> Result<()>,
-) -> Result<Vec<Scored>> {
-    estimates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-    let mut top = TopK::new(k);
-    for (i, (estimate, error, position)) in estimates.into_iter().enumerate() {
-        if i % CANCEL_EVERY == 0 {
-            check()?;
-        }
-        if top.worst().is_some_and(|worst| estimate - error > worst) {
-            continue;
-        }
-        let (item, score) = exact(position)?;
-        top.push(item, score);
-    }
-    Ok(top.into_sorted())
-}
-
-/// Asks the CPU to bring the cache line holding `value` in (a hint; nothing else happens).
-#[inline(always)]
-fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch only hints the cache; the pointer comes from a reference.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(value as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
-
 /// The set bits of `bits`, and the sum over planes j of 2^j x the bits set in both `bits` and
 /// plane j.
 #[inline(always)]
@@ -540,6 +493,9 @@ fn encode(r: &[f32], code: &mut [u64]) -> (f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::distance::Ranking;
+    use crate::search::strategy::keep_nearest;
+    use crate::search::topk::TopK;
 
     #[test]
     fn the_rotation_keeps_lengths_and_angles() {

@@ -9,6 +9,7 @@
 //! probes further lists until it has seen enough members to fill its re-rank budget.
 
 use super::rabitq::Rabitq;
+use super::scalar::Scalar8;
 use super::{PartitionQuery, PartitionSearch, Scored, rerank};
 use crate::collection::Collection;
 use crate::collection::coarse::CoarseLists;
@@ -40,8 +41,14 @@ pub struct SignScan {
     words: usize,
     center: Vec<f32>,
     blocks: Vec<Block>,
-    /// The shortlist's filter before exact re-ranking (`shortlist: rabitq`).
-    rabitq: Option<Rabitq>,
+    /// The shortlist's filter before exact re-ranking (`shortlist: rabitq` or `scalar8`).
+    filter: Option<ShortlistFilter>,
+}
+
+/// What rules shortlisted items out before exact re-ranking, from an estimate and its bound.
+enum ShortlistFilter {
+    Rabitq(Rabitq),
+    Scalar8(Scalar8),
 }
 
 thread_local! {
@@ -79,12 +86,14 @@ impl SignScan {
             block.codes = codes;
             blocks.push(block);
         }
-        let rabitq = (collection.manifest().index.shortlist_stored() == Shortlist::Rabitq).then(|| {
-            let orders: Vec<&[u32]> =
-                blocks.iter().enumerate().map(|(p, b)| b.order(collection.coarse_lists(p as u16))).collect();
-            Rabitq::build(collection, &center, &orders)
-        });
-        SignScan { words, center, blocks, rabitq }
+        let orders: Vec<&[u32]> =
+            blocks.iter().enumerate().map(|(p, b)| b.order(collection.coarse_lists(p as u16))).collect();
+        let filter = match collection.manifest().index.shortlist_stored() {
+            Shortlist::Hamming => None,
+            Shortlist::Rabitq => Some(ShortlistFilter::Rabitq(Rabitq::build(collection, &center, &orders))),
+            Shortlist::Scalar8 => Some(ShortlistFilter::Scalar8(Scalar8::build(collection, &orders))),
+        };
+        SignScan { words, center, blocks, filter }
     }
 
     pub fn encode(&self, vector: &[f32]) -> Vec<u64> {
@@ -97,7 +106,11 @@ impl SignScan {
     pub fn memory_bytes(&self) -> usize {
         self.blocks.iter().map(|b| b.codes.len() * 8 + b.items.len() * 4).sum::<usize>()
             + self.center.len() * 4
-            + self.rabitq.as_ref().map_or(0, Rabitq::memory_bytes)
+            + match &self.filter {
+                None => 0,
+                Some(ShortlistFilter::Rabitq(rabitq)) => rabitq.memory_bytes(),
+                Some(ShortlistFilter::Scalar8(scalar)) => scalar.memory_bytes(),
+            }
     }
 
     /// The runs of a partition's codes a query scans: the `probes` lists nearest to `vector`
@@ -279,8 +292,9 @@ impl PartitionSearch for SignScan {
         let lists = collection.coarse_lists(q.partition);
         let items = self.blocks[q.partition as usize].order(lists);
         let shortlist = self.candidates(q.partition, items, &runs, probes, &code, filter, budget);
-        match &self.rabitq {
-            Some(rabitq) => rabitq.rerank(collection, q, lists, items, &shortlist),
+        match &self.filter {
+            Some(ShortlistFilter::Rabitq(rabitq)) => rabitq.rerank(collection, q, lists, items, &shortlist),
+            Some(ShortlistFilter::Scalar8(scalar)) => scalar.rerank(collection, q, items, &shortlist),
             None => rerank(collection, q, shortlist.iter().map(|&p| items[p as usize])),
         }
     }
@@ -301,7 +315,7 @@ mod tests {
     }
 
     fn scan(items: Vec<u32>, codes: Vec<u64>, words: usize) -> SignScan {
-        SignScan { words, center: vec![0.0; words * 64], blocks: vec![Block { items, codes }], rabitq: None }
+        SignScan { words, center: vec![0.0; words * 64], blocks: vec![Block { items, codes }], filter: None }
     }
 
     #[test]
