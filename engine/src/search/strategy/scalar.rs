@@ -107,21 +107,30 @@ impl Scalar8 {
         // Inner products: <q, decoded> = <q, low> + sum_d (q_d step_d) code_d.
         // Euclidean: |decoded - q|^2 = fixed + sum_d step_d^2 (code_d - q'_d)^2, `fixed` from
         // the dimensions without range (whose code says nothing).
-        let (weights, shifted, fixed) = match self.metric {
+        let (weights, shifted, fixed, off_by) = match self.metric {
             Metric::Euclidean => {
                 let terms = vector.iter().zip(&self.low).zip(&self.step);
                 let fixed = terms.clone().filter(|(_, s)| **s == 0.0).map(|((x, l), _)| (x - l).powi(2)).sum();
-                let shifted = terms.map(|((x, l), s)| if *s > 0.0 { (x - l) / s } else { 0.0 }).collect();
-                (self.step.iter().map(|s| s * s).collect(), shifted, fixed)
+                let shifted: Vec<f32> = terms.map(|((x, l), s)| if *s > 0.0 { (x - l) / s } else { 0.0 }).collect();
+                // The decoded vector lies within half a step of the item in each dimension, but
+                // the encoding's `(x - low) / step` rounds by a few epsilons of up to 256 steps,
+                // which can move an item on a half step to the farther code; and `q'` rounds by
+                // a few epsilons of its own size in steps. Both widen the radius the bound
+                // allows, so an item on a half step is never ruled out by rounding.
+                let item = self.step.iter().map(|s| s * s).sum::<f32>().sqrt() / 2.0 * (1.0 + 2048.0 * f32::EPSILON);
+                let query = 4.0
+                    * f32::EPSILON
+                    * (self.step.iter().zip(&shifted)).map(|(s, q)| (s * (q.abs() + 1.0)).powi(2)).sum::<f32>().sqrt();
+                (self.step.iter().map(|s| s * s).collect(), shifted, fixed, item + query)
             }
-            _ => (vector.iter().zip(&self.step).map(|(x, s)| x * s).collect(), Vec::new(), 0.0),
+            _ => (vector.iter().zip(&self.step).map(|(x, s)| x * s).collect(), Vec::new(), 0.0, 0.0),
         };
         Prepared {
             metric: self.metric,
             offset: dot(vector, &self.low),
             ip_bound: vector.iter().zip(&self.step).map(|(x, s)| (x * s).abs()).sum::<f32>() / 2.0,
             ip_slack: slack * vector.iter().zip(&self.magnitude).map(|(x, m)| x.abs() * m).sum::<f32>(),
-            off_by: self.step.iter().map(|s| s * s).sum::<f32>().sqrt() / 2.0,
+            off_by,
             slack,
             weights,
             shifted,
@@ -158,7 +167,8 @@ struct Prepared {
     offset: f32,
     ip_bound: f32,
     ip_slack: f32,
-    /// How far any decoded vector lies from its true one.
+    /// Euclidean: how far any decoded vector lies from its true one, as this query sees it
+    /// (rounding included).
     off_by: f32,
     /// [`slack_epsilons`].
     slack: f32,
@@ -321,8 +331,41 @@ mod tests {
                 s.encode(x, &mut code);
                 let (estimate, bound) = prepared.estimate(&code);
                 let exact = kernel(&q, x);
-                prop_assert!((estimate - exact).abs() <= bound, "{metric:?}: {estimate} vs {exact} (bound {bound})");
+                // What the re-ranking relies on: no item scores better than its estimate
+                // minus its bound. Inner products are bounded on both sides as well.
+                prop_assert!(exact >= estimate - bound, "{metric:?}: {estimate} vs {exact} (bound {bound})");
+                if metric != Metric::Euclidean {
+                    prop_assert!(exact <= estimate + bound, "{metric:?}: {estimate} vs {exact} (bound {bound})");
+                }
             }
+        }
+
+        /// Items a few ulps around a half step, where the encoding's rounding may pick the
+        /// farther code, with queries a few steps away on either side: the Euclidean bound
+        /// still never rules out what the exact distance keeps.
+        #[test]
+        fn items_on_half_steps_keep_their_euclidean_bound(
+            dims in 1usize..20,
+            low in -1000.0f32..1000.0,
+            width in 1e-3f32..1e3,
+            halves in prop::collection::vec(0u8..255, 20),
+            nudges in prop::collection::vec(-3i32..=3, 20),
+            toward in prop::collection::vec(-3.0f32..3.0, 20),
+        ) {
+            let s = Scalar8::of_ranges(Metric::Euclidean, vec![low; dims], vec![low + width; dims]);
+            let step = s.step[0];
+            let x: Vec<f32> = (0..dims)
+                .map(|d| {
+                    let half = low + (halves[d] as f32 + 0.5) * step;
+                    f32::from_bits((half.to_bits() as i32 + nudges[d]) as u32).clamp(low, low + width)
+                })
+                .collect();
+            let q: Vec<f32> = x.iter().zip(&toward).map(|(x, t)| x + t * step).collect();
+            let mut code = vec![0u8; dims];
+            s.encode(&x, &mut code);
+            let (estimate, bound) = s.prepare(&q).estimate(&code);
+            let exact = Metric::Euclidean.kernel()(&q, &x);
+            prop_assert!(exact >= estimate - bound, "{estimate} vs {exact} (bound {bound})");
         }
     }
 
