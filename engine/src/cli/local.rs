@@ -147,13 +147,7 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
             print_json(&store.push(&snapshots, &info)?);
         }
         SnapshotAction::Pull { dir, collection, sha256 } => {
-            if let Some(sha256) = sha256.as_ref().filter(|s| !quiver_api::types::is_sha256_hex(s)) {
-                return Err(Error::Usage {
-                    flag: "--sha256".into(),
-                    value: sha256.chars().take(80).collect(),
-                    reason: "must be 64 lowercase hex digits".into(),
-                });
-            }
+            super::check_sha256("--sha256", sha256.as_deref())?;
             std::fs::create_dir_all(&dir.data_dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.data_dir.display()), e))?;
             crate::collection::builder::check_name(&collection)?;

@@ -93,6 +93,19 @@ impl TokenArgs {
 }
 
 /// The bytes of a PEM file (certificate, key, CA).
+/// The value of `flag`, which names a snapshot by its sha256: 64 lowercase hex digits, or a
+/// usage error naming the flag (the value cut to 80 characters: it may be anything).
+fn check_sha256(flag: &str, value: Option<&str>) -> Result<()> {
+    match value.filter(|s| !quiver_api::types::is_sha256_hex(s)) {
+        Some(bad) => Err(Error::Usage {
+            flag: flag.into(),
+            value: bad.chars().take(80).collect(),
+            reason: "must be a sha256: 64 lowercase hex digits".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn read_pem(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
 }
@@ -160,13 +173,7 @@ impl ReplicaArgs {
         // The sources want the token this replica serves with (read once: a rotated Secret
         // must not give the two different values).
         let client = client_options(serve.config.token.clone(), self.tls_ca.as_deref())?;
-        if let Some(sha256) = self.snapshot_sha256.as_ref().filter(|s| !quiver_api::types::is_sha256_hex(s)) {
-            return Err(Error::Usage {
-                flag: "--snapshot-sha256".into(),
-                value: sha256.clone(),
-                reason: "must be a sha256: 64 lowercase hex digits".into(),
-            });
-        }
+        check_sha256("--snapshot-sha256", self.snapshot_sha256.as_deref())?;
         Ok(ReplicaConfig {
             data_dir: self.dir.data_dir.clone(),
             collection: self.collection.clone(),

@@ -162,9 +162,18 @@ impl SnapshotStore {
 
     /// Writes `stored` as its own description (named by its sha256).
     fn describe(&self, stored: &StoredSnapshot) -> Result<()> {
-        let key = description_of(&stored.info.collection, &stored.info.sha256)?;
+        self.write_description(stored, &description_of(&stored.info.collection, &stored.info.sha256)?)
+    }
+
+    /// Writes `stored` as the collection's last published description.
+    fn describe_last(&self, stored: &StoredSnapshot) -> Result<()> {
+        self.write_description(stored, DESCRIPTION)
+    }
+
+    /// Writes `stored` as the description `key` of its collection, in one PUT.
+    fn write_description(&self, stored: &StoredSnapshot, key: &str) -> Result<()> {
         let json = serde_json::to_vec_pretty(stored).expect("a snapshot description serializes");
-        object::write_whole(&self.object(&stored.info.collection, &key)?, self.credentials, json)
+        object::write_whole(&self.object(&stored.info.collection, key)?, self.credentials, json)
     }
 
     /// Every snapshot published completely (with a readable description), in name order: the
@@ -241,16 +250,15 @@ impl SnapshotStore {
         }
         // Published already (the last one, or one published over and pulled again to promote
         // it) if its data object is whole: a deleted or replaced one is uploaded again.
-        let published = match previous.filter(|s| s.info.sha256 == info.sha256) {
-            Some(last) => Some(last),
-            None => self.own_description(collection, &info.sha256)?,
-        };
+        let own = self.own_description(collection, &info.sha256)?;
+        let published = previous.as_ref().filter(|s| s.info.sha256 == info.sha256).or(own.as_ref()).cloned();
         if let Some(stored) = published {
             if self.holds_data_of(&stored)? {
-                if self.own_description(collection, &info.sha256)?.as_ref() != Some(&stored) {
+                // Each description written only where the store does not hold it already.
+                if own.as_ref() != Some(&stored) {
                     self.describe(&stored)?;
                 }
-                if self.described(collection).ok().flatten().as_ref() != Some(&stored) {
+                if previous.as_ref() != Some(&stored) {
                     self.describe_last(&stored)?;
                 }
                 tracing::info!(collection = %collection, store = %self.uri(), "snapshot already in the store");
@@ -317,12 +325,6 @@ impl SnapshotStore {
             }
             Ok(own) => Ok(own.filter(|own| own.info.sha256 == sha256 && own.info.collection == collection)),
         }
-    }
-
-    /// Writes `stored` as the collection's last published description.
-    fn describe_last(&self, stored: &StoredSnapshot) -> Result<()> {
-        let json = serde_json::to_vec_pretty(stored).expect("a snapshot description serializes");
-        object::write_whole(&self.object(&stored.info.collection, DESCRIPTION)?, self.credentials, json)
     }
 
     /// Whether the data object `stored` names is there with the size and ETag it describes;
