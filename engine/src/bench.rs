@@ -88,7 +88,10 @@ pub struct BenchReport {
     pub indexes: Vec<IndexBuild>,
     /// In-memory bytes of the sign codes (the signscan strategy's resident extra); in-process only.
     pub signscan_bytes: Option<usize>,
-    /// Peak RSS of the process that held the collection; in-process only.
+    /// Peak RSS of this process when the first collection's build (import, index, codes and
+    /// calibration) had finished, before any query of the sweep; in-process only.
+    pub build_rss_peak_mib: Option<f64>,
+    /// Peak RSS of the process that held the collection, at the end; in-process only.
     pub rss_peak_mib: Option<f64>,
     pub exact: Summary,
     pub runs: Vec<Run>,
@@ -107,6 +110,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
     };
     let mut collections = Vec::new();
     let mut builds = Vec::new();
+    let mut build_rss_peak_mib = None;
     for (i, index) in options.indexes.iter().enumerate() {
         let mut build = BuildOptions::new(format!("bench-{i}"), options.metric);
         build.index = index.clone();
@@ -122,6 +126,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             }));
         }
         let manifest = import_and_build(root, &build, records)?;
+        build_rss_peak_mib.get_or_insert_with(rss_peak_mib);
         let collection = Searcher::open(&root.join(&manifest.name))?;
         let backend = index.backend.as_str();
         eprintln!(
@@ -147,10 +152,10 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         None => ground_truth(first, &queries, k)?,
     };
     first.preload()?;
-    let mut settings = sweep_settings(options, first.manifest().index.backend, max_lists(first));
+    let mut settings = sweep_settings(options, &first.manifest().index, max_lists(first));
     for (on, (_, collection)) in collections.iter().enumerate().skip(1) {
         collection.preload()?;
-        let extra = sweep_settings(options, collection.manifest().index.backend, 0);
+        let extra = sweep_settings(options, &collection.manifest().index, 0);
         settings.extend(extra.into_iter().filter(|s| s.strategy == Strategy::Index).map(|s| Setting { on, ..s }));
     }
     let targets: Vec<&dyn Target> = collections.iter().map(|(_, c)| c as &dyn Target).collect();
@@ -170,6 +175,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         index_bytes: Some(first.disk_bytes()),
         indexes: builds,
         signscan_bytes: Some(first.signscan().memory_bytes()),
+        build_rss_peak_mib,
         rss_peak_mib: Some(rss_peak_mib()),
         exact,
         runs,
@@ -205,8 +211,9 @@ pub struct Setting {
 }
 
 /// The sweep the options ask for: signscan qualities at each probe count (of a collection
-/// with up to `lists` coarse lists per partition), then the index's own knob.
-fn sweep_settings(options: &BenchOptions, backend: Backend, lists: usize) -> Vec<Setting> {
+/// with up to `lists` coarse lists per partition), then the index's own knob when it has a
+/// durable index (an arroy build with no trees has none).
+fn sweep_settings(options: &BenchOptions, index: &IndexParams, lists: usize) -> Vec<Setting> {
     let setting = |label: String, strategy, quality, probes| Setting { label, strategy, quality, probes, on: 0 };
     let probes = if options.probes_sweep.is_empty() {
         crate::search::calibrate::probe_ladder(lists)
@@ -219,13 +226,17 @@ fn sweep_settings(options: &BenchOptions, backend: Backend, lists: usize) -> Vec
             |q: usize| if p == 0 { format!("signscan rerank={q}") } else { format!("signscan probes={p} rerank={q}") };
         settings.extend(options.signscan_sweep.iter().map(|&q| setting(label(q), Strategy::SignScan, q, p)));
     }
-    let (sweep, knob) = match backend {
+    let (sweep, knob) = match index.backend {
         Backend::Arroy => (&options.arroy_sweep, "search_k"),
         Backend::Hannoy => (&options.hannoy_sweep, "ef"),
     };
+    if !index.durable_index_stored() {
+        eprintln!("no {knob} rows: the collection was built with no arroy trees (--n-trees 0, the default)");
+        return settings;
+    }
     for &q in sweep {
         let label = if q == 0 { "default".to_string() } else { q.to_string() };
-        settings.push(setting(format!("{} {knob}={label}", backend.as_str()), Strategy::Index, q, 0));
+        settings.push(setting(format!("{} {knob}={label}", index.backend.as_str()), Strategy::Index, q, 0));
     }
     settings
 }
@@ -361,7 +372,7 @@ pub fn rss_peak_mib() -> f64 {
 pub fn table(report: &BenchReport) -> String {
     let mib = |bytes: Option<f64>| bytes.map_or("-".to_string(), |b| format!("{:.1} MiB", b / (1 << 20) as f64));
     let mut out = format!(
-        "n={} dims={} queries={} k={} partitions={}{} | import {:.2}s ({:.0} rows/s) build {:.2}s disk {} signcodes {} rss-peak {}\n",
+        "n={} dims={} queries={} k={} partitions={}{} | import {:.2}s ({:.0} rows/s) build {:.2}s disk {} signcodes {} build-rss-peak {} rss-peak {}\n",
         report.dataset.n,
         report.dataset.dims,
         report.dataset.queries,
@@ -373,6 +384,7 @@ pub fn table(report: &BenchReport) -> String {
         report.build_s,
         mib(report.index_bytes.map(|b| b as f64)),
         mib(report.signscan_bytes.map(|b| b as f64)),
+        mib(report.build_rss_peak_mib.map(|m| m * (1 << 20) as f64)),
         mib(report.rss_peak_mib.map(|m| m * (1 << 20) as f64)),
     );
     out.push_str(&format!(
@@ -461,7 +473,7 @@ pub fn remote(
     if options.probes_sweep.is_empty() && manifest.search.probes > 0 {
         options.probes_sweep = vec![manifest.search.probes, 0];
     }
-    let settings = sweep_settings(&options, manifest.index.backend, 0);
+    let settings = sweep_settings(&options, &manifest.index, 0);
     let (exact, runs) = measure_all(&[&first], &settings, &queries, &truth, k, options.warmup)?;
     let clients = || Ok(Box::new(connect()?) as Box<dyn Target>);
     let throughput = throughputs(&options.threads, manifest.search, &clients, &queries, k)?;
@@ -482,6 +494,7 @@ pub fn remote(
             disk_bytes: 0,
         }],
         signscan_bytes: None,
+        build_rss_peak_mib: None,
         rss_peak_mib: None,
         exact,
         runs,

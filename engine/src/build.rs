@@ -76,17 +76,23 @@ mod tests {
     use ::arroy::distances::BinaryQuantizedCosine;
     use ::arroy::{Database, Reader};
 
-    /// Each partition gets the trees its manifest records: one unless the build asks for more.
+    /// Each partition gets the trees its manifest records: none unless the build asks, and with
+    /// none no arroy index at all (arroy's database stays empty).
     #[test]
     fn a_build_makes_the_trees_its_manifest_records() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, asked, built) in [("default", None, 1), ("three", Some(3), 3)] {
+        for (name, asked, built) in [("default", None, 0), ("one", Some(1), 1), ("three", Some(3), 3)] {
             let manifest = build_small(dir.path(), name, 3000, 32, |o| o.index.n_trees = asked);
             assert_eq!(manifest.index.n_trees, Some(built), "{name}");
+            assert_eq!(manifest.index.durable_index_stored(), built > 0, "{name}");
             let collection = Collection::open(&dir.path().join(name)).unwrap();
             let rtxn = collection.env().read_txn().unwrap();
             let db: Database<'static, BinaryQuantizedCosine> = collection.ann_database().remap_types();
-            assert_eq!(Reader::open(&rtxn, 0, db).unwrap().n_trees(), built, "{name}");
+            assert_eq!(db.len(&rtxn).unwrap() == 0, built == 0, "{name}: arroy's database");
+            match Reader::open(&rtxn, 0, db) {
+                Ok(reader) => assert_eq!(reader.n_trees(), built, "{name}"),
+                Err(e) => assert!(built == 0 && matches!(e, ::arroy::Error::MissingMetadata(0)), "{name}: {e}"),
+            }
         }
     }
 }

@@ -83,9 +83,11 @@ impl Backend {
     }
 }
 
-/// arroy trees per partition when a build does not say: chosen by measurement (BENCHMARKS.md,
-/// "How many arroy trees").
-pub const DEFAULT_ARROY_TREES: usize = 1;
+/// arroy trees per partition when a build does not say: none, chosen by measurement
+/// (BENCHMARKS.md, "How many arroy trees" and "No arroy trees by default"). The search path
+/// (the sign-code scan of the coarse lists) and the verification never walk a tree, so a
+/// default build spends nothing on them; a build that asks for trees gets the `index` strategy.
+pub const DEFAULT_ARROY_TREES: usize = 0;
 
 /// The durable index built at seal time, with its build parameters. Shared by the engine's
 /// manifest and the operator's `VectorCollection` spec.
@@ -94,13 +96,14 @@ pub const DEFAULT_ARROY_TREES: usize = 1;
 pub struct IndexParams {
     #[serde(default)]
     pub backend: Backend,
-    /// arroy trees per partition; absent: 1 (`DEFAULT_ARROY_TREES`). The trees answer the
-    /// `index` strategy (calibration tries it beside the sign-code scan). More trees cost build
-    /// time the search path does not win back: at 200k items 64 trees took 14x one tree's build
-    /// and calibration chose the sign-code scan at every count; arroy's own choice (trees until
-    /// their nodes outnumber the items) did not finish within 20 minutes at 1M (BENCHMARKS.md).
+    /// arroy trees per partition; absent: 0 (`DEFAULT_ARROY_TREES`), and with none the build
+    /// writes no arroy index at all. Trees answer the `index` strategy only (calibration then
+    /// tries it beside the sign-code scan); the default search path and the verification never
+    /// use them. Measured: at 200k items calibration chose the sign-code scan at 1, 4, 16 and 64
+    /// trees, and 64 trees took 14x one tree's build; arroy's own choice (trees until their
+    /// nodes outnumber the items) did not finish within 20 minutes at 1M (BENCHMARKS.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(range(max = 10000))]
     pub n_trees: Option<usize>,
     /// hannoy build quality (candidate list size while linking); default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +220,13 @@ impl IndexParams {
     /// The number of trees a build of these parameters gives each arroy index.
     pub fn arroy_trees_built(&self) -> usize {
         self.n_trees.unwrap_or(DEFAULT_ARROY_TREES)
+    }
+
+    /// Whether a sealed collection holds a durable index the `index` strategy can ask, from
+    /// its manifest: a hannoy graph, or arroy trees (a manifest without a count was built
+    /// before builds recorded it, with arroy's own forest).
+    pub fn durable_index_stored(&self) -> bool {
+        self.backend == Backend::Hannoy || self.n_trees != Some(0)
     }
 
     pub fn arroy(n_trees: Option<usize>) -> Self {

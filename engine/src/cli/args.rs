@@ -261,7 +261,8 @@ pub struct BuildArgs {
     pub dimensions: Option<usize>,
     #[arg(long, env = "QUIVER_INDEX", value_enum, default_value = "arroy")]
     pub index: Backend,
-    /// arroy trees per partition (default: 1, chosen by measurement; see BENCHMARKS.md).
+    /// arroy trees per partition (default: 0, no arroy index: the search path never walks a
+    /// tree; trees give the `index` strategy; see BENCHMARKS.md).
     #[arg(long, env = "QUIVER_N_TREES")]
     pub n_trees: Option<usize>,
     /// How arroy keeps the vectors of its trees: binary (1 bit per dimension; the default for
@@ -534,7 +535,8 @@ pub struct BenchArgs {
     /// Durable indexes to build and sweep.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "arroy")]
     pub index: Vec<Backend>,
-    /// arroy trees per partition (default: the build's default, 1).
+    /// arroy trees per partition (default: the build's default, 0: no arroy index, so no
+    /// --search-k rows).
     #[arg(long)]
     pub n_trees: Option<usize>,
     /// How arroy keeps its vectors (binary, or full float32 copies).

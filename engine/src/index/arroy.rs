@@ -42,7 +42,9 @@ macro_rules! with_distance {
     };
 }
 
-/// Writes every partition's items into arroy and builds its trees (arroy uses all cores).
+/// Writes every partition's items into arroy and builds its trees (arroy uses all cores); with
+/// no trees asked for, writes nothing: an arroy index without trees answers no query, and its
+/// copy of the vectors would be disk and build time nothing reads.
 pub fn build(
     wtxn: &mut RwTxn,
     db: AnyDatabase,
@@ -51,6 +53,9 @@ pub fn build(
     seed: u64,
     memory: Option<usize>,
 ) -> Result<()> {
+    if n_trees == 0 {
+        return Ok(());
+    }
     let manifest = collection.manifest();
     with_distance!(manifest.metric, manifest.index.arroy_vectors_stored(manifest.metric), D => {
         let db: Database<'static, D> = db.remap_types();

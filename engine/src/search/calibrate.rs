@@ -105,7 +105,9 @@ pub fn calibrate(
         Ok(latencies)
     };
     let n = collection.len() as usize;
-    let index_ladder: Vec<usize> = match collection.manifest().index.backend {
+    let index = &collection.manifest().index;
+    let index_ladder: Vec<usize> = match index.backend {
+        _ if !index.durable_index_stored() => Vec::new(),
         Backend::Arroy => ARROY_LADDER.iter().map(|m| m * k).collect(),
         Backend::Hannoy => HANNOY_LADDER.to_vec(),
     };

@@ -86,6 +86,15 @@ pub fn search_cancellable(collection: &Searcher, request: &SearchRequest, cancel
     };
     let filter = tag_filter(collection, &crate::limits::distinct_names("tags", &request.tags)?)?;
     let strategy = request.strategy.unwrap_or(manifest.search.strategy);
+    if strategy == Strategy::Index && !manifest.index.durable_index_stored() {
+        return Err(RequestError::new(
+            "strategy",
+            "index",
+            "this collection has no durable index to ask: it was built with no arroy trees (index.nTrees 0, the \
+             default); build it with index.nTrees >= 1, or index.backend hannoy, to use this strategy",
+        )
+        .into());
+    }
     // The calibrated quality belongs to the calibrated strategy; another strategy asked for
     // without a quality gets its own default (0: arroy's search_k, ef = k, rerank = k).
     let calibrated = strategy == manifest.search.strategy;

@@ -60,7 +60,8 @@ fn mean_recall(c: &Searcher, strategy: Strategy, quality: usize) -> f64 {
 fn import_build_and_search_meet_recall_floors() {
     let dir = tempfile::tempdir().unwrap();
     let source = write_npy(dir.path(), "base.npy", 3000, 1);
-    let c = build(dir.path(), "v1", &source, |_| {}).unwrap();
+    // One arroy tree, asked for: the index strategy is among those checked here.
+    let c = build(dir.path(), "v1", &source, |o| o.index.n_trees = Some(1)).unwrap();
     let m = c.manifest();
     assert_eq!((m.count, m.dimensions, m.metric), (3000, DIMS, Metric::Cosine));
     assert!(m.sealed && m.source.fingerprint.starts_with("sha256:") && m.source.rows_read == 3000);
@@ -80,10 +81,40 @@ fn import_build_and_search_meet_recall_floors() {
     }
     // Loose floors: these catch a broken index, not a slow one.
     assert!(mean_recall(&c, Strategy::SignScan, 200) >= 0.9);
-    // One tree (the default) with arroy's default search_k (n_trees x k) shortlists only k
-    // items; 100 x k is the calibration ladder's second rung.
+    // One tree with arroy's default search_k (n_trees x k) shortlists only k items; 100 x k
+    // is the calibration ladder's second rung.
     assert!(mean_recall(&c, Strategy::Index, 1000) >= 0.6);
     assert_eq!(mean_recall(&c, Strategy::Exact, 0), 1.0);
+}
+
+/// The default build makes no arroy trees, since neither the default search path nor the
+/// verification walks one: calibration never considers the index strategy, and a query that
+/// asks for it is refused by name, while every other strategy answers.
+#[test]
+fn a_default_build_has_no_durable_index_and_refuses_the_index_strategy() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_npy(dir.path(), "base.npy", 2000, 1);
+    let c = build(dir.path(), "plain", &source, |_| {}).unwrap();
+    let m = c.manifest();
+    assert_eq!(m.index.n_trees, Some(0));
+    let calibration = m.calibration.as_ref().expect("a default build calibrates");
+    assert!(calibration.considered.iter().all(|s| s.strategy != Strategy::Index), "{calibration:?}");
+    assert_eq!(m.search.strategy, Strategy::SignScan);
+    let v = c.vector(c.item_of(7).unwrap().unwrap()).to_vec();
+    let mut r = SearchRequest::new(v, 5);
+    r.strategy = Some(Strategy::Index);
+    match search(&c, &r) {
+        Err(Error::Request(e)) => {
+            assert_eq!((e.field.as_str(), e.value.as_str()), ("strategy", "index"));
+            assert!(e.reason.contains("index.nTrees"), "{}", e.reason);
+        }
+        other => panic!("the index strategy of a collection without trees answered {other:?}"),
+    }
+    for strategy in [Strategy::Exact, Strategy::SignScan] {
+        r.strategy = Some(strategy);
+        assert_eq!(search(&c, &r).unwrap()[0].id, 7, "{strategy}");
+    }
+    assert!(verify(&c, &VerifyOptions::default()).unwrap().passed);
 }
 
 #[test]
@@ -106,7 +137,11 @@ fn every_metric_builds_and_finds_exact_neighbours() {
     let source = write_npy(dir.path(), "base.npy", 800, 1);
     for metric in Metric::ALL {
         let name = format!("m-{}", metric.as_str().replace('_', "-"));
-        let c = build(dir.path(), &name, &source, |o| o.metric = metric).unwrap();
+        let c = build(dir.path(), &name, &source, |o| {
+            o.metric = metric;
+            o.index.n_trees = Some(1);
+        })
+        .unwrap();
         assert!(mean_recall(&c, Strategy::SignScan, 100) >= 0.85, "{metric}");
         assert!(mean_recall(&c, Strategy::Index, 2000) >= 0.5, "{metric}");
     }
@@ -125,7 +160,7 @@ fn partitions_fan_out_and_merge_like_one_exact_scan() {
         })
         .collect();
     let source = write_jsonl(dir.path(), "v.jsonl", &lines);
-    let c = build(dir.path(), "parts", &source, |_| {}).unwrap();
+    let c = build(dir.path(), "parts", &source, |o| o.index.n_trees = Some(1)).unwrap();
     assert_eq!(c.manifest().partitions.len(), 4);
     let queries = Clustered::new(DIMS, 5).generate(20, 7);
     for q in queries.chunks(DIMS) {
