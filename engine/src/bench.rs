@@ -99,6 +99,16 @@ pub struct BenchReport {
 }
 
 pub fn run(options: &BenchOptions) -> Result<BenchReport> {
+    // A second or later collection is built only for its index strategy's rows: refused
+    // before any build when it would have no durable index to sweep.
+    if let Some(index) = options.indexes.iter().skip(1).find(|i| !i.durable_index_built()) {
+        return Err(Error::Request(crate::error::RequestError::new(
+            "n-trees",
+            index.arroy_trees_built(),
+            "a bench of more than one index sweeps the later ones' index strategy only, and an arroy build with \
+             no trees has none; put arroy first or pass --n-trees >= 1",
+        )));
+    }
     let queries = import::read_vectors(&options.queries)?;
     let temp;
     let root: &Path = match &options.data_dir {
@@ -500,4 +510,35 @@ pub fn remote(
         runs,
         throughput,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A later collection without a durable index would be built for rows it cannot have:
+    /// refused before anything is read or built.
+    #[test]
+    fn a_later_index_without_trees_is_refused_before_any_build() {
+        let options = BenchOptions {
+            base: "/nonexistent/base.npy".into(),
+            queries: "/nonexistent/queries.npy".into(),
+            ground_truth: None,
+            metric: Metric::Cosine,
+            k: 10,
+            partitions: 1,
+            indexes: vec![IndexParams::hannoy(64), IndexParams::arroy(None)],
+            warmup: 0,
+            signscan_sweep: vec![10],
+            probes_sweep: Vec::new(),
+            arroy_sweep: vec![0],
+            hannoy_sweep: vec![16],
+            data_dir: None,
+            threads: Vec::new(),
+        };
+        match run(&options) {
+            Err(Error::Request(e)) => assert_eq!((e.field.as_str(), e.value.as_str()), ("n-trees", "0")),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -18,6 +18,7 @@ use std::time::Instant;
 pub fn import_and_build(root: &Path, options: &BuildOptions, records: Records) -> Result<Manifest> {
     builder::check_name(&options.name)?;
     crate::index::check_metric(&options.index, options.metric)?;
+    crate::index::check_strategy(&options.index, &options.search, options.target_recall.is_some())?;
     builder::in_staging(root, &options.name, |staging| {
         let staged = builder::import(staging, options, records)?;
         let mut manifest = staged.manifest().clone();

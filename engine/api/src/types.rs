@@ -115,7 +115,8 @@ pub struct IndexParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 1000000))]
     pub lists: Option<usize>,
-    /// How arroy keeps each vector it splits its trees on. `binary` (the default for cosine and
+    /// How arroy keeps each vector it splits its trees on, when the build makes trees (with
+    /// none, arroy keeps nothing). `binary` (the default for cosine and
     /// euclidean): one bit per dimension, since arroy only shortlists candidates that are
     /// re-ranked with the float32 vectors the collection stores anyway; `full`: a float32 copy
     /// (the vectors twice on disk). Dot products always keep `full` (arroy has no binary form
@@ -220,6 +221,12 @@ impl IndexParams {
     /// The number of trees a build of these parameters gives each arroy index.
     pub fn arroy_trees_built(&self) -> usize {
         self.n_trees.unwrap_or(DEFAULT_ARROY_TREES)
+    }
+
+    /// Whether a build of these parameters makes a durable index the `index` strategy can ask:
+    /// a hannoy graph, or at least one arroy tree.
+    pub fn durable_index_built(&self) -> bool {
+        self.backend == Backend::Hannoy || self.arroy_trees_built() > 0
     }
 
     /// Whether a sealed collection holds a durable index the `index` strategy can ask, from

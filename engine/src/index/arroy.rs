@@ -1,5 +1,5 @@
-//! arroy (random-projection trees over LMDB): the default durable index, one arroy index per
-//! partition.
+//! arroy (random-projection trees over LMDB): the durable index of the `arroy` backend, one
+//! arroy index per partition, written only when the build asks for trees.
 
 use super::IndexQuery;
 use crate::collection::Collection;

@@ -1,7 +1,9 @@
-//! The durable ANN index of a collection, stored in its LMDB environment beside the vectors:
-//! arroy's random-projection trees (the default) or hannoy's HNSW graph, one per partition,
-//! built once after import. This module builds it and asks it for nearest neighbours; how the
-//! answers are re-ranked is [`crate::search`]'s business.
+//! What a collection's build writes beside its vectors in its LMDB environment, once after
+//! import: the coarse lists (k-means per partition) the sign-code scan probes, and the durable
+//! ANN index the `index` strategy asks, one per partition: arroy's random-projection trees
+//! when the build asks for some (by default none, and then no arroy index at all) or hannoy's
+//! HNSW graph. This module builds them and asks the durable index for nearest neighbours; how
+//! the answers are re-ranked is [`crate::search`]'s business.
 
 pub mod arroy;
 pub mod coarse;
@@ -9,8 +11,8 @@ pub mod hannoy;
 
 use crate::collection::Collection;
 use crate::collection::lmdb::AnyDatabase;
-use crate::error::Result;
-use crate::types::{Backend, IndexParams};
+use crate::error::{RequestError, Result};
+use crate::types::{Backend, IndexParams, SearchDefaults, Strategy};
 use heed::RwTxn;
 use roaring::RoaringBitmap;
 
@@ -46,6 +48,21 @@ impl DurableIndex {
             Backend::Hannoy => hannoy::nearest(self.db, collection, q),
         }
     }
+}
+
+/// Fails early (before any import work) for a default strategy the build will have no index
+/// for: `index` fixed (not calibrated) on a build with no durable index.
+pub fn check_strategy(params: &IndexParams, search: &SearchDefaults, calibrated: bool) -> Result<()> {
+    if calibrated || search.strategy != Strategy::Index || params.durable_index_built() {
+        return Ok(());
+    }
+    Err(RequestError::new(
+        "strategy",
+        "index",
+        "this build makes no durable index for it to ask (no arroy trees: --n-trees / index.nTrees 0, the default \
+         when absent); build with --n-trees >= 1 or --index hannoy, or choose signscan or exact",
+    )
+    .into())
 }
 
 /// Fails early (before any import work) for a backend that cannot index `metric`.

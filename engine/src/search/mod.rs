@@ -90,8 +90,9 @@ pub fn search_cancellable(collection: &Searcher, request: &SearchRequest, cancel
         return Err(RequestError::new(
             "strategy",
             "index",
-            "this collection has no durable index to ask: it was built with no arroy trees (index.nTrees 0, the \
-             default); build it with index.nTrees >= 1, or index.backend hannoy, to use this strategy",
+            "this collection has no durable index to ask: it was built with no arroy trees (--n-trees / \
+             index.nTrees 0, the default when absent); build it with index.nTrees >= 1, or index.backend hannoy, \
+             to use this strategy",
         )
         .into());
     }

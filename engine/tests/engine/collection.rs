@@ -10,7 +10,7 @@ use quiver_engine::search::recall::{recall, sample_queries};
 use quiver_engine::search::searcher::Searcher;
 use quiver_engine::search::{SearchRequest, search, search_batch, search_cancellable};
 use quiver_engine::types::Metric;
-use quiver_engine::types::{IndexParams, Strategy};
+use quiver_engine::types::{IndexParams, SearchDefaults, Strategy};
 use quiver_engine::verify::{VerifyOptions, verify};
 use std::path::Path;
 
@@ -99,7 +99,7 @@ fn a_default_build_has_no_durable_index_and_refuses_the_index_strategy() {
     assert_eq!(m.index.n_trees, Some(0));
     let calibration = m.calibration.as_ref().expect("a default build calibrates");
     assert!(calibration.considered.iter().all(|s| s.strategy != Strategy::Index), "{calibration:?}");
-    assert_eq!(m.search.strategy, Strategy::SignScan);
+    assert_ne!(m.search.strategy, Strategy::Index);
     let v = c.vector(c.item_of(7).unwrap().unwrap()).to_vec();
     let mut r = SearchRequest::new(v, 5);
     r.strategy = Some(Strategy::Index);
@@ -115,6 +115,19 @@ fn a_default_build_has_no_durable_index_and_refuses_the_index_strategy() {
         assert_eq!(search(&c, &r).unwrap()[0].id, 7, "{strategy}");
     }
     assert!(verify(&c, &VerifyOptions::default()).unwrap().passed);
+
+    // A fixed (uncalibrated) default of the index strategy on such a build is refused before
+    // the import, and leaves nothing behind.
+    let err = build(dir.path(), "fixed", &source, |o| {
+        o.search = SearchDefaults { strategy: Strategy::Index, quality: 100, probes: 0 };
+        o.target_recall = None;
+    })
+    .unwrap_err();
+    match err {
+        Error::Request(e) => assert!(e.field == "strategy" && e.reason.contains("--n-trees"), "{e:?}"),
+        other => panic!("{other}"),
+    }
+    assert!(!dir.path().join("fixed").exists());
 }
 
 #[test]
@@ -546,7 +559,7 @@ fn arroy_keeps_binary_vectors_unless_told_otherwise() {
     use quiver_engine::types::ArroyVectors;
     let dir = tempfile::tempdir().unwrap();
     let source = write_npy(dir.path(), "base.npy", 4000, 1);
-    // Ten trees, not the default one: 32 bits tie so often that a single tree's walk can miss
+    // Ten trees (the default is none): 32 bits tie so often that a single tree's walk can miss
     // the query's own item, and this test is about how the vectors are kept.
     let trees = |o: &mut BuildOptions| o.index.n_trees = Some(10);
     let binary = build(dir.path(), "binary", &source, trees).unwrap();
